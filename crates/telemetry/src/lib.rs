@@ -1,0 +1,22 @@
+//! Telemetry and process plumbing shared by every Relais service.
+//!
+//! A service's `main` calls [`init`] first, which installs:
+//! - JSON-line logs where every line carries the `trace_id` and `span_id` of the span it was
+//!   logged in ([`logging`]);
+//! - an OpenTelemetry tracer behind `tracing`, exporting over OTLP when the standard `OTEL_*`
+//!   variables ask for it ([`init`]);
+//! - the W3C trace-context propagator used by [`propagation`] to carry context through Kafka
+//!   headers, HTTP headers and gRPC metadata.
+//!
+//! It then builds its components, registers their metrics in one
+//! [`prometheus_client::registry::Registry`], serves it with [`admin`] (`/metrics`, `/healthz`,
+//! `/readyz`, never on a public port) and runs until [`shutdown`] says to stop.
+
+pub mod admin;
+mod init;
+pub mod logging;
+pub mod process;
+pub mod propagation;
+pub mod shutdown;
+
+pub use init::{TelemetryConfig, TelemetryError, TelemetryGuard, current_trace_id, init};

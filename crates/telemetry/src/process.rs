@@ -1,0 +1,77 @@
+//! The life of a service process, shared by every binary so their `main`s stay thin:
+//! telemetry first, then typed configuration (invalid configuration exits with code 64 and
+//! clap's explanation, never a panic), then the service runs until SIGTERM/SIGINT, then a
+//! bounded drain and a flush of buffered spans.
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::shutdown::{self, CancellationToken, TaskTracker};
+use crate::{TelemetryConfig, TelemetryGuard};
+
+/// EX_USAGE from sysexits.h: the configuration was invalid.
+pub const EXIT_CONFIG: u8 = 64;
+/// EX_SOFTWARE: telemetry could not be installed.
+const EXIT_TELEMETRY: u8 = 70;
+
+/// What a running service holds on to: the shutdown signal and the tasks to drain.
+#[derive(Debug)]
+pub struct Process {
+    /// Cancelled on SIGTERM or SIGINT; every long-running task watches it.
+    pub shutdown: CancellationToken,
+    /// Tasks spawned here are waited for (with a deadline) when the process stops.
+    pub tasks: TaskTracker,
+    telemetry: TelemetryGuard,
+}
+
+/// Installs telemetry, parses the configuration `C` from arguments and environment, and
+/// starts listening for shutdown signals. Exits the process on failure.
+pub fn start<C: clap::Parser>(telemetry: &TelemetryConfig) -> (C, Process) {
+    let guard = crate::init(telemetry).unwrap_or_else(|error| {
+        eprintln!(
+            "{}: cannot start telemetry: {error}",
+            telemetry.service_name
+        );
+        std::process::exit(i32::from(EXIT_TELEMETRY));
+    });
+    let config = C::try_parse().unwrap_or_else(|error| {
+        let code = if error.use_stderr() { EXIT_CONFIG } else { 0 };
+        let _ = error.print();
+        std::process::exit(i32::from(code));
+    });
+    let shutdown = CancellationToken::new();
+    shutdown::cancel_on_signal(shutdown.clone());
+    let process = Process {
+        shutdown,
+        tasks: TaskTracker::new(),
+        telemetry: guard,
+    };
+    (config, process)
+}
+
+impl Process {
+    /// Runs `service` to completion, then drains the tracked tasks within `drain_timeout` and
+    /// flushes telemetry. A service error is logged with its whole cause chain.
+    pub async fn run<F>(self, drain_timeout: Duration, service: F) -> ExitCode
+    where
+        F: Future<Output = anyhow::Result<()>>,
+    {
+        let result = service.await;
+        // Whatever ended the service, every other task must stop too.
+        self.shutdown.cancel();
+        shutdown::drain(&self.tasks, drain_timeout).await;
+        let code = match &result {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "stopped on error");
+                ExitCode::FAILURE
+            }
+        };
+        self.telemetry.shutdown().await;
+        code
+    }
+}

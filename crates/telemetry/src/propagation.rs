@@ -1,0 +1,253 @@
+//! W3C trace-context (`traceparent`, `tracestate`) through Kafka headers, HTTP headers and gRPC
+//! metadata.
+//!
+//! Every hop in Relais carries the context the same way: the sender injects the context of its
+//! current span, the receiver extracts it and makes it the parent of its own span. The globally
+//! installed propagator (W3C trace context, set by [`crate::init`]) does the encoding; this module
+//! only adapts each carrier.
+
+use opentelemetry::Context;
+use opentelemetry::propagation::{Extractor, Injector};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+
+/// Adds the context's trace headers to a Kafka record's headers.
+pub fn inject_kafka(context: &Context, headers: OwnedHeaders) -> OwnedHeaders {
+    let mut injector = KafkaInjector {
+        headers: Some(headers),
+    };
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(context, &mut injector);
+    });
+    injector.headers.unwrap_or_default()
+}
+
+/// Reads the trace context from a Kafka record's headers (an empty context when absent).
+pub fn extract_kafka<H: Headers + ?Sized>(headers: Option<&H>) -> Context {
+    let Some(headers) = headers else {
+        return Context::new();
+    };
+    let extractor = KafkaExtractor::new(headers);
+    opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&extractor))
+}
+
+/// Adds the context's trace headers to outgoing HTTP headers.
+pub fn inject_http(context: &Context, headers: &mut http::HeaderMap) {
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(context, &mut HttpInjector(headers));
+    });
+}
+
+/// Reads the trace context from incoming HTTP headers.
+pub fn extract_http(headers: &http::HeaderMap) -> Context {
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HttpExtractor(headers))
+    })
+}
+
+/// Adds the context's trace headers to outgoing gRPC metadata.
+pub fn inject_grpc(context: &Context, metadata: &mut tonic::metadata::MetadataMap) {
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(context, &mut GrpcInjector(metadata));
+    });
+}
+
+/// Reads the trace context from incoming gRPC metadata.
+pub fn extract_grpc(metadata: &tonic::metadata::MetadataMap) -> Context {
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&GrpcExtractor(metadata))
+    })
+}
+
+struct KafkaInjector {
+    // `OwnedHeaders::insert` consumes and returns the headers, hence the Option dance.
+    headers: Option<OwnedHeaders>,
+}
+
+impl Injector for KafkaInjector {
+    fn set(&mut self, key: &str, value: String) {
+        let headers = self.headers.take().unwrap_or_default();
+        self.headers = Some(headers.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        }));
+    }
+}
+
+struct KafkaExtractor<'a> {
+    // Header names and UTF-8 values; a record has few headers, so a list beats a map.
+    entries: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> KafkaExtractor<'a> {
+    fn new<H: Headers + ?Sized>(headers: &'a H) -> Self {
+        let entries = (0..headers.count())
+            .filter_map(|index| {
+                let header = headers.get(index);
+                let value = std::str::from_utf8(header.value?).ok()?;
+                Some((header.key, value))
+            })
+            .collect();
+        Self { entries }
+    }
+}
+
+impl Extractor for KafkaExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        // The last header wins, like a map insert would, if a producer repeated one.
+        self.entries
+            .iter()
+            .rev()
+            .find(|(name, _)| name.eq_ignore_ascii_case(key))
+            .map(|(_, value)| *value)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.entries.iter().map(|(name, _)| *name).collect()
+    }
+}
+
+struct HttpInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HttpInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) else {
+            return;
+        };
+        self.0.insert(name, value);
+    }
+}
+
+struct HttpExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HttpExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+struct GrpcInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for GrpcInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            tonic::metadata::MetadataValue::try_from(value.as_str()),
+        ) else {
+            return;
+        };
+        self.0.insert(key, value);
+    }
+}
+
+struct GrpcExtractor<'a>(&'a tonic::metadata::MetadataMap);
+
+impl Extractor for GrpcExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|key| match key {
+                tonic::metadata::KeyRef::Ascii(key) => Some(key.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use rdkafka::message::OwnedHeaders;
+
+    use super::*;
+
+    fn sample_context() -> Context {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let span_context = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("valid trace id"),
+            SpanId::from_hex("00f067aa0ba902b7").expect("valid span id"),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        Context::new().with_remote_span_context(span_context)
+    }
+
+    fn ids(context: &Context) -> (String, String) {
+        let span = context.span();
+        let span_context = span.span_context();
+        (
+            span_context.trace_id().to_string(),
+            span_context.span_id().to_string(),
+        )
+    }
+
+    #[test]
+    fn kafka_headers_round_trip_the_context_beside_other_headers() {
+        let context = sample_context();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "relais-schema",
+            value: Some("relais.v1.AuditRecord"),
+        });
+        let headers = inject_kafka(&context, headers);
+        let keys: Vec<&str> = (0..headers.count()).map(|i| headers.get(i).key).collect();
+        assert!(
+            keys.contains(&"relais-schema"),
+            "existing header kept: {keys:?}"
+        );
+        assert!(keys.contains(&"traceparent"), "traceparent added: {keys:?}");
+        let extracted = extract_kafka(Some(&headers));
+        assert_eq!(ids(&extracted), ids(&context));
+    }
+
+    #[test]
+    fn kafka_record_without_headers_yields_an_invalid_context() {
+        sample_context();
+        let extracted = extract_kafka::<OwnedHeaders>(None);
+        assert!(!extracted.span().span_context().is_valid());
+    }
+
+    #[test]
+    fn malformed_traceparent_is_ignored_not_trusted() {
+        sample_context();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "traceparent",
+            value: Some("00-zzzz-not-a-trace-01"),
+        });
+        let extracted = extract_kafka(Some(&headers));
+        assert!(!extracted.span().span_context().is_valid());
+    }
+
+    #[test]
+    fn http_headers_round_trip_the_context() {
+        let context = sample_context();
+        let mut headers = http::HeaderMap::new();
+        inject_http(&context, &mut headers);
+        assert_eq!(
+            headers.get("traceparent").and_then(|v| v.to_str().ok()),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        assert_eq!(ids(&extract_http(&headers)), ids(&context));
+    }
+
+    #[test]
+    fn grpc_metadata_round_trips_the_context() {
+        let context = sample_context();
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        inject_grpc(&context, &mut metadata);
+        assert_eq!(ids(&extract_grpc(&metadata)), ids(&context));
+    }
+}

@@ -1,0 +1,96 @@
+//! The Kafka broker of the native stack.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+
+use crate::{Endpoints, UnavailableError, unique_name};
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A reachable broker, with helpers to give each test its own topics.
+pub struct KafkaTestEnv {
+    bootstrap: String,
+    admin: AdminClient<DefaultClientContext>,
+}
+
+impl std::fmt::Debug for KafkaTestEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaTestEnv")
+            .field("bootstrap", &self.bootstrap)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaTestEnv {
+    pub(crate) async fn connect(endpoints: &Endpoints) -> Result<Self, UnavailableError> {
+        let bootstrap = endpoints.kafka_bootstrap.clone();
+        let unreachable = |detail: String| UnavailableError::Unreachable {
+            endpoint: format!("Kafka broker {bootstrap}"),
+            detail,
+        };
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .map_err(|error| unreachable(error.to_string()))?;
+        // Metadata is a blocking call in librdkafka; keep it off the async workers.
+        let probe: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .map_err(|error| unreachable(error.to_string()))?;
+        let brokers = tokio::task::spawn_blocking(move || {
+            probe
+                .inner()
+                .fetch_metadata(None, METADATA_TIMEOUT)
+                .map(|metadata| metadata.brokers().len())
+        })
+        .await
+        .map_err(|error| unreachable(error.to_string()))?
+        .map_err(|error| {
+            unreachable(format!("{error} (metadata request, {METADATA_TIMEOUT:?})"))
+        })?;
+        if brokers == 0 {
+            return Err(UnavailableError::Unhealthy {
+                endpoint: format!("Kafka broker {bootstrap}"),
+                detail: "its metadata lists no brokers".into(),
+            });
+        }
+        Ok(Self {
+            bootstrap: endpoints.kafka_bootstrap.clone(),
+            admin,
+        })
+    }
+
+    /// The `bootstrap.servers` value.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// A client configuration pointing at the broker, to extend per client.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap);
+        config
+    }
+
+    /// Creates a fresh topic `{prefix}-{uuid}` with `partitions` partitions and waits until the
+    /// broker confirms it.
+    pub async fn create_topic(&self, prefix: &str, partitions: i32) -> String {
+        let name = unique_name(prefix);
+        let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
+        let results = self
+            .admin
+            .create_topics([&topic], &options)
+            .await
+            .unwrap_or_else(|error| panic!("creating topic {name} failed: {error}"));
+        for result in results {
+            if let Err((topic, code)) = result {
+                panic!("creating topic {topic} failed: {code}");
+            }
+        }
+        name
+    }
+}

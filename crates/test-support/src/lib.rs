@@ -1,0 +1,111 @@
+//! Reaches the real components of the native stack from tests.
+//!
+//! Relais' integration tests talk to a real Kafka broker, a real Ceph RGW and a real Prometheus
+//! (`make infra-up` starts them; `make test` does it first). Each accessor here checks that its
+//! component answers and **panics with instructions** when it does not: a test that needs Kafka
+//! must fail loudly on a machine without Kafka, never skip silently.
+//!
+//! Endpoints come from the same variables the services read, with the native stack's defaults:
+//!
+//! | variable | default |
+//! | --- | --- |
+//! | `RELAIS_KAFKA_BOOTSTRAP` | `127.0.0.1:9092` |
+//! | `RELAIS_S3_ENDPOINT` | `http://127.0.0.1:7480` |
+//! | `RELAIS_S3_REGION` | `default` |
+//! | `RELAIS_S3_ACCESS_KEY` / `RELAIS_S3_SECRET_KEY` | the native stack's development user |
+//! | `RELAIS_S3_BUCKET` | `relais-audit` |
+//! | `RELAIS_PROMETHEUS_URL` | `http://127.0.0.1:9090` |
+//! | `RELAIS_STATE_DIR` | `.state` at the repository root |
+
+mod kafka;
+mod prometheus;
+mod rgw;
+
+use std::path::PathBuf;
+
+pub use kafka::KafkaTestEnv;
+pub use prometheus::{PrometheusTestEnv, ScrapeTarget};
+pub use rgw::{RgwTestEnv, install_crypto_provider};
+
+/// Returns the Kafka broker of the native stack, or panics saying how to start it.
+pub async fn kafka() -> KafkaTestEnv {
+    KafkaTestEnv::connect(&Endpoints::from_env())
+        .await
+        .unwrap_or_else(|error| unavailable("Kafka", &error))
+}
+
+/// Returns Ceph RGW of the native stack, or panics saying how to start it.
+pub async fn rgw() -> RgwTestEnv {
+    RgwTestEnv::connect(&Endpoints::from_env())
+        .await
+        .unwrap_or_else(|error| unavailable("Ceph RGW", &error))
+}
+
+/// Returns Prometheus of the native stack, or panics saying how to start it.
+pub async fn prometheus() -> PrometheusTestEnv {
+    PrometheusTestEnv::connect(&Endpoints::from_env())
+        .await
+        .unwrap_or_else(|error| unavailable("Prometheus", &error))
+}
+
+fn unavailable(component: &str, error: &UnavailableError) -> ! {
+    panic!(
+        "\n{component} is required by this integration test and is not usable: {error}\n\
+         Integration tests run against the real component, never a mock. Start the native \
+         stack with `make infra-up` (or run `make test`, which starts it first); \
+         `make infra-status` shows what is running and where its logs are.\n"
+    )
+}
+
+/// Why a component cannot be used; the message names the address that was tried.
+#[derive(Debug, thiserror::Error)]
+pub enum UnavailableError {
+    #[error("{endpoint} did not answer: {detail}")]
+    Unreachable { endpoint: String, detail: String },
+    #[error("{endpoint} answered, but {detail}")]
+    Unhealthy { endpoint: String, detail: String },
+}
+
+/// Where the components are, from the environment with the native stack's defaults.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub kafka_bootstrap: String,
+    pub s3_endpoint: String,
+    pub s3_region: String,
+    pub s3_access_key: String,
+    pub s3_secret_key: String,
+    pub audit_bucket: String,
+    pub prometheus_url: String,
+    pub state_dir: PathBuf,
+}
+
+impl Endpoints {
+    /// Reads the `RELAIS_*` variables (see the crate docs for the defaults).
+    pub fn from_env() -> Self {
+        let var = |name: &str, default: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|value| !value.is_empty())
+                .unwrap_or_else(|| default.to_owned())
+        };
+        let repository_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let state_dir = std::env::var_os("RELAIS_STATE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repository_root.join(".state"));
+        Self {
+            kafka_bootstrap: var("RELAIS_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+            s3_endpoint: var("RELAIS_S3_ENDPOINT", "http://127.0.0.1:7480"),
+            s3_region: var("RELAIS_S3_REGION", "default"),
+            s3_access_key: var("RELAIS_S3_ACCESS_KEY", "relais-dev"),
+            s3_secret_key: var("RELAIS_S3_SECRET_KEY", "relais-dev-secret"),
+            audit_bucket: var("RELAIS_S3_BUCKET", "relais-audit"),
+            prometheus_url: var("RELAIS_PROMETHEUS_URL", "http://127.0.0.1:9090"),
+            state_dir,
+        }
+    }
+}
+
+/// A name no other test run has used: `{prefix}-{uuid}` (valid for topics, groups and buckets).
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The native infrastructure: Kafka, Ceph RGW and Prometheus as plain processes.
+#
+#   infra.sh up [component...]     install what is missing, start, wait until each really serves
+#   infra.sh down [component...]   stop in reverse order
+#   infra.sh status                one line per process, and where the logs are
+#   infra.sh clean                 stop everything and delete all state
+#
+# Components: kafka, ceph, prometheus (default: all). State lives under $RELAIS_STATE_DIR.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+. "$HERE/lib.sh"
+
+ALL=(kafka ceph prometheus)
+
+component_script() {
+    case "$1" in
+    kafka) echo "$HERE/kafka.sh" ;;
+    ceph) echo "$HERE/../ceph/ceph-single-node.sh" ;;
+    prometheus) echo "$HERE/prometheus.sh" ;;
+    *) die "unknown component '$1' (expected: ${ALL[*]})" ;;
+    esac
+}
+
+up() {
+    local started=$SECONDS component
+    for component in "$@"; do
+        "$(component_script "$component")" start
+    done
+    log "infrastructure up in $((SECONDS - started))s (state: $RELAIS_STATE_DIR)"
+}
+
+down() {
+    local index component
+    for ((index = $# ; index > 0; index--)); do
+        component="${!index}"
+        "$(component_script "$component")" stop
+    done
+}
+
+command="${1:-}"
+shift || true
+components=("$@")
+[ "${#components[@]}" -gt 0 ] || components=("${ALL[@]}")
+
+case "$command" in
+up) up "${components[@]}" ;;
+down) down "${components[@]}" ;;
+status)
+    for component in "${ALL[@]}"; do "$(component_script "$component")" status; done
+    echo "state and logs: $RELAIS_STATE_DIR"
+    ;;
+clean)
+    down "${ALL[@]}"
+    log "deleting $RELAIS_STATE_DIR"
+    rm -rf "$RELAIS_STATE_DIR"
+    ;;
+*)
+    echo "usage: $0 up|down|status|clean [kafka|ceph|prometheus...]" >&2
+    exit 64
+    ;;
+esac

@@ -1,0 +1,130 @@
+# Shared helpers for the native stack scripts. Sourced, never run.
+#
+# Everything the native stack keeps lives under $RELAIS_STATE_DIR (default: .state at the
+# repository root): one folder per component with its data, configuration, pid file and logs.
+
+RELAIS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+RELAIS_STATE_DIR="${RELAIS_STATE_DIR:-$RELAIS_ROOT/.state}"
+mkdir -p "$RELAIS_STATE_DIR"
+RELAIS_STATE_DIR="$(cd "$RELAIS_STATE_DIR" && pwd)"
+
+# Ports (DESIGN.md defaults; every one can be overridden from the environment).
+RELAIS_BIND_HOST="${RELAIS_BIND_HOST:-127.0.0.1}"
+RELAIS_KAFKA_PORT="${RELAIS_KAFKA_PORT:-9092}"
+RELAIS_KAFKA_CONTROLLER_PORT="${RELAIS_KAFKA_CONTROLLER_PORT:-9093}"
+RELAIS_RGW_PORT="${RELAIS_RGW_PORT:-7480}"
+RELAIS_CEPH_MON_PORT="${RELAIS_CEPH_MON_PORT:-3300}"
+RELAIS_PROMETHEUS_PORT="${RELAIS_PROMETHEUS_PORT:-9090}"
+
+# The development S3 user and the audit bucket (same defaults as the services and tests).
+RELAIS_S3_ACCESS_KEY="${RELAIS_S3_ACCESS_KEY:-relais-dev}"
+RELAIS_S3_SECRET_KEY="${RELAIS_S3_SECRET_KEY:-relais-dev-secret}"
+RELAIS_S3_BUCKET="${RELAIS_S3_BUCKET:-relais-audit}"
+RELAIS_S3_REGION="${RELAIS_S3_REGION:-default}"
+
+log() { printf '%s [%s] %s\n' "$(date +%H:%M:%S)" "${COMPONENT:-infra}" "$*" >&2; }
+die() {
+    log "ERROR: $*"
+    exit 1
+}
+
+# Runs apt-get update once per process, then installs the given Debian packages.
+APT_UPDATED=""
+apt_install() {
+    if [ "$(id -u)" != 0 ]; then
+        die "missing packages ($*) and not root: install them with apt-get, or run as root"
+    fi
+    if [ -z "$APT_UPDATED" ]; then
+        log "apt-get update"
+        DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null || die "apt-get update failed"
+        APT_UPDATED=1
+    fi
+    log "installing $*"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null \
+        || die "apt-get install $* failed"
+}
+
+# True when the pid names a live process. A killed daemon whose parent never reaped it stays a
+# zombie that still passes `kill -0`, so the state in /proc is read too.
+pid_alive() {
+    local pid="$1" state
+    [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 1
+    state="$(sed -E 's/^[0-9]+ \(.*\) ([A-Za-z]).*/\1/' "/proc/$pid/stat" 2>/dev/null)" || return 1
+    [ "$state" != "Z" ] && [ "$state" != "X" ]
+}
+
+# Prints the pid stored in a pid file if that process is alive.
+running_pid() {
+    local pidfile="$1" pid
+    [ -f "$pidfile" ] || return 1
+    pid="$(cat "$pidfile")"
+    pid_alive "$pid" && echo "$pid"
+}
+
+# Starts a command in its own session, detached from this shell, with stdout/stderr appended
+# to a log file; records its pid. Usage: spawn PIDFILE LOGFILE CMD...
+spawn() {
+    local pidfile="$1" logfile="$2"
+    shift 2
+    mkdir -p "$(dirname "$pidfile")" "$(dirname "$logfile")"
+    printf '\n=== started %s: %s\n' "$(date -Is)" "$*" >>"$logfile"
+    setsid nohup "$@" >>"$logfile" 2>&1 </dev/null &
+    echo $! >"$pidfile"
+}
+
+# Stops the process of a pid file: SIGTERM, wait up to SECONDS, then SIGKILL.
+stop_pidfile() {
+    local pidfile="$1" name="$2" seconds="${3:-20}" pid waited=0
+    pid="$(running_pid "$pidfile")" || {
+        rm -f "$pidfile"
+        return 0
+    }
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    while pid_alive "$pid"; do
+        if [ "$waited" -ge $((seconds * 10)) ]; then
+            log "$name did not stop within ${seconds}s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+            sleep 0.2
+            break
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    rm -f "$pidfile"
+}
+
+# True when something accepts TCP connections on host:port.
+port_open() {
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+}
+
+# Waits until CHECK (a command) succeeds, up to SECONDS; on failure prints the log tail.
+# Usage: wait_until SECONDS DESCRIPTION LOGFILE CHECK...
+wait_until() {
+    local seconds="$1" what="$2" logfile="$3"
+    shift 3
+    local deadline=$((SECONDS + seconds))
+    until "$@" >/dev/null 2>&1; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            log "timed out after ${seconds}s waiting for $what"
+            if [ -f "$logfile" ]; then
+                log "last lines of $logfile:"
+                tail -n 25 "$logfile" >&2
+            fi
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# Fails early, with the holder's name, when a port the component needs is taken by a process
+# that is not ours.
+require_free_port() {
+    local port="$1" what="$2"
+    if port_open "$RELAIS_BIND_HOST" "$port"; then
+        local holder
+        holder="$(ss -ltnpH "sport = :$port" 2>/dev/null | sed -nE 's/.*users:\(\("([^"]+)".*/\1/p' | head -n1)"
+        die "port $port (needed by $what) is already in use${holder:+ by $holder}; stop it or set another port (see deploy/native/README.md)"
+    fi
+}
