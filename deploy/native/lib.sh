@@ -28,16 +28,17 @@ die() {
     exit 1
 }
 
-# Runs apt-get update once per process, then installs the given Debian packages.
-APT_UPDATED=""
+# Installs the given Debian packages, running apt-get update first unless one ran in the last
+# hour (the marker is shared by the component scripts, which run as separate processes).
 apt_install() {
     if [ "$(id -u)" != 0 ]; then
         die "missing packages ($*) and not root: install them with apt-get, or run as root"
     fi
-    if [ -z "$APT_UPDATED" ]; then
+    local marker="$RELAIS_STATE_DIR/.apt-updated"
+    if [ -z "$(find "$marker" -mmin -60 2>/dev/null)" ]; then
         log "apt-get update"
         DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null || die "apt-get update failed"
-        APT_UPDATED=1
+        touch "$marker"
     fi
     log "installing $*"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null \

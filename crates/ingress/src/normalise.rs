@@ -1,0 +1,569 @@
+//! Turning raw ingress bytes into a normalised, validated event.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::{RejectReason, SCHEMA_VERSION};
+
+/// Size and time limits. The defaults suit events of up to a few kilobytes.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted payload, checked before parsing so huge inputs cost nothing.
+    pub max_payload_bytes: usize,
+    /// Longest `id`, in characters.
+    pub max_id_chars: usize,
+    /// Longest `type`, in characters.
+    pub max_type_chars: usize,
+    /// Longest `source`, in characters.
+    pub max_source_chars: usize,
+    /// Longest `route`, in characters.
+    pub max_route_chars: usize,
+    /// Deepest nesting of arrays and objects inside `data`.
+    pub max_data_depth: usize,
+    /// How far in the future `occurred_at` may be (clock skew between producers).
+    pub max_future_skew: Duration,
+    /// How old `occurred_at` may be.
+    pub max_age: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 256 * 1024,
+            max_id_chars: 128,
+            max_type_chars: 128,
+            max_source_chars: 128,
+            max_route_chars: 64,
+            max_data_depth: 32,
+            max_future_skew: Duration::hours(24),
+            max_age: Duration::days(365),
+        }
+    }
+}
+
+/// A valid, normalised ingress event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IngressEvent {
+    /// The producer's id: the dedupe key and the `Idempotency-Key` upstream. Trimmed.
+    pub id: String,
+    /// Lower-case dotted name, such as `order.created`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The event's own time, in UTC.
+    pub occurred_at: DateTime<Utc>,
+    /// Who produced it. Trimmed.
+    pub source: String,
+    /// The upstream to deliver to, when the producer chose one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// The payload, always an object (`{}` when absent).
+    pub data: Map<String, Value>,
+    /// Always [`SCHEMA_VERSION`] after normalisation.
+    pub schema_version: u64,
+}
+
+impl IngressEvent {
+    /// The normalised event as JSON in the ingress schema: what the upstream receives.
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        // Serialising plain strings, a timestamp and a JSON map cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Why a message was rejected: a stable reason and a short human-readable detail (which field,
+/// which limit). The detail never contains the payload itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+const KNOWN_FIELDS: [&str; 7] = [
+    "id",
+    "type",
+    "occurred_at",
+    "source",
+    "route",
+    "data",
+    "schema_version",
+];
+
+/// Normalises and validates ingress events against [`Limits`] and the configured routes.
+#[derive(Debug, Clone)]
+pub struct Normaliser {
+    limits: Limits,
+    routes: BTreeSet<String>,
+}
+
+impl Normaliser {
+    /// `routes` are the upstream names an event may ask for in its `route` field.
+    pub fn new(limits: Limits, routes: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            limits,
+            routes: routes.into_iter().collect(),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Parses, normalises and validates one payload. `now` bounds `occurred_at`; it is a
+    /// parameter so that the same input always gives the same answer in tests and replays.
+    pub fn normalise(&self, payload: &[u8], now: DateTime<Utc>) -> Result<IngressEvent, Rejection> {
+        if payload.len() > self.limits.max_payload_bytes {
+            return Err(Rejection::new(
+                RejectReason::TooLarge,
+                format!(
+                    "{} bytes, limit {}",
+                    payload.len(),
+                    self.limits.max_payload_bytes
+                ),
+            ));
+        }
+        if payload.iter().all(u8::is_ascii_whitespace) {
+            return Err(Rejection::new(RejectReason::Empty, "no content"));
+        }
+        let value: Value = serde_json::from_slice(payload).map_err(|error| {
+            // serde_json's message names line and column, never the content.
+            Rejection::new(RejectReason::MalformedJson, error.to_string())
+        })?;
+        let Value::Object(mut object) = value else {
+            return Err(Rejection::new(
+                RejectReason::NotAnObject,
+                format!("top level is {}", json_type(&value)),
+            ));
+        };
+
+        if let Some(unknown) = object
+            .keys()
+            .find(|key| !KNOWN_FIELDS.contains(&key.as_str()))
+        {
+            return Err(Rejection::new(
+                RejectReason::UnknownField,
+                format!("field {:?}", truncate(unknown, 64)),
+            ));
+        }
+        self.check_schema_version(object.remove("schema_version"))?;
+
+        let id = required_string(&mut object, "id")?;
+        self.check_length("id", &id, self.limits.max_id_chars)?;
+        if id.chars().any(char::is_control) {
+            return Err(Rejection::new(
+                RejectReason::InvalidId,
+                "id contains control characters",
+            ));
+        }
+
+        let event_type = required_string(&mut object, "type")?.to_lowercase();
+        self.check_length("type", &event_type, self.limits.max_type_chars)?;
+        if !is_dotted_name(&event_type) {
+            return Err(Rejection::new(
+                RejectReason::InvalidTypeName,
+                "type must be lower-case words of [a-z0-9_] separated by dots, starting with a letter",
+            ));
+        }
+
+        let occurred_at = self.timestamp(&mut object, now)?;
+
+        let source = required_string(&mut object, "source")?;
+        self.check_length("source", &source, self.limits.max_source_chars)?;
+
+        let route = self.route(&mut object)?;
+
+        let data = match object.remove("data") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(data)) => data,
+            Some(other) => {
+                return Err(Rejection::new(
+                    RejectReason::WrongType,
+                    format!("data must be an object, not {}", json_type(&other)),
+                ));
+            }
+        };
+        let depth = depth_of_object(&data);
+        if depth > self.limits.max_data_depth {
+            return Err(Rejection::new(
+                RejectReason::DataTooDeep,
+                format!("depth {depth}, limit {}", self.limits.max_data_depth),
+            ));
+        }
+
+        Ok(IngressEvent {
+            id,
+            event_type,
+            occurred_at,
+            source,
+            route,
+            data,
+            schema_version: SCHEMA_VERSION,
+        })
+    }
+
+    fn check_schema_version(&self, value: Option<Value>) -> Result<(), Rejection> {
+        match value {
+            None | Some(Value::Null) => Ok(()),
+            Some(Value::Number(number)) if number.as_u64() == Some(SCHEMA_VERSION) => Ok(()),
+            Some(Value::Number(number)) => Err(Rejection::new(
+                RejectReason::UnsupportedSchemaVersion,
+                format!("schema_version {number}, supported {SCHEMA_VERSION}"),
+            )),
+            Some(other) => Err(Rejection::new(
+                RejectReason::WrongType,
+                format!("schema_version must be a number, not {}", json_type(&other)),
+            )),
+        }
+    }
+
+    fn check_length(&self, field: &str, value: &str, limit: usize) -> Result<(), Rejection> {
+        let chars = value.chars().count();
+        if chars > limit {
+            return Err(Rejection::new(
+                RejectReason::FieldTooLong,
+                format!("{field} has {chars} characters, limit {limit}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn timestamp(
+        &self,
+        object: &mut Map<String, Value>,
+        now: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, Rejection> {
+        let text = required_string(object, "occurred_at")?;
+        let parsed = DateTime::parse_from_rfc3339(&text).map_err(|error| {
+            Rejection::new(
+                RejectReason::BadTimestamp,
+                format!("occurred_at is not RFC 3339: {error}"),
+            )
+        })?;
+        let utc = parsed.with_timezone(&Utc);
+        if utc > now + self.limits.max_future_skew {
+            return Err(Rejection::new(
+                RejectReason::TimestampOutOfRange,
+                format!(
+                    "occurred_at is more than {} h in the future",
+                    self.limits.max_future_skew.num_hours()
+                ),
+            ));
+        }
+        if utc < now - self.limits.max_age {
+            return Err(Rejection::new(
+                RejectReason::TimestampOutOfRange,
+                format!(
+                    "occurred_at is more than {} days old",
+                    self.limits.max_age.num_days()
+                ),
+            ));
+        }
+        Ok(utc)
+    }
+
+    fn route(&self, object: &mut Map<String, Value>) -> Result<Option<String>, Rejection> {
+        let route = match object.remove("route") {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::String(route)) => route.trim().to_owned(),
+            Some(other) => {
+                return Err(Rejection::new(
+                    RejectReason::WrongType,
+                    format!("route must be a string, not {}", json_type(&other)),
+                ));
+            }
+        };
+        if route.is_empty() {
+            // An empty route means "no preference", like an absent one.
+            return Ok(None);
+        }
+        self.check_length("route", &route, self.limits.max_route_chars)?;
+        if !self.routes.contains(&route) {
+            return Err(Rejection::new(
+                RejectReason::UnknownRoute,
+                format!(
+                    "route {:?} is not a configured upstream",
+                    truncate(&route, 64)
+                ),
+            ));
+        }
+        Ok(Some(route))
+    }
+}
+
+fn required_string(object: &mut Map<String, Value>, field: &str) -> Result<String, Rejection> {
+    match object.remove(field) {
+        None | Some(Value::Null) => Err(Rejection::new(
+            RejectReason::MissingField,
+            format!("{field} is required"),
+        )),
+        Some(Value::String(text)) => {
+            let trimmed = text.trim();
+            if trimmed.is_empty() {
+                return Err(Rejection::new(
+                    RejectReason::EmptyField,
+                    format!("{field} is empty"),
+                ));
+            }
+            Ok(trimmed.to_owned())
+        }
+        Some(other) => Err(Rejection::new(
+            RejectReason::WrongType,
+            format!("{field} must be a string, not {}", json_type(&other)),
+        )),
+    }
+}
+
+/// `order.created`, `user_v2.signed_in`: words of `[a-z0-9_]` starting with a letter,
+/// separated by single dots.
+fn is_dotted_name(name: &str) -> bool {
+    name.split('.').all(|word| {
+        let mut chars = word.chars();
+        chars.next().is_some_and(|first| first.is_ascii_lowercase())
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    })
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Nesting depth of an object's values: `{}` and `{"a": 1}` are 1, `{"a": {"b": 1}}` is 2.
+/// Iterative, so a deep input cannot exhaust the stack here.
+fn depth_of_object(object: &Map<String, Value>) -> usize {
+    let mut deepest = 1;
+    let mut stack: Vec<(&Value, usize)> = object.values().map(|value| (value, 1)).collect();
+    while let Some((value, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        match value {
+            Value::Array(items) => stack.extend(items.iter().map(|item| (item, depth + 1))),
+            Value::Object(fields) => stack.extend(fields.values().map(|item| (item, depth + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+fn truncate(text: &str, chars: usize) -> String {
+    text.chars().take(chars).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0)
+            .single()
+            .expect("valid time")
+    }
+
+    fn normaliser() -> Normaliser {
+        Normaliser::new(
+            Limits::default(),
+            ["orders".to_owned(), "billing".to_owned()],
+        )
+    }
+
+    fn check(value: serde_json::Value) -> Result<IngressEvent, Rejection> {
+        normaliser().normalise(value.to_string().as_bytes(), now())
+    }
+
+    fn reason(value: serde_json::Value) -> RejectReason {
+        check(value).expect_err("should be rejected").reason
+    }
+
+    fn valid() -> serde_json::Value {
+        json!({"id": "order-1", "type": "order.created", "occurred_at": "2026-11-27T10:00:00Z",
+               "source": "shop", "data": {"total": 12.5}})
+    }
+
+    fn with(field: &str, value: serde_json::Value) -> serde_json::Value {
+        let mut event = valid();
+        event[field] = value;
+        event
+    }
+
+    fn without(field: &str) -> serde_json::Value {
+        let mut event = valid();
+        event.as_object_mut().expect("object").remove(field);
+        event
+    }
+
+    #[test]
+    fn normalises_strings_case_and_time_zone() {
+        let event = check(json!({
+            "id": "  order-1 ", "type": " Order.Created ", "occurred_at": "2026-11-27T11:00:00+01:00",
+            "source": " shop ", "route": " orders "
+        }))
+        .expect("valid");
+        assert_eq!(event.id, "order-1");
+        assert_eq!(event.event_type, "order.created");
+        assert_eq!(
+            event.occurred_at,
+            Utc.with_ymd_and_hms(2026, 11, 27, 10, 0, 0).unwrap()
+        );
+        assert_eq!(event.source, "shop");
+        assert_eq!(event.route.as_deref(), Some("orders"));
+        assert!(event.data.is_empty(), "data defaults to an empty object");
+        assert_eq!(event.schema_version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn serialises_back_to_the_ingress_schema() {
+        let event = check(valid()).expect("valid");
+        let json = serde_json::to_value(&event).expect("serialise");
+        assert_eq!(json["type"], "order.created");
+        assert_eq!(json["occurred_at"], "2026-11-27T10:00:00Z");
+        assert!(json.get("route").is_none());
+        // Normalising the normalised form changes nothing.
+        let again = normaliser()
+            .normalise(json.to_string().as_bytes(), now())
+            .expect("still valid");
+        assert_eq!(again, event);
+    }
+
+    #[test]
+    fn every_rejection_has_its_reason() {
+        let n = normaliser();
+        assert_eq!(
+            n.normalise(&vec![b' '; 300 * 1024], now())
+                .unwrap_err()
+                .reason,
+            RejectReason::TooLarge
+        );
+        assert_eq!(
+            n.normalise(b"  \n", now()).unwrap_err().reason,
+            RejectReason::Empty
+        );
+        assert_eq!(
+            n.normalise(b"{\"id\":", now()).unwrap_err().reason,
+            RejectReason::MalformedJson
+        );
+        assert_eq!(
+            n.normalise(b"\xff\xfe{}", now()).unwrap_err().reason,
+            RejectReason::MalformedJson
+        );
+        assert_eq!(
+            n.normalise(b"[1,2]", now()).unwrap_err().reason,
+            RejectReason::NotAnObject
+        );
+        assert_eq!(reason(without("id")), RejectReason::MissingField);
+        assert_eq!(
+            reason(with("source", json!(null))),
+            RejectReason::MissingField
+        );
+        assert_eq!(reason(with("id", json!(42))), RejectReason::WrongType);
+        assert_eq!(reason(with("data", json!([1]))), RejectReason::WrongType);
+        assert_eq!(reason(with("route", json!(true))), RejectReason::WrongType);
+        assert_eq!(
+            reason(with("schema_version", json!("1"))),
+            RejectReason::WrongType
+        );
+        assert_eq!(
+            reason(with("source", json!("   "))),
+            RejectReason::EmptyField
+        );
+        assert_eq!(
+            reason(with("id", json!("x".repeat(129)))),
+            RejectReason::FieldTooLong
+        );
+        assert_eq!(
+            reason(with("id", json!("a\u{0007}b"))),
+            RejectReason::InvalidId
+        );
+        assert_eq!(
+            reason(with("type", json!("order..created"))),
+            RejectReason::InvalidTypeName
+        );
+        assert_eq!(
+            reason(with("type", json!("9order"))),
+            RejectReason::InvalidTypeName
+        );
+        assert_eq!(
+            reason(with("type", json!("order-created"))),
+            RejectReason::InvalidTypeName
+        );
+        assert_eq!(
+            reason(with("occurred_at", json!("yesterday"))),
+            RejectReason::BadTimestamp
+        );
+        assert_eq!(
+            reason(with("occurred_at", json!("2026-11-27 10:00:00"))),
+            RejectReason::BadTimestamp
+        );
+        assert_eq!(
+            reason(with("occurred_at", json!("2026-11-29T12:00:01Z"))),
+            RejectReason::TimestampOutOfRange
+        );
+        assert_eq!(
+            reason(with("occurred_at", json!("2020-01-01T00:00:00Z"))),
+            RejectReason::TimestampOutOfRange
+        );
+        assert_eq!(
+            reason(with("route", json!("nowhere"))),
+            RejectReason::UnknownRoute
+        );
+        assert_eq!(
+            reason(with("schema_version", json!(2))),
+            RejectReason::UnsupportedSchemaVersion
+        );
+        assert_eq!(reason(with("extra", json!(1))), RejectReason::UnknownField);
+        let mut deep = json!(1);
+        for _ in 0..40 {
+            deep = json!({ "x": deep });
+        }
+        assert_eq!(reason(with("data", deep)), RejectReason::DataTooDeep);
+    }
+
+    #[test]
+    fn accepts_explicit_defaults() {
+        let event = check(with("schema_version", json!(1))).expect("version 1 is fine");
+        assert_eq!(event.schema_version, 1);
+        assert!(
+            check(with("route", json!("")))
+                .expect("empty route")
+                .route
+                .is_none()
+        );
+        assert!(
+            check(with("data", json!(null)))
+                .expect("null data")
+                .data
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn details_never_echo_the_payload() {
+        let secret = "sk_live_do_not_log_me";
+        let rejection =
+            check(with("id", json!(format!("{secret}{}", "x".repeat(200))))).unwrap_err();
+        assert!(!rejection.detail.contains(secret), "{}", rejection.detail);
+        let rejection = normaliser()
+            .normalise(format!("{{\"id\": \"{secret}\" oops").as_bytes(), now())
+            .unwrap_err();
+        assert!(!rejection.detail.contains(secret), "{}", rejection.detail);
+    }
+}
