@@ -9,6 +9,9 @@ pub mod v1 {
     tonic::include_proto!("relais.v1");
 }
 
+/// The protobuf timestamp used by the generated messages.
+pub use prost_types::Timestamp;
+
 /// The value of the `relais-schema` Kafka header that names a record's message type.
 pub mod schema {
     /// Records on `relais.audit`.

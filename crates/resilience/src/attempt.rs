@@ -1,0 +1,143 @@
+//! What the probe and the retry layer record about each attempt.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crate::classify::{TimeoutKind, TransportError};
+
+/// One HTTP attempt of a delivery, as it ends up in the audit record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    /// 0 for the first try (OpenTelemetry's `http.request.resend_count`).
+    pub number: u32,
+    pub started_at: SystemTime,
+    /// Status of the response, if one arrived.
+    pub status: Option<u16>,
+    /// Transport failure, if the attempt failed without a usable response.
+    pub error: Option<TransportError>,
+    /// The limit that ended the attempt, if any.
+    pub timeout: Option<TimeoutKind>,
+    pub timings: PhaseTimings,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// Wait chosen before the next attempt (zero on the last).
+    pub backoff: Duration,
+}
+
+/// Phase durations measured by the probe; a phase that did not happen is zero (a pooled
+/// connection has no DNS or connect phase).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PhaseTimings {
+    pub dns: Duration,
+    /// TCP connect, and for `https` the TLS handshake too: reqwest does not expose the split,
+    /// so `tls` stays zero and this phase includes it.
+    pub connect: Duration,
+    pub tls: Duration,
+    /// Request start until the response head arrived.
+    pub time_to_first_byte: Duration,
+    /// Response head until the body was read.
+    pub transfer: Duration,
+    pub total: Duration,
+}
+
+impl AttemptRecord {
+    /// The OpenTelemetry `error.type` of the attempt: the status for an HTTP error response,
+    /// the transport class for a failure, none for success.
+    pub fn error_type(&self) -> Option<String> {
+        match (self.status, self.error) {
+            (_, Some(error)) => Some(error.error_type().to_owned()),
+            (Some(status), None) if status >= 400 => Some(status.to_string()),
+            _ => None,
+        }
+    }
+
+    pub fn to_proto(&self) -> relais_proto::v1::Attempt {
+        use relais_proto::v1;
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let timeout = match self.timeout {
+            None => v1::TimeoutKind::None,
+            Some(TimeoutKind::Connect) => v1::TimeoutKind::Connect,
+            Some(TimeoutKind::Attempt) => v1::TimeoutKind::Attempt,
+            Some(TimeoutKind::Deadline) => v1::TimeoutKind::Deadline,
+        };
+        v1::Attempt {
+            number: self.number,
+            started_at: Some(prost_timestamp(self.started_at)),
+            status_code: u32::from(self.status.unwrap_or(0)),
+            error_type: self
+                .error
+                .map(|e| e.error_type().to_owned())
+                .unwrap_or_default(),
+            timeout: timeout as i32,
+            timings: Some(v1::ProbeTimings {
+                dns_us: micros(self.timings.dns),
+                connect_us: micros(self.timings.connect),
+                tls_us: micros(self.timings.tls),
+                time_to_first_byte_us: micros(self.timings.time_to_first_byte),
+                transfer_us: micros(self.timings.transfer),
+                total_us: micros(self.timings.total),
+            }),
+            request_bytes: self.request_bytes,
+            response_bytes: self.response_bytes,
+            backoff_ms: u64::try_from(self.backoff.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// A `SystemTime` as a protobuf timestamp (times before 1970 clamp to the epoch).
+pub fn prost_timestamp(time: SystemTime) -> relais_proto::Timestamp {
+    let since_epoch = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    relais_proto::Timestamp {
+        seconds: i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since_epoch.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// Filled in while an attempt runs, by the layers that see each part of it; shared through
+/// the request extensions so a timeout that cancels the inner layers loses nothing measured.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CurrentAttempt(pub(crate) Arc<Mutex<AttemptProgress>>);
+
+#[derive(Debug, Default)]
+pub(crate) struct AttemptProgress {
+    pub(crate) number: u32,
+    pub(crate) started: Option<tokio::time::Instant>,
+    pub(crate) started_at: Option<SystemTime>,
+    pub(crate) timings: PhaseTimings,
+    pub(crate) request_bytes: u64,
+    pub(crate) response_bytes: u64,
+    /// Trace id of the attempt's client span, for metric exemplars.
+    pub(crate) trace_id: Option<String>,
+}
+
+impl CurrentAttempt {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, AttemptProgress> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The attempts of one delivery, in order; put into the extensions by the caller.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AttemptLog(pub(crate) Arc<Mutex<Vec<AttemptRecord>>>);
+
+impl AttemptLog {
+    pub(crate) fn push(&self, record: AttemptRecord) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(record);
+    }
+
+    pub(crate) fn take(&self) -> Vec<AttemptRecord> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}

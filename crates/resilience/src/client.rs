@@ -1,0 +1,275 @@
+//! One upstream's outbound stack, composed in one place.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Extensions;
+use reqwest::Url;
+use reqwest_middleware::ClientWithMiddleware;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::attempt::{AttemptLog, AttemptRecord};
+use crate::budget::RetryBudget;
+use crate::circuit::{CircuitBreaker, CircuitState};
+use crate::classify::{RetryClassifier, StatusClassifier, TransportError};
+use crate::error::{ResilienceError, refusal, transport_error};
+use crate::layers::{
+    AttemptTimeout, Bulkhead, CircuitGate, Deadline, Retry, RetryStop, RetryStopped,
+};
+use crate::metrics::ResilienceMetrics;
+use crate::policy::{PolicyError, UpstreamPolicy};
+use crate::probe::{ConnectTimingLayer, Probe, TimedResolver};
+
+/// How a call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// The upstream answered (the last attempt's status; 2xx or not).
+    Response { status: u16 },
+    /// Our own layers refused to send: nothing reached the upstream.
+    Refused(Refusal),
+    /// The last attempt failed without a usable response.
+    Failed(TransportError),
+}
+
+/// Why a call was refused before any attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The circuit is open; a call may be let through after `retry_in`.
+    CircuitOpen { retry_in: Duration },
+    /// No bulkhead slot within the wait limit.
+    BulkheadFull,
+}
+
+/// Everything the caller needs to decide the outcome and explain it afterwards.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub outcome: CallOutcome,
+    /// Every attempt, in order, with probe data.
+    pub attempts: Vec<AttemptRecord>,
+    /// Why retries stopped before a success, if they did.
+    pub retry_stop: Option<RetryStop>,
+    /// The circuit's state when the call ended.
+    pub circuit_state: CircuitState,
+    pub elapsed: Duration,
+}
+
+impl Delivery {
+    pub fn succeeded(&self) -> bool {
+        matches!(self.outcome, CallOutcome::Response { status } if (200..300).contains(&status))
+    }
+}
+
+/// Failure to build an upstream client.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("invalid base URL {url:?} for upstream {upstream}")]
+    BaseUrl {
+        upstream: String,
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("cannot build the HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+/// An upstream with its own policy, circuit breaker, retry budget and bulkhead.
+#[derive(Debug, Clone)]
+pub struct UpstreamClient {
+    name: Arc<str>,
+    base_url: Url,
+    client: ClientWithMiddleware,
+    breaker: Arc<CircuitBreaker>,
+    policy: Arc<UpstreamPolicy>,
+}
+
+impl UpstreamClient {
+    /// Builds the stack for one upstream. The policy is validated first.
+    pub fn new(
+        name: &str,
+        base_url: &str,
+        policy: UpstreamPolicy,
+        metrics: &ResilienceMetrics,
+    ) -> Result<Self, BuildError> {
+        policy.validate()?;
+        let base_url = Url::parse(base_url).map_err(|source| BuildError::BaseUrl {
+            upstream: name.to_owned(),
+            url: base_url.to_owned(),
+            source,
+        })?;
+        let upstream: Arc<str> = Arc::from(name);
+
+        let transition_metrics = metrics.clone();
+        let transition_upstream = Arc::clone(&upstream);
+        let breaker = CircuitBreaker::new(
+            policy.circuit.clone(),
+            Some(Arc::new(move |from, to| {
+                tracing::warn!(upstream = %transition_upstream, from = from.as_str(), to = to.as_str(), "circuit state changed");
+                transition_metrics.record_transition(&transition_upstream, from, to);
+            })),
+        );
+        metrics.set_circuit_state(name, CircuitState::Closed);
+        let budget = Arc::new(RetryBudget::new(policy.retry.budget.clone()));
+        let classifier: Arc<dyn RetryClassifier> = Arc::new(StatusClassifier::new(
+            policy.retry.retry_statuses.iter().copied(),
+        ));
+
+        let http = reqwest::Client::builder()
+            .dns_resolver(Arc::new(TimedResolver))
+            .connector_layer(ConnectTimingLayer)
+            .connect_timeout(policy.connect_timeout)
+            .pool_max_idle_per_host(policy.bulkhead.max_concurrent)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(BuildError::Client)?;
+
+        // The order is the design (outermost first); each layer says why it is where it is.
+        let client = reqwest_middleware::ClientBuilder::new(http)
+            // 1. The caller's time limit covers everything below, waits included.
+            .with(Deadline {
+                deadline: policy.deadline,
+                upstream: Arc::clone(&upstream),
+                metrics: metrics.clone(),
+            })
+            // 2. Bound concurrency before anything else, so a slow upstream ties up at most
+            //    max_concurrent callers, whatever the breaker and retries do.
+            .with(Bulkhead {
+                slots: Arc::new(Semaphore::new(policy.bulkhead.max_concurrent)),
+                max_wait: policy.bulkhead.max_wait,
+                upstream: Arc::clone(&upstream),
+                metrics: metrics.clone(),
+            })
+            // 3. An open circuit refuses the whole call, retries included.
+            .with(CircuitGate {
+                breaker: Arc::clone(&breaker),
+                upstream: Arc::clone(&upstream),
+                metrics: metrics.clone(),
+            })
+            // 4. Retries decide per attempt and feed the breaker per attempt.
+            .with(Retry {
+                backoff: crate::backoff::exponential_full_jitter(
+                    policy.retry.base_backoff,
+                    policy.retry.max_backoff,
+                ),
+                policy: policy.retry.clone(),
+                classifier,
+                budget,
+                breaker: Arc::clone(&breaker),
+                upstream: Arc::clone(&upstream),
+                metrics: metrics.clone(),
+            })
+            // 5. Each attempt gets its own limit, so one hang cannot eat the deadline.
+            .with(AttemptTimeout {
+                timeout: policy.attempt_timeout,
+            })
+            // 6. Closest to the wire: measures exactly what the network did.
+            .with(Probe {
+                upstream: Arc::clone(&upstream),
+                max_response_bytes: policy.max_response_bytes,
+            })
+            .build();
+
+        Ok(Self {
+            name: upstream,
+            base_url,
+            client,
+            breaker,
+            policy: Arc::new(policy),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn policy(&self) -> &UpstreamPolicy {
+        &self.policy
+    }
+
+    /// The upstream's circuit breaker (its state feeds backpressure and status reports).
+    pub fn breaker(&self) -> &Arc<CircuitBreaker> {
+        &self.breaker
+    }
+
+    /// POSTs a JSON body to `path` (relative to the base URL) with `Idempotency-Key`, through
+    /// the whole stack.
+    pub async fn post_json(&self, path: &str, body: Bytes, idempotency_key: &str) -> Delivery {
+        let started = Instant::now();
+        let url = match self.base_url.join(path.trim_start_matches('/')) {
+            Ok(url) => url,
+            Err(error) => {
+                tracing::error!(%error, path, "cannot build the request URL");
+                return self.finish(
+                    CallOutcome::Failed(TransportError::Other),
+                    Vec::new(),
+                    None,
+                    started,
+                );
+            }
+        };
+        let request = self
+            .client
+            .post(url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", idempotency_key)
+            .body(body)
+            .build();
+        let request = match request {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::error!(%error, "cannot build the request");
+                return self.finish(
+                    CallOutcome::Failed(TransportError::Other),
+                    Vec::new(),
+                    None,
+                    started,
+                );
+            }
+        };
+
+        let log = AttemptLog::default();
+        let mut extensions = Extensions::new();
+        extensions.insert(log.clone());
+        let result = self
+            .client
+            .execute_with_extensions(request, &mut extensions)
+            .await;
+        let stop = extensions.get::<RetryStopped>().map(|stopped| stopped.0);
+        let outcome = match &result {
+            Ok(response) => CallOutcome::Response {
+                status: response.status().as_u16(),
+            },
+            Err(error) => match refusal(error) {
+                Some(ResilienceError::CircuitOpen(open)) => {
+                    CallOutcome::Refused(Refusal::CircuitOpen {
+                        retry_in: open.retry_in,
+                    })
+                }
+                Some(_) => CallOutcome::Refused(Refusal::BulkheadFull),
+                None => CallOutcome::Failed(transport_error(error)),
+            },
+        };
+        self.finish(outcome, log.take(), stop, started)
+    }
+
+    fn finish(
+        &self,
+        outcome: CallOutcome,
+        attempts: Vec<AttemptRecord>,
+        retry_stop: Option<RetryStop>,
+        started: Instant,
+    ) -> Delivery {
+        Delivery {
+            outcome,
+            attempts,
+            retry_stop,
+            circuit_state: self.breaker.state(),
+            elapsed: started.elapsed(),
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! The middleware layers of the outbound stack, outermost first. `client.rs` composes them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Extensions;
+use reqwest::{Request, Response};
+use reqwest_middleware::{Middleware, Next};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::attempt::{AttemptLog, AttemptRecord, CurrentAttempt};
+use crate::backoff;
+use crate::budget::RetryBudget;
+use crate::circuit::CircuitBreaker;
+use crate::classify::{AttemptResult, Decision, RetryClassifier, TimeoutKind, TransportError};
+use crate::error::{ResilienceError, transport_error};
+use crate::metrics::ResilienceMetrics;
+use crate::metrics::{UpstreamLabels, UpstreamReasonLabels};
+use crate::policy::RetryPolicyConfig;
+
+/// When the whole call must be over; set by [`Deadline`], read by [`Retry`] so it never
+/// sleeps past it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallDeadline(pub(crate) Instant);
+
+/// Why the retry layer stopped before a success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryStop {
+    /// The answer was final (a 4xx, or a failure that is unsafe to repeat).
+    NotRetryable,
+    /// `max_attempts` attempts were made.
+    MaxAttempts,
+    /// The retry budget was spent.
+    BudgetExhausted,
+    /// The upstream asked to wait longer than `max_retry_after`.
+    RetryAfterTooLong,
+    /// The next attempt could not start before the deadline.
+    Deadline,
+    /// The circuit opened while this call was retrying.
+    CircuitOpened,
+}
+
+impl RetryStop {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NotRetryable => "not_retryable",
+            Self::MaxAttempts => "max_attempts",
+            Self::BudgetExhausted => "budget_exhausted",
+            Self::RetryAfterTooLong => "retry_after_too_long",
+            Self::Deadline => "deadline",
+            Self::CircuitOpened => "circuit_opened",
+        }
+    }
+}
+
+/// Written into the extensions when retries stopped short of a success.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RetryStopped(pub(crate) RetryStop);
+
+/// Outermost: the overall deadline of the call, attempts and backoff included. When it fires
+/// mid-attempt, that attempt is recorded with a deadline timeout.
+#[derive(Debug)]
+pub(crate) struct Deadline {
+    pub(crate) deadline: Duration,
+    pub(crate) upstream: Arc<str>,
+    pub(crate) metrics: ResilienceMetrics,
+}
+
+#[async_trait::async_trait]
+impl Middleware for Deadline {
+    async fn handle(
+        &self,
+        request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let deadline = Instant::now() + self.deadline;
+        extensions.insert(CallDeadline(deadline));
+        let method = request.method().to_string();
+        let server = server_address(&request);
+        match tokio::time::timeout_at(deadline, next.run(request, extensions)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // The attempt in progress was cancelled with the inner layers; close its record.
+                if let (Some(progress), Some(log)) = (
+                    extensions.get::<CurrentAttempt>().cloned(),
+                    extensions.get::<AttemptLog>().cloned(),
+                ) && progress.lock().started.is_some()
+                {
+                    let record = finish_attempt(
+                        &progress,
+                        Err(TransportError::Timeout(TimeoutKind::Deadline)),
+                        Duration::ZERO,
+                    );
+                    let trace_id = progress.lock().trace_id.clone();
+                    self.metrics.record_attempt(
+                        &self.upstream,
+                        &method,
+                        &server,
+                        &record,
+                        trace_id,
+                    );
+                    log.push(record);
+                    // Recorded once: a second deadline (none can happen) must not re-record.
+                    progress.lock().started = None;
+                }
+                extensions.insert(RetryStopped(RetryStop::Deadline));
+                Err(ResilienceError::Timeout(TimeoutKind::Deadline).into_middleware())
+            }
+        }
+    }
+}
+
+/// The bulkhead: a bounded number of calls in flight to this upstream. Waiting for a slot is
+/// bounded too, by `max_wait` and by the deadline.
+#[derive(Debug)]
+pub(crate) struct Bulkhead {
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) max_wait: Duration,
+    pub(crate) upstream: Arc<str>,
+    pub(crate) metrics: ResilienceMetrics,
+}
+
+#[async_trait::async_trait]
+impl Middleware for Bulkhead {
+    async fn handle(
+        &self,
+        request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let labels = UpstreamLabels {
+            upstream: self.upstream.to_string(),
+        };
+        let permit = match tokio::time::timeout(
+            self.max_wait,
+            Arc::clone(&self.slots).acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            // Closed semaphore (never happens: it is never closed) or no slot in time.
+            Ok(Err(_)) | Err(_) => {
+                self.metrics.bulkhead_rejected.get_or_create(&labels).inc();
+                return Err(ResilienceError::BulkheadFull(self.max_wait).into_middleware());
+            }
+        };
+        let in_flight = self
+            .metrics
+            .bulkhead_in_flight
+            .get_or_create(&labels)
+            .clone();
+        in_flight.inc();
+        let result = next.run(request, extensions).await;
+        in_flight.dec();
+        drop(permit);
+        result
+    }
+}
+
+/// The circuit breaker gate: an open circuit refuses the call before anything is sent.
+#[derive(Debug)]
+pub(crate) struct CircuitGate {
+    pub(crate) breaker: Arc<CircuitBreaker>,
+    pub(crate) upstream: Arc<str>,
+    pub(crate) metrics: ResilienceMetrics,
+}
+
+#[async_trait::async_trait]
+impl Middleware for CircuitGate {
+    async fn handle(
+        &self,
+        request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let permit = match self.breaker.try_acquire() {
+            Ok(permit) => permit,
+            Err(open) => {
+                self.metrics
+                    .circuit_rejected
+                    .get_or_create(&UpstreamLabels {
+                        upstream: self.upstream.to_string(),
+                    })
+                    .inc();
+                return Err(ResilienceError::CircuitOpen(open).into_middleware());
+            }
+        };
+        let result = next.run(request, extensions).await;
+        drop(permit);
+        result
+    }
+}
+
+/// The retry machinery: runs attempts, asks the classifier what each result means, waits with
+/// jittered backoff (never less than `Retry-After`), and stops at the first of: success, a
+/// final answer, `max_attempts`, an exhausted budget, a `Retry-After` beyond the cap, a
+/// deadline that the wait would cross, or a circuit that opened meanwhile. Every attempt is
+/// reported to the circuit breaker and recorded with its probe data.
+#[derive(Debug)]
+pub(crate) struct Retry {
+    pub(crate) policy: RetryPolicyConfig,
+    pub(crate) backoff: reqwest_retry::policies::ExponentialBackoff,
+    pub(crate) classifier: Arc<dyn RetryClassifier>,
+    pub(crate) budget: Arc<RetryBudget>,
+    pub(crate) breaker: Arc<CircuitBreaker>,
+    pub(crate) upstream: Arc<str>,
+    pub(crate) metrics: ResilienceMetrics,
+}
+
+#[async_trait::async_trait]
+impl Middleware for Retry {
+    async fn handle(
+        &self,
+        request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let log = extensions.get::<AttemptLog>().cloned().unwrap_or_default();
+        let deadline = extensions.get::<CallDeadline>().map(|d| d.0);
+        let method = request.method().to_string();
+        let server = server_address(&request);
+        // A repeat is harmless when the method is idempotent or the upstream can deduplicate.
+        let replayable =
+            request.method().is_idempotent() || request.headers().contains_key("idempotency-key");
+        self.budget.record_request();
+        let labels = UpstreamLabels {
+            upstream: self.upstream.to_string(),
+        };
+
+        let mut pending = Some(request);
+        let mut number = 0u32;
+        loop {
+            let Some(request) = pending.take() else {
+                // Unreachable: the loop only continues with a cloned request in hand.
+                return Err(ResilienceError::Timeout(TimeoutKind::Deadline).into_middleware());
+            };
+            // Kept for the next attempt; a streaming body cannot be cloned, then no retry.
+            let spare = request.try_clone();
+            let progress = CurrentAttempt::default();
+            progress.lock().number = number;
+            extensions.insert(progress.clone());
+
+            let started = Instant::now();
+            let result = next.clone().run(request, extensions).await;
+            let elapsed = started.elapsed();
+
+            let attempt_result = match &result {
+                Ok(response) => AttemptResult::from_response(response.status(), response.headers()),
+                Err(error) => AttemptResult::Error(transport_error(error)),
+            };
+            self.breaker.record(
+                self.classifier.is_upstream_failure(&attempt_result),
+                elapsed,
+            );
+
+            let (stop, wait) = match self.classifier.classify(&attempt_result, replayable) {
+                Decision::Success => (None, Duration::ZERO),
+                Decision::Fatal => (Some(RetryStop::NotRetryable), Duration::ZERO),
+                Decision::Retry { not_before } => {
+                    let plan = self.plan_retry(number, not_before, spare.is_some(), deadline);
+                    self.metrics
+                        .retry_budget_utilisation
+                        .get_or_create(&labels)
+                        .set(self.budget.utilisation());
+                    match plan {
+                        Ok(delay) => (None, delay),
+                        Err(stop) => (Some(stop), Duration::ZERO),
+                    }
+                }
+            };
+            let succeeded =
+                stop.is_none() && matches!(&result, Ok(response) if response.status().is_success());
+
+            let record = finish_attempt(
+                &progress,
+                match &result {
+                    Ok(response) => Ok(response.status().as_u16()),
+                    Err(error) => Err(transport_error(error)),
+                },
+                wait,
+            );
+            let trace_id = progress.lock().trace_id.clone();
+            self.metrics
+                .record_attempt(&self.upstream, &method, &server, &record, trace_id);
+            log.push(record);
+            // Closed: the deadline layer must not record this attempt a second time.
+            progress.lock().started = None;
+
+            if let Some(stop) = stop {
+                if stop != RetryStop::NotRetryable {
+                    self.metrics
+                        .retry_stops
+                        .get_or_create(&UpstreamReasonLabels {
+                            upstream: self.upstream.to_string(),
+                            reason: stop.as_str(),
+                        })
+                        .inc();
+                }
+                extensions.insert(RetryStopped(stop));
+                return result;
+            }
+            if succeeded {
+                return result;
+            }
+            self.metrics
+                .retries
+                .get_or_create(&UpstreamReasonLabels {
+                    upstream: self.upstream.to_string(),
+                    reason: retry_cause(&attempt_result),
+                })
+                .inc();
+            drop(result);
+            tokio::time::sleep(wait).await;
+            pending = spare;
+            number += 1;
+        }
+    }
+}
+
+impl Retry {
+    /// Whether and when retry number `number + 1` may go out; the checks run cheapest first and
+    /// the budget last, so a retry that is refused for another reason spends no budget.
+    fn plan_retry(
+        &self,
+        number: u32,
+        not_before: Option<Duration>,
+        can_resend: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Duration, RetryStop> {
+        // An opened circuit is checked first: it is the most useful reason to report, since
+        // the caller should wait for the circuit rather than give the message up.
+        if !self.breaker.allows_retry() {
+            return Err(RetryStop::CircuitOpened);
+        }
+        if number + 1 >= self.policy.max_attempts {
+            return Err(RetryStop::MaxAttempts);
+        }
+        if !can_resend {
+            return Err(RetryStop::NotRetryable);
+        }
+        let jitter = backoff::jittered(&self.backoff, number);
+        let delay = backoff::next_delay(jitter, not_before, self.policy.max_retry_after)
+            .ok_or(RetryStop::RetryAfterTooLong)?;
+        if deadline.is_some_and(|deadline| Instant::now() + delay >= deadline) {
+            return Err(RetryStop::Deadline);
+        }
+        if !self.budget.try_retry() {
+            return Err(RetryStop::BudgetExhausted);
+        }
+        Ok(delay)
+    }
+}
+
+/// Per-attempt timeout, inside the retry layer so each attempt gets the full limit.
+#[derive(Debug)]
+pub(crate) struct AttemptTimeout {
+    pub(crate) timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl Middleware for AttemptTimeout {
+    async fn handle(
+        &self,
+        request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        match tokio::time::timeout(self.timeout, next.run(request, extensions)).await {
+            Ok(result) => result,
+            Err(_) => Err(ResilienceError::Timeout(TimeoutKind::Attempt).into_middleware()),
+        }
+    }
+}
+
+/// Turns an attempt's progress into its final record.
+fn finish_attempt(
+    progress: &CurrentAttempt,
+    result: Result<u16, TransportError>,
+    backoff: Duration,
+) -> AttemptRecord {
+    let progress = progress.lock();
+    let mut timings = progress.timings;
+    if let Some(started) = progress.started
+        && timings.total.is_zero()
+    {
+        // Cancelled before the probe finished (a timeout): the attempt lasted until now.
+        timings.total = started.elapsed();
+    }
+    let (status, error) = match result {
+        Ok(status) => (Some(status), None),
+        Err(error) => (None, Some(error)),
+    };
+    AttemptRecord {
+        number: progress.number,
+        started_at: progress
+            .started_at
+            .unwrap_or_else(std::time::SystemTime::now),
+        status,
+        error,
+        timeout: match error {
+            Some(TransportError::Timeout(kind)) => Some(kind),
+            _ => None,
+        },
+        timings,
+        request_bytes: progress.request_bytes,
+        response_bytes: progress.response_bytes,
+        backoff,
+    }
+}
+
+fn retry_cause(result: &AttemptResult) -> &'static str {
+    match result {
+        AttemptResult::Response { status, .. } if status.as_u16() == 429 => "status_429",
+        AttemptResult::Response { status, .. } if status.is_server_error() => "status_5xx",
+        AttemptResult::Response { .. } => "status_other",
+        AttemptResult::Error(error) => error.error_type(),
+    }
+}
+
+fn server_address(request: &Request) -> String {
+    request.url().host_str().unwrap_or_default().to_owned()
+}

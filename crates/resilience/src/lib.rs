@@ -1,0 +1,39 @@
+//! The one place where outgoing-call policy lives.
+//!
+//! Every call to an upstream goes through the same stack, outermost first:
+//!
+//! 1. **deadline**: the caller's total time, attempts and backoff included;
+//! 2. **bulkhead**: at most `max_concurrent` calls in flight, a bounded wait for a slot;
+//! 3. **circuit breaker**: an open circuit refuses the call without touching the upstream;
+//! 4. **retry**: exponential backoff with full jitter, `Retry-After` honoured (capped), a
+//!    retry budget, idempotency-aware; *what* retries is decided by a [`RetryClassifier`];
+//! 5. **per-attempt timeout**;
+//! 6. **network probe**: DNS, connect, time to first byte, transfer, sizes; the client span
+//!    and `traceparent`;
+//! 7. the reqwest client.
+//!
+//! [`UpstreamClient::new`] builds it from an [`UpstreamPolicy`]; every outcome comes back as a
+//! [`Delivery`] with the attempt list, why retries stopped, and the circuit state.
+
+mod attempt;
+pub mod backoff;
+pub mod budget;
+pub mod circuit;
+pub mod classify;
+mod client;
+mod error;
+mod layers;
+pub mod metrics;
+pub mod policy;
+mod probe;
+
+pub use attempt::{AttemptRecord, PhaseTimings, prost_timestamp};
+pub use circuit::{CircuitBreaker, CircuitOpen, CircuitState};
+pub use classify::{
+    AttemptResult, Decision, RetryClassifier, StatusClassifier, TimeoutKind, TransportError,
+};
+pub use client::{BuildError, CallOutcome, Delivery, Refusal, UpstreamClient};
+pub use error::ResilienceError;
+pub use layers::RetryStop;
+pub use metrics::ResilienceMetrics;
+pub use policy::UpstreamPolicy;

@@ -1,0 +1,246 @@
+//! Metrics of outgoing calls, registered once per process and shared by every upstream.
+//!
+//! `http_client_request_duration_seconds` follows the OpenTelemetry HTTP client conventions
+//! (name, label names, recommended buckets; the trace id as exemplar). Everything else carries
+//! the `relais_` prefix. Every label is bounded: upstream names come from configuration, and
+//! statuses, phases, kinds and reasons are small fixed sets.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::attempt::AttemptRecord;
+use crate::circuit::CircuitState;
+
+/// The OpenTelemetry recommended buckets for `http.client.request.duration` (seconds).
+pub const HTTP_DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpClientLabels {
+    pub upstream: String,
+    pub http_request_method: String,
+    pub server_address: String,
+    /// Empty when no response arrived.
+    pub http_response_status_code: String,
+    /// Empty on success.
+    pub error_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceExemplar {
+    pub trace_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub upstream: String,
+    pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamReasonLabels {
+    pub upstream: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TimeoutLabels {
+    pub upstream: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub upstream: String,
+    pub from: &'static str,
+    pub to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub upstream: String,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
+}
+
+type DurationFamily = Family<HttpClientLabels, HistogramWithExemplars<TraceExemplar>>;
+
+/// Handles to every resilience metric; clone freely (each is an `Arc` inside).
+#[derive(Debug, Clone)]
+pub struct ResilienceMetrics {
+    pub(crate) request_duration: DurationFamily,
+    pub(crate) phase_duration: Family<PhaseLabels, Histogram>,
+    pub(crate) retries: Family<UpstreamReasonLabels, Counter>,
+    pub(crate) retry_stops: Family<UpstreamReasonLabels, Counter>,
+    pub(crate) timeouts: Family<TimeoutLabels, Counter>,
+    pub(crate) circuit_transitions: Family<TransitionLabels, Counter>,
+    pub(crate) circuit_state: Family<StateLabels, Gauge>,
+    pub(crate) circuit_rejected: Family<UpstreamLabels, Counter>,
+    pub(crate) retry_budget_utilisation:
+        Family<UpstreamLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub(crate) bulkhead_in_flight: Family<UpstreamLabels, Gauge>,
+    pub(crate) bulkhead_rejected: Family<UpstreamLabels, Counter>,
+}
+
+impl ResilienceMetrics {
+    /// Creates the metrics and registers them in `registry` (which should carry the `relais`
+    /// prefix; the OpenTelemetry-named histogram is registered at the root).
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            request_duration: Family::new_with_constructor(|| {
+                HistogramWithExemplars::new(HTTP_DURATION_BUCKETS.into_iter())
+            }),
+            phase_duration: Family::new_with_constructor(|| Histogram::new(HTTP_DURATION_BUCKETS)),
+            retries: Family::default(),
+            retry_stops: Family::default(),
+            timeouts: Family::default(),
+            circuit_transitions: Family::default(),
+            circuit_state: Family::default(),
+            circuit_rejected: Family::default(),
+            retry_budget_utilisation: Family::default(),
+            bulkhead_in_flight: Family::default(),
+            bulkhead_rejected: Family::default(),
+        };
+        registry.register_with_unit(
+            "http_client_request_duration",
+            "Duration of HTTP client attempts (OpenTelemetry http.client.request.duration)",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.request_duration.clone(),
+        );
+        let relais = registry.sub_registry_with_prefix("relais");
+        relais.register_with_unit(
+            "http_client_phase_duration",
+            "Duration of each phase of an HTTP attempt as measured by the network probe",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.phase_duration.clone(),
+        );
+        relais.register(
+            "http_client_retries",
+            "Retries sent, by the cause of the failed attempt",
+            metrics.retries.clone(),
+        );
+        relais.register(
+            "http_client_retry_stops",
+            "Deliveries whose retries stopped before success, by why they stopped",
+            metrics.retry_stops.clone(),
+        );
+        relais.register(
+            "http_client_timeouts",
+            "Attempts ended by a timeout, by which limit fired",
+            metrics.timeouts.clone(),
+        );
+        relais.register(
+            "circuit_transitions",
+            "Circuit breaker state changes",
+            metrics.circuit_transitions.clone(),
+        );
+        relais.register(
+            "circuit_state",
+            "Circuit breaker state: 1 for the current state, 0 for the others",
+            metrics.circuit_state.clone(),
+        );
+        relais.register(
+            "circuit_rejected_calls",
+            "Calls refused because the circuit was open",
+            metrics.circuit_rejected.clone(),
+        );
+        relais.register(
+            "retry_budget_utilisation_ratio",
+            "Share of the retry budget in use over its window (1 = exhausted)",
+            metrics.retry_budget_utilisation.clone(),
+        );
+        relais.register(
+            "bulkhead_in_flight_calls",
+            "Calls currently holding a bulkhead slot",
+            metrics.bulkhead_in_flight.clone(),
+        );
+        relais.register(
+            "bulkhead_rejected_calls",
+            "Calls that found no bulkhead slot within the wait limit",
+            metrics.bulkhead_rejected.clone(),
+        );
+        metrics
+    }
+
+    /// Sets the 0/1 state series of an upstream (also used to create them at start-up, so
+    /// dashboards see a closed circuit instead of no data).
+    pub(crate) fn set_circuit_state(&self, upstream: &str, current: CircuitState) {
+        for state in CircuitState::ALL {
+            self.circuit_state
+                .get_or_create(&StateLabels {
+                    upstream: upstream.to_owned(),
+                    state: state.as_str(),
+                })
+                .set(i64::from(state == current));
+        }
+    }
+
+    pub(crate) fn record_transition(&self, upstream: &str, from: CircuitState, to: CircuitState) {
+        self.circuit_transitions
+            .get_or_create(&TransitionLabels {
+                upstream: upstream.to_owned(),
+                from: from.as_str(),
+                to: to.as_str(),
+            })
+            .inc();
+        self.set_circuit_state(upstream, to);
+    }
+
+    pub(crate) fn record_attempt(
+        &self,
+        upstream: &str,
+        method: &str,
+        server_address: &str,
+        attempt: &AttemptRecord,
+        trace_id: Option<String>,
+    ) {
+        let labels = HttpClientLabels {
+            upstream: upstream.to_owned(),
+            http_request_method: method.to_owned(),
+            server_address: server_address.to_owned(),
+            http_response_status_code: attempt.status.map(|s| s.to_string()).unwrap_or_default(),
+            error_type: attempt.error_type().unwrap_or_default(),
+        };
+        self.request_duration.get_or_create(&labels).observe(
+            attempt.timings.total.as_secs_f64(),
+            trace_id.map(|trace_id| TraceExemplar { trace_id }),
+            None,
+        );
+        let timings = &attempt.timings;
+        for (phase, duration) in [
+            ("dns", timings.dns),
+            ("connect", timings.connect),
+            ("tls", timings.tls),
+            ("time_to_first_byte", timings.time_to_first_byte),
+            ("transfer", timings.transfer),
+        ] {
+            // A phase that did not happen (pooled connection, no TLS) is not a zero-length one.
+            if !duration.is_zero() {
+                self.phase_duration
+                    .get_or_create(&PhaseLabels {
+                        upstream: upstream.to_owned(),
+                        phase,
+                    })
+                    .observe(duration.as_secs_f64());
+            }
+        }
+        if let Some(kind) = attempt.timeout {
+            self.timeouts
+                .get_or_create(&TimeoutLabels {
+                    upstream: upstream.to_owned(),
+                    kind: kind.as_str(),
+                })
+                .inc();
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The network probe: the innermost layer, closest to the wire.
+//!
+//! Per attempt it measures DNS resolution (through [`TimedResolver`], installed as the client's
+//! resolver), connection set-up (through [`ConnectTimingLayer`], wrapped around the client's
+//! connector), time to the response head, and the body transfer, which it reads here (bounded)
+//! so the per-attempt timeout covers the whole exchange. It opens the attempt's client span,
+//! sends `traceparent` upstream, and writes everything into the attempt's progress record.
+//!
+//! The resolver and the connector run inside the request's future, so they find the attempt's
+//! measurements through a task-local. When hyper finishes a connection in the background (a
+//! pooled connection won the race), the task-local is absent and that attempt reports no
+//! connect phase, which is exactly what it experienced.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use http::Extensions;
+use opentelemetry::trace::TraceContextExt;
+use reqwest::{Request, Response};
+use reqwest_middleware::{Middleware, Next};
+use tokio::time::Instant;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::attempt::CurrentAttempt;
+use crate::error::ResilienceError;
+
+tokio::task_local! {
+    static CONNECT_TIMINGS: Arc<ConnectTimings>;
+}
+
+#[derive(Debug, Default)]
+struct ConnectTimings {
+    dns_micros: AtomicU64,
+    connect_micros: AtomicU64,
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A DNS resolver that reports how long resolution took.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TimedResolver;
+
+impl reqwest::dns::Resolve for TimedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let started = Instant::now();
+            let addresses: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            let _ = CONNECT_TIMINGS.try_with(|timings| {
+                timings
+                    .dns_micros
+                    .store(micros(started.elapsed()), Ordering::Relaxed);
+            });
+            let addresses: reqwest::dns::Addrs = Box::new(addresses.into_iter());
+            Ok(addresses)
+        })
+    }
+}
+
+/// A tower layer around reqwest's connector that times connection set-up (DNS included; the
+/// probe subtracts the DNS share).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ConnectTimingLayer;
+
+impl<S> tower::Layer<S> for ConnectTimingLayer {
+    type Service = ConnectTiming<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ConnectTiming { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectTiming<S> {
+    inner: S,
+}
+
+impl<S, R> tower::Service<R> for ConnectTiming<S>
+where
+    S: tower::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let connecting = self.inner.call(request);
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = connecting.await;
+            let _ = CONNECT_TIMINGS.try_with(|timings| {
+                timings
+                    .connect_micros
+                    .store(micros(started.elapsed()), Ordering::Relaxed);
+            });
+            result
+        })
+    }
+}
+
+/// The probe middleware (innermost layer).
+#[derive(Debug, Clone)]
+pub(crate) struct Probe {
+    pub(crate) upstream: Arc<str>,
+    pub(crate) max_response_bytes: usize,
+}
+
+#[async_trait::async_trait]
+impl Middleware for Probe {
+    async fn handle(
+        &self,
+        mut request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let progress = extensions
+            .get::<CurrentAttempt>()
+            .cloned()
+            .unwrap_or_default();
+        let resend_count = progress.lock().number;
+        let span = tracing::info_span!(
+            "http.client",
+            otel.name = %request.method(),
+            otel.kind = "client",
+            http.request.method = %request.method(),
+            server.address = request.url().host_str().unwrap_or_default(),
+            server.port = request.url().port_or_known_default().unwrap_or_default(),
+            url.full = %request.url(),
+            http.request.resend_count = resend_count,
+            relais.upstream = %self.upstream,
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let context = span.context();
+        relais_telemetry::propagation::inject_http(&context, request.headers_mut());
+        let request_bytes = request
+            .body()
+            .and_then(reqwest::Body::as_bytes)
+            .map_or(0, |body| body.len() as u64);
+        {
+            let mut progress = progress.lock();
+            progress.started = Some(Instant::now());
+            progress.started_at = Some(SystemTime::now());
+            progress.request_bytes = request_bytes;
+            let trace_id = context.span().span_context().trace_id();
+            progress.trace_id = Some(trace_id.to_string());
+        }
+
+        let connect = Arc::new(ConnectTimings::default());
+        let started = Instant::now();
+        let limit = self.max_response_bytes;
+        let exchange = async {
+            let response = next.run(request, extensions).await;
+            record_connect(&progress, &connect);
+            let response = response?;
+            let head_at = started.elapsed();
+            progress.lock().timings.time_to_first_byte = head_at;
+            read_bounded(response, limit, &progress, started, head_at).await
+        };
+        let result = CONNECT_TIMINGS
+            .scope(Arc::clone(&connect), exchange)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(response) => {
+                span.record("http.response.status_code", response.status().as_u16());
+            }
+            Err(error) => {
+                span.record(
+                    "error.type",
+                    crate::error::transport_error(error).error_type(),
+                );
+            }
+        }
+        result
+    }
+}
+
+fn record_connect(progress: &CurrentAttempt, connect: &ConnectTimings) {
+    let dns = Duration::from_micros(connect.dns_micros.load(Ordering::Relaxed));
+    let connect_total = Duration::from_micros(connect.connect_micros.load(Ordering::Relaxed));
+    let mut progress = progress.lock();
+    progress.timings.dns = dns;
+    progress.timings.connect = connect_total.saturating_sub(dns);
+}
+
+/// Reads the body up to `limit` bytes, then rebuilds the response around the bytes read.
+async fn read_bounded(
+    mut response: Response,
+    limit: usize,
+    progress: &CurrentAttempt,
+    started: Instant,
+    head_at: Duration,
+) -> reqwest_middleware::Result<Response> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Err(ResilienceError::ResponseTooLarge { limit }.into_middleware());
+        }
+        body.extend_from_slice(&chunk);
+        progress.lock().response_bytes = body.len() as u64;
+    }
+    {
+        let mut progress = progress.lock();
+        let total = started.elapsed();
+        progress.timings.transfer = total.saturating_sub(head_at);
+        progress.timings.total = total;
+    }
+    let mut rebuilt = http::Response::new(body.freeze());
+    *rebuilt.status_mut() = response.status();
+    *rebuilt.version_mut() = response.version();
+    *rebuilt.headers_mut() = std::mem::take(response.headers_mut());
+    Ok(Response::from(rebuilt))
+}
