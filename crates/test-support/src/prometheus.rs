@@ -82,13 +82,43 @@ impl PrometheusTestEnv {
             }
             Ok(_) => {}
         }
-        let targets_dir = endpoints.state_dir.join("prometheus/targets");
+        let state_dir = endpoints
+            .state_dir
+            .canonicalize()
+            .unwrap_or_else(|_| endpoints.state_dir.clone());
+        let targets_dir = state_dir.join("prometheus/targets");
         if !targets_dir.is_dir() {
             return Err(UnavailableError::Unhealthy {
                 endpoint: format!("Prometheus {url}"),
                 detail: format!(
                     "its target directory {} does not exist (was it started by `make infra-up` with this RELAIS_STATE_DIR?)",
                     targets_dir.display()
+                ),
+            });
+        }
+        // A Prometheus started from another checkout watches another target directory: our
+        // targets would never be scraped. Say so now rather than time out later.
+        let config = http
+            .get(format!("{url}/api/v1/status/config"))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status);
+        let config_text = match config {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(error) => {
+                return Err(UnavailableError::Unhealthy {
+                    endpoint: format!("Prometheus {url}"),
+                    detail: format!("its configuration cannot be read: {error}"),
+                });
+            }
+        };
+        let watched = targets_dir.join("*.json");
+        if !config_text.contains(&*watched.to_string_lossy()) {
+            return Err(UnavailableError::Unhealthy {
+                endpoint: format!("Prometheus {url}"),
+                detail: format!(
+                    "it does not watch {} (started from another RELAIS_STATE_DIR?); restart it with `make infra-down infra-up`",
+                    watched.display()
                 ),
             });
         }
