@@ -169,6 +169,18 @@ impl AdminServer {
         readiness: Readiness,
         shutdown: CancellationToken,
     ) -> Result<Self, BindError> {
+        Self::start_with_routes(address, registry, readiness, Router::new(), shutdown).await
+    }
+
+    /// Like [`start`](Self::start), with a service's own operator routes beside the standard
+    /// ones (they share the admin port, away from public traffic).
+    pub async fn start_with_routes(
+        address: SocketAddr,
+        registry: Arc<Registry>,
+        readiness: Readiness,
+        extra: Router,
+        shutdown: CancellationToken,
+    ) -> Result<Self, BindError> {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| BindError { address, source })?;
@@ -177,7 +189,7 @@ impl AdminServer {
             .map_err(|source| BindError { address, source })?;
         let draining = readiness.register("not_shutting_down");
         draining.set_ready();
-        let app = router(registry, readiness);
+        let app = router(registry, readiness).merge(extra);
         let task = tokio::spawn(async move {
             let stop = shutdown.clone();
             let served = axum::serve(listener, app)

@@ -1,8 +1,4 @@
-//! upstream-sim: The "external API" for development and tests, with faults set at run time.
-//!
-//! So far the binary is the shared process skeleton only: telemetry, typed configuration, the
-//! admin endpoint and a bounded graceful shutdown. The simulator is built on it
-//! (see the open issues); until then it serves `/metrics`, `/healthz` and `/readyz`.
+//! upstream-sim binary: see the library docs.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -14,18 +10,26 @@ use prometheus_client::registry::Registry;
 use relais_telemetry::TelemetryConfig;
 use relais_telemetry::admin::{AdminServer, Readiness};
 use relais_telemetry::shutdown::CancellationToken;
+use relais_upstream_sim::{app, server, state::SimState};
 
 /// Configuration; every flag also reads its `RELAIS_*` environment variable.
 #[derive(Debug, Parser)]
 #[command(name = "upstream-sim", version, about)]
 struct Config {
-    /// Address of the admin endpoint (`/metrics`, `/healthz`, `/readyz`). Keep it off public
-    /// interfaces; containers bind 0.0.0.0 on their internal network.
+    /// Address of the simulated API.
+    #[arg(long, env = "RELAIS_SIM_LISTEN", default_value = "127.0.0.1:8090")]
+    listen: SocketAddr,
+
+    /// Address of the admin endpoint: fault control (`/admin/*`), `/metrics`, health.
     #[arg(long, env = "RELAIS_ADMIN_ADDR", default_value = "127.0.0.1:9104")]
     admin_addr: SocketAddr,
 
-    /// How long shutdown may take before the process exits anyway, in seconds.
-    #[arg(long, env = "RELAIS_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    /// How many distinct Idempotency-Keys are tracked before new ones go uncounted.
+    #[arg(long, env = "RELAIS_SIM_KEY_CAPACITY", default_value_t = 2_000_000)]
+    key_capacity: usize,
+
+    /// How long shutdown may take, in seconds.
+    #[arg(long, env = "RELAIS_DRAIN_TIMEOUT_SECS", default_value_t = 5)]
     drain_timeout_secs: u64,
 }
 
@@ -44,16 +48,26 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let registry = Arc::new(Registry::with_prefix("relais"));
-    let admin = AdminServer::start(
+    let mut registry = Registry::default();
+    let state = Arc::new(SimState::new(&mut registry, config.key_capacity));
+    let readiness = Readiness::default();
+    let serving = readiness.register("api_listening");
+    let admin = AdminServer::start_with_routes(
         config.admin_addr,
-        registry,
-        Readiness::default(),
+        Arc::new(registry),
+        readiness,
+        app::admin_router(Arc::clone(&state)),
         shutdown.clone(),
     )
     .await?;
-    tracing::info!(admin = %admin.local_addr(), "started");
-    shutdown.cancelled().await;
+
+    let router = app::api_router(Arc::clone(&state));
+    let listener = server::bind(config.listen)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;
+    let api = tokio::spawn(server::serve(listener, router, state, shutdown.clone()));
+    serving.set_ready();
+    let result = api.await?;
     admin.join().await;
-    Ok(())
+    result.map_err(|error| anyhow::anyhow!("upstream API on {} failed: {error}", config.listen))
 }

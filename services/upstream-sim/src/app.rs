@@ -1,0 +1,143 @@
+//! Routes. The simulated API ([`api_router`], port 8090) takes deliveries on any path; the
+//! operator routes ([`admin_router`]) live on the admin port (9104) beside `/metrics`, so they
+//! stay reachable while an outage closes the API port.
+//!
+//! | port | route | what |
+//! | --- | --- | --- |
+//! | API | `POST /{*path}` | a delivery: faults applied, counted per `Idempotency-Key` |
+//! | admin | `GET /admin/faults` · `PUT /admin/faults` | read or replace the fault configuration |
+//! | admin | `GET /admin/deliveries` | totals, duplicates included |
+//! | admin | `GET /admin/deliveries/{key}` | counts for one key |
+//! | admin | `POST /admin/reset` | healthy again, counters cleared |
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::faults::{Action, Faults};
+use crate::state::SimState;
+
+/// Marks a response whose connection must be dropped instead of answered.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResetConnection;
+
+/// The largest delivery body accepted.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The simulated upstream API.
+pub fn api_router(state: Arc<SimState>) -> Router {
+    Router::new()
+        .route("/{*path}", post(deliver))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// The operator routes: faults and delivery counts.
+pub fn admin_router(state: Arc<SimState>) -> Router {
+    Router::new()
+        .route("/admin/faults", get(get_faults).put(put_faults))
+        .route("/admin/deliveries", get(deliveries))
+        .route("/admin/deliveries/{key}", get(delivery))
+        .route("/admin/reset", post(reset))
+        .with_state(state)
+}
+
+async fn deliver(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = tokio::time::Instant::now();
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    state.store.received(key.as_deref());
+    let (latency, action) = state.decide();
+    tokio::time::sleep(latency).await;
+    let response = match action {
+        Action::Accept => {
+            let duplicate = state.store.accepted(key.as_deref());
+            if duplicate {
+                state.metrics.duplicates.inc();
+            }
+            (
+                StatusCode::OK,
+                Json(json!({ "accepted": true, "duplicate": duplicate, "bytes": body.len() })),
+            )
+                .into_response()
+        }
+        Action::Error(status) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, Json(json!({ "error": "injected fault" }))).into_response()
+        }
+        Action::RateLimit { retry_after_secs } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(http::header::RETRY_AFTER, retry_after_secs.to_string())],
+            Json(json!({ "error": "rate limited" })),
+        )
+            .into_response(),
+        Action::Hang(duration) => {
+            tokio::time::sleep(duration).await;
+            StatusCode::GATEWAY_TIMEOUT.into_response()
+        }
+        Action::Reset => {
+            let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            response.extensions_mut().insert(ResetConnection);
+            response
+        }
+    };
+    state.metrics.observe(action, started.elapsed());
+    response
+}
+
+async fn get_faults(State(state): State<Arc<SimState>>) -> Json<Faults> {
+    Json(state.faults())
+}
+
+async fn put_faults(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
+    let faults: Faults = match serde_json::from_slice(&body) {
+        Ok(faults) => faults,
+        Err(error) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": error.to_string() })),
+            )
+                .into_response();
+        }
+    };
+    if let Err(error) = faults.validate() {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "error": error.to_string() })),
+        )
+            .into_response();
+    }
+    tracing::info!(faults = %serde_json::to_string(&faults).unwrap_or_default(), "faults changed");
+    state.set_faults(faults.clone());
+    Json(faults).into_response()
+}
+
+async fn deliveries(State(state): State<Arc<SimState>>) -> Response {
+    Json(state.store.summary()).into_response()
+}
+
+async fn delivery(State(state): State<Arc<SimState>>, Path(key): Path<String>) -> Response {
+    match state.store.key(&key) {
+        Some(counts) => Json(counts).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": "no delivery with this key" })),
+        )
+            .into_response(),
+    }
+}
+
+async fn reset(State(state): State<Arc<SimState>>) -> StatusCode {
+    state.set_faults(Faults::default());
+    state.store.reset();
+    tracing::info!("faults and counters reset");
+    StatusCode::NO_CONTENT
+}

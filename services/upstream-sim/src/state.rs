@@ -1,0 +1,126 @@
+//! Shared state: the current faults (with an outage signal for the listener), the delivery
+//! counts and the metrics.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::sync::watch;
+
+use crate::faults::{Action, Faults};
+use crate::store::DeliveryStore;
+
+#[derive(Debug)]
+pub struct SimState {
+    faults: Mutex<Faults>,
+    rng: Mutex<SmallRng>,
+    outage: watch::Sender<bool>,
+    pub(crate) store: DeliveryStore,
+    pub(crate) metrics: SimMetrics,
+}
+
+impl SimState {
+    pub fn new(registry: &mut Registry, key_capacity: usize) -> Self {
+        Self {
+            faults: Mutex::new(Faults::default()),
+            rng: Mutex::new(SmallRng::from_os_rng()),
+            outage: watch::Sender::new(false),
+            store: DeliveryStore::new(key_capacity),
+            metrics: SimMetrics::register(registry),
+        }
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.faults
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        let outage = faults.outage;
+        *self.faults.lock().unwrap_or_else(PoisonError::into_inner) = faults;
+        self.outage.send_replace(outage);
+    }
+
+    /// Follows the outage flag (the listener closes while it is true).
+    pub fn outage(&self) -> watch::Receiver<bool> {
+        self.outage.subscribe()
+    }
+
+    pub(crate) fn decide(&self) -> (Duration, Action) {
+        let faults = self
+            .faults
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+        faults.decide(&mut *rng)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ActionLabels {
+    action: &'static str,
+}
+
+#[derive(Debug)]
+pub(crate) struct SimMetrics {
+    requests: Family<ActionLabels, Counter>,
+    duration: Family<ActionLabels, Histogram>,
+    pub(crate) duplicates: Counter,
+}
+
+impl SimMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ])
+            }),
+            duplicates: Counter::default(),
+        };
+        let sim = registry.sub_registry_with_prefix("upstream_sim");
+        sim.register(
+            "requests",
+            "Deliveries received, by what the simulator did",
+            metrics.requests.clone(),
+        );
+        sim.register_with_unit(
+            "request_duration",
+            "Time to answer a delivery, injected latency included",
+            Unit::Seconds,
+            metrics.duration.clone(),
+        );
+        sim.register(
+            "duplicate_deliveries",
+            "Accepted deliveries whose Idempotency-Key had been accepted before",
+            metrics.duplicates.clone(),
+        );
+        metrics
+    }
+
+    pub(crate) fn observe(&self, action: Action, elapsed: Duration) {
+        let labels = ActionLabels {
+            action: match action {
+                Action::Accept => "accepted",
+                Action::Error(_) => "error",
+                Action::RateLimit { .. } => "rate_limited",
+                Action::Hang(_) => "hung",
+                Action::Reset => "reset",
+            },
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+}

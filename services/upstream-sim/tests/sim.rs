@@ -1,0 +1,204 @@
+//! upstream-sim over real sockets: faults set through the admin API change what clients see.
+#![allow(clippy::unwrap_used)] // a panic in a test helper is a failed test with a location
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::registry::Registry;
+use relais_telemetry::admin::{AdminServer, Readiness};
+use relais_telemetry::shutdown::CancellationToken;
+use relais_upstream_sim::{app, server, state::SimState};
+use serde_json::{Value, json};
+
+/// A running simulator: the API and the admin port, stopped when dropped.
+struct Sim {
+    api: SocketAddr,
+    admin: SocketAddr,
+    http: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start() -> Sim {
+    relais_test_support::install_crypto_provider();
+    let mut registry = Registry::default();
+    let state = Arc::new(SimState::new(&mut registry, 1000));
+    let shutdown = CancellationToken::new();
+    let admin = AdminServer::start_with_routes(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(registry),
+        Readiness::default(),
+        app::admin_router(Arc::clone(&state)),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let api = listener.local_addr().unwrap();
+    tokio::spawn(server::serve(
+        listener,
+        app::api_router(Arc::clone(&state)),
+        state,
+        shutdown.clone(),
+    ));
+    Sim {
+        api,
+        admin: admin.local_addr(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap(),
+        shutdown,
+    }
+}
+
+impl Sim {
+    fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    async fn set_faults(&self, faults: Value) {
+        let response = self
+            .http
+            .put(self.admin_url("/admin/faults"))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
+
+    async fn deliver(&self, key: &str) -> Result<reqwest::Response, reqwest::Error> {
+        // A fresh client per call: pooled connections would hide an outage's refusals.
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+            .post(format!("http://{}/events", self.api))
+            .header("idempotency-key", key)
+            .json(&json!({"id": key}))
+            .send()
+            .await
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.http
+            .get(self.admin_url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn counts_deliveries_and_duplicates_per_key() {
+    let sim = start().await;
+    for key in ["a", "b", "a"] {
+        assert_eq!(sim.deliver(key).await.unwrap().status(), 200);
+    }
+    let summary = sim.get("/admin/deliveries").await;
+    assert_eq!(summary["requests"], 3);
+    assert_eq!(summary["distinct_keys"], 2);
+    assert_eq!(summary["duplicate_deliveries"], 1);
+    assert_eq!(
+        sim.get("/admin/deliveries/a").await,
+        json!({"received": 2, "accepted": 2})
+    );
+    let metrics = sim
+        .http
+        .get(sim.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("upstream_sim_duplicate_deliveries_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("upstream_sim_requests_total{action=\"accepted\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn injects_errors_rate_limits_and_latency() {
+    let sim = start().await;
+    sim.set_faults(json!({"errors": {"503": 1.0}})).await;
+    assert_eq!(sim.deliver("x").await.unwrap().status(), 503);
+
+    sim.set_faults(json!({"rate_limit": {"ratio": 1.0, "retry_after_secs": 2}}))
+        .await;
+    let limited = sim.deliver("x").await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert_eq!(limited.headers()["retry-after"], "2");
+
+    sim.set_faults(json!({"latency": {"kind": "fixed", "ms": 300}}))
+        .await;
+    let started = Instant::now();
+    assert_eq!(sim.deliver("x").await.unwrap().status(), 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    let bad = sim
+        .http
+        .put(sim.admin_url("/admin/faults"))
+        .json(&json!({"errors": {"404": 0.5}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422, "invalid faults are refused");
+}
+
+#[tokio::test]
+async fn hangs_outlast_the_client_and_resets_drop_the_connection() {
+    let sim = start().await;
+    sim.set_faults(json!({"hang": {"ratio": 1.0, "ms": 5000}}))
+        .await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let hung = client
+        .post(format!("http://{}/events", sim.api))
+        .body("{}")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(hung.is_timeout(), "{hung:?}");
+
+    sim.set_faults(json!({"reset_ratio": 1.0})).await;
+    let reset = sim.deliver("r").await.unwrap_err();
+    assert!(
+        !reset.is_timeout() && !reset.is_connect(),
+        "closed mid-request: {reset:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_outage_refuses_connections_until_it_ends() {
+    let sim = start().await;
+    assert_eq!(sim.deliver("before").await.unwrap().status(), 200);
+    sim.set_faults(json!({"outage": true})).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = sim.deliver("during").await.unwrap_err();
+    assert!(refused.is_connect(), "connection refused: {refused:?}");
+
+    sim.set_faults(json!({"outage": false})).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        sim.deliver("after").await.unwrap().status(),
+        200,
+        "same port again"
+    );
+}
