@@ -30,6 +30,18 @@ pub fn extract_kafka<H: Headers + ?Sized>(headers: Option<&H>) -> Context {
     opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&extractor))
 }
 
+/// Reads the trace context from headers already copied out of a Kafka record as
+/// (name, value) pairs.
+pub fn extract_kafka_pairs(headers: &[(String, Vec<u8>)]) -> Context {
+    let extractor = KafkaExtractor {
+        entries: headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), std::str::from_utf8(value).ok()?)))
+            .collect(),
+    };
+    opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&extractor))
+}
+
 /// Adds the context's trace headers to outgoing HTTP headers.
 pub fn inject_http(context: &Context, headers: &mut http::HeaderMap) {
     opentelemetry::global::get_text_map_propagator(|propagator| {

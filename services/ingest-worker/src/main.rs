@@ -1,34 +1,11 @@
-//! ingest-worker: Consumes `relais.ingress`, normalises and validates each event, delivers it upstream
-//! through the resilience layer and emits its audit and realtime records.
-//!
-//! So far the binary is the shared process skeleton only: telemetry, typed configuration, the
-//! admin endpoint and a bounded graceful shutdown. The delivery pipeline is built on it
-//! (see the open issues); until then it serves `/metrics`, `/healthz` and `/readyz`.
+//! ingest-worker binary: see the library docs.
 
-use std::net::SocketAddr;
+use std::io::Write as _;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
-use clap::Parser;
-use prometheus_client::registry::Registry;
+use relais_ingest_worker::config::{Args, Command, WorkerConfig};
 use relais_telemetry::TelemetryConfig;
-use relais_telemetry::admin::{AdminServer, Readiness};
-use relais_telemetry::shutdown::CancellationToken;
-
-/// Configuration; every flag also reads its `RELAIS_*` environment variable.
-#[derive(Debug, Parser)]
-#[command(name = "ingest-worker", version, about)]
-struct Config {
-    /// Address of the admin endpoint (`/metrics`, `/healthz`, `/readyz`). Keep it off public
-    /// interfaces; containers bind 0.0.0.0 on their internal network.
-    #[arg(long, env = "RELAIS_ADMIN_ADDR", default_value = "127.0.0.1:9101")]
-    admin_addr: SocketAddr,
-
-    /// How long shutdown may take before the process exits anyway, in seconds.
-    #[arg(long, env = "RELAIS_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
-    drain_timeout_secs: u64,
-}
+use relais_telemetry::process::EXIT_CONFIG;
 
 const TELEMETRY: TelemetryConfig = TelemetryConfig {
     service_name: "ingest-worker",
@@ -38,23 +15,52 @@ const TELEMETRY: TelemetryConfig = TelemetryConfig {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let (config, process) = relais_telemetry::process::start::<Config>(&TELEMETRY);
-    let drain_timeout = Duration::from_secs(config.drain_timeout_secs);
-    let shutdown = process.shutdown.clone();
-    process.run(drain_timeout, run(config, shutdown)).await
-}
-
-async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let registry = Arc::new(Registry::with_prefix("relais"));
-    let admin = AdminServer::start(
-        config.admin_addr,
-        registry,
-        Readiness::default(),
-        shutdown.clone(),
-    )
-    .await?;
-    tracing::info!(admin = %admin.local_addr(), "started");
-    shutdown.cancelled().await;
-    admin.join().await;
-    Ok(())
+    let (args, process) = relais_telemetry::process::start::<Args>(&TELEMETRY);
+    let config = match WorkerConfig::load(&args) {
+        Ok(config) => config,
+        Err(error) => {
+            let mut message = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            eprintln!("ingest-worker: {message}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let drain_timeout = config.pipeline.drain_timeout + std::time::Duration::from_secs(5);
+    match &args.command {
+        Some(Command::ReplayDlq {
+            reasons,
+            limit,
+            dry_run,
+        }) => {
+            let (reasons, limit, dry_run) = (reasons.clone(), *limit, *dry_run);
+            process
+                .run(drain_timeout, async move {
+                    let summary = relais_ingest_worker::replay::replay(
+                        &args.kafka_bootstrap,
+                        &config,
+                        &reasons,
+                        limit,
+                        dry_run,
+                    )
+                    .await?;
+                    let mut stdout = std::io::stdout().lock();
+                    writeln!(stdout, "{}", serde_json::to_string_pretty(&summary)?)?;
+                    Ok(())
+                })
+                .await
+        }
+        Some(Command::Run) | None => {
+            let shutdown = process.shutdown.clone();
+            process
+                .run(
+                    drain_timeout,
+                    relais_ingest_worker::run(args, config, shutdown),
+                )
+                .await
+        }
+    }
 }

@@ -1,0 +1,396 @@
+//! The worker's configuration: a TOML file for the pipeline, routing and per-upstream policy,
+//! with the deployment-specific values (brokers, identity, ports) from flags or `RELAIS_*`
+//! variables. [`WorkerConfig::validate`] checks the settings against each other at start-up.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use relais_resilience::UpstreamPolicy;
+use serde::Deserialize;
+
+/// Command line; every flag also reads its `RELAIS_*` environment variable.
+#[derive(Debug, clap::Parser)]
+#[command(name = "ingest-worker", version, about)]
+pub struct Args {
+    /// The configuration file (TOML). Without one, the defaults plus one upstream named
+    /// `default` at `--upstream-url` are used.
+    #[arg(long, env = "RELAIS_WORKER_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "RELAIS_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    pub kafka_bootstrap: String,
+
+    /// Identity of this replica. It names the transactional producer, so it must be stable
+    /// across restarts of the same replica (a restart then fences its predecessor at once)
+    /// and unique among live replicas. Defaults to the host name and admin port.
+    #[arg(long, env = "RELAIS_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Admin endpoint (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, env = "RELAIS_ADMIN_ADDR", default_value = "127.0.0.1:9101")]
+    pub admin_addr: SocketAddr,
+
+    /// Base URL of the `default` upstream when no configuration file names upstreams.
+    #[arg(
+        long,
+        env = "RELAIS_UPSTREAM_URL",
+        default_value = "http://127.0.0.1:8090"
+    )]
+    pub upstream_url: String,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run the pipeline (the default).
+    Run,
+    /// Move dead-lettered records back to the ingress topic for another try.
+    ReplayDlq {
+        /// Only records whose reason code is one of these (all when omitted).
+        #[arg(long = "reason")]
+        reasons: Vec<String>,
+        /// Stop after this many records.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Count what would be replayed without writing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// The configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub kafka: KafkaConfig,
+    pub pipeline: PipelineConfig,
+    pub ingress: IngressLimits,
+    pub routing: RoutingConfig,
+    /// Upstreams by name; an event's `route` (or the routing rules) picks one.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Consumer group shared by all worker replicas.
+    pub group_id: String,
+    pub ingress_topic: String,
+    pub audit_topic: String,
+    pub events_topic: String,
+    pub dlq_topic: String,
+    /// A replica that misses heartbeats this long loses its partitions.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// An open transaction of a dead replica is aborted by the broker after this long (unless
+    /// the replica comes back first and fences it).
+    #[serde(with = "humantime_serde")]
+    pub transaction_timeout: Duration,
+    /// Extra librdkafka settings for both the consumer and the producer.
+    pub client: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            group_id: "relais-ingest".into(),
+            ingress_topic: "relais.ingress".into(),
+            audit_topic: "relais.audit".into(),
+            events_topic: "relais.events".into(),
+            dlq_topic: "relais.dlq".into(),
+            session_timeout: Duration::from_secs(10),
+            transaction_timeout: Duration::from_secs(30),
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Delivery lanes: messages with the same key share a lane and are delivered in order;
+    /// lanes run concurrently. The number of deliveries in flight is at most this.
+    pub lanes: usize,
+    /// Messages waiting per lane; when a lane is full, consumption pauses.
+    pub lane_capacity: usize,
+    /// How often outcomes are committed (one transaction each time).
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Outcomes per transaction at most.
+    pub max_batch: usize,
+    /// While an upstream's circuit is open: false (default) waits for it, pausing consumption;
+    /// true dead-letters at once.
+    pub fail_fast_when_open: bool,
+    /// How long shutdown may take: in-flight deliveries finish or are abandoned (and
+    /// redelivered later), handled ones are committed.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            lanes: 64,
+            lane_capacity: 32,
+            commit_interval: Duration::from_millis(100),
+            max_batch: 1000,
+            fail_fast_when_open: false,
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Ingress limits (see the `relais-ingress` crate).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngressLimits {
+    pub max_payload_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for IngressLimits {
+    fn default() -> Self {
+        let limits = relais_ingress::Limits::default();
+        Self {
+            max_payload_bytes: limits.max_payload_bytes,
+            max_future_skew: limits
+                .max_future_skew
+                .to_std()
+                .unwrap_or(Duration::from_secs(86_400)),
+            max_age: limits
+                .max_age
+                .to_std()
+                .unwrap_or(Duration::from_secs(365 * 86_400)),
+        }
+    }
+}
+
+/// Which upstream an event goes to when it does not name one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    pub default_upstream: String,
+    /// First match wins: events whose type starts with `type_prefix` go to `upstream`.
+    pub rules: Vec<RouteRule>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            default_upstream: "default".into(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    pub type_prefix: String,
+    pub upstream: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URL, such as `http://127.0.0.1:8090`.
+    pub url: String,
+    /// Path the events are POSTed to.
+    #[serde(default = "default_path")]
+    pub path: String,
+    #[serde(default)]
+    pub policy: UpstreamPolicy,
+}
+
+fn default_path() -> String {
+    "/events".into()
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration in {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("upstream {name}")]
+    Policy {
+        name: String,
+        #[source]
+        source: relais_resilience::policy::PolicyError,
+    },
+}
+
+impl WorkerConfig {
+    /// Loads the file (or the defaults) and fills in what the command line provides.
+    pub fn load(args: &Args) -> Result<Self, ConfigError> {
+        let mut config = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => Self::default(),
+        };
+        if config.upstreams.is_empty() {
+            config.upstreams.insert(
+                "default".into(),
+                UpstreamConfig {
+                    url: args.upstream_url.clone(),
+                    path: default_path(),
+                    policy: UpstreamPolicy::default(),
+                },
+            );
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        if !self.upstreams.contains_key(&self.routing.default_upstream) {
+            return invalid(format!(
+                "routing.default_upstream {:?} is not among the upstreams ({})",
+                self.routing.default_upstream,
+                self.upstreams
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if let Some(rule) = self
+            .routing
+            .rules
+            .iter()
+            .find(|rule| !self.upstreams.contains_key(&rule.upstream))
+        {
+            return invalid(format!(
+                "routing rule for {:?} names unknown upstream {:?}",
+                rule.type_prefix, rule.upstream
+            ));
+        }
+        for (name, upstream) in &self.upstreams {
+            upstream
+                .policy
+                .validate()
+                .map_err(|source| ConfigError::Policy {
+                    name: name.clone(),
+                    source,
+                })?;
+        }
+        let pipeline = &self.pipeline;
+        if pipeline.lanes == 0 || pipeline.lane_capacity == 0 || pipeline.max_batch == 0 {
+            return invalid(
+                "pipeline.lanes, lane_capacity and max_batch must be at least 1".into(),
+            );
+        }
+        // A transaction must be able to outlive the slowest commit cycle, and a replica must
+        // heartbeat well within the session timeout while draining.
+        if self.kafka.transaction_timeout <= pipeline.commit_interval * 10 {
+            return invalid(
+                "kafka.transaction_timeout must be well above pipeline.commit_interval".into(),
+            );
+        }
+        if pipeline.drain_timeout >= self.kafka.transaction_timeout {
+            return invalid(format!(
+                "pipeline.drain_timeout ({:?}) must be shorter than kafka.transaction_timeout ({:?}), or a drain could outlive its own transaction",
+                pipeline.drain_timeout, self.kafka.transaction_timeout
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn normaliser_limits(&self) -> relais_ingress::Limits {
+        relais_ingress::Limits {
+            max_payload_bytes: self.ingress.max_payload_bytes,
+            max_future_skew: chrono::Duration::from_std(self.ingress.max_future_skew)
+                .unwrap_or(chrono::Duration::hours(24)),
+            max_age: chrono::Duration::from_std(self.ingress.max_age)
+                .unwrap_or(chrono::Duration::days(365)),
+            ..relais_ingress::Limits::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_file_parses_and_validates() {
+        let config: WorkerConfig = toml::from_str(
+            r#"
+            [pipeline]
+            lanes = 16
+            commit_interval = "50ms"
+            [routing]
+            default_upstream = "orders"
+            rules = [{ type_prefix = "billing.", upstream = "billing" }]
+            [upstreams.orders]
+            url = "http://127.0.0.1:8090"
+            [upstreams.billing]
+            url = "http://127.0.0.1:8091"
+            path = "/ingest"
+            [upstreams.billing.policy]
+            attempt_timeout = "1s"
+            [upstreams.billing.policy.retry]
+            max_attempts = 3
+            "#,
+        )
+        .expect("parses");
+        config.validate().expect("valid");
+        assert_eq!(config.pipeline.lanes, 16);
+        assert_eq!(config.upstreams["billing"].policy.retry.max_attempts, 3);
+        assert_eq!(config.upstreams["orders"].path, "/events");
+    }
+
+    #[test]
+    fn contradictions_are_reported() {
+        let mut config: WorkerConfig = toml::from_str(
+            r#"
+            [upstreams.a]
+            url = "http://127.0.0.1:1"
+            "#,
+        )
+        .expect("parses");
+        assert!(
+            config.validate().is_err(),
+            "default upstream 'default' does not exist"
+        );
+        config.routing.default_upstream = "a".into();
+        config.validate().expect("valid now");
+        config.pipeline.drain_timeout = Duration::from_secs(60);
+        let error = config
+            .validate()
+            .expect_err("drain longer than transaction timeout");
+        assert!(error.to_string().contains("drain_timeout"), "{error}");
+        assert!(
+            toml::from_str::<WorkerConfig>("[pipeline]\nlane = 3").is_err(),
+            "typos are caught"
+        );
+    }
+}

@@ -1,0 +1,288 @@
+//! ingest-worker: consumes `relais.ingress`, normalises and validates each event, delivers it
+//! to its upstream through the resilience layer, and writes exactly one outcome per message
+//! (`relais.audit`, `relais.events`, and `relais.dlq` for anything not delivered) in the same
+//! Kafka transaction as the consumed offsets.
+//!
+//! - [`config`]: the configuration file and command line;
+//! - [`pipeline`]: consumer, dispatcher with backpressure, keyed lanes, commit loop;
+//! - [`process`]: deciding one message;
+//! - [`records`]: the records an outcome produces;
+//! - [`tracker`]: which outcomes may be committed (the contiguous prefix per partition);
+//! - [`committer`]: the transaction itself;
+//! - [`replay`]: moving DLQ records back to the ingress topic.
+
+pub mod committer;
+pub mod config;
+pub mod metrics;
+pub mod pipeline;
+pub mod process;
+pub mod records;
+pub mod replay;
+pub mod tracker;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use prometheus_client::registry::Registry;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, Producer};
+use relais_resilience::{ResilienceMetrics, UpstreamClient};
+use relais_telemetry::admin::{AdminServer, Readiness};
+use relais_telemetry::shutdown::{self, CancellationToken, TaskTracker};
+
+use crate::committer::{Committer, Tracker};
+use crate::config::{Args, WorkerConfig};
+use crate::metrics::WorkerMetrics;
+use crate::pipeline::{WorkerConsumer, WorkerContext};
+use crate::process::{Processor, Upstream};
+use crate::records::OutputTopics;
+
+/// This replica's identity: the flag, or host name and admin port.
+pub fn worker_id(args: &Args) -> String {
+    args.worker_id.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "worker".into());
+        format!("{host}-{}", args.admin_addr.port())
+    })
+}
+
+/// librdkafka settings shared by the consumer and the producer.
+fn client_config(args: &Args, config: &WorkerConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &args.kafka_bootstrap);
+    for (key, value) in &config.kafka.client {
+        client.set(key, value);
+    }
+    client
+}
+
+/// Runs the pipeline until `shutdown`, then drains within the configured time.
+pub async fn run(
+    args: Args,
+    config: WorkerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let worker_id = worker_id(&args);
+    let mut registry = Registry::default();
+    let resilience_metrics = ResilienceMetrics::register(&mut registry);
+    let metrics = WorkerMetrics::register(&mut registry);
+
+    let mut upstreams = BTreeMap::new();
+    for (name, upstream) in &config.upstreams {
+        let client = UpstreamClient::new(
+            name,
+            &upstream.url,
+            upstream.policy.clone(),
+            &resilience_metrics,
+        )
+        .with_context(|| format!("upstream {name}"))?;
+        upstreams.insert(
+            name.clone(),
+            Upstream {
+                client,
+                path: upstream.path.clone(),
+            },
+        );
+    }
+
+    let tracker: Arc<Tracker> = Arc::new(Tracker::default());
+    let consumer: WorkerConsumer = client_config(&args, &config)
+        .set("group.id", &config.kafka.group_id)
+        .set("client.id", &worker_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "session.timeout.ms",
+            config.kafka.session_timeout.as_millis().to_string(),
+        )
+        // A small prefetch keeps memory flat while paused for backpressure.
+        .set("queued.max.messages.kbytes", "8192")
+        .create_with_context(WorkerContext {
+            tracker: Arc::clone(&tracker),
+            metrics: metrics.clone(),
+        })
+        .context("cannot create the Kafka consumer")?;
+    let consumer = Arc::new(consumer);
+
+    let producer: FutureProducer = client_config(&args, &config)
+        .set("transactional.id", format!("relais-ingest-{worker_id}"))
+        .set(
+            "transaction.timeout.ms",
+            config.kafka.transaction_timeout.as_millis().to_string(),
+        )
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .create()
+        .context("cannot create the Kafka producer")?;
+    // Also fences an earlier instance with the same identity (a crashed predecessor) and
+    // aborts whatever transaction it left open.
+    let init_producer = producer.clone();
+    tokio::task::spawn_blocking(move || init_producer.init_transactions(Duration::from_secs(30)))
+        .await?
+        .with_context(|| {
+            format!(
+                "cannot initialise transactions with Kafka at {}",
+                args.kafka_bootstrap
+            )
+        })?;
+    consumer
+        .subscribe(&[&config.kafka.ingress_topic])
+        .context("cannot subscribe to the ingress topic")?;
+
+    let readiness = Readiness::default();
+    let kafka_ready = readiness.register("kafka");
+    kafka_ready.set_ready();
+    let admin = AdminServer::start(
+        args.admin_addr,
+        Arc::new(registry),
+        readiness,
+        shutdown.clone(),
+    )
+    .await?;
+
+    let processor = Arc::new(Processor {
+        normaliser: relais_ingress::Normaliser::new(
+            config.normaliser_limits(),
+            config.upstreams.keys().cloned(),
+        ),
+        routing: config.routing.clone(),
+        upstreams,
+        topics: OutputTopics {
+            audit: config.kafka.audit_topic.clone(),
+            events: config.kafka.events_topic.clone(),
+            dlq: config.kafka.dlq_topic.clone(),
+        },
+        worker_id: worker_id.clone(),
+        fail_fast_when_open: config.pipeline.fail_fast_when_open,
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+    });
+    metrics
+        .queue_capacity
+        .set((config.pipeline.lanes * config.pipeline.lane_capacity) as i64);
+
+    let lane_tasks = TaskTracker::new();
+    let lanes = pipeline::start_lanes(
+        config.pipeline.lanes,
+        config.pipeline.lane_capacity,
+        processor,
+        Arc::clone(&tracker),
+        shutdown.clone(),
+        &lane_tasks,
+    );
+    let dispatcher = tokio::spawn(pipeline::dispatch(
+        Arc::clone(&consumer),
+        lanes,
+        Arc::clone(&tracker),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let lanes_done = CancellationToken::new();
+    let committer = Committer {
+        producer,
+        consumer: Arc::clone(&consumer),
+        tracker: Arc::clone(&tracker),
+        ingress_topic: config.kafka.ingress_topic.clone(),
+        max_batch: config.pipeline.max_batch,
+        metrics: metrics.clone(),
+    };
+    let mut commits = tokio::spawn(pipeline::commit_loop(
+        committer,
+        config.pipeline.commit_interval,
+        lanes_done.clone(),
+    ));
+    let lag_reporter = tokio::spawn(report_lag(
+        Arc::clone(&consumer),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!(worker_id, topic = %config.kafka.ingress_topic, "ingest-worker running");
+
+    // Run until asked to stop, or until the committer fails for good.
+    let fatal = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        result = &mut commits => Some(result),
+    };
+    shutdown.cancel();
+    let _ = dispatcher.await;
+    let drained = shutdown::drain(&lane_tasks, config.pipeline.drain_timeout).await;
+    tracing::info!(
+        ?drained,
+        in_flight = tracker.in_flight(),
+        "lanes drained; committing what was handled"
+    );
+    lanes_done.cancel();
+    let committed = match fatal {
+        Some(result) => result,
+        None => commits.await,
+    };
+    lag_reporter.abort();
+    admin.join().await;
+    // Leaving the group now lets the others take the partitions at once.
+    consumer.unsubscribe();
+    match committed {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.into()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Publishes each assigned partition's lag every few seconds.
+async fn report_lag(
+    consumer: Arc<WorkerConsumer>,
+    metrics: WorkerMetrics,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let consumer = Arc::clone(&consumer);
+        let lags = tokio::task::spawn_blocking(move || partition_lags(&consumer))
+            .await
+            .unwrap_or_default();
+        metrics.consumer_lag.clear();
+        for (partition, lag) in lags {
+            metrics
+                .consumer_lag
+                .get_or_create(&metrics::PartitionLabels { partition })
+                .set(lag);
+        }
+    }
+}
+
+fn partition_lags(consumer: &StreamConsumer<WorkerContext>) -> Vec<(i32, i64)> {
+    let Ok(assignment) = consumer.assignment() else {
+        return Vec::new();
+    };
+    let committed = consumer
+        .committed_offsets(assignment.clone(), Duration::from_secs(2))
+        .unwrap_or(assignment);
+    committed
+        .elements()
+        .iter()
+        .filter_map(|element| {
+            let (low, high) = consumer
+                .fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(2))
+                .ok()?;
+            let position = element
+                .offset()
+                .to_raw()
+                .filter(|offset| *offset >= 0)
+                .unwrap_or(low);
+            Some((element.partition(), (high - position).max(0)))
+        })
+        .collect()
+}

@@ -1,0 +1,184 @@
+//! The worker's own metrics (the outbound HTTP metrics belong to the resilience crate).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::records::Outcome;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub partition: i32,
+}
+
+/// Handles to every worker metric (each an `Arc` inside; clone freely).
+#[derive(Debug, Clone)]
+pub struct WorkerMetrics {
+    messages: Family<OutcomeLabels, Counter>,
+    rejections: Family<ReasonLabels, Counter>,
+    dead_letters: Family<ReasonLabels, Counter>,
+    processing: Family<OutcomeLabels, Histogram>,
+    pub parked: Gauge,
+    pub queue_depth: Gauge,
+    pub queue_capacity: Gauge,
+    pub paused: Gauge,
+    pub pauses: Counter,
+    pub assigned_partitions: Gauge,
+    transactions: Family<ResultLabels, Counter>,
+    transaction_duration: Histogram,
+    pub committed_messages: Counter,
+    pub consumer_lag: Family<PartitionLabels, Gauge>,
+}
+
+impl WorkerMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            messages: Family::default(),
+            rejections: Family::default(),
+            dead_letters: Family::default(),
+            processing: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+            }),
+            parked: Gauge::default(),
+            queue_depth: Gauge::default(),
+            queue_capacity: Gauge::default(),
+            paused: Gauge::default(),
+            pauses: Counter::default(),
+            assigned_partitions: Gauge::default(),
+            transactions: Family::default(),
+            transaction_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            committed_messages: Counter::default(),
+            consumer_lag: Family::default(),
+        };
+        let worker = registry.sub_registry_with_prefix("relais_worker");
+        worker.register(
+            "messages",
+            "Ingress messages decided, by outcome",
+            metrics.messages.clone(),
+        );
+        worker.register(
+            "rejections",
+            "Ingress messages rejected as invalid, by reason code",
+            metrics.rejections.clone(),
+        );
+        worker.register(
+            "dead_letters",
+            "Messages written to the DLQ, by reason code (rejections included)",
+            metrics.dead_letters.clone(),
+        );
+        worker.register_with_unit(
+            "processing_duration",
+            "Time from taking a message off its lane to its outcome",
+            Unit::Seconds,
+            metrics.processing.clone(),
+        );
+        worker.register(
+            "parked_messages",
+            "Messages waiting for an open circuit",
+            metrics.parked.clone(),
+        );
+        worker.register(
+            "queue_depth",
+            "Messages waiting in the delivery lanes",
+            metrics.queue_depth.clone(),
+        );
+        worker.register(
+            "queue_capacity",
+            "Capacity of the delivery lanes",
+            metrics.queue_capacity.clone(),
+        );
+        worker.register(
+            "paused",
+            "1 while consumption is paused for backpressure",
+            metrics.paused.clone(),
+        );
+        worker.register(
+            "pauses",
+            "Times consumption was paused for backpressure",
+            metrics.pauses.clone(),
+        );
+        worker.register(
+            "assigned_partitions",
+            "Ingress partitions assigned to this replica",
+            metrics.assigned_partitions.clone(),
+        );
+        worker.register(
+            "transactions",
+            "Outcome transactions, by result",
+            metrics.transactions.clone(),
+        );
+        worker.register_with_unit(
+            "transaction_duration",
+            "Time to write and commit one outcome transaction",
+            Unit::Seconds,
+            metrics.transaction_duration.clone(),
+        );
+        worker.register(
+            "committed_messages",
+            "Messages whose outcome and offset were committed",
+            metrics.committed_messages.clone(),
+        );
+        worker.register(
+            "consumer_lag",
+            "Messages behind the end of each assigned ingress partition",
+            metrics.consumer_lag.clone(),
+        );
+        for outcome in ["delivered", "rejected", "failed", "dead_lettered"] {
+            let _ = metrics.messages.get_or_create(&OutcomeLabels { outcome });
+        }
+        metrics
+    }
+
+    pub fn record_outcome(&self, outcome: &Outcome, elapsed: Duration) {
+        let labels = OutcomeLabels {
+            outcome: outcome.label(),
+        };
+        self.messages.get_or_create(&labels).inc();
+        self.processing
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        if *outcome != Outcome::Delivered {
+            self.dead_letters
+                .get_or_create(&ReasonLabels {
+                    reason: outcome.reason().to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    pub fn record_rejection(&self, reason: &str) {
+        self.rejections
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn record_transaction(&self, committed: bool, elapsed: Duration) {
+        let result = if committed { "committed" } else { "aborted" };
+        self.transactions
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        self.transaction_duration.observe(elapsed.as_secs_f64());
+    }
+}

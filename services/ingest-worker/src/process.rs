@@ -1,0 +1,277 @@
+//! Deciding one message: normalise, route, deliver through the resilience layer, and turn the
+//! result into exactly one outcome with its records.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use opentelemetry::trace::TraceContextExt;
+use relais_ingress::{IngressEvent, Normaliser};
+use relais_resilience::{
+    AttemptRecord, CallOutcome, CircuitState, Delivery, Refusal, RetryStop, TransportError,
+    UpstreamClient,
+};
+use relais_telemetry::shutdown::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::config::RoutingConfig;
+use crate::metrics::WorkerMetrics;
+use crate::records::{self, Decided, Inbound, OutRecord, Outcome, OutputTopics};
+
+/// An upstream with the path events are POSTed to.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub client: UpstreamClient,
+    pub path: String,
+}
+
+/// Everything needed to decide messages; shared by all lanes.
+#[derive(Debug)]
+pub struct Processor {
+    pub normaliser: Normaliser,
+    pub routing: RoutingConfig,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub topics: OutputTopics,
+    pub worker_id: String,
+    pub fail_fast_when_open: bool,
+    pub metrics: WorkerMetrics,
+    pub shutdown: CancellationToken,
+}
+
+/// Longest single wait while the circuit is open, so shutdown and recovery are noticed soon.
+const MAX_PARK_STEP: Duration = Duration::from_millis(500);
+
+impl Processor {
+    /// Decides one message. `None` means it was abandoned during shutdown while waiting for an
+    /// open circuit: it is not committed and will be read again.
+    pub async fn process(self: &Arc<Self>, inbound: Inbound) -> Option<Vec<OutRecord>> {
+        let parent = relais_telemetry::propagation::extract_kafka_pairs(&inbound.headers);
+        let span = tracing::info_span!(
+            "process",
+            otel.name = %format!("process {}", inbound.topic),
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.destination.name = %inbound.topic,
+            messaging.destination.partition.id = inbound.partition,
+            messaging.kafka.offset = inbound.offset,
+            messaging.message.id = tracing::field::Empty,
+            relais.outcome = tracing::field::Empty,
+        );
+        let _ = span.set_parent(parent);
+        let this = Arc::clone(self);
+        async move {
+            let started = tokio::time::Instant::now();
+            let decided = this.decide(&inbound).await?;
+            let span = tracing::Span::current();
+            span.record("messaging.message.id", decided.message_id.as_str());
+            span.record("relais.outcome", decided.outcome.label());
+            this.metrics
+                .record_outcome(&decided.outcome, started.elapsed());
+            if decided.outcome != Outcome::Delivered {
+                tracing::info!(
+                    message_id = %decided.message_id,
+                    outcome = decided.outcome.label(),
+                    reason = decided.outcome.reason(),
+                    partition = inbound.partition,
+                    offset = inbound.offset,
+                    "message not delivered"
+                );
+            }
+            Some(records::build(&inbound, &decided, &this.topics))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn decide(&self, inbound: &Inbound) -> Option<Decided> {
+        let (trace_id, span_id, traceparent) = current_trace();
+        let mut decided = Decided {
+            message_id: fallback_message_id(inbound),
+            trace_id,
+            span_id,
+            traceparent,
+            outcome: Outcome::Delivered,
+            event_type: String::new(),
+            source: String::new(),
+            upstream: String::new(),
+            occurred_at: inbound.timestamp.unwrap_or(inbound.received_at),
+            decided_at: SystemTime::now(),
+            worker_id: self.worker_id.clone(),
+            attempts: Vec::new(),
+            circuit_state: None,
+        };
+        let event = match self
+            .normaliser
+            .normalise(&inbound.payload, chrono::Utc::now())
+        {
+            Ok(event) => event,
+            Err(rejection) => {
+                self.metrics.record_rejection(rejection.reason.code());
+                decided.outcome = Outcome::Rejected {
+                    reason: rejection.reason.code(),
+                    detail: rejection.detail,
+                };
+                decided.decided_at = SystemTime::now();
+                return Some(decided);
+            }
+        };
+        decided.message_id = event.id.clone();
+        decided.event_type = event.event_type.clone();
+        decided.source = event.source.clone();
+        decided.occurred_at = event.occurred_at.into();
+        let upstream_name = self.route(&event);
+        decided.upstream = upstream_name.to_owned();
+        let Some(upstream) = self.upstreams.get(upstream_name) else {
+            // Unreachable after configuration validation; kept as an outcome, not a panic.
+            decided.outcome = Outcome::Failed {
+                reason: "unknown_route".into(),
+                detail: format!("no upstream {upstream_name}"),
+            };
+            return Some(decided);
+        };
+        let (delivery, attempts) = self.deliver(upstream, &event).await?;
+        decided.attempts = attempts;
+        decided.circuit_state = Some(delivery.circuit_state);
+        decided.outcome = outcome_of(&delivery);
+        decided.decided_at = SystemTime::now();
+        Some(decided)
+    }
+
+    /// Calls the upstream; while its circuit is open, waits for it (backpressure) unless
+    /// configured to fail fast. Returns the last delivery and all attempts made.
+    async fn deliver(
+        &self,
+        upstream: &Upstream,
+        event: &IngressEvent,
+    ) -> Option<(Delivery, Vec<AttemptRecord>)> {
+        let body = Bytes::from(event.to_json_bytes());
+        let mut attempts = Vec::new();
+        let mut parked = false;
+        loop {
+            let delivery = upstream
+                .client
+                .post_json(&upstream.path, body.clone(), &event.id)
+                .await;
+            attempts.extend(delivery.attempts.iter().cloned());
+            let wait = match delivery.outcome {
+                CallOutcome::Refused(Refusal::CircuitOpen { retry_in }) => Some(retry_in),
+                CallOutcome::Refused(Refusal::BulkheadFull) => Some(Duration::from_millis(50)),
+                // Retries stopped because the circuit opened: the upstream is down, not this
+                // message bad. Wait for the circuit instead of dead-lettering.
+                _ if delivery.retry_stop == Some(RetryStop::CircuitOpened)
+                    || (!delivery.succeeded()
+                        && delivery.circuit_state == CircuitState::Open
+                        && delivery.retry_stop != Some(RetryStop::NotRetryable)) =>
+                {
+                    Some(Duration::ZERO)
+                }
+                _ => None,
+            };
+            let Some(wait) = wait else {
+                if parked {
+                    self.metrics.parked.dec();
+                }
+                return Some((delivery, attempts));
+            };
+            if self.fail_fast_when_open {
+                return Some((delivery, attempts));
+            }
+            if !parked {
+                parked = true;
+                self.metrics.parked.inc();
+            }
+            let step = wait.clamp(Duration::from_millis(20), MAX_PARK_STEP);
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    self.metrics.parked.dec();
+                    return None;
+                }
+                _ = tokio::time::sleep(step) => {}
+            }
+        }
+    }
+
+    fn route<'a>(&'a self, event: &'a IngressEvent) -> &'a str {
+        if let Some(route) = &event.route {
+            return route;
+        }
+        self.routing
+            .rules
+            .iter()
+            .find(|rule| event.event_type.starts_with(&rule.type_prefix))
+            .map_or(self.routing.default_upstream.as_str(), |rule| {
+                rule.upstream.as_str()
+            })
+    }
+}
+
+/// Maps the final delivery to an outcome with a stable reason code.
+fn outcome_of(delivery: &Delivery) -> Outcome {
+    if delivery.succeeded() {
+        return Outcome::Delivered;
+    }
+    let stop = delivery.retry_stop.unwrap_or(RetryStop::NotRetryable);
+    match (&delivery.outcome, stop) {
+        (CallOutcome::Response { status }, RetryStop::NotRetryable) => Outcome::Failed {
+            reason: format!("http_{status}"),
+            detail: format!("upstream answered {status}, which is not retried"),
+        },
+        (CallOutcome::Failed(error), RetryStop::NotRetryable) => Outcome::Failed {
+            reason: format!("transport_{}", error.error_type()),
+            detail: "the request failed in a way that is unsafe or pointless to repeat".into(),
+        },
+        (outcome, stop) => Outcome::DeadLettered {
+            reason: match stop {
+                RetryStop::MaxAttempts => "retries_exhausted".into(),
+                RetryStop::BudgetExhausted => "retry_budget_exhausted".into(),
+                RetryStop::RetryAfterTooLong => "retry_after_too_long".into(),
+                RetryStop::Deadline => "deadline_exceeded".into(),
+                RetryStop::CircuitOpened => "circuit_open".into(),
+                RetryStop::NotRetryable => "not_retryable".into(),
+            },
+            detail: match outcome {
+                CallOutcome::Response { status } => format!("last answer {status}"),
+                CallOutcome::Failed(TransportError::Timeout(kind)) => {
+                    format!("last attempt: {} timeout", kind.as_str())
+                }
+                CallOutcome::Failed(error) => format!("last attempt: {}", error.error_type()),
+                CallOutcome::Refused(_) => "refused while the circuit was open (fail-fast)".into(),
+            },
+        },
+    }
+}
+
+/// Trace id, span id and `traceparent` of the current span; a fresh random trace when the
+/// span has no valid context (tracing disabled), since the trace id is mandatory downstream.
+fn current_trace() -> (String, String, String) {
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let span_context = span.span_context();
+    let (trace_id, span_id, sampled) = if span_context.is_valid() {
+        (
+            span_context.trace_id().to_string(),
+            span_context.span_id().to_string(),
+            span_context.is_sampled(),
+        )
+    } else {
+        (
+            // Never all zeros, which W3C reserves for "invalid".
+            format!("{:032x}", rand::random::<u128>() | 1),
+            format!("{:016x}", rand::random::<u64>() | 1),
+            false,
+        )
+    };
+    let traceparent = format!(
+        "00-{trace_id}-{span_id}-{}",
+        if sampled { "01" } else { "00" }
+    );
+    (trace_id, span_id, traceparent)
+}
+
+/// The id of a message whose payload cannot be trusted: its position, unique and stable.
+fn fallback_message_id(inbound: &Inbound) -> String {
+    format!("{}-{}-{}", inbound.topic, inbound.partition, inbound.offset)
+}

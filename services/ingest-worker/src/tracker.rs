@@ -1,0 +1,278 @@
+//! Which outcomes may be committed.
+//!
+//! Messages of a partition are dispatched in offset order but finish out of order (lanes run
+//! concurrently). An outcome may only be written in the same transaction as the offset that
+//! covers it, and an offset covers every message before it, so only the **contiguous prefix**
+//! of finished messages of each partition is ever committed. A finished message behind an
+//! unfinished one waits; if the worker dies meanwhile, both are re-read and decided again, and
+//! neither outcome was written: exactly one outcome per message.
+//!
+//! Partitions are owned per assignment *generation*: when a partition is revoked its pending
+//! work is dropped (the new owner redoes it), and a late outcome of an old generation is
+//! ignored.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Mutex, PoisonError};
+
+/// One message's finished work: the records to write in the transaction.
+#[derive(Debug, Clone)]
+pub struct Finished<T> {
+    pub offset: i64,
+    pub output: T,
+}
+
+#[derive(Debug)]
+struct PartitionState<T> {
+    generation: u64,
+    /// Dispatched offsets in order, each with its output once finished.
+    pending: VecDeque<(i64, Option<T>)>,
+}
+
+/// Shared between the dispatcher (dispatched), the lanes (finished), the rebalance callbacks
+/// (assign, revoke) and the committer (take_ready).
+#[derive(Debug)]
+pub struct OffsetTracker<T> {
+    partitions: Mutex<BTreeMap<i32, PartitionState<T>>>,
+    next_generation: Mutex<u64>,
+}
+
+impl<T> Default for OffsetTracker<T> {
+    fn default() -> Self {
+        Self {
+            partitions: Mutex::new(BTreeMap::new()),
+            next_generation: Mutex::new(1),
+        }
+    }
+}
+
+/// What the committer takes for one partition: (offset, output) in offset order and the
+/// offset to commit (the next one to read).
+#[derive(Debug)]
+pub struct Ready<T> {
+    pub partition: i32,
+    pub generation: u64,
+    pub outputs: Vec<(i64, T)>,
+    pub commit_offset: i64,
+}
+
+impl<T> OffsetTracker<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, PartitionState<T>>> {
+        // Each operation leaves the map consistent before anything can panic.
+        self.partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A partition was assigned; returns its generation.
+    pub fn assign(&self, partition: i32) -> u64 {
+        let generation = {
+            let mut next = self
+                .next_generation
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let generation = *next;
+            *next += 1;
+            generation
+        };
+        self.lock().insert(
+            partition,
+            PartitionState {
+                generation,
+                pending: VecDeque::new(),
+            },
+        );
+        generation
+    }
+
+    /// A partition was revoked: its unfinished and uncommitted work is dropped.
+    pub fn revoke(&self, partition: i32) -> usize {
+        self.lock()
+            .remove(&partition)
+            .map_or(0, |state| state.pending.len())
+    }
+
+    /// The generation a partition is owned under, if it is owned.
+    pub fn generation(&self, partition: i32) -> Option<u64> {
+        self.lock().get(&partition).map(|state| state.generation)
+    }
+
+    /// Registers a message before it goes to a lane. Returns false (and registers nothing)
+    /// when the partition is not owned, or the offset is not after the last one (a message
+    /// re-delivered after a seek).
+    pub fn dispatched(&self, partition: i32, generation: u64, offset: i64) -> bool {
+        let mut partitions = self.lock();
+        let Some(state) = partitions.get_mut(&partition) else {
+            return false;
+        };
+        if state.generation != generation {
+            return false;
+        }
+        if state
+            .pending
+            .back()
+            .is_some_and(|(last, _)| *last >= offset)
+        {
+            return false;
+        }
+        state.pending.push_back((offset, None));
+        true
+    }
+
+    /// Records a finished message. Outputs of revoked partitions or old generations are
+    /// dropped (returns false).
+    pub fn finished(&self, partition: i32, generation: u64, finished: Finished<T>) -> bool {
+        let mut partitions = self.lock();
+        let Some(state) = partitions.get_mut(&partition) else {
+            return false;
+        };
+        if state.generation != generation {
+            return false;
+        }
+        match state
+            .pending
+            .binary_search_by_key(&finished.offset, |(offset, _)| *offset)
+        {
+            Ok(index) => {
+                state.pending[index].1 = Some(finished.output);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Takes the contiguous finished prefix of every partition, up to `max` outputs in all.
+    pub fn take_ready(&self, max: usize) -> Vec<Ready<T>> {
+        let mut partitions = self.lock();
+        let mut ready = Vec::new();
+        let mut budget = max;
+        for (partition, state) in partitions.iter_mut() {
+            let mut outputs = Vec::new();
+            let mut last = None;
+            while budget > 0
+                && state
+                    .pending
+                    .front()
+                    .is_some_and(|(_, output)| output.is_some())
+            {
+                let Some((offset, Some(output))) = state.pending.pop_front() else {
+                    break;
+                };
+                outputs.push((offset, output));
+                last = Some(offset);
+                budget -= 1;
+            }
+            if let Some(last) = last {
+                ready.push(Ready {
+                    partition: *partition,
+                    generation: state.generation,
+                    outputs,
+                    commit_offset: last + 1,
+                });
+            }
+        }
+        ready
+    }
+
+    /// Puts back what a failed transaction took, in front of the rest, if the partition is
+    /// still owned under the same generation.
+    pub fn restore(&self, batch: Vec<Ready<T>>) {
+        let mut partitions = self.lock();
+        for ready in batch.into_iter().rev() {
+            let Some(state) = partitions.get_mut(&ready.partition) else {
+                continue;
+            };
+            if state.generation != ready.generation {
+                continue;
+            }
+            for (offset, output) in ready.outputs.into_iter().rev() {
+                state.pending.push_front((offset, Some(output)));
+            }
+        }
+    }
+
+    /// Messages dispatched but not yet committed, over all partitions.
+    pub fn in_flight(&self) -> usize {
+        self.lock().values().map(|state| state.pending.len()).sum()
+    }
+
+    /// Owned partitions.
+    pub fn partitions(&self) -> Vec<i32> {
+        self.lock().keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finish(
+        tracker: &OffsetTracker<&'static str>,
+        partition: i32,
+        generation: u64,
+        offset: i64,
+        output: &'static str,
+    ) -> bool {
+        tracker.finished(partition, generation, Finished { offset, output })
+    }
+
+    #[test]
+    fn only_the_contiguous_prefix_is_ready() {
+        let tracker = OffsetTracker::default();
+        let generation = tracker.assign(0);
+        for offset in [10, 11, 12] {
+            assert!(tracker.dispatched(0, generation, offset));
+        }
+        assert!(finish(&tracker, 0, generation, 11, "b"));
+        assert!(tracker.take_ready(100).is_empty(), "10 is not finished");
+        assert!(finish(&tracker, 0, generation, 10, "a"));
+        let ready = tracker.take_ready(100);
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].outputs, [(10, "a"), (11, "b")]);
+        assert_eq!(ready[0].commit_offset, 12);
+        assert_eq!(tracker.in_flight(), 1);
+    }
+
+    #[test]
+    fn revoked_and_old_generation_work_is_dropped() {
+        let tracker = OffsetTracker::default();
+        let old = tracker.assign(3);
+        assert!(tracker.dispatched(3, old, 0));
+        assert_eq!(tracker.revoke(3), 1);
+        assert!(!finish(&tracker, 3, old, 0, "late"), "revoked");
+        let new = tracker.assign(3);
+        assert!(
+            tracker.dispatched(3, new, 0),
+            "re-read from the committed offset"
+        );
+        assert!(!finish(&tracker, 3, old, 0, "stale"), "old generation");
+        assert!(finish(&tracker, 3, new, 0, "fresh"));
+        assert_eq!(tracker.take_ready(10)[0].outputs, [(0, "fresh")]);
+        assert!(!tracker.dispatched(9, new, 0), "not owned");
+    }
+
+    #[test]
+    fn batches_are_bounded_and_restorable() {
+        let tracker = OffsetTracker::default();
+        let generation = tracker.assign(1);
+        for offset in 0..5 {
+            tracker.dispatched(1, generation, offset);
+            finish(&tracker, 1, generation, offset, "x");
+        }
+        let batch = tracker.take_ready(3);
+        assert_eq!(batch[0].outputs.len(), 3);
+        assert_eq!(batch[0].commit_offset, 3);
+        tracker.restore(batch);
+        let again = tracker.take_ready(10);
+        assert_eq!(again[0].outputs.len(), 5, "restored in front, in order");
+        assert_eq!(again[0].commit_offset, 5);
+    }
+
+    #[test]
+    fn duplicates_after_a_seek_are_not_registered_twice() {
+        let tracker: OffsetTracker<()> = OffsetTracker::default();
+        let generation = tracker.assign(0);
+        assert!(tracker.dispatched(0, generation, 5));
+        assert!(!tracker.dispatched(0, generation, 5));
+        assert!(!tracker.dispatched(0, generation, 4));
+    }
+}

@@ -1,0 +1,303 @@
+//! A worker, an upstream-sim and their own Kafka topics, all in this test process, against the
+//! real broker of the native stack.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)] // shared by several test binaries, each using a part
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::registry::Registry;
+use prost::Message as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use relais_ingest_worker::config::{
+    Args, KafkaConfig, PipelineConfig, UpstreamConfig, WorkerConfig,
+};
+use relais_proto::v1::AuditRecord;
+use relais_resilience::UpstreamPolicy;
+use relais_telemetry::admin::{AdminServer, Readiness};
+use relais_telemetry::shutdown::CancellationToken;
+use relais_test_support::{KafkaTestEnv, unique_name};
+use relais_upstream_sim::{app, server, state::SimState};
+use serde_json::Value;
+
+pub struct Sim {
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Sim {
+    pub async fn start() -> Self {
+        let mut registry = Registry::default();
+        let state = Arc::new(SimState::new(&mut registry, 1_000_000));
+        let shutdown = CancellationToken::new();
+        let admin = AdminServer::start_with_routes(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(registry),
+            Readiness::default(),
+            app::admin_router(Arc::clone(&state)),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let api = listener.local_addr().unwrap();
+        tokio::spawn(server::serve(
+            listener,
+            app::api_router(Arc::clone(&state)),
+            state,
+            shutdown.clone(),
+        ));
+        Self {
+            api,
+            admin: admin.local_addr(),
+            shutdown,
+        }
+    }
+
+    pub async fn set_faults(&self, faults: Value) {
+        let response = reqwest::Client::new()
+            .put(format!("http://{}/admin/faults", self.admin))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    pub async fn deliveries(&self) -> Value {
+        reqwest::get(format!("http://{}/admin/deliveries", self.admin))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+/// Topics of one test.
+#[derive(Clone, Debug)]
+pub struct Topics {
+    pub ingress: String,
+    pub audit: String,
+    pub events: String,
+    pub dlq: String,
+}
+
+impl Topics {
+    pub async fn create(kafka: &KafkaTestEnv, ingress_partitions: i32) -> Self {
+        Self {
+            ingress: kafka.create_topic("it-ingress", ingress_partitions).await,
+            audit: kafka.create_topic("it-audit", 3).await,
+            events: kafka.create_topic("it-events", 3).await,
+            dlq: kafka.create_topic("it-dlq", 1).await,
+        }
+    }
+}
+
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub fn init_telemetry() {
+    relais_test_support::install_crypto_provider();
+    static TELEMETRY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    TELEMETRY.get_or_init(|| {
+        let guard = relais_telemetry::init(&relais_telemetry::TelemetryConfig {
+            service_name: "ingest-worker-test",
+            service_version: "0",
+            default_log_filter: "warn",
+        })
+        .unwrap();
+        std::mem::forget(guard);
+    });
+}
+
+/// A worker running in this process.
+pub struct Worker {
+    pub admin: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Worker {
+    pub fn start(
+        kafka: &KafkaTestEnv,
+        topics: &Topics,
+        group: &str,
+        upstream: SocketAddr,
+        policy: UpstreamPolicy,
+        pipeline: PipelineConfig,
+    ) -> Self {
+        let admin = free_port();
+        let args = Args {
+            config: None,
+            kafka_bootstrap: kafka.bootstrap().to_owned(),
+            worker_id: Some(unique_name("worker")),
+            admin_addr: admin,
+            upstream_url: format!("http://{upstream}"),
+            command: None,
+        };
+        let config = WorkerConfig {
+            kafka: KafkaConfig {
+                group_id: group.to_owned(),
+                ingress_topic: topics.ingress.clone(),
+                audit_topic: topics.audit.clone(),
+                events_topic: topics.events.clone(),
+                dlq_topic: topics.dlq.clone(),
+                ..KafkaConfig::default()
+            },
+            pipeline,
+            upstreams: BTreeMap::from([(
+                "default".to_owned(),
+                UpstreamConfig {
+                    url: format!("http://{upstream}"),
+                    path: "/events".into(),
+                    policy,
+                },
+            )]),
+            ..WorkerConfig::default()
+        };
+        config.validate().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(relais_ingest_worker::run(args, config, shutdown.clone()));
+        Self {
+            admin,
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(name_and_labels)
+                    .and_then(|rest| rest.trim().split(' ').next()?.parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+pub async fn produce(kafka: &KafkaTestEnv, topic: &str, messages: &[(String, Vec<u8>)]) {
+    let producer: FutureProducer = kafka
+        .client_config()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let mut pending = Vec::new();
+    for (key, payload) in messages {
+        pending.push(
+            producer
+                .send_result(FutureRecord::to(topic).key(key).payload(payload))
+                .unwrap(),
+        );
+    }
+    for delivery in pending {
+        delivery.await.unwrap().unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// A record read back from an output topic.
+pub struct Read {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Reads `count` records (read_committed) from `topic`, then checks that no more arrive for
+/// `settle`.
+pub async fn read_exactly(
+    kafka: &KafkaTestEnv,
+    topic: &str,
+    count: usize,
+    within: Duration,
+    settle: Duration,
+) -> Vec<Read> {
+    let consumer: StreamConsumer = kafka
+        .client_config()
+        .set("group.id", unique_name("it-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + within;
+    let mut records = Vec::with_capacity(count);
+    while records.len() < count {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let message = match tokio::time::timeout(remaining, consumer.recv()).await {
+            Ok(message) => message.unwrap(),
+            Err(_) => panic!(
+                "only {} of {count} records on {topic} within {within:?}",
+                records.len()
+            ),
+        };
+        records.push(detach(&message));
+    }
+    if let Ok(Ok(message)) = tokio::time::timeout(settle, consumer.recv()).await {
+        panic!(
+            "more than {count} records on {topic}: offset {} partition {}",
+            message.offset(),
+            message.partition()
+        );
+    }
+    records
+}
+
+fn detach(message: &rdkafka::message::BorrowedMessage<'_>) -> Read {
+    Read {
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().unwrap_or_default().to_vec(),
+        headers: message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+pub fn audit_records(records: &[Read]) -> Vec<AuditRecord> {
+    records
+        .iter()
+        .map(|record| AuditRecord::decode(record.payload.as_slice()).unwrap())
+        .collect()
+}
