@@ -357,6 +357,7 @@ mod tests {
             path = "/ingest"
             [upstreams.billing.policy]
             attempt_timeout = "1s"
+            connect_timeout = "250ms"
             [upstreams.billing.policy.retry]
             max_attempts = 3
             "#,
