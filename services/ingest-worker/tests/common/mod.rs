@@ -301,3 +301,38 @@ pub fn audit_records(records: &[Read]) -> Vec<AuditRecord> {
         .map(|record| AuditRecord::decode(record.payload.as_slice()).unwrap())
         .collect()
 }
+
+/// `n` valid events with keys spread over `keys` entities.
+pub fn valid_events(prefix: &str, n: usize, keys: usize) -> Vec<(String, Vec<u8>)> {
+    let now = chrono::Utc::now().to_rfc3339();
+    (0..n)
+        .map(|index| {
+            let payload = format!(
+                r#"{{"id":"{prefix}-{index}","type":"order.created","occurred_at":"{now}","source":"test","data":{{"n":{index}}}}}"#
+            );
+            (format!("entity-{}", index % keys), payload.into_bytes())
+        })
+        .collect()
+}
+
+/// Asserts one outcome per ingress position and returns the records.
+pub fn assert_exactly_once(records: &[AuditRecord], expected: usize) {
+    let positions: std::collections::BTreeSet<(i32, i64)> = records
+        .iter()
+        .map(|record| {
+            let position = record.position.as_ref().unwrap();
+            (position.partition, position.offset)
+        })
+        .collect();
+    assert_eq!(records.len(), expected, "outcome records");
+    assert_eq!(
+        positions.len(),
+        expected,
+        "each ingress message decided once"
+    );
+}
+
+pub fn started_at(attempt: &relais_proto::v1::Attempt) -> std::time::SystemTime {
+    let timestamp = attempt.started_at.unwrap();
+    std::time::UNIX_EPOCH + Duration::new(timestamp.seconds as u64, timestamp.nanos as u32)
+}
