@@ -118,6 +118,9 @@ impl UpstreamClient {
             policy.retry.retry_statuses.iter().copied(),
         ));
 
+        // reqwest is built without a default TLS provider (so aws-lc is not compiled); pick
+        // ring once per process. A provider installed earlier by the binary wins.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .dns_resolver(Arc::new(TimedResolver))
             .connector_layer(ConnectTimingLayer)

@@ -50,35 +50,91 @@ async fn an_outage_pauses_instead_of_dead_lettering_and_the_backlog_drains_after
     };
     let pipeline = PipelineConfig::default();
     let capacity = (pipeline.lanes * pipeline.lane_capacity) as f64;
-    let worker = Worker::start(&kafka, &topics, &unique_name("it-group"), sim.api, policy, pipeline);
+    let worker = Worker::start(
+        &kafka,
+        &topics,
+        &unique_name("it-group"),
+        sim.api,
+        policy,
+        pipeline,
+    );
     let total = 5000;
     produce(&kafka, &topics.ingress, &valid_events("o", total, 1000)).await;
 
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(worker.metric("relais_circuit_transitions_total{upstream=\"default\",from=\"closed\",to=\"open\"}").await, 1.0);
-    assert_eq!(worker.metric("relais_worker_paused").await, 1.0, "consumption paused");
+    assert_eq!(
+        worker
+            .metric(
+                "relais_circuit_transitions_total{upstream=\"default\",from=\"closed\",to=\"open\"}"
+            )
+            .await,
+        1.0
+    );
+    assert_eq!(
+        worker.metric("relais_worker_paused").await,
+        1.0,
+        "consumption paused"
+    );
     let depth = worker.metric("relais_worker_queue_depth").await;
     assert!(depth <= capacity, "queue bounded: {depth} of {capacity}");
     let memory_at_start = resident_bytes();
 
     tokio::time::sleep(Duration::from_secs(25)).await;
     let memory_growth = resident_bytes().saturating_sub(memory_at_start);
-    assert!(memory_growth < 64 * 1024 * 1024, "memory grew {memory_growth} bytes during the outage");
+    assert!(
+        memory_growth < 64 * 1024 * 1024,
+        "memory grew {memory_growth} bytes during the outage"
+    );
     for outcome in ["delivered", "dead_lettered", "failed"] {
-        let count = worker.metric(&format!("relais_worker_messages_total{{outcome=\"{outcome}\"}}")).await;
+        let count = worker
+            .metric(&format!(
+                "relais_worker_messages_total{{outcome=\"{outcome}\"}}"
+            ))
+            .await;
         assert_eq!(count, 0.0, "{outcome} during the outage");
     }
-    assert!(worker.metric("relais_worker_parked_messages").await > 0.0, "messages wait for the circuit");
+    assert!(
+        worker.metric("relais_worker_parked_messages").await > 0.0,
+        "messages wait for the circuit"
+    );
 
     sim.set_faults(json!({"outage": false})).await;
-    let audit = audit_records(&read_exactly(&kafka, &topics.audit, total, Duration::from_secs(120), Duration::from_secs(2)).await);
+    let audit = audit_records(
+        &read_exactly(
+            &kafka,
+            &topics.audit,
+            total,
+            Duration::from_secs(120),
+            Duration::from_secs(2),
+        )
+        .await,
+    );
     assert_exactly_once(&audit, total);
-    assert!(audit.iter().all(|r| r.outcome == Outcome::Delivered as i32), "nothing lost or dead-lettered");
-    read_exactly(&kafka, &topics.dlq, 0, Duration::from_secs(1), Duration::from_secs(2)).await;
+    assert!(
+        audit.iter().all(|r| r.outcome == Outcome::Delivered as i32),
+        "nothing lost or dead-lettered"
+    );
+    read_exactly(
+        &kafka,
+        &topics.dlq,
+        0,
+        Duration::from_secs(1),
+        Duration::from_secs(2),
+    )
+    .await;
     assert!(worker.metric("relais_circuit_transitions_total{upstream=\"default\",from=\"open\",to=\"half_open\"}").await >= 1.0);
     assert_eq!(worker.metric("relais_circuit_transitions_total{upstream=\"default\",from=\"half_open\",to=\"closed\"}").await, 1.0);
-    assert_eq!(worker.metric("relais_circuit_state{upstream=\"default\",state=\"closed\"}").await, 1.0);
-    assert_eq!(worker.metric("relais_worker_paused").await, 0.0, "consumption resumed");
+    assert_eq!(
+        worker
+            .metric("relais_circuit_state{upstream=\"default\",state=\"closed\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        worker.metric("relais_worker_paused").await,
+        0.0,
+        "consumption resumed"
+    );
     let upstream = sim.deliveries().await;
     assert_eq!(upstream["distinct_keys"].as_u64().unwrap() as usize, total);
     worker.stop().await;

@@ -189,13 +189,12 @@ impl Worker {
             .unwrap();
     }
 
+    /// A metric's value; 0 while the admin endpoint is not up yet.
     pub async fn metric(&self, name_and_labels: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let Ok(response) = reqwest::get(format!("http://{}/metrics", self.admin)).await else {
+            return 0.0;
+        };
+        let text = response.text().await.unwrap_or_default();
         text.lines()
             .find_map(|line| {
                 line.strip_prefix(name_and_labels)
