@@ -33,6 +33,10 @@ pub struct Args {
     #[arg(long, env = "RELAIS_ADMIN_ADDR", default_value = "127.0.0.1:9101")]
     pub admin_addr: SocketAddr,
 
+    /// gRPC address of the realtime-gateway to stream status to (overrides the file).
+    #[arg(long, env = "RELAIS_GATEWAY_GRPC")]
+    pub gateway: Option<String>,
+
     /// Base URL of the `default` upstream when no configuration file names upstreams.
     #[arg(
         long,
@@ -73,6 +77,27 @@ pub struct WorkerConfig {
     pub routing: RoutingConfig,
     /// Upstreams by name; an event's `route` (or the routing rules) picks one.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub status: StatusConfig,
+}
+
+/// Where this replica streams its status (the realtime-gateway's `WorkerReport` service).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatusConfig {
+    /// gRPC address of the gateway, such as `http://127.0.0.1:50052`; no reporting when unset.
+    pub gateway: Option<String>,
+    /// How often a snapshot is sent.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        Self {
+            gateway: None,
+            interval: Duration::from_secs(2),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -264,6 +289,9 @@ impl WorkerConfig {
                     policy: UpstreamPolicy::default(),
                 },
             );
+        }
+        if args.gateway.is_some() {
+            config.status.gateway = args.gateway.clone();
         }
         config.validate()?;
         Ok(config)

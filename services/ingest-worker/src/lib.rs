@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod process;
 pub mod records;
 pub mod replay;
+pub mod status;
 pub mod tracker;
 
 use std::collections::BTreeMap;
@@ -150,6 +151,7 @@ pub async fn run(
     )
     .await?;
 
+    let status_upstreams: Vec<Upstream> = upstreams.values().cloned().collect();
     let processor = Arc::new(Processor {
         normaliser: relais_ingress::Normaliser::new(
             config.normaliser_limits(),
@@ -201,11 +203,29 @@ pub async fn run(
         config.pipeline.commit_interval,
         lanes_done.clone(),
     ));
+    let lags = status::LagSnapshot::default();
     let lag_reporter = tokio::spawn(report_lag(
         Arc::clone(&consumer),
         metrics.clone(),
+        Arc::clone(&lags),
         shutdown.clone(),
     ));
+    let status_reporter = config.status.gateway.clone().map(|gateway| {
+        let source = status::StatusSource {
+            worker_id: worker_id.clone(),
+            started_at: std::time::SystemTime::now(),
+            tracker: Arc::clone(&tracker),
+            metrics: metrics.clone(),
+            upstreams: status_upstreams,
+            lags,
+        };
+        tokio::spawn(status::report(
+            source,
+            gateway,
+            config.status.interval,
+            shutdown.clone(),
+        ))
+    });
     tracing::info!(worker_id, topic = %config.kafka.ingress_topic, "ingest-worker running");
 
     // Run until asked to stop, or until the committer fails for good.
@@ -227,6 +247,9 @@ pub async fn run(
         None => commits.await,
     };
     lag_reporter.abort();
+    if let Some(status_reporter) = status_reporter {
+        let _ = tokio::time::timeout(Duration::from_secs(3), status_reporter).await;
+    }
     admin.join().await;
     // Leaving the group now lets the others take the partitions at once.
     consumer.unsubscribe();
@@ -241,29 +264,36 @@ pub async fn run(
 async fn report_lag(
     consumer: Arc<WorkerConsumer>,
     metrics: WorkerMetrics,
+    lags: status::LagSnapshot,
     shutdown: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    let mut ticker = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
         let consumer = Arc::clone(&consumer);
-        let lags = tokio::task::spawn_blocking(move || partition_lags(&consumer))
+        let current = tokio::task::spawn_blocking(move || partition_lags(&consumer))
             .await
             .unwrap_or_default();
         metrics.consumer_lag.clear();
-        for (partition, lag) in lags {
+        for (partition, committed, high) in &current {
             metrics
                 .consumer_lag
-                .get_or_create(&metrics::PartitionLabels { partition })
-                .set(lag);
+                .get_or_create(&metrics::PartitionLabels {
+                    partition: *partition,
+                })
+                .set((high - committed).max(0));
         }
+        *lags
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = current;
     }
 }
 
-fn partition_lags(consumer: &StreamConsumer<WorkerContext>) -> Vec<(i32, i64)> {
+/// (partition, committed offset, high watermark) of each assigned partition.
+fn partition_lags(consumer: &StreamConsumer<WorkerContext>) -> Vec<(i32, i64, i64)> {
     let Ok(assignment) = consumer.assignment() else {
         return Vec::new();
     };
@@ -282,7 +312,7 @@ fn partition_lags(consumer: &StreamConsumer<WorkerContext>) -> Vec<(i32, i64)> {
                 .to_raw()
                 .filter(|offset| *offset >= 0)
                 .unwrap_or(low);
-            Some((element.partition(), (high - position).max(0)))
+            Some((element.partition(), position, high))
         })
         .collect()
 }

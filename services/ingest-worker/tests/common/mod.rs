@@ -141,6 +141,18 @@ impl Worker {
         policy: UpstreamPolicy,
         pipeline: PipelineConfig,
     ) -> Self {
+        Self::start_with(kafka, topics, group, upstream, policy, pipeline, None)
+    }
+
+    pub fn start_with(
+        kafka: &KafkaTestEnv,
+        topics: &Topics,
+        group: &str,
+        upstream: SocketAddr,
+        policy: UpstreamPolicy,
+        pipeline: PipelineConfig,
+        gateway: Option<String>,
+    ) -> Self {
         let admin = free_port();
         let args = Args {
             config: None,
@@ -148,6 +160,7 @@ impl Worker {
             worker_id: Some(unique_name("worker")),
             admin_addr: admin,
             upstream_url: format!("http://{upstream}"),
+            gateway: None,
             command: None,
         };
         let config = WorkerConfig {
@@ -168,6 +181,10 @@ impl Worker {
                     policy,
                 },
             )]),
+            status: relais_ingest_worker::config::StatusConfig {
+                gateway,
+                interval: Duration::from_millis(200),
+            },
             ..WorkerConfig::default()
         };
         config.validate().unwrap();

@@ -1,0 +1,167 @@
+//! Streams this replica's `WorkerStatus` to the realtime-gateway over gRPC.
+//!
+//! The stream is best effort by design: snapshots go through a small bounded channel and are
+//! dropped when it is full, connection attempts are bounded and back off, and nothing here
+//! ever waits on the pipeline's behalf. A gateway that is away costs the pipeline nothing;
+//! when it comes back, the next snapshot (each one is complete) brings it up to date.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use relais_proto::v1::worker_report_client::WorkerReportClient;
+use relais_proto::v1::{PartitionStatus, UpstreamCircuit, WorkerStatus};
+use relais_resilience::prost_timestamp;
+use relais_telemetry::shutdown::CancellationToken;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::committer::Tracker;
+use crate::metrics::WorkerMetrics;
+use crate::process::Upstream;
+
+/// Latest lag per partition, written by the lag reporter and read for each snapshot.
+pub type LagSnapshot = Arc<Mutex<Vec<(i32, i64, i64)>>>;
+
+/// What a snapshot is built from.
+#[derive(Debug)]
+pub struct StatusSource {
+    pub worker_id: String,
+    pub started_at: SystemTime,
+    pub tracker: Arc<Tracker>,
+    pub metrics: WorkerMetrics,
+    pub upstreams: Vec<Upstream>,
+    /// (partition, committed offset, high watermark)
+    pub lags: LagSnapshot,
+}
+
+impl StatusSource {
+    pub fn snapshot(&self) -> WorkerStatus {
+        let paused = self.metrics.paused.get() != 0;
+        let lags = self
+            .lags
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let partitions: Vec<PartitionStatus> = self
+            .tracker
+            .partitions()
+            .into_iter()
+            .map(|partition| {
+                let (committed, high) = lags
+                    .iter()
+                    .find(|(p, _, _)| *p == partition)
+                    .map_or((0, 0), |(_, committed, high)| (*committed, *high));
+                PartitionStatus {
+                    partition,
+                    committed_offset: committed,
+                    high_watermark: high,
+                    lag: (high - committed).max(0),
+                    paused,
+                }
+            })
+            .collect();
+        let now_instant = tokio::time::Instant::now();
+        let now = SystemTime::now();
+        let circuits = self
+            .upstreams
+            .iter()
+            .map(|upstream| {
+                let breaker = upstream.client.breaker();
+                let age = now_instant.saturating_duration_since(breaker.since());
+                UpstreamCircuit {
+                    upstream: upstream.client.name().to_owned(),
+                    state: breaker.state().to_proto() as i32,
+                    since: Some(prost_timestamp(now.checked_sub(age).unwrap_or(now))),
+                }
+            })
+            .collect();
+        WorkerStatus {
+            worker_id: self.worker_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: Some(prost_timestamp(self.started_at)),
+            reported_at: Some(prost_timestamp(now)),
+            total_lag: partitions.iter().map(|p| p.lag).sum(),
+            partitions,
+            in_flight: u32::try_from(self.tracker.in_flight()).unwrap_or(u32::MAX),
+            queue_depth: u32::try_from(self.metrics.queue_depth.get()).unwrap_or(0),
+            queue_capacity: u32::try_from(self.metrics.queue_capacity.get()).unwrap_or(0),
+            circuits,
+        }
+    }
+}
+
+/// Keeps a `Report` stream open to `gateway`, sending a snapshot every `interval`, until
+/// shutdown. Reconnects with capped backoff.
+pub async fn report(
+    source: StatusSource,
+    gateway: String,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(500);
+    while !shutdown.is_cancelled() {
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            connected = connect(&gateway) => connected,
+        };
+        let mut client = match connected {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::debug!(%gateway, %error, "gateway unreachable; status not reported");
+                sleep_or_stop(backoff, &shutdown).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        let (sender, receiver) = mpsc::channel::<WorkerStatus>(4);
+        let mut call =
+            tokio::spawn(async move { client.report(ReceiverStream::new(receiver)).await });
+        tracing::info!(%gateway, "reporting status to the gateway");
+        let connected_at = Instant::now();
+        let mut ticker = tokio::time::interval(interval);
+        let ended = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break None,
+                result = &mut call => break Some(result),
+                _ = ticker.tick() => {
+                    // Full channel: the gateway is slow; skip this snapshot, the next one is
+                    // complete anyway.
+                    let _ = sender.try_send(source.snapshot());
+                }
+            }
+        };
+        drop(sender);
+        match ended {
+            None => {
+                // Closing the stream lets the gateway see a clean end.
+                let _ = tokio::time::timeout(Duration::from_secs(2), call).await;
+                return;
+            }
+            Some(result) => {
+                tracing::info!(%gateway, ?result, "status stream ended; reconnecting");
+                if connected_at.elapsed() > Duration::from_secs(30) {
+                    backoff = Duration::from_millis(500);
+                }
+                sleep_or_stop(backoff, &shutdown).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+async fn connect(
+    gateway: &str,
+) -> Result<WorkerReportClient<tonic::transport::Channel>, tonic::transport::Error> {
+    let endpoint = tonic::transport::Endpoint::from_shared(gateway.to_owned())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(3600))
+        .tcp_nodelay(true);
+    Ok(WorkerReportClient::new(endpoint.connect().await?))
+}
+
+async fn sleep_or_stop(duration: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(duration) => {}
+    }
+}
