@@ -46,6 +46,10 @@ test: infra-up ## Bring the native infrastructure up if needed, then run the who
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
 
+.PHONY: bench
+bench: infra-up release ## Benchmarks measured in one run; report in artifacts/bench/
+	python3 loadtest/bench/run.py
+
 .PHONY: lint
 lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check
