@@ -182,11 +182,13 @@ pub async fn run(
         shutdown.clone(),
         &lane_tasks,
     );
+    let paused = pipeline::PausedPartitions::default();
     let dispatcher = tokio::spawn(pipeline::dispatch(
         Arc::clone(&consumer),
         lanes,
         Arc::clone(&tracker),
         metrics.clone(),
+        Arc::clone(&paused),
         shutdown.clone(),
     ));
     let lanes_done = CancellationToken::new();
@@ -218,6 +220,7 @@ pub async fn run(
             metrics: metrics.clone(),
             upstreams: status_upstreams,
             lags,
+            paused,
         };
         tokio::spawn(status::report(
             source,

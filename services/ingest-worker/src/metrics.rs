@@ -41,7 +41,7 @@ pub struct WorkerMetrics {
     pub parked: Gauge,
     pub queue_depth: Gauge,
     pub queue_capacity: Gauge,
-    pub paused: Gauge,
+    pub paused_partitions: Gauge,
     pub pauses: Counter,
     pub assigned_partitions: Gauge,
     transactions: Family<ResultLabels, Counter>,
@@ -62,7 +62,7 @@ impl WorkerMetrics {
             parked: Gauge::default(),
             queue_depth: Gauge::default(),
             queue_capacity: Gauge::default(),
-            paused: Gauge::default(),
+            paused_partitions: Gauge::default(),
             pauses: Counter::default(),
             assigned_partitions: Gauge::default(),
             transactions: Family::default(),
@@ -108,13 +108,13 @@ impl WorkerMetrics {
             metrics.queue_capacity.clone(),
         );
         worker.register(
-            "paused",
-            "1 while consumption is paused for backpressure",
-            metrics.paused.clone(),
+            "paused_partitions",
+            "Ingress partitions paused because their messages found a full lane",
+            metrics.paused_partitions.clone(),
         );
         worker.register(
             "pauses",
-            "Times consumption was paused for backpressure",
+            "Times a partition was paused for backpressure",
             metrics.pauses.clone(),
         );
         worker.register(

@@ -11,14 +11,14 @@
 //! so events of one entity reach the upstream in partition order. Different keys run
 //! concurrently across lanes; a slow key delays only the keys that hash to its lane.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientContext, TopicPartitionList};
 use relais_telemetry::shutdown::CancellationToken;
 use tokio::sync::mpsc;
 
@@ -101,8 +101,8 @@ impl Lanes {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         match &inbound.key {
             Some(key) => key.hash(&mut hasher),
-            // Keyless messages keep partition order among themselves.
-            None => inbound.partition.hash(&mut hasher),
+            // Keyless messages promise no order (as in Kafka itself): spread them over all lanes.
+            None => (inbound.partition, inbound.offset).hash(&mut hasher),
         }
         (hasher.finish() % self.senders.len() as u64) as usize
     }
@@ -151,96 +151,171 @@ pub fn start_lanes(
     Lanes { senders, capacity }
 }
 
-/// Reads the ingress topic and feeds the lanes until shutdown, pausing consumption while a
-/// lane is full. Messages received while paused (already fetched) are held in order and
-/// dispatched first once the lane has room.
+/// Partitions currently paused for backpressure (shared with the status report).
+pub type PausedPartitions = Arc<Mutex<BTreeSet<i32>>>;
+
+/// Reads the ingress topic and feeds the lanes until shutdown.
+///
+/// Backpressure is per partition: when a message finds its lane full, its partition is paused
+/// and the message (with any later ones of that partition already fetched) is held in order;
+/// the other partitions keep flowing. Held messages are retried every few milliseconds and the
+/// partition resumes once they are all in lanes. The consumer keeps polling throughout, so the
+/// group never mistakes a long pause (an upstream outage) for a dead replica.
 pub async fn dispatch(
     consumer: Arc<WorkerConsumer>,
     lanes: Lanes,
     tracker: Arc<Tracker>,
     metrics: WorkerMetrics,
+    paused: PausedPartitions,
     shutdown: CancellationToken,
 ) {
-    let mut held: VecDeque<Inbound> = VecDeque::new();
+    let mut dispatcher = Dispatcher {
+        consumer,
+        lanes,
+        tracker,
+        metrics,
+        paused,
+        held: BTreeMap::new(),
+    };
+    let mut retry = tokio::time::interval(Duration::from_millis(5));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let inbound = match held.pop_front() {
-            Some(inbound) => inbound,
-            None => tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return,
-                message = consumer.recv() => match message {
-                    Ok(message) => match detach(&message, &tracker) {
-                        Some(inbound) => inbound,
-                        None => continue,
-                    },
-                    Err(error) => {
-                        tracing::warn!(%error, "consume error");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            },
-        };
-        if !tracker.dispatched(inbound.partition, inbound.generation, inbound.offset) {
-            continue;
-        }
-        let lane = &lanes.senders[lanes.lane_of(&inbound)];
-        metrics.queue_depth.set(lanes.depth() as i64);
-        let inbound = match lane.try_send(inbound) {
-            Ok(()) => continue,
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
-            Err(mpsc::error::TrySendError::Full(inbound)) => inbound,
-        };
-
-        // Backpressure: stop fetching, keep polling (so the group keeps us), wait for room.
-        set_paused(&consumer, true);
-        metrics.paused.set(1);
-        metrics.pauses.inc();
-        let sent = loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break false,
-                permit = lane.reserve() => match permit {
-                    Ok(permit) => {
-                        permit.send(inbound);
-                        break true;
-                    }
-                    Err(_) => break false,
-                },
-                message = consumer.recv() => {
-                    if let Ok(message) = message
-                        && let Some(fetched) = detach(&message, &tracker)
-                    {
-                        held.push_back(fetched);
-                    }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            _ = retry.tick(), if !dispatcher.held.is_empty() => {
+                if !dispatcher.drain_held() {
+                    return;
                 }
             }
-        };
-        set_paused(&consumer, false);
-        metrics.paused.set(0);
-        if !sent {
-            return;
+            message = dispatcher.consumer.recv() => match message {
+                Ok(message) => {
+                    if let Some(inbound) = detach(&message, &dispatcher.tracker) {
+                        drop(message);
+                        if !dispatcher.offer(inbound) {
+                            return;
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "consume error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
         }
     }
 }
 
-fn set_paused(consumer: &WorkerConsumer, paused: bool) {
-    let Ok(assignment) = consumer.assignment() else {
-        return;
-    };
-    let result = if paused {
-        consumer.pause(&assignment)
-    } else {
-        consumer.resume(&assignment)
-    };
-    match result {
-        Ok(()) => tracing::info!(
-            paused,
-            partitions = assignment.count(),
-            "consumption {}",
-            if paused { "paused" } else { "resumed" }
-        ),
-        Err(error) => tracing::warn!(%error, paused, "pause/resume failed"),
+struct Dispatcher {
+    consumer: Arc<WorkerConsumer>,
+    lanes: Lanes,
+    tracker: Arc<Tracker>,
+    metrics: WorkerMetrics,
+    paused: PausedPartitions,
+    /// Messages of paused partitions, in offset order, waiting for room in their lanes.
+    held: BTreeMap<i32, VecDeque<Inbound>>,
+}
+
+impl Dispatcher {
+    /// Hands a freshly read message to its lane, or holds it. False when the lanes are gone.
+    fn offer(&mut self, inbound: Inbound) -> bool {
+        if !self
+            .tracker
+            .dispatched(inbound.partition, inbound.generation, inbound.offset)
+        {
+            return true;
+        }
+        let partition = inbound.partition;
+        if let Some(queue) = self.held.get_mut(&partition) {
+            // Behind earlier held messages of its partition: order first.
+            queue.push_back(inbound);
+            return true;
+        }
+        let lane = &self.lanes.senders[self.lanes.lane_of(&inbound)];
+        match lane.try_send(inbound) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(inbound)) => {
+                self.pause(&inbound.topic, partition);
+                self.held.entry(partition).or_default().push_back(inbound);
+            }
+        }
+        self.metrics.queue_depth.set(self.lanes.depth() as i64);
+        true
+    }
+
+    /// Moves held messages into lanes with room; resumes partitions whose hold emptied.
+    fn drain_held(&mut self) -> bool {
+        let mut emptied = Vec::new();
+        for (partition, queue) in &mut self.held {
+            while let Some(front) = queue.front() {
+                if self.tracker.generation(*partition) != Some(front.generation) {
+                    // Revoked while held: the new owner reads it again.
+                    queue.clear();
+                    break;
+                }
+                let lane = &self.lanes.senders[self.lanes.lane_of(front)];
+                match lane.try_reserve() {
+                    Ok(permit) => {
+                        if let Some(inbound) = queue.pop_front() {
+                            permit.send(inbound);
+                        }
+                    }
+                    Err(mpsc::error::TrySendError::Full(())) => break,
+                    Err(mpsc::error::TrySendError::Closed(())) => return false,
+                }
+            }
+            if queue.is_empty() {
+                emptied.push(*partition);
+            }
+        }
+        for partition in emptied {
+            self.held.remove(&partition);
+            self.resume(partition);
+        }
+        self.metrics.queue_depth.set(self.lanes.depth() as i64);
+        true
+    }
+
+    fn pause(&self, topic: &str, partition: i32) {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(topic, partition);
+        if let Err(error) = self.consumer.pause(&list) {
+            tracing::warn!(%error, partition, "cannot pause partition");
+        }
+        let count = {
+            let mut paused = self.paused.lock().unwrap_or_else(PoisonError::into_inner);
+            paused.insert(partition);
+            paused.len()
+        };
+        self.metrics.pauses.inc();
+        self.metrics.paused_partitions.set(count as i64);
+        tracing::debug!(partition, "partition paused: its lane is full");
+    }
+
+    fn resume(&self, partition: i32) {
+        let count = {
+            let mut paused = self.paused.lock().unwrap_or_else(PoisonError::into_inner);
+            paused.remove(&partition);
+            paused.len()
+        };
+        self.metrics.paused_partitions.set(count as i64);
+        if let Ok(assignment) = self.consumer.assignment() {
+            let mut list = TopicPartitionList::new();
+            for element in assignment
+                .elements()
+                .iter()
+                .filter(|e| e.partition() == partition)
+            {
+                list.add_partition(element.topic(), partition);
+            }
+            if list.count() > 0
+                && let Err(error) = self.consumer.resume(&list)
+            {
+                tracing::warn!(%error, partition, "cannot resume partition");
+            }
+        }
+        tracing::debug!(partition, "partition resumed");
     }
 }
 

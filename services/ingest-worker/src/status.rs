@@ -32,11 +32,16 @@ pub struct StatusSource {
     pub upstreams: Vec<Upstream>,
     /// (partition, committed offset, high watermark)
     pub lags: LagSnapshot,
+    pub paused: crate::pipeline::PausedPartitions,
 }
 
 impl StatusSource {
     pub fn snapshot(&self) -> WorkerStatus {
-        let paused = self.metrics.paused.get() != 0;
+        let paused = self
+            .paused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let lags = self
             .lags
             .lock()
@@ -56,7 +61,7 @@ impl StatusSource {
                     committed_offset: committed,
                     high_watermark: high,
                     lag: (high - committed).max(0),
-                    paused,
+                    paused: paused.contains(&partition),
                 }
             })
             .collect();
