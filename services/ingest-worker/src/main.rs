@@ -7,6 +7,11 @@ use relais_ingest_worker::config::{Args, Command, WorkerConfig};
 use relais_telemetry::TelemetryConfig;
 use relais_telemetry::process::EXIT_CONFIG;
 
+/// The pipeline allocates per message (records, headers, spans); mimalloc's thread-local free
+/// lists made the worker benchmark about 10 % faster than glibc malloc (`make bench`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TELEMETRY: TelemetryConfig = TelemetryConfig {
     service_name: "ingest-worker",
     service_version: env!("CARGO_PKG_VERSION"),

@@ -156,11 +156,13 @@ pub type PausedPartitions = Arc<Mutex<BTreeSet<i32>>>;
 
 /// Reads the ingress topic and feeds the lanes until shutdown.
 ///
-/// Backpressure is per partition: when a message finds its lane full, its partition is paused
-/// and the message (with any later ones of that partition already fetched) is held in order;
-/// the other partitions keep flowing. Held messages are retried every few milliseconds and the
-/// partition resumes once they are all in lanes. The consumer keeps polling throughout, so the
-/// group never mistakes a long pause (an upstream outage) for a dead replica.
+/// Backpressure is per partition: when a message finds its lane full, it is held, in order with
+/// the later messages of its partition, while the other partitions keep flowing. Held messages
+/// are retried every few milliseconds. Only when a partition holds more than `hold_limit`
+/// messages is it paused (librdkafka drops a paused partition's prefetched messages and must
+/// fetch them again, so pausing at the first full lane would cost more than it saves); it
+/// resumes once its hold is empty. The consumer keeps polling throughout, so the group never
+/// mistakes a long pause (an upstream outage) for a dead replica.
 pub async fn dispatch(
     consumer: Arc<WorkerConsumer>,
     lanes: Lanes,
@@ -169,6 +171,7 @@ pub async fn dispatch(
     paused: PausedPartitions,
     shutdown: CancellationToken,
 ) {
+    let hold_limit = lanes.capacity * 8;
     let mut dispatcher = Dispatcher {
         consumer,
         lanes,
@@ -176,6 +179,7 @@ pub async fn dispatch(
         metrics,
         paused,
         held: BTreeMap::new(),
+        hold_limit,
     };
     let mut retry = tokio::time::interval(Duration::from_millis(5));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -212,8 +216,10 @@ struct Dispatcher {
     tracker: Arc<Tracker>,
     metrics: WorkerMetrics,
     paused: PausedPartitions,
-    /// Messages of paused partitions, in offset order, waiting for room in their lanes.
+    /// Messages waiting for room in their lanes, per partition, in offset order.
     held: BTreeMap<i32, VecDeque<Inbound>>,
+    /// Held messages of one partition beyond which the partition is paused.
+    hold_limit: usize,
 }
 
 impl Dispatcher {
@@ -226,19 +232,29 @@ impl Dispatcher {
             return true;
         }
         let partition = inbound.partition;
-        if let Some(queue) = self.held.get_mut(&partition) {
+        let inbound = match self.held.get_mut(&partition) {
             // Behind earlier held messages of its partition: order first.
-            queue.push_back(inbound);
-            return true;
-        }
-        let lane = &self.lanes.senders[self.lanes.lane_of(&inbound)];
-        match lane.try_send(inbound) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            Err(mpsc::error::TrySendError::Full(inbound)) => {
-                self.pause(&inbound.topic, partition);
-                self.held.entry(partition).or_default().push_back(inbound);
+            Some(queue) => {
+                queue.push_back(inbound);
+                None
             }
+            None => {
+                let lane = &self.lanes.senders[self.lanes.lane_of(&inbound)];
+                match lane.try_send(inbound) {
+                    Ok(()) => None,
+                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                    Err(mpsc::error::TrySendError::Full(inbound)) => Some(inbound),
+                }
+            }
+        };
+        if let Some(inbound) = inbound {
+            self.held.entry(partition).or_default().push_back(inbound);
+        }
+        if let Some(queue) = self.held.get(&partition)
+            && queue.len() > self.hold_limit
+            && let Some(topic) = queue.front().map(|front| front.topic.clone())
+        {
+            self.pause(&topic, partition);
         }
         self.metrics.queue_depth.set(self.lanes.depth() as i64);
         true
@@ -271,13 +287,28 @@ impl Dispatcher {
         }
         for partition in emptied {
             self.held.remove(&partition);
-            self.resume(partition);
+            let was_paused = self
+                .paused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&partition);
+            if was_paused {
+                self.resume(partition);
+            }
         }
         self.metrics.queue_depth.set(self.lanes.depth() as i64);
         true
     }
 
     fn pause(&self, topic: &str, partition: i32) {
+        if self
+            .paused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&partition)
+        {
+            return;
+        }
         let mut list = TopicPartitionList::new();
         list.add_partition(topic, partition);
         if let Err(error) = self.consumer.pause(&list) {
@@ -290,7 +321,7 @@ impl Dispatcher {
         };
         self.metrics.pauses.inc();
         self.metrics.paused_partitions.set(count as i64);
-        tracing::debug!(partition, "partition paused: its lane is full");
+        tracing::debug!(partition, "partition paused: its lanes are full");
     }
 
     fn resume(&self, partition: i32) {
