@@ -24,6 +24,7 @@ mod client;
 mod error;
 mod layers;
 pub mod metrics;
+pub mod operation;
 pub mod policy;
 mod probe;
 

@@ -1,34 +1,10 @@
-//! audit-service: Writes `relais.audit` to Ceph RGW as deterministic, partitioned objects and serves
-//! `AuditQuery` over gRPC.
-//!
-//! So far the binary is the shared process skeleton only: telemetry, typed configuration, the
-//! admin endpoint and a bounded graceful shutdown. The audit writer is built on it
-//! (see the open issues); until then it serves `/metrics`, `/healthz` and `/readyz`.
+//! audit-service binary: see the library docs.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
-use clap::Parser;
-use prometheus_client::registry::Registry;
+use relais_audit_service::config::{Args, AuditConfig};
 use relais_telemetry::TelemetryConfig;
-use relais_telemetry::admin::{AdminServer, Readiness};
-use relais_telemetry::shutdown::CancellationToken;
-
-/// Configuration; every flag also reads its `RELAIS_*` environment variable.
-#[derive(Debug, Parser)]
-#[command(name = "audit-service", version, about)]
-struct Config {
-    /// Address of the admin endpoint (`/metrics`, `/healthz`, `/readyz`). Keep it off public
-    /// interfaces; containers bind 0.0.0.0 on their internal network.
-    #[arg(long, env = "RELAIS_ADMIN_ADDR", default_value = "127.0.0.1:9102")]
-    admin_addr: SocketAddr,
-
-    /// How long shutdown may take before the process exits anyway, in seconds.
-    #[arg(long, env = "RELAIS_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
-    drain_timeout_secs: u64,
-}
+use relais_telemetry::process::EXIT_CONFIG;
 
 const TELEMETRY: TelemetryConfig = TelemetryConfig {
     service_name: "audit-service",
@@ -38,23 +14,26 @@ const TELEMETRY: TelemetryConfig = TelemetryConfig {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let (config, process) = relais_telemetry::process::start::<Config>(&TELEMETRY);
-    let drain_timeout = Duration::from_secs(config.drain_timeout_secs);
+    let (args, process) = relais_telemetry::process::start::<Args>(&TELEMETRY);
+    let config = match AuditConfig::load(&args) {
+        Ok(config) => config,
+        Err(error) => {
+            let mut message = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            eprintln!("audit-service: {message}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let drain_timeout = config.storage.drain_timeout + std::time::Duration::from_secs(5);
     let shutdown = process.shutdown.clone();
-    process.run(drain_timeout, run(config, shutdown)).await
-}
-
-async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let registry = Arc::new(Registry::with_prefix("relais"));
-    let admin = AdminServer::start(
-        config.admin_addr,
-        registry,
-        Readiness::default(),
-        shutdown.clone(),
-    )
-    .await?;
-    tracing::info!(admin = %admin.local_addr(), "started");
-    shutdown.cancelled().await;
-    admin.join().await;
-    Ok(())
+    process
+        .run(
+            drain_timeout,
+            relais_audit_service::run(args, config, shutdown),
+        )
+        .await
 }

@@ -1,0 +1,262 @@
+//! audit-service configuration: a TOML file with defaults for everything, deployment values
+//! from flags or `RELAIS_*` variables, and cross-checks at start-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Command line; every flag also reads its `RELAIS_*` environment variable.
+#[derive(Debug, clap::Parser)]
+#[command(name = "audit-service", version, about)]
+pub struct Args {
+    /// The configuration file (TOML); defaults apply without one.
+    #[arg(long, env = "RELAIS_AUDIT_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "RELAIS_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    pub kafka_bootstrap: String,
+    /// S3 endpoint of Ceph RGW.
+    #[arg(
+        long,
+        env = "RELAIS_S3_ENDPOINT",
+        default_value = "http://127.0.0.1:7480"
+    )]
+    pub s3_endpoint: String,
+    #[arg(long, env = "RELAIS_S3_REGION", default_value = "default")]
+    pub s3_region: String,
+    #[arg(long, env = "RELAIS_S3_ACCESS_KEY", default_value = "relais-dev")]
+    pub s3_access_key: String,
+    #[arg(
+        long,
+        env = "RELAIS_S3_SECRET_KEY",
+        default_value = "relais-dev-secret",
+        hide_env_values = true
+    )]
+    pub s3_secret_key: String,
+    #[arg(long, env = "RELAIS_S3_BUCKET", default_value = "relais-audit")]
+    pub bucket: String,
+    /// Admin endpoint (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, env = "RELAIS_ADMIN_ADDR", default_value = "127.0.0.1:9102")]
+    pub admin_addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    pub kafka: KafkaConfig,
+    pub objects: ObjectsConfig,
+    pub buffer: BufferConfig,
+    pub storage: StorageConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub group_id: String,
+    pub audit_topic: String,
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            group_id: "relais-audit".into(),
+            audit_topic: "relais.audit".into(),
+            session_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How records become objects (see `object.rs` for why each rule is deterministic).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObjectsConfig {
+    /// Key prefix inside the bucket.
+    pub prefix: String,
+    pub max_records: usize,
+    /// Uncompressed NDJSON bytes per object.
+    pub max_bytes: usize,
+    /// A partition with no new record for this long has its open object written.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    pub compression: Compression,
+    /// gzip 0-9 or zstd 1-19; lower is faster.
+    pub compression_level: u32,
+    /// Objects larger than this (compressed) go up as multipart uploads.
+    pub multipart_threshold_bytes: usize,
+}
+
+impl Default for ObjectsConfig {
+    fn default() -> Self {
+        Self {
+            prefix: "audit".into(),
+            max_records: 20_000,
+            max_bytes: 16 * 1024 * 1024,
+            idle: Duration::from_secs(5),
+            compression: Compression::Gzip,
+            compression_level: 3,
+            multipart_threshold_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Gzip => "ndjson.gz",
+            Self::Zstd => "ndjson.zst",
+        }
+    }
+}
+
+/// The bound on what is held in memory while RGW is slow or down.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BufferConfig {
+    pub max_records: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        Self {
+            max_records: 200_000,
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Create the bucket at start-up if it does not exist.
+    pub create_bucket: bool,
+    /// Limit of one PUT (or one multipart part).
+    #[serde(with = "humantime_serde")]
+    pub put_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub base_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// How long shutdown may wait for objects still being written.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            create_bucket: true,
+            put_timeout: Duration::from_secs(30),
+            base_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration in {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl AuditConfig {
+    pub fn load(args: &Args) -> Result<Self, ConfigError> {
+        let config: Self = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => Self::default(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: &str| Err(ConfigError::Invalid(message.to_owned()));
+        let objects = &self.objects;
+        if objects.max_records == 0 || objects.max_bytes == 0 {
+            return invalid("objects.max_records and objects.max_bytes must be positive");
+        }
+        if self.buffer.max_records < objects.max_records
+            || self.buffer.max_bytes < objects.max_bytes
+        {
+            return invalid(
+                "the buffer must hold at least one full object (buffer.max_* >= objects.max_*)",
+            );
+        }
+        match objects.compression {
+            Compression::Gzip if objects.compression_level > 9 => {
+                return invalid("gzip levels are 0-9");
+            }
+            Compression::Zstd if !(1..=19).contains(&objects.compression_level) => {
+                return invalid("zstd levels are 1-19");
+            }
+            _ => {}
+        }
+        if objects.multipart_threshold_bytes < 5 * 1024 * 1024 {
+            return invalid(
+                "objects.multipart_threshold_bytes must be at least 5 MiB (the S3 minimum part size)",
+            );
+        }
+        if objects.prefix.is_empty()
+            || objects.prefix.starts_with('/')
+            || objects.prefix.ends_with('/')
+        {
+            return invalid("objects.prefix must be non-empty, without leading or trailing '/'");
+        }
+        if self.storage.drain_timeout >= self.kafka.session_timeout * 6 {
+            return invalid("storage.drain_timeout is far beyond the group's session timeout");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_typos_are_caught() {
+        AuditConfig::default().validate().expect("defaults");
+        assert!(toml::from_str::<AuditConfig>("[objects]\nmax_record = 5").is_err());
+        let config: AuditConfig =
+            toml::from_str("[objects]\ncompression = \"zstd\"\ncompression_level = 25")
+                .expect("parses");
+        assert!(config.validate().is_err());
+        let config: AuditConfig = toml::from_str("[buffer]\nmax_records = 10").expect("parses");
+        assert!(
+            config.validate().is_err(),
+            "a buffer smaller than one object"
+        );
+    }
+}

@@ -1,0 +1,88 @@
+//! audit-service: `relais.audit` → deterministic, partitioned NDJSON objects in Ceph RGW.
+//!
+//! - [`object`]: cutting partitions into objects, and why the cuts are deterministic;
+//! - [`encode`]: the stable JSON line of a record (docs/audit-objects.md);
+//! - [`store`]: compression and PUT with retries until stored;
+//! - [`pipeline`]: consumption, per-partition upload queues, commit after store, backpressure.
+
+pub mod config;
+pub mod encode;
+pub mod metrics;
+pub mod object;
+pub mod pipeline;
+pub mod store;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use prometheus_client::registry::Registry;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::Consumer;
+use relais_telemetry::admin::{AdminServer, Readiness};
+use relais_telemetry::shutdown::CancellationToken;
+
+use crate::config::{Args, AuditConfig};
+use crate::metrics::AuditMetrics;
+use crate::pipeline::{Assignment, AuditConsumer, AuditContext, Pipeline};
+use crate::store::Store;
+
+/// Runs the service until `shutdown`.
+pub async fn run(
+    args: Args,
+    config: AuditConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    let metrics = AuditMetrics::register(&mut registry);
+    let readiness = Readiness::default();
+    let rgw_ready = readiness.register("rgw");
+    let kafka_ready = readiness.register("kafka");
+    let admin = AdminServer::start(
+        args.admin_addr,
+        Arc::new(registry),
+        readiness,
+        shutdown.clone(),
+    )
+    .await?;
+
+    let store = Store::connect(&args, &config, metrics.clone()).await?;
+    rgw_ready.set_ready();
+
+    let assignment = Arc::new(Assignment::default());
+    let consumer: AuditConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.kafka_bootstrap)
+        .set("group.id", &config.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // Only records of committed worker transactions: an aborted outcome is not an outcome.
+        .set("isolation.level", "read_committed")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "session.timeout.ms",
+            config.kafka.session_timeout.as_millis().to_string(),
+        )
+        .set("queued.max.messages.kbytes", "16384")
+        .create_with_context(AuditContext {
+            assignment: Arc::clone(&assignment),
+        })
+        .context("cannot create the Kafka consumer")?;
+    consumer
+        .subscribe(&[&config.kafka.audit_topic])
+        .context("cannot subscribe to the audit topic")?;
+    kafka_ready.set_ready();
+    tracing::info!(topic = %config.kafka.audit_topic, bucket = %args.bucket, "audit-service running");
+
+    let pipeline = Pipeline {
+        consumer: Arc::new(consumer),
+        assignment,
+        store: Arc::new(store),
+        config,
+        metrics,
+    };
+    let consumer = Arc::clone(&pipeline.consumer);
+    pipeline.run(shutdown.clone()).await;
+    consumer.unsubscribe();
+    admin.join().await;
+    Ok(())
+}

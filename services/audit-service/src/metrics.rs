@@ -1,0 +1,122 @@
+//! audit-service metrics.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Debug, Clone)]
+pub struct AuditMetrics {
+    pub records_consumed: Counter,
+    pub records_written: Counter,
+    pub records_quarantined: Counter,
+    pub objects_written: Counter,
+    pub bytes_written: Counter,
+    pub object_size: Histogram,
+    pub put_duration: Histogram,
+    pub put_retries: Counter,
+    pub buffer_records: Gauge,
+    pub buffer_bytes: Gauge,
+    pub oldest_unflushed_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub paused: Gauge,
+    pub consumer_lag: Gauge,
+    pub commits: Counter,
+}
+
+impl AuditMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            records_consumed: Counter::default(),
+            records_written: Counter::default(),
+            records_quarantined: Counter::default(),
+            objects_written: Counter::default(),
+            bytes_written: Counter::default(),
+            object_size: Histogram::new(exponential_buckets(1024.0, 4.0, 10)),
+            put_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            put_retries: Counter::default(),
+            buffer_records: Gauge::default(),
+            buffer_bytes: Gauge::default(),
+            oldest_unflushed_age: Gauge::default(),
+            paused: Gauge::default(),
+            consumer_lag: Gauge::default(),
+            commits: Counter::default(),
+        };
+        let audit = registry.sub_registry_with_prefix("relais_audit");
+        audit.register(
+            "records_consumed",
+            "Audit records read from Kafka",
+            metrics.records_consumed.clone(),
+        );
+        audit.register(
+            "records_written",
+            "Audit records stored in RGW and committed",
+            metrics.records_written.clone(),
+        );
+        audit.register(
+            "records_quarantined",
+            "Undecodable records stored under the quarantine prefix",
+            metrics.records_quarantined.clone(),
+        );
+        audit.register(
+            "objects_written",
+            "Data objects stored and committed",
+            metrics.objects_written.clone(),
+        );
+        audit.register_with_unit(
+            "written",
+            "Compressed bytes stored",
+            Unit::Bytes,
+            metrics.bytes_written.clone(),
+        );
+        audit.register_with_unit(
+            "object_size",
+            "Compressed size of stored objects",
+            Unit::Bytes,
+            metrics.object_size.clone(),
+        );
+        audit.register_with_unit(
+            "put_duration",
+            "Time to store one object, retries included",
+            Unit::Seconds,
+            metrics.put_duration.clone(),
+        );
+        audit.register(
+            "put_retries",
+            "PUT attempts that failed and were retried",
+            metrics.put_retries.clone(),
+        );
+        audit.register(
+            "buffer_records",
+            "Records held in memory, not yet stored",
+            metrics.buffer_records.clone(),
+        );
+        audit.register_with_unit(
+            "buffer",
+            "Uncompressed bytes held in memory, not yet stored",
+            Unit::Bytes,
+            metrics.buffer_bytes.clone(),
+        );
+        audit.register_with_unit(
+            "oldest_unflushed_age",
+            "How long the oldest record held in memory has waited",
+            Unit::Seconds,
+            metrics.oldest_unflushed_age.clone(),
+        );
+        audit.register(
+            "paused",
+            "1 while consumption is paused because the buffer is full",
+            metrics.paused.clone(),
+        );
+        audit.register(
+            "consumer_lag",
+            "Records on the audit topic not yet stored (assigned partitions)",
+            metrics.consumer_lag.clone(),
+        );
+        audit.register(
+            "commits",
+            "Offset commits after stored objects",
+            metrics.commits.clone(),
+        );
+        metrics
+    }
+}

@@ -1,0 +1,318 @@
+//! Cutting a partition's records into objects, deterministically.
+//!
+//! An object is a run of consecutive records of one partition, named after its first record's
+//! offset and its records' hour: `{prefix}/dt=YYYY-MM-DD/hour=HH/{topic}+{partition}+{start:020}`.
+//! Offsets are committed only after an object is stored, and each partition has at most one
+//! object stored-but-not-committed at a time, so after a crash the partition is re-read from
+//! the start of exactly that object. Why each rotation rule keeps "a restart writes the same
+//! keys with the same content":
+//!
+//! - **records**: the count since the object's first record is a function of the input.
+//! - **bytes**: the encoded size of each line is a function of the record and its position
+//!   (the encoding is deterministic: fixed field order, no wall-clock values).
+//! - **hour boundary**: a record whose event hour differs from the object's closes it; the hour
+//!   comes from the record, never from the clock.
+//! - **a bad record** closes the open object before it is quarantined: a function of the input.
+//! - **idle partition** (no record for `idle`) is the one wall-clock rule. It is still safe:
+//!   the re-read after a crash starts at the uncommitted object's first offset, so the first
+//!   object written after the restart has the *same key* and overwrites it, whatever its end.
+//!   Later objects were never stored (one uncommitted object per partition), so nothing else
+//!   can be left behind.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use tokio::time::Instant;
+
+/// When to close an object.
+#[derive(Debug, Clone)]
+pub struct RotationPolicy {
+    pub max_records: usize,
+    /// Uncompressed NDJSON bytes.
+    pub max_bytes: usize,
+    pub idle: Duration,
+}
+
+/// An object's content and identity, ready to store.
+#[derive(Debug, Clone)]
+pub struct DataObject {
+    pub partition: i32,
+    pub start_offset: i64,
+    /// Last offset covered (the commit goes to `end_offset + 1`).
+    pub end_offset: i64,
+    /// The hour every record of the object belongs to.
+    pub hour: DateTime<Utc>,
+    pub records: usize,
+    pub ndjson: Vec<u8>,
+    /// Trace and message ids in the object, for the lookup index.
+    pub trace_ids: Vec<String>,
+    pub message_ids: Vec<String>,
+    /// When its first record arrived (for the oldest-unflushed-age metric).
+    pub first_arrival: Instant,
+}
+
+/// A record that could not be decoded, kept as it was.
+#[derive(Debug, Clone)]
+pub struct QuarantinedRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub error: String,
+    pub first_arrival: Instant,
+}
+
+/// What goes to RGW, in partition order.
+#[derive(Debug, Clone)]
+pub enum Pending {
+    Data(DataObject),
+    Quarantine(QuarantinedRecord),
+}
+
+impl Pending {
+    pub fn end_offset(&self) -> i64 {
+        match self {
+            Self::Data(object) => object.end_offset,
+            Self::Quarantine(record) => record.offset,
+        }
+    }
+
+    pub fn records(&self) -> usize {
+        match self {
+            Self::Data(object) => object.records,
+            Self::Quarantine(_) => 1,
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::Data(object) => object.ndjson.len(),
+            Self::Quarantine(record) => record.payload.len(),
+        }
+    }
+
+    pub fn first_arrival(&self) -> Instant {
+        match self {
+            Self::Data(object) => object.first_arrival,
+            Self::Quarantine(record) => record.first_arrival,
+        }
+    }
+}
+
+/// One line to append: the encoded record and what the index needs.
+#[derive(Debug)]
+pub struct Line {
+    pub offset: i64,
+    pub time: DateTime<Utc>,
+    pub json: Vec<u8>,
+    pub trace_id: String,
+    pub message_id: String,
+}
+
+/// The open object of one partition.
+#[derive(Debug)]
+pub struct PartitionWriter {
+    partition: i32,
+    policy: RotationPolicy,
+    open: Option<DataObject>,
+    last_arrival: Instant,
+}
+
+/// The hour a time belongs to.
+pub fn hour_of(time: DateTime<Utc>) -> DateTime<Utc> {
+    time.with_minute(0)
+        .and_then(|t| t.with_second(0))
+        .and_then(|t| t.with_nanosecond(0))
+        .unwrap_or(time)
+}
+
+impl PartitionWriter {
+    pub fn new(partition: i32, policy: RotationPolicy) -> Self {
+        Self {
+            partition,
+            policy,
+            open: None,
+            last_arrival: Instant::now(),
+        }
+    }
+
+    /// Records and bytes in the open object.
+    pub fn open_size(&self) -> (usize, usize) {
+        self.open
+            .as_ref()
+            .map_or((0, 0), |object| (object.records, object.ndjson.len()))
+    }
+
+    pub fn first_arrival(&self) -> Option<Instant> {
+        self.open.as_ref().map(|object| object.first_arrival)
+    }
+
+    /// Appends a line; returns the object it closed first, if the line did not fit.
+    pub fn push(&mut self, line: Line, now: Instant) -> Option<DataObject> {
+        self.last_arrival = now;
+        let hour = hour_of(line.time);
+        let closed = match &self.open {
+            Some(open)
+                if open.hour != hour
+                    || open.records >= self.policy.max_records
+                    || open.ndjson.len() + line.json.len() > self.policy.max_bytes =>
+            {
+                self.open.take()
+            }
+            _ => None,
+        };
+        let open = self.open.get_or_insert_with(|| DataObject {
+            partition: self.partition,
+            start_offset: line.offset,
+            end_offset: line.offset,
+            hour,
+            records: 0,
+            ndjson: Vec::with_capacity(64 * 1024),
+            trace_ids: Vec::new(),
+            message_ids: Vec::new(),
+            first_arrival: now,
+        });
+        open.end_offset = line.offset;
+        open.records += 1;
+        open.ndjson.extend_from_slice(&line.json);
+        open.ndjson.push(b'\n');
+        open.trace_ids.push(line.trace_id);
+        open.message_ids.push(line.message_id);
+        closed
+    }
+
+    /// Closes the open object (before a quarantined record, or at shutdown).
+    pub fn close(&mut self) -> Option<DataObject> {
+        self.open.take()
+    }
+
+    /// Closes the open object if no record arrived for the idle time.
+    pub fn close_if_idle(&mut self, now: Instant) -> Option<DataObject> {
+        if self.open.is_some() && now.duration_since(self.last_arrival) >= self.policy.idle {
+            return self.open.take();
+        }
+        None
+    }
+}
+
+/// The object key of a data object.
+pub fn data_key(prefix: &str, topic: &str, object: &DataObject, extension: &str) -> String {
+    format!(
+        "{prefix}/dt={:04}-{:02}-{:02}/hour={:02}/{topic}+{}+{:020}.{extension}",
+        object.hour.year(),
+        object.hour.month(),
+        object.hour.day(),
+        object.hour.hour(),
+        object.partition,
+        object.start_offset
+    )
+}
+
+/// The key of a quarantined record: by position, so a repeat overwrites.
+pub fn quarantine_key(prefix: &str, topic: &str, record: &QuarantinedRecord) -> String {
+    format!(
+        "{prefix}/quarantine/{topic}+{}+{:020}.bin",
+        record.partition, record.offset
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn line(offset: i64, hour: u32, minute: u32, size: usize) -> Line {
+        Line {
+            offset,
+            time: Utc.with_ymd_and_hms(2026, 11, 27, hour, minute, 0).unwrap(),
+            json: vec![b'x'; size],
+            trace_id: format!("t{offset}"),
+            message_id: format!("m{offset}"),
+        }
+    }
+
+    fn writer(max_records: usize, max_bytes: usize) -> PartitionWriter {
+        PartitionWriter::new(
+            3,
+            RotationPolicy {
+                max_records,
+                max_bytes,
+                idle: Duration::from_secs(5),
+            },
+        )
+    }
+
+    /// Runs lines through a writer and returns (start, end, records) of every object.
+    fn cut(writer: &mut PartitionWriter, lines: Vec<Line>) -> Vec<(i64, i64, usize)> {
+        let now = Instant::now();
+        let mut objects: Vec<DataObject> = lines
+            .into_iter()
+            .filter_map(|l| writer.push(l, now))
+            .collect();
+        objects.extend(writer.close());
+        objects
+            .iter()
+            .map(|o| (o.start_offset, o.end_offset, o.records))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn rotation_by_records_bytes_and_hour() {
+        let lines = (0..10).map(|i| line(i, 10, i as u32, 10)).collect();
+        assert_eq!(
+            cut(&mut writer(4, 1000), lines),
+            [(0, 3, 4), (4, 7, 4), (8, 9, 2)]
+        );
+        let lines = (0..10).map(|i| line(i, 10, 0, 10)).collect();
+        assert_eq!(
+            cut(&mut writer(100, 33), lines),
+            [(0, 2, 3), (3, 5, 3), (6, 8, 3), (9, 9, 1)],
+            "11 bytes a line, 33 fit"
+        );
+        let lines = vec![
+            line(0, 10, 59, 1),
+            line(1, 11, 0, 1),
+            line(2, 11, 30, 1),
+            line(3, 10, 59, 1),
+        ];
+        assert_eq!(
+            cut(&mut writer(100, 1000), lines),
+            [(0, 0, 1), (1, 2, 2), (3, 3, 1)],
+            "one hour per object"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_same_input_gives_the_same_objects_and_keys() {
+        let make = || {
+            (100..400)
+                .map(|i| line(i, 10 + (i as u32 / 150), 0, 7 + (i as usize % 5)))
+                .collect::<Vec<_>>()
+        };
+        let first = cut(&mut writer(64, 500), make());
+        let second = cut(&mut writer(64, 500), make());
+        assert_eq!(first, second);
+        let now = Instant::now();
+        let mut w = writer(64, 500);
+        let object = make().into_iter().find_map(|l| w.push(l, now)).unwrap();
+        assert_eq!(
+            data_key("audit", "relais.audit", &object, "ndjson.gz"),
+            "audit/dt=2026-11-27/hour=10/relais.audit+3+00000000000000000100.ndjson.gz"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_partitions_close_their_object() {
+        let mut w = writer(100, 1000);
+        assert!(w.push(line(0, 10, 0, 1), Instant::now()).is_none());
+        assert!(w.close_if_idle(Instant::now()).is_none());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let closed = w.close_if_idle(Instant::now()).expect("idle");
+        assert_eq!((closed.start_offset, closed.end_offset), (0, 0));
+        assert!(
+            w.close_if_idle(Instant::now()).is_none(),
+            "nothing open any more"
+        );
+    }
+}

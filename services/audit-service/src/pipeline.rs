@@ -1,0 +1,422 @@
+//! The running service: one task owns the partitions' open objects and upload queues; uploads
+//! run concurrently across partitions, one at a time within a partition; each stored item
+//! commits the offset after it.
+//!
+//! ```text
+//! relais.audit ─▶ decode ─┬─▶ PartitionWriter (open object) ─▶ queue ─▶ Store::write ─▶ commit
+//!                         └─▶ (undecodable) quarantine item ──▶ queue ┘   (one in flight per partition)
+//! ```
+//!
+//! Memory is bounded by the buffer limits: when the records or bytes held exceed them, every
+//! assigned partition is paused (the consumer keeps polling); below 80 % they resume.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use prost::Message as _;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use relais_proto::v1::AuditRecord;
+use relais_telemetry::shutdown::CancellationToken;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::config::AuditConfig;
+use crate::encode::{self, AuditPosition};
+use crate::metrics::AuditMetrics;
+use crate::object::{Line, PartitionWriter, Pending, QuarantinedRecord, RotationPolicy};
+use crate::store::Store;
+
+/// Assignment generations, kept by the rebalance callbacks.
+#[derive(Debug, Default)]
+pub struct Assignment {
+    generations: Mutex<HashMap<i32, u64>>,
+    next: Mutex<u64>,
+}
+
+impl Assignment {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, u64>> {
+        self.generations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn generation(&self, partition: i32) -> Option<u64> {
+        self.lock().get(&partition).copied()
+    }
+}
+
+#[derive(Debug)]
+pub struct AuditContext {
+    pub assignment: Arc<Assignment>,
+}
+
+impl ClientContext for AuditContext {}
+
+impl ConsumerContext for AuditContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            let mut generations = self.assignment.lock();
+            for element in partitions.elements() {
+                generations.remove(&element.partition());
+                tracing::info!(partition = element.partition(), "partition revoked");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            for element in partitions.elements() {
+                let generation = {
+                    let mut next = self
+                        .assignment
+                        .next
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    *next += 1;
+                    *next
+                };
+                self.assignment
+                    .lock()
+                    .insert(element.partition(), generation);
+                tracing::info!(partition = element.partition(), "partition assigned");
+            }
+        }
+    }
+}
+
+pub type AuditConsumer = StreamConsumer<AuditContext>;
+
+/// Per-partition state owned by the pipeline task.
+#[derive(Debug)]
+struct PartitionState {
+    generation: u64,
+    writer: PartitionWriter,
+    queue: VecDeque<Pending>,
+    uploading: bool,
+}
+
+/// An upload that finished.
+#[derive(Debug)]
+struct Uploaded {
+    partition: i32,
+    generation: u64,
+    /// None when cancelled by shutdown (not stored, not committed).
+    stored: Option<(usize, usize)>,
+    end_offset: i64,
+}
+
+pub struct Pipeline {
+    pub consumer: Arc<AuditConsumer>,
+    pub assignment: Arc<Assignment>,
+    pub store: Arc<Store>,
+    pub config: AuditConfig,
+    pub metrics: AuditMetrics,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// Runs until `shutdown`, then writes what it holds (within the drain timeout) and commits
+    /// what was stored.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let (done_sender, mut done) = mpsc::channel::<Uploaded>(256);
+        let uploads_cancel = CancellationToken::new();
+        let mut partitions: BTreeMap<i32, PartitionState> = BTreeMap::new();
+        let mut paused = false;
+        let mut ticker = tokio::time::interval(Duration::from_millis(250));
+        let policy = RotationPolicy {
+            max_records: self.config.objects.max_records,
+            max_bytes: self.config.objects.max_bytes,
+            idle: self.config.objects.idle,
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(uploaded) = done.recv() => self.finish_upload(&mut partitions, uploaded).await,
+                message = self.consumer.recv() => match message {
+                    Ok(message) => self.accept(&mut partitions, &message, &policy),
+                    Err(error) => {
+                        tracing::warn!(%error, "consume error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = ticker.tick() => {
+                    let now = Instant::now();
+                    for state in partitions.values_mut() {
+                        if let Some(object) = state.writer.close_if_idle(now) {
+                            state.queue.push_back(Pending::Data(object));
+                        }
+                    }
+                    self.forget_revoked(&mut partitions);
+                    paused = self.apply_backpressure(&partitions, paused);
+                }
+            }
+            self.start_uploads(&mut partitions, &done_sender, &uploads_cancel);
+        }
+
+        // Drain: close every open object, let the queues empty within the time limit.
+        for state in partitions.values_mut() {
+            if let Some(object) = state.writer.close() {
+                state.queue.push_back(Pending::Data(object));
+            }
+        }
+        let deadline = Instant::now() + self.config.storage.drain_timeout;
+        self.start_uploads(&mut partitions, &done_sender, &uploads_cancel);
+        while partitions
+            .values()
+            .any(|state| state.uploading || !state.queue.is_empty())
+        {
+            match tokio::time::timeout_at(deadline, done.recv()).await {
+                Ok(Some(uploaded)) => self.finish_upload(&mut partitions, uploaded).await,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!("drain timeout: unstored records will be read again on restart");
+                    break;
+                }
+            }
+            self.start_uploads(&mut partitions, &done_sender, &uploads_cancel);
+        }
+        uploads_cancel.cancel();
+    }
+
+    fn accept(
+        &self,
+        partitions: &mut BTreeMap<i32, PartitionState>,
+        message: &BorrowedMessage<'_>,
+        policy: &RotationPolicy,
+    ) {
+        let partition = message.partition();
+        let Some(generation) = self.assignment.generation(partition) else {
+            return;
+        };
+        let state = partitions
+            .entry(partition)
+            .or_insert_with(|| PartitionState {
+                generation,
+                writer: PartitionWriter::new(partition, policy.clone()),
+                queue: VecDeque::new(),
+                uploading: false,
+            });
+        if state.generation != generation {
+            // Revoked and assigned again: start over from the committed offset.
+            *state = PartitionState {
+                generation,
+                writer: PartitionWriter::new(partition, policy.clone()),
+                queue: VecDeque::new(),
+                uploading: false,
+            };
+        }
+        self.metrics.records_consumed.inc();
+        let payload = message.payload().unwrap_or_default();
+        let now = Instant::now();
+        match AuditRecord::decode(payload) {
+            Ok(record) => {
+                let position = AuditPosition {
+                    topic: message.topic(),
+                    partition,
+                    offset: message.offset(),
+                };
+                let time = encode::record_time(
+                    Some(&record),
+                    encode::kafka_time(message.timestamp().to_millis()),
+                );
+                let json =
+                    serde_json::to_vec(&encode::record_json(&record, position)).unwrap_or_default();
+                let line = Line {
+                    offset: message.offset(),
+                    time,
+                    json,
+                    trace_id: record.trace_id,
+                    message_id: record.message_id,
+                };
+                if let Some(object) = state.writer.push(line, now) {
+                    state.queue.push_back(Pending::Data(object));
+                }
+            }
+            Err(error) => {
+                // Never a crash, never a stuck partition: close what is open (so order and
+                // determinism hold), then store the bytes as they came.
+                tracing::warn!(partition, offset = message.offset(), %error, "undecodable audit record quarantined");
+                if let Some(object) = state.writer.close() {
+                    state.queue.push_back(Pending::Data(object));
+                }
+                state
+                    .queue
+                    .push_back(Pending::Quarantine(QuarantinedRecord {
+                        partition,
+                        offset: message.offset(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        payload: payload.to_vec(),
+                        error: error.to_string(),
+                        first_arrival: now,
+                    }));
+            }
+        }
+    }
+
+    fn start_uploads(
+        &self,
+        partitions: &mut BTreeMap<i32, PartitionState>,
+        done: &mpsc::Sender<Uploaded>,
+        cancel: &CancellationToken,
+    ) {
+        for (partition, state) in partitions.iter_mut() {
+            if state.uploading {
+                continue;
+            }
+            let Some(item) = state.queue.front().cloned() else {
+                continue;
+            };
+            state.uploading = true;
+            let store = Arc::clone(&self.store);
+            let done = done.clone();
+            let cancel = cancel.clone();
+            let (partition, generation) = (*partition, state.generation);
+            let end_offset = item.end_offset();
+            let span = tracing::info_span!(
+                "store object",
+                otel.kind = "producer",
+                relais.partition = partition,
+                relais.start_offset = tracing::field::Empty,
+                relais.records = item.records(),
+            );
+            if let Pending::Data(object) = &item {
+                span.record("relais.start_offset", object.start_offset);
+            }
+            tokio::spawn(
+                async move {
+                    let stored = match store.write(&item, &cancel).await {
+                        Ok(stored) => Some((item.records(), stored.compressed_bytes)),
+                        Err(error) => {
+                            tracing::info!(%error, partition, "object not stored");
+                            None
+                        }
+                    };
+                    let _ = done
+                        .send(Uploaded {
+                            partition,
+                            generation,
+                            stored,
+                            end_offset,
+                        })
+                        .await;
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    async fn finish_upload(
+        &self,
+        partitions: &mut BTreeMap<i32, PartitionState>,
+        uploaded: Uploaded,
+    ) {
+        let Some(state) = partitions.get_mut(&uploaded.partition) else {
+            return;
+        };
+        if state.generation != uploaded.generation {
+            return;
+        }
+        state.uploading = false;
+        let Some((records, bytes)) = uploaded.stored else {
+            return;
+        };
+        let item = state.queue.pop_front();
+        // Offsets only after the object is stored: a crash before this line re-reads it.
+        let mut offsets = TopicPartitionList::new();
+        let _ = offsets.add_partition_offset(
+            &self.config.kafka.audit_topic,
+            uploaded.partition,
+            Offset::Offset(uploaded.end_offset + 1),
+        );
+        let consumer = Arc::clone(&self.consumer);
+        let committed =
+            tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync)).await;
+        match committed {
+            Ok(Ok(())) => {
+                self.metrics.commits.inc();
+            }
+            other => tracing::warn!(
+                ?other,
+                partition = uploaded.partition,
+                "offset commit failed; the object will be rewritten after a restart"
+            ),
+        }
+        match item {
+            Some(Pending::Data(_)) => {
+                self.metrics.objects_written.inc();
+                self.metrics.records_written.inc_by(records as u64);
+            }
+            Some(Pending::Quarantine(_)) => {
+                self.metrics.records_quarantined.inc();
+            }
+            None => {}
+        }
+        self.metrics.bytes_written.inc_by(bytes as u64);
+    }
+
+    fn forget_revoked(&self, partitions: &mut BTreeMap<i32, PartitionState>) {
+        partitions.retain(|partition, state| {
+            self.assignment.generation(*partition) == Some(state.generation)
+        });
+    }
+
+    /// Updates the buffer gauges and pauses or resumes consumption; returns the paused state.
+    fn apply_backpressure(&self, partitions: &BTreeMap<i32, PartitionState>, paused: bool) -> bool {
+        let (mut records, mut bytes, mut oldest): (usize, usize, Option<Instant>) = (0, 0, None);
+        for state in partitions.values() {
+            let (open_records, open_bytes) = state.writer.open_size();
+            records += open_records;
+            bytes += open_bytes;
+            let candidates = state
+                .queue
+                .iter()
+                .map(Pending::first_arrival)
+                .chain(state.writer.first_arrival());
+            for arrival in candidates {
+                oldest = Some(oldest.map_or(arrival, |o: Instant| o.min(arrival)));
+            }
+            records += state.queue.iter().map(Pending::records).sum::<usize>();
+            bytes += state.queue.iter().map(Pending::bytes).sum::<usize>();
+        }
+        self.metrics.buffer_records.set(records as i64);
+        self.metrics.buffer_bytes.set(bytes as i64);
+        self.metrics
+            .oldest_unflushed_age
+            .set(oldest.map_or(0.0, |o| o.elapsed().as_secs_f64()));
+        let limits = &self.config.buffer;
+        let full = records >= limits.max_records || bytes >= limits.max_bytes;
+        let relieved = records * 5 < limits.max_records * 4 && bytes * 5 < limits.max_bytes * 4;
+        let Ok(assignment) = self.consumer.assignment() else {
+            return paused;
+        };
+        if full && !paused {
+            tracing::warn!(records, bytes, "buffer full: pausing consumption");
+            let _ = self.consumer.pause(&assignment);
+            self.metrics.paused.set(1);
+            return true;
+        }
+        if paused && relieved {
+            tracing::info!(records, bytes, "buffer relieved: resuming consumption");
+            let _ = self.consumer.resume(&assignment);
+            self.metrics.paused.set(0);
+            return false;
+        }
+        if paused {
+            // Partitions assigned since the pause start unpaused: pause them too.
+            let _ = self.consumer.pause(&assignment);
+        }
+        paused
+    }
+}

@@ -1,0 +1,254 @@
+//! Writing objects to Ceph RGW: compression, single or multipart PUT, retries until stored.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use relais_resilience::operation::{AttemptFailure, OperationError, OperationRetry};
+use relais_telemetry::shutdown::CancellationToken;
+use s3::creds::Credentials;
+use s3::error::S3Error;
+use s3::{Bucket, BucketConfiguration, Region};
+
+use crate::config::{Args, AuditConfig, Compression};
+use crate::metrics::AuditMetrics;
+use crate::object::{self, Pending};
+
+/// Why the service cannot use the store; each message says what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid S3 settings (endpoint {endpoint}, bucket {bucket})")]
+    Settings {
+        endpoint: String,
+        bucket: String,
+        #[source]
+        source: S3Error,
+    },
+    #[error(
+        "RGW at {endpoint} refused the credentials for bucket {bucket} (HTTP {status}); check RELAIS_S3_ACCESS_KEY / RELAIS_S3_SECRET_KEY"
+    )]
+    Credentials {
+        endpoint: String,
+        bucket: String,
+        status: u16,
+    },
+    #[error("bucket {bucket} does not exist at {endpoint} and storage.create_bucket is false")]
+    MissingBucket { endpoint: String, bucket: String },
+    #[error("RGW at {endpoint} is not reachable")]
+    Unreachable {
+        endpoint: String,
+        #[source]
+        source: S3Error,
+    },
+    #[error("cannot create bucket {bucket} at {endpoint}")]
+    Create {
+        endpoint: String,
+        bucket: String,
+        #[source]
+        source: S3Error,
+    },
+}
+
+/// What was stored.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub key: String,
+    pub compressed_bytes: usize,
+}
+
+#[derive(Debug)]
+pub struct Store {
+    bucket: Box<Bucket>,
+    prefix: String,
+    topic: String,
+    compression: Compression,
+    level: u32,
+    multipart_threshold: usize,
+    retry: OperationRetry,
+    metrics: AuditMetrics,
+}
+
+impl Store {
+    /// Connects, checks the credentials, and creates the bucket if configured to. Fails fast
+    /// with a message naming the endpoint, the bucket and what to check.
+    pub async fn connect(
+        args: &Args,
+        config: &AuditConfig,
+        metrics: AuditMetrics,
+    ) -> Result<Self, StoreError> {
+        // rust-s3 builds its own reqwest client on rustls; pick the ring provider once.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let endpoint = args.s3_endpoint.clone();
+        let settings = |source| StoreError::Settings {
+            endpoint: endpoint.clone(),
+            bucket: args.bucket.clone(),
+            source,
+        };
+        let region = Region::Custom {
+            region: args.s3_region.clone(),
+            endpoint: args.s3_endpoint.clone(),
+        };
+        let credentials = Credentials::new(
+            Some(&args.s3_access_key),
+            Some(&args.s3_secret_key),
+            None,
+            None,
+            None,
+        )
+        .map_err(|error| settings(S3Error::Credentials(error)))?;
+        let mut bucket = Bucket::new(&args.bucket, region.clone(), credentials.clone())
+            .map_err(settings)?
+            .with_path_style();
+        bucket.set_request_timeout(Some(config.storage.put_timeout));
+
+        let probe = tokio::time::timeout(
+            Duration::from_secs(15),
+            bucket.list_page(String::new(), None, None, None, Some(1)),
+        )
+        .await;
+        match probe {
+            Ok(Ok(_)) => {}
+            Ok(Err(S3Error::HttpFailWithBody(403, _))) => {
+                return Err(StoreError::Credentials {
+                    endpoint,
+                    bucket: args.bucket.clone(),
+                    status: 403,
+                });
+            }
+            Ok(Err(S3Error::HttpFailWithBody(404, _))) => {
+                if !config.storage.create_bucket {
+                    return Err(StoreError::MissingBucket {
+                        endpoint,
+                        bucket: args.bucket.clone(),
+                    });
+                }
+                Bucket::create_with_path_style(
+                    &args.bucket,
+                    region,
+                    credentials,
+                    BucketConfiguration::default(),
+                )
+                .await
+                .map_err(|source| StoreError::Create {
+                    endpoint: endpoint.clone(),
+                    bucket: args.bucket.clone(),
+                    source,
+                })?;
+                tracing::info!(bucket = %args.bucket, "bucket created");
+            }
+            Ok(Err(source)) => return Err(StoreError::Unreachable { endpoint, source }),
+            Err(_) => {
+                return Err(StoreError::Unreachable {
+                    endpoint,
+                    source: S3Error::HttpFail,
+                });
+            }
+        }
+        Ok(Self {
+            bucket,
+            prefix: config.objects.prefix.clone(),
+            topic: config.kafka.audit_topic.clone(),
+            compression: config.objects.compression,
+            level: config.objects.compression_level,
+            multipart_threshold: config.objects.multipart_threshold_bytes,
+            retry: OperationRetry::new(
+                config.storage.base_backoff,
+                config.storage.max_backoff,
+                None,
+                config.storage.put_timeout,
+            ),
+            metrics,
+        })
+    }
+
+    /// The key an item is stored under.
+    pub fn key_of(&self, item: &Pending) -> String {
+        match item {
+            Pending::Data(object) => object::data_key(
+                &self.prefix,
+                &self.topic,
+                object,
+                self.compression.extension(),
+            ),
+            Pending::Quarantine(record) => {
+                object::quarantine_key(&self.prefix, &self.topic, record)
+            }
+        }
+    }
+
+    /// Stores an item, retrying with backoff until it is stored or `cancel` fires. Writing the
+    /// same item twice stores the same bytes under the same key.
+    pub async fn write(
+        &self,
+        item: &Pending,
+        cancel: &CancellationToken,
+    ) -> Result<Stored, OperationError<S3Error>> {
+        let key = self.key_of(item);
+        let (body, content_type) = match item {
+            Pending::Data(object) => {
+                let ndjson = object.ndjson.clone();
+                let (compression, level) = (self.compression, self.level);
+                let body =
+                    tokio::task::spawn_blocking(move || compress(&ndjson, compression, level))
+                        .await
+                        .map_err(|_| OperationError::Cancelled)?;
+                (body, "application/x-ndjson")
+            }
+            Pending::Quarantine(record) => (record.payload.clone(), "application/octet-stream"),
+        };
+        let size = body.len();
+        let started = tokio::time::Instant::now();
+        self.retry
+            .run(
+                cancel,
+                || self.put(&key, &body, content_type),
+                |_| true,
+                |failure, attempt, wait| {
+                    self.metrics.put_retries.inc();
+                    match failure {
+                        AttemptFailure::Error(error) => tracing::warn!(%error, key = %key, attempt, wait_ms = wait.as_millis() as u64, "PUT failed; retrying"),
+                        AttemptFailure::TimedOut => tracing::warn!(key = %key, attempt, "PUT timed out; retrying"),
+                    }
+                },
+            )
+            .await?;
+        self.metrics
+            .put_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.object_size.observe(size as f64);
+        Ok(Stored {
+            key,
+            compressed_bytes: size,
+        })
+    }
+
+    async fn put(&self, key: &str, body: &[u8], content_type: &str) -> Result<(), S3Error> {
+        if body.len() > self.multipart_threshold {
+            let mut reader = std::io::Cursor::new(body);
+            self.bucket
+                .put_object_stream_with_content_type(&mut reader, key, content_type)
+                .await?;
+        } else {
+            self.bucket
+                .put_object_with_content_type(key, body, content_type)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn compress(ndjson: &[u8], compression: Compression, level: u32) -> Vec<u8> {
+    match compression {
+        Compression::Gzip => {
+            let mut encoder = flate2::write::GzEncoder::new(
+                Vec::with_capacity(ndjson.len() / 4),
+                flate2::Compression::new(level),
+            );
+            // Writing into a Vec cannot fail.
+            let _ = encoder.write_all(ndjson);
+            encoder.finish().unwrap_or_default()
+        }
+        Compression::Zstd => {
+            zstd::bulk::compress(ndjson, i32::try_from(level).unwrap_or(3)).unwrap_or_default()
+        }
+    }
+}

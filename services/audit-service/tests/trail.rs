@@ -1,0 +1,292 @@
+//! The audit trail in the real RGW: every record exactly once, under the right hour, and
+//! undecodable records quarantined without stopping the partition.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use relais_audit_service::config::{Args, AuditConfig, KafkaConfig, ObjectsConfig};
+use relais_proto::v1::{AuditRecord, Outcome};
+use relais_telemetry::shutdown::CancellationToken;
+use relais_test_support::{KafkaTestEnv, RgwTestEnv, unique_name};
+use serde_json::Value;
+
+struct Service {
+    admin: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Service {
+    fn start(kafka: &KafkaTestEnv, bucket: &str, topic: &str, prefix: &str) -> Self {
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let endpoints = relais_test_support::Endpoints::from_env();
+        let args = Args {
+            config: None,
+            kafka_bootstrap: kafka.bootstrap().to_owned(),
+            s3_endpoint: endpoints.s3_endpoint,
+            s3_region: endpoints.s3_region,
+            s3_access_key: endpoints.s3_access_key,
+            s3_secret_key: endpoints.s3_secret_key,
+            bucket: bucket.to_owned(),
+            admin_addr: admin,
+        };
+        let config = AuditConfig {
+            kafka: KafkaConfig {
+                group_id: unique_name("it-audit"),
+                audit_topic: topic.to_owned(),
+                ..KafkaConfig::default()
+            },
+            objects: ObjectsConfig {
+                prefix: prefix.to_owned(),
+                max_records: 5000,
+                idle: Duration::from_secs(1),
+                ..ObjectsConfig::default()
+            },
+            ..AuditConfig::default()
+        };
+        config.validate().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(relais_audit_service::run(args, config, shutdown.clone()));
+        Self {
+            admin,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let Ok(response) = reqwest::get(format!("http://{}/metrics", self.admin)).await else {
+            return 0.0;
+        };
+        let text = response.text().await.unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    async fn wait_for(&self, name: &str, value: f64, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.metric(name).await < value {
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not reach {value} within {within:?} (now {})",
+                self.metric(name).await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Record `index` of `total`, with event times running forward over three hours (as a
+/// partition's records do, give or take some late ones).
+fn record(index: usize, total: usize, base: i64) -> AuditRecord {
+    AuditRecord {
+        message_id: format!("msg-{index}"),
+        trace_id: format!("{:032x}", index + 1),
+        span_id: format!("{:016x}", index + 1),
+        outcome: if index.is_multiple_of(10) {
+            Outcome::Rejected
+        } else {
+            Outcome::Delivered
+        } as i32,
+        event_type: "order.created".into(),
+        occurred_at: Some(relais_proto::Timestamp {
+            seconds: base + (index * 3 * 3600 / total) as i64,
+            nanos: 0,
+        }),
+        worker_id: "w".into(),
+        ..Default::default()
+    }
+}
+
+async fn produce(kafka: &KafkaTestEnv, topic: &str, payloads: Vec<(String, Vec<u8>)>) {
+    let producer: FutureProducer = kafka
+        .client_config()
+        .set("linger.ms", "20")
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    let mut pending = Vec::with_capacity(payloads.len());
+    for (key, payload) in &payloads {
+        pending.push(
+            producer
+                .send_result(FutureRecord::to(topic).key(key).payload(payload))
+                .unwrap(),
+        );
+    }
+    for delivery in pending {
+        delivery.await.unwrap().unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// Every object under `prefix`: key → decompressed lines.
+async fn read_all(rgw: &RgwTestEnv, bucket: &str, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    let bucket = rgw.bucket(bucket);
+    let mut objects = BTreeMap::new();
+    for page in bucket.list(format!("{prefix}/"), None).await.unwrap() {
+        for object in page.contents {
+            let data = bucket.get_object(&object.key).await.unwrap();
+            objects.insert(object.key, data.bytes().to_vec());
+        }
+    }
+    objects
+}
+
+fn gunzip(bytes: &[u8]) -> String {
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_string(&mut text)
+        .unwrap();
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_thousand_records_are_stored_exactly_once_under_their_hour() {
+    let kafka = relais_test_support::kafka().await;
+    let rgw = relais_test_support::rgw().await;
+    let bucket = unique_name("it-audit");
+    let topic = kafka.create_topic("it-audit", 6).await;
+    let total = 100_000;
+    let base = 1_795_000_000 / 3600 * 3600; // an hour boundary
+    let records: Vec<AuditRecord> = (0..total).map(|i| record(i, total, base)).collect();
+    produce(
+        &kafka,
+        &topic,
+        records
+            .iter()
+            .map(|r| (r.message_id.clone(), r.encode_to_vec()))
+            .collect(),
+    )
+    .await;
+
+    let service = Service::start(&kafka, &bucket, &topic, "audit");
+    service
+        .wait_for(
+            "relais_audit_records_written_total",
+            total as f64,
+            Duration::from_secs(240),
+        )
+        .await;
+    service.stop().await;
+
+    let objects = read_all(&rgw, &bucket, "audit").await;
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (key, body) in &objects {
+        assert!(key.ends_with(".ndjson.gz"), "{key}");
+        let partition_hour: Vec<&str> = key.split('/').collect();
+        let (dt, hour) = (partition_hour[1], partition_hour[2]);
+        for line in gunzip(body).lines() {
+            let value: Value = serde_json::from_str(line).unwrap();
+            let occurred = value["occurred_at"].as_str().unwrap();
+            assert_eq!(format!("dt={}", &occurred[..10]), dt, "{key}: {occurred}");
+            assert_eq!(
+                format!("hour={}", &occurred[11..13]),
+                hour,
+                "{key}: {occurred}"
+            );
+            *seen
+                .entry(value["message_id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+            let index: usize = value["message_id"].as_str().unwrap()[4..].parse().unwrap();
+            let expected = &records[index];
+            assert_eq!(value["trace_id"], expected.trace_id.as_str());
+            let outcome = if index.is_multiple_of(10) {
+                "REJECTED"
+            } else {
+                "DELIVERED"
+            };
+            assert_eq!(value["outcome"], outcome);
+        }
+    }
+    assert_eq!(seen.len(), total, "every record stored");
+    assert!(seen.values().all(|count| *count == 1), "no record twice");
+    let hours: std::collections::BTreeSet<&str> = objects
+        .keys()
+        .map(|k| k.split('/').nth(2).unwrap())
+        .collect();
+    assert_eq!(hours.len(), 3, "three hours of event time: {hours:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn undecodable_records_are_quarantined_and_the_partition_moves_on() {
+    let kafka = relais_test_support::kafka().await;
+    let rgw = relais_test_support::rgw().await;
+    let bucket = unique_name("it-audit");
+    let topic = kafka.create_topic("it-audit", 1).await;
+    let base = 1_795_000_000 / 3600 * 3600;
+    let mut payloads = Vec::new();
+    for index in 0..300 {
+        if index % 50 == 7 {
+            payloads.push((
+                format!("bad-{index}"),
+                vec![0xff, 0xff, 0xff, 0xff, 0x0f, index as u8],
+            ));
+        } else {
+            payloads.push((
+                format!("msg-{index}"),
+                record(index, 300, base).encode_to_vec(),
+            ));
+        }
+    }
+    produce(&kafka, &topic, payloads).await;
+    let service = Service::start(&kafka, &bucket, &topic, "audit");
+    service
+        .wait_for(
+            "relais_audit_records_quarantined_total",
+            6.0,
+            Duration::from_secs(60),
+        )
+        .await;
+    service
+        .wait_for(
+            "relais_audit_records_written_total",
+            294.0,
+            Duration::from_secs(60),
+        )
+        .await;
+    service.stop().await;
+
+    let objects = read_all(&rgw, &bucket, "audit").await;
+    let quarantined: Vec<&String> = objects
+        .keys()
+        .filter(|k| k.starts_with("audit/quarantine/"))
+        .collect();
+    assert_eq!(quarantined.len(), 6, "{quarantined:?}");
+    assert!(
+        quarantined
+            .iter()
+            .any(|k| k.ends_with(&format!("+0+{:020}.bin", 7))),
+        "keyed by partition and offset"
+    );
+    assert_eq!(
+        objects[quarantined[0]][..4],
+        [0xff, 0xff, 0xff, 0xff],
+        "the bytes as they came"
+    );
+    let lines: usize = objects
+        .iter()
+        .filter(|(k, _)| k.ends_with(".ndjson.gz"))
+        .map(|(_, body)| gunzip(body).lines().count())
+        .sum();
+    assert_eq!(
+        lines, 294,
+        "every good record stored, the partition kept moving"
+    );
+}
