@@ -158,7 +158,7 @@ mod tests {
         let result: Result<(), OperationError<&str>> = retry
             .run(
                 &CancellationToken::new(),
-                || std::future::pending(),
+                std::future::pending,
                 |_| true,
                 |_, _, _| {},
             )
