@@ -81,8 +81,52 @@ pub async fn run(
         metrics,
     };
     let consumer = Arc::clone(&pipeline.consumer);
+    let lag = tokio::spawn(report_lag(
+        Arc::clone(&consumer),
+        pipeline.metrics.clone(),
+        shutdown.clone(),
+    ));
     pipeline.run(shutdown.clone()).await;
+    lag.abort();
     consumer.unsubscribe();
     admin.join().await;
     Ok(())
+}
+
+/// Sum over assigned partitions of (high watermark − committed offset), every two seconds.
+async fn report_lag(
+    consumer: Arc<AuditConsumer>,
+    metrics: AuditMetrics,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let consumer = Arc::clone(&consumer);
+        let lag = tokio::task::spawn_blocking(move || {
+            let timeout = std::time::Duration::from_secs(2);
+            let assignment = consumer.assignment().ok()?;
+            let committed = consumer.committed_offsets(assignment, timeout).ok()?;
+            let mut total = 0i64;
+            for element in committed.elements() {
+                let (low, high) = consumer
+                    .fetch_watermarks(element.topic(), element.partition(), timeout)
+                    .ok()?;
+                let position = element
+                    .offset()
+                    .to_raw()
+                    .filter(|offset| *offset >= 0)
+                    .unwrap_or(low);
+                total += (high - position).max(0);
+            }
+            Some(total)
+        })
+        .await;
+        if let Ok(Some(lag)) = lag {
+            metrics.consumer_lag.set(lag);
+        }
+    }
 }
