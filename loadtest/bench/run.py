@@ -6,6 +6,10 @@ outcome transaction) beside the request rate an HTTP load tool (wrk) reaches aga
 upstream-sim in the same run. The ratio is the figure; absolute numbers depend on the machine.
 Also the worker's peak RSS.
 
+Audit benchmark: audit-service storing the audit records the worker benchmark produced
+(records/s, MB/s into RGW) beside the raw PUT bandwidth of the same RGW for objects of the
+same size, in the same run; and the service's peak RSS.
+
 Usage: run.py [--messages N] [--wrk-seconds S] [--out DIR]
 Needs the native infrastructure (`make infra-up`) and release binaries (`make release`).
 """
@@ -29,6 +33,11 @@ STATE = Path(os.environ.get("RELAIS_STATE_DIR", ROOT / ".state"))
 BOOTSTRAP = os.environ.get("RELAIS_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 RELEASE = ROOT / "target" / "release"
 SIM_API, SIM_ADMIN, WORKER_ADMIN = "127.0.0.1:18090", "127.0.0.1:19104", "127.0.0.1:19101"
+AUDIT_ADMIN = "127.0.0.1:19102"
+S3_ENDPOINT = os.environ.get("RELAIS_S3_ENDPOINT", "http://127.0.0.1:7480")
+S3_REGION = os.environ.get("RELAIS_S3_REGION", "default")
+S3_ACCESS = os.environ.get("RELAIS_S3_ACCESS_KEY", "relais-dev")
+S3_SECRET = os.environ.get("RELAIS_S3_SECRET_KEY", "relais-dev-secret")
 
 
 def log(message):
@@ -135,8 +144,7 @@ def produce(topic, count):
     return time.time() - started
 
 
-def worker_benchmark(args, out):
-    stamp = time.strftime("%Y%m%d%H%M%S")
+def worker_benchmark(args, out, stamp):
     topics = {name: f"bench.{stamp}.{name}" for name in ("ingress", "audit", "events", "dlq")}
     create_topic(topics["ingress"], 12)
     for name in ("audit", "events", "dlq"):
@@ -201,6 +209,105 @@ def worker_benchmark(args, out):
         "produce_seconds": round(produce_seconds, 1),
         "upstream_requests": deliveries.get("requests"),
         "target_ratio": 0.7,
+        "audit_topic": topics["audit"],
+    }
+
+
+def s3_put(connection, host, path, body):
+    """One SigV4-signed PUT (unsigned payload, as RGW accepts) on a kept-alive connection."""
+    import hashlib
+    import hmac
+    now = datetime.datetime.now(datetime.timezone.utc)
+    amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    headers = f"host:{host}\nx-amz-content-sha256:UNSIGNED-PAYLOAD\nx-amz-date:{amz_date}\n"
+    signed = "host;x-amz-content-sha256;x-amz-date"
+    request = f"PUT\n{path}\n\n{headers}\n{signed}\nUNSIGNED-PAYLOAD"
+    scope = f"{day}/{S3_REGION}/s3/aws4_request"
+    to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(request.encode()).hexdigest()}"
+    key = ("AWS4" + S3_SECRET).encode()
+    for part in (day, S3_REGION, "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    connection.request("PUT", path, body=body, headers={
+        "Host": host, "x-amz-date": amz_date, "x-amz-content-sha256": "UNSIGNED-PAYLOAD",
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={S3_ACCESS}/{scope}, SignedHeaders={signed}, Signature={signature}"})
+    response = connection.getresponse()
+    response.read()
+    if response.status != 200:
+        raise RuntimeError(f"PUT {path}: HTTP {response.status}")
+
+
+def raw_put_bandwidth(bucket, size, seconds, concurrency):
+    """Objects of `size` random bytes PUT by `concurrency` connections for `seconds`."""
+    import concurrent.futures
+    import http.client
+    host = S3_ENDPOINT.split("//", 1)[1]
+    body = os.urandom(size)
+    stop_at = time.time() + seconds
+
+    def loop(worker):
+        connection = http.client.HTTPConnection(host, timeout=30)
+        count = 0
+        while time.time() < stop_at:
+            s3_put(connection, host, f"/{bucket}/raw-put/{worker}/{count}", body)
+            count += 1
+        return count
+
+    started = time.time()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        puts = sum(pool.map(loop, range(concurrency)))
+    elapsed = time.time() - started
+    return puts / elapsed, puts * size / elapsed
+
+
+def audit_benchmark(args, out, stamp, audit_topic, records):
+    bucket = f"bench-{stamp}"
+    config = out / "audit.toml"
+    config.write_text(f'[kafka]\ngroup_id = "bench-audit-{stamp}"\naudit_topic = "{audit_topic}"\n'
+                      '[objects]\nidle = "1s"\n')
+    service = start("audit-service", {"RELAIS_AUDIT_CONFIG": str(config), "RELAIS_ADMIN_ADDR": AUDIT_ADMIN,
+                                      "RELAIS_S3_BUCKET": bucket, "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP},
+                    out / "audit-service.log")
+    try:
+        first, deadline, text = None, time.time() + 600, ""
+        while time.time() < deadline:
+            try:
+                text = http_get(f"http://{AUDIT_ADMIN}/metrics")
+            except OSError:
+                text = ""
+            written = metric(text, "relais_audit_records_written_total")
+            now = time.time()
+            if written > 0 and first is None:
+                first = (now, written, metric(text, "relais_audit_written_bytes_total"))
+            if written >= records:
+                break
+            if service.poll() is not None:
+                sys.exit(f"audit-service exited early; see {out / 'audit-service.log'}")
+            time.sleep(0.25)
+        else:
+            sys.exit("audit-service did not finish within 600 s")
+        elapsed = max(now - first[0], 1e-6)
+        stored_bytes = metric(text, "relais_audit_written_bytes_total")
+        objects = metric(text, "relais_audit_objects_written_total")
+        record_rate = (written - first[1]) / elapsed
+        byte_rate = (stored_bytes - first[2]) / elapsed
+        rss = peak_rss_bytes(service.pid)
+    finally:
+        stop(service)
+    object_size = int(stored_bytes / max(objects, 1))
+    log(f"raw PUT of {object_size} byte objects for {args.put_seconds}s")
+    put_rate, put_bandwidth = raw_put_bandwidth(bucket, object_size, args.put_seconds, 12)
+    return {
+        "records": int(written),
+        "objects": int(objects),
+        "mean_object_bytes": object_size,
+        "audit_records_per_second": round(record_rate, 1),
+        "audit_bytes_per_second": round(byte_rate, 1),
+        "raw_put_per_second": round(put_rate, 1),
+        "raw_put_bytes_per_second": round(put_bandwidth, 1),
+        "ratio_audit_to_raw_put_bandwidth": round(byte_rate / put_bandwidth, 3) if put_bandwidth else None,
+        "audit_peak_rss_bytes": rss,
+        "target_ratio": 0.8,
     }
 
 
@@ -208,17 +315,20 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--wrk-seconds", type=int, default=15)
+    parser.add_argument("--put-seconds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    for binary in ("upstream-sim", "ingest-worker"):
+    for binary in ("upstream-sim", "ingest-worker", "audit-service"):
         if not (RELEASE / binary).exists():
             sys.exit(f"{RELEASE / binary} missing: run `make release` first")
 
+    stamp = time.strftime("%Y%m%d%H%M%S")
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "machine": {"cpus": os.cpu_count()}, "worker": worker_benchmark(args, args.out)}
+               "machine": {"cpus": os.cpu_count()}, "worker": worker_benchmark(args, args.out, stamp)}
+    results["audit"] = audit_benchmark(args, args.out, stamp, results["worker"]["audit_topic"], args.messages)
     (args.out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
-    worker = results["worker"]
+    worker, audit = results["worker"], results["audit"]
     report = f"""# Relais benchmarks
 
 Measured {results['date']} on {results['machine']['cpus']} CPUs, everything on one machine in one run
@@ -235,7 +345,19 @@ Measured {results['date']} on {results['machine']['cpus']} CPUs, everything on o
 | worker peak RSS | {worker['worker_peak_rss_bytes'] / 2**20:.1f} MiB |
 
 Each worker message costs one HTTP request plus its share of the Kafka fetch and of a transaction
-writing two records (audit and realtime event). Raw data: `report.json`, `wrk.txt`, the logs.
+writing two records (audit and realtime event).
+
+## audit-service against the raw PUT bandwidth of RGW
+
+| measure | value |
+| --- | --- |
+| audit-service, the {audit['records']} audit records above into {audit['objects']} objects | {audit['audit_records_per_second']:.0f} records/s, {audit['audit_bytes_per_second'] / 2**20:.2f} MiB/s stored |
+| raw PUT, 12 connections, objects of {audit['mean_object_bytes']} bytes | {audit['raw_put_per_second']:.1f} PUT/s, {audit['raw_put_bytes_per_second'] / 2**20:.2f} MiB/s |
+| **ratio audit / raw PUT bandwidth** | **{audit['ratio_audit_to_raw_put_bandwidth']}** (target ≥ {audit['target_ratio']}) |
+| audit-service peak RSS | {audit['audit_peak_rss_bytes'] / 2**20:.1f} MiB |
+
+The audit figure includes consuming, decoding, encoding NDJSON, compressing (gzip level 3) and
+committing offsets; the raw PUT only sends bytes. Raw data: `report.json`, `wrk.txt`, the logs.
 """
     (args.out / "report.md").write_text(report)
     print(report)

@@ -47,9 +47,14 @@ pub struct DataObject {
     /// Trace and message ids in the object, for the lookup index.
     pub trace_ids: Vec<String>,
     pub message_ids: Vec<String>,
+    /// Trace contexts of the first records, for the links of the span that stores the object.
+    pub links: Vec<opentelemetry::trace::SpanContext>,
     /// When its first record arrived (for the oldest-unflushed-age metric).
     pub first_arrival: Instant,
 }
+
+/// Links kept per object: enough to find the traces, bounded so a span stays small.
+pub const MAX_LINKS: usize = 32;
 
 /// A record that could not be decoded, kept as it was.
 #[derive(Debug, Clone)]
@@ -107,6 +112,8 @@ pub struct Line {
     pub json: Vec<u8>,
     pub trace_id: String,
     pub message_id: String,
+    /// The record's own trace context (from its `traceparent` header), if valid.
+    pub context: Option<opentelemetry::trace::SpanContext>,
 }
 
 /// The open object of one partition.
@@ -170,6 +177,7 @@ impl PartitionWriter {
             ndjson: Vec::with_capacity(64 * 1024),
             trace_ids: Vec::new(),
             message_ids: Vec::new(),
+            links: Vec::new(),
             first_arrival: now,
         });
         open.end_offset = line.offset;
@@ -178,6 +186,11 @@ impl PartitionWriter {
         open.ndjson.push(b'\n');
         open.trace_ids.push(line.trace_id);
         open.message_ids.push(line.message_id);
+        if open.links.len() < MAX_LINKS
+            && let Some(context) = line.context
+        {
+            open.links.push(context);
+        }
         closed
     }
 
@@ -229,6 +242,7 @@ mod tests {
             json: vec![b'x'; size],
             trace_id: format!("t{offset}"),
             message_id: format!("m{offset}"),
+            context: None,
         }
     }
 

@@ -25,6 +25,7 @@ use relais_telemetry::shutdown::CancellationToken;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::AuditConfig;
 use crate::encode::{self, AuditPosition};
@@ -233,12 +234,16 @@ impl Pipeline {
                 );
                 let json =
                     serde_json::to_vec(&encode::record_json(&record, position)).unwrap_or_default();
+                use opentelemetry::trace::TraceContextExt as _;
+                let context = relais_telemetry::propagation::extract_kafka(message.headers());
+                let span_context = context.span().span_context().clone();
                 let line = Line {
                     offset: message.offset(),
                     time,
                     json,
                     trace_id: record.trace_id,
                     message_id: record.message_id,
+                    context: span_context.is_valid().then_some(span_context),
                 };
                 if let Some(object) = state.writer.push(line, now) {
                     state.queue.push_back(Pending::Data(object));
@@ -293,6 +298,10 @@ impl Pipeline {
             );
             if let Pending::Data(object) = &item {
                 span.record("relais.start_offset", object.start_offset);
+                // The object's span points at the traces of the records in it.
+                for link in &object.links {
+                    span.add_link(link.clone());
+                }
             }
             tokio::spawn(
                 async move {
