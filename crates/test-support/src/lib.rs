@@ -25,7 +25,7 @@ use std::path::PathBuf;
 
 pub use kafka::KafkaTestEnv;
 pub use prometheus::{PrometheusTestEnv, ScrapeTarget};
-pub use rgw::{RgwTestEnv, install_crypto_provider};
+pub use rgw::{GatewayOutage, RgwTestEnv, install_crypto_provider};
 
 /// Returns the Kafka broker of the native stack, or panics saying how to start it.
 pub async fn kafka() -> KafkaTestEnv {

@@ -95,6 +95,80 @@ impl RgwTestEnv {
     }
 }
 
+impl RgwTestEnv {
+    /// Stops radosgw of the native stack (the monitor and OSD keep running), to simulate an
+    /// RGW outage. The gateway starts again when the returned guard is ended or dropped, so a
+    /// failing test never leaves the shared RGW down.
+    pub fn stop_gateway(&self) -> GatewayOutage {
+        let pidfile = self.endpoints.state_dir.join("ceph/run/rgw.daemon.pid");
+        let pid = std::fs::read_to_string(&pidfile).unwrap_or_else(|error| {
+            panic!(
+                "cannot read {}: {error} (is RGW from `make infra-up`?)",
+                pidfile.display()
+            )
+        });
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", pid.trim()])
+            .status()
+            .expect("kill");
+        assert!(
+            status.success(),
+            "could not stop radosgw (pid {})",
+            pid.trim()
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
+            && !std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+                .is_ok_and(|stat| stat.contains(") Z "))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "radosgw did not stop within 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        GatewayOutage {
+            env: Some(self.clone()),
+        }
+    }
+
+    /// Starts radosgw again through the native stack's script (waits until S3 answers).
+    fn start_gateway(&self) {
+        let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/ceph/ceph-single-node.sh");
+        let status = std::process::Command::new("bash")
+            .arg(script)
+            .arg("start")
+            .env("RELAIS_STATE_DIR", &self.endpoints.state_dir)
+            .status()
+            .expect("ceph-single-node.sh");
+        assert!(status.success(), "radosgw did not start again");
+    }
+}
+
+/// An RGW outage in progress; see [`RgwTestEnv::stop_gateway`].
+#[derive(Debug)]
+pub struct GatewayOutage {
+    env: Option<RgwTestEnv>,
+}
+
+impl GatewayOutage {
+    /// Ends the outage: radosgw is started and answers S3 again when this returns.
+    pub fn end(mut self) {
+        if let Some(env) = self.env.take() {
+            env.start_gateway();
+        }
+    }
+}
+
+impl Drop for GatewayOutage {
+    fn drop(&mut self) {
+        if let Some(env) = self.env.take() {
+            env.start_gateway();
+        }
+    }
+}
+
 /// reqwest is built without a default TLS provider (to avoid compiling aws-lc); the process
 /// must pick one before any client exists. Installing twice is harmless.
 pub fn install_crypto_provider() {

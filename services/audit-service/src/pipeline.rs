@@ -134,6 +134,7 @@ impl Pipeline {
         let uploads_cancel = CancellationToken::new();
         let mut partitions: BTreeMap<i32, PartitionState> = BTreeMap::new();
         let mut paused = false;
+        let mut accepted: u64 = 0;
         let mut ticker = tokio::time::interval(Duration::from_millis(250));
         let policy = RotationPolicy {
             max_records: self.config.objects.max_records,
@@ -145,13 +146,7 @@ impl Pipeline {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(uploaded) = done.recv() => self.finish_upload(&mut partitions, uploaded).await,
-                message = self.consumer.recv() => match message {
-                    Ok(message) => self.accept(&mut partitions, &message, &policy),
-                    Err(error) => {
-                        tracing::warn!(%error, "consume error");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
+                // Before `recv`: with a backlog, `recv` is always ready and would starve it.
                 _ = ticker.tick() => {
                     let now = Instant::now();
                     for state in partitions.values_mut() {
@@ -162,6 +157,20 @@ impl Pipeline {
                     self.forget_revoked(&mut partitions);
                     paused = self.apply_backpressure(&partitions, paused);
                 }
+                message = self.consumer.recv() => match message {
+                    Ok(message) => {
+                        self.accept(&mut partitions, &message, &policy);
+                        accepted += 1;
+                        // The buffer bound is enforced as records arrive, not only on ticks.
+                        if accepted % 128 == 0 {
+                            paused = self.apply_backpressure(&partitions, paused);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "consume error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
             }
             self.start_uploads(&mut partitions, &done_sender, &uploads_cancel);
         }
