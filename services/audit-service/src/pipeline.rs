@@ -162,7 +162,7 @@ impl Pipeline {
                         self.accept(&mut partitions, &message, &policy);
                         accepted += 1;
                         // The buffer bound is enforced as records arrive, not only on ticks.
-                        if accepted % 128 == 0 {
+                        if accepted.is_multiple_of(128) {
                             paused = self.apply_backpressure(&partitions, paused);
                         }
                     }
