@@ -39,6 +39,9 @@ pub struct Args {
     /// Admin endpoint (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "RELAIS_ADMIN_ADDR", default_value = "127.0.0.1:9102")]
     pub admin_addr: SocketAddr,
+    /// gRPC endpoint (`AuditQuery`, health).
+    #[arg(long, env = "RELAIS_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

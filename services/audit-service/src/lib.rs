@@ -7,9 +7,11 @@
 
 pub mod config;
 pub mod encode;
+pub mod index;
 pub mod metrics;
 pub mod object;
 pub mod pipeline;
+pub mod query;
 pub mod store;
 
 use std::sync::Arc;
@@ -37,6 +39,7 @@ pub async fn run(
     let readiness = Readiness::default();
     let rgw_ready = readiness.register("rgw");
     let kafka_ready = readiness.register("kafka");
+    let index_ready = readiness.register("index");
     let admin = AdminServer::start(
         args.admin_addr,
         Arc::new(registry),
@@ -45,8 +48,25 @@ pub async fn run(
     )
     .await?;
 
-    let store = Store::connect(&args, &config, metrics.clone()).await?;
+    let store = Arc::new(Store::connect(&args, &config, metrics.clone()).await?);
     rgw_ready.set_ready();
+    let index = Arc::new(index::Index::default());
+    let index_task = tokio::spawn(query::maintain_index(
+        Arc::clone(&store),
+        Arc::clone(&index),
+        index_ready,
+        shutdown.clone(),
+    ));
+    let grpc = serve_grpc(
+        args.grpc_addr,
+        query::QueryService {
+            store: Arc::clone(&store),
+            index: Arc::clone(&index),
+            metrics: metrics.clone(),
+        },
+        shutdown.clone(),
+    )
+    .await?;
 
     let assignment = Arc::new(Assignment::default());
     let consumer: AuditConsumer = ClientConfig::new()
@@ -76,9 +96,10 @@ pub async fn run(
     let pipeline = Pipeline {
         consumer: Arc::new(consumer),
         assignment,
-        store: Arc::new(store),
+        store,
         config,
         metrics,
+        index,
     };
     let consumer = Arc::clone(&pipeline.consumer);
     let lag = tokio::spawn(report_lag(
@@ -88,9 +109,41 @@ pub async fn run(
     ));
     pipeline.run(shutdown.clone()).await;
     lag.abort();
+    index_task.abort();
     consumer.unsubscribe();
+    let _ = grpc.await;
     admin.join().await;
     Ok(())
+}
+
+/// Serves `AuditQuery` and the standard health service until shutdown.
+async fn serve_grpc(
+    address: std::net::SocketAddr,
+    service: query::QueryService,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen for gRPC on {address}"))?;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<relais_proto::v1::audit_query_server::AuditQueryServer<query::QueryService>>(
+        )
+        .await;
+    tracing::info!(address = %listener.local_addr()?, "AuditQuery gRPC listening");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    Ok(tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(relais_proto::v1::audit_query_server::AuditQueryServer::new(
+                service,
+            ))
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "gRPC server stopped");
+        }
+    }))
 }
 
 /// Sum over assigned partitions of (high watermark − committed offset), every two seconds.

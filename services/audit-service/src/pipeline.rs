@@ -109,6 +109,7 @@ struct Uploaded {
     generation: u64,
     /// None when cancelled by shutdown (not stored, not committed).
     stored: Option<(usize, usize)>,
+    index: Option<crate::index::IndexEntry>,
     end_offset: i64,
 }
 
@@ -118,6 +119,7 @@ pub struct Pipeline {
     pub store: Arc<Store>,
     pub config: AuditConfig,
     pub metrics: AuditMetrics,
+    pub index: Arc<crate::index::Index>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -314,11 +316,14 @@ impl Pipeline {
             }
             tokio::spawn(
                 async move {
-                    let stored = match store.write(&item, &cancel).await {
-                        Ok(stored) => Some((item.records(), stored.compressed_bytes)),
+                    let (stored, index) = match store.write(&item, &cancel).await {
+                        Ok(stored) => (
+                            Some((item.records(), stored.compressed_bytes)),
+                            stored.index,
+                        ),
                         Err(error) => {
                             tracing::info!(%error, partition, "object not stored");
-                            None
+                            (None, None)
                         }
                     };
                     let _ = done
@@ -326,6 +331,7 @@ impl Pipeline {
                             partition,
                             generation,
                             stored,
+                            index,
                             end_offset,
                         })
                         .await;
@@ -350,6 +356,9 @@ impl Pipeline {
         let Some((records, bytes)) = uploaded.stored else {
             return;
         };
+        if let Some(entry) = uploaded.index {
+            self.index.insert(entry);
+        }
         let item = state.queue.pop_front();
         // Offsets only after the object is stored: a crash before this line re-reads it.
         let mut offsets = TopicPartitionList::new();

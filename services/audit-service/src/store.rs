@@ -10,6 +10,7 @@ use s3::error::S3Error;
 use s3::{Bucket, BucketConfiguration, Region};
 
 use crate::config::{Args, AuditConfig, Compression};
+use crate::index::IndexEntry;
 use crate::metrics::AuditMetrics;
 use crate::object::{self, Pending};
 
@@ -53,6 +54,8 @@ pub enum StoreError {
 pub struct Stored {
     pub key: String,
     pub compressed_bytes: usize,
+    /// The lookup index written beside a data object.
+    pub index: Option<IndexEntry>,
 }
 
 #[derive(Debug)]
@@ -211,6 +214,31 @@ impl Store {
                 },
             )
             .await?;
+        // The index goes up after its data object: an index never points at a missing object.
+        let index = match item {
+            Pending::Data(object) => {
+                let entry = IndexEntry::build(
+                    key.clone(),
+                    object.hour,
+                    object.trace_ids.iter().chain(&object.message_ids),
+                    object.records * 2,
+                );
+                let index_key = IndexEntry::index_key(&key);
+                let bytes = entry.to_bytes();
+                self.retry
+                    .run(
+                        cancel,
+                        || self.put(&index_key, &bytes, "application/octet-stream"),
+                        |_| true,
+                        |_, _, _| {
+                            self.metrics.put_retries.inc();
+                        },
+                    )
+                    .await?;
+                Some(entry)
+            }
+            Pending::Quarantine(_) => None,
+        };
         self.metrics
             .put_duration
             .observe(started.elapsed().as_secs_f64());
@@ -218,7 +246,49 @@ impl Store {
         Ok(Stored {
             key,
             compressed_bytes: size,
+            index,
         })
+    }
+
+    /// Reads an object whole (decompressed when it is a data object).
+    pub async fn get(&self, key: &str) -> Result<Vec<u8>, S3Error> {
+        let data = self.bucket.get_object(key).await?;
+        let bytes = data.bytes().to_vec();
+        if key.ends_with(".ndjson.gz") {
+            let mut text = Vec::new();
+            std::io::Read::read_to_end(
+                &mut flate2::read::GzDecoder::new(bytes.as_slice()),
+                &mut text,
+            )
+            .map_err(S3Error::Io)?;
+            return Ok(text);
+        }
+        if key.ends_with(".ndjson.zst") {
+            return zstd::stream::decode_all(bytes.as_slice()).map_err(S3Error::Io);
+        }
+        Ok(bytes)
+    }
+
+    /// Keys under a prefix.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, S3Error> {
+        let pages = self.bucket.list(prefix.to_owned(), None).await?;
+        Ok(pages
+            .into_iter()
+            .flat_map(|page| page.contents.into_iter().map(|object| object.key))
+            .collect())
+    }
+
+    /// The key prefix of one hour's objects.
+    pub fn hour_prefix(&self, hour: chrono::DateTime<chrono::Utc>) -> String {
+        use chrono::{Datelike, Timelike};
+        format!(
+            "{}/dt={:04}-{:02}-{:02}/hour={:02}/",
+            self.prefix,
+            hour.year(),
+            hour.month(),
+            hour.day(),
+            hour.hour()
+        )
     }
 
     async fn put(&self, key: &str, body: &[u8], content_type: &str) -> Result<(), S3Error> {

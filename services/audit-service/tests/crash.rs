@@ -41,6 +41,14 @@ fn spawn(
         .env("RELAIS_S3_ENDPOINT", endpoints.s3_endpoint)
         .env("RELAIS_S3_BUCKET", bucket)
         .env("RELAIS_ADMIN_ADDR", admin.to_string())
+        .env(
+            "RELAIS_GRPC_ADDR",
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .to_string(),
+        )
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())

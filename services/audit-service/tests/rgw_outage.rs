@@ -80,6 +80,10 @@ async fn an_rgw_outage_pauses_and_loses_nothing() {
         s3_secret_key: endpoints.s3_secret_key.clone(),
         bucket: bucket.clone(),
         admin_addr: admin,
+        grpc_addr: std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap(),
     };
     let buffer_records = 6_000;
     let config = AuditConfig {

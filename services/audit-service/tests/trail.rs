@@ -16,6 +16,7 @@ use serde_json::Value;
 
 struct Service {
     admin: std::net::SocketAddr,
+    grpc: std::net::SocketAddr,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -27,6 +28,10 @@ impl Service {
             .local_addr()
             .unwrap();
         let endpoints = relais_test_support::Endpoints::from_env();
+        let grpc = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let args = Args {
             config: None,
             kafka_bootstrap: kafka.bootstrap().to_owned(),
@@ -36,6 +41,7 @@ impl Service {
             s3_secret_key: endpoints.s3_secret_key,
             bucket: bucket.to_owned(),
             admin_addr: admin,
+            grpc_addr: grpc,
         };
         let config = AuditConfig {
             kafka: KafkaConfig {
@@ -56,6 +62,7 @@ impl Service {
         let task = tokio::spawn(relais_audit_service::run(args, config, shutdown.clone()));
         Self {
             admin,
+            grpc,
             shutdown,
             task,
         }
@@ -141,7 +148,12 @@ async fn read_all(rgw: &RgwTestEnv, bucket: &str, prefix: &str) -> BTreeMap<Stri
     let bucket = rgw.bucket(bucket);
     let mut objects = BTreeMap::new();
     for page in bucket.list(format!("{prefix}/"), None).await.unwrap() {
-        for object in page.contents {
+        // The lookup index objects beside the data objects are not part of the trail.
+        for object in page
+            .contents
+            .into_iter()
+            .filter(|o| !o.key.ends_with(".idx"))
+        {
             let data = bucket.get_object(&object.key).await.unwrap();
             objects.insert(object.key, data.bytes().to_vec());
         }
@@ -289,4 +301,101 @@ async fn undecodable_records_are_quarantined_and_the_partition_moves_on() {
         lines, 294,
         "every good record stored, the partition kept moving"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_trail_of_a_trace_or_message_id_is_found_through_the_index() {
+    use relais_proto::v1::audit_query_client::AuditQueryClient;
+    use relais_proto::v1::{StatsRequest, TrailRequest, trail_request};
+
+    let kafka = relais_test_support::kafka().await;
+    let bucket = unique_name("it-audit-query");
+    let topic = kafka.create_topic("it-audit-query", 3).await;
+    let total = 20_000;
+    // Event times in the last hours, so the default 24-hour window covers them.
+    let base = chrono::Utc::now().timestamp() / 3600 * 3600 - 4 * 3600;
+    let mut records: Vec<AuditRecord> = (0..total).map(|i| record(i, total, base)).collect();
+    // One trace with three records (a message retried through the DLQ, say).
+    for index in [100, 9_000, 19_999] {
+        records[index].trace_id = "feedfacefeedfacefeedfacefeedface".into();
+    }
+    produce(
+        &kafka,
+        &topic,
+        records
+            .iter()
+            .map(|r| (r.message_id.clone(), r.encode_to_vec()))
+            .collect(),
+    )
+    .await;
+    let service = Service::start(&kafka, &bucket, &topic, "audit");
+    service
+        .wait_for(
+            "relais_audit_records_written_total",
+            total as f64,
+            Duration::from_secs(120),
+        )
+        .await;
+
+    let mut client = AuditQueryClient::connect(format!("http://{}", service.grpc))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let trail = client
+        .get_trail(TrailRequest {
+            key: Some(trail_request::Key::TraceId(
+                "feedfacefeedfacefeedfacefeedface".into(),
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let elapsed = started.elapsed();
+    let ids: Vec<&str> = trail
+        .records
+        .iter()
+        .map(|r| r.message_id.as_str())
+        .collect();
+    assert_eq!(ids, ["msg-100", "msg-9000", "msg-19999"], "oldest first");
+    assert!(
+        trail.objects_scanned <= 6,
+        "the index narrowed the search: {} objects read",
+        trail.objects_scanned
+    );
+    eprintln!(
+        "trail by trace id over {total} records: {elapsed:?}, {} objects read",
+        trail.objects_scanned
+    );
+
+    let by_message = client
+        .get_trail(TrailRequest {
+            key: Some(trail_request::Key::MessageId("msg-4242".into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_message.records.len(), 1);
+    assert_eq!(by_message.records[0].trace_id, records[4242].trace_id);
+    let none = client
+        .get_trail(TrailRequest {
+            key: Some(trail_request::Key::MessageId("no-such-message".into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.records.is_empty());
+    let invalid = client.get_trail(TrailRequest::default()).await.unwrap_err();
+    assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
+
+    let stats = client
+        .get_stats(StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.records_written, total as u64);
+    assert!(stats.objects_written > 0 && stats.bytes_written > 0);
+    service.stop().await;
 }

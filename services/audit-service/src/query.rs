@@ -1,0 +1,199 @@
+//! `AuditQuery` over gRPC: the trail of a trace id or a message id, and stats.
+//!
+//! A trail lookup asks the in-memory [`Index`] which data objects of the window may hold the
+//! id (Bloom filters, one per object), reads only those, and keeps the matching lines. The
+//! index is loaded from the `.idx` objects of the window at start-up, grows as this instance
+//! stores objects, and is refreshed from RGW every 30 s so objects written by other replicas
+//! are found too.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use relais_proto::v1::audit_query_server::AuditQuery;
+use relais_proto::v1::{
+    AuditRecord, StatsRequest, StatsResponse, TrailRequest, TrailResponse, trail_request,
+};
+use relais_telemetry::shutdown::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::encode;
+use crate::index::{Index, IndexEntry};
+use crate::metrics::AuditMetrics;
+use crate::store::Store;
+
+/// How far back the index reaches, and the default trail window.
+pub const WINDOW: chrono::Duration = chrono::Duration::hours(24);
+const DEFAULT_LIMIT: usize = 1000;
+const MAX_LIMIT: usize = 10_000;
+/// Data objects read at once for one lookup.
+const READ_CONCURRENCY: usize = 8;
+
+#[derive(Debug)]
+pub struct QueryService {
+    pub store: Arc<Store>,
+    pub index: Arc<Index>,
+    pub metrics: AuditMetrics,
+}
+
+/// Loads the index objects of the hours in [from, to].
+pub async fn load_index(
+    store: &Store,
+    index: &Index,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> usize {
+    let mut loaded = 0;
+    let mut hour = crate::object::hour_of(from);
+    while hour <= to {
+        match store.list(&store.hour_prefix(hour)).await {
+            Ok(keys) => {
+                for key in keys.iter().filter(|key| key.ends_with(".idx")) {
+                    match store.get(key).await {
+                        Ok(bytes) => match IndexEntry::from_bytes(key, &bytes) {
+                            Some(entry) => {
+                                index.insert(entry);
+                                loaded += 1;
+                            }
+                            None => tracing::warn!(key = %key, "malformed index object ignored"),
+                        },
+                        Err(error) => {
+                            tracing::warn!(key = %key, %error, "cannot read index object")
+                        }
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot list index objects"),
+        }
+        hour += chrono::Duration::hours(1);
+    }
+    loaded
+}
+
+/// Loads the window at start-up, then refreshes the recent hours until shutdown.
+pub async fn maintain_index(
+    store: Arc<Store>,
+    index: Arc<Index>,
+    ready: relais_telemetry::admin::ReadinessCheck,
+    shutdown: CancellationToken,
+) {
+    let now = Utc::now();
+    let loaded = load_index(&store, &index, now - WINDOW, now).await;
+    tracing::info!(loaded, "lookup index loaded");
+    ready.set_ready();
+    let mut ticker = tokio::time::interval(Duration::from_secs(30));
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = Utc::now();
+        load_index(&store, &index, now - chrono::Duration::hours(1), now).await;
+        index.forget_before(now - WINDOW);
+    }
+}
+
+fn to_time(value: Option<&relais_proto::Timestamp>) -> Option<DateTime<Utc>> {
+    encode::timestamp(value)
+}
+
+#[tonic::async_trait]
+impl AuditQuery for QueryService {
+    async fn get_trail(
+        &self,
+        request: Request<TrailRequest>,
+    ) -> Result<Response<TrailResponse>, Status> {
+        let request = request.into_inner();
+        let (field, id) = match &request.key {
+            Some(trail_request::Key::TraceId(id)) if !id.is_empty() => ("trace_id", id.clone()),
+            Some(trail_request::Key::MessageId(id)) if !id.is_empty() => ("message_id", id.clone()),
+            _ => return Err(Status::invalid_argument("set trace_id or message_id")),
+        };
+        let to = to_time(request.to.as_ref()).unwrap_or_else(Utc::now);
+        let from = to_time(request.from.as_ref()).unwrap_or(to - WINDOW);
+        if from > to {
+            return Err(Status::invalid_argument("from is after to"));
+        }
+        let limit = match request.limit as usize {
+            0 => DEFAULT_LIMIT,
+            limit => limit.min(MAX_LIMIT),
+        };
+        let candidates = self.index.candidates(&id, from, to);
+        let objects_scanned = candidates.len() as u32;
+        let mut records: Vec<AuditRecord> = Vec::new();
+        let mut seen: BTreeSet<(String, i32, i64)> = BTreeSet::new();
+        for chunk in candidates.chunks(READ_CONCURRENCY) {
+            let reads =
+                futures::future::join_all(chunk.iter().map(|key| self.store.get(key))).await;
+            for (key, body) in chunk.iter().zip(reads) {
+                let body = body.map_err(|error| {
+                    tracing::error!(key = %key, %error, "cannot read data object for a trail");
+                    Status::unavailable("the audit store is not reachable")
+                })?;
+                let needle = id.as_bytes();
+                for line in body
+                    .split(|byte| *byte == b'\n')
+                    .filter(|line| !line.is_empty())
+                {
+                    // Most lines of a candidate object are other records: skip them before
+                    // paying for a JSON parse.
+                    if !line.windows(needle.len()).any(|window| window == needle) {
+                        continue;
+                    }
+                    let Ok(value) = serde_json::from_slice::<serde_json::Value>(line) else {
+                        continue;
+                    };
+                    if value[field].as_str() != Some(id.as_str()) {
+                        continue;
+                    }
+                    let record = encode::record_from_json(&value);
+                    let time = to_time(record.occurred_at.as_ref());
+                    if time.is_some_and(|time| time < from || time > to) {
+                        continue;
+                    }
+                    // A record appears once even if an object was rewritten under another key.
+                    let audit = (
+                        value["audit"]["topic"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                        value["audit"]["partition"].as_i64().unwrap_or(0) as i32,
+                        value["audit"]["offset"].as_i64().unwrap_or(0),
+                    );
+                    if seen.insert(audit) {
+                        records.push(record);
+                    }
+                }
+            }
+        }
+        records.sort_by_key(|record| record.occurred_at.map(|t| (t.seconds, t.nanos)));
+        let truncated = records.len() > limit;
+        records.truncate(limit);
+        Ok(Response::new(TrailResponse {
+            records,
+            truncated,
+            objects_scanned,
+        }))
+    }
+
+    async fn get_stats(
+        &self,
+        _request: Request<StatsRequest>,
+    ) -> Result<Response<StatsResponse>, Status> {
+        let age = self.metrics.oldest_unflushed_age.get();
+        let oldest = (age > 0.0).then(|| {
+            let at = std::time::SystemTime::now() - Duration::from_secs_f64(age);
+            relais_resilience::prost_timestamp(at)
+        });
+        Ok(Response::new(StatsResponse {
+            objects_written: self.metrics.objects_written.get(),
+            records_written: self.metrics.records_written.get(),
+            bytes_written: self.metrics.bytes_written.get(),
+            records_buffered: u64::try_from(self.metrics.buffer_records.get()).unwrap_or(0),
+            consumer_lag: self.metrics.consumer_lag.get(),
+            oldest_unflushed: oldest,
+        }))
+    }
+}
