@@ -10,6 +10,9 @@ Audit benchmark: audit-service storing the audit records the worker benchmark pr
 (records/s, MB/s into RGW) beside the raw PUT bandwidth of the same RGW for objects of the
 same size, in the same run; and the service's peak RSS.
 
+Lookup benchmark: a million synthetic audit records (loadgen) stored by audit-service, then
+trail lookups by trace id and by message id through its gRPC API; median latency.
+
 Usage: run.py [--messages N] [--wrk-seconds S] [--out DIR]
 Needs the native infrastructure (`make infra-up`) and release binaries (`make release`).
 """
@@ -311,15 +314,66 @@ def audit_benchmark(args, out, stamp, audit_topic, records):
     }
 
 
+def lookup_benchmark(args, out, stamp):
+    topic = f"bench.{stamp}.lookup"
+    create_topic(topic, 12)
+    log(f"producing {args.lookup_records} synthetic audit records")
+    produced = json.loads(subprocess.run(
+        [str(RELEASE / "loadgen"), "--kafka-bootstrap", BOOTSTRAP, "audit-records", "--topic", topic,
+         "--count", str(args.lookup_records), "--hours", "4"],
+        capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    config = out / "lookup.toml"
+    config.write_text(f'[kafka]\ngroup_id = "bench-lookup-{stamp}"\naudit_topic = "{topic}"\n[objects]\nidle = "1s"\n')
+    grpc = "127.0.0.1:50151"
+    service = start("audit-service", {"RELAIS_AUDIT_CONFIG": str(config), "RELAIS_ADMIN_ADDR": AUDIT_ADMIN,
+                                      "RELAIS_GRPC_ADDR": grpc, "RELAIS_S3_BUCKET": f"bench-lookup-{stamp}",
+                                      "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP}, out / "audit-lookup.log")
+    try:
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            try:
+                written = metric(http_get(f"http://{AUDIT_ADMIN}/metrics"), "relais_audit_records_written_total")
+            except OSError:
+                written = 0
+            if written >= args.lookup_records:
+                break
+            if service.poll() is not None:
+                sys.exit(f"audit-service exited early; see {out / 'audit-lookup.log'}")
+            time.sleep(0.5)
+        else:
+            sys.exit("the lookup data set was not stored within 900 s")
+
+        def lookup(flag, value):
+            latencies = []
+            for _ in range(5):
+                lines = subprocess.run([str(RELEASE / "audit-service"), "trail", "--url", f"http://{grpc}", flag, value],
+                                       capture_output=True, text=True, check=True,
+                                       env={**os.environ, "RUST_LOG": "warn"}).stdout.strip().splitlines()
+                summary = json.loads(lines[-1])
+                if summary["records"] < 1:
+                    sys.exit(f"lookup {flag} {value} found nothing")
+                latencies.append(summary["latency_ms"])
+            return statistics.median(latencies), summary["objects_scanned"]
+
+        by_trace, scanned = lookup("--trace-id", produced["sample_trace_id"])
+        by_message, _ = lookup("--message-id", produced["sample_message_id"])
+    finally:
+        stop(service)
+    return {"records": args.lookup_records, "trace_lookup_median_ms": round(by_trace, 1),
+            "message_lookup_median_ms": round(by_message, 1), "objects_read_per_lookup": scanned,
+            "target_ms": 500}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--wrk-seconds", type=int, default=15)
     parser.add_argument("--put-seconds", type=int, default=10)
+    parser.add_argument("--lookup-records", type=int, default=1_000_000)
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    for binary in ("upstream-sim", "ingest-worker", "audit-service"):
+    for binary in ("upstream-sim", "ingest-worker", "audit-service", "loadgen"):
         if not (RELEASE / binary).exists():
             sys.exit(f"{RELEASE / binary} missing: run `make release` first")
 
@@ -327,8 +381,9 @@ def main():
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "machine": {"cpus": os.cpu_count()}, "worker": worker_benchmark(args, args.out, stamp)}
     results["audit"] = audit_benchmark(args, args.out, stamp, results["worker"]["audit_topic"], args.messages)
+    results["lookup"] = lookup_benchmark(args, args.out, stamp)
     (args.out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
-    worker, audit = results["worker"], results["audit"]
+    worker, audit, lookup = results["worker"], results["audit"], results["lookup"]
     report = f"""# Relais benchmarks
 
 Measured {results['date']} on {results['machine']['cpus']} CPUs, everything on one machine in one run
@@ -357,7 +412,17 @@ writing two records (audit and realtime event).
 | audit-service peak RSS | {audit['audit_peak_rss_bytes'] / 2**20:.1f} MiB |
 
 The audit figure includes consuming, decoding, encoding NDJSON, compressing (gzip level 3) and
-committing offsets; the raw PUT only sends bytes. Raw data: `report.json`, `wrk.txt`, the logs.
+committing offsets; the raw PUT only sends bytes.
+
+## Trail lookups at {lookup['records']} stored records
+
+| lookup (gRPC, median of 5) | latency |
+| --- | --- |
+| by trace id | {lookup['trace_lookup_median_ms']} ms ({lookup['objects_read_per_lookup']} objects read) |
+| by message id | {lookup['message_lookup_median_ms']} ms |
+| target | < {lookup['target_ms']} ms |
+
+Raw data: `report.json`, `wrk.txt`, the logs.
 """
     (args.out / "report.md").write_text(report)
     print(report)

@@ -1,59 +1,161 @@
-//! loadgen: Produces ingress traffic at a target rate with a mix of valid and invalid events.
+//! loadgen: produces traffic for Relais' benchmarks and tests.
 //!
-//! So far the binary is the shared process skeleton only: telemetry, typed configuration, the
-//! admin endpoint and a bounded graceful shutdown. The traffic generator is built on it
-//! (see the open issues); until then it serves `/metrics`, `/healthz` and `/readyz`.
+//! `loadgen audit-records` writes synthetic `AuditRecord`s straight to a topic, to measure
+//! audit-service (and its trail lookups) at volumes the worker would take minutes to produce.
+//! Ingress scenarios (rates, invalid mixes, bursts, faults) are the next step of this tool.
 
-use std::net::SocketAddr;
-use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
+use std::io::Write as _;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
-use prometheus_client::registry::Registry;
-use relais_telemetry::TelemetryConfig;
-use relais_telemetry::admin::{AdminServer, Readiness};
-use relais_telemetry::shutdown::CancellationToken;
+use prost::Message as _;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use relais_proto::v1::{Attempt, AuditRecord, Outcome, SourcePosition};
 
-/// Configuration; every flag also reads its `RELAIS_*` environment variable.
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, about)]
-struct Config {
-    /// Address of the admin endpoint (`/metrics`, `/healthz`, `/readyz`). Keep it off public
-    /// interfaces; containers bind 0.0.0.0 on their internal network.
-    #[arg(long, env = "RELAIS_ADMIN_ADDR", default_value = "127.0.0.1:9105")]
-    admin_addr: SocketAddr,
-
-    /// How long shutdown may take before the process exits anyway, in seconds.
-    #[arg(long, env = "RELAIS_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
-    drain_timeout_secs: u64,
+struct Args {
+    #[arg(
+        long,
+        env = "RELAIS_KAFKA_BOOTSTRAP",
+        default_value = "127.0.0.1:9092",
+        global = true
+    )]
+    kafka_bootstrap: String,
+    #[command(subcommand)]
+    command: Command,
 }
 
-const TELEMETRY: TelemetryConfig = TelemetryConfig {
-    service_name: "loadgen",
-    service_version: env!("CARGO_PKG_VERSION"),
-    default_log_filter: "info",
-};
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Produce synthetic audit records (as the worker writes them) to a topic.
+    AuditRecords {
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        count: u64,
+        /// Event times spread evenly over this many past hours, ending now.
+        #[arg(long, default_value_t = 4)]
+        hours: u64,
+        /// Every this many records share one trace id (as retries and replays do).
+        #[arg(long, default_value_t = 1)]
+        records_per_trace: u64,
+    },
+}
 
 #[tokio::main]
-async fn main() -> ExitCode {
-    let (config, process) = relais_telemetry::process::start::<Config>(&TELEMETRY);
-    let drain_timeout = Duration::from_secs(config.drain_timeout_secs);
-    let shutdown = process.shutdown.clone();
-    process.run(drain_timeout, run(config, shutdown)).await
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Command::AuditRecords {
+            topic,
+            count,
+            hours,
+            records_per_trace,
+        } => {
+            audit_records(
+                &args.kafka_bootstrap,
+                &topic,
+                count,
+                hours,
+                records_per_trace.max(1),
+            )
+            .await
+        }
+    }
 }
 
-async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let registry = Arc::new(Registry::with_prefix("relais"));
-    let admin = AdminServer::start(
-        config.admin_addr,
-        registry,
-        Readiness::default(),
-        shutdown.clone(),
-    )
-    .await?;
-    tracing::info!(admin = %admin.local_addr(), "started");
-    shutdown.cancelled().await;
-    admin.join().await;
+/// The trace id of record `index` (deterministic, so a benchmark knows what to look up).
+fn trace_id(index: u64, records_per_trace: u64) -> String {
+    format!("{:032x}", 0x5eed_0000_0000u64 + index / records_per_trace)
+}
+
+async fn audit_records(
+    bootstrap: &str,
+    topic: &str,
+    count: u64,
+    hours: u64,
+    records_per_trace: u64,
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let span = (hours * 3600) as i64;
+    let started = Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    for index in 0..count {
+        let record = AuditRecord {
+            message_id: format!("load-{index}"),
+            trace_id: trace_id(index, records_per_trace),
+            span_id: format!("{:016x}", index + 1),
+            outcome: if index % 20 == 0 {
+                Outcome::DeadLettered
+            } else {
+                Outcome::Delivered
+            } as i32,
+            reason_code: if index % 20 == 0 {
+                "retries_exhausted".into()
+            } else {
+                String::new()
+            },
+            event_type: "order.created".into(),
+            source: "loadgen".into(),
+            upstream: "default".into(),
+            occurred_at: Some(relais_proto::Timestamp {
+                seconds: now - span + (index as i64 * span / count.max(1) as i64),
+                nanos: 0,
+            }),
+            worker_id: "loadgen".into(),
+            position: Some(SourcePosition {
+                topic: "relais.ingress".into(),
+                partition: (index % 12) as i32,
+                offset: index as i64,
+            }),
+            attempts: vec![Attempt {
+                number: 0,
+                status_code: 200,
+                ..Attempt::default()
+            }],
+            payload_bytes: 180,
+            ..AuditRecord::default()
+        };
+        let payload = record.encode_to_vec();
+        let delivery = producer
+            .send_result(
+                FutureRecord::to(topic)
+                    .key(&record.message_id)
+                    .payload(&payload),
+            )
+            .map_err(|(error, _)| error)?;
+        pending.push_back(delivery);
+        // Bounded in flight: wait for the oldest before queueing more.
+        if pending.len() >= 100_000
+            && let Some(oldest) = pending.pop_front()
+        {
+            oldest.await?.map_err(|(error, _)| error)?;
+        }
+    }
+    for delivery in pending {
+        delivery.await?.map_err(|(error, _)| error)?;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let summary = serde_json::json!({
+        "topic": topic,
+        "records": count,
+        "seconds": elapsed,
+        "records_per_second": count as f64 / elapsed,
+        "sample_trace_id": trace_id(count / 2, records_per_trace),
+        "sample_message_id": format!("load-{}", count / 2),
+    });
+    writeln!(std::io::stdout().lock(), "{summary}")?;
     Ok(())
 }

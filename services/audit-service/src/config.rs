@@ -42,6 +42,29 @@ pub struct Args {
     /// gRPC endpoint (`AuditQuery`, health).
     #[arg(long, env = "RELAIS_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Run,
+    /// Ask a running audit-service for a trail and print it as JSON lines, with the latency.
+    Trail {
+        /// gRPC URL of the service.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        url: String,
+        #[arg(
+            long,
+            conflicts_with = "message_id",
+            required_unless_present = "message_id"
+        )]
+        trace_id: Option<String>,
+        #[arg(long)]
+        message_id: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

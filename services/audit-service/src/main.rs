@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use relais_audit_service::config::{Args, AuditConfig};
+use relais_audit_service::config::{Args, AuditConfig, Command};
 use relais_telemetry::TelemetryConfig;
 use relais_telemetry::process::EXIT_CONFIG;
 
@@ -29,6 +29,15 @@ async fn main() -> ExitCode {
         }
     };
     let drain_timeout = config.storage.drain_timeout + std::time::Duration::from_secs(5);
+    if let Some(Command::Trail {
+        url,
+        trace_id,
+        message_id,
+    }) = args.command.clone()
+    {
+        let lookup = relais_audit_service::query::print_trail(url, trace_id, message_id);
+        return process.run(drain_timeout, lookup).await;
+    }
     let shutdown = process.shutdown.clone();
     process
         .run(

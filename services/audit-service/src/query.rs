@@ -197,3 +197,53 @@ impl AuditQuery for QueryService {
         }))
     }
 }
+
+/// The `trail` command: one lookup through the gRPC API, printed as JSON lines, then a summary
+/// line with the latency (`{"latency_ms": …, "records": …, "objects_scanned": …}`).
+pub async fn print_trail(
+    url: String,
+    trace_id: Option<String>,
+    message_id: Option<String>,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+
+    use relais_proto::v1::audit_query_client::AuditQueryClient;
+
+    let key = match (trace_id, message_id) {
+        (Some(trace_id), _) => trail_request::Key::TraceId(trace_id),
+        (None, Some(message_id)) => trail_request::Key::MessageId(message_id),
+        (None, None) => anyhow::bail!("give --trace-id or --message-id"),
+    };
+    let mut client = AuditQueryClient::connect(url.clone())
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot reach audit-service at {url}: {error}"))?;
+    let started = std::time::Instant::now();
+    let trail = client
+        .get_trail(TrailRequest {
+            key: Some(key),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let latency = started.elapsed();
+    let mut out = std::io::stdout().lock();
+    for record in &trail.records {
+        let position = encode::AuditPosition {
+            topic: "",
+            partition: 0,
+            offset: 0,
+        };
+        writeln!(out, "{}", encode::record_json(record, position))?;
+    }
+    writeln!(
+        out,
+        "{}",
+        serde_json::json!({
+            "latency_ms": latency.as_secs_f64() * 1000.0,
+            "records": trail.records.len(),
+            "objects_scanned": trail.objects_scanned,
+            "truncated": trail.truncated,
+        })
+    )?;
+    Ok(())
+}

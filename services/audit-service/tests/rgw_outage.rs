@@ -84,6 +84,7 @@ async fn an_rgw_outage_pauses_and_loses_nothing() {
             .unwrap()
             .local_addr()
             .unwrap(),
+        command: None,
     };
     let buffer_records = 6_000;
     let config = AuditConfig {

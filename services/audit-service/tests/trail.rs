@@ -42,6 +42,7 @@ impl Service {
             bucket: bucket.to_owned(),
             admin_addr: admin,
             grpc_addr: grpc,
+            command: None,
         };
         let config = AuditConfig {
             kafka: KafkaConfig {
