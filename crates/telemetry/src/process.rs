@@ -4,8 +4,11 @@
 //! bounded drain and a flush of buffered spans.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+
+use serde::de::DeserializeOwned;
 
 use crate::shutdown::{self, CancellationToken, TaskTracker};
 use crate::{TelemetryConfig, TelemetryGuard};
@@ -74,4 +77,51 @@ impl Process {
         self.telemetry.shutdown().await;
         code
     }
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration in {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+}
+
+/// Reads a TOML configuration file, or the defaults when there is none. Unknown fields are
+/// the configuration type's business (`deny_unknown_fields`).
+pub fn load_toml<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, ConfigFileError> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigFileError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Prints a configuration error with its whole cause chain and returns EX_USAGE (64): the
+/// process has not started anything yet, so exiting is all there is to do.
+pub fn config_error_exit(service: &str, error: &dyn std::error::Error) -> ExitCode {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    eprintln!("{service}: {message}");
+    ExitCode::from(EXIT_CONFIG)
 }

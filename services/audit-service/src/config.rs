@@ -192,37 +192,15 @@ impl Default for StorageConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("invalid configuration in {path}")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: toml::de::Error,
-    },
+    #[error(transparent)]
+    File(#[from] relais_telemetry::process::ConfigFileError),
     #[error("{0}")]
     Invalid(String),
 }
 
 impl AuditConfig {
     pub fn load(args: &Args) -> Result<Self, ConfigError> {
-        let config: Self = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                    path: path.clone(),
-                    source,
-                })?
-            }
-            None => Self::default(),
-        };
+        let config: Self = relais_telemetry::process::load_toml(args.config.as_deref())?;
         config.validate()?;
         Ok(config)
     }

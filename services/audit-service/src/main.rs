@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use relais_audit_service::config::{Args, AuditConfig, Command};
 use relais_telemetry::TelemetryConfig;
-use relais_telemetry::process::EXIT_CONFIG;
 
 const TELEMETRY: TelemetryConfig = TelemetryConfig {
     service_name: "audit-service",
@@ -17,16 +16,7 @@ async fn main() -> ExitCode {
     let (args, process) = relais_telemetry::process::start::<Args>(&TELEMETRY);
     let config = match AuditConfig::load(&args) {
         Ok(config) => config,
-        Err(error) => {
-            let mut message = error.to_string();
-            let mut source = std::error::Error::source(&error);
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            eprintln!("audit-service: {message}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(error) => return relais_telemetry::process::config_error_exit("audit-service", &error),
     };
     let drain_timeout = config.storage.drain_timeout + std::time::Duration::from_secs(5);
     if let Some(Command::Trail {

@@ -242,18 +242,8 @@ fn default_path() -> String {
 /// A configuration that cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("invalid configuration in {path}")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: toml::de::Error,
-    },
+    #[error(transparent)]
+    File(#[from] relais_telemetry::process::ConfigFileError),
     #[error("{0}")]
     Invalid(String),
     #[error("upstream {name}")]
@@ -267,19 +257,7 @@ pub enum ConfigError {
 impl WorkerConfig {
     /// Loads the file (or the defaults) and fills in what the command line provides.
     pub fn load(args: &Args) -> Result<Self, ConfigError> {
-        let mut config = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                    path: path.clone(),
-                    source,
-                })?
-            }
-            None => Self::default(),
-        };
+        let mut config: Self = relais_telemetry::process::load_toml(args.config.as_deref())?;
         if config.upstreams.is_empty() {
             config.upstreams.insert(
                 "default".into(),

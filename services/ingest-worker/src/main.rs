@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use relais_ingest_worker::config::{Args, Command, WorkerConfig};
 use relais_telemetry::TelemetryConfig;
-use relais_telemetry::process::EXIT_CONFIG;
 
 /// The pipeline allocates per message (records, headers, spans); mimalloc's thread-local free
 /// lists made the worker benchmark about 10 % faster than glibc malloc (`make bench`).
@@ -23,16 +22,7 @@ async fn main() -> ExitCode {
     let (args, process) = relais_telemetry::process::start::<Args>(&TELEMETRY);
     let config = match WorkerConfig::load(&args) {
         Ok(config) => config,
-        Err(error) => {
-            let mut message = error.to_string();
-            let mut source = std::error::Error::source(&error);
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            eprintln!("ingest-worker: {message}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(error) => return relais_telemetry::process::config_error_exit("ingest-worker", &error),
     };
     let drain_timeout = config.pipeline.drain_timeout + std::time::Duration::from_secs(5);
     match &args.command {
