@@ -10,3 +10,69 @@ pub mod faults;
 pub mod server;
 pub mod state;
 pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use relais_telemetry::admin::{AdminServer, Readiness};
+use relais_telemetry::shutdown::CancellationToken;
+
+/// A running simulator: its bound addresses and the tasks serving them.
+#[derive(Debug)]
+pub struct RunningSim {
+    /// The simulated API.
+    pub api: SocketAddr,
+    /// Fault control, `/metrics` and health.
+    pub admin: SocketAddr,
+    api_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    admin_server: AdminServer,
+}
+
+/// Binds both ports (port 0 picks free ones) and serves until `shutdown`.
+pub async fn start(
+    api: SocketAddr,
+    admin: SocketAddr,
+    key_capacity: usize,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningSim> {
+    let mut registry = Registry::default();
+    let state = Arc::new(state::SimState::new(&mut registry, key_capacity));
+    let readiness = Readiness::default();
+    let serving = readiness.register("api_listening");
+    let admin_server = AdminServer::start_with_routes(
+        admin,
+        Arc::new(registry),
+        readiness,
+        app::admin_router(Arc::clone(&state)),
+        shutdown.clone(),
+    )
+    .await?;
+    let listener = server::bind(api)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot listen on {api}: {error}"))?;
+    let api = listener.local_addr()?;
+    let api_task = tokio::spawn(server::serve(
+        listener,
+        app::api_router(Arc::clone(&state)),
+        state,
+        shutdown,
+    ));
+    serving.set_ready();
+    Ok(RunningSim {
+        api,
+        admin: admin_server.local_addr(),
+        api_task,
+        admin_server,
+    })
+}
+
+impl RunningSim {
+    /// Waits until both servers have stopped (after shutdown).
+    pub async fn join(self) -> anyhow::Result<()> {
+        let api = self.api;
+        let result = self.api_task.await?;
+        self.admin_server.join().await;
+        result.map_err(|error| anyhow::anyhow!("upstream API on {api} failed: {error}"))
+    }
+}

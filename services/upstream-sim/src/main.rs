@@ -2,15 +2,11 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use prometheus_client::registry::Registry;
 use relais_telemetry::TelemetryConfig;
-use relais_telemetry::admin::{AdminServer, Readiness};
 use relais_telemetry::shutdown::CancellationToken;
-use relais_upstream_sim::{app, server, state::SimState};
 
 /// Configuration; every flag also reads its `RELAIS_*` environment variable.
 #[derive(Debug, Parser)]
@@ -48,26 +44,13 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut registry = Registry::default();
-    let state = Arc::new(SimState::new(&mut registry, config.key_capacity));
-    let readiness = Readiness::default();
-    let serving = readiness.register("api_listening");
-    let admin = AdminServer::start_with_routes(
+    relais_upstream_sim::start(
+        config.listen,
         config.admin_addr,
-        Arc::new(registry),
-        readiness,
-        app::admin_router(Arc::clone(&state)),
-        shutdown.clone(),
+        config.key_capacity,
+        shutdown,
     )
-    .await?;
-
-    let router = app::api_router(Arc::clone(&state));
-    let listener = server::bind(config.listen)
-        .await
-        .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;
-    let api = tokio::spawn(server::serve(listener, router, state, shutdown.clone()));
-    serving.set_ready();
-    let result = api.await?;
-    admin.join().await;
-    result.map_err(|error| anyhow::anyhow!("upstream API on {} failed: {error}", config.listen))
+    .await?
+    .join()
+    .await
 }

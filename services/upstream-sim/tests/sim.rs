@@ -2,13 +2,9 @@
 #![allow(clippy::unwrap_used)] // a panic in a test helper is a failed test with a location
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus_client::registry::Registry;
-use relais_telemetry::admin::{AdminServer, Readiness};
 use relais_telemetry::shutdown::CancellationToken;
-use relais_upstream_sim::{app, server, state::SimState};
 use serde_json::{Value, json};
 
 /// A running simulator: the API and the admin port, stopped when dropped.
@@ -27,29 +23,14 @@ impl Drop for Sim {
 
 async fn start() -> Sim {
     relais_test_support::install_crypto_provider();
-    let mut registry = Registry::default();
-    let state = Arc::new(SimState::new(&mut registry, 1000));
     let shutdown = CancellationToken::new();
-    let admin = AdminServer::start_with_routes(
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::new(registry),
-        Readiness::default(),
-        app::admin_router(Arc::clone(&state)),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let api = listener.local_addr().unwrap();
-    tokio::spawn(server::serve(
-        listener,
-        app::api_router(Arc::clone(&state)),
-        state,
-        shutdown.clone(),
-    ));
+    let any = "127.0.0.1:0".parse().unwrap();
+    let running = relais_upstream_sim::start(any, any, 1000, shutdown.clone())
+        .await
+        .unwrap();
     Sim {
-        api,
-        admin: admin.local_addr(),
+        api: running.api,
+        admin: running.admin,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()

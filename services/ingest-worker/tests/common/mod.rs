@@ -4,10 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus_client::registry::Registry;
 use prost::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -17,10 +15,8 @@ use relais_ingest_worker::config::{
 };
 use relais_proto::v1::AuditRecord;
 use relais_resilience::UpstreamPolicy;
-use relais_telemetry::admin::{AdminServer, Readiness};
 use relais_telemetry::shutdown::CancellationToken;
 use relais_test_support::{KafkaTestEnv, unique_name};
-use relais_upstream_sim::{app, server, state::SimState};
 use serde_json::Value;
 
 pub struct Sim {
@@ -37,29 +33,14 @@ impl Drop for Sim {
 
 impl Sim {
     pub async fn start() -> Self {
-        let mut registry = Registry::default();
-        let state = Arc::new(SimState::new(&mut registry, 1_000_000));
         let shutdown = CancellationToken::new();
-        let admin = AdminServer::start_with_routes(
-            "127.0.0.1:0".parse().unwrap(),
-            Arc::new(registry),
-            Readiness::default(),
-            app::admin_router(Arc::clone(&state)),
-            shutdown.clone(),
-        )
-        .await
-        .unwrap();
-        let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let api = listener.local_addr().unwrap();
-        tokio::spawn(server::serve(
-            listener,
-            app::api_router(Arc::clone(&state)),
-            state,
-            shutdown.clone(),
-        ));
+        let any = "127.0.0.1:0".parse().unwrap();
+        let running = relais_upstream_sim::start(any, any, 1_000_000, shutdown.clone())
+            .await
+            .unwrap();
         Self {
-            api,
-            admin: admin.local_addr(),
+            api: running.api,
+            admin: running.admin,
             shutdown,
         }
     }
