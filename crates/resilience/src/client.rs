@@ -113,6 +113,9 @@ impl UpstreamClient {
             })),
         );
         metrics.set_circuit_state(name, CircuitState::Closed);
+        let labels = crate::metrics::UpstreamLabels {
+            upstream: name.to_owned(),
+        };
         let budget = Arc::new(RetryBudget::new(policy.retry.budget.clone()));
         let classifier: Arc<dyn RetryClassifier> = Arc::new(StatusClassifier::new(
             policy.retry.retry_statuses.iter().copied(),
@@ -144,8 +147,8 @@ impl UpstreamClient {
             .with(Bulkhead {
                 slots: Arc::new(Semaphore::new(policy.bulkhead.max_concurrent)),
                 max_wait: policy.bulkhead.max_wait,
-                upstream: Arc::clone(&upstream),
-                metrics: metrics.clone(),
+                in_flight: metrics.bulkhead_in_flight.get_or_create(&labels).clone(),
+                rejected: metrics.bulkhead_rejected.get_or_create(&labels).clone(),
             })
             // 3. An open circuit refuses the whole call, retries included.
             .with(CircuitGate {
@@ -155,6 +158,10 @@ impl UpstreamClient {
             })
             // 4. Retries decide per attempt and feed the breaker per attempt.
             .with(Retry {
+                budget_utilisation: metrics
+                    .retry_budget_utilisation
+                    .get_or_create(&labels)
+                    .clone(),
                 backoff: crate::backoff::exponential_full_jitter(
                     policy.retry.base_backoff,
                     policy.retry.max_backoff,

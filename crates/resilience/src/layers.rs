@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Extensions;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 use tokio::sync::Semaphore;
@@ -118,8 +120,9 @@ impl Middleware for Deadline {
 pub(crate) struct Bulkhead {
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) max_wait: Duration,
-    pub(crate) upstream: Arc<str>,
-    pub(crate) metrics: ResilienceMetrics,
+    /// This upstream's series, resolved once here rather than looked up on every call.
+    pub(crate) in_flight: Gauge,
+    pub(crate) rejected: Counter,
 }
 
 #[async_trait::async_trait]
@@ -130,9 +133,6 @@ impl Middleware for Bulkhead {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let labels = UpstreamLabels {
-            upstream: self.upstream.to_string(),
-        };
         let permit = match tokio::time::timeout(
             self.max_wait,
             Arc::clone(&self.slots).acquire_owned(),
@@ -142,18 +142,13 @@ impl Middleware for Bulkhead {
             Ok(Ok(permit)) => permit,
             // Closed semaphore (never happens: it is never closed) or no slot in time.
             Ok(Err(_)) | Err(_) => {
-                self.metrics.bulkhead_rejected.get_or_create(&labels).inc();
+                self.rejected.inc();
                 return Err(ResilienceError::BulkheadFull(self.max_wait).into_middleware());
             }
         };
-        let in_flight = self
-            .metrics
-            .bulkhead_in_flight
-            .get_or_create(&labels)
-            .clone();
-        in_flight.inc();
+        self.in_flight.inc();
         let result = next.run(request, extensions).await;
-        in_flight.dec();
+        self.in_flight.dec();
         drop(permit);
         result
     }
@@ -201,6 +196,8 @@ impl Middleware for CircuitGate {
 #[derive(Debug)]
 pub(crate) struct Retry {
     pub(crate) policy: RetryPolicyConfig,
+    /// This upstream's retry-budget gauge, resolved once rather than per call.
+    pub(crate) budget_utilisation: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub(crate) backoff: reqwest_retry::policies::ExponentialBackoff,
     pub(crate) classifier: Arc<dyn RetryClassifier>,
     pub(crate) budget: Arc<RetryBudget>,
@@ -225,9 +222,6 @@ impl Middleware for Retry {
         let replayable =
             request.method().is_idempotent() || request.headers().contains_key("idempotency-key");
         self.budget.record_request();
-        let labels = UpstreamLabels {
-            upstream: self.upstream.to_string(),
-        };
 
         let mut pending = Some(request);
         let mut number = 0u32;
@@ -260,10 +254,7 @@ impl Middleware for Retry {
                 Decision::Fatal => (Some(RetryStop::NotRetryable), Duration::ZERO),
                 Decision::Retry { not_before } => {
                     let plan = self.plan_retry(number, not_before, spare.is_some(), deadline);
-                    self.metrics
-                        .retry_budget_utilisation
-                        .get_or_create(&labels)
-                        .set(self.budget.utilisation());
+                    self.budget_utilisation.set(self.budget.utilisation());
                     match plan {
                         Ok(delay) => (None, delay),
                         Err(stop) => (Some(stop), Duration::ZERO),
