@@ -2,8 +2,8 @@
 //! RGW are exactly the records produced, none missing, none twice.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::io::Read as _;
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -57,37 +57,6 @@ fn spawn(
         .unwrap()
 }
 
-/// message id → how many times it is stored.
-async fn stored(rgw: &relais_test_support::RgwTestEnv, bucket: &str) -> BTreeMap<String, usize> {
-    let bucket = rgw.bucket(bucket);
-    let mut seen = BTreeMap::new();
-    for page in bucket.list("audit/".to_owned(), None).await.unwrap() {
-        for object in page
-            .contents
-            .iter()
-            .filter(|o| o.key.ends_with(".ndjson.gz"))
-        {
-            let body = bucket
-                .get_object(&object.key)
-                .await
-                .unwrap()
-                .bytes()
-                .to_vec();
-            let mut text = String::new();
-            flate2::read::GzDecoder::new(body.as_slice())
-                .read_to_string(&mut text)
-                .unwrap();
-            for line in text.lines() {
-                let value: serde_json::Value = serde_json::from_str(line).unwrap();
-                *seen
-                    .entry(value["message_id"].as_str().unwrap().to_owned())
-                    .or_default() += 1;
-            }
-        }
-    }
-    seen
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_minus_nine_at_random_points_keeps_the_trail_exact() {
     let kafka = relais_test_support::kafka().await;
@@ -138,7 +107,7 @@ async fn kill_minus_nine_at_random_points_keeps_the_trail_exact() {
         tokio::time::sleep(run_for).await;
         child.kill().unwrap(); // SIGKILL, mid-write
         child.wait().unwrap();
-        let so_far = stored(&rgw, &bucket).await.len();
+        let so_far = common::stored_message_ids(&rgw, &bucket).await.len();
         if so_far > 0 && so_far < total {
             killed_mid_write += 1;
         }
@@ -155,7 +124,7 @@ async fn kill_minus_nine_at_random_points_keeps_the_trail_exact() {
     let mut last = spawn(&topic, &bucket, &group, &config, &log);
     let deadline = Instant::now() + Duration::from_secs(180);
     let seen = loop {
-        let seen = stored(&rgw, &bucket).await;
+        let seen = common::stored_message_ids(&rgw, &bucket).await;
         if seen.len() == total || Instant::now() > deadline {
             break seen;
         }

@@ -4,8 +4,8 @@
 //! Its own test binary: it stops the shared radosgw, which no other test may be using then.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::io::Read as _;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
@@ -161,32 +161,7 @@ async fn an_rgw_outage_pauses_and_loses_nothing() {
         .unwrap()
         .unwrap();
 
-    let store = rgw.bucket(&bucket);
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for page in store.list("audit/".to_owned(), None).await.unwrap() {
-        for object in page
-            .contents
-            .iter()
-            .filter(|o| o.key.ends_with(".ndjson.gz"))
-        {
-            let body = store
-                .get_object(&object.key)
-                .await
-                .unwrap()
-                .bytes()
-                .to_vec();
-            let mut text = String::new();
-            flate2::read::GzDecoder::new(body.as_slice())
-                .read_to_string(&mut text)
-                .unwrap();
-            for line in text.lines() {
-                let value: serde_json::Value = serde_json::from_str(line).unwrap();
-                *seen
-                    .entry(value["message_id"].as_str().unwrap().to_owned())
-                    .or_default() += 1;
-            }
-        }
-    }
+    let seen = common::stored_message_ids(&rgw, &bucket).await;
     assert_eq!(seen.len(), 40_000, "nothing lost");
     assert!(seen.values().all(|count| *count == 1), "nothing twice");
 }
