@@ -16,10 +16,9 @@ use prometheus_client::registry::Registry;
 use crate::attempt::AttemptRecord;
 use crate::circuit::CircuitState;
 
-/// The OpenTelemetry recommended buckets for `http.client.request.duration` (seconds).
-pub const HTTP_DURATION_BUCKETS: [f64; 14] = [
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-];
+/// The OpenTelemetry recommended buckets for `http.client.request.duration` (seconds), the
+/// same as for servers.
+pub use relais_telemetry::http_server::HTTP_DURATION_BUCKETS;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpClientLabels {

@@ -13,6 +13,7 @@
 //! `/readyz`, never on a public port) and runs until [`shutdown`] says to stop.
 
 pub mod admin;
+pub mod http_server;
 mod init;
 pub mod logging;
 pub mod process;

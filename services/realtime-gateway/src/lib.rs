@@ -1,0 +1,216 @@
+//! realtime-gateway: the live view of the pipeline.
+//!
+//! - [`intake`]: reads every partition of `relais.events` into
+//! - [`history`] (recent events, trace index, the live feed with resume) and
+//! - [`stats`] (1, 5 and 15 minute aggregates);
+//! - [`workers`]: the `WorkerReport` gRPC service and the registry of worker replicas;
+//! - [`audit`]: the `AuditQuery` client for trace lookups;
+//! - [`api`]: REST `/api/v1` with its OpenAPI document, behind [`auth`];
+//! - [`ws`] and [`protocol`]: the WebSocket feed;
+//! - [`dashboard`]: the browser dashboard, embedded in the binary.
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod dashboard;
+pub mod event;
+pub mod history;
+pub mod intake;
+pub mod metrics;
+pub mod protocol;
+pub mod stats;
+pub mod workers;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use prometheus_client::registry::Registry;
+use relais_telemetry::admin::{AdminServer, Readiness};
+use relais_telemetry::shutdown::CancellationToken;
+
+use crate::api::AppState;
+use crate::auth::{RateLimiter, Tokens};
+use crate::config::{Args, GatewayConfig};
+use crate::history::History;
+use crate::intake::{Intake, Sinks};
+use crate::metrics::GatewayMetrics;
+use crate::stats::Stats;
+use crate::workers::{ReportService, WorkerRegistry};
+
+/// The bound addresses of a running gateway (tests start it on port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// A started gateway.
+#[derive(Debug)]
+pub struct Running {
+    pub bound: Bound,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until the gateway has stopped (after its shutdown token was cancelled).
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Binds every port and starts every component; returns once they listen.
+pub async fn start(
+    args: &Args,
+    config: GatewayConfig,
+    tokens: Tokens,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let mut registry = Registry::default();
+    let metrics = GatewayMetrics::register(&mut registry);
+    let readiness = Readiness::default();
+    let kafka_ready = readiness.register("kafka");
+    let admin = AdminServer::start(
+        args.admin_addr,
+        Arc::new(registry),
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+
+    let config = Arc::new(config);
+    let history = Arc::new(History::new(
+        config.history.max_events,
+        config.history.max_age,
+        config.websocket.client_queue,
+    ));
+    let stats = Arc::new(Stats::default());
+    let workers = Arc::new(WorkerRegistry::new(
+        config.workers.stale_after,
+        config.workers.forget_after,
+        config.workers.max_workers,
+    ));
+    let audit = audit::AuditClient::new(
+        &args.audit_url,
+        config.audit.timeout,
+        config.audit.max_records,
+        metrics.clone(),
+    )
+    .with_context(|| format!("invalid audit-service URL {:?}", args.audit_url))?;
+
+    let intake = Intake::new(
+        &args.kafka_bootstrap,
+        &config.kafka.events_topic,
+        config.kafka.warm_up,
+        config.kafka.metadata_refresh,
+        Sinks {
+            history: Arc::clone(&history),
+            stats: Arc::clone(&stats),
+            metrics: metrics.clone(),
+        },
+    )?;
+    let intake_task = tokio::spawn(intake.run(kafka_ready, shutdown.clone()));
+
+    let grpc_listener = tokio::net::TcpListener::bind(args.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen for gRPC on {}", args.grpc_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let grpc_task = tokio::spawn(serve_grpc(
+        grpc_listener,
+        ReportService {
+            registry: Arc::clone(&workers),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        },
+        shutdown.clone(),
+    ));
+
+    let state = AppState {
+        history,
+        stats,
+        workers,
+        audit,
+        tokens: Arc::new(tokens),
+        limiter: RateLimiter::new(
+            config.http.rate_limit_per_second,
+            config.http.rate_limit_burst,
+        ),
+        metrics,
+        config: Arc::clone(&config),
+        readiness,
+        shutdown: shutdown.clone(),
+        connections: Arc::default(),
+        next_connection: Arc::default(),
+        openapi: api::openapi_json().into(),
+    };
+    let http_listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", args.http_addr))?;
+    let http_addr = http_listener.local_addr()?;
+    let app = api::router(state);
+    let stop = shutdown.clone();
+    let http_task = tokio::spawn(async move {
+        let served = axum::serve(http_listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "HTTP server stopped");
+        }
+    });
+    let bound = Bound {
+        http: http_addr,
+        grpc: grpc_addr,
+        admin: admin.local_addr(),
+    };
+    tracing::info!(http = %bound.http, grpc = %bound.grpc, admin = %bound.admin, "realtime-gateway running");
+
+    let task = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        // WebSocket connections close themselves on the same token; give them a moment.
+        let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+        let _ = grpc_task.await;
+        let _ = intake_task.await;
+        admin.join().await;
+    });
+    Ok(Running { bound, task })
+}
+
+/// Runs the gateway until `shutdown`.
+pub async fn run(
+    args: Args,
+    config: GatewayConfig,
+    tokens: Tokens,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    start(&args, config, tokens, shutdown).await?.join().await;
+    Ok(())
+}
+
+/// Serves `WorkerReport` and the standard health service until shutdown.
+async fn serve_grpc(
+    listener: tokio::net::TcpListener,
+    service: ReportService,
+    shutdown: CancellationToken,
+) {
+    use relais_proto::v1::worker_report_server::WorkerReportServer;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<WorkerReportServer<ReportService>>()
+        .await;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let served = tonic::transport::Server::builder()
+        // A worker that vanished without closing its stream is noticed within 30 s.
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health)
+        .add_service(WorkerReportServer::new(service))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await;
+    if let Err(error) = served {
+        tracing::error!(%error, "gRPC server stopped");
+    }
+}

@@ -1,0 +1,398 @@
+//! `/ws`: the live event feed (protocol in [`crate::protocol`]).
+//!
+//! Each connection is one task that owns its socket. Events reach it through its own receiver
+//! on the feed, a bounded ring shared by all clients in which each client has its own cursor:
+//! a client that falls more than `client_queue` events behind (a slow reader, a stalled
+//! network) gets a `lagged` frame and is disconnected, and nobody else waits for it. A socket
+//! write that does not complete within `write_timeout` ends the connection the same way.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use utoipa::IntoParams;
+
+use crate::api::AppState;
+use crate::api::problem::Problem;
+use crate::event::Outcome;
+use crate::history::{Entry, EventFilter, Position};
+use crate::metrics::ReasonLabels;
+use crate::protocol::{self, ControlFrame};
+
+/// The subprotocol the gateway speaks; the token subprotocol is never chosen.
+pub const SUBPROTOCOL: &str = "relais.v1";
+/// Frames written before one flush, so a busy feed costs one write per batch, not per event.
+const BATCH: usize = 64;
+
+/// Subscription filters and the resume position.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WsQuery {
+    pub upstream: Option<String>,
+    pub outcome: Option<Outcome>,
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub event_type: Option<String>,
+    pub trace_id: Option<String>,
+    /// The last event id per partition the client has seen (`0:812,1:790`): what it missed
+    /// since is replayed first, within the gateway's history.
+    pub resume: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/ws",
+    tag = "feed",
+    security(("bearer" = [])),
+    params(WsQuery),
+    responses(
+        (status = 101, description = "WebSocket feed (subprotocol relais.v1; the token may also be offered as subprotocol relais.bearer.<token>)"),
+        (status = 400, description = "Invalid filter or resume position, or not a WebSocket handshake", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit exhausted", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many connections", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn upgrade(
+    State(state): State<AppState>,
+    query: Result<Query<WsQuery>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(upgrade) = upgrade else {
+        return Problem::bad_request("/ws is a WebSocket endpoint: send a WebSocket handshake")
+            .into_response();
+    };
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return Problem::bad_request(rejection.body_text()).into_response(),
+    };
+    let resume = match query
+        .resume
+        .as_deref()
+        .map(protocol::parse_resume)
+        .transpose()
+    {
+        Ok(resume) => resume,
+        Err(error) => return Problem::bad_request(error.to_string()).into_response(),
+    };
+    let config = &state.config.websocket;
+    if state.connections.load(Ordering::Relaxed) >= config.max_connections {
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway has as many WebSocket clients as it accepts; retry later",
+        )
+        .into_response();
+    }
+    let filter = EventFilter {
+        upstream: query.upstream,
+        outcome: query.outcome,
+        event_type: query.event_type,
+        trace_id: query.trace_id,
+    };
+    upgrade
+        .protocols([SUBPROTOCOL])
+        .max_message_size(config.max_frame_bytes)
+        .max_frame_size(config.max_frame_bytes)
+        .on_upgrade(move |socket| async move {
+            Connection::open(state, filter, resume).serve(socket).await;
+        })
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    ClientClosed,
+    Lagged(u64),
+    WriteTimedOut,
+    WriteFailed,
+    PongMissed,
+    ShuttingDown,
+}
+
+struct Connection {
+    state: AppState,
+    id: u64,
+    filter: EventFilter,
+    resume: Option<Position>,
+    /// The last event id per partition this client has been offered (sent, or filtered out).
+    position: Position,
+}
+
+/// Keeps the connection gauge and count true however the task ends.
+struct Counted(AppState);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.ws_connections.dec();
+    }
+}
+
+impl Connection {
+    fn open(state: AppState, filter: EventFilter, resume: Option<Position>) -> Self {
+        let id = state.next_connection.fetch_add(1, Ordering::Relaxed);
+        Self {
+            state,
+            id,
+            filter,
+            resume,
+            position: Position::new(),
+        }
+    }
+
+    fn filter_description(&self) -> BTreeMap<&'static str, String> {
+        let mut shown = BTreeMap::new();
+        if let Some(upstream) = &self.filter.upstream {
+            shown.insert("upstream", upstream.clone());
+        }
+        if let Some(outcome) = self.filter.outcome {
+            shown.insert("outcome", outcome.as_str().to_owned());
+        }
+        if let Some(event_type) = &self.filter.event_type {
+            shown.insert("type", event_type.clone());
+        }
+        if let Some(trace_id) = &self.filter.trace_id {
+            shown.insert("trace_id", trace_id.clone());
+        }
+        shown
+    }
+
+    async fn serve(mut self, socket: WebSocket) {
+        self.state.connections.fetch_add(1, Ordering::Relaxed);
+        self.state.metrics.ws_connections.inc();
+        let _counted = Counted(self.state.clone());
+        let (mut sink, mut incoming) = socket.split();
+        let end = self.run(&mut sink, &mut incoming).await;
+        let (code, reason) = match end {
+            End::Lagged(_) | End::WriteTimedOut => {
+                self.state.metrics.ws_lagged_disconnects.inc();
+                (close_code::POLICY, "lagged")
+            }
+            End::PongMissed => (close_code::POLICY, "no pong"),
+            End::ShuttingDown => (close_code::AWAY, "gateway shutting down"),
+            End::ClientClosed | End::WriteFailed => (close_code::NORMAL, ""),
+        };
+        if end != End::ClientClosed && end != End::WriteFailed {
+            let close = Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            }));
+            let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
+        }
+        tracing::debug!(connection = self.id, ?end, "WebSocket closed");
+    }
+
+    async fn run(
+        &mut self,
+        sink: &mut futures::stream::SplitSink<WebSocket, Message>,
+        incoming: &mut futures::stream::SplitStream<WebSocket>,
+    ) -> End {
+        let config = self.state.config.websocket.clone();
+        let subscription = self
+            .state
+            .history
+            .subscribe(self.resume.as_ref(), &self.filter);
+        let mut feed = subscription.feed;
+        // A resuming client's position stays its own until the replay has been written: if the
+        // connection drops halfway, it must resume from what it really received.
+        self.position = match &self.resume {
+            Some(resume) => resume.clone(),
+            None => subscription.position.clone(),
+        };
+        let filter = self.filter_description();
+        let welcome = ControlFrame::Welcome {
+            connection: self.id,
+            position: protocol::position_ids(&self.position),
+            filter: &filter,
+            resumed: self.resume.is_some(),
+        };
+        if let Err(end) = self
+            .write(sink, Message::Text(welcome.encode()), &config)
+            .await
+        {
+            return end;
+        }
+        if !subscription.gaps.is_empty() {
+            self.state.metrics.ws_gaps.inc();
+            let gap = ControlFrame::Gap {
+                gaps: &subscription.gaps,
+                message: "some events you missed are no longer held by the gateway",
+            };
+            if let Err(end) = self.write(sink, Message::Text(gap.encode()), &config).await {
+                return end;
+            }
+        }
+        if self.resume.is_some() {
+            for chunk in subscription.replay.chunks(BATCH) {
+                if let Err(end) = self.write_events(sink, chunk.iter(), &config).await {
+                    return end;
+                }
+            }
+            self.state
+                .metrics
+                .ws_replayed
+                .inc_by(subscription.replay.len() as u64);
+            // Everything up to the feed's start has now been offered: replayed if it matched
+            // the filter, skipped if not.
+            for (partition, offset) in &subscription.position {
+                let known = self.position.entry(*partition).or_insert(*offset);
+                *known = (*known).max(*offset);
+            }
+            let replayed = ControlFrame::Replayed {
+                count: subscription.replay.len(),
+                position: protocol::position_ids(&self.position),
+            };
+            if let Err(end) = self
+                .write(sink, Message::Text(replayed.encode()), &config)
+                .await
+            {
+                return end;
+            }
+        }
+
+        let mut ping = tokio::time::interval(config.ping_interval);
+        ping.reset();
+        let mut position_tick = tokio::time::interval(config.position_interval);
+        position_tick.reset();
+        let mut last_pong = Instant::now();
+        let shutdown = self.state.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return End::ShuttingDown,
+                received = feed.recv() => {
+                    let first = match received {
+                        Ok(entry) => entry,
+                        Err(RecvError::Lagged(missed)) => return self.lagged(sink, missed).await,
+                        Err(RecvError::Closed) => return End::ShuttingDown,
+                    };
+                    // Take what else is already queued, up to a batch, and write it at once.
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH {
+                        match feed.try_recv() {
+                            Ok(entry) => batch.push(entry),
+                            Err(TryRecvError::Lagged(missed)) => return self.lagged(sink, missed).await,
+                            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                        }
+                    }
+                    if let Err(end) = self.write_events(sink, batch.iter(), &config).await {
+                        return end;
+                    }
+                }
+                message = incoming.next() => match message {
+                    Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
+                    Some(Ok(Message::Close(_))) | None => return End::ClientClosed,
+                    // Pings are answered by the WebSocket layer; text and binary frames
+                    // carry nothing the gateway acts on (filters are set when connecting).
+                    Some(Ok(_)) => {}
+                    Some(Err(error)) => {
+                        tracing::debug!(connection = self.id, %error, "WebSocket read failed");
+                        return End::ClientClosed;
+                    }
+                },
+                _ = ping.tick() => {
+                    if last_pong.elapsed() > config.pong_timeout {
+                        return End::PongMissed;
+                    }
+                    if let Err(end) = self.write(sink, Message::Ping(Default::default()), &config).await {
+                        return end;
+                    }
+                }
+                _ = position_tick.tick() => {
+                    let position = ControlFrame::Position { position: protocol::position_ids(&self.position) };
+                    if let Err(end) = self.write(sink, Message::Text(position.encode()), &config).await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn lagged(
+        &self,
+        sink: &mut futures::stream::SplitSink<WebSocket, Message>,
+        missed: u64,
+    ) -> End {
+        self.state
+            .metrics
+            .ws_messages_dropped
+            .get_or_create(&ReasonLabels { reason: "lagged" })
+            .inc_by(missed);
+        let notice = ControlFrame::Lagged {
+            missed,
+            message: "you fell too far behind the feed; reconnect with resume to catch up",
+        };
+        // The client is slow by definition: give the notice a short, bounded chance.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            sink.send(Message::Text(notice.encode())),
+        )
+        .await;
+        End::Lagged(missed)
+    }
+
+    /// Writes the frames of the events that pass the filter, then flushes once.
+    async fn write_events<'a>(
+        &mut self,
+        sink: &mut futures::stream::SplitSink<WebSocket, Message>,
+        entries: impl Iterator<Item = &'a Arc<Entry>>,
+        config: &crate::config::WebSocketConfig,
+    ) -> Result<(), End> {
+        let now = SystemTime::now();
+        let mut written = 0u64;
+        let deadline = tokio::time::Instant::now() + config.write_timeout;
+        for entry in entries {
+            let id = entry.event.id;
+            let offset = self.position.entry(id.partition).or_insert(-1);
+            *offset = (*offset).max(id.offset);
+            if !self.filter.matches(&entry.event) {
+                continue;
+            }
+            match tokio::time::timeout_at(deadline, sink.feed(Message::Text(entry.frame.clone())))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(End::WriteFailed),
+                Err(_) => return Err(End::WriteTimedOut),
+            }
+            written += 1;
+            if let Ok(age) = now.duration_since(entry.event.decided_at) {
+                self.state
+                    .metrics
+                    .ws_delivery_latency
+                    .observe(age.as_secs_f64());
+            }
+        }
+        if written == 0 {
+            return Ok(());
+        }
+        match tokio::time::timeout_at(deadline, sink.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(End::WriteFailed),
+            Err(_) => return Err(End::WriteTimedOut),
+        }
+        self.state.metrics.ws_messages_sent.inc_by(written);
+        Ok(())
+    }
+
+    async fn write(
+        &self,
+        sink: &mut futures::stream::SplitSink<WebSocket, Message>,
+        message: Message,
+        config: &crate::config::WebSocketConfig,
+    ) -> Result<(), End> {
+        match tokio::time::timeout(config.write_timeout, sink.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::WriteFailed),
+            Err(_) => Err(End::WriteTimedOut),
+        }
+    }
+}
