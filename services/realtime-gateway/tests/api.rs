@@ -23,7 +23,7 @@ fn spec(index: u64) -> EventSpec<'static> {
         index,
         upstream: if rejected {
             ""
-        } else if index % 3 == 0 {
+        } else if index.is_multiple_of(3) {
             "beta"
         } else {
             "alpha"
@@ -36,7 +36,7 @@ fn spec(index: u64) -> EventSpec<'static> {
         } else {
             500 + (index * 7919) % 60_000
         },
-        timed_out: index % 25 == 0,
+        timed_out: index.is_multiple_of(25),
         circuit: v1::CircuitState::Closed,
     }
 }
