@@ -1,6 +1,8 @@
 //! A gateway in this test process, reading its own `relais.events` topic on the real broker.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)] // shared by several test binaries
 
+pub mod stack;
+
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 

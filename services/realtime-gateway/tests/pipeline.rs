@@ -1,0 +1,104 @@
+//! The gateway in the running pipeline: ingest-worker and audit-service on the real broker and
+//! the real RGW. Stats agree with what went in, a trace joins the realtime events with the
+//! stored audit trail, the worker is listed from its status stream, and an upstream outage
+//! shows as an open circuit.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::stack::Stack;
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_shows_the_pipeline_as_it_runs() {
+    let kafka = relais_test_support::kafka().await;
+    let rgw = relais_test_support::rgw().await;
+    let stack = Stack::start(&kafka, &rgw).await;
+    let gateway = &stack.gateway;
+    stack
+        .produce_ingress(&kafka, &Stack::ingress_events("e2e", 300, 20))
+        .await;
+
+    let stats = eventually(
+        Duration::from_secs(60),
+        "320 outcomes in /stats",
+        || async {
+            let stats = gateway.get_json("/api/v1/stats").await;
+            (stats["windows"][0]["overall"]["events"] == 320).then_some(stats)
+        },
+    )
+    .await;
+    let overall = &stats["windows"][0]["overall"];
+    assert_eq!(overall["delivered"], 300);
+    assert_eq!(overall["rejected"], 20);
+    assert_eq!(overall["failed"], 0);
+    assert_eq!(overall["latency_ms"]["samples"], 300);
+    assert!(overall["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+
+    // The worker is listed from its status stream.
+    let workers = eventually(Duration::from_secs(20), "the worker listed", || async {
+        let workers = gateway.get_json("/api/v1/workers").await;
+        (workers["workers"].as_array().unwrap().len() == 1).then_some(workers)
+    })
+    .await;
+    assert_eq!(workers["workers"][0]["connected"], true);
+    assert!(
+        workers["workers"][0]["worker_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("worker")
+    );
+
+    // A trace joins the realtime event with the audit record stored in RGW.
+    let page = gateway
+        .get_json("/api/v1/events?outcome=delivered&limit=1")
+        .await;
+    let event = &page["events"][0];
+    let trace_id = event["trace_id"].as_str().unwrap();
+    let trace = eventually(
+        Duration::from_secs(60),
+        "the audit half of the trace",
+        || async {
+            let trace = gateway
+                .get_json(&format!("/api/v1/traces/{trace_id}"))
+                .await;
+            (trace["audit"].as_array().is_some_and(|a| !a.is_empty())).then_some(trace)
+        },
+    )
+    .await;
+    assert_eq!(trace["partial"], false);
+    assert_eq!(trace["events"][0]["message_id"], event["message_id"]);
+    assert_eq!(trace["audit"][0]["message_id"], event["message_id"]);
+    assert_eq!(trace["audit"][0]["outcome"], "delivered");
+    assert!(!trace["audit"][0]["attempts"].as_array().unwrap().is_empty());
+
+    // The upstream goes away: the worker's circuit opens and the gateway shows it.
+    stack.set_faults(json!({"outage": true})).await;
+    stack
+        .produce_ingress(&kafka, &Stack::ingress_events("outage", 100, 0))
+        .await;
+    eventually(
+        Duration::from_secs(60),
+        "an open circuit in /circuits",
+        || async {
+            let circuits = gateway.get_json("/api/v1/circuits").await;
+            circuits["circuits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["upstream"] == "default" && c["state"] == "open")
+                .then_some(())
+        },
+    )
+    .await;
+    stack.set_faults(json!({})).await;
+    eventually(Duration::from_secs(60), "all 420 outcomes", || async {
+        let stats = gateway.get_json("/api/v1/stats").await;
+        (stats["windows"][0]["overall"]["events"] == 420).then_some(())
+    })
+    .await;
+    stack.stop().await;
+}
