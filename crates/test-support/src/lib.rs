@@ -109,3 +109,25 @@ impl Endpoints {
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
+
+/// A tool installed by `deploy/native/test-tools.sh` (chromium's driver, schemathesis, ...),
+/// by its path under `$RELAIS_STATE_DIR/tools`. Panics with the fix when it is missing: a test
+/// that needs a tool never skips silently.
+pub fn tool(relative: &str) -> PathBuf {
+    let path = Endpoints::from_env().state_dir.join("tools").join(relative);
+    assert!(
+        path.exists(),
+        "{} is required by this test and is missing. Install the test tools with \
+         deploy/native/test-tools.sh (make test does it first).",
+        path.display()
+    );
+    path
+}
+
+/// Where tests keep what they produce for people to look at (screenshots, reports):
+/// `artifacts/` at the repository root, created on demand.
+pub fn artifacts_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../artifacts");
+    std::fs::create_dir_all(&dir).expect("cannot create artifacts/");
+    dir
+}

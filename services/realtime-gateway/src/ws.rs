@@ -23,6 +23,7 @@ use utoipa::IntoParams;
 
 use crate::api::AppState;
 use crate::api::problem::Problem;
+use crate::api::routes::present;
 use crate::event::Outcome;
 use crate::history::{Entry, EventFilter, Position};
 use crate::metrics::ReasonLabels;
@@ -93,10 +94,10 @@ pub async fn upgrade(
         .into_response();
     }
     let filter = EventFilter {
-        upstream: query.upstream,
+        upstream: present(query.upstream),
         outcome: query.outcome,
-        event_type: query.event_type,
-        trace_id: query.trace_id,
+        event_type: present(query.event_type),
+        trace_id: present(query.trace_id),
     };
     upgrade
         .protocols([SUBPROTOCOL])

@@ -63,13 +63,23 @@ pub struct EventsQuery {
     pub event_type: Option<String>,
     pub trace_id: Option<String>,
     /// Decided at or after this time (RFC 3339).
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// Decided before this time (RFC 3339).
+    #[param(format = DateTime)]
     pub to: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,19}$")]
     pub cursor: Option<String>,
     /// Page size, 1 to the configured maximum (1000 by default); 100 when absent.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+}
+
+/// An empty filter value (`?type=`) means the same as an absent one (times and cursors must
+/// be well-formed when given).
+pub(crate) fn present(value: Option<String>) -> Option<String> {
+    value.filter(|value| !value.is_empty())
 }
 
 /// A page of events, newest first.
@@ -135,10 +145,10 @@ pub async fn events(
         to: parse_time("to", query.to.as_deref())?,
     };
     let filter = EventFilter {
-        upstream: query.upstream,
+        upstream: present(query.upstream),
         outcome: query.outcome,
-        event_type: query.event_type,
-        trace_id: query.trace_id,
+        event_type: present(query.event_type),
+        trace_id: present(query.trace_id),
     };
     let page = state.history.page(&filter, range, cursor, limit);
     Ok(Json(EventsPage {
@@ -176,7 +186,7 @@ fn normalise_trace_id(text: &str) -> Option<String> {
     path = "/api/v1/traces/{trace_id}",
     tag = "traces",
     security(("bearer" = [])),
-    params(("trace_id" = String, Path, description = "W3C trace id, 32 hex digits")),
+    params(("trace_id" = String, Path, description = "W3C trace id, 32 hex digits", pattern = "^[0-9a-fA-F]{32}$")),
     responses(
         (status = 200, description = "The trace; `partial` when the audit-service could not be asked", body = TraceResponse),
         (status = 400, description = "Not a trace id", body = Problem, content_type = "application/problem+json"),
