@@ -41,8 +41,12 @@ build: ## Build every crate (debug)
 release: ## Build the service binaries (release)
 	$(CARGO) build --workspace --release --bins
 
+.PHONY: test-tools
+test-tools: ## Install the browser and API-conformance tools the tests drive (chromium, schemathesis)
+	@deploy/native/test-tools.sh
+
 .PHONY: test
-test: infra-up ## Bring the native infrastructure up if needed, then run the whole test suite
+test: infra-up test-tools ## Bring the native infrastructure up if needed, then run the whole test suite
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
 

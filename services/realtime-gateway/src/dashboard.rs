@@ -3,7 +3,7 @@
 //! for one and then uses the same REST API and WebSocket feed as any other client.
 
 use axum::Router;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 
@@ -37,6 +37,8 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/dashboard/") }))
+        // Browsers ask for it on every page; there is none, and saying so costs nothing.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/dashboard", get(|| async { Redirect::to("/dashboard/") }))
         .route(
             "/dashboard/",
