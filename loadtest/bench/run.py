@@ -13,7 +13,11 @@ same size, in the same run; and the service's peak RSS.
 Lookup benchmark: a million synthetic audit records (loadgen) stored by audit-service, then
 trail lookups by trace id and by message id through its gRPC API; median latency.
 
-Usage: run.py [--messages N] [--wrk-seconds S] [--out DIR]
+Fan-out benchmark: 1,000 WebSocket clients on realtime-gateway while events are produced to its
+topic at a fixed rate (loadgen ws-fanout): frames delivered per second, p99 latency from
+produce to receipt, and the gateway's peak RSS.
+
+Usage: run.py [--only worker,audit,lookup,fanout] [--messages N] [--wrk-seconds S] [--out DIR]
 Needs the native infrastructure (`make infra-up`) and release binaries (`make release`).
 """
 
@@ -21,6 +25,7 @@ import argparse
 import datetime
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -103,6 +108,13 @@ def peak_rss_bytes(pid):
     except OSError:
         pass
     return 0
+
+
+def raise_open_files_limit():
+    """A thousand WebSocket clients need more descriptors than the usual soft limit of 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def start(binary, env, log_path):
@@ -364,32 +376,113 @@ def lookup_benchmark(args, out, stamp):
             "target_ms": 500}
 
 
+GATEWAY_HTTP, GATEWAY_GRPC, GATEWAY_ADMIN = "127.0.0.1:18080", "127.0.0.1:50152", "127.0.0.1:19103"
+
+
+def fanout_benchmark(args, out, stamp):
+    topic = f"bench.{stamp}.events"
+    create_topic(topic, 6)
+    token = f"bench-viewer-{stamp}"
+    config = out / "gateway.toml"
+    # One token opens all the connections: its rate limit must allow the burst.
+    config.write_text(f'[kafka]\nevents_topic = "{topic}"\n[http]\nrate_limit_per_second = 5000.0\n'
+                      f'rate_limit_burst = 5000.0\n')
+    gateway = start("realtime-gateway", {"RELAIS_GATEWAY_CONFIG": str(config), "RELAIS_HTTP_ADDR": GATEWAY_HTTP,
+                                         "RELAIS_GRPC_ADDR": GATEWAY_GRPC, "RELAIS_ADMIN_ADDR": GATEWAY_ADMIN,
+                                         "RELAIS_TOKENS": f"viewer:bench:{token}",
+                                         "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP}, out / "gateway.log")
+    runs = []
+    try:
+        wait_http(f"http://{GATEWAY_HTTP}/readyz")
+        for rate in args.fanout_rates:
+            log(f"fan-out: {args.fanout_clients} clients, {rate} events/s for {args.fanout_seconds} s")
+            result = subprocess.run(
+                [str(RELEASE / "loadgen"), "--kafka-bootstrap", BOOTSTRAP, "ws-fanout", "--gateway", GATEWAY_HTTP,
+                 "--topic", topic, "--clients", str(args.fanout_clients), "--rate", str(rate),
+                 "--seconds", str(args.fanout_seconds)],
+                capture_output=True, text=True, check=True, env={**os.environ, "RELAIS_TOKEN": token})
+            run = json.loads(result.stdout.strip().splitlines()[-1])
+            run["rate"] = rate
+            runs.append(run)
+        peak = peak_rss_bytes(gateway.pid)
+    finally:
+        stop(gateway)
+    return {"clients": args.fanout_clients, "seconds": args.fanout_seconds, "runs": runs,
+            "gateway_peak_rss_bytes": peak}
+
+
+def fanout_section(fanout):
+    rows = "\n".join(
+        f"| {run['rate']} | {run['connected']} | {run['frames_per_second']:.0f} | {run['delivered_ratio']:.4f} | "
+        f"{run['latency_p50_ms']:.1f} | {run['latency_p99_ms']:.1f} | {run['disconnected_by_gateway']} |"
+        for run in fanout["runs"])
+    return f"""## realtime-gateway fan-out to {fanout['clients']} WebSocket clients
+
+Events produced to the gateway's topic at a fixed rate for {fanout['seconds']} s; every client
+receives every event. Latency is from production (the event's `decided_at`) to receipt by the
+client, through Kafka and the gateway (quantiles within 9 % histogram buckets).
+
+| events/s produced | clients | frames delivered/s | delivered / expected | p50 ms | p99 ms | dropped clients |
+| --- | --- | --- | --- | --- | --- | --- |
+{rows}
+
+Gateway peak RSS: {fanout['gateway_peak_rss_bytes'] / 2**20:.1f} MiB.
+"""
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--wrk-seconds", type=int, default=15)
     parser.add_argument("--put-seconds", type=int, default=10)
     parser.add_argument("--lookup-records", type=int, default=1_000_000)
+    parser.add_argument("--fanout-clients", type=int, default=1000)
+    parser.add_argument("--fanout-rates", type=lambda text: [int(x) for x in text.split(",")], default=[100, 500])
+    parser.add_argument("--fanout-seconds", type=int, default=20)
+    parser.add_argument("--only", type=lambda text: set(text.split(",")),
+                        default={"worker", "audit", "lookup", "fanout"})
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    for binary in ("upstream-sim", "ingest-worker", "audit-service", "loadgen"):
+    raise_open_files_limit()
+    for binary in ("upstream-sim", "ingest-worker", "audit-service", "realtime-gateway", "loadgen"):
         if not (RELEASE / binary).exists():
             sys.exit(f"{RELEASE / binary} missing: run `make release` first")
 
     stamp = time.strftime("%Y%m%d%H%M%S")
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "machine": {"cpus": os.cpu_count()}, "worker": worker_benchmark(args, args.out, stamp)}
-    results["audit"] = audit_benchmark(args, args.out, stamp, results["worker"]["audit_topic"], args.messages)
-    results["lookup"] = lookup_benchmark(args, args.out, stamp)
+               "machine": {"cpus": os.cpu_count()}}
+    if "audit" in args.only:
+        args.only.add("worker")  # the audit benchmark stores the worker benchmark's records
+    if "worker" in args.only:
+        results["worker"] = worker_benchmark(args, args.out, stamp)
+    if "audit" in args.only:
+        results["audit"] = audit_benchmark(args, args.out, stamp, results["worker"]["audit_topic"], args.messages)
+    if "lookup" in args.only:
+        results["lookup"] = lookup_benchmark(args, args.out, stamp)
+    if "fanout" in args.only:
+        results["fanout"] = fanout_benchmark(args, args.out, stamp)
     (args.out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
-    worker, audit, lookup = results["worker"], results["audit"], results["lookup"]
-    report = f"""# Relais benchmarks
+    sections = [f"""# Relais benchmarks
 
 Measured {results['date']} on {results['machine']['cpus']} CPUs, everything on one machine in one run
-(Kafka, upstream-sim, the load tool and the worker share the cores: compare ratios, not absolutes).
+(Kafka, upstream-sim, the load tool and the services share the cores: compare ratios, not absolutes).
+"""]
+    if "worker" in results:
+        sections.append(worker_section(results["worker"]))
+    if "audit" in results:
+        sections.append(audit_section(results["audit"]))
+    if "lookup" in results:
+        sections.append(lookup_section(results["lookup"]))
+    if "fanout" in results:
+        sections.append(fanout_section(results["fanout"]))
+    report = "\n".join(sections) + "\nRaw data: `report.json` and the logs beside it.\n"
+    (args.out / "report.md").write_text(report)
+    print(report)
 
-## ingest-worker against the raw HTTP rate of upstream-sim
+
+def worker_section(worker):
+    return f"""## ingest-worker against the raw HTTP rate of upstream-sim
 
 | measure | value |
 | --- | --- |
@@ -401,8 +494,11 @@ Measured {results['date']} on {results['machine']['cpus']} CPUs, everything on o
 
 Each worker message costs one HTTP request plus its share of the Kafka fetch and of a transaction
 writing two records (audit and realtime event).
+"""
 
-## audit-service against the raw PUT bandwidth of RGW
+
+def audit_section(audit):
+    return f"""## audit-service against the raw PUT bandwidth of RGW
 
 | measure | value |
 | --- | --- |
@@ -413,19 +509,18 @@ writing two records (audit and realtime event).
 
 The audit figure includes consuming, decoding, encoding NDJSON, compressing (gzip level 3) and
 committing offsets; the raw PUT only sends bytes.
+"""
 
-## Trail lookups at {lookup['records']} stored records
+
+def lookup_section(lookup):
+    return f"""## Trail lookups at {lookup['records']} stored records
 
 | lookup (gRPC, median of 5) | latency |
 | --- | --- |
 | by trace id | {lookup['trace_lookup_median_ms']} ms ({lookup['objects_read_per_lookup']} objects read) |
 | by message id | {lookup['message_lookup_median_ms']} ms |
 | target | < {lookup['target_ms']} ms |
-
-Raw data: `report.json`, `wrk.txt`, the logs.
 """
-    (args.out / "report.md").write_text(report)
-    print(report)
 
 
 if __name__ == "__main__":

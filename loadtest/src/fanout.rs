@@ -1,0 +1,247 @@
+//! `loadgen ws-fanout`: N WebSocket clients on the gateway's feed while pipeline events are
+//! produced to its topic at a fixed rate. Each event carries its production time as
+//! `decided_at`, so a client's receipt time minus it is the latency from produce to receipt.
+//!
+//! Prints one JSON line: clients connected, events produced, frames expected and received,
+//! frames delivered per second, latency quantiles, and clients the gateway disconnected.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use prost::Message as _;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use relais_proto::v1::{CircuitState, Outcome, PipelineEvent};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct FanoutArgs {
+    /// The gateway's HTTP address, such as 127.0.0.1:8080.
+    #[arg(long)]
+    gateway: String,
+    /// A viewer token of the gateway.
+    #[arg(long, env = "RELAIS_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The gateway's events topic.
+    #[arg(long, default_value = "relais.events")]
+    topic: String,
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Events produced per second.
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+}
+
+/// Latency histogram: 8 buckets per doubling from 1 µs, as the gateway's own.
+const BUCKETS: usize = 320;
+
+fn bucket(micros: u64) -> usize {
+    if micros <= 1 {
+        return 0;
+    }
+    ((8.0 * (micros as f64).log2()).ceil() as usize).min(BUCKETS - 1)
+}
+
+fn bucket_upper_ms(index: usize) -> f64 {
+    (index as f64 / 8.0).exp2() / 1000.0
+}
+
+#[derive(Default)]
+struct Tally {
+    received: AtomicU64,
+    disconnected: AtomicU64,
+    histogram: Vec<AtomicU64>,
+}
+
+fn decided_at_micros(frame: &str) -> Option<u64> {
+    // Cheaper than parsing every frame of every client: the field is fixed-format RFC 3339.
+    let start = frame.find("\"decided_at\":\"")? + 14;
+    let text = frame.get(start..start + 27)?;
+    let time = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+    u64::try_from(time.timestamp_micros()).ok()
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+async fn client(
+    gateway: String,
+    token: String,
+    tally: Arc<Tally>,
+    connected: Arc<Semaphore>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let mut request = format!("ws://{gateway}/ws").into_client_request()?;
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_str(&format!("relais.v1, relais.bearer.{token}"))?,
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+    let mut welcomed = false;
+    let mut local = vec![0u64; BUCKETS];
+    let mut received = 0u64;
+    loop {
+        let next = tokio::time::timeout(Duration::from_millis(500), socket.next()).await;
+        let message = match next {
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(_)) | None) => {
+                tally.disconnected.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            Err(_) if stop.load(Ordering::Relaxed) => break,
+            Err(_) => continue,
+        };
+        let Message::Text(text) = message else {
+            continue;
+        };
+        if !welcomed {
+            welcomed = true;
+            connected.add_permits(1);
+            continue;
+        }
+        if !text.starts_with("{\"type\":\"event\"") {
+            continue;
+        }
+        received += 1;
+        if let Some(decided) = decided_at_micros(&text) {
+            local[bucket(now_micros().saturating_sub(decided))] += 1;
+        }
+    }
+    tally.received.fetch_add(received, Ordering::Relaxed);
+    for (total, count) in tally.histogram.iter().zip(local) {
+        total.fetch_add(count, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+fn quantile(histogram: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = histogram.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((q * total as f64).ceil() as u64).max(1);
+    let mut seen = 0;
+    histogram.iter().enumerate().find_map(|(index, count)| {
+        seen += count;
+        (seen >= rank).then(|| bucket_upper_ms(index))
+    })
+}
+
+pub(crate) async fn run(bootstrap: &str, args: FanoutArgs) -> anyhow::Result<()> {
+    let tally = Arc::new(Tally {
+        histogram: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        ..Tally::default()
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let connected = Arc::new(Semaphore::new(0));
+    let mut clients = Vec::with_capacity(args.clients);
+    for index in 0..args.clients {
+        clients.push(tokio::spawn(client(
+            args.gateway.clone(),
+            args.token.clone(),
+            Arc::clone(&tally),
+            Arc::clone(&connected),
+            Arc::clone(&stop),
+        )));
+        // Connect in small waves rather than all at once.
+        if index % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let all = u32::try_from(args.clients)?;
+    let welcomed = tokio::time::timeout(Duration::from_secs(60), connected.acquire_many(all)).await;
+    let connected_clients = if welcomed.is_ok() {
+        args.clients
+    } else {
+        connected.available_permits()
+    };
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "1")
+        .create()?;
+    let started = Instant::now();
+    let step = Duration::from_millis(10);
+    let per_step = (args.rate as f64 / 100.0).max(0.0);
+    let mut ticker = tokio::time::interval(step);
+    let mut produced = 0u64;
+    let mut owed = 0.0;
+    while started.elapsed() < Duration::from_secs(args.seconds) {
+        ticker.tick().await;
+        owed += per_step;
+        while owed >= 1.0 {
+            owed -= 1.0;
+            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?;
+            let timestamp = relais_proto::Timestamp {
+                seconds: i64::try_from(now.as_secs())?,
+                nanos: i32::try_from(now.subsec_nanos())?,
+            };
+            let event = PipelineEvent {
+                message_id: format!("fan-{produced}"),
+                trace_id: format!("{:032x}", 0xfa_0000_0000u64 + produced + 1),
+                span_id: format!("{:016x}", produced + 1),
+                outcome: Outcome::Delivered as i32,
+                event_type: "order.created".into(),
+                upstream: "default".into(),
+                worker_id: "loadgen".into(),
+                occurred_at: Some(timestamp),
+                decided_at: Some(timestamp),
+                attempts: 1,
+                last_status_code: 200,
+                delivery_latency_us: 2000,
+                circuit_state: CircuitState::Closed as i32,
+                ..PipelineEvent::default()
+            };
+            let payload = event.encode_to_vec();
+            producer
+                .send_result(
+                    FutureRecord::to(&args.topic)
+                        .key(&event.message_id)
+                        .payload(&payload),
+                )
+                .map_err(|(error, _)| error)?;
+            produced += 1;
+        }
+    }
+    producer.flush(Duration::from_secs(10))?;
+    let production_seconds = started.elapsed().as_secs_f64();
+    // Let the last events arrive, then stop the clients.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        let _ = client.await;
+    }
+    let histogram: Vec<u64> = tally
+        .histogram
+        .iter()
+        .map(|count| count.load(Ordering::Relaxed))
+        .collect();
+    let received = tally.received.load(Ordering::Relaxed);
+    let expected = produced * connected_clients as u64;
+    let summary = serde_json::json!({
+        "clients": args.clients,
+        "connected": connected_clients,
+        "events_produced": produced,
+        "frames_expected": expected,
+        "frames_received": received,
+        "delivered_ratio": if expected == 0 { 0.0 } else { received as f64 / expected as f64 },
+        "frames_per_second": received as f64 / production_seconds,
+        "latency_p50_ms": quantile(&histogram, 0.50),
+        "latency_p99_ms": quantile(&histogram, 0.99),
+        "latency_max_bucket_ms": histogram.iter().rposition(|c| *c > 0).map(bucket_upper_ms),
+        "disconnected_by_gateway": tally.disconnected.load(Ordering::Relaxed),
+    });
+    writeln!(std::io::stdout().lock(), "{summary}")?;
+    Ok(())
+}
