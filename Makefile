@@ -8,10 +8,72 @@ CARGO ?= cargo
 export RELAIS_STATE_DIR ?= $(CURDIR)/.state
 
 NATIVE := deploy/native/infra.sh
+COMPOSE ?= docker compose
+COMPOSE_FILE := compose/compose.yaml
+DC := $(COMPOSE) -f $(COMPOSE_FILE) --project-directory compose
+N ?= 3
+SCENARIO ?= steady
+WORKERS ?= 1
 
 .PHONY: help
 help: ## Show this list
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+## --- the whole system in Docker Compose ----------------------------------------------------
+
+.PHONY: up
+up: ## Build and start everything in Compose, wait until healthy, print where to look
+	@$(DC) up -d --build --remove-orphans
+	@deploy/compose-wait.sh $(DC)
+	@$(MAKE) --no-print-directory urls
+
+.PHONY: down
+down: ## Stop the Compose stack (volumes kept; `make down VOLUMES=1` deletes them too)
+	@$(DC) --profile load down $(if $(VOLUMES),--volumes,)
+
+.PHONY: ps
+ps: ## The Compose services and their health
+	@$(DC) ps
+
+.PHONY: logs
+logs: ## Follow the services' logs (`make logs S=ingest-worker` for one)
+	@$(DC) logs -f --tail=100 $(S)
+
+.PHONY: scale
+scale: ## Run N ingest-worker replicas (`make scale N=3`)
+	@$(DC) up -d --no-recreate --scale ingest-worker=$(N) ingest-worker
+	@$(DC) ps ingest-worker
+
+.PHONY: load
+load: ## Traffic from loadgen (`make load SCENARIO=burst`; scenarios in loadtest/scenarios/)
+	@if [ -f .state/dev/running ]; then \
+		target/release/loadgen ingress --scenario loadtest/scenarios/$(SCENARIO).toml; \
+	else \
+		SCENARIO=$(SCENARIO) $(DC) --profile load run --rm loadgen; \
+	fi
+
+.PHONY: chaos
+chaos: ## Set upstream-sim faults (`make chaos FAULTS='{"errors":{"503":0.3}}'`; FAULTS='{}' clears)
+	@curl -fsS -X PUT -H 'Content-Type: application/json' --data '$(or $(FAULTS),{"errors":{"503":0.2},"latency":{"kind":"log_normal","median_ms":50,"sigma":0.8}})' \
+		http://127.0.0.1:9104/admin/faults && echo
+
+.PHONY: urls
+urls: ## Where to look: dashboard, REST API, Grafana, Jaeger, Prometheus
+	@deploy/urls.sh
+
+## --- the same topology natively (no Docker) -------------------------------------------------
+
+.PHONY: dev
+dev: release ## Native infrastructure + every service as local processes (`make dev WORKERS=3`)
+	@WORKERS=$(WORKERS) deploy/native/dev.sh up
+
+.PHONY: dev-down
+dev-down: ## Stop what `make dev` started (the infrastructure too)
+	@deploy/native/dev.sh down
+
+.PHONY: dev-status
+dev-status: ## What `make dev` runs, where, and its logs
+	@deploy/native/dev.sh status
 
 ## --- native infrastructure (no Docker needed) ---------------------------------------------
 

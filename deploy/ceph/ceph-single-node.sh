@@ -14,7 +14,10 @@
 #                              or bluestore (on a sparse file; survives kill -9)
 #   RELAIS_CEPH_MEMSTORE_BYTES memstore capacity (default 4 GiB)
 #   RELAIS_CEPH_BLUESTORE_SIZE bluestore file size (default 10G, sparse)
-#   RELAIS_RGW_PORT, RELAIS_CEPH_MON_PORT, RELAIS_BIND_HOST
+#   RELAIS_RGW_PORT, RELAIS_CEPH_MON_PORT, RELAIS_BIND_HOST (the daemons' address)
+#   RELAIS_RGW_LISTEN          address radosgw listens on (default RELAIS_BIND_HOST; a container
+#                              sets 0.0.0.0 so other containers reach S3 while mon and OSD stay
+#                              on loopback)
 #   RELAIS_S3_ACCESS_KEY, RELAIS_S3_SECRET_KEY, RELAIS_S3_BUCKET, RELAIS_S3_REGION
 set -euo pipefail
 
@@ -29,6 +32,7 @@ BLUESTORE_SIZE="${RELAIS_CEPH_BLUESTORE_SIZE:-10G}"
 CONF="$CEPH_DIR/ceph.conf"
 RGW_NAME="client.rgw.relais"
 HOST="$RELAIS_BIND_HOST"
+RGW_LISTEN="${RELAIS_RGW_LISTEN:-$HOST}"
 # Every `ceph` CLI call is bounded: without a mgr some commands wait forever.
 CEPH=(timeout 30 ceph -c "$CONF")
 
@@ -100,7 +104,7 @@ bluestore block create = true
 bluestore block size = $BLUESTORE_SIZE
 
 [$RGW_NAME]
-rgw frontends = beast endpoint=$HOST:$RELAIS_RGW_PORT
+rgw frontends = beast endpoint=$RGW_LISTEN:$RELAIS_RGW_PORT
 rgw data = $CEPH_DIR/rgw
 rgw init timeout = 60
 # With auth none, radosgw still needs this or it loops on "get_initial_auth_request -13".

@@ -1,13 +1,13 @@
 //! loadgen: produces traffic for Relais' benchmarks and tests.
 //!
 //! - `loadgen audit-records`: synthetic audit records for audit-service ([`audit_records`]);
+//! - `loadgen ingress --scenario FILE`: ingress traffic from a scenario ([`ingress`]);
 //! - `loadgen ws-fanout`: pipeline events to a gateway watched by many WebSocket clients, with
 //!   the delivered rate and the produce-to-receipt latency ([`fanout`]).
-//!
-//! Ingress scenarios (rates, invalid mixes, bursts, faults) are the next step of this tool.
 
 mod audit_records;
 mod fanout;
+mod ingress;
 
 use clap::Parser;
 
@@ -40,6 +40,8 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         records_per_trace: u64,
     },
+    /// Ingress traffic from a scenario file (rates, phases, message mix, faults).
+    Ingress(ingress::IngressArgs),
     /// Fan-out: many WebSocket clients on a gateway while events are produced at a rate.
     WsFanout(fanout::FanoutArgs),
 }
@@ -63,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Ingress(ingress) => ingress::run(&args.kafka_bootstrap, ingress).await,
         Command::WsFanout(fanout) => fanout::run(&args.kafka_bootstrap, fanout).await,
     }
 }
