@@ -109,6 +109,7 @@ test-tools: ## Install the browser and API-conformance tools the tests drive (ch
 
 .PHONY: test
 test: infra-up test-tools ## Bring the native infrastructure up if needed, then run the whole test suite
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
 

@@ -18,7 +18,6 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DEV="$RELAIS_STATE_DIR/dev"
 BIN="$RELAIS_ROOT/target/release"
 WORKERS="${WORKERS:-1}"
-JAEGER_VERSION=v1.76.0
 JAEGER_BIN="$RELAIS_STATE_DIR/tools/go/bin/jaeger"
 HOST="$RELAIS_BIND_HOST"
 
@@ -51,15 +50,9 @@ start_service() {
 
 start_jaeger() {
     if [ ! -x "$JAEGER_BIN" ]; then
-        if command -v go >/dev/null; then
-            log "building Jaeger $JAEGER_VERSION from the Go module proxy (first time only, a few minutes)"
-            if ! GOBIN="$(dirname "$JAEGER_BIN")" go install "github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_VERSION" \
-                >"$DEV/logs/jaeger-build.log" 2>&1; then
-                log "Jaeger could not be built (see $DEV/logs/jaeger-build.log): traces are not collected"
-                return 0
-            fi
-        else
-            log "no Go toolchain: Jaeger is not started and traces are not collected"
+        log "building Jaeger $JAEGER_VERSION from the Go module proxy (first time only, a few minutes)"
+        if ! "$HERE/jaeger.sh" build >"$DEV/logs/jaeger-build.log" 2>&1; then
+            log "Jaeger could not be built (see $DEV/logs/jaeger-build.log): traces are not collected"
             return 0
         fi
     fi

@@ -21,6 +21,8 @@ pub enum TimeoutKind {
 }
 
 impl TimeoutKind {
+    pub const ALL: [Self; 3] = [Self::Connect, Self::Attempt, Self::Deadline];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Connect => "connect",

@@ -112,7 +112,7 @@ impl UpstreamClient {
                 transition_metrics.record_transition(&transition_upstream, from, to);
             })),
         );
-        metrics.set_circuit_state(name, CircuitState::Closed);
+        metrics.prepare_upstream(name);
         let labels = crate::metrics::UpstreamLabels {
             upstream: name.to_owned(),
         };

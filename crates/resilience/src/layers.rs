@@ -44,6 +44,15 @@ pub enum RetryStop {
 }
 
 impl RetryStop {
+    pub const ALL: [Self; 6] = [
+        Self::NotRetryable,
+        Self::MaxAttempts,
+        Self::BudgetExhausted,
+        Self::RetryAfterTooLong,
+        Self::Deadline,
+        Self::CircuitOpened,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::NotRetryable => "not_retryable",

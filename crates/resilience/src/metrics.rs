@@ -171,8 +171,51 @@ impl ResilienceMetrics {
         metrics
     }
 
-    /// Sets the 0/1 state series of an upstream (also used to create them at start-up, so
-    /// dashboards see a closed circuit instead of no data).
+    /// Creates every series of a newly configured upstream at zero: a counter that has never
+    /// moved is then a flat line at 0, not a missing series that alerts and dashboards cannot
+    /// tell from a broken scrape. Label values come from fixed sets.
+    pub(crate) fn prepare_upstream(&self, upstream: &str) {
+        self.set_circuit_state(upstream, CircuitState::Closed);
+        let name = || upstream.to_owned();
+        for stop in crate::layers::RetryStop::ALL {
+            let _ = self.retry_stops.get_or_create(&UpstreamReasonLabels {
+                upstream: name(),
+                reason: stop.as_str(),
+            });
+        }
+        for cause in ["status_5xx", "status_429"] {
+            let _ = self.retries.get_or_create(&UpstreamReasonLabels {
+                upstream: name(),
+                reason: cause,
+            });
+        }
+        for kind in crate::classify::TimeoutKind::ALL {
+            let _ = self.timeouts.get_or_create(&TimeoutLabels {
+                upstream: name(),
+                kind: kind.as_str(),
+            });
+        }
+        for (from, to) in [
+            (CircuitState::Closed, CircuitState::Open),
+            (CircuitState::Open, CircuitState::HalfOpen),
+            (CircuitState::HalfOpen, CircuitState::Closed),
+            (CircuitState::HalfOpen, CircuitState::Open),
+        ] {
+            let _ = self.circuit_transitions.get_or_create(&TransitionLabels {
+                upstream: name(),
+                from: from.as_str(),
+                to: to.as_str(),
+            });
+        }
+        let _ = self
+            .circuit_rejected
+            .get_or_create(&UpstreamLabels { upstream: name() });
+        let _ = self
+            .bulkhead_rejected
+            .get_or_create(&UpstreamLabels { upstream: name() });
+    }
+
+    /// Sets the 0/1 state series of an upstream.
     pub(crate) fn set_circuit_state(&self, upstream: &str, current: CircuitState) {
         for state in CircuitState::ALL {
             self.circuit_state

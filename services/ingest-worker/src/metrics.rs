@@ -146,6 +146,15 @@ impl WorkerMetrics {
         for outcome in ["delivered", "rejected", "failed", "dead_lettered"] {
             let _ = metrics.messages.get_or_create(&OutcomeLabels { outcome });
         }
+        // Every reject reason at zero: a reason that never occurred is a flat line, not a
+        // missing series.
+        for reason in relais_ingress::RejectReason::ALL {
+            let labels = ReasonLabels {
+                reason: reason.code().to_owned(),
+            };
+            let _ = metrics.rejections.get_or_create(&labels);
+            let _ = metrics.dead_letters.get_or_create(&labels);
+        }
         metrics
     }
 

@@ -137,6 +137,30 @@ impl GatewayMetrics {
             "Requests refused by authentication, authorisation or the rate limit, by reason",
             metrics.auth_failures.clone(),
         );
+        // Every label value at zero, so a thing that has not happened yet reads as 0, not as
+        // a missing series.
+        for reason in [
+            crate::event::EventRejection::Undecodable,
+            crate::event::EventRejection::MissingTraceId,
+            crate::event::EventRejection::MissingDecisionTime,
+        ] {
+            let _ = metrics.events_rejected.get_or_create(&ReasonLabels {
+                reason: reason.as_label(),
+            });
+        }
+        let _ = metrics
+            .ws_messages_dropped
+            .get_or_create(&ReasonLabels { reason: "lagged" });
+        for result in ["ok", "unavailable", "timeout", "error"] {
+            let _ = metrics
+                .audit_queries
+                .get_or_create(&ResultLabels { result });
+        }
+        for reason in ["missing", "invalid", "forbidden", "rate_limited"] {
+            let _ = metrics
+                .auth_failures
+                .get_or_create(&ReasonLabels { reason });
+        }
         metrics
     }
 }

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Jaeger (all-in-one: OTLP receiver on 4317/4318, in-memory storage, UI on 16686), built from
+# the Go module proxy into $RELAIS_STATE_DIR/tools/go/bin/jaeger.
+#
+#   jaeger.sh build    build it unless it is there (a few minutes the first time)
+#
+# Jaeger's go.mod has replace directives, so `go install pkg@version` refuses it; it is built
+# as a tool dependency of a throwaway module instead, which honours the pinned version.
+set -euo pipefail
+COMPONENT=jaeger
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+JAEGER_VERSION=v1.76.0
+TOOLS="$RELAIS_STATE_DIR/tools"
+BIN="$TOOLS/go/bin/jaeger"
+
+cmd_build() {
+    if [ -x "$BIN" ] && [ "$(cat "$BIN.version" 2>/dev/null)" = "$JAEGER_VERSION" ]; then
+        return 0
+    fi
+    command -v go >/dev/null || die "Go is needed to build Jaeger (this machine kind provides it)"
+    local module="$TOOLS/go/jaeger-module"
+    rm -rf "$module"
+    mkdir -p "$module" "$(dirname "$BIN")"
+    printf 'module relais.local/jaeger\n\ngo 1.26\n' >"$module/go.mod"
+    log "building Jaeger $JAEGER_VERSION (first time: a few minutes)"
+    (cd "$module" && go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_VERSION" \
+        && go build -o "$BIN" github.com/jaegertracing/jaeger/cmd/jaeger) || die "building Jaeger failed"
+    echo "$JAEGER_VERSION" >"$BIN.version"
+    log "built $BIN"
+}
+
+case "${1:-}" in
+build) cmd_build ;;
+*)
+    echo "usage: $0 build" >&2
+    exit 64
+    ;;
+esac

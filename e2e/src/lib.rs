@@ -1,0 +1,455 @@
+//! The services as real processes, for system tests.
+//!
+//! [`ProcessStack`] starts upstream-sim, audit-service, realtime-gateway and ingest-workers
+//! from the workspace's built binaries, on free ports, with topics and a bucket of their own
+//! on the native stack, registers every admin endpoint with the real Prometheus, and stops
+//! (or kills) them on demand. Tests that need a binary that was not built fail with the
+//! command that builds it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use relais_test_support::{
+    Endpoints, KafkaTestEnv, PrometheusTestEnv, RgwTestEnv, ScrapeTarget, unique_name,
+};
+
+/// The repository root.
+pub fn repository_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e/ sits in the repository")
+        .to_path_buf()
+}
+
+/// A workspace binary from the debug build (`cargo test --workspace --all-targets` builds
+/// them all).
+pub fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| repository_root().join("target"), PathBuf::from);
+    let path = target.join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the services first with `cargo build --workspace --bins` \
+         (make test does)",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+}
+
+/// One service process.
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    pub admin: SocketAddr,
+    command: Vec<(String, String)>,
+    binary: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    _target: Option<ScrapeTarget>,
+}
+
+impl Service {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("service log file");
+        let child = Command::new(&self.binary)
+            .envs(self.command.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {}: {error}", self.binary.display()));
+        self.child = Some(child);
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        let url = format!("http://{}/readyz", self.admin);
+        loop {
+            if reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready within {within:?}; log: {}",
+                self.name,
+                self.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL: no drain, no commit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit (SIGKILL after `within`).
+    pub fn stop(&mut self, within: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// The service's metric families, from its own `/metrics`.
+    pub async fn metric_families(&self) -> Vec<String> {
+        let text = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("metrics of a running service")
+            .text()
+            .await
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split(' ').next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Topics of one stack.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub ingress: String,
+    pub audit: String,
+    pub events: String,
+    pub dlq: String,
+}
+
+/// What a stack is started with.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub workers: usize,
+    /// OTLP endpoint (such as `http://127.0.0.1:4317`) all services export traces to.
+    pub otlp_endpoint: Option<String>,
+    pub ingress_partitions: i32,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            otlp_endpoint: None,
+            ingress_partitions: 6,
+        }
+    }
+}
+
+/// The services as processes; see the crate docs.
+#[derive(Debug)]
+pub struct ProcessStack {
+    pub topics: Topics,
+    pub bucket: String,
+    pub sim: Service,
+    pub sim_api: SocketAddr,
+    pub audit: Service,
+    pub audit_grpc: SocketAddr,
+    pub gateway: Service,
+    pub gateway_http: SocketAddr,
+    pub gateway_grpc: SocketAddr,
+    pub workers: Vec<Service>,
+    pub viewer_token: String,
+    pub dir: PathBuf,
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text)
+        .unwrap_or_else(|error| panic!("cannot write {}: {error}", path.display()));
+}
+
+impl ProcessStack {
+    pub async fn start(
+        kafka: &KafkaTestEnv,
+        rgw: &RgwTestEnv,
+        prometheus: Option<&PrometheusTestEnv>,
+        options: StackOptions,
+    ) -> Self {
+        let dir = repository_root()
+            .join("artifacts")
+            .join("e2e")
+            .join(unique_name("stack"));
+        std::fs::create_dir_all(&dir).expect("stack directory");
+        let topics = Topics {
+            ingress: kafka
+                .create_topic("e2e-ingress", options.ingress_partitions)
+                .await,
+            audit: kafka.create_topic("e2e-audit", 6).await,
+            events: kafka.create_topic("e2e-events", 6).await,
+            dlq: kafka.create_topic("e2e-dlq", 1).await,
+        };
+        let bucket = rgw.create_bucket("e2e").await.name.clone();
+        let endpoints = Endpoints::from_env();
+        let mut common = vec![(
+            "RELAIS_KAFKA_BOOTSTRAP".to_owned(),
+            kafka.bootstrap().to_owned(),
+        )];
+        if let Some(endpoint) = &options.otlp_endpoint {
+            common.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()));
+            common.push(("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into()));
+        }
+        let service =
+            |name: &str, binary_name: &str, admin: SocketAddr, extra: Vec<(&str, String)>| {
+                let mut command = common.clone();
+                command.push(("RELAIS_ADMIN_ADDR".into(), admin.to_string()));
+                command.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v)));
+                Service {
+                    name: name.to_owned(),
+                    admin,
+                    command,
+                    binary: binary(binary_name),
+                    log: dir.join(format!("{name}.log")),
+                    child: None,
+                    _target: prometheus.map(|p| p.register_target(binary_name, admin)),
+                }
+            };
+
+        let sim_api = free_port();
+        let mut sim = service(
+            "upstream-sim",
+            "upstream-sim",
+            free_port(),
+            vec![("RELAIS_SIM_LISTEN", sim_api.to_string())],
+        );
+        sim.spawn();
+
+        let audit_grpc = free_port();
+        let audit_config = dir.join("audit-service.toml");
+        write(
+            &audit_config,
+            &format!(
+                "[kafka]\ngroup_id = \"{}\"\naudit_topic = \"{}\"\n[objects]\nidle = \"1s\"\n",
+                unique_name("e2e-audit"),
+                topics.audit
+            ),
+        );
+        let mut audit = service(
+            "audit-service",
+            "audit-service",
+            free_port(),
+            vec![
+                ("RELAIS_AUDIT_CONFIG", audit_config.display().to_string()),
+                ("RELAIS_GRPC_ADDR", audit_grpc.to_string()),
+                ("RELAIS_S3_ENDPOINT", endpoints.s3_endpoint.clone()),
+                ("RELAIS_S3_REGION", endpoints.s3_region.clone()),
+                ("RELAIS_S3_ACCESS_KEY", endpoints.s3_access_key.clone()),
+                ("RELAIS_S3_SECRET_KEY", endpoints.s3_secret_key.clone()),
+                ("RELAIS_S3_BUCKET", bucket.clone()),
+            ],
+        );
+        audit.spawn();
+
+        let gateway_http = free_port();
+        let gateway_grpc = free_port();
+        let viewer_token = format!("e2e-viewer-{}", unique_name("t"));
+        let gateway_config = dir.join("realtime-gateway.toml");
+        write(
+            &gateway_config,
+            &format!(
+                "[kafka]\nevents_topic = \"{}\"\n[http]\nrate_limit_per_second = 1000.0\nrate_limit_burst = 1000.0\n",
+                topics.events
+            ),
+        );
+        let mut gateway = service(
+            "realtime-gateway",
+            "realtime-gateway",
+            free_port(),
+            vec![
+                (
+                    "RELAIS_GATEWAY_CONFIG",
+                    gateway_config.display().to_string(),
+                ),
+                ("RELAIS_HTTP_ADDR", gateway_http.to_string()),
+                ("RELAIS_GRPC_ADDR", gateway_grpc.to_string()),
+                ("RELAIS_AUDIT_URL", format!("http://{audit_grpc}")),
+                ("RELAIS_TOKENS", format!("viewer:e2e:{viewer_token}")),
+            ],
+        );
+        gateway.spawn();
+
+        let group = unique_name("e2e-ingest");
+        let worker_config = dir.join("ingest-worker.toml");
+        write(
+            &worker_config,
+            &format!(
+                r#"[kafka]
+group_id = "{group}"
+ingress_topic = "{ingress}"
+audit_topic = "{audit}"
+events_topic = "{events}"
+dlq_topic = "{dlq}"
+
+[upstreams.default]
+url = "http://{sim_api}"
+path = "/events"
+
+[upstreams.default.policy]
+attempt_timeout = "1s"
+connect_timeout = "250ms"
+
+[upstreams.default.policy.retry]
+max_attempts = 3
+base_backoff = "20ms"
+max_backoff = "200ms"
+
+[upstreams.default.policy.circuit]
+minimum_calls = 10
+open_duration = "2s"
+half_open_calls = 3
+
+[status]
+gateway = "http://{gateway_grpc}"
+interval = "1s"
+"#,
+                ingress = topics.ingress,
+                audit = topics.audit,
+                events = topics.events,
+                dlq = topics.dlq,
+            ),
+        );
+        let mut workers = Vec::new();
+        for index in 0..options.workers {
+            let mut worker = service(
+                &format!("ingest-worker-{index}"),
+                "ingest-worker",
+                free_port(),
+                vec![
+                    ("RELAIS_WORKER_CONFIG", worker_config.display().to_string()),
+                    ("RELAIS_WORKER_ID", format!("e2e-worker-{index}")),
+                ],
+            );
+            worker.spawn();
+            workers.push(worker);
+        }
+        let within = Duration::from_secs(60);
+        sim.wait_ready(within).await;
+        audit.wait_ready(within).await;
+        gateway.wait_ready(within).await;
+        for worker in &workers {
+            worker.wait_ready(within).await;
+        }
+        Self {
+            topics,
+            bucket,
+            sim,
+            sim_api,
+            audit,
+            audit_grpc,
+            gateway,
+            gateway_http,
+            gateway_grpc,
+            workers,
+            viewer_token,
+            dir,
+        }
+    }
+
+    /// upstream-sim's admin URL (faults).
+    pub fn sim_admin(&self) -> String {
+        format!("http://{}", self.sim.admin)
+    }
+
+    /// Runs `loadgen ingress` with `scenario` against this stack's topic and simulator, and
+    /// returns its JSON summary.
+    pub fn load(&self, kafka: &KafkaTestEnv, scenario: &Path, extra: &[&str]) -> serde_json::Value {
+        let output = Command::new(binary("loadgen"))
+            .args([
+                "--kafka-bootstrap",
+                kafka.bootstrap(),
+                "ingress",
+                "--scenario",
+            ])
+            .arg(scenario)
+            .args([
+                "--topic",
+                &self.topics.ingress,
+                "--sim-admin",
+                &self.sim_admin(),
+            ])
+            .args(["--admin-addr", &free_port().to_string()])
+            .args(extra)
+            .output()
+            .expect("loadgen runs");
+        assert!(
+            output.status.success(),
+            "loadgen failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("loadgen summary JSON")
+    }
+
+    /// GET on the gateway's REST API with the viewer token.
+    pub async fn gateway_get(&self, path: &str) -> reqwest::Response {
+        reqwest::Client::new()
+            .get(format!("http://{}{path}", self.gateway_http))
+            .bearer_auth(&self.viewer_token)
+            .send()
+            .await
+            .expect("gateway answers")
+    }
+
+    /// Every service, by the job name it is scraped under.
+    pub fn services(&self) -> BTreeMap<&'static str, Vec<&Service>> {
+        BTreeMap::from([
+            ("upstream-sim", vec![&self.sim]),
+            ("audit-service", vec![&self.audit]),
+            ("realtime-gateway", vec![&self.gateway]),
+            ("ingest-worker", self.workers.iter().collect()),
+        ])
+    }
+
+    /// Stops everything gracefully, workers first.
+    pub fn stop(mut self) {
+        for worker in &mut self.workers {
+            worker.stop(Duration::from_secs(60));
+        }
+        self.gateway.stop(Duration::from_secs(20));
+        self.audit.stop(Duration::from_secs(60));
+        self.sim.stop(Duration::from_secs(10));
+    }
+}
