@@ -58,7 +58,8 @@ start_jaeger() {
     fi
     if running_pid "$DEV/jaeger.pid" >/dev/null; then return 0; fi
     require_free_port 16686 "Jaeger"
-    spawn "$DEV/jaeger.pid" "$DEV/logs/jaeger.log" "$JAEGER_BIN"
+    # OTEL_TRACES_EXPORTER=none: Jaeger does not trace itself into itself.
+    spawn "$DEV/jaeger.pid" "$DEV/logs/jaeger.log" env OTEL_TRACES_EXPORTER=none "$JAEGER_BIN" --config "$HERE/jaeger.yaml"
     wait_until 60 "Jaeger" "$DEV/logs/jaeger.log" curl -fsS --max-time 2 "http://$HOST:16686/" \
         || die "Jaeger did not start (log: $DEV/logs/jaeger.log)"
     log "Jaeger ready: http://$HOST:16686 (OTLP on $HOST:4317)"

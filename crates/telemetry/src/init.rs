@@ -78,6 +78,7 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         .build();
 
     let exporting = otlp_export_requested();
+    SPANS_EXPORTED.store(exporting, std::sync::atomic::Ordering::Relaxed);
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if exporting {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -113,6 +114,14 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         provider,
         exporting,
     })
+}
+
+static SPANS_EXPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True when this process exports spans: work that only exists to be seen in a trace (a span
+/// per record of a batch, say) can be skipped when nobody will see it.
+pub fn spans_exported() -> bool {
+    SPANS_EXPORTED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn otlp_export_requested() -> bool {

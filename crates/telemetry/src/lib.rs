@@ -20,4 +20,6 @@ pub mod process;
 pub mod propagation;
 pub mod shutdown;
 
-pub use init::{TelemetryConfig, TelemetryError, TelemetryGuard, current_trace_id, init};
+pub use init::{
+    TelemetryConfig, TelemetryError, TelemetryGuard, current_trace_id, init, spans_exported,
+};

@@ -248,6 +248,11 @@ impl Pipeline {
                 use opentelemetry::trace::TraceContextExt as _;
                 let context = relais_telemetry::propagation::extract_kafka(message.headers());
                 let span_context = context.span().span_context().clone();
+                if span_context.is_sampled() && relais_telemetry::spans_exported() {
+                    // The message's own trace reaches the audit trail: one short consumer span
+                    // per sampled record (the object's span links the batch as a whole).
+                    record_process_span(&context, &position, &record.message_id);
+                }
                 let line = Line {
                     offset: message.offset(),
                     time,
@@ -446,4 +451,26 @@ impl Pipeline {
         }
         paused
     }
+}
+
+/// `process relais.audit`, a child of the record's trace, per the OpenTelemetry messaging
+/// conventions; it ends at once (the object that stores the record has its own span).
+fn record_process_span(
+    parent: &opentelemetry::Context,
+    position: &AuditPosition<'_>,
+    message_id: &str,
+) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let span = tracing::info_span!(
+        "process relais.audit",
+        otel.name = format!("process {}", position.topic),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.destination.name = position.topic,
+        messaging.destination.partition.id = position.partition,
+        messaging.kafka.offset = position.offset,
+        relais.message_id = message_id,
+    );
+    let _ = span.set_parent(parent.clone());
 }
