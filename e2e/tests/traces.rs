@@ -82,7 +82,7 @@ async fn one_message_traces_through_the_worker_the_upstream_call_and_the_audit_s
 
     let trace_id = format!(
         "{:032x}",
-        0x7e1a_15_u128 << 64 | u128::from(std::process::id())
+        0x007e_1a15_u128 << 64 | u128::from(std::process::id())
     );
     let producer: FutureProducer = kafka.client_config().create().unwrap();
     let payload = format!(
