@@ -141,6 +141,17 @@ impl Service {
             .collect()
     }
 
+    /// The service's exposition text (`/metrics`).
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("metrics of a running service")
+            .text()
+            .await
+            .unwrap_or_default()
+    }
+
     pub fn log_path(&self) -> &Path {
         &self.log
     }

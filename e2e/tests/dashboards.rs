@@ -45,6 +45,71 @@ fn expressions(dashboard: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// docs/metrics.md, generated from what the running services expose: every family with its
+/// type, labels and help text. Stale → fail; `RELAIS_UPDATE_DOCS=1` regenerates it.
+async fn check_metrics_reference(stack: &ProcessStack) {
+    let mut document = String::from(
+        "# Metrics reference\n\n<!-- Generated from the running services by e2e/tests/dashboards.rs; do not \
+         edit. -->\n\nEvery service serves OpenMetrics text at `/metrics` on its admin port. Counters carry \
+         `_total`, units are in the names, label values come from fixed sets. Dashboards: \
+         `dashboards/`.\n",
+    );
+    for (job, services) in stack.services() {
+        let text = services[0].metrics_text().await;
+        let mut families: BTreeMap<String, (String, String, BTreeSet<String>)> = BTreeMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+                families.entry(name.to_owned()).or_default().1 = help.to_owned();
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+                families.entry(name.to_owned()).or_default().0 = kind.to_owned();
+            } else if !line.starts_with('#') && line.contains('{') {
+                let (series, labels) = line.split_once('{').unwrap();
+                let family = families
+                    .keys()
+                    .filter(|name| series.starts_with(name.as_str()))
+                    .max_by_key(|name| name.len())
+                    .cloned();
+                if let Some(family) = family {
+                    let labels = labels.split('}').next().unwrap_or_default();
+                    for pair in labels.split(',') {
+                        if let Some((key, _)) = pair.split_once('=')
+                            && key != "le"
+                        {
+                            families.get_mut(&family).unwrap().2.insert(key.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+        document.push_str(&format!(
+            "\n## {job}\n\n| metric | type | labels | meaning |\n| --- | --- | --- | --- |\n"
+        ));
+        for (name, (kind, help, labels)) in &families {
+            let exposed = match kind.as_str() {
+                "counter" => format!("{name}_total"),
+                _ => name.clone(),
+            };
+            let labels: Vec<String> = labels.iter().map(|l| format!("`{l}`")).collect();
+            document.push_str(&format!(
+                "| `{exposed}` | {kind} | {} | {} |\n",
+                labels.join(", "),
+                help.replace('|', "\\|")
+            ));
+        }
+    }
+    let path = repository_root().join("docs/metrics.md");
+    if std::env::var_os("RELAIS_UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &document).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == document,
+        "docs/metrics.md is stale: regenerate it with RELAIS_UPDATE_DOCS=1 cargo test -p relais-e2e --test dashboards"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_panel_returns_data_from_its_own_service() {
     let kafka = relais_test_support::kafka().await;
@@ -154,6 +219,7 @@ async fn every_dashboard_panel_returns_data_from_its_own_service() {
         }
     }
     assert!(checked > 50, "only {checked} expressions");
+    check_metrics_reference(&stack).await;
     assert!(
         foreign.is_empty(),
         "queries outside their service:\n{}",

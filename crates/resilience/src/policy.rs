@@ -9,17 +9,20 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// All resilience settings of one upstream.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamPolicy {
     /// Overall deadline of one delivery, all attempts and backoff included.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub deadline: Duration,
     /// Limit of one attempt: connect, request, response and body.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub attempt_timeout: Duration,
     /// Limit of establishing a connection (DNS, TCP, TLS), within the attempt timeout.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub connect_timeout: Duration,
     /// Largest response body read; larger bodies fail the attempt.
     pub max_response_bytes: usize,
@@ -44,11 +47,12 @@ impl Default for UpstreamPolicy {
 
 /// The concurrency limit: at most `max_concurrent` calls in flight to this upstream; a call
 /// waits up to `max_wait` for a slot, then fails without touching the upstream.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct BulkheadPolicy {
     pub max_concurrent: usize,
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_wait: Duration,
 }
 
@@ -62,7 +66,7 @@ impl Default for BulkheadPolicy {
 }
 
 /// When the circuit opens, how long it stays open, how it tests recovery.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CircuitPolicy {
     /// How many of the most recent attempts the failure and slow rates are computed over.
@@ -73,11 +77,13 @@ pub struct CircuitPolicy {
     pub failure_rate_threshold: f64,
     /// An attempt slower than this counts as slow (successful or not).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub slow_call_duration: Duration,
     /// Open when at least this share of the window was slow (0..=1).
     pub slow_call_rate_threshold: f64,
     /// How long the circuit stays open before letting trial calls through.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub open_duration: Duration,
     /// Trial calls allowed while half-open; all must succeed to close the circuit.
     pub half_open_calls: usize,
@@ -98,7 +104,7 @@ impl Default for CircuitPolicy {
 }
 
 /// Retries: how many, how spaced, on what, and how many overall.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryPolicyConfig {
     /// Attempts per delivery, the first included (1 disables retries).
@@ -106,12 +112,15 @@ pub struct RetryPolicyConfig {
     /// Backoff before retry n is uniformly random in [0, min(max_backoff, base_backoff × 2ⁿ)]
     /// ("full jitter"), so synchronised clients spread out.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub base_backoff: Duration,
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_backoff: Duration,
     /// Longest `Retry-After` honoured. A longer one ends the retries instead: retrying sooner
     /// than the upstream asked would be hammering it.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_retry_after: Duration,
     /// HTTP statuses that are retried (with `Retry-After` honoured where sent).
     pub retry_statuses: Vec<u16>,
@@ -133,7 +142,7 @@ impl Default for RetryPolicyConfig {
 
 /// The retry budget caps retries at a share of recent requests, so a struggling upstream
 /// sees at most `1 + ratio` times its normal load, never `max_attempts` times.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryBudgetPolicy {
     /// Retries allowed per first attempt over the window (0.2: one retry per five requests).
@@ -142,6 +151,7 @@ pub struct RetryBudgetPolicy {
     pub min_retries_per_second: u32,
     /// The sliding window the ratio is computed over.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub window: Duration,
 }
 

@@ -67,7 +67,7 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditConfig {
     pub kafka: KafkaConfig,
@@ -76,12 +76,13 @@ pub struct AuditConfig {
     pub storage: StorageConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     pub group_id: String,
     pub audit_topic: String,
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub session_timeout: Duration,
 }
 
@@ -96,7 +97,7 @@ impl Default for KafkaConfig {
 }
 
 /// How records become objects (see `object.rs` for why each rule is deterministic).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ObjectsConfig {
     /// Key prefix inside the bucket.
@@ -106,6 +107,7 @@ pub struct ObjectsConfig {
     pub max_bytes: usize,
     /// A partition with no new record for this long has its open object written.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub idle: Duration,
     pub compression: Compression,
     /// gzip 0-9 or zstd 1-19; lower is faster.
@@ -128,7 +130,9 @@ impl Default for ObjectsConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     Gzip,
@@ -145,7 +149,7 @@ impl Compression {
 }
 
 /// The bound on what is held in memory while RGW is slow or down.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct BufferConfig {
     pub max_records: usize,
@@ -161,20 +165,24 @@ impl Default for BufferConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Create the bucket at start-up if it does not exist.
     pub create_bucket: bool,
     /// Limit of one PUT (or one multipart part).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub put_timeout: Duration,
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub base_backoff: Duration,
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_backoff: Duration,
     /// How long shutdown may wait for objects still being written.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub drain_timeout: Duration,
 }
 

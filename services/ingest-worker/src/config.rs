@@ -68,7 +68,7 @@ pub enum Command {
 }
 
 /// The configuration file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
     pub kafka: KafkaConfig,
@@ -81,13 +81,14 @@ pub struct WorkerConfig {
 }
 
 /// Where this replica streams its status (the realtime-gateway's `WorkerReport` service).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct StatusConfig {
     /// gRPC address of the gateway, such as `http://127.0.0.1:50052`; no reporting when unset.
     pub gateway: Option<String>,
     /// How often a snapshot is sent.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub interval: Duration,
 }
 
@@ -100,7 +101,7 @@ impl Default for StatusConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Consumer group shared by all worker replicas.
@@ -111,10 +112,12 @@ pub struct KafkaConfig {
     pub dlq_topic: String,
     /// A replica that misses heartbeats this long loses its partitions.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub session_timeout: Duration,
     /// An open transaction of a dead replica is aborted by the broker after this long (unless
     /// the replica comes back first and fences it).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub transaction_timeout: Duration,
     /// Extra librdkafka settings for both the consumer and the producer.
     pub client: BTreeMap<String, String>,
@@ -135,7 +138,7 @@ impl Default for KafkaConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Delivery lanes: messages with the same key share a lane and are delivered in order;
@@ -145,6 +148,7 @@ pub struct PipelineConfig {
     pub lane_capacity: usize,
     /// How often outcomes are committed (one transaction each time).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub commit_interval: Duration,
     /// Outcomes per transaction at most.
     pub max_batch: usize,
@@ -154,6 +158,7 @@ pub struct PipelineConfig {
     /// How long shutdown may take: in-flight deliveries finish or are abandoned (and
     /// redelivered later), handled ones are committed.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub drain_timeout: Duration,
 }
 
@@ -171,13 +176,15 @@ impl Default for PipelineConfig {
 }
 
 /// Ingress limits (see the `relais-ingress` crate).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngressLimits {
     pub max_payload_bytes: usize,
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_future_skew: Duration,
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_age: Duration,
 }
 
@@ -199,7 +206,7 @@ impl Default for IngressLimits {
 }
 
 /// Which upstream an event goes to when it does not name one.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoutingConfig {
     pub default_upstream: String,
@@ -216,14 +223,14 @@ impl Default for RoutingConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteRule {
     pub type_prefix: String,
     pub upstream: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Base URL, such as `http://127.0.0.1:8090`.

@@ -42,7 +42,7 @@ pub struct Args {
     pub tokens: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
     pub kafka: KafkaConfig,
@@ -53,16 +53,18 @@ pub struct GatewayConfig {
     pub workers: WorkersConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     pub events_topic: String,
     /// At start-up the gateway reads back this much of the topic, so its windows and history
     /// are full at once instead of empty after every restart.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub warm_up: Duration,
     /// How often the topic's partition count is checked (partitions can be added live).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub metadata_refresh: Duration,
 }
 
@@ -77,11 +79,12 @@ impl Default for KafkaConfig {
 }
 
 /// The recent-event buffer: what `/api/v1/events`, trace lookups and WebSocket resume read.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct HistoryConfig {
     pub max_events: usize,
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_age: Duration,
 }
 
@@ -94,7 +97,7 @@ impl Default for HistoryConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebSocketConfig {
     /// How many events a client may fall behind the feed before it is told it lagged and is
@@ -103,15 +106,19 @@ pub struct WebSocketConfig {
     /// Largest frame or message a client may send.
     pub max_frame_bytes: usize,
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub ping_interval: Duration,
     /// A client that has not answered a ping within this long is disconnected.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub pong_timeout: Duration,
     /// Limit of one socket write; a client that cannot take a frame this fast is slow.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub write_timeout: Duration,
     /// How often a client is sent its position (keeps filtered clients' resume points fresh).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub position_interval: Duration,
     pub max_connections: usize,
 }
@@ -130,7 +137,7 @@ impl Default for WebSocketConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// Origins allowed to call the API from a browser (CORS); empty allows none.
@@ -142,6 +149,7 @@ pub struct HttpConfig {
     /// Largest page of `/api/v1/events`.
     pub max_page: usize,
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub request_timeout: Duration,
 }
 
@@ -158,11 +166,12 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditConfig {
     /// Limit of one `GetTrail` call; past it the trace answer is marked partial.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
     pub max_records: u32,
 }
@@ -176,14 +185,16 @@ impl Default for AuditConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkersConfig {
     /// A worker not heard from for this long is shown as stale.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub stale_after: Duration,
     /// ... and forgotten after this long.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub forget_after: Duration,
     pub max_workers: usize,
 }
