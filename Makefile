@@ -113,6 +113,11 @@ test: infra-up test-tools ## Bring the native infrastructure up if needed, then 
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
 
+.PHONY: e2e
+e2e: infra-up test-tools ## Fault scenarios under load with the verifier (kill -9, RGW down, broker restart, ...); report in artifacts/e2e/
+	$(CARGO) build --workspace --bins
+	$(CARGO) run -p relais-e2e --bin relais-e2e
+
 .PHONY: bench
 bench: infra-up release ## Benchmarks measured in one run; report in artifacts/bench/
 	python3 loadtest/bench/run.py

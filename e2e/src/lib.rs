@@ -6,6 +6,9 @@
 //! (or kills) them on demand. Tests that need a binary that was not built fail with the
 //! command that builds it.
 
+pub mod scenario;
+pub mod verify;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -125,6 +128,42 @@ impl Service {
         self.spawn();
     }
 
+    /// Starts the process again after [`kill`](Self::kill) or [`stop`](Self::stop).
+    pub fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The process's peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.split_whitespace().next()?.parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+    }
+
+    /// The sum of a metric's samples (all label sets), 0 when absent or unreachable.
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        let Ok(response) = reqwest::get(format!("http://{}/metrics", self.admin)).await else {
+            return 0.0;
+        };
+        let text = response.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The service's metric families, from its own `/metrics`.
     pub async fn metric_families(&self) -> Vec<String> {
         let text = reqwest::get(format!("http://{}/metrics", self.admin))
@@ -191,6 +230,52 @@ impl Default for StackOptions {
     }
 }
 
+/// What every service process of a stack shares: environment, log folder, Prometheus.
+#[derive(Debug, Clone)]
+struct Launcher {
+    common: Vec<(String, String)>,
+    dir: PathBuf,
+    prometheus: Option<PrometheusTestEnv>,
+}
+
+impl Launcher {
+    fn service(
+        &self,
+        name: &str,
+        binary_name: &str,
+        admin: SocketAddr,
+        extra: Vec<(&str, String)>,
+    ) -> Service {
+        let mut command = self.common.clone();
+        command.push(("RELAIS_ADMIN_ADDR".into(), admin.to_string()));
+        command.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        Service {
+            name: name.to_owned(),
+            admin,
+            command,
+            binary: binary(binary_name),
+            log: self.dir.join(format!("{name}.log")),
+            child: None,
+            _target: self
+                .prometheus
+                .as_ref()
+                .map(|p| p.register_target(binary_name, admin)),
+        }
+    }
+}
+
+fn worker_service(launcher: &Launcher, config: &Path, index: usize) -> Service {
+    launcher.service(
+        &format!("ingest-worker-{index}"),
+        "ingest-worker",
+        free_port(),
+        vec![
+            ("RELAIS_WORKER_CONFIG", config.display().to_string()),
+            ("RELAIS_WORKER_ID", format!("e2e-worker-{index}")),
+        ],
+    )
+}
+
 /// The services as processes; see the crate docs.
 #[derive(Debug)]
 pub struct ProcessStack {
@@ -206,6 +291,9 @@ pub struct ProcessStack {
     pub workers: Vec<Service>,
     pub viewer_token: String,
     pub dir: PathBuf,
+    launcher: Launcher,
+    worker_config: PathBuf,
+    next_worker: usize,
 }
 
 fn write(path: &Path, text: &str) {
@@ -243,21 +331,14 @@ impl ProcessStack {
             common.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()));
             common.push(("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into()));
         }
-        let service =
-            |name: &str, binary_name: &str, admin: SocketAddr, extra: Vec<(&str, String)>| {
-                let mut command = common.clone();
-                command.push(("RELAIS_ADMIN_ADDR".into(), admin.to_string()));
-                command.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v)));
-                Service {
-                    name: name.to_owned(),
-                    admin,
-                    command,
-                    binary: binary(binary_name),
-                    log: dir.join(format!("{name}.log")),
-                    child: None,
-                    _target: prometheus.map(|p| p.register_target(binary_name, admin)),
-                }
-            };
+        let launcher = Launcher {
+            common,
+            dir: dir.clone(),
+            prometheus: prometheus.cloned(),
+        };
+        let service = |name: &str, binary_name: &str, admin: SocketAddr, extra| {
+            launcher.service(name, binary_name, admin, extra)
+        };
 
         let sim_api = free_port();
         let mut sim = service(
@@ -364,15 +445,7 @@ interval = "1s"
         );
         let mut workers = Vec::new();
         for index in 0..options.workers {
-            let mut worker = service(
-                &format!("ingest-worker-{index}"),
-                "ingest-worker",
-                free_port(),
-                vec![
-                    ("RELAIS_WORKER_CONFIG", worker_config.display().to_string()),
-                    ("RELAIS_WORKER_ID", format!("e2e-worker-{index}")),
-                ],
-            );
+            let mut worker = worker_service(&launcher, &worker_config, index);
             worker.spawn();
             workers.push(worker);
         }
@@ -396,6 +469,25 @@ interval = "1s"
             workers,
             viewer_token,
             dir,
+            launcher,
+            worker_config,
+            next_worker: options.workers,
+        }
+    }
+
+    /// Starts one more worker replica and waits until it is ready.
+    pub async fn add_worker(&mut self) {
+        let mut worker = worker_service(&self.launcher, &self.worker_config, self.next_worker);
+        self.next_worker += 1;
+        worker.spawn();
+        worker.wait_ready(Duration::from_secs(60)).await;
+        self.workers.push(worker);
+    }
+
+    /// Stops the newest worker replica gracefully (it commits what it handled).
+    pub fn remove_worker(&mut self) {
+        if let Some(mut worker) = self.workers.pop() {
+            worker.stop(Duration::from_secs(60));
         }
     }
 

@@ -214,7 +214,10 @@ def worker_benchmark(args, out, stamp):
         deliveries = json.loads(http_get(f"http://{SIM_ADMIN}/admin/deliveries"))
     finally:
         stop(sim)
+    ceiling = consumer_ceiling(topics["ingress"], args.messages)
     return {
+        "kafka_consumer_ceiling_per_second": ceiling,
+        "ratio_worker_to_consumer_ceiling": round(worker_rate / ceiling, 3) if ceiling else None,
         "messages": args.messages,
         "wrk_requests_per_second": round(wrk_rate, 1),
         "worker_messages_per_second": round(worker_rate, 1),
@@ -226,6 +229,19 @@ def worker_benchmark(args, out, stamp):
         "target_ratio": 0.7,
         "audit_topic": topics["audit"],
     }
+
+
+def consumer_ceiling(topic, messages):
+    """Kafka's own consumer perf tool reading the same topic: the upper bound on ingestion."""
+    log("kafka consumer perf tool on the ingress topic")
+    output = kafka_tool("org.apache.kafka.tools.ConsumerPerformance", "--bootstrap-server", BOOTSTRAP,
+                        "--topic", topic, "--messages", str(messages), "--timeout", "60000",
+                        "--group", f"bench-ceiling-{time.time_ns()}")
+    lines = [line for line in output.splitlines() if line.strip()]
+    header = [h.strip() for h in lines[0].split(",")]
+    values = [v.strip() for v in lines[-1].split(",")]
+    row = dict(zip(header, values))
+    return round(float(row.get("nMsg.sec", 0.0)), 1)
 
 
 def s3_put(connection, host, path, body):
@@ -490,6 +506,8 @@ def worker_section(worker):
 | ingest-worker, Kafka → HTTP → outcome transaction, {worker['messages']} messages | {worker['worker_messages_per_second']:.0f} messages/s |
 | median of per-interval rates | {worker['worker_median_interval_rate']} messages/s |
 | **ratio worker / wrk** | **{worker['ratio_worker_to_wrk']:.2f}** (target ≥ {worker['target_ratio']}) |
+| Kafka's consumer perf tool on the same topic (upper bound on ingestion) | {worker['kafka_consumer_ceiling_per_second']:.0f} messages/s |
+| ratio worker / consumer ceiling | {worker['ratio_worker_to_consumer_ceiling']} |
 | worker peak RSS | {worker['worker_peak_rss_bytes'] / 2**20:.1f} MiB |
 
 Each worker message costs one HTTP request plus its share of the Kafka fetch and of a transaction

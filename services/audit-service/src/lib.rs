@@ -146,7 +146,10 @@ async fn serve_grpc(
     }))
 }
 
-/// Sum over assigned partitions of (high watermark − committed offset), every two seconds.
+/// Sum over assigned partitions of (high watermark − consumer position), every two seconds:
+/// records not yet read. Read records waiting to be stored are `buffer_records`. (The committed
+/// offset would be the wrong base: worker transactions leave a commit marker after their last
+/// record, which is never "stored" and would show as a lag of one per partition for ever.)
 async fn report_lag(
     consumer: Arc<AuditConsumer>,
     metrics: AuditMetrics,
@@ -161,19 +164,18 @@ async fn report_lag(
         let consumer = Arc::clone(&consumer);
         let lag = tokio::task::spawn_blocking(move || {
             let timeout = std::time::Duration::from_secs(2);
-            let assignment = consumer.assignment().ok()?;
-            let committed = consumer.committed_offsets(assignment, timeout).ok()?;
+            let position = consumer.position().ok()?;
             let mut total = 0i64;
-            for element in committed.elements() {
+            for element in position.elements() {
                 let (low, high) = consumer
                     .fetch_watermarks(element.topic(), element.partition(), timeout)
                     .ok()?;
-                let position = element
+                let next = element
                     .offset()
                     .to_raw()
                     .filter(|offset| *offset >= 0)
                     .unwrap_or(low);
-                total += (high - position).max(0);
+                total += (high - next).max(0);
             }
             Some(total)
         })

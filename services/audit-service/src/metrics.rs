@@ -109,7 +109,7 @@ impl AuditMetrics {
         );
         audit.register(
             "consumer_lag",
-            "Records on the audit topic not yet stored (assigned partitions)",
+            "Records on the audit topic not yet read (assigned partitions); read ones awaiting storage are in buffer_records",
             metrics.consumer_lag.clone(),
         );
         audit.register(
