@@ -118,6 +118,15 @@ e2e: infra-up test-tools ## Fault scenarios under load with the verifier (kill -
 	$(CARGO) build --workspace --bins
 	$(CARGO) run -p relais-e2e --bin relais-e2e
 
+FUZZ_SECONDS ?= 600
+.PHONY: fuzz
+fuzz: ## Fuzz the ingress normaliser and the protobuf decoders, FUZZ_SECONDS each (nightly + cargo-fuzz)
+	@$(CARGO) +nightly fuzz --help >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	cd crates/ingress/fuzz && $(CARGO) +nightly fuzz run normalise -- -max_total_time=$(FUZZ_SECONDS)
+	cd fuzz && for target in audit_record pipeline_event; do \
+		$(CARGO) +nightly fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
+
 .PHONY: bench
 bench: infra-up release ## Benchmarks measured in one run; report in artifacts/bench/
 	python3 loadtest/bench/run.py

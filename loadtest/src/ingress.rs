@@ -300,6 +300,28 @@ impl LoadMetrics {
     }
 }
 
+/// Kafka's acknowledgements, counted and exported.
+struct Tally {
+    acknowledged: u64,
+    errors: u64,
+    metrics: LoadMetrics,
+}
+
+impl Tally {
+    fn account(&mut self, kind: Kind, acknowledged: bool) {
+        if acknowledged {
+            self.acknowledged += 1;
+            self.metrics
+                .sent
+                .get_or_create(&KindLabels { kind: kind.label() })
+                .inc();
+        } else {
+            self.errors += 1;
+            self.metrics.errors.inc();
+        }
+    }
+}
+
 #[derive(Debug, Default, Serialize)]
 struct PhaseSummary {
     name: String,
@@ -372,8 +394,11 @@ pub(crate) async fn run(bootstrap: &str, args: IngressArgs) -> anyhow::Result<()
     let started = Instant::now();
     let mut index = 0u64;
     let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut errors = 0u64;
-    let mut acknowledged = 0u64;
+    let mut tally = Tally {
+        acknowledged: 0,
+        errors: 0,
+        metrics: metrics.clone(),
+    };
     let mut pending = FuturesUnordered::new();
     let mut summaries = Vec::new();
     const MAX_IN_FLIGHT: usize = 100_000;
@@ -417,16 +442,7 @@ pub(crate) async fn run(bootstrap: &str, args: IngressArgs) -> anyhow::Result<()
             }
             // Collect what Kafka acknowledged without waiting for the rest.
             while let Some(Some((kind, ok))) = futures::FutureExt::now_or_never(pending.next()) {
-                if ok {
-                    acknowledged += 1;
-                    metrics
-                        .sent
-                        .get_or_create(&KindLabels { kind: kind.label() })
-                        .inc();
-                } else {
-                    errors += 1;
-                    metrics.errors.inc();
-                }
+                tally.account(kind, ok);
             }
             if last_progress.elapsed() >= Duration::from_secs(1) {
                 last_progress = Instant::now();
@@ -437,8 +453,8 @@ pub(crate) async fn run(bootstrap: &str, args: IngressArgs) -> anyhow::Result<()
                     phase_started.elapsed().as_secs(),
                     seconds,
                     (index - phase_first) as f64 / phase_started.elapsed().as_secs_f64(),
-                    acknowledged,
-                    errors,
+                    tally.acknowledged,
+                    tally.errors,
                     elapsed
                 );
                 let mut stderr = std::io::stderr().lock();
@@ -459,17 +475,13 @@ pub(crate) async fn run(bootstrap: &str, args: IngressArgs) -> anyhow::Result<()
         });
     }
     while let Some((kind, ok)) = pending.next().await {
-        if ok {
-            acknowledged += 1;
-            metrics
-                .sent
-                .get_or_create(&KindLabels { kind: kind.label() })
-                .inc();
-        } else {
-            errors += 1;
-            metrics.errors.inc();
-        }
+        tally.account(kind, ok);
     }
+    let Tally {
+        acknowledged,
+        errors,
+        ..
+    } = tally;
     producer.flush(Duration::from_secs(30))?;
     let seconds = started.elapsed().as_secs_f64();
     let summary = serde_json::json!({
