@@ -100,6 +100,18 @@ struct PartitionState {
     writer: PartitionWriter,
     queue: VecDeque<Pending>,
     uploading: bool,
+    /// Stored items whose offsets are not committed yet, counted in the written metrics only
+    /// once a commit covers them: an object whose commit is lost is stored again later (same
+    /// key) and must not be counted twice.
+    uncounted: Vec<StoredItem>,
+}
+
+/// A stored item waiting for the commit that covers it.
+#[derive(Debug, Clone, Copy)]
+struct StoredItem {
+    end_offset: i64,
+    records: usize,
+    quarantined: bool,
 }
 
 /// An upload that finished.
@@ -215,6 +227,7 @@ impl Pipeline {
         let state = partitions
             .entry(partition)
             .or_insert_with(|| PartitionState {
+                uncounted: Vec::new(),
                 generation,
                 writer: PartitionWriter::new(partition, policy.clone()),
                 queue: VecDeque::new(),
@@ -223,6 +236,7 @@ impl Pipeline {
         if state.generation != generation {
             // Revoked and assigned again: start over from the committed offset.
             *state = PartitionState {
+                uncounted: Vec::new(),
                 generation,
                 writer: PartitionWriter::new(partition, policy.clone()),
                 queue: VecDeque::new(),
@@ -365,6 +379,12 @@ impl Pipeline {
             self.index.insert(entry);
         }
         let item = state.queue.pop_front();
+        state.uncounted.push(StoredItem {
+            end_offset: uploaded.end_offset,
+            records,
+            quarantined: matches!(item, Some(Pending::Quarantine(_))),
+        });
+        self.metrics.bytes_written.inc_by(bytes as u64);
         // Offsets only after the object is stored: a crash before this line re-reads it.
         let mut offsets = TopicPartitionList::new();
         let _ = offsets.add_partition_offset(
@@ -378,24 +398,27 @@ impl Pipeline {
         match committed {
             Ok(Ok(())) => {
                 self.metrics.commits.inc();
+                // This commit covers every earlier stored item of the partition too.
+                let (covered, waiting): (Vec<StoredItem>, Vec<StoredItem>) = state
+                    .uncounted
+                    .drain(..)
+                    .partition(|stored| stored.end_offset <= uploaded.end_offset);
+                state.uncounted = waiting;
+                for stored in covered {
+                    if stored.quarantined {
+                        self.metrics.records_quarantined.inc();
+                    } else {
+                        self.metrics.objects_written.inc();
+                        self.metrics.records_written.inc_by(stored.records as u64);
+                    }
+                }
             }
             other => tracing::warn!(
                 ?other,
                 partition = uploaded.partition,
-                "offset commit failed; the object will be rewritten after a restart"
+                "offset commit failed; a later commit covers the object, or it is stored again after a rebalance"
             ),
         }
-        match item {
-            Some(Pending::Data(_)) => {
-                self.metrics.objects_written.inc();
-                self.metrics.records_written.inc_by(records as u64);
-            }
-            Some(Pending::Quarantine(_)) => {
-                self.metrics.records_quarantined.inc();
-            }
-            None => {}
-        }
-        self.metrics.bytes_written.inc_by(bytes as u64);
     }
 
     fn forget_revoked(&self, partitions: &mut BTreeMap<i32, PartitionState>) {
