@@ -62,6 +62,22 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
+    /// A filter from query parameters; an empty value (`?type=`) means the same as an absent one.
+    pub fn new(
+        upstream: Option<String>,
+        outcome: Option<Outcome>,
+        event_type: Option<String>,
+        trace_id: Option<String>,
+    ) -> Self {
+        let present = |value: Option<String>| value.filter(|value| !value.is_empty());
+        Self {
+            upstream: present(upstream),
+            outcome,
+            event_type: present(event_type),
+            trace_id: present(trace_id),
+        }
+    }
+
     pub fn matches(&self, event: &Event) -> bool {
         self.upstream
             .as_deref()

@@ -23,7 +23,6 @@ use utoipa::IntoParams;
 
 use crate::api::AppState;
 use crate::api::problem::Problem;
-use crate::api::routes::present;
 use crate::event::Outcome;
 use crate::history::{Entry, EventFilter, Position};
 use crate::metrics::ReasonLabels;
@@ -93,12 +92,12 @@ pub async fn upgrade(
         )
         .into_response();
     }
-    let filter = EventFilter {
-        upstream: present(query.upstream),
-        outcome: query.outcome,
-        event_type: present(query.event_type),
-        trace_id: present(query.trace_id),
-    };
+    let filter = EventFilter::new(
+        query.upstream,
+        query.outcome,
+        query.event_type,
+        query.trace_id,
+    );
     upgrade
         .protocols([SUBPROTOCOL])
         .max_message_size(config.max_frame_bytes)

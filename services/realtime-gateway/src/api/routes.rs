@@ -76,12 +76,6 @@ pub struct EventsQuery {
     pub limit: Option<u32>,
 }
 
-/// An empty filter value (`?type=`) means the same as an absent one (times and cursors must
-/// be well-formed when given).
-pub(crate) fn present(value: Option<String>) -> Option<String> {
-    value.filter(|value| !value.is_empty())
-}
-
 /// A page of events, newest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventsPage {
@@ -144,12 +138,12 @@ pub async fn events(
         from: parse_time("from", query.from.as_deref())?,
         to: parse_time("to", query.to.as_deref())?,
     };
-    let filter = EventFilter {
-        upstream: present(query.upstream),
-        outcome: query.outcome,
-        event_type: present(query.event_type),
-        trace_id: present(query.trace_id),
-    };
+    let filter = EventFilter::new(
+        query.upstream,
+        query.outcome,
+        query.event_type,
+        query.trace_id,
+    );
     let page = state.history.page(&filter, range, cursor, limit);
     Ok(Json(EventsPage {
         events: page
