@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message as _;
-use relais_audit_service::encode::{AuditPosition, record_from_json, record_json};
+use relais_audit_service::encode::{AuditPosition, RecordLine, record_from_json};
 use relais_proto::v1::AuditRecord;
 
 fuzz_target!(|payload: &[u8]| {
@@ -16,7 +16,11 @@ fuzz_target!(|payload: &[u8]| {
         partition: 0,
         offset: 0,
     };
-    let line = serde_json::to_vec(&record_json(&record, position)).expect("a line serialises");
+    let line = RecordLine {
+        record: &record,
+        position,
+    }
+    .to_vec();
     let parsed: serde_json::Value = serde_json::from_slice(&line).expect("the line is JSON");
     let back = record_from_json(&parsed);
     assert_eq!(back.message_id, record.message_id);

@@ -36,6 +36,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import charts
+
 ROOT = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("RELAIS_STATE_DIR", ROOT / ".state"))
 BOOTSTRAP = os.environ.get("RELAIS_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
@@ -132,6 +134,58 @@ def stop(process):
             process.kill()
 
 
+CAMEL_DIR = ROOT / "loadtest" / "peers" / "camel"
+CAMEL_COUNT = "127.0.0.1:19110"
+
+
+def build_camel():
+    """The Camel peer (Maven Central); None with the reason when it cannot be built here."""
+    if shutil.which("mvn") is None or shutil.which("java") is None:
+        return "Maven and a JDK are needed to build the Camel peer"
+    log("building the Camel peer (Maven)")
+    result = subprocess.run([str(CAMEL_DIR / "build.sh")], capture_output=True, text=True)
+    if result.returncode != 0:
+        return "building the Camel peer failed: " + (result.stdout + result.stderr).strip()[-400:]
+    return None
+
+
+def run_camel(mode, env, out, records, log_name):
+    """Runs the Camel peer until it has handled `records`; returns rate, bytes rate, peak RSS."""
+    classpath = f"{CAMEL_DIR}/target/classes:{CAMEL_DIR}/target/dependency/*"
+    handle = open(out / log_name, "ab")
+    process = subprocess.Popen(
+        ["java", "-Xmx1g", "-cp", classpath, "relais.peer.CamelPeer", mode],
+        env={**os.environ, **env, "CAMEL_PEER_BOOTSTRAP": BOOTSTRAP,
+             "CAMEL_PEER_COUNT_PORT": CAMEL_COUNT.rsplit(":", 1)[1],
+             # Ceph 16's RGW refuses the AWS SDK's default trailing checksums (HTTP 400).
+             "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
+             "AWS_RESPONSE_CHECKSUM_VALIDATION": "WHEN_REQUIRED"},
+        stdout=handle, stderr=handle, stdin=subprocess.DEVNULL)
+    try:
+        first, handled, stored, deadline = None, 0, 0, time.time() + 600
+        while time.time() < deadline:
+            try:
+                handled, stored = (int(x) for x in http_get(f"http://{CAMEL_COUNT}/count").split())
+            except (OSError, ValueError):
+                pass
+            now = time.time()
+            if handled > 0 and first is None:
+                first = (now, handled, stored)
+            if handled >= records:
+                break
+            if process.poll() is not None:
+                sys.exit(f"the Camel peer exited early; see {out / log_name}")
+            time.sleep(0.25)
+        else:
+            sys.exit(f"the Camel peer did not finish within 600 s; see {out / log_name}")
+        elapsed = max(now - first[0], 1e-6)
+        return {"records_per_second": round((handled - first[1]) / elapsed, 1),
+                "stored_bytes_per_second": round((stored - first[2]) / elapsed, 1),
+                "peak_rss_bytes": peak_rss_bytes(process.pid)}
+    finally:
+        stop(process)
+
+
 def run_wrk(seconds):
     if shutil.which("wrk") is None:
         log("installing wrk (Debian package)")
@@ -181,7 +235,9 @@ def worker_benchmark(args, out, stamp):
         config.write_text(
             f'[kafka]\ngroup_id = "bench-{stamp}"\n'
             + "".join(f'{name}_topic = "{topic}"\n' for name, topic in topics.items())
-            + f'[upstreams.default]\nurl = "http://{SIM_API}"\n')
+            + f'[pipeline]\nlanes = {args.worker_lanes}\n'
+            + f'[upstreams.default]\nurl = "http://{SIM_API}"\n'
+            + f'[upstreams.default.policy.bulkhead]\nmax_concurrent = {args.worker_lanes}\n')
         worker = start("ingest-worker", {"RELAIS_WORKER_CONFIG": str(config), "RELAIS_ADMIN_ADDR": WORKER_ADMIN,
                                          "RELAIS_WORKER_ID": f"bench-{stamp}", "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP},
                        out / "ingest-worker.log")
@@ -212,6 +268,14 @@ def worker_benchmark(args, out, stamp):
         finally:
             stop(worker)
         deliveries = json.loads(http_get(f"http://{SIM_ADMIN}/admin/deliveries"))
+        camel = {"skipped": args.camel_unavailable} if args.camel_unavailable else None
+        if camel is None:
+            http_post(f"http://{SIM_ADMIN}/admin/reset")
+            log("Camel peer: Kafka → HTTP on the same topic and upstream-sim")
+            camel = run_camel("http", {"CAMEL_PEER_TOPIC": topics["ingress"], "CAMEL_PEER_GROUP": f"camel-http-{stamp}",
+                                       "CAMEL_PEER_UPSTREAM": f"http://{SIM_API}/events"},
+                              out, args.messages, "camel-http.log")
+            camel["upstream_requests"] = json.loads(http_get(f"http://{SIM_ADMIN}/admin/deliveries")).get("requests")
     finally:
         stop(sim)
     ceiling = consumer_ceiling(topics["ingress"], args.messages)
@@ -226,6 +290,10 @@ def worker_benchmark(args, out, stamp):
         "worker_peak_rss_bytes": rss,
         "produce_seconds": round(produce_seconds, 1),
         "upstream_requests": deliveries.get("requests"),
+        "lanes": args.worker_lanes,
+        "camel": camel,
+        "ratio_worker_to_camel": (round(worker_rate / camel["records_per_second"], 2)
+                                  if camel.get("records_per_second") else None),
         "target_ratio": 0.7,
         "audit_topic": topics["audit"],
     }
@@ -309,7 +377,8 @@ def audit_benchmark(args, out, stamp, audit_topic, records):
             written = metric(text, "relais_audit_records_written_total")
             now = time.time()
             if written > 0 and first is None:
-                first = (now, written, metric(text, "relais_audit_written_bytes_total"))
+                first = (now, written, metric(text, "relais_audit_written_bytes_total"),
+                         metric(text, "relais_audit_uncompressed_written_bytes_total"))
             if written >= records:
                 break
             if service.poll() is not None:
@@ -322,13 +391,26 @@ def audit_benchmark(args, out, stamp, audit_topic, records):
         objects = metric(text, "relais_audit_objects_written_total")
         record_rate = (written - first[1]) / elapsed
         byte_rate = (stored_bytes - first[2]) / elapsed
+        ndjson_rate = (metric(text, "relais_audit_uncompressed_written_bytes_total") - first[3]) / elapsed
         rss = peak_rss_bytes(service.pid)
     finally:
         stop(service)
     object_size = int(stored_bytes / max(objects, 1))
     log(f"raw PUT of {object_size} byte objects for {args.put_seconds}s")
     put_rate, put_bandwidth = raw_put_bandwidth(bucket, object_size, args.put_seconds, 12)
+    camel = {"skipped": args.camel_unavailable} if args.camel_unavailable else None
+    if camel is None:
+        log("Camel peer: Kafka → S3 on the same topic and RGW")
+        camel = run_camel("s3", {"CAMEL_PEER_TOPIC": audit_topic, "CAMEL_PEER_GROUP": f"camel-s3-{stamp}",
+                                 "CAMEL_PEER_BUCKET": f"{bucket}-camel", "CAMEL_PEER_S3_ENDPOINT": S3_ENDPOINT,
+                                 "CAMEL_PEER_S3_REGION": S3_REGION, "CAMEL_PEER_S3_ACCESS_KEY": S3_ACCESS,
+                                 "CAMEL_PEER_S3_SECRET_KEY": S3_SECRET,
+                                 "CAMEL_PEER_BATCH": str(max(int(written / max(objects, 1)), 1))},
+                          out, records, "camel-s3.log")
     return {
+        "camel": camel,
+        "ratio_audit_to_camel": (round(record_rate / camel["records_per_second"], 2)
+                                 if camel.get("records_per_second") else None),
         "records": int(written),
         "objects": int(objects),
         "mean_object_bytes": object_size,
@@ -337,9 +419,90 @@ def audit_benchmark(args, out, stamp, audit_topic, records):
         "raw_put_per_second": round(put_rate, 1),
         "raw_put_bytes_per_second": round(put_bandwidth, 1),
         "ratio_audit_to_raw_put_bandwidth": round(byte_rate / put_bandwidth, 3) if put_bandwidth else None,
+        "audit_ndjson_bytes_per_second": round(ndjson_rate, 1),
+        "ratio_audit_ndjson_to_raw_put_bandwidth": round(ndjson_rate / put_bandwidth, 3) if put_bandwidth else None,
         "audit_peak_rss_bytes": rss,
         "target_ratio": 0.8,
     }
+
+
+def outage_benchmark(args, out, stamp):
+    """Steady load through all three services while the upstream is down for `outage_seconds`:
+    the peak RSS of each, sampled over time, and the worker catching up afterwards."""
+    topics = {name: f"bench.{stamp}.outage.{name}" for name in ("ingress", "audit", "events", "dlq")}
+    for name, topic in topics.items():
+        create_topic(topic, 3 if name == "dlq" else 12)
+    scenario = out / "outage-scenario.toml"
+    scenario.write_text(
+        f'name = "bench-outage"\ndescription = "upstream down for {args.outage_seconds} s"\nseed = 7\nkeys = 1000\n'
+        '[mix]\nvalid = 1.0\n'
+        f'[[phase]]\nname = "healthy"\nseconds = 20\nrate = {args.outage_rate}\nfaults = {{}}\n'
+        f'[[phase]]\nname = "outage"\nseconds = {args.outage_seconds}\nrate = {args.outage_rate}\nfaults = {{ outage = true }}\n'
+        f'[[phase]]\nname = "recovered"\nseconds = 40\nrate = {args.outage_rate}\nfaults = {{}}\n')
+    worker_config = out / "outage-worker.toml"
+    worker_config.write_text(f'[kafka]\ngroup_id = "bench-outage-{stamp}"\n'
+                             + "".join(f'{name}_topic = "{topic}"\n' for name, topic in topics.items())
+                             + f'[upstreams.default]\nurl = "http://{SIM_API}"\n')
+    audit_config = out / "outage-audit.toml"
+    audit_config.write_text(f'[kafka]\ngroup_id = "bench-outage-audit-{stamp}"\naudit_topic = "{topics["audit"]}"\n')
+    gateway_config = out / "outage-gateway.toml"
+    gateway_config.write_text(f'[kafka]\nevents_topic = "{topics["events"]}"\n')
+    services = {}
+    sim = start("upstream-sim", {"RELAIS_SIM_LISTEN": SIM_API, "RELAIS_ADMIN_ADDR": SIM_ADMIN}, out / "outage-sim.log")
+    try:
+        services["ingest-worker"] = start("ingest-worker", {
+            "RELAIS_WORKER_CONFIG": str(worker_config), "RELAIS_ADMIN_ADDR": WORKER_ADMIN,
+            "RELAIS_WORKER_ID": f"bench-outage-{stamp}", "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP}, out / "outage-worker.log")
+        services["audit-service"] = start("audit-service", {
+            "RELAIS_AUDIT_CONFIG": str(audit_config), "RELAIS_ADMIN_ADDR": AUDIT_ADMIN,
+            "RELAIS_S3_BUCKET": f"bench-outage-{stamp}", "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP}, out / "outage-audit.log")
+        services["realtime-gateway"] = start("realtime-gateway", {
+            "RELAIS_GATEWAY_CONFIG": str(gateway_config), "RELAIS_HTTP_ADDR": GATEWAY_HTTP,
+            "RELAIS_GRPC_ADDR": GATEWAY_GRPC, "RELAIS_ADMIN_ADDR": GATEWAY_ADMIN, "RELAIS_TOKENS": "viewer:bench:unused",
+            "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP}, out / "outage-gateway.log")
+        wait_http(f"http://{SIM_ADMIN}/healthz")
+        wait_http(f"http://{GATEWAY_HTTP}/readyz")
+        log(f"outage: {args.outage_rate} msg/s, upstream down for {args.outage_seconds} s")
+        load = subprocess.Popen(
+            [str(RELEASE / "loadgen"), "--kafka-bootstrap", BOOTSTRAP, "ingress", "--scenario", str(scenario),
+             "--topic", topics["ingress"], "--id-prefix", f"outage-{stamp}", "--sim-admin", f"http://{SIM_ADMIN}", "--admin-addr", "127.0.0.1:19105",
+             "--summary", str(out / "outage-load.json")],
+            stdout=subprocess.DEVNULL, stderr=open(out / "outage-loadgen.log", "ab"))
+        samples, started = [], time.time()
+        while load.poll() is None:
+            sample = {"t": round(time.time() - started, 1)}
+            for name, process in services.items():
+                sample[name] = current_rss_bytes(process.pid)
+            samples.append(sample)
+            time.sleep(5)
+        produced = json.loads((out / "outage-load.json").read_text())
+        # The backlog drains: every produced message gets its outcome committed.
+        sent = produced.get("acknowledged", produced.get("sent", 0))
+        deadline, committed = time.time() + 300, 0.0
+        while time.time() < deadline:
+            committed = metric(http_get(f"http://{WORKER_ADMIN}/metrics"), "relais_worker_committed_messages_total")
+            if committed >= sent:
+                break
+            time.sleep(2)
+        drained_after = round(time.time() - started - 20 - args.outage_seconds, 1)
+        peaks = {name: peak_rss_bytes(process.pid) for name, process in services.items()}
+    finally:
+        for process in services.values():
+            stop(process)
+        stop(sim)
+    return {"outage_seconds": args.outage_seconds, "rate": args.outage_rate, "sent": sent,
+            "committed": int(committed), "seconds_from_recovery_to_drained": drained_after,
+            "peak_rss_bytes": peaks, "samples": samples}
+
+
+def current_rss_bytes(pid):
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def lookup_benchmark(args, out, stamp):
@@ -395,6 +558,66 @@ def lookup_benchmark(args, out, stamp):
 GATEWAY_HTTP, GATEWAY_GRPC, GATEWAY_ADMIN = "127.0.0.1:18080", "127.0.0.1:50152", "127.0.0.1:19103"
 
 
+CENTRIFUGO_HTTP = "127.0.0.1:18000"
+
+
+def build_centrifugo():
+    """Centrifugo from the Go module proxy: (binary, None) or (None, why not)."""
+    if shutil.which("go") is None:
+        return None, "Go is needed to build Centrifugo"
+    log("building Centrifugo (Go module proxy; a few minutes the first time)")
+    result = subprocess.run([str(ROOT / "loadtest" / "peers" / "centrifugo" / "build.sh")],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        return None, "building Centrifugo failed: " + result.stderr.strip()[-400:]
+    return result.stdout.strip().splitlines()[-1], None
+
+
+def fanout_runs(args, topic, target, address, env):
+    runs = []
+    for rate in args.fanout_rates:
+        log(f"fan-out ({target}): {args.fanout_clients} clients, {rate} events/s for {args.fanout_seconds} s")
+        result = subprocess.run(
+            [str(RELEASE / "loadgen"), "--kafka-bootstrap", BOOTSTRAP, "ws-fanout", "--target", target,
+             "--gateway", address, "--topic", topic, "--clients", str(args.fanout_clients), "--rate", str(rate),
+             "--seconds", str(args.fanout_seconds)],
+            capture_output=True, text=True, check=True, env={**os.environ, **env})
+        run = json.loads(result.stdout.strip().splitlines()[-1])
+        run["rate"] = rate
+        runs.append(run)
+    return runs
+
+
+def centrifugo_fanout(args, out, stamp):
+    """The same clients and rates against Centrifugo consuming its own topic from the same broker."""
+    binary, why_not = build_centrifugo()
+    if binary is None:
+        return {"skipped": why_not}
+    topic = f"bench.{stamp}.centrifugo"
+    create_topic(topic, 6)
+    host, port = CENTRIFUGO_HTTP.rsplit(":", 1)
+    config = out / "centrifugo.json"
+    config.write_text(json.dumps({
+        "http_server": {"address": host, "port": int(port)},
+        # Anonymous clients may subscribe: the gateway's token check has no counterpart here.
+        "client": {"insecure": True, "allowed_origins": ["*"]},
+        "health": {"enabled": True},
+        "consumers": [{"name": "relais_events", "enabled": True, "type": "kafka", "kafka": {
+            "brokers": [BOOTSTRAP], "topics": [topic], "consumer_group": f"centrifugo-{stamp}",
+            "publication_data_mode": {"enabled": True, "channels_header": "centrifugo-channels"}}}],
+    }, indent=2))
+    handle = open(out / "centrifugo.log", "ab")
+    process = subprocess.Popen([binary, "--config", str(config)], stdout=handle, stderr=handle,
+                               stdin=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://{CENTRIFUGO_HTTP}/health")
+        runs = fanout_runs(args, topic, "centrifugo", CENTRIFUGO_HTTP, {})
+        peak = peak_rss_bytes(process.pid)
+    finally:
+        stop(process)
+    return {"runs": runs, "peak_rss_bytes": peak, "version": "v6.9.1"}
+
+
 def fanout_benchmark(args, out, stamp):
     topic = f"bench.{stamp}.events"
     create_topic(topic, 6)
@@ -407,56 +630,92 @@ def fanout_benchmark(args, out, stamp):
                                          "RELAIS_GRPC_ADDR": GATEWAY_GRPC, "RELAIS_ADMIN_ADDR": GATEWAY_ADMIN,
                                          "RELAIS_TOKENS": f"viewer:bench:{token}",
                                          "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP}, out / "gateway.log")
-    runs = []
     try:
         wait_http(f"http://{GATEWAY_HTTP}/readyz")
-        for rate in args.fanout_rates:
-            log(f"fan-out: {args.fanout_clients} clients, {rate} events/s for {args.fanout_seconds} s")
-            result = subprocess.run(
-                [str(RELEASE / "loadgen"), "--kafka-bootstrap", BOOTSTRAP, "ws-fanout", "--gateway", GATEWAY_HTTP,
-                 "--topic", topic, "--clients", str(args.fanout_clients), "--rate", str(rate),
-                 "--seconds", str(args.fanout_seconds)],
-                capture_output=True, text=True, check=True, env={**os.environ, "RELAIS_TOKEN": token})
-            run = json.loads(result.stdout.strip().splitlines()[-1])
-            run["rate"] = rate
-            runs.append(run)
+        runs = fanout_runs(args, topic, "relais", GATEWAY_HTTP, {"RELAIS_TOKEN": token})
         peak = peak_rss_bytes(gateway.pid)
     finally:
         stop(gateway)
+    centrifugo = {"skipped": "skipped (--no-peers)"} if args.no_peers else centrifugo_fanout(args, out, stamp)
     return {"clients": args.fanout_clients, "seconds": args.fanout_seconds, "runs": runs,
-            "gateway_peak_rss_bytes": peak}
+            "gateway_peak_rss_bytes": peak, "centrifugo": centrifugo}
+
+
+def fanout_rows(runs):
+    return "\n".join(
+        f"| {run['rate']} | {run['connected']} | {run['frames_per_second']:.0f} | {run['delivered_ratio']:.4f} | "
+        f"{run['latency_p50_ms']:.1f} | {run['latency_p99_ms']:.1f} | {run['disconnected_by_gateway']} |"
+        for run in runs)
 
 
 def fanout_section(fanout):
-    rows = "\n".join(
-        f"| {run['rate']} | {run['connected']} | {run['frames_per_second']:.0f} | {run['delivered_ratio']:.4f} | "
-        f"{run['latency_p50_ms']:.1f} | {run['latency_p99_ms']:.1f} | {run['disconnected_by_gateway']} |"
-        for run in fanout["runs"])
-    return f"""## realtime-gateway fan-out to {fanout['clients']} WebSocket clients
+    header = ("| events/s produced | clients | frames delivered/s | delivered / expected | p50 ms | p99 ms | "
+              "dropped clients |\n| --- | --- | --- | --- | --- | --- | --- |")
+    centrifugo = fanout.get("centrifugo") or {}
+    if "runs" in centrifugo:
+        peer = f"""### Centrifugo {centrifugo['version']}, same clients, rates and broker
+
+{header}
+{fanout_rows(centrifugo['runs'])}
+
+Centrifugo peak RSS: {mib(centrifugo['peak_rss_bytes'])}. Its Kafka consumer runs in
+publication-data mode: each record's JSON payload is published as it is to the channel its
+header names, and the clients connect anonymously. The gateway decodes each protobuf event,
+checks its trace id, indexes it for the REST API and the trace view, updates the live
+aggregates, and authenticates every client with a token.
+"""
+    else:
+        peer = f"Centrifugo: not measured: {centrifugo.get('skipped', 'not run')}.\n"
+    return f"""## realtime-gateway fan-out to {fanout['clients']} WebSocket clients, beside Centrifugo
 
 Events produced to the gateway's topic at a fixed rate for {fanout['seconds']} s; every client
 receives every event. Latency is from production (the event's `decided_at`) to receipt by the
 client, through Kafka and the gateway (quantiles within 9 % histogram buckets).
 
-| events/s produced | clients | frames delivered/s | delivered / expected | p50 ms | p99 ms | dropped clients |
-| --- | --- | --- | --- | --- | --- | --- |
-{rows}
+{header}
+{fanout_rows(fanout['runs'])}
 
-Gateway peak RSS: {fanout['gateway_peak_rss_bytes'] / 2**20:.1f} MiB.
+Gateway peak RSS: {mib(fanout['gateway_peak_rss_bytes'])}.
+
+{peer}"""
+
+
+def outage_section(outage):
+    peaks = " · ".join(f"{name} {mib(value)}" for name, value in outage["peak_rss_bytes"].items())
+    return f"""## Peak memory through a {outage['outage_seconds']}-second upstream outage
+
+{outage['rate']} messages/s through ingest-worker, audit-service and realtime-gateway (default
+configuration) while upstream-sim refuses every connection for {outage['outage_seconds']} s, with
+20 s of healthy traffic before and 40 s after. The worker's circuit opens and its partitions
+pause; the backlog waits in Kafka, not in memory.
+
+| measure | value |
+| --- | --- |
+| messages sent | {outage['sent']} |
+| outcomes committed by the worker at the end | {outage['committed']} |
+| backlog drained, seconds after the upstream came back | {outage['seconds_from_recovery_to_drained']} |
+| peak RSS | {peaks} |
+
+RSS every 5 s: `outage-rss.svg`.
 """
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--messages", type=int, default=300_000)
+    parser.add_argument("--worker-lanes", type=int, default=256,
+                        help="the worker's lanes and its upstream's bulkhead limit in the benchmark")
+    parser.add_argument("--no-peers", action="store_true", help="skip the peer systems")
     parser.add_argument("--wrk-seconds", type=int, default=15)
     parser.add_argument("--put-seconds", type=int, default=10)
     parser.add_argument("--lookup-records", type=int, default=1_000_000)
     parser.add_argument("--fanout-clients", type=int, default=1000)
     parser.add_argument("--fanout-rates", type=lambda text: [int(x) for x in text.split(",")], default=[100, 500])
     parser.add_argument("--fanout-seconds", type=int, default=20)
+    parser.add_argument("--outage-seconds", type=int, default=300)
+    parser.add_argument("--outage-rate", type=int, default=300, help="messages per second during the outage run")
     parser.add_argument("--only", type=lambda text: set(text.split(",")),
-                        default={"worker", "audit", "lookup", "fanout"})
+                        default={"worker", "audit", "lookup", "fanout", "outage"})
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -465,6 +724,9 @@ def main():
         if not (RELEASE / binary).exists():
             sys.exit(f"{RELEASE / binary} missing: run `make release` first")
 
+    args.camel_unavailable = "skipped (--no-peers)" if args.no_peers else None
+    if not args.no_peers and args.only & {"worker", "audit"}:
+        args.camel_unavailable = build_camel()
     stamp = time.strftime("%Y%m%d%H%M%S")
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "machine": {"cpus": os.cpu_count()}}
@@ -478,6 +740,8 @@ def main():
         results["lookup"] = lookup_benchmark(args, args.out, stamp)
     if "fanout" in args.only:
         results["fanout"] = fanout_benchmark(args, args.out, stamp)
+    if "outage" in args.only:
+        results["outage"] = outage_benchmark(args, args.out, stamp)
     (args.out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
     sections = [f"""# Relais benchmarks
 
@@ -492,41 +756,68 @@ Measured {results['date']} on {results['machine']['cpus']} CPUs, everything on o
         sections.append(lookup_section(results["lookup"]))
     if "fanout" in results:
         sections.append(fanout_section(results["fanout"]))
+    if "outage" in results:
+        sections.append(outage_section(results["outage"]))
+    sections.append(charts.write_all(results, args.out))
     report = "\n".join(sections) + "\nRaw data: `report.json` and the logs beside it.\n"
     (args.out / "report.md").write_text(report)
     print(report)
 
 
+def mib(value):
+    return f"{value / 2**20:.1f} MiB"
+
+
+def peer_rows(peer, name, unit):
+    if not peer or "skipped" in peer:
+        return f"| {name} | not measured: {(peer or {}).get('skipped', 'not run')} |\n"
+    return (f"| {name} | {peer['records_per_second']:.0f} {unit} |\n"
+            f"| {name} peak RSS | {mib(peer['peak_rss_bytes'])} |\n")
+
+
 def worker_section(worker):
-    return f"""## ingest-worker against the raw HTTP rate of upstream-sim
+    camel = worker.get("camel")
+    return f"""## ingest-worker against the raw HTTP rate of upstream-sim and against Apache Camel
 
 | measure | value |
 | --- | --- |
 | wrk, 2 threads, 64 connections, POST of the same body | {worker['wrk_requests_per_second']:.0f} requests/s |
-| ingest-worker, Kafka → HTTP → outcome transaction, {worker['messages']} messages | {worker['worker_messages_per_second']:.0f} messages/s |
+| ingest-worker ({worker['lanes']} lanes), Kafka → HTTP → outcome transaction, {worker['messages']} messages | {worker['worker_messages_per_second']:.0f} messages/s |
 | median of per-interval rates | {worker['worker_median_interval_rate']} messages/s |
 | **ratio worker / wrk** | **{worker['ratio_worker_to_wrk']:.2f}** (target ≥ {worker['target_ratio']}) |
+{peer_rows(camel, "Apache Camel 4.18 route, Kafka → HTTP with resilience4j breaker and redelivery", "messages/s")}| **ratio worker / Camel** | **{worker.get('ratio_worker_to_camel')}** |
 | Kafka's consumer perf tool on the same topic (upper bound on ingestion) | {worker['kafka_consumer_ceiling_per_second']:.0f} messages/s |
 | ratio worker / consumer ceiling | {worker['ratio_worker_to_consumer_ceiling']} |
-| worker peak RSS | {worker['worker_peak_rss_bytes'] / 2**20:.1f} MiB |
+| worker peak RSS | {mib(worker['worker_peak_rss_bytes'])} |
 
 Each worker message costs one HTTP request plus its share of the Kafka fetch and of a transaction
-writing two records (audit and realtime event).
+writing two records (audit and realtime event) with the consumed offsets. The Camel route does
+less per message: it POSTs and lets the Kafka client auto-commit (at-least-once, no outcome
+records, no dead-letter topic), with one consumer thread per partition (Camel's way to run
+partitions in parallel). wrk only sends requests.
 """
 
 
 def audit_section(audit):
-    return f"""## audit-service against the raw PUT bandwidth of RGW
+    camel = audit.get("camel") or {}
+    camel_stored = (f"{camel['stored_bytes_per_second'] / 2**20:.2f} MiB/s stored"
+                    if "stored_bytes_per_second" in camel else "")
+    return f"""## audit-service against the raw PUT bandwidth of RGW and against Apache Camel
 
 | measure | value |
 | --- | --- |
-| audit-service, the {audit['records']} audit records above into {audit['objects']} objects | {audit['audit_records_per_second']:.0f} records/s, {audit['audit_bytes_per_second'] / 2**20:.2f} MiB/s stored |
+| audit-service, the {audit['records']} audit records above into {audit['objects']} objects | {audit['audit_records_per_second']:.0f} records/s, {audit['audit_bytes_per_second'] / 2**20:.2f} MiB/s stored (gzip), {audit.get('audit_ndjson_bytes_per_second', 0) / 2**20:.2f} MiB/s of NDJSON |
 | raw PUT, 12 connections, objects of {audit['mean_object_bytes']} bytes | {audit['raw_put_per_second']:.1f} PUT/s, {audit['raw_put_bytes_per_second'] / 2**20:.2f} MiB/s |
-| **ratio audit / raw PUT bandwidth** | **{audit['ratio_audit_to_raw_put_bandwidth']}** (target ≥ {audit['target_ratio']}) |
-| audit-service peak RSS | {audit['audit_peak_rss_bytes'] / 2**20:.1f} MiB |
+| **ratio audit / raw PUT bandwidth, bytes stored** | **{audit['ratio_audit_to_raw_put_bandwidth']}** (target ≥ {audit['target_ratio']}) |
+| ratio audit / raw PUT bandwidth, NDJSON bytes before compression | {audit.get('ratio_audit_ndjson_to_raw_put_bandwidth')} |
+{peer_rows(camel, "Apache Camel 4.18 route, Kafka → batches → gzip → aws2-s3 PUT", "records/s " + camel_stored)}| **ratio audit / Camel, records per second** | **{audit.get('ratio_audit_to_camel')}** |
+| audit-service peak RSS | {mib(audit['audit_peak_rss_bytes'])} |
 
-The audit figure includes consuming, decoding, encoding NDJSON, compressing (gzip level 3) and
-committing offsets; the raw PUT only sends bytes.
+The audit figure includes consuming (read_committed), decoding each protobuf record, writing it
+as a documented JSON line, compressing (gzip level 3), the lookup index beside each object and
+committing offsets only after the PUT; the raw PUT only sends bytes already in memory. The Camel
+route stores the Kafka values as they are (one per line, gzip level 3, objects of the same record
+count) with auto-committed offsets: less work per record and no exactly-once guarantee.
 """
 
 

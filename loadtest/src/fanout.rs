@@ -4,15 +4,21 @@
 //!
 //! Prints one JSON line: clients connected, events produced, frames expected and received,
 //! frames delivered per second, latency quantiles, and clients the gateway disconnected.
+//!
+//! `--target centrifugo` runs the same measurement against Centrifugo (the peer of `make
+//! bench`): its Kafka consumer in publication-data mode publishes each record's JSON payload
+//! to the channel named in the `centrifugo-channels` header, and the clients speak its JSON
+//! protocol (connect, subscribe, pushes).
 
 use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use prost::Message as _;
 use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use relais_proto::v1::{CircuitState, Outcome, PipelineEvent};
 use tokio::sync::Semaphore;
@@ -22,12 +28,15 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct FanoutArgs {
-    /// The gateway's HTTP address, such as 127.0.0.1:8080.
+    /// The gateway's (or Centrifugo's) HTTP address, such as 127.0.0.1:8080.
     #[arg(long)]
     gateway: String,
-    /// A viewer token of the gateway.
-    #[arg(long, env = "RELAIS_TOKEN", hide_env_values = true)]
+    /// A viewer token of the gateway (not used with Centrifugo).
+    #[arg(long, env = "RELAIS_TOKEN", hide_env_values = true, default_value = "")]
     token: String,
+    /// Who fans out: realtime-gateway, or Centrifugo for comparison.
+    #[arg(long, value_enum, default_value_t = Target::Relais)]
+    target: Target,
     /// The gateway's events topic.
     #[arg(long, default_value = "relais.events")]
     topic: String,
@@ -39,6 +48,15 @@ pub(crate) struct FanoutArgs {
     #[arg(long, default_value_t = 20)]
     seconds: u64,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Target {
+    Relais,
+    Centrifugo,
+}
+
+/// The Centrifugo channel the events are published to.
+const CENTRIFUGO_CHANNEL: &str = "relais-events";
 
 /// Latency histogram: 8 buckets per doubling from 1 µs, as the gateway's own.
 const BUCKETS: usize = 320;
@@ -76,18 +94,37 @@ fn now_micros() -> u64 {
 }
 
 async fn client(
+    target: Target,
     gateway: String,
     token: String,
     tally: Arc<Tally>,
     connected: Arc<Semaphore>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    let mut request = format!("ws://{gateway}/ws").into_client_request()?;
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_str(&format!("relais.v1, relais.bearer.{token}"))?,
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+    let (mut socket, _) = match target {
+        Target::Relais => {
+            let mut request = format!("ws://{gateway}/ws").into_client_request()?;
+            request.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_str(&format!("relais.v1, relais.bearer.{token}"))?,
+            );
+            tokio_tungstenite::connect_async(request).await?
+        }
+        Target::Centrifugo => {
+            let (mut socket, response) =
+                tokio_tungstenite::connect_async(format!("ws://{gateway}/connection/websocket"))
+                    .await?;
+            socket
+                .send(Message::text(r#"{"id":1,"connect":{}}"#))
+                .await?;
+            socket
+                .send(Message::text(format!(
+                    r#"{{"id":2,"subscribe":{{"channel":"{CENTRIFUGO_CHANNEL}"}}}}"#
+                )))
+                .await?;
+            (socket, response)
+        }
+    };
     let mut welcomed = false;
     let mut local = vec![0u64; BUCKETS];
     let mut received = 0u64;
@@ -105,17 +142,38 @@ async fn client(
         let Message::Text(text) = message else {
             continue;
         };
-        if !welcomed {
-            welcomed = true;
-            connected.add_permits(1);
-            continue;
-        }
-        if !text.starts_with("{\"type\":\"event\"") {
-            continue;
-        }
-        received += 1;
-        if let Some(decided) = decided_at_micros(&text) {
-            local[bucket(now_micros().saturating_sub(decided))] += 1;
+        match target {
+            Target::Relais => {
+                if !welcomed {
+                    welcomed = true;
+                    connected.add_permits(1);
+                    continue;
+                }
+                if !text.starts_with("{\"type\":\"event\"") {
+                    continue;
+                }
+                received += 1;
+                if let Some(decided) = decided_at_micros(&text) {
+                    local[bucket(now_micros().saturating_sub(decided))] += 1;
+                }
+            }
+            // One WebSocket frame may carry several newline-separated replies and pushes.
+            Target::Centrifugo => {
+                for reply in text.split('\n') {
+                    if reply == "{}" {
+                        // Server ping: answer, or Centrifugo closes the connection.
+                        socket.send(Message::text("{}")).await?;
+                    } else if !welcomed && reply.starts_with("{\"id\":2,") {
+                        welcomed = true;
+                        connected.add_permits(1);
+                    } else if reply.starts_with("{\"push\":") && reply.contains("\"pub\":") {
+                        received += 1;
+                        if let Some(decided) = decided_at_micros(reply) {
+                            local[bucket(now_micros().saturating_sub(decided))] += 1;
+                        }
+                    }
+                }
+            }
         }
     }
     tally.received.fetch_add(received, Ordering::Relaxed);
@@ -123,6 +181,31 @@ async fn client(
         total.fetch_add(count, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// The event as JSON with the fields the gateway's frames carry, for Centrifugo to publish as
+/// it is (it does not decode protobuf).
+fn centrifugo_payload(event: &PipelineEvent) -> Vec<u8> {
+    let rfc3339 = |time: Option<relais_proto::Timestamp>| {
+        time.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32))
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    };
+    serde_json::to_vec(&serde_json::json!({
+        "id": event.message_id,
+        "trace_id": event.trace_id,
+        "span_id": event.span_id,
+        "outcome": "DELIVERED",
+        "event_type": event.event_type,
+        "upstream": event.upstream,
+        "worker_id": event.worker_id,
+        "decided_at": rfc3339(event.decided_at),
+        "occurred_at": rfc3339(event.occurred_at),
+        "attempts": event.attempts,
+        "last_status_code": event.last_status_code,
+        "delivery_latency_us": event.delivery_latency_us,
+        "circuit_state": "CLOSED",
+    }))
+    .unwrap_or_default()
 }
 
 fn quantile(histogram: &[u64], q: f64) -> Option<f64> {
@@ -148,6 +231,7 @@ pub(crate) async fn run(bootstrap: &str, args: FanoutArgs) -> anyhow::Result<()>
     let mut clients = Vec::with_capacity(args.clients);
     for index in 0..args.clients {
         clients.push(tokio::spawn(client(
+            args.target,
             args.gateway.clone(),
             args.token.clone(),
             Arc::clone(&tally),
@@ -203,14 +287,21 @@ pub(crate) async fn run(bootstrap: &str, args: FanoutArgs) -> anyhow::Result<()>
                 circuit_state: CircuitState::Closed as i32,
                 ..PipelineEvent::default()
             };
-            let payload = event.encode_to_vec();
-            producer
-                .send_result(
-                    FutureRecord::to(&args.topic)
-                        .key(&event.message_id)
-                        .payload(&payload),
-                )
-                .map_err(|(error, _)| error)?;
+            let record = FutureRecord::to(&args.topic).key(&event.message_id);
+            let payload = match args.target {
+                Target::Relais => event.encode_to_vec(),
+                Target::Centrifugo => centrifugo_payload(&event),
+            };
+            let sent = match args.target {
+                Target::Relais => producer.send_result(record.payload(&payload)),
+                Target::Centrifugo => producer.send_result(record.payload(&payload).headers(
+                    OwnedHeaders::new().insert(Header {
+                        key: "centrifugo-channels",
+                        value: Some(CENTRIFUGO_CHANNEL),
+                    }),
+                )),
+            };
+            sent.map_err(|(error, _)| error)?;
             produced += 1;
         }
     }

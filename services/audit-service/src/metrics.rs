@@ -12,6 +12,7 @@ pub struct AuditMetrics {
     pub records_quarantined: Counter,
     pub objects_written: Counter,
     pub bytes_written: Counter,
+    pub uncompressed_written: Counter,
     pub object_size: Histogram,
     pub put_duration: Histogram,
     pub put_retries: Counter,
@@ -31,6 +32,7 @@ impl AuditMetrics {
             records_quarantined: Counter::default(),
             objects_written: Counter::default(),
             bytes_written: Counter::default(),
+            uncompressed_written: Counter::default(),
             object_size: Histogram::new(exponential_buckets(1024.0, 4.0, 10)),
             put_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             put_retries: Counter::default(),
@@ -67,6 +69,12 @@ impl AuditMetrics {
             "Compressed bytes stored",
             Unit::Bytes,
             metrics.bytes_written.clone(),
+        );
+        audit.register_with_unit(
+            "uncompressed_written",
+            "Bytes stored before compression (NDJSON); with `written`, the compression ratio",
+            Unit::Bytes,
+            metrics.uncompressed_written.clone(),
         );
         audit.register_with_unit(
             "object_size",

@@ -98,7 +98,7 @@ pub type AuditConsumer = StreamConsumer<AuditContext>;
 struct PartitionState {
     generation: u64,
     writer: PartitionWriter,
-    queue: VecDeque<Pending>,
+    queue: VecDeque<Arc<Pending>>,
     uploading: bool,
     /// Stored items whose offsets are not committed yet, counted in the written metrics only
     /// once a commit covers them: an object whose commit is lost is stored again later (same
@@ -114,13 +114,21 @@ struct StoredItem {
     quarantined: bool,
 }
 
+/// What one stored item held.
+#[derive(Debug, Clone, Copy)]
+struct StoredSize {
+    records: usize,
+    compressed: usize,
+    uncompressed: usize,
+}
+
 /// An upload that finished.
 #[derive(Debug)]
 struct Uploaded {
     partition: i32,
     generation: u64,
     /// None when cancelled by shutdown (not stored, not committed).
-    stored: Option<(usize, usize)>,
+    stored: Option<StoredSize>,
     index: Option<crate::index::IndexEntry>,
     end_offset: i64,
 }
@@ -165,7 +173,7 @@ impl Pipeline {
                     let now = Instant::now();
                     for state in partitions.values_mut() {
                         if let Some(object) = state.writer.close_if_idle(now) {
-                            state.queue.push_back(Pending::Data(object));
+                            state.queue.push_back(Arc::new(Pending::Data(object)));
                         }
                     }
                     self.forget_revoked(&mut partitions);
@@ -192,7 +200,7 @@ impl Pipeline {
         // Drain: close every open object, let the queues empty within the time limit.
         for state in partitions.values_mut() {
             if let Some(object) = state.writer.close() {
-                state.queue.push_back(Pending::Data(object));
+                state.queue.push_back(Arc::new(Pending::Data(object)));
             }
         }
         let deadline = Instant::now() + self.config.storage.drain_timeout;
@@ -257,8 +265,11 @@ impl Pipeline {
                     Some(&record),
                     encode::kafka_time(message.timestamp().to_millis()),
                 );
-                let json =
-                    serde_json::to_vec(&encode::record_json(&record, position)).unwrap_or_default();
+                let json = encode::RecordLine {
+                    record: &record,
+                    position,
+                }
+                .to_vec();
                 use opentelemetry::trace::TraceContextExt as _;
                 let context = relais_telemetry::propagation::extract_kafka(message.headers());
                 let span_context = context.span().span_context().clone();
@@ -276,7 +287,7 @@ impl Pipeline {
                     context: span_context.is_valid().then_some(span_context),
                 };
                 if let Some(object) = state.writer.push(line, now) {
-                    state.queue.push_back(Pending::Data(object));
+                    state.queue.push_back(Arc::new(Pending::Data(object)));
                 }
             }
             Err(error) => {
@@ -284,18 +295,18 @@ impl Pipeline {
                 // determinism hold), then store the bytes as they came.
                 tracing::warn!(partition, offset = message.offset(), %error, "undecodable audit record quarantined");
                 if let Some(object) = state.writer.close() {
-                    state.queue.push_back(Pending::Data(object));
+                    state.queue.push_back(Arc::new(Pending::Data(object)));
                 }
                 state
                     .queue
-                    .push_back(Pending::Quarantine(QuarantinedRecord {
+                    .push_back(Arc::new(Pending::Quarantine(QuarantinedRecord {
                         partition,
                         offset: message.offset(),
                         key: message.key().map(<[u8]>::to_vec),
                         payload: payload.to_vec(),
                         error: error.to_string(),
                         first_arrival: now,
-                    }));
+                    })));
             }
         }
     }
@@ -310,7 +321,8 @@ impl Pipeline {
             if state.uploading {
                 continue;
             }
-            let Some(item) = state.queue.front().cloned() else {
+            // Shared, not copied: an object holds up to `objects.max_bytes` of lines.
+            let Some(item) = state.queue.front().map(Arc::clone) else {
                 continue;
             };
             state.uploading = true;
@@ -326,7 +338,7 @@ impl Pipeline {
                 relais.start_offset = tracing::field::Empty,
                 relais.records = item.records(),
             );
-            if let Pending::Data(object) = &item {
+            if let Pending::Data(object) = &*item {
                 span.record("relais.start_offset", object.start_offset);
                 // The object's span points at the traces of the records in it.
                 for link in &object.links {
@@ -335,9 +347,13 @@ impl Pipeline {
             }
             tokio::spawn(
                 async move {
-                    let (stored, index) = match store.write(&item, &cancel).await {
+                    let (stored, index) = match store.write(Arc::clone(&item), &cancel).await {
                         Ok(stored) => (
-                            Some((item.records(), stored.compressed_bytes)),
+                            Some(StoredSize {
+                                records: item.records(),
+                                compressed: stored.compressed_bytes,
+                                uncompressed: stored.uncompressed_bytes,
+                            }),
                             stored.index,
                         ),
                         Err(error) => {
@@ -372,7 +388,12 @@ impl Pipeline {
             return;
         }
         state.uploading = false;
-        let Some((records, bytes)) = uploaded.stored else {
+        let Some(StoredSize {
+            records,
+            compressed,
+            uncompressed,
+        }) = uploaded.stored
+        else {
             return;
         };
         if let Some(entry) = uploaded.index {
@@ -382,9 +403,12 @@ impl Pipeline {
         state.uncounted.push(StoredItem {
             end_offset: uploaded.end_offset,
             records,
-            quarantined: matches!(item, Some(Pending::Quarantine(_))),
+            quarantined: matches!(item.as_deref(), Some(Pending::Quarantine(_))),
         });
-        self.metrics.bytes_written.inc_by(bytes as u64);
+        self.metrics.bytes_written.inc_by(compressed as u64);
+        self.metrics
+            .uncompressed_written
+            .inc_by(uncompressed as u64);
         // Offsets only after the object is stored: a crash before this line re-reads it.
         let mut offsets = TopicPartitionList::new();
         let _ = offsets.add_partition_offset(
@@ -437,13 +461,13 @@ impl Pipeline {
             let candidates = state
                 .queue
                 .iter()
-                .map(Pending::first_arrival)
+                .map(|item| item.first_arrival())
                 .chain(state.writer.first_arrival());
             for arrival in candidates {
                 oldest = Some(oldest.map_or(arrival, |o: Instant| o.min(arrival)));
             }
-            records += state.queue.iter().map(Pending::records).sum::<usize>();
-            bytes += state.queue.iter().map(Pending::bytes).sum::<usize>();
+            records += state.queue.iter().map(|item| item.records()).sum::<usize>();
+            bytes += state.queue.iter().map(|item| item.bytes()).sum::<usize>();
         }
         self.metrics.buffer_records.set(records as i64);
         self.metrics.buffer_bytes.set(bytes as i64);

@@ -233,7 +233,8 @@ pub async fn print_trail(
             partition: 0,
             offset: 0,
         };
-        writeln!(out, "{}", encode::record_json(record, position))?;
+        out.write_all(&encode::RecordLine { record, position }.to_vec())?;
+        out.write_all(b"\n")?;
     }
     writeln!(
         out,

@@ -1,6 +1,7 @@
 //! Writing objects to Ceph RGW: compression, single or multipart PUT, retries until stored.
 
 use std::io::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use relais_resilience::operation::{AttemptFailure, OperationError, OperationRetry};
@@ -54,6 +55,8 @@ pub enum StoreError {
 pub struct Stored {
     pub key: String,
     pub compressed_bytes: usize,
+    /// NDJSON bytes before compression (the payload as it came, for quarantined records).
+    pub uncompressed_bytes: usize,
     /// The lookup index written beside a data object.
     pub index: Option<IndexEntry>,
 }
@@ -182,21 +185,28 @@ impl Store {
     /// same item twice stores the same bytes under the same key.
     pub async fn write(
         &self,
-        item: &Pending,
+        item: Arc<Pending>,
         cancel: &CancellationToken,
     ) -> Result<Stored, OperationError<S3Error>> {
-        let key = self.key_of(item);
-        let (body, content_type) = match item {
+        let key = self.key_of(&item);
+        let (body, content_type, uncompressed_bytes) = match &*item {
             Pending::Data(object) => {
-                let ndjson = object.ndjson.clone();
                 let (compression, level) = (self.compression, self.level);
-                let body =
-                    tokio::task::spawn_blocking(move || compress(&ndjson, compression, level))
-                        .await
-                        .map_err(|_| OperationError::Cancelled)?;
-                (body, "application/x-ndjson")
+                let shared = Arc::clone(&item);
+                let body = tokio::task::spawn_blocking(move || match &*shared {
+                    Pending::Data(object) => compress(&object.ndjson, compression, level),
+                    // Not reached: this arm of the outer match is data.
+                    Pending::Quarantine(_) => Vec::new(),
+                })
+                .await
+                .map_err(|_| OperationError::Cancelled)?;
+                (body, "application/x-ndjson", object.ndjson.len())
             }
-            Pending::Quarantine(record) => (record.payload.clone(), "application/octet-stream"),
+            Pending::Quarantine(record) => (
+                record.payload.clone(),
+                "application/octet-stream",
+                record.payload.len(),
+            ),
         };
         let size = body.len();
         let started = tokio::time::Instant::now();
@@ -215,7 +225,7 @@ impl Store {
             )
             .await?;
         // The index goes up after its data object: an index never points at a missing object.
-        let index = match item {
+        let index = match &*item {
             Pending::Data(object) => {
                 let entry = IndexEntry::build(
                     key.clone(),
@@ -246,6 +256,7 @@ impl Store {
         Ok(Stored {
             key,
             compressed_bytes: size,
+            uncompressed_bytes,
             index,
         })
     }
