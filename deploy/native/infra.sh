@@ -4,7 +4,8 @@
 #   infra.sh up [component...]     install what is missing, start, wait until each really serves
 #   infra.sh down [component...]   stop in reverse order
 #   infra.sh status                one line per process, and where the logs are
-#   infra.sh clean                 stop everything and delete all state
+#   infra.sh clean                 stop everything and delete all state (tools included)
+#   infra.sh clean component...    stop those and delete only their data (a fresh RGW, say)
 #
 # Components: kafka, ceph, prometheus (default: all). State lives under $RELAIS_STATE_DIR.
 set -euo pipefail
@@ -51,9 +52,18 @@ status)
     echo "state and logs: $RELAIS_STATE_DIR"
     ;;
 clean)
-    down "${ALL[@]}"
-    log "deleting $RELAIS_STATE_DIR"
-    rm -rf "$RELAIS_STATE_DIR"
+    if [ "$#" -eq 0 ]; then
+        down "${ALL[@]}"
+        log "deleting $RELAIS_STATE_DIR"
+        rm -rf "$RELAIS_STATE_DIR"
+    else
+        down "${components[@]}"
+        for component in "${components[@]}"; do
+            component_script "$component" >/dev/null
+            log "deleting $RELAIS_STATE_DIR/$component"
+            rm -rf "${RELAIS_STATE_DIR:?}/$component"
+        done
+    fi
     ;;
 *)
     echo "usage: $0 up|down|status|clean [kafka|ceph|prometheus...]" >&2

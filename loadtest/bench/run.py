@@ -313,27 +313,31 @@ def consumer_ceiling(topic, messages):
 
 
 def s3_put(connection, host, path, body):
-    """One SigV4-signed PUT (unsigned payload, as RGW accepts) on a kept-alive connection."""
+    s3_request(connection, host, "PUT", path, body)
+
+
+def s3_request(connection, host, method, path, body=b""):
+    """One SigV4-signed request (unsigned payload, as RGW accepts) on a kept-alive connection."""
     import hashlib
     import hmac
     now = datetime.datetime.now(datetime.timezone.utc)
     amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
     headers = f"host:{host}\nx-amz-content-sha256:UNSIGNED-PAYLOAD\nx-amz-date:{amz_date}\n"
     signed = "host;x-amz-content-sha256;x-amz-date"
-    request = f"PUT\n{path}\n\n{headers}\n{signed}\nUNSIGNED-PAYLOAD"
+    request = f"{method}\n{path}\n\n{headers}\n{signed}\nUNSIGNED-PAYLOAD"
     scope = f"{day}/{S3_REGION}/s3/aws4_request"
     to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(request.encode()).hexdigest()}"
     key = ("AWS4" + S3_SECRET).encode()
     for part in (day, S3_REGION, "s3", "aws4_request"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
     signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    connection.request("PUT", path, body=body, headers={
+    connection.request(method, path, body=body, headers={
         "Host": host, "x-amz-date": amz_date, "x-amz-content-sha256": "UNSIGNED-PAYLOAD",
         "Authorization": f"AWS4-HMAC-SHA256 Credential={S3_ACCESS}/{scope}, SignedHeaders={signed}, Signature={signature}"})
     response = connection.getresponse()
     response.read()
-    if response.status != 200:
-        raise RuntimeError(f"PUT {path}: HTTP {response.status}")
+    if response.status not in (200, 204):
+        raise RuntimeError(f"{method} {path}: HTTP {response.status}")
 
 
 def raw_put_bandwidth(bucket, size, seconds, concurrency):
@@ -352,10 +356,19 @@ def raw_put_bandwidth(bucket, size, seconds, concurrency):
             count += 1
         return count
 
+    def remove(worker, count):
+        # The objects are only load: remove them, or repeated runs fill a memory-backed RGW.
+        connection = http.client.HTTPConnection(host, timeout=30)
+        for index in range(count):
+            s3_request(connection, host, "DELETE", f"/{bucket}/raw-put/{worker}/{index}")
+
     started = time.time()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        puts = sum(pool.map(loop, range(concurrency)))
+        counts = list(pool.map(loop, range(concurrency)))
     elapsed = time.time() - started
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(remove, range(concurrency), counts))
+    puts = sum(counts)
     return puts / elapsed, puts * size / elapsed
 
 
@@ -747,6 +760,8 @@ def main():
 
 Measured {results['date']} on {results['machine']['cpus']} CPUs, everything on one machine in one run
 (Kafka, upstream-sim, the load tool and the services share the cores: compare ratios, not absolutes).
+The peers (Apache Camel 4.18, Centrifugo v6.9.1), why they were chosen and what each does not do:
+`loadtest/peers/README.md`.
 """]
     if "worker" in results:
         sections.append(worker_section(results["worker"]))
