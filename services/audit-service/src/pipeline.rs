@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use prost::Message as _;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -180,12 +181,16 @@ impl Pipeline {
                     paused = self.apply_backpressure(&partitions, paused);
                 }
                 message = self.consumer.recv() => match message {
-                    Ok(message) => {
-                        self.accept(&mut partitions, &message, &policy);
-                        accepted += 1;
-                        // The buffer bound is enforced as records arrive, not only on ticks.
-                        if accepted.is_multiple_of(128) {
-                            paused = self.apply_backpressure(&partitions, paused);
+                    Ok(first) => {
+                        let batch = self.take_ready(first);
+                        let encoded = encode_batch(&batch);
+                        for (message, encoded) in batch.iter().zip(encoded) {
+                            self.accept(&mut partitions, message, encoded, &policy);
+                            accepted += 1;
+                            // The buffer bound is enforced as records arrive, not only on ticks.
+                            if accepted.is_multiple_of(128) {
+                                paused = self.apply_backpressure(&partitions, paused);
+                            }
                         }
                     }
                     Err(error) => {
@@ -222,10 +227,27 @@ impl Pipeline {
         uploads_cancel.cancel();
     }
 
+    /// The message just received and those already waiting behind it, up to a batch.
+    fn take_ready<'c>(&'c self, first: BorrowedMessage<'c>) -> Vec<BorrowedMessage<'c>> {
+        let mut batch = vec![first];
+        while batch.len() < ENCODE_BATCH {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(message)) => batch.push(message),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "consume error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        batch
+    }
+
     fn accept(
         &self,
         partitions: &mut BTreeMap<i32, PartitionState>,
         message: &BorrowedMessage<'_>,
+        encoded: Result<Encoded, prost::DecodeError>,
         policy: &RotationPolicy,
     ) {
         let partition = message.partition();
@@ -254,36 +276,27 @@ impl Pipeline {
         self.metrics.records_consumed.inc();
         let payload = message.payload().unwrap_or_default();
         let now = Instant::now();
-        match AuditRecord::decode(payload) {
-            Ok(record) => {
+        match encoded {
+            Ok(encoded) => {
                 let position = AuditPosition {
                     topic: message.topic(),
                     partition,
                     offset: message.offset(),
                 };
-                let time = encode::record_time(
-                    Some(&record),
-                    encode::kafka_time(message.timestamp().to_millis()),
-                );
-                let json = encode::RecordLine {
-                    record: &record,
-                    position,
-                }
-                .to_vec();
                 use opentelemetry::trace::TraceContextExt as _;
                 let context = relais_telemetry::propagation::extract_kafka(message.headers());
                 let span_context = context.span().span_context().clone();
                 if span_context.is_sampled() && relais_telemetry::spans_exported() {
                     // The message's own trace reaches the audit trail: one short consumer span
                     // per sampled record (the object's span links the batch as a whole).
-                    record_process_span(&context, &position, &record.message_id);
+                    record_process_span(&context, &position, &encoded.message_id);
                 }
                 let line = Line {
                     offset: message.offset(),
-                    time,
-                    json,
-                    trace_id: record.trace_id,
-                    message_id: record.message_id,
+                    time: encoded.time,
+                    json: encoded.json,
+                    trace_id: encoded.trace_id,
+                    message_id: encoded.message_id,
                     context: span_context.is_valid().then_some(span_context),
                 };
                 if let Some(object) = state.writer.push(line, now) {
@@ -502,6 +515,91 @@ impl Pipeline {
 
 /// `process relais.audit`, a child of the record's trace, per the OpenTelemetry messaging
 /// conventions; it ends at once (the object that stores the record has its own span).
+/// Records taken from the consumer at once, at most: decoding and encoding them is spread over
+/// the cores (`encode_batch`), while their effect on the objects stays in offset order. One
+/// thread doing both capped the service at one core in `make bench`.
+const ENCODE_BATCH: usize = 1024;
+
+/// Fewer records than this per thread are not worth a thread.
+const RECORDS_PER_THREAD: usize = 128;
+
+/// A decoded record as its stored line, with what the object and its index need.
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    time: chrono::DateTime<chrono::Utc>,
+    json: Vec<u8>,
+    trace_id: String,
+    message_id: String,
+}
+
+/// What encoding needs from a message; plain data, so other threads can take it.
+struct RawRecord<'a> {
+    payload: &'a [u8],
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    timestamp_millis: Option<i64>,
+}
+
+fn encode_one(raw: &RawRecord<'_>) -> Result<Encoded, prost::DecodeError> {
+    let record = AuditRecord::decode(raw.payload)?;
+    let position = AuditPosition {
+        topic: raw.topic,
+        partition: raw.partition,
+        offset: raw.offset,
+    };
+    let time = encode::record_time(Some(&record), encode::kafka_time(raw.timestamp_millis));
+    let json = encode::RecordLine {
+        record: &record,
+        position,
+    }
+    .to_vec();
+    Ok(Encoded {
+        time,
+        json,
+        trace_id: record.trace_id,
+        message_id: record.message_id,
+    })
+}
+
+/// Decodes and encodes a batch on up to all cores; the results keep the batch's order.
+fn encode_batch(batch: &[BorrowedMessage<'_>]) -> Vec<Result<Encoded, prost::DecodeError>> {
+    let raw: Vec<RawRecord<'_>> = batch
+        .iter()
+        .map(|message| RawRecord {
+            payload: message.payload().unwrap_or_default(),
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp_millis: message.timestamp().to_millis(),
+        })
+        .collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(raw.len() / RECORDS_PER_THREAD)
+        .max(1);
+    if threads == 1 {
+        return raw.iter().map(encode_one).collect();
+    }
+    let chunk = raw.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut chunks = raw.chunks(chunk);
+        let first = chunks.next().unwrap_or_default();
+        let others: Vec<_> = chunks
+            .map(|part| scope.spawn(move || part.iter().map(encode_one).collect::<Vec<_>>()))
+            .collect();
+        let mut encoded: Vec<_> = first.iter().map(encode_one).collect();
+        for other in others {
+            match other.join() {
+                Ok(part) => encoded.extend(part),
+                // Encoding does not panic (fuzzed); if it ever did, fail as loudly here.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        encoded
+    })
+}
+
 fn record_process_span(
     parent: &opentelemetry::Context,
     position: &AuditPosition<'_>,
