@@ -135,6 +135,7 @@ def write_all(results, out: Path):
                 ("Kafka consumer ceiling", worker.get("kafka_consumer_ceiling_per_second")),
                 ("ingest-worker", worker["worker_messages_per_second"]),
                 ("Camel", _rate(worker.get("camel"))),
+                ("Camel + outcomes", _rate(worker.get("camel_with_outcomes"))),
             ])))
     audit = results.get("audit")
     if audit:

@@ -79,7 +79,7 @@ public final class CamelPeer {
               .maximumRedeliveryDelay(5000)
               .useCollisionAvoidance());
       String upstream = env("CAMEL_PEER_UPSTREAM", "http://127.0.0.1:18090/events");
-      from(kafkaUri(env("CAMEL_PEER_TOPIC", "relais.ingress"),
+      var route = from(kafkaUri(env("CAMEL_PEER_TOPIC", "relais.ingress"),
               "org.apache.kafka.common.serialization.StringDeserializer"))
           .routeId("kafka-to-http")
           .setHeader(Exchange.HTTP_METHOD, constant("POST"))
@@ -94,8 +94,18 @@ public final class CamelPeer {
           .timeoutDuration(2000)
           .end()
           .to(upstream + "?connectionsPerRoute=64&maxTotalConnections=64")
-          .end()
-          .process(exchange -> RECORDS.incrementAndGet());
+          .end();
+      // With CAMEL_PEER_OUTCOME_TOPICS (comma-separated), each delivered message also produces
+      // one outcome record to each topic, as Relais' worker writes an audit record and a
+      // realtime event: the same work per message, without Relais' transaction.
+      String outcomes = env("CAMEL_PEER_OUTCOME_TOPICS", "");
+      if (!outcomes.isEmpty()) {
+        String brokers = env("CAMEL_PEER_BOOTSTRAP", "127.0.0.1:9092");
+        for (String topic : outcomes.split(",")) {
+          route = route.to("kafka:" + topic + "?brokers=" + brokers);
+        }
+      }
+      route.process(exchange -> RECORDS.incrementAndGet());
     }
   }
 
