@@ -1,6 +1,7 @@
 //! The running service: one task owns the partitions' open objects and upload queues; uploads
 //! run concurrently across partitions, one at a time within a partition; each stored item
-//! commits the offset after it.
+//! commits the offset after it. The records waiting in the consumer are taken in batches whose
+//! decoding and JSON encoding run on all cores; the task then applies them in offset order.
 //!
 //! ```text
 //! relais.audit ─▶ decode ─┬─▶ PartitionWriter (open object) ─▶ queue ─▶ Store::write ─▶ commit
