@@ -102,14 +102,19 @@ def wait_http(url, seconds=30):
     sys.exit(f"{url} did not answer within {seconds}s")
 
 
-def peak_rss_bytes(pid):
+def status_bytes(pid, field):
+    """A size field of /proc/PID/status (VmHWM: peak RSS, VmRSS: current RSS), in bytes."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def peak_rss_bytes(pid):
+    return status_bytes(pid, "VmHWM")
 
 
 def raise_open_files_limit():
@@ -330,10 +335,6 @@ def consumer_ceiling(topic, messages):
     return round(float(row.get("nMsg.sec", 0.0)), 1)
 
 
-def s3_put(connection, host, path, body):
-    s3_request(connection, host, "PUT", path, body)
-
-
 def s3_request(connection, host, method, path, body=b""):
     """One SigV4-signed request (unsigned payload, as RGW accepts) on a kept-alive connection."""
     import hashlib
@@ -370,7 +371,7 @@ def raw_put_bandwidth(bucket, size, seconds, concurrency):
         connection = http.client.HTTPConnection(host, timeout=30)
         count = 0
         while time.time() < stop_at:
-            s3_put(connection, host, f"/{bucket}/raw-put/{worker}/{count}", body)
+            s3_request(connection, host, "PUT", f"/{bucket}/raw-put/{worker}/{count}", body)
             count += 1
         return count
 
@@ -503,7 +504,7 @@ def outage_benchmark(args, out, stamp):
         while load.poll() is None:
             sample = {"t": round(time.time() - started, 1)}
             for name, process in services.items():
-                sample[name] = current_rss_bytes(process.pid)
+                sample[name] = status_bytes(process.pid, "VmRSS")
             samples.append(sample)
             time.sleep(5)
         load_ended = time.time()
@@ -525,16 +526,6 @@ def outage_benchmark(args, out, stamp):
     return {"outage_seconds": args.outage_seconds, "rate": args.outage_rate, "sent": sent,
             "committed": int(committed), "seconds_from_load_end_to_drained": drained_after,
             "peak_rss_bytes": peaks, "samples": samples}
-
-
-def current_rss_bytes(pid):
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def lookup_benchmark(args, out, stamp):

@@ -524,6 +524,12 @@ const ENCODE_BATCH: usize = 1024;
 /// Fewer records than this per thread are not worth a thread.
 const RECORDS_PER_THREAD: usize = 128;
 
+/// Cores to encode on, read once: on Linux the answer comes from cgroup files, not worth
+/// reading again for every batch.
+static CORES: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+});
+
 /// A decoded record as its stored line, with what the object and its index need.
 #[derive(Debug)]
 pub(crate) struct Encoded {
@@ -575,10 +581,7 @@ fn encode_batch(batch: &[BorrowedMessage<'_>]) -> Vec<Result<Encoded, prost::Dec
             timestamp_millis: message.timestamp().to_millis(),
         })
         .collect();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .min(raw.len() / RECORDS_PER_THREAD)
-        .max(1);
+    let threads = (*CORES).min(raw.len() / RECORDS_PER_THREAD).max(1);
     if threads == 1 {
         return raw.iter().map(encode_one).collect();
     }
