@@ -117,6 +117,86 @@ def peak_rss_bytes(pid):
     return status_bytes(pid, "VmHWM")
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid):
+    """User + system CPU time of a process (all its threads) so far; 0 once it is gone."""
+    try:
+        # Fields after the command name, which may itself contain spaces or parentheses.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def machine_busy_seconds():
+    """CPU time spent by everything on the machine so far (all cores, idle and iowait excluded)."""
+    values = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / CLOCK_TICKS
+
+
+def infra_pids():
+    """The native stack's daemons (deploy/native/infra.sh writes their pid files)."""
+    files = {"kafka broker": STATE / "kafka" / "kafka.pid", "radosgw": STATE / "ceph" / "run" / "rgw.daemon.pid",
+             "ceph-osd": STATE / "ceph" / "run" / "osd.daemon.pid", "ceph-mon": STATE / "ceph" / "run" / "mon.daemon.pid"}
+    pids = {}
+    for name, path in files.items():
+        try:
+            pids[name] = int(path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return pids
+
+
+class CpuMeter:
+    """Where the machine's CPU time went between start() and stop(): per named process, this
+    benchmark script itself with the children it reaped (wrk, the S3 PUT threads), and the rest
+    of the machine. Reported per unit of work, so the figures say what each part costs."""
+
+    def __init__(self, pids, tools="bench script and the tools it ran"):
+        self.pids = dict(pids)
+        self.tools = tools
+        self.started = None
+
+    def _read(self):
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        sample = {name: process_cpu_seconds(pid) for name, pid in self.pids.items()}
+        sample[self.tools] = (own.ru_utime + own.ru_stime + children.ru_utime
+                                                   + children.ru_stime)
+        return time.time(), machine_busy_seconds(), sample
+
+    def start(self):
+        self.started = self._read()
+        return self
+
+    def stop(self, units):
+        """CPU per component: seconds, cores used on average and microseconds per unit."""
+        (t0, busy0, sample0), (t1, busy1, sample1) = self.started, self._read()
+        elapsed, units = max(t1 - t0, 1e-6), max(units, 1)
+        seconds = {name: max(sample1[name] - sample0[name], 0.0) for name in sample1}
+        seconds["rest of the machine"] = max((busy1 - busy0) - sum(seconds.values()), 0.0)
+        return {
+            "elapsed_seconds": round(elapsed, 2),
+            "units": units,
+            "machine_cores_busy": round((busy1 - busy0) / elapsed, 2),
+            "components": {name: {"cpu_seconds": round(value, 2), "cores": round(value / elapsed, 2),
+                                  "cpu_us_per_unit": round(value / units * 1e6, 1)}
+                           for name, value in seconds.items()},
+        }
+
+
+def cpu_rows(cpu, unit):
+    """Markdown rows: the CPU each component spent per unit of work."""
+    if not cpu:
+        return ""
+    rows = "".join(f"| {name} | {part['cores']:.2f} | {part['cpu_us_per_unit']:.1f} |\n"
+                   for name, part in sorted(cpu["components"].items(), key=lambda item: -item[1]["cpu_seconds"]))
+    return (f"| component | cores busy (of {os.cpu_count()}) | CPU µs per {unit} |\n| --- | --- | --- |\n" + rows
+            + f"| whole machine | {cpu['machine_cores_busy']:.2f} | |\n")
+
+
 def raise_open_files_limit():
     """A thousand WebSocket clients need more descriptors than the usual soft limit of 1024."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -192,16 +272,18 @@ def run_camel(mode, env, out, records, log_name, max_seconds=600):
         stop(process)
 
 
-def run_wrk(seconds):
+def run_wrk(seconds, sim_pid):
     if shutil.which("wrk") is None:
         log("installing wrk (Debian package)")
         subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "wrk"],
                        check=True, capture_output=True)
+    meter = CpuMeter({"upstream-sim": sim_pid, **infra_pids()}, tools="wrk").start()
     output = subprocess.run(
         ["wrk", "-t2", "-c64", f"-d{seconds}s", "-s", str(Path(__file__).with_name("post.lua")),
          f"http://{SIM_API}/events"], capture_output=True, text=True, check=True).stdout
     rate = next(float(line.split()[1]) for line in output.splitlines() if line.startswith("Requests/sec"))
-    return rate, output
+    requests = next(int(line.split()[0]) for line in output.splitlines() if " requests in " in line)
+    return rate, output, meter.stop(requests)
 
 
 def produce(topic, count):
@@ -229,7 +311,7 @@ def worker_benchmark(args, out, stamp):
     try:
         wait_http(f"http://{SIM_ADMIN}/healthz")
         log(f"wrk against upstream-sim for {args.wrk_seconds}s")
-        wrk_rate, wrk_output = run_wrk(args.wrk_seconds)
+        wrk_rate, wrk_output, wrk_cpu = run_wrk(args.wrk_seconds, sim.pid)
         (out / "wrk.txt").write_text(wrk_output)
         http_post(f"http://{SIM_ADMIN}/admin/reset")
         log(f"wrk: {wrk_rate:.0f} requests/s")
@@ -247,6 +329,7 @@ def worker_benchmark(args, out, stamp):
         worker = start("ingest-worker", {"RELAIS_WORKER_CONFIG": str(config), "RELAIS_ADMIN_ADDR": WORKER_ADMIN,
                                          "RELAIS_WORKER_ID": f"bench-{stamp}", "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP},
                        out / "ingest-worker.log")
+        meter = CpuMeter({"ingest-worker": worker.pid, "upstream-sim": sim.pid, **infra_pids()})
         try:
             samples, first, deadline = [], None, time.time() + 600
             while time.time() < deadline:
@@ -258,7 +341,9 @@ def worker_benchmark(args, out, stamp):
                 samples.append((now, committed))
                 if committed > 0 and first is None:
                     first = (now, committed)
+                    meter.start()
                 if committed >= args.messages:
+                    worker_cpu = meter.stop(committed - first[1])
                     break
                 if worker.poll() is not None:
                     sys.exit(f"ingest-worker exited early; see {out / 'ingest-worker.log'}")
@@ -299,6 +384,13 @@ def worker_benchmark(args, out, stamp):
     finally:
         stop(sim)
     ceiling = consumer_ceiling(topics["ingress"], args.messages)
+    # What the target asks, in CPU: wrk and upstream-sim saturate the machine between them, so
+    # the worker, the broker and upstream-sim must fit the same cores at 0.7 x wrk's rate.
+    # Counting only what the worker cannot do without (upstream-sim answering, the broker
+    # serving the fetch and the outcome transaction), at the cost per message measured here:
+    parts = worker_cpu["components"]
+    others_us = parts["upstream-sim"]["cpu_us_per_unit"] + parts.get("kafka broker", {}).get("cpu_us_per_unit", 0)
+    bound = (os.cpu_count() or 1) * 1e6 / others_us if others_us else None
     return {
         "kafka_consumer_ceiling_per_second": ceiling,
         "ratio_worker_to_consumer_ceiling": round(worker_rate / ceiling, 3) if ceiling else None,
@@ -318,6 +410,10 @@ def worker_benchmark(args, out, stamp):
         "ratio_worker_to_camel_with_outcomes": (round(worker_rate / camel_outcomes["records_per_second"], 2)
                                                 if camel_outcomes.get("records_per_second") else None),
         "target_ratio": 0.7,
+        "wrk_cpu": wrk_cpu,
+        "worker_cpu": worker_cpu,
+        "rate_if_worker_cost_nothing": round(bound, 1) if bound else None,
+        "ratio_bound_if_worker_cost_nothing": round(bound / wrk_rate, 3) if bound else None,
         "audit_topic": topics["audit"],
     }
 
@@ -824,6 +920,16 @@ less per message: it POSTs and lets the Kafka client auto-commit (at-least-once,
 records, no dead-letter topic), with one consumer thread per partition (Camel's way to run
 partitions in parallel). The second Camel row adds the two outcome records per message, sent
 without a transaction: the same work as the worker minus exactly-once. wrk only sends requests.
+
+Where the CPU went (everything shares {os.cpu_count()} cores), during wrk's run:
+
+{cpu_rows(worker.get("wrk_cpu"), "request")}
+and during the worker's run (from its first committed message to its last):
+
+{cpu_rows(worker.get("worker_cpu"), "message")}
+At these costs per message, upstream-sim and the broker alone would fill the machine at
+{worker.get('rate_if_worker_cost_nothing') or 0:.0f} messages/s even if the worker cost nothing: a ratio of at most
+**{worker.get('ratio_bound_if_worker_cost_nothing')}** to wrk on this machine, whatever the worker does.
 """
 
 

@@ -10,7 +10,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::logging::JsonFormat;
+use crate::logging::{JsonFormat, SpanFieldsUnused};
 
 /// What [`init`] needs to know about the process.
 #[derive(Debug, Clone)]
@@ -94,19 +94,7 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         Ok(value) if !value.is_empty() => EnvFilter::try_new(value)?,
         _ => EnvFilter::try_new(config.default_log_filter)?,
     };
-    // Each layer has its own filter: RUST_LOG quiets the logs without also switching off the
-    // spans that carry trace context between services (a disabled span has no trace id).
-    tracing_subscriber::registry()
-        .with(
-            tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_filter(LevelFilter::INFO),
-        )
-        .with(
-            tracing_subscriber::fmt::layer()
-                .event_format(JsonFormat)
-                .with_filter(filter),
-        )
+    subscriber(tracer, filter, std::io::stdout)
         .try_init()
         .map_err(TelemetryError::AlreadyInstalled)?;
 
@@ -114,6 +102,41 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         provider,
         exporting,
     })
+}
+
+/// The layers every service logs and traces through, writing log lines to `writer`.
+///
+/// Each layer has its own filter: RUST_LOG quiets the logs without also switching off the
+/// spans that carry trace context between services (a disabled span has no trace id).
+///
+/// The pipelines open a span per message and per attempt, so what each span costs matters.
+/// Trace ids are read through the span (`OpenTelemetrySpanExt`), never from OpenTelemetry's
+/// thread-local context, so activating that context on every poll is switched off; so are
+/// thread attributes (a string per span) and busy/idle timing (a clock read per poll).
+fn subscriber<W>(
+    tracer: opentelemetry_sdk::trace::SdkTracer,
+    log_filter: EnvFilter,
+    writer: W,
+) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'writer> tracing_subscriber::fmt::MakeWriter<'writer> + Send + Sync + 'static,
+{
+    tracing_subscriber::registry()
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_context_activation(false)
+                .with_threads(false)
+                .with_tracked_inactivity(false)
+                .with_filter(LevelFilter::INFO),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .event_format(JsonFormat)
+                .fmt_fields(SpanFieldsUnused)
+                .with_writer(writer)
+                .with_filter(log_filter),
+        )
 }
 
 static SPANS_EXPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -141,4 +164,65 @@ pub fn current_trace_id() -> Option<TraceId> {
     let span = context.span();
     let span_context = span.span_context();
     span_context.is_valid().then(|| span_context.trace_id())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Collects what the log layer writes.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The only test in this crate that installs a subscriber, and it installs it for the whole
+    /// process as `init` does: a scoped one (`with_default`) hides the current span from the
+    /// formatter, which a service never sees.
+    #[test]
+    fn a_log_line_carries_its_span_name_and_trace_ids_but_not_the_span_fields() {
+        let provider = SdkTracerProvider::builder().build();
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = subscriber(provider.tracer("test"), EnvFilter::new("info"), move || {
+            writer.clone()
+        });
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        let span = tracing::info_span!("process", messaging.kafka.offset = 42);
+        let entered = span.enter();
+        let ids = span.context().span().span_context().clone();
+        let (trace_id, span_id) = (ids.trace_id().to_string(), ids.span_id().to_string());
+        tracing::info!(partition = 3, "message not delivered");
+        tracing::debug!("below the filter");
+        drop(entered);
+
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let logged: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(logged.len(), 1, "{text}");
+        let line = &logged[0];
+        assert_eq!(line["message"], "message not delivered");
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["partition"], 3);
+        assert_eq!(line["span"], "process");
+        assert_eq!(line["trace_id"], trace_id.as_str());
+        assert_eq!(line["span_id"], span_id.as_str());
+        assert_ne!(trace_id, TraceId::INVALID.to_string());
+        assert!(line.get("messaging.kafka.offset").is_none());
+    }
 }

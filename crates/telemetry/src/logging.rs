@@ -72,6 +72,22 @@ where
     }
 }
 
+/// Span fields as the fmt layer would store them: nothing. [`JsonFormat`] writes an event's own
+/// fields and its span's name and ids, never the span's fields, so formatting them into a string
+/// for every span (a message, an attempt) would be work thrown away.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpanFieldsUnused;
+
+impl<'writer> FormatFields<'writer> for SpanFieldsUnused {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        _writer: Writer<'writer>,
+        _fields: R,
+    ) -> fmt::Result {
+        Ok(())
+    }
+}
+
 struct FieldVisitor(Map<String, Value>);
 
 impl Visit for FieldVisitor {
