@@ -4,8 +4,11 @@
 //!   `window_size` attempts. Once the window holds `minimum_calls`, the circuit opens when the
 //!   failure rate or the slow-call rate reaches its threshold.
 //! - **Open**: calls fail at once, without touching the upstream, for `open_duration`.
-//! - **Half-open**: up to `half_open_calls` trial calls pass. Any failure re-opens the circuit;
-//!   `half_open_calls` successes close it with a fresh window.
+//! - **Half-open**: up to `half_open_calls` trial calls pass, and their attempts are judged by
+//!   the same thresholds as the closed window: the circuit re-opens as soon as the trials'
+//!   failure or slow-call rate reaches its threshold, and closes with a fresh window once
+//!   `half_open_calls` results are in below both. Requiring every trial to succeed would make
+//!   an upstream that fails a small, normal share of calls flap between open and half-open.
 //!
 //! The breaker gates *calls* (it sits outside the retry layer), but it learns from *attempts*:
 //! the retry layer reports each attempt and stops retrying once the circuit has opened. Learning
@@ -78,10 +81,10 @@ impl std::fmt::Debug for CircuitBreaker {
 struct Inner {
     state: CircuitState,
     since: Instant,
-    /// (failed, slow) per attempt, newest at the back.
+    /// (failed, slow) per attempt, newest at the back: the sliding window while closed, the
+    /// trials' results while half-open.
     window: VecDeque<(bool, bool)>,
     trials_in_flight: usize,
-    trial_successes: usize,
 }
 
 /// Admission to call through the circuit. A trial permit (half-open) frees its slot on drop.
@@ -108,7 +111,6 @@ impl CircuitBreaker {
                 since: Instant::now(),
                 window: VecDeque::with_capacity(policy.window_size),
                 trials_in_flight: 0,
-                trial_successes: 0,
             }),
             policy,
             listener,
@@ -141,7 +143,7 @@ impl CircuitBreaker {
                     .saturating_duration_since(Instant::now()),
             }),
             CircuitState::HalfOpen => {
-                if inner.trials_in_flight + inner.trial_successes < self.policy.half_open_calls {
+                if inner.trials_in_flight + inner.window.len() < self.policy.half_open_calls {
                     inner.trials_in_flight += 1;
                     Ok(CallPermit {
                         breaker: Arc::clone(self),
@@ -178,13 +180,14 @@ impl CircuitBreaker {
                 }
             }
             CircuitState::HalfOpen => {
-                if failed || slow {
+                inner.window.push_back((failed, slow));
+                // Rates over all the trials, the missing ones counted as good: the circuit
+                // re-opens as soon as the outcome is certain, without waiting for the rest.
+                let trials = self.policy.half_open_calls;
+                if self.rates_reach_thresholds(&inner.window, trials) {
                     self.transition(&mut inner, CircuitState::Open);
-                } else {
-                    inner.trial_successes += 1;
-                    if inner.trial_successes >= self.policy.half_open_calls {
-                        self.transition(&mut inner, CircuitState::Closed);
-                    }
+                } else if inner.window.len() >= trials {
+                    self.transition(&mut inner, CircuitState::Closed);
                 }
             }
             // A late result from a call that started before the circuit opened.
@@ -194,13 +197,16 @@ impl CircuitBreaker {
 
     fn should_open(&self, inner: &Inner) -> bool {
         let calls = inner.window.len();
-        if calls < self.policy.minimum_calls {
-            return false;
-        }
-        let failures = inner.window.iter().filter(|(failed, _)| *failed).count();
-        let slow = inner.window.iter().filter(|(_, slow)| *slow).count();
-        failures as f64 / calls as f64 >= self.policy.failure_rate_threshold
-            || slow as f64 / calls as f64 >= self.policy.slow_call_rate_threshold
+        calls >= self.policy.minimum_calls && self.rates_reach_thresholds(&inner.window, calls)
+    }
+
+    /// Whether the failures or slow calls in `results`, as a share of `calls`, reach a threshold.
+    fn rates_reach_thresholds(&self, results: &VecDeque<(bool, bool)>, calls: usize) -> bool {
+        let failures = results.iter().filter(|(failed, _)| *failed).count();
+        let slow = results.iter().filter(|(_, slow)| *slow).count();
+        let calls = calls.max(1) as f64;
+        failures as f64 / calls >= self.policy.failure_rate_threshold
+            || slow as f64 / calls >= self.policy.slow_call_rate_threshold
     }
 
     fn expire_open(&self, inner: &mut Inner) {
@@ -214,7 +220,6 @@ impl CircuitBreaker {
         inner.state = to;
         inner.since = Instant::now();
         inner.window.clear();
-        inner.trial_successes = 0;
         if to != CircuitState::HalfOpen {
             inner.trials_in_flight = 0;
         }
@@ -375,6 +380,59 @@ mod tests {
         assert_eq!(breaker.state(), CircuitState::Open);
         let refused = breaker.try_acquire().expect_err("re-opened");
         assert_eq!(refused.retry_in, Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trials_are_judged_by_rate_not_by_a_single_failure() {
+        let breaker = CircuitBreaker::new(
+            CircuitPolicy {
+                half_open_calls: 4,
+                ..policy()
+            },
+            None,
+        );
+        let open = |breaker: &Arc<CircuitBreaker>| {
+            for _ in 0..4 {
+                breaker.record(true, FAST);
+            }
+            assert_eq!(breaker.state(), CircuitState::Open);
+        };
+
+        // One failed trial of four (25 %) is below the 50 % threshold: the circuit closes.
+        open(&breaker);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let permits: Vec<_> = (0..4)
+            .map(|_| breaker.try_acquire().expect("trial"))
+            .collect();
+        assert!(breaker.try_acquire().is_err(), "four trials at most");
+        for failed in [true, false, false] {
+            breaker.record(failed, FAST);
+            assert_eq!(breaker.state(), CircuitState::HalfOpen);
+        }
+        breaker.record(false, FAST);
+        assert_eq!(breaker.state(), CircuitState::Closed);
+        drop(permits);
+
+        // Two failed trials (50 % of four) re-open it at the second, without waiting for more.
+        open(&breaker);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let _permits: Vec<_> = (0..4)
+            .map(|_| breaker.try_acquire().expect("trial"))
+            .collect();
+        breaker.record(true, FAST);
+        assert_eq!(breaker.state(), CircuitState::HalfOpen);
+        breaker.record(true, FAST);
+        assert_eq!(breaker.state(), CircuitState::Open);
+
+        // Slow trials count against the slow-call threshold (75 %: three of four).
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let slow = Duration::from_millis(1500);
+        for _ in 0..2 {
+            breaker.record(false, slow);
+        }
+        assert_eq!(breaker.state(), CircuitState::HalfOpen);
+        breaker.record(false, slow);
+        assert_eq!(breaker.state(), CircuitState::Open);
     }
 
     #[tokio::test(start_paused = true)]

@@ -85,7 +85,8 @@ pub struct CircuitPolicy {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub open_duration: Duration,
-    /// Trial calls allowed while half-open; all must succeed to close the circuit.
+    /// Trial calls allowed while half-open. The circuit re-opens as soon as their failure or
+    /// slow-call rate reaches its threshold and closes once all are in below both.
     pub half_open_calls: usize,
 }
 
@@ -98,7 +99,7 @@ impl Default for CircuitPolicy {
             slow_call_duration: Duration::from_secs(2),
             slow_call_rate_threshold: 0.8,
             open_duration: Duration::from_secs(5),
-            half_open_calls: 3,
+            half_open_calls: 10,
         }
     }
 }
