@@ -420,7 +420,7 @@ def worker_benchmark(args, out, stamp):
 
 def consumer_ceiling(topic, messages):
     """Kafka's own consumer perf tool reading the same topic: the upper bound on ingestion."""
-    log("kafka consumer perf tool on the ingress topic")
+    log(f"kafka consumer perf tool on {topic}")
     output = kafka_tool("org.apache.kafka.tools.ConsumerPerformance", "--bootstrap-server", BOOTSTRAP,
                         "--topic", topic, "--messages", str(messages), "--timeout", "60000",
                         "--group", f"bench-ceiling-{time.time_ns()}")
@@ -428,7 +428,8 @@ def consumer_ceiling(topic, messages):
     header = [h.strip() for h in lines[0].split(",")]
     values = [v.strip() for v in lines[-1].split(",")]
     row = dict(zip(header, values))
-    return round(float(row.get("nMsg.sec", 0.0)), 1)
+    # The fetch rate leaves out the group join, which a long-running consumer pays once.
+    return round(float(row.get("fetch.nMsg.sec", row.get("nMsg.sec", 0.0))), 1)
 
 
 def s3_request(connection, host, method, path, body=b""):
@@ -495,8 +496,9 @@ def audit_benchmark(args, out, stamp, audit_topic, records):
     service = start("audit-service", {"RELAIS_AUDIT_CONFIG": str(config), "RELAIS_ADMIN_ADDR": AUDIT_ADMIN,
                                       "RELAIS_S3_BUCKET": bucket, "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP},
                     out / "audit-service.log")
+    meter = CpuMeter({"audit-service": service.pid, **infra_pids()})
     try:
-        first, deadline, text = None, time.time() + 600, ""
+        first, deadline, text, samples = None, time.time() + 600, "", []
         while time.time() < deadline:
             try:
                 text = http_get(f"http://{AUDIT_ADMIN}/metrics")
@@ -504,10 +506,13 @@ def audit_benchmark(args, out, stamp, audit_topic, records):
                 text = ""
             written = metric(text, "relais_audit_records_written_total")
             now = time.time()
+            samples.append((now, written))
             if written > 0 and first is None:
                 first = (now, written, metric(text, "relais_audit_written_bytes_total"),
                          metric(text, "relais_audit_uncompressed_written_bytes_total"))
+                meter.start()
             if written >= records:
+                audit_cpu = meter.stop(written - first[1])
                 break
             if service.poll() is not None:
                 sys.exit(f"audit-service exited early; see {out / 'audit-service.log'}")
@@ -520,12 +525,24 @@ def audit_benchmark(args, out, stamp, audit_topic, records):
         record_rate = (written - first[1]) / elapsed
         byte_rate = (stored_bytes - first[2]) / elapsed
         ndjson_rate = (metric(text, "relais_audit_uncompressed_written_bytes_total") - first[3]) / elapsed
+        # Per-interval rates while objects were being written (the last, idle-closed objects
+        # excluded), for the median.
+        steady = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(samples, samples[1:])
+                  if a[1] > 0 and b[1] < records and b[0] > a[0]]
         rss = peak_rss_bytes(service.pid)
     finally:
         stop(service)
     object_size = int(stored_bytes / max(objects, 1))
     log(f"raw PUT of {object_size} byte objects for {args.put_seconds}s")
+    put_meter = CpuMeter(infra_pids(), tools="bench script (the PUT client)").start()
     put_rate, put_bandwidth = raw_put_bandwidth(bucket, object_size, args.put_seconds, 12)
+    put_cpu = put_meter.stop(put_bandwidth * args.put_seconds / 2**20)
+    ceiling = consumer_ceiling(audit_topic, records)
+    # The stored-bytes target in records: gzip leaves about 70 bytes of each record, so the
+    # target bandwidth needs this many records per second, against what Kafka's own consumer
+    # reads from the same topic on this machine.
+    stored_per_record = stored_bytes / max(written, 1)
+    records_for_target = 0.8 * put_bandwidth / stored_per_record if stored_per_record else None
     camel = {"skipped": args.camel_unavailable} if args.camel_unavailable else None
     if camel is None:
         log("Camel peer: Kafka → S3 on the same topic and RGW")
@@ -543,6 +560,12 @@ def audit_benchmark(args, out, stamp, audit_topic, records):
         "objects": int(objects),
         "mean_object_bytes": object_size,
         "audit_records_per_second": round(record_rate, 1),
+        "audit_median_interval_rate": round(statistics.median(steady), 1) if steady else None,
+        "audit_cpu": audit_cpu,
+        "raw_put_cpu_per_mib": put_cpu,
+        "stored_bytes_per_record": round(stored_per_record, 1),
+        "records_per_second_for_target": round(records_for_target, 1) if records_for_target else None,
+        "kafka_consumer_ceiling_per_second": ceiling,
         "audit_bytes_per_second": round(byte_rate, 1),
         "raw_put_per_second": round(put_rate, 1),
         "raw_put_bytes_per_second": round(put_bandwidth, 1),
@@ -953,7 +976,19 @@ as a documented JSON line, compressing (gzip level 3), the lookup index beside e
 committing offsets only after the PUT; the raw PUT only sends bytes already in memory. The Camel
 route stores the Kafka values as they are (one per line, gzip level 3, objects of the same record
 count) with auto-committed offsets: less work per record and no exactly-once guarantee.
-"""
+
+Median of per-interval rates while objects were written: {audit.get('audit_median_interval_rate')} records/s.
+Compressed, a record takes {audit.get('stored_bytes_per_record')} bytes in RGW, so the stored-bytes target
+(0.8 × raw PUT) means **{audit.get('records_per_second_for_target') or 0:.0f} records/s**, while Kafka's own consumer
+perf tool reads {audit.get('kafka_consumer_ceiling_per_second') or 0:.0f} records/s from the same topic on this
+machine: the target in stored bytes is out of reach of anything that consumes the topic here.
+
+Where the CPU went while audit-service wrote:
+
+{cpu_rows(audit.get("audit_cpu"), "record")}
+and during the raw PUT:
+
+{cpu_rows(audit.get("raw_put_cpu_per_mib"), "MiB stored")}"""
 
 
 def lookup_section(lookup):
