@@ -5,12 +5,6 @@ use std::process::ExitCode;
 use relais_audit_service::config::{Args, AuditConfig, Command};
 use relais_telemetry::TelemetryConfig;
 
-/// Records are decoded and encoded on several threads and their buffers freed on the pipeline's
-/// own: glibc's malloc spent about a tenth of the service's time there (its arenas do not like
-/// frees from another thread); mimalloc does not.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const TELEMETRY: TelemetryConfig = TelemetryConfig {
     service_name: "audit-service",
     service_version: env!("CARGO_PKG_VERSION"),
