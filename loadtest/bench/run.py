@@ -287,6 +287,18 @@ def run_wrk(seconds, sim_pid):
     return rate, output, meter.stop(requests)
 
 
+def run_http_post(kind, seconds, concurrency, sim_pid):
+    """The worker's HTTP client alone (`loadgen http-post`), bare reqwest or the resilience stack."""
+    meter = CpuMeter({"upstream-sim": sim_pid, **infra_pids()}, tools=f"loadgen http-post ({kind})").start()
+    output = subprocess.run(
+        [str(RELEASE / "loadgen"), "http-post", "--url", f"http://{SIM_API}", "--client", kind,
+         "--concurrency", str(concurrency), "--seconds", str(seconds)],
+        capture_output=True, text=True, check=True, env={**os.environ, "RUST_LOG": "warn"}).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    result["cpu"] = meter.stop(result["requests"])
+    return result
+
+
 def produce(topic, count):
     now = datetime.datetime.now(datetime.timezone.utc).isoformat()
     with tempfile.NamedTemporaryFile("w", suffix=".payloads", delete=False) as payloads:
@@ -316,6 +328,11 @@ def worker_benchmark(args, out, stamp):
         (out / "wrk.txt").write_text(wrk_output)
         http_post(f"http://{SIM_ADMIN}/admin/reset")
         log(f"wrk: {wrk_rate:.0f} requests/s")
+        clients = {}
+        for kind in ("reqwest", "resilience"):
+            clients[kind] = run_http_post(kind, args.wrk_seconds, args.worker_lanes, sim.pid)
+            http_post(f"http://{SIM_ADMIN}/admin/reset")
+            log(f"loadgen http-post --client {kind}: {clients[kind]['requests_per_second']:.0f} requests/s")
 
         log(f"producing {args.messages} messages")
         produce_seconds = produce(topics["ingress"], args.messages)
@@ -412,6 +429,7 @@ def worker_benchmark(args, out, stamp):
                                                 if camel_outcomes.get("records_per_second") else None),
         "target_ratio": 0.7,
         "wrk_cpu": wrk_cpu,
+        "http_client_alone": clients,
         "worker_cpu": worker_cpu,
         "rate_if_worker_cost_nothing": round(bound, 1) if bound else None,
         "ratio_bound_if_worker_cost_nothing": round(bound / wrk_rate, 3) if bound else None,
@@ -948,6 +966,20 @@ def peer_rows(peer, name, unit):
             f"| {name} peak RSS | {mib(peer['peak_rss_bytes'])} |\n")
 
 
+def client_rows(worker):
+    """The worker's HTTP client alone, beside wrk: where the gap to wrk comes from."""
+    rows = ""
+    names = {"reqwest": "bare reqwest client (the library under the worker's stack)",
+             "resilience": "the worker's resilience stack (deadline, bulkhead, breaker, retry, timeout, probe)"}
+    for kind, run in (worker.get("http_client_alone") or {}).items():
+        parts = run["cpu"]["components"]
+        own = next((part for name, part in parts.items() if name.startswith("loadgen")), {})
+        rows += (f"| {names.get(kind, kind)} alone, {run['concurrency']} callers, no Kafka | "
+                 f"{run['requests_per_second']:.0f} requests/s, {own.get('cpu_us_per_unit', 0):.1f} CPU µs per request "
+                 f"(ratio to wrk {run['requests_per_second'] / worker['wrk_requests_per_second']:.2f}) |\n")
+    return rows
+
+
 def worker_section(worker):
     camel = worker.get("camel")
     return f"""## ingest-worker against the raw HTTP rate of upstream-sim and against Apache Camel
@@ -958,7 +990,7 @@ def worker_section(worker):
 | ingest-worker ({worker['lanes']} lanes), Kafka → HTTP → outcome transaction, {worker['messages']} messages | {worker['worker_messages_per_second']:.0f} messages/s |
 | median of per-interval rates | {worker['worker_median_interval_rate']} messages/s |
 | **ratio worker / wrk** | **{worker['ratio_worker_to_wrk']:.2f}** (target ≥ {worker['target_ratio']}) |
-{peer_rows(camel, "Apache Camel 4.18 route, Kafka → HTTP with resilience4j breaker and redelivery", "messages/s")}| **ratio worker / Camel** | **{worker.get('ratio_worker_to_camel')}** |
+{client_rows(worker)}{peer_rows(camel, "Apache Camel 4.18 route, Kafka → HTTP with resilience4j breaker and redelivery", "messages/s")}| **ratio worker / Camel** | **{worker.get('ratio_worker_to_camel')}** |
 {peer_rows(worker.get("camel_with_outcomes"), "the same Camel route also writing two outcome records per message (audit, event)", "messages/s")}| **ratio worker / Camel with outcome records** | **{worker.get('ratio_worker_to_camel_with_outcomes')}** |
 | Kafka's consumer perf tool on the same topic (upper bound on ingestion) | {worker['kafka_consumer_ceiling_per_second']:.0f} messages/s |
 | ratio worker / consumer ceiling | {worker['ratio_worker_to_consumer_ceiling']} |
@@ -979,7 +1011,7 @@ and during the worker's run (from its first committed message to its last):
 {cpu_rows(worker.get("worker_cpu"), "message")}
 At these costs per message, upstream-sim and the broker alone would fill the machine at
 {worker.get('rate_if_worker_cost_nothing') or 0:.0f} messages/s even if the worker cost nothing: a ratio of at most
-**{worker.get('ratio_bound_if_worker_cost_nothing')}** to wrk on this machine, whatever the worker does.
+**{worker.get('ratio_bound_if_worker_cost_nothing')}** to wrk on this machine.
 """
 
 

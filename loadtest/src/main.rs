@@ -3,10 +3,12 @@
 //! - `loadgen audit-records`: synthetic audit records for audit-service ([`audit_records`]);
 //! - `loadgen ingress --scenario FILE`: ingress traffic from a scenario ([`ingress`]);
 //! - `loadgen ws-fanout`: pipeline events to a gateway watched by many WebSocket clients, with
-//!   the delivered rate and the produce-to-receipt latency ([`fanout`]).
+//!   the delivered rate and the produce-to-receipt latency ([`fanout`]);
+//! - `loadgen http-post`: the worker's HTTP client alone against an upstream ([`http_post`]).
 
 mod audit_records;
 mod fanout;
+mod http_post;
 mod ingress;
 
 use clap::Parser;
@@ -44,6 +46,8 @@ enum Command {
     Ingress(ingress::IngressArgs),
     /// Fan-out: many WebSocket clients on a gateway while events are produced at a rate.
     WsFanout(fanout::FanoutArgs),
+    /// HTTP POSTs through the worker's client stack (or bare reqwest), as fast as they go.
+    HttpPost(http_post::HttpPostArgs),
 }
 
 #[tokio::main]
@@ -67,5 +71,6 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Ingress(ingress) => ingress::run(&args.kafka_bootstrap, ingress).await,
         Command::WsFanout(fanout) => fanout::run(&args.kafka_bootstrap, fanout).await,
+        Command::HttpPost(http_post) => http_post::run(http_post).await,
     }
 }

@@ -112,7 +112,8 @@ fn fast_policy() -> UpstreamPolicy {
 
 fn client(base: &str, policy: UpstreamPolicy) -> (UpstreamClient, Registry) {
     relais_test_support::install_crypto_provider();
-    // The services' tracing stack, so attempts get real spans and send `traceparent`.
+    // The services' tracing stack, so attempts carry the caller's trace in `traceparent` (with
+    // no exporter configured, each attempt gets a parent id of its own but no span object).
     static TELEMETRY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     TELEMETRY.get_or_init(|| {
         let guard = relais_telemetry::init(&relais_telemetry::TelemetryConfig {

@@ -48,18 +48,24 @@ impl Processor {
     /// open circuit: it is not committed and will be read again.
     pub async fn process(self: &Arc<Self>, inbound: Inbound) -> Option<Vec<OutRecord>> {
         let parent = relais_telemetry::propagation::extract_kafka_pairs(&inbound.headers);
-        let span = tracing::info_span!(
-            "process",
-            otel.name = %format!("process {}", inbound.topic),
-            otel.kind = "consumer",
-            messaging.system = "kafka",
-            messaging.operation.type = "process",
-            messaging.destination.name = %inbound.topic,
-            messaging.destination.partition.id = inbound.partition,
-            messaging.kafka.offset = inbound.offset,
-            messaging.message.id = tracing::field::Empty,
-            relais.outcome = tracing::field::Empty,
-        );
+        // The span gives the message its trace and span ids (records, logs, `traceparent`).
+        // Its attributes are for trace backends only, so without export it carries none.
+        let span = if relais_telemetry::spans_exported() {
+            tracing::info_span!(
+                "process",
+                otel.name = %format!("process {}", inbound.topic),
+                otel.kind = "consumer",
+                messaging.system = "kafka",
+                messaging.operation.type = "process",
+                messaging.destination.name = %inbound.topic,
+                messaging.destination.partition.id = inbound.partition,
+                messaging.kafka.offset = inbound.offset,
+                messaging.message.id = tracing::field::Empty,
+                relais.outcome = tracing::field::Empty,
+            )
+        } else {
+            tracing::info_span!("process")
+        };
         let _ = span.set_parent(parent);
         let this = Arc::clone(self);
         async move {

@@ -1,0 +1,155 @@
+//! `loadgen http-post`: the worker's HTTP client alone, POSTing to an upstream as fast as a
+//! fixed number of concurrent callers can, without Kafka, records or lanes.
+//!
+//! `make bench` runs it beside wrk against the same upstream-sim, once with a bare `reqwest`
+//! client and once through the worker's whole outbound stack (`relais-resilience`: deadline,
+//! bulkhead, circuit breaker, retry, attempt timeout, probe). The three rates split the gap
+//! between wrk and the worker into what the HTTP client library costs, what the resilience
+//! layers add, and what the rest of the pipeline adds.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use prometheus_client::registry::Registry;
+use relais_resilience::{ResilienceMetrics, UpstreamClient, UpstreamPolicy};
+use tokio::time::Instant;
+
+/// The same shape and size as the worker's deliveries (and wrk's body in the benchmark).
+const BODY: &str = r#"{"id":"bench","type":"order.created","occurred_at":"2026-01-01T00:00:00Z","source":"bench","data":{"n":1,"note":"benchmark payload of typical size"},"schema_version":1}"#;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ClientKind {
+    /// A bare reqwest client, as the resilience stack builds it, without the layers.
+    Reqwest,
+    /// The worker's outbound stack for one upstream, with default policy.
+    Resilience,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct HttpPostArgs {
+    /// Base URL of the upstream, e.g. upstream-sim's API.
+    #[arg(long)]
+    url: String,
+    /// Path the events are POSTed to.
+    #[arg(long, default_value = "/events")]
+    path: String,
+    /// Callers sending at once (and the connection pool's size).
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// How long to send.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, value_enum, default_value = "resilience")]
+    client: ClientKind,
+}
+
+/// Sends for the configured time and prints one JSON line with the rate.
+pub(crate) async fn run(args: HttpPostArgs) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sender = Sender::new(&args)?;
+    let sent = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let stop_at = started + Duration::from_secs(args.seconds);
+    let callers: Vec<_> = (0..args.concurrency)
+        .map(|caller| {
+            let (sender, sent, failed) = (sender.clone(), Arc::clone(&sent), Arc::clone(&failed));
+            tokio::spawn(async move {
+                let mut count = 0_u64;
+                while Instant::now() < stop_at {
+                    let key = format!("http-post-{caller}-{count}");
+                    count += 1;
+                    if sender.post(&key).await {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.context("a caller panicked")?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let sent = sent.load(Ordering::Relaxed);
+    let summary = serde_json::json!({
+            "client": format!("{:?}", args.client).to_lowercase(),
+            "concurrency": args.concurrency,
+            "requests": sent,
+            "failed": failed.load(Ordering::Relaxed),
+            "seconds": seconds,
+            "requests_per_second": sent as f64 / seconds,
+    });
+    writeln!(std::io::stdout().lock(), "{summary}")?;
+    Ok(())
+}
+
+#[derive(Clone)]
+enum Sender {
+    Reqwest {
+        client: reqwest::Client,
+        url: reqwest::Url,
+    },
+    Resilience {
+        client: UpstreamClient,
+        path: String,
+    },
+}
+
+impl Sender {
+    fn new(args: &HttpPostArgs) -> anyhow::Result<Self> {
+        match args.client {
+            ClientKind::Reqwest => {
+                let url = reqwest::Url::parse(&args.url)
+                    .and_then(|base| base.join(args.path.trim_start_matches('/')))
+                    .context("invalid --url or --path")?;
+                let client = reqwest::Client::builder()
+                    .pool_max_idle_per_host(args.concurrency)
+                    .tcp_nodelay(true)
+                    .build()?;
+                Ok(Self::Reqwest { client, url })
+            }
+            ClientKind::Resilience => {
+                let mut policy = UpstreamPolicy::default();
+                policy.bulkhead.max_concurrent = args.concurrency;
+                let metrics = ResilienceMetrics::register(&mut Registry::default());
+                let client = UpstreamClient::new("load", &args.url, policy, &metrics)?;
+                Ok(Self::Resilience {
+                    client,
+                    path: args.path.clone(),
+                })
+            }
+        }
+    }
+
+    /// One delivery; true when the upstream answered 2xx.
+    async fn post(&self, key: &str) -> bool {
+        match self {
+            Self::Reqwest { client, url } => {
+                let response = client
+                    .post(url.clone())
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", key)
+                    .body(BODY)
+                    .send()
+                    .await;
+                match response {
+                    Ok(response) => {
+                        let ok = response.status().is_success();
+                        ok && response.bytes().await.is_ok()
+                    }
+                    Err(_) => false,
+                }
+            }
+            Self::Resilience { client, path } => client
+                .post_json(path, Bytes::from_static(BODY.as_bytes()), key)
+                .await
+                .succeeded(),
+        }
+    }
+}
