@@ -451,28 +451,69 @@ def consumer_ceiling(topic, messages):
     return round(float(row.get("fetch.nMsg.sec", row.get("nMsg.sec", 0.0))), 1)
 
 
-def s3_request(connection, host, method, path, body=b""):
-    """One SigV4-signed request (unsigned payload, as RGW accepts) on a kept-alive connection."""
+def s3_request(connection, host, method, path, body=b"", query=None, ok=(200, 204)):
+    """One SigV4-signed request (unsigned payload, as RGW accepts) on a kept-alive connection.
+    `path` is already URI-encoded; returns (status, body)."""
     import hashlib
     import hmac
+    from urllib.parse import quote
     now = datetime.datetime.now(datetime.timezone.utc)
     amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    canonical_query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
+                               for k, v in sorted((query or {}).items()))
     headers = f"host:{host}\nx-amz-content-sha256:UNSIGNED-PAYLOAD\nx-amz-date:{amz_date}\n"
     signed = "host;x-amz-content-sha256;x-amz-date"
-    request = f"{method}\n{path}\n\n{headers}\n{signed}\nUNSIGNED-PAYLOAD"
+    request = f"{method}\n{path}\n{canonical_query}\n{headers}\n{signed}\nUNSIGNED-PAYLOAD"
     scope = f"{day}/{S3_REGION}/s3/aws4_request"
     to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(request.encode()).hexdigest()}"
     key = ("AWS4" + S3_SECRET).encode()
     for part in (day, S3_REGION, "s3", "aws4_request"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
     signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    connection.request(method, path, body=body, headers={
+    connection.request(method, path + (f"?{canonical_query}" if canonical_query else ""), body=body, headers={
         "Host": host, "x-amz-date": amz_date, "x-amz-content-sha256": "UNSIGNED-PAYLOAD",
         "Authorization": f"AWS4-HMAC-SHA256 Credential={S3_ACCESS}/{scope}, SignedHeaders={signed}, Signature={signature}"})
     response = connection.getresponse()
-    response.read()
-    if response.status not in (200, 204):
+    payload = response.read()
+    if response.status not in ok:
         raise RuntimeError(f"{method} {path}: HTTP {response.status}")
+    return response.status, payload
+
+
+def remove_buckets(*buckets):
+    """Deletes what a benchmark stored: RGW here keeps objects in memory (memstore, a few GiB),
+    and repeated runs that leave millions of records behind fill it until PUTs stall."""
+    import concurrent.futures
+    import http.client
+    import xml.etree.ElementTree as ElementTree
+    from urllib.parse import quote
+    host = S3_ENDPOINT.split("//", 1)[1]
+    namespace = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
+    def delete_keys(bucket, keys):
+        connection = http.client.HTTPConnection(host, timeout=30)
+        for key in keys:
+            s3_request(connection, host, "DELETE", f"/{bucket}/{quote(key, safe='/-_.~')}", ok=(200, 204, 404))
+
+    for bucket in buckets:
+        connection = http.client.HTTPConnection(host, timeout=30)
+        keys, token = [], None
+        while True:
+            query = {"list-type": "2", **({"continuation-token": token} if token else {})}
+            status, listing = s3_request(connection, host, "GET", f"/{bucket}", query=query, ok=(200, 404))
+            if status == 404:
+                break
+            root = ElementTree.fromstring(listing)
+            keys += [element.text for element in root.iter(f"{namespace}Key")]
+            token = root.findtext(f"{namespace}NextContinuationToken")
+            if not token:
+                break
+        if status == 404:
+            continue
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda part: delete_keys(bucket, part), [keys[i::8] for i in range(8)]))
+        s3_request(connection, host, "DELETE", f"/{bucket}", ok=(200, 204, 404, 409))
+        log(f"removed bucket {bucket} ({len(keys)} objects)")
 
 
 def raw_put_bandwidth(bucket, size, seconds, concurrency):
@@ -595,6 +636,7 @@ def audit_benchmark(args, out, stamp, audit_topic, records):
                                  "CAMEL_PEER_S3_SECRET_KEY": S3_SECRET,
                                  "CAMEL_PEER_BATCH": str(max(worker_run["records"] // max(worker_run["objects"], 1), 1))},
                           out, records, "camel-s3.log")
+    remove_buckets(bucket, f"{bucket}-load", f"{bucket}-camel")
     return {
         "worker_records": worker_run,
         "steady": steady,
@@ -685,6 +727,7 @@ def outage_benchmark(args, out, stamp):
         for process in services.values():
             stop(process)
         stop(sim)
+    remove_buckets(f"bench-outage-{stamp}")
     return {"outage_seconds": args.outage_seconds, "rate": args.outage_rate, "sent": sent,
             "committed": int(committed), "seconds_from_load_end_to_drained": drained_after,
             "peak_rss_bytes": peaks, "samples": samples}
@@ -735,6 +778,7 @@ def lookup_benchmark(args, out, stamp):
         by_message, _ = lookup("--message-id", produced["sample_message_id"])
     finally:
         stop(service)
+    remove_buckets(f"bench-lookup-{stamp}")
     return {"records": args.lookup_records, "trace_lookup_median_ms": round(by_trace, 1),
             "message_lookup_median_ms": round(by_message, 1), "objects_read_per_lookup": scanned,
             "target_ms": 500}
