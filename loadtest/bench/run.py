@@ -287,6 +287,30 @@ def run_wrk(seconds, sim_pid):
     return rate, output, meter.stop(requests)
 
 
+def follow_until(process, name, admin, counter, target, meter):
+    """Polls `counter` on the process's /metrics every 0.25 s until it reaches `target`, the CPU
+    meter running from the first counted unit to the last. Returns the (time, value) samples from
+    the first counted unit on, the metrics text at the first and at the last sample, and the CPU."""
+    samples, first_text, deadline = [], None, time.time() + 600
+    while time.time() < deadline:
+        try:
+            text = http_get(f"http://{admin}/metrics")
+        except OSError:
+            text = ""
+        value = metric(text, counter)
+        if value > 0:
+            if first_text is None:
+                first_text = text
+                meter.start()
+            samples.append((time.time(), value))
+        if value >= target:
+            return samples, first_text, text, meter.stop(value - samples[0][1])
+        if process.poll() is not None:
+            sys.exit(f"{name} exited early; see its log in the output directory")
+        time.sleep(0.25)
+    sys.exit(f"{name} did not finish within 600 s")
+
+
 def run_http_post(kind, seconds, concurrency, sim_pid):
     """The worker's HTTP client alone (`loadgen http-post`), bare reqwest or the resilience stack."""
     meter = CpuMeter({"upstream-sim": sim_pid, **infra_pids()}, tools=f"loadgen http-post ({kind})").start()
@@ -349,30 +373,13 @@ def worker_benchmark(args, out, stamp):
                        out / "ingest-worker.log")
         meter = CpuMeter({"ingest-worker": worker.pid, "upstream-sim": sim.pid, **infra_pids()})
         try:
-            samples, first, deadline = [], None, time.time() + 600
-            while time.time() < deadline:
-                try:
-                    committed = metric(http_get(f"http://{WORKER_ADMIN}/metrics"), "relais_worker_committed_messages_total")
-                except OSError:
-                    committed = 0.0
-                now = time.time()
-                samples.append((now, committed))
-                if committed > 0 and first is None:
-                    first = (now, committed)
-                    meter.start()
-                if committed >= args.messages:
-                    worker_cpu = meter.stop(committed - first[1])
-                    break
-                if worker.poll() is not None:
-                    sys.exit(f"ingest-worker exited early; see {out / 'ingest-worker.log'}")
-                time.sleep(0.25)
-            else:
-                sys.exit("the worker did not finish within 600 s")
-            last = samples[-1]
-            worker_rate = (last[1] - first[1]) / max(last[0] - first[0], 1e-6)
+            samples, _, _, worker_cpu = follow_until(worker, "ingest-worker", WORKER_ADMIN,
+                                                     "relais_worker_committed_messages_total", args.messages, meter)
+            (first_at, first), (last_at, last) = samples[0], samples[-1]
+            worker_rate = (last - first) / max(last_at - first_at, 1e-6)
             # Per-second rates over the steady part, for the median.
             steady = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(samples, samples[1:])
-                      if a[1] > 0 and b[1] < args.messages and b[0] > a[0]]
+                      if b[1] < args.messages and b[0] > a[0]]
             rss = peak_rss_bytes(worker.pid)
         finally:
             stop(worker)
@@ -517,7 +524,8 @@ def remove_buckets(*buckets):
 
 
 def raw_put_bandwidth(bucket, size, seconds, concurrency):
-    """Objects of `size` random bytes PUT by `concurrency` connections for `seconds`."""
+    """Objects of `size` random bytes PUT by `concurrency` connections for `seconds` (the caller
+    removes the bucket afterwards)."""
     import concurrent.futures
     import http.client
     host = S3_ENDPOINT.split("//", 1)[1]
@@ -532,18 +540,10 @@ def raw_put_bandwidth(bucket, size, seconds, concurrency):
             count += 1
         return count
 
-    def remove(worker, count):
-        # The objects are only load: remove them, or repeated runs fill a memory-backed RGW.
-        connection = http.client.HTTPConnection(host, timeout=30)
-        for index in range(count):
-            s3_request(connection, host, "DELETE", f"/{bucket}/raw-put/{worker}/{index}")
-
     started = time.time()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         counts = list(pool.map(loop, range(concurrency)))
     elapsed = time.time() - started
-    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(remove, range(concurrency), counts))
     puts = sum(counts)
     return puts / elapsed, puts * size / elapsed
 
@@ -558,34 +558,15 @@ def store_audit_records(out, name, topic, group, bucket, records):
                     out / f"{name}.log")
     meter = CpuMeter({"audit-service": service.pid, **infra_pids()})
     try:
-        first, deadline, text, samples = None, time.time() + 600, "", []
-        while time.time() < deadline:
-            try:
-                text = http_get(f"http://{AUDIT_ADMIN}/metrics")
-            except OSError:
-                text = ""
-            written = metric(text, "relais_audit_records_written_total")
-            now = time.time()
-            samples.append((now, written))
-            if written > 0 and first is None:
-                first = (now, written, metric(text, "relais_audit_written_bytes_total"),
-                         metric(text, "relais_audit_uncompressed_written_bytes_total"))
-                meter.start()
-            if written >= records:
-                cpu = meter.stop(written - first[1])
-                break
-            if service.poll() is not None:
-                sys.exit(f"audit-service exited early; see {out / f'{name}.log'}")
-            time.sleep(0.25)
-        else:
-            sys.exit("audit-service did not finish within 600 s")
-        elapsed = max(now - first[0], 1e-6)
-        stored_bytes = metric(text, "relais_audit_written_bytes_total")
-        ndjson_bytes = metric(text, "relais_audit_uncompressed_written_bytes_total")
-        objects = metric(text, "relais_audit_objects_written_total")
+        samples, first_text, text, cpu = follow_until(service, "audit-service", AUDIT_ADMIN,
+                                                      "relais_audit_records_written_total", records, meter)
         rss = peak_rss_bytes(service.pid)
     finally:
         stop(service)
+    elapsed = max(samples[-1][0] - samples[0][0], 1e-6)
+    written, objects = samples[-1][1], metric(text, "relais_audit_objects_written_total")
+    stored_bytes, ndjson_bytes = (metric(text, "relais_audit_written_bytes_total"),
+                                  metric(text, "relais_audit_uncompressed_written_bytes_total"))
     return {
         "records": int(written),
         "objects": int(objects),
@@ -593,9 +574,11 @@ def store_audit_records(out, name, topic, group, bucket, records):
         "stored_bytes_per_record": round(stored_bytes / max(written, 1), 1),
         "ndjson_bytes_per_record": round(ndjson_bytes / max(written, 1), 1),
         "seconds": round(elapsed, 2),
-        "records_per_second": round((written - first[1]) / elapsed, 1),
-        "stored_bytes_per_second": round((stored_bytes - first[2]) / elapsed, 1),
-        "ndjson_bytes_per_second": round((ndjson_bytes - first[3]) / elapsed, 1),
+        "records_per_second": round((written - samples[0][1]) / elapsed, 1),
+        "stored_bytes_per_second": round((stored_bytes - metric(first_text, "relais_audit_written_bytes_total"))
+                                         / elapsed, 1),
+        "ndjson_bytes_per_second": round((ndjson_bytes - metric(first_text, "relais_audit_uncompressed_written_bytes_total"))
+                                         / elapsed, 1),
         "cpu": cpu,
         "peak_rss_bytes": rss,
     }

@@ -136,9 +136,8 @@ impl Middleware for Probe {
         // see it, and building it (attributes, URL formatting, the OpenTelemetry layer) cost
         // about a third of this stack's throughput (`loadgen http-post`): the attempt then
         // sends the caller's trace with a parent id of its own, and builds no span.
-        let exported = relais_telemetry::spans_exported();
-        let span = if exported {
-            tracing::info_span!(
+        let (span, context) = if relais_telemetry::spans_exported() {
+            let span = tracing::info_span!(
                 "http.client",
                 otel.name = %request.method(),
                 otel.kind = "client",
@@ -150,14 +149,15 @@ impl Middleware for Probe {
                 relais.upstream = %self.upstream,
                 http.response.status_code = tracing::field::Empty,
                 error.type = tracing::field::Empty,
+            );
+            let context = span.context();
+            (span, context)
+        } else {
+            let caller = tracing::Span::current().context();
+            (
+                tracing::Span::none(),
+                relais_telemetry::propagation::unexported_child(&caller),
             )
-        } else {
-            tracing::Span::none()
-        };
-        let context = if exported {
-            span.context()
-        } else {
-            relais_telemetry::propagation::unexported_child(&tracing::Span::current().context())
         };
         relais_telemetry::propagation::inject_http(&context, request.headers_mut());
         let request_bytes = request

@@ -493,8 +493,8 @@ impl Pipeline {
         let relieved = records * 5 < limits.max_records * 4 && bytes * 5 < limits.max_bytes * 4;
         if !full && !paused {
             // The common case, checked every 128 records: nothing to change. Asking librdkafka
-            // for the assignment is a round trip to its main thread; doing it here anyway
-            // kept the loop waiting most of the time (about half of the service's throughput).
+            // for the assignment is a round trip to its main thread, and doing it on every
+            // check kept the pipeline loop waiting (2M records: 218k -> 240-250k records/s).
             return false;
         }
         let Ok(assignment) = self.consumer.assignment() else {
