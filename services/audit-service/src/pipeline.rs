@@ -1,15 +1,18 @@
 //! The running service: one task owns the partitions' open objects and upload queues; uploads
 //! run concurrently across partitions, one at a time within a partition; each stored item
-//! commits the offset after it. The records waiting in the consumer are taken in batches whose
-//! decoding and JSON encoding run on all cores; the task then applies them in offset order.
+//! commits the offset after it. The task only receives and applies: the records waiting in the
+//! consumer are copied out in batches, decoded and encoded as JSON lines on the blocking pool
+//! (several batches at once, on all cores), and applied in the order they were received while
+//! the task goes on receiving.
 //!
 //! ```text
-//! relais.audit ─▶ decode ─┬─▶ PartitionWriter (open object) ─▶ queue ─▶ Store::write ─▶ commit
-//!                         └─▶ (undecodable) quarantine item ──▶ queue ┘   (one in flight per partition)
+//! relais.audit ─▶ batch ─▶ decode + encode ─┬─▶ PartitionWriter (open object) ─▶ queue ─▶ Store::write ─▶ commit
+//!                 (in order) (blocking pool) └─▶ (undecodable) quarantine item ──▶ queue ┘  (one in flight per partition)
 //! ```
 //!
 //! Memory is bounded by the buffer limits: when the records or bytes held exceed them, every
-//! assigned partition is paused (the consumer keeps polling); below 80 % they resume.
+//! assigned partition is paused (the consumer keeps polling); below 80 % they resume. Batches
+//! being encoded add at most `ENCODING_BATCHES × ENCODE_BATCH` records to that.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,11 +23,12 @@ use prost::Message as _;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use relais_proto::v1::AuditRecord;
 use relais_telemetry::shutdown::CancellationToken;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -101,11 +105,24 @@ struct PartitionState {
     generation: u64,
     writer: PartitionWriter,
     queue: VecDeque<Arc<Pending>>,
+    /// The front item is being stored, or its offset committed.
     uploading: bool,
     /// Stored items whose offsets are not committed yet, counted in the written metrics only
     /// once a commit covers them: an object whose commit is lost is stored again later (same
     /// key) and must not be counted twice.
     uncounted: Vec<StoredItem>,
+}
+
+impl PartitionState {
+    fn new(partition: i32, generation: u64, policy: &RotationPolicy) -> Self {
+        Self {
+            generation,
+            writer: PartitionWriter::new(partition, policy.clone()),
+            queue: VecDeque::new(),
+            uploading: false,
+            uncounted: Vec::new(),
+        }
+    }
 }
 
 /// A stored item waiting for the commit that covers it.
@@ -133,6 +150,99 @@ struct Uploaded {
     stored: Option<StoredSize>,
     index: Option<crate::index::IndexEntry>,
     end_offset: i64,
+}
+
+/// What the partitions hold in memory.
+#[derive(Debug, Default)]
+struct Held {
+    records: usize,
+    /// NDJSON bytes, or payload bytes for quarantined records.
+    bytes: usize,
+    /// When the oldest record held arrived.
+    oldest: Option<Instant>,
+}
+
+/// Batches being decoded and encoded on the blocking pool, oldest first (they are applied in
+/// this order), with the records and payload bytes they carry.
+#[derive(Debug, Default)]
+struct Encoding {
+    batches: VecDeque<(JoinHandle<Vec<Prepared>>, usize, usize)>,
+    records: usize,
+    bytes: usize,
+}
+
+impl Encoding {
+    fn start(&mut self, batch: Vec<Received>, topic: &Arc<str>) {
+        let (records, bytes) = (
+            batch.len(),
+            batch.iter().map(|record| record.payload.len()).sum(),
+        );
+        let topic = Arc::clone(topic);
+        let handle = tokio::task::spawn_blocking(move || {
+            batch
+                .into_iter()
+                .map(|record| prepare(&topic, record))
+                .collect()
+        });
+        self.batches.push_back((handle, records, bytes));
+        self.records += records;
+        self.bytes += bytes;
+    }
+
+    /// The oldest batch once it is encoded; pending while there is none.
+    async fn oldest(&mut self) -> Vec<Prepared> {
+        let Some((handle, _, _)) = self.batches.front_mut() else {
+            return std::future::pending().await;
+        };
+        let result = handle.await;
+        if let Some((_, records, bytes)) = self.batches.pop_front() {
+            self.records -= records;
+            self.bytes -= bytes;
+        }
+        match result {
+            Ok(prepared) => prepared,
+            // Encoding does not panic (fuzzed); if it ever did, fail as loudly here.
+            Err(error) => match error.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Cancelled: only when the runtime shuts down, and nothing is applied then.
+                Err(_) => Vec::new(),
+            },
+        }
+    }
+}
+
+/// An offset to commit: the end of an item a partition has stored.
+#[derive(Debug, Clone, Copy)]
+struct CommitTarget {
+    partition: i32,
+    generation: u64,
+    end_offset: i64,
+}
+
+/// Offset commits, one at a time, off the pipeline task: a synchronous commit is a round trip
+/// to the broker, and awaiting it there kept the task from receiving (once per object). Stored
+/// items wait here while a commit is in flight; the next commit covers all of them at once.
+#[derive(Debug, Default)]
+struct Commits {
+    waiting: BTreeMap<i32, CommitTarget>,
+    in_flight: Option<JoinHandle<(Vec<CommitTarget>, bool)>>,
+}
+
+impl Commits {
+    fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.in_flight.is_none()
+    }
+
+    /// The targets of the commit in flight and whether it succeeded; pending while none is.
+    async fn finished(&mut self) -> (Vec<CommitTarget>, bool) {
+        let Some(in_flight) = self.in_flight.as_mut() else {
+            return std::future::pending().await;
+        };
+        let result = in_flight.await;
+        self.in_flight = None;
+        // A commit task does not panic; if it was cancelled, its partitions are re-read.
+        result.unwrap_or_default()
+    }
 }
 
 pub struct Pipeline {
@@ -165,11 +275,15 @@ impl Pipeline {
             max_bytes: self.config.objects.max_bytes,
             idle: self.config.objects.idle,
         };
+        let topic: Arc<str> = Arc::from(self.config.kafka.audit_topic.as_str());
+        let mut encoding = Encoding::default();
+        let mut commits = Commits::default();
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(uploaded) = done.recv() => self.finish_upload(&mut partitions, uploaded).await,
+                Some(uploaded) = done.recv() => self.finish_upload(&mut partitions, &mut commits, uploaded),
+                (targets, ok) = commits.finished() => self.finish_commit(&mut partitions, &targets, ok),
                 // Before `recv`: with a backlog, `recv` is always ready and would starve it.
                 _ = ticker.tick() => {
                     let now = Instant::now();
@@ -179,20 +293,26 @@ impl Pipeline {
                         }
                     }
                     self.forget_revoked(&mut partitions);
-                    paused = self.apply_backpressure(&partitions, paused);
+                    paused = self.apply_backpressure(&partitions, &encoding, paused);
                 }
-                message = self.consumer.recv() => match message {
-                    Ok(first) => {
-                        let batch = self.take_ready(first);
-                        let encoded = encode_batch(&batch);
-                        for (message, encoded) in batch.iter().zip(encoded) {
-                            self.accept(&mut partitions, message, encoded, &policy);
-                            accepted += 1;
-                            // The buffer bound is enforced as records arrive, not only on ticks.
-                            if accepted.is_multiple_of(128) {
-                                paused = self.apply_backpressure(&partitions, paused);
-                            }
+                prepared = encoding.oldest() => {
+                    for record in prepared {
+                        self.apply(&mut partitions, record, &policy);
+                        accepted += 1;
+                        // The buffer bound is enforced as records arrive, not only on ticks.
+                        if accepted.is_multiple_of(128) {
+                            paused = self.apply_backpressure(&partitions, &encoding, paused);
                         }
+                    }
+                }
+                message = self.consumer.recv(), if encoding.batches.len() < ENCODING_BATCHES => match message {
+                    Ok(first) => {
+                        // Records being encoded count in the buffer: a batch takes no more than
+                        // the room left, so the bound holds while they are on their way.
+                        let room = self.config.buffer.max_records.saturating_sub(self.held(&partitions).records + encoding.records);
+                        let batch = self.take_ready(first, room.clamp(1, ENCODE_BATCH));
+                        encoding.start(batch, &topic);
+                        paused = self.apply_backpressure(&partitions, &encoding, paused);
                     }
                     Err(error) => {
                         tracing::warn!(%error, "consume error");
@@ -200,10 +320,18 @@ impl Pipeline {
                     }
                 },
             }
+            self.start_commit(&mut commits);
             self.start_uploads(&mut partitions, &done_sender, &uploads_cancel);
         }
 
-        // Drain: close every open object, let the queues empty within the time limit.
+        // Drain: apply what was received, close every open object, let the queues empty within
+        // the time limit.
+        while !encoding.batches.is_empty() {
+            let prepared = encoding.oldest().await;
+            for record in prepared {
+                self.apply(&mut partitions, record, &policy);
+            }
+        }
         for state in partitions.values_mut() {
             if let Some(object) = state.writer.close() {
                 state.queue.push_back(Arc::new(Pending::Data(object)));
@@ -211,29 +339,38 @@ impl Pipeline {
         }
         let deadline = Instant::now() + self.config.storage.drain_timeout;
         self.start_uploads(&mut partitions, &done_sender, &uploads_cancel);
-        while partitions
-            .values()
-            .any(|state| state.uploading || !state.queue.is_empty())
+        while !commits.is_idle()
+            || partitions
+                .values()
+                .any(|state| state.uploading || !state.queue.is_empty())
         {
-            match tokio::time::timeout_at(deadline, done.recv()).await {
-                Ok(Some(uploaded)) => self.finish_upload(&mut partitions, uploaded).await,
-                Ok(None) => break,
-                Err(_) => {
-                    tracing::warn!("drain timeout: unstored records will be read again on restart");
-                    break;
+            let drained = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    Some(uploaded) = done.recv() => self.finish_upload(&mut partitions, &mut commits, uploaded),
+                    (targets, ok) = commits.finished() => self.finish_commit(&mut partitions, &targets, ok),
                 }
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!("drain timeout: unstored records will be read again on restart");
+                break;
             }
+            self.start_commit(&mut commits);
             self.start_uploads(&mut partitions, &done_sender, &uploads_cancel);
         }
         uploads_cancel.cancel();
     }
 
-    /// The message just received and those already waiting behind it, up to a batch.
-    fn take_ready<'c>(&'c self, first: BorrowedMessage<'c>) -> Vec<BorrowedMessage<'c>> {
-        let mut batch = vec![first];
-        while batch.len() < ENCODE_BATCH {
+    /// The message just received and those already waiting behind it, up to `limit`, copied
+    /// out of the consumer so the encoders can take them. Each carries its partition's
+    /// assignment generation as it is now; records of a partition not assigned are dropped.
+    fn take_ready(&self, first: BorrowedMessage<'_>, limit: usize) -> Vec<Received> {
+        let mut batch = Vec::with_capacity(limit);
+        batch.extend(self.receive(&first));
+        drop(first);
+        while batch.len() < limit {
             match self.consumer.recv().now_or_never() {
-                Some(Ok(message)) => batch.push(message),
+                Some(Ok(message)) => batch.extend(self.receive(&message)),
                 Some(Err(error)) => {
                     tracing::warn!(%error, "consume error");
                     break;
@@ -244,70 +381,55 @@ impl Pipeline {
         batch
     }
 
-    fn accept(
+    fn receive(&self, message: &BorrowedMessage<'_>) -> Option<Received> {
+        let generation = self.assignment.generation(message.partition())?;
+        self.metrics.records_consumed.inc();
+        Some(Received {
+            generation,
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp_millis: message.timestamp().to_millis(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers: message.headers().map(|headers| headers.detach()),
+            arrival: Instant::now(),
+        })
+    }
+
+    /// Applies a prepared record to its partition's open object, in the order received.
+    fn apply(
         &self,
         partitions: &mut BTreeMap<i32, PartitionState>,
-        message: &BorrowedMessage<'_>,
-        encoded: Result<Encoded, prost::DecodeError>,
+        record: Prepared,
         policy: &RotationPolicy,
     ) {
-        let partition = message.partition();
-        let Some(generation) = self.assignment.generation(partition) else {
-            return;
-        };
+        let Prepared {
+            generation,
+            partition,
+            offset,
+            arrival,
+            content,
+        } = record;
         let state = partitions
             .entry(partition)
-            .or_insert_with(|| PartitionState {
-                uncounted: Vec::new(),
-                generation,
-                writer: PartitionWriter::new(partition, policy.clone()),
-                queue: VecDeque::new(),
-                uploading: false,
-            });
-        if state.generation != generation {
+            .or_insert_with(|| PartitionState::new(partition, generation, policy));
+        if state.generation < generation {
             // Revoked and assigned again: start over from the committed offset.
-            *state = PartitionState {
-                uncounted: Vec::new(),
-                generation,
-                writer: PartitionWriter::new(partition, policy.clone()),
-                queue: VecDeque::new(),
-                uploading: false,
-            };
+            *state = PartitionState::new(partition, generation, policy);
+        } else if state.generation > generation {
+            // Received before the partition was revoked; the new assignment reads it again.
+            return;
         }
-        self.metrics.records_consumed.inc();
-        let payload = message.payload().unwrap_or_default();
-        let now = Instant::now();
-        match encoded {
-            Ok(encoded) => {
-                let position = AuditPosition {
-                    topic: message.topic(),
-                    partition,
-                    offset: message.offset(),
-                };
-                use opentelemetry::trace::TraceContextExt as _;
-                let context = relais_telemetry::propagation::extract_kafka(message.headers());
-                let span_context = context.span().span_context().clone();
-                if span_context.is_sampled() && relais_telemetry::spans_exported() {
-                    // The message's own trace reaches the audit trail: one short consumer span
-                    // per sampled record (the object's span links the batch as a whole).
-                    record_process_span(&context, &position, &encoded.message_id);
-                }
-                let line = Line {
-                    offset: message.offset(),
-                    time: encoded.time,
-                    json: encoded.json,
-                    trace_id: encoded.trace_id,
-                    message_id: encoded.message_id,
-                    context: span_context.is_valid().then_some(span_context),
-                };
-                if let Some(object) = state.writer.push(line, now) {
+        match content {
+            Ok(line) => {
+                if let Some(object) = state.writer.push(line, arrival) {
                     state.queue.push_back(Arc::new(Pending::Data(object)));
                 }
             }
-            Err(error) => {
+            Err(undecodable) => {
                 // Never a crash, never a stuck partition: close what is open (so order and
                 // determinism hold), then store the bytes as they came.
-                tracing::warn!(partition, offset = message.offset(), %error, "undecodable audit record quarantined");
+                tracing::warn!(partition, offset, error = %undecodable.error, "undecodable audit record quarantined");
                 if let Some(object) = state.writer.close() {
                     state.queue.push_back(Arc::new(Pending::Data(object)));
                 }
@@ -315,11 +437,11 @@ impl Pipeline {
                     .queue
                     .push_back(Arc::new(Pending::Quarantine(QuarantinedRecord {
                         partition,
-                        offset: message.offset(),
-                        key: message.key().map(<[u8]>::to_vec),
-                        payload: payload.to_vec(),
-                        error: error.to_string(),
-                        first_arrival: now,
+                        offset,
+                        key: undecodable.key,
+                        payload: undecodable.payload,
+                        error: undecodable.error,
+                        first_arrival: arrival,
                     })));
             }
         }
@@ -390,9 +512,13 @@ impl Pipeline {
         }
     }
 
-    async fn finish_upload(
+    /// Takes note of a finished upload. The partition's next item waits for the commit of this
+    /// one: a partition never has more than one item stored and not committed, which is what
+    /// makes a restart overwrite rather than duplicate (see `object`).
+    fn finish_upload(
         &self,
         partitions: &mut BTreeMap<i32, PartitionState>,
+        commits: &mut Commits,
         uploaded: Uploaded,
     ) {
         let Some(state) = partitions.get_mut(&uploaded.partition) else {
@@ -401,13 +527,13 @@ impl Pipeline {
         if state.generation != uploaded.generation {
             return;
         }
-        state.uploading = false;
         let Some(StoredSize {
             records,
             compressed,
             uncompressed,
         }) = uploaded.stored
         else {
+            state.uploading = false;
             return;
         };
         if let Some(entry) = uploaded.index {
@@ -423,39 +549,80 @@ impl Pipeline {
         self.metrics
             .uncompressed_written
             .inc_by(uncompressed as u64);
-        // Offsets only after the object is stored: a crash before this line re-reads it.
-        let mut offsets = TopicPartitionList::new();
-        let _ = offsets.add_partition_offset(
-            &self.config.kafka.audit_topic,
+        // Offsets only after the object is stored: a crash before the commit re-reads it.
+        commits.waiting.insert(
             uploaded.partition,
-            Offset::Offset(uploaded.end_offset + 1),
+            CommitTarget {
+                partition: uploaded.partition,
+                generation: uploaded.generation,
+                end_offset: uploaded.end_offset,
+            },
         );
+    }
+
+    /// Commits every waiting offset in one request, unless a commit is in flight.
+    fn start_commit(&self, commits: &mut Commits) {
+        if commits.in_flight.is_some() || commits.waiting.is_empty() {
+            return;
+        }
+        let targets: Vec<CommitTarget> =
+            std::mem::take(&mut commits.waiting).into_values().collect();
+        let mut offsets = TopicPartitionList::new();
+        for target in &targets {
+            let _ = offsets.add_partition_offset(
+                &self.config.kafka.audit_topic,
+                target.partition,
+                Offset::Offset(target.end_offset + 1),
+            );
+        }
         let consumer = Arc::clone(&self.consumer);
-        let committed =
-            tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync)).await;
-        match committed {
-            Ok(Ok(())) => {
-                self.metrics.commits.inc();
-                // This commit covers every earlier stored item of the partition too.
-                let (covered, waiting): (Vec<StoredItem>, Vec<StoredItem>) = state
-                    .uncounted
-                    .drain(..)
-                    .partition(|stored| stored.end_offset <= uploaded.end_offset);
-                state.uncounted = waiting;
-                for stored in covered {
-                    if stored.quarantined {
-                        self.metrics.records_quarantined.inc();
-                    } else {
-                        self.metrics.objects_written.inc();
-                        self.metrics.records_written.inc_by(stored.records as u64);
-                    }
+        commits.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let committed = consumer.commit(&offsets, CommitMode::Sync);
+            if let Err(error) = &committed {
+                tracing::warn!(
+                    %error,
+                    "offset commit failed; a later commit covers the objects, or they are stored again after a rebalance"
+                );
+            }
+            (targets, committed.is_ok())
+        }));
+    }
+
+    /// Counts what a commit covered and lets its partitions store their next item.
+    fn finish_commit(
+        &self,
+        partitions: &mut BTreeMap<i32, PartitionState>,
+        targets: &[CommitTarget],
+        committed: bool,
+    ) {
+        if committed {
+            self.metrics.commits.inc();
+        }
+        for target in targets {
+            let Some(state) = partitions.get_mut(&target.partition) else {
+                continue;
+            };
+            if state.generation != target.generation {
+                continue;
+            }
+            state.uploading = false;
+            if !committed {
+                continue;
+            }
+            // This commit covers every earlier stored item of the partition too.
+            let (covered, waiting): (Vec<StoredItem>, Vec<StoredItem>) = state
+                .uncounted
+                .drain(..)
+                .partition(|stored| stored.end_offset <= target.end_offset);
+            state.uncounted = waiting;
+            for stored in covered {
+                if stored.quarantined {
+                    self.metrics.records_quarantined.inc();
+                } else {
+                    self.metrics.objects_written.inc();
+                    self.metrics.records_written.inc_by(stored.records as u64);
                 }
             }
-            other => tracing::warn!(
-                ?other,
-                partition = uploaded.partition,
-                "offset commit failed; a later commit covers the object, or it is stored again after a rebalance"
-            ),
         }
     }
 
@@ -465,24 +632,41 @@ impl Pipeline {
         });
     }
 
-    /// Updates the buffer gauges and pauses or resumes consumption; returns the paused state.
-    fn apply_backpressure(&self, partitions: &BTreeMap<i32, PartitionState>, paused: bool) -> bool {
-        let (mut records, mut bytes, mut oldest): (usize, usize, Option<Instant>) = (0, 0, None);
+    /// What the partitions hold: open objects and items waiting to be stored.
+    fn held(&self, partitions: &BTreeMap<i32, PartitionState>) -> Held {
+        let mut held = Held::default();
         for state in partitions.values() {
             let (open_records, open_bytes) = state.writer.open_size();
-            records += open_records;
-            bytes += open_bytes;
+            held.records += open_records;
+            held.bytes += open_bytes;
             let candidates = state
                 .queue
                 .iter()
                 .map(|item| item.first_arrival())
                 .chain(state.writer.first_arrival());
             for arrival in candidates {
-                oldest = Some(oldest.map_or(arrival, |o: Instant| o.min(arrival)));
+                held.oldest = Some(held.oldest.map_or(arrival, |o: Instant| o.min(arrival)));
             }
-            records += state.queue.iter().map(|item| item.records()).sum::<usize>();
-            bytes += state.queue.iter().map(|item| item.bytes()).sum::<usize>();
+            held.records += state.queue.iter().map(|item| item.records()).sum::<usize>();
+            held.bytes += state.queue.iter().map(|item| item.bytes()).sum::<usize>();
         }
+        held
+    }
+
+    /// Updates the buffer gauges and pauses or resumes consumption; returns the paused state.
+    /// Records being encoded count in the buffer.
+    fn apply_backpressure(
+        &self,
+        partitions: &BTreeMap<i32, PartitionState>,
+        encoding: &Encoding,
+        paused: bool,
+    ) -> bool {
+        let held = self.held(partitions);
+        let (records, bytes, oldest) = (
+            held.records + encoding.records,
+            held.bytes + encoding.bytes,
+            held.oldest,
+        );
         self.metrics.buffer_records.set(records as i64);
         self.metrics.buffer_bytes.set(bytes as i64);
         self.metrics
@@ -520,96 +704,105 @@ impl Pipeline {
     }
 }
 
-/// `process relais.audit`, a child of the record's trace, per the OpenTelemetry messaging
-/// conventions; it ends at once (the object that stores the record has its own span).
-/// Records taken from the consumer at once, at most: decoding and encoding them is spread over
-/// the cores (`encode_batch`), while their effect on the objects stays in offset order. One
-/// thread doing both capped the service at one core in `make bench`.
+/// Records taken from the consumer at once, at most: one batch is decoded and encoded on one
+/// thread of the blocking pool.
 const ENCODE_BATCH: usize = 1024;
 
-/// Fewer records than this per thread are not worth a thread.
-const RECORDS_PER_THREAD: usize = 128;
+/// Batches being encoded at once, at most. Several, so that every core encodes while the
+/// pipeline task goes on receiving: with one task doing both, or waiting for each batch, the
+/// service used about one of two cores in `make bench`.
+const ENCODING_BATCHES: usize = 4;
 
-/// Cores to encode on, read once: on Linux the answer comes from cgroup files, not worth
-/// reading again for every batch.
-static CORES: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-});
-
-/// A decoded record as its stored line, with what the object and its index need.
-#[derive(Debug)]
-pub(crate) struct Encoded {
-    time: chrono::DateTime<chrono::Utc>,
-    json: Vec<u8>,
-    trace_id: String,
-    message_id: String,
-}
-
-/// What encoding needs from a message; plain data, so other threads can take it.
-struct RawRecord<'a> {
-    payload: &'a [u8],
-    topic: &'a str,
+/// A record copied out of the consumer, as the encoders take it.
+struct Received {
+    /// The partition's assignment generation when the record was received.
+    generation: u64,
     partition: i32,
     offset: i64,
     timestamp_millis: Option<i64>,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Option<OwnedHeaders>,
+    arrival: Instant,
 }
 
-fn encode_one(raw: &RawRecord<'_>) -> Result<Encoded, prost::DecodeError> {
-    let record = AuditRecord::decode(raw.payload)?;
-    let position = AuditPosition {
-        topic: raw.topic,
-        partition: raw.partition,
-        offset: raw.offset,
-    };
-    let time = encode::record_time(Some(&record), encode::kafka_time(raw.timestamp_millis));
-    let json = encode::RecordLine {
-        record: &record,
-        position,
-    }
-    .to_vec();
-    Ok(Encoded {
-        time,
-        json,
-        trace_id: record.trace_id,
-        message_id: record.message_id,
-    })
+/// A received record after decoding: its line, or what quarantines it.
+#[derive(Debug)]
+struct Prepared {
+    generation: u64,
+    partition: i32,
+    offset: i64,
+    arrival: Instant,
+    content: Result<Line, Undecodable>,
 }
 
-/// Decodes and encodes a batch on up to all cores; the results keep the batch's order.
-fn encode_batch(batch: &[BorrowedMessage<'_>]) -> Vec<Result<Encoded, prost::DecodeError>> {
-    let raw: Vec<RawRecord<'_>> = batch
-        .iter()
-        .map(|message| RawRecord {
-            payload: message.payload().unwrap_or_default(),
-            topic: message.topic(),
-            partition: message.partition(),
-            offset: message.offset(),
-            timestamp_millis: message.timestamp().to_millis(),
-        })
-        .collect();
-    let threads = (*CORES).min(raw.len() / RECORDS_PER_THREAD).max(1);
-    if threads == 1 {
-        return raw.iter().map(encode_one).collect();
-    }
-    let chunk = raw.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let mut chunks = raw.chunks(chunk);
-        let first = chunks.next().unwrap_or_default();
-        let others: Vec<_> = chunks
-            .map(|part| scope.spawn(move || part.iter().map(encode_one).collect::<Vec<_>>()))
-            .collect();
-        let mut encoded: Vec<_> = first.iter().map(encode_one).collect();
-        for other in others {
-            match other.join() {
-                Ok(part) => encoded.extend(part),
-                // Encoding does not panic (fuzzed); if it ever did, fail as loudly here.
-                Err(panic) => std::panic::resume_unwind(panic),
+/// A record that did not decode, as it came.
+#[derive(Debug)]
+struct Undecodable {
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    error: String,
+}
+
+/// Decodes a record and encodes its JSON line; runs on the blocking pool.
+fn prepare(topic: &str, received: Received) -> Prepared {
+    let Received {
+        generation,
+        partition,
+        offset,
+        timestamp_millis,
+        key,
+        payload,
+        headers,
+        arrival,
+    } = received;
+    let content = match AuditRecord::decode(payload.as_slice()) {
+        Ok(record) => {
+            let position = AuditPosition {
+                topic,
+                partition,
+                offset,
+            };
+            use opentelemetry::trace::TraceContextExt as _;
+            let context = relais_telemetry::propagation::extract_kafka(headers.as_ref());
+            let span_context = context.span().span_context().clone();
+            if span_context.is_sampled() && relais_telemetry::spans_exported() {
+                // The message's own trace reaches the audit trail: one short consumer span per
+                // sampled record (the object's span links the batch as a whole).
+                record_process_span(&context, &position, &record.message_id);
             }
+            let time = encode::record_time(Some(&record), encode::kafka_time(timestamp_millis));
+            let json = encode::RecordLine {
+                record: &record,
+                position,
+            }
+            .to_vec();
+            Ok(Line {
+                offset,
+                time,
+                json,
+                trace_id: record.trace_id,
+                message_id: record.message_id,
+                context: span_context.is_valid().then_some(span_context),
+            })
         }
-        encoded
-    })
+        Err(error) => Err(Undecodable {
+            key,
+            payload,
+            error: error.to_string(),
+        }),
+    };
+    Prepared {
+        generation,
+        partition,
+        offset,
+        arrival,
+        content,
+    }
 }
 
+/// `process relais.audit`, a child of the record's trace, per the OpenTelemetry messaging
+/// conventions; it ends at once (the object that stores the record has its own span).
 fn record_process_span(
     parent: &opentelemetry::Context,
     position: &AuditPosition<'_>,
