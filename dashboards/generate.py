@@ -191,6 +191,10 @@ AUDIT = [
     panel("Oldest unflushed record age", [(f'max(relais_audit_oldest_unflushed_age_seconds{{{sel(A)}}})', "age")],
           "s"),
     panel("Consumption paused", [(f'max(relais_audit_paused{{{sel(A)}}})', "paused")], "bool"),
+    panel("Objects closed under buffer pressure", [(rate("relais_audit_pressure_closes_total", A), "closes")],
+          "ops", description="Open objects closed early because they filled the buffer: more partitions "
+          "× objects.max_records than buffer.max_records. Often nonzero: raise [buffer] or lower "
+          "objects.max_records."),
 ]
 
 G = "realtime-gateway"

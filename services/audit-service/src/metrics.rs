@@ -22,6 +22,7 @@ pub struct AuditMetrics {
     pub paused: Gauge,
     pub consumer_lag: Gauge,
     pub commits: Counter,
+    pub pressure_closes: Counter,
 }
 
 impl AuditMetrics {
@@ -42,6 +43,7 @@ impl AuditMetrics {
             paused: Gauge::default(),
             consumer_lag: Gauge::default(),
             commits: Counter::default(),
+            pressure_closes: Counter::default(),
         };
         let audit = registry.sub_registry_with_prefix("relais_audit");
         audit.register(
@@ -124,6 +126,11 @@ impl AuditMetrics {
             "commits",
             "Offset commits after stored objects",
             metrics.commits.clone(),
+        );
+        audit.register(
+            "pressure_closes",
+            "Objects closed early because the buffer was full (their partitions' open objects filled it)",
+            metrics.pressure_closes.clone(),
         );
         metrics
     }

@@ -13,11 +13,12 @@
 //! - **hour boundary**: a record whose event hour differs from the object's closes it; the hour
 //!   comes from the record, never from the clock.
 //! - **a bad record** closes the open object before it is quarantined: a function of the input.
-//! - **idle partition** (no record for `idle`) is the one wall-clock rule. It is still safe:
-//!   the re-read after a crash starts at the uncommitted object's first offset, so the first
-//!   object written after the restart has the *same key* and overwrites it, whatever its end.
-//!   Later objects were never stored (one uncommitted object per partition), so nothing else
-//!   can be left behind.
+//! - **idle partition** (no record for `idle`) and **buffer pressure** (the pipeline closes the
+//!   largest open objects when the buffer is full) depend on time, not only on the input. They
+//!   are still safe: the re-read after a crash starts at the uncommitted object's first offset,
+//!   so the first object written after the restart has the *same key* and overwrites it,
+//!   whatever its end. Later objects were never stored (one uncommitted object per partition),
+//!   so nothing else can be left behind.
 
 use std::time::Duration;
 

@@ -293,7 +293,7 @@ impl Pipeline {
                         }
                     }
                     self.forget_revoked(&mut partitions);
-                    paused = self.apply_backpressure(&partitions, &encoding, paused);
+                    paused = self.apply_backpressure(&mut partitions, &encoding, paused);
                 }
                 prepared = encoding.oldest() => {
                     for record in prepared {
@@ -301,7 +301,7 @@ impl Pipeline {
                         accepted += 1;
                         // The buffer bound is enforced as records arrive, not only on ticks.
                         if accepted.is_multiple_of(128) {
-                            paused = self.apply_backpressure(&partitions, &encoding, paused);
+                            paused = self.apply_backpressure(&mut partitions, &encoding, paused);
                         }
                     }
                 }
@@ -312,7 +312,7 @@ impl Pipeline {
                         let room = self.config.buffer.max_records.saturating_sub(self.held(&partitions).records + encoding.records);
                         let batch = self.take_ready(first, room.clamp(1, ENCODE_BATCH));
                         encoding.start(batch, &topic);
-                        paused = self.apply_backpressure(&partitions, &encoding, paused);
+                        paused = self.apply_backpressure(&mut partitions, &encoding, paused);
                     }
                     Err(error) => {
                         tracing::warn!(%error, "consume error");
@@ -632,6 +632,41 @@ impl Pipeline {
         });
     }
 
+    /// Closes the largest open objects until those left open hold at most half the buffer.
+    /// Objects otherwise stay open until a rotation rule closes them, and with many partitions
+    /// the open objects alone can fill the buffer (12 partitions × 20,000 records > 200,000):
+    /// consumption would then pause with nothing to store until the idle rule fired. Closed
+    /// here, they are stored now and the buffer drains. Safe for the same reason as the idle
+    /// rule (see `object`).
+    fn close_under_pressure(&self, partitions: &mut BTreeMap<i32, PartitionState>) {
+        let limits = &self.config.buffer;
+        let mut open: Vec<(usize, usize, i32)> = partitions
+            .iter()
+            .map(|(partition, state)| {
+                let (records, bytes) = state.writer.open_size();
+                (records, bytes, *partition)
+            })
+            .filter(|(records, _, _)| *records > 0)
+            .collect();
+        let (mut records, mut bytes) = open.iter().fold((0, 0), |(r, b), (records, bytes, _)| {
+            (r + records, b + bytes)
+        });
+        open.sort_unstable_by(|a, b| b.cmp(a));
+        for (object_records, object_bytes, partition) in open {
+            if records * 2 <= limits.max_records && bytes * 2 <= limits.max_bytes {
+                break;
+            }
+            if let Some(state) = partitions.get_mut(&partition)
+                && let Some(object) = state.writer.close()
+            {
+                state.queue.push_back(Arc::new(Pending::Data(object)));
+                self.metrics.pressure_closes.inc();
+            }
+            records -= object_records;
+            bytes -= object_bytes;
+        }
+    }
+
     /// What the partitions hold: open objects and items waiting to be stored.
     fn held(&self, partitions: &BTreeMap<i32, PartitionState>) -> Held {
         let mut held = Held::default();
@@ -657,7 +692,7 @@ impl Pipeline {
     /// Records being encoded count in the buffer.
     fn apply_backpressure(
         &self,
-        partitions: &BTreeMap<i32, PartitionState>,
+        partitions: &mut BTreeMap<i32, PartitionState>,
         encoding: &Encoding,
         paused: bool,
     ) -> bool {
@@ -680,6 +715,9 @@ impl Pipeline {
             // for the assignment is a round trip to its main thread, and doing it on every
             // check kept the pipeline loop waiting (2M records: 218k -> 240-250k records/s).
             return false;
+        }
+        if full {
+            self.close_under_pressure(partitions);
         }
         let Ok(assignment) = self.consumer.assignment() else {
             return paused;

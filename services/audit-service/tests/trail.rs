@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use relais_audit_service::config::{Args, AuditConfig, KafkaConfig, ObjectsConfig};
+use relais_audit_service::config::{Args, AuditConfig, BufferConfig, KafkaConfig, ObjectsConfig};
 use relais_proto::v1::{AuditRecord, Outcome};
 use relais_telemetry::shutdown::CancellationToken;
 use relais_test_support::{KafkaTestEnv, RgwTestEnv, unique_name};
@@ -23,6 +23,22 @@ struct Service {
 
 impl Service {
     fn start(kafka: &KafkaTestEnv, bucket: &str, topic: &str, prefix: &str) -> Self {
+        let objects = ObjectsConfig {
+            prefix: prefix.to_owned(),
+            max_records: 5000,
+            idle: Duration::from_secs(1),
+            ..ObjectsConfig::default()
+        };
+        Self::start_with(kafka, bucket, topic, objects, BufferConfig::default())
+    }
+
+    fn start_with(
+        kafka: &KafkaTestEnv,
+        bucket: &str,
+        topic: &str,
+        objects: ObjectsConfig,
+        buffer: BufferConfig,
+    ) -> Self {
         let admin = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -50,12 +66,8 @@ impl Service {
                 audit_topic: topic.to_owned(),
                 ..KafkaConfig::default()
             },
-            objects: ObjectsConfig {
-                prefix: prefix.to_owned(),
-                max_records: 5000,
-                idle: Duration::from_secs(1),
-                ..ObjectsConfig::default()
-            },
+            objects,
+            buffer,
             ..AuditConfig::default()
         };
         config.validate().unwrap();
@@ -235,6 +247,78 @@ async fn a_hundred_thousand_records_are_stored_exactly_once_under_their_hour() {
         .map(|k| k.split('/').nth(2).unwrap())
         .collect();
     assert_eq!(hours.len(), 3, "three hours of event time: {hours:?}");
+}
+
+/// Six partitions whose open objects (up to 10,000 records each, one event hour, no idle close
+/// for ten minutes) can hold three times the buffer: the service closes the largest early
+/// instead of pausing until the idle rule, and still stores every record exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn open_objects_that_fill_the_buffer_are_closed_and_stored() {
+    let kafka = relais_test_support::kafka().await;
+    let rgw = relais_test_support::rgw().await;
+    let bucket = unique_name("it-audit-pressure");
+    let topic = kafka.create_topic("it-audit-pressure", 6).await;
+    let total = 30_000;
+    let base = 1_795_000_000 / 3600 * 3600;
+    // Event times within the first seconds of one hour: no hour boundary closes an object.
+    let records: Vec<AuditRecord> = (0..total).map(|i| record(i, total * 1000, base)).collect();
+    produce(
+        &kafka,
+        &topic,
+        records
+            .iter()
+            .map(|r| (r.message_id.clone(), r.encode_to_vec()))
+            .collect(),
+    )
+    .await;
+
+    let service = Service::start_with(
+        &kafka,
+        &bucket,
+        &topic,
+        ObjectsConfig {
+            prefix: "pressure".to_owned(),
+            max_records: 10_000,
+            idle: Duration::from_secs(600),
+            ..ObjectsConfig::default()
+        },
+        BufferConfig {
+            max_records: 10_000,
+            ..BufferConfig::default()
+        },
+    );
+    // Without closing under pressure nothing is stored for ten minutes.
+    service
+        .wait_for(
+            "relais_audit_records_written_total",
+            20_000.0,
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(service.metric("relais_audit_pressure_closes_total").await > 0.0);
+    // Records received while the pause takes effect may come on top of the bound.
+    assert!(service.metric("relais_audit_buffer_records").await <= 11_000.0);
+    // Everything read, shutdown stores what is still open.
+    service
+        .wait_for(
+            "relais_audit_records_consumed_total",
+            total as f64,
+            Duration::from_secs(60),
+        )
+        .await;
+    service.stop().await;
+
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for body in read_all(&rgw, &bucket, "pressure").await.values() {
+        for line in gunzip(body).lines() {
+            let value: Value = serde_json::from_str(line).unwrap();
+            *seen
+                .entry(value["message_id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len(), total, "every record stored");
+    assert!(seen.values().all(|count| *count == 1), "no record twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
