@@ -156,6 +156,15 @@ async fn produce(kafka: &KafkaTestEnv, topic: &str, payloads: Vec<(String, Vec<u
     producer.flush(Duration::from_secs(10)).unwrap();
 }
 
+/// Produces audit records keyed by their message id.
+async fn produce_records(kafka: &KafkaTestEnv, topic: &str, records: &[AuditRecord]) {
+    let payloads = records
+        .iter()
+        .map(|r| (r.message_id.clone(), r.encode_to_vec()))
+        .collect();
+    produce(kafka, topic, payloads).await;
+}
+
 /// Every object under `prefix`: key → decompressed lines.
 async fn read_all(rgw: &RgwTestEnv, bucket: &str, prefix: &str) -> BTreeMap<String, Vec<u8>> {
     let bucket = rgw.bucket(bucket);
@@ -191,15 +200,7 @@ async fn a_hundred_thousand_records_are_stored_exactly_once_under_their_hour() {
     let total = 100_000;
     let base = 1_795_000_000 / 3600 * 3600; // an hour boundary
     let records: Vec<AuditRecord> = (0..total).map(|i| record(i, total, base)).collect();
-    produce(
-        &kafka,
-        &topic,
-        records
-            .iter()
-            .map(|r| (r.message_id.clone(), r.encode_to_vec()))
-            .collect(),
-    )
-    .await;
+    produce_records(&kafka, &topic, &records).await;
 
     let service = Service::start(&kafka, &bucket, &topic, "audit");
     service
@@ -262,15 +263,7 @@ async fn open_objects_that_fill_the_buffer_are_closed_and_stored() {
     let base = 1_795_000_000 / 3600 * 3600;
     // Event times within the first seconds of one hour: no hour boundary closes an object.
     let records: Vec<AuditRecord> = (0..total).map(|i| record(i, total * 1000, base)).collect();
-    produce(
-        &kafka,
-        &topic,
-        records
-            .iter()
-            .map(|r| (r.message_id.clone(), r.encode_to_vec()))
-            .collect(),
-    )
-    .await;
+    produce_records(&kafka, &topic, &records).await;
 
     let service = Service::start_with(
         &kafka,
@@ -404,15 +397,7 @@ async fn the_trail_of_a_trace_or_message_id_is_found_through_the_index() {
     for index in [100, 9_000, 19_999] {
         records[index].trace_id = "feedfacefeedfacefeedfacefeedface".into();
     }
-    produce(
-        &kafka,
-        &topic,
-        records
-            .iter()
-            .map(|r| (r.message_id.clone(), r.encode_to_vec()))
-            .collect(),
-    )
-    .await;
+    produce_records(&kafka, &topic, &records).await;
     let service = Service::start(&kafka, &bucket, &topic, "audit");
     service
         .wait_for(
