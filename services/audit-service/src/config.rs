@@ -84,6 +84,11 @@ pub struct KafkaConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub session_timeout: Duration,
+    /// Records fetched ahead of the pipeline, in KiB (librdkafka's `queued.max.messages.kbytes`):
+    /// throughput against memory, as librdkafka holds several times this. Two million records
+    /// on two cores: 16384 reaches about 285k records/s at about 430 MiB peak RSS, 8192 about
+    /// 185k at 255 MiB, 4096 about 110k at 170 MiB; 32768 adds memory, not throughput.
+    pub prefetch_kbytes: u32,
 }
 
 impl Default for KafkaConfig {
@@ -92,6 +97,7 @@ impl Default for KafkaConfig {
             group_id: "relais-audit".into(),
             audit_topic: "relais.audit".into(),
             session_timeout: Duration::from_secs(10),
+            prefetch_kbytes: 16 * 1024,
         }
     }
 }
@@ -215,6 +221,10 @@ impl AuditConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |message: &str| Err(ConfigError::Invalid(message.to_owned()));
+        if !(1..=2_097_151).contains(&self.kafka.prefetch_kbytes) {
+            // librdkafka's range for queued.max.messages.kbytes.
+            return invalid("kafka.prefetch_kbytes must be between 1 and 2097151");
+        }
         let objects = &self.objects;
         if objects.max_records == 0 || objects.max_bytes == 0 {
             return invalid("objects.max_records and objects.max_bytes must be positive");

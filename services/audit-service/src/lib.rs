@@ -82,12 +82,14 @@ pub async fn run(
             "session.timeout.ms",
             config.kafka.session_timeout.as_millis().to_string(),
         )
-        // Prefetch: 2 MiB per partition and fetch, 32 MiB in the local queue. With 1 MiB and
-        // 16 MiB the pipeline waited for fetches at about 250k records/s in `make bench`; these
-        // reach about 285k for about 50 MiB more RSS, where 4 MiB fetches cost 250 MiB more
-        // for nothing further.
+        // 2 MiB per partition and fetch: with librdkafka's 1 MiB the pipeline waited for
+        // fetches at about 240k records/s in `make bench`, against about 285k.
         .set("max.partition.fetch.bytes", "2097152")
-        .set("queued.max.messages.kbytes", "32768")
+        // The prefetch is most of the service's memory; see `kafka.prefetch_kbytes`.
+        .set(
+            "queued.max.messages.kbytes",
+            config.kafka.prefetch_kbytes.to_string(),
+        )
         .create_with_context(AuditContext {
             assignment: Arc::clone(&assignment),
         })
