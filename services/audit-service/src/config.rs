@@ -85,9 +85,8 @@ pub struct KafkaConfig {
     #[schemars(with = "String")]
     pub session_timeout: Duration,
     /// Records fetched ahead of the pipeline, in KiB (librdkafka's `queued.max.messages.kbytes`):
-    /// throughput against memory, as librdkafka holds several times this. Two million records
-    /// on two cores: 16384 reaches about 285k records/s at about 430 MiB peak RSS, 8192 about
-    /// 185k at 255 MiB, 4096 about 110k at 170 MiB; 32768 adds memory, not throughput.
+    /// throughput against memory, as librdkafka holds several times this. The measured
+    /// trade-off is in docs/audit-service.md, "Memory".
     pub prefetch_kbytes: u32,
 }
 

@@ -11,8 +11,9 @@
 //! ```
 //!
 //! Memory is bounded by the buffer limits: when the records or bytes held exceed them, every
-//! assigned partition is paused (the consumer keeps polling); below 80 % they resume. Batches
-//! being encoded add at most `ENCODING_BATCHES × ENCODE_BATCH` records to that.
+//! assigned partition is paused (the consumer keeps polling); below 80 % they resume. Records
+//! being encoded count in the buffer; when the open objects alone fill it, the largest are
+//! closed early (`close_under_pressure`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
