@@ -8,6 +8,8 @@ CARGO ?= cargo
 export RELAIS_STATE_DIR ?= $(CURDIR)/.state
 
 NATIVE := deploy/native/infra.sh
+# Each suite deletes the Kafka topics its earlier runs left behind before it starts.
+KAFKA := deploy/native/kafka.sh
 COMPOSE ?= docker compose
 COMPOSE_FILE := compose/compose.yaml
 DC := $(COMPOSE) -f $(COMPOSE_FILE) --project-directory compose
@@ -109,12 +111,14 @@ test-tools: ## Install the browser and API-conformance tools the tests drive (ch
 
 .PHONY: test
 test: infra-up test-tools ## Bring the native infrastructure up if needed, then run the whole test suite
+	@$(KAFKA) prune '^it-'
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
 
 .PHONY: e2e
 e2e: infra-up test-tools ## Fault scenarios under load with the verifier (kill -9, RGW down, broker restart, ...); report in artifacts/e2e/
+	@$(KAFKA) prune '^e2e-'
 	$(CARGO) build --workspace --bins
 	$(CARGO) run -p relais-e2e --bin relais-e2e
 
@@ -129,6 +133,7 @@ fuzz: ## Fuzz the ingress normaliser and the protobuf decoders, FUZZ_SECONDS eac
 
 .PHONY: bench
 bench: infra-up release ## Benchmarks measured in one run; report in artifacts/bench/
+	@$(KAFKA) prune '^bench\.'
 	python3 loadtest/bench/run.py
 
 .PHONY: lint

@@ -134,7 +134,7 @@ group_ready() {
     local consumed
     consumed="$(kafka_tool org.apache.kafka.tools.consumer.ConsoleConsumer \
         --bootstrap-server "$BOOTSTRAP" --topic "$topic" --group relais-infra-check \
-        --from-beginning --max-messages 1 --timeout-ms 60000 2>"$LOGDIR/group-check.log")"
+        --from-beginning --max-messages 1 --timeout-ms 30000 2>"$LOGDIR/group-check.log")"
     [ -n "$consumed" ]
 }
 
@@ -162,8 +162,31 @@ cmd_start() {
     wait_until 60 "broker metadata" "$LOGDIR/server.log" metadata_ready \
         || die "the broker does not answer metadata requests (logs: $LOGDIR)"
     create_topics
-    group_ready || die "a consumer group could not consume on $BOOTSTRAP (logs: $LOGDIR)"
+    # After a restart the group coordinator first loads __consumer_offsets, which takes longer
+    # the more partitions the broker holds; each try waits 30 s.
+    wait_until 240 "a consumer group to consume" "$LOGDIR/group-check.log" group_ready \
+        || die "a consumer group could not consume on $BOOTSTRAP (logs: $LOGDIR)"
     log "ready on $BOOTSTRAP"
+}
+
+# Deletes the topics whose names match an extended regex: what earlier test, fault-suite and
+# benchmark runs left behind (each run creates its own uniquely named topics). Without this a
+# long-used machine collects thousands of partitions, and a restarted broker then takes minutes
+# to load them before a consumer group works again.
+cmd_prune() {
+    local pattern="$1" topics
+    running_pid "$PIDFILE" >/dev/null || die "the broker is not running (make infra-up)"
+    topics="$(kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --list |
+        grep -E -- "$pattern" || true)"
+    if [ -z "$topics" ]; then
+        return 0
+    fi
+    log "deleting $(wc -l <<<"$topics") topic(s) left by earlier runs (matching $pattern)"
+    # One call for all of them: the tool takes a Java regex; the names are escaped literals.
+    local alternatives
+    alternatives="$(sed 's/[][\\.^$*+?(){}|]/\\&/g' <<<"$topics" | paste -sd '|')"
+    kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --delete \
+        --topic "$alternatives" >/dev/null || die "deleting topics matching $pattern failed"
 }
 
 cmd_stop() {
@@ -183,8 +206,12 @@ case "${1:-}" in
 start) cmd_start ;;
 stop) cmd_stop ;;
 status) cmd_status ;;
+prune)
+    [ -n "${2:-}" ] || die "usage: $0 prune REGEX"
+    cmd_prune "$2"
+    ;;
 *)
-    echo "usage: $0 start|stop|status" >&2
+    echo "usage: $0 start|stop|status|prune REGEX" >&2
     exit 64
     ;;
 esac
