@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 use prometheus_client::registry::Registry;
-use relais_resilience::{ResilienceMetrics, UpstreamClient, UpstreamPolicy};
+use relais_resilience::{Endpoint, ResilienceMetrics, UpstreamClient, UpstreamPolicy};
 use tokio::time::Instant;
 
 /// The same shape and size as the worker's deliveries (and wrk's body in the benchmark).
@@ -97,7 +97,7 @@ enum Sender {
     },
     Resilience {
         client: UpstreamClient,
-        path: String,
+        endpoint: Endpoint,
     },
 }
 
@@ -119,10 +119,8 @@ impl Sender {
                 policy.bulkhead.max_concurrent = args.concurrency;
                 let metrics = ResilienceMetrics::register(&mut Registry::default());
                 let client = UpstreamClient::new("load", &args.url, policy, &metrics)?;
-                Ok(Self::Resilience {
-                    client,
-                    path: args.path.clone(),
-                })
+                let endpoint = client.endpoint(&args.path)?;
+                Ok(Self::Resilience { client, endpoint })
             }
         }
     }
@@ -146,8 +144,8 @@ impl Sender {
                     Err(_) => false,
                 }
             }
-            Self::Resilience { client, path } => client
-                .post_json(path, Bytes::from_static(BODY.as_bytes()), key)
+            Self::Resilience { client, endpoint } => client
+                .post_json(endpoint, Bytes::from_static(BODY.as_bytes()), key)
                 .await
                 .succeeded(),
         }

@@ -1,5 +1,6 @@
 //! What the probe and the retry layer record about each attempt.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -43,10 +44,10 @@ pub struct PhaseTimings {
 impl AttemptRecord {
     /// The OpenTelemetry `error.type` of the attempt: the status for an HTTP error response,
     /// the transport class for a failure, none for success.
-    pub fn error_type(&self) -> Option<String> {
+    pub fn error_type(&self) -> Option<Cow<'static, str>> {
         match (self.status, self.error) {
-            (_, Some(error)) => Some(error.error_type().to_owned()),
-            (Some(status), None) if status >= 400 => Some(status.to_string()),
+            (_, Some(error)) => Some(Cow::Borrowed(error.error_type())),
+            (Some(status), None) if status >= 400 => Some(Cow::Owned(status.to_string())),
             _ => None,
         }
     }

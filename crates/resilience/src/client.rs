@@ -73,8 +73,22 @@ pub enum BuildError {
         #[source]
         source: url::ParseError,
     },
+    #[error("invalid path {path:?} for upstream {upstream}")]
+    Path {
+        upstream: String,
+        path: String,
+        #[source]
+        source: url::ParseError,
+    },
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
+}
+
+/// A URL under an upstream's base URL, resolved once when the caller is set up: a bad path
+/// fails the start instead of every call, and no call parses a URL.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    url: Url,
 }
 
 /// An upstream with its own policy, circuit breaker, retry budget and bulkhead.
@@ -206,25 +220,29 @@ impl UpstreamClient {
         &self.breaker
     }
 
-    /// POSTs a JSON body to `path` (relative to the base URL) with `Idempotency-Key`, through
-    /// the whole stack.
-    pub async fn post_json(&self, path: &str, body: Bytes, idempotency_key: &str) -> Delivery {
+    /// Resolves `path` against the base URL (a leading `/` keeps the base URL's own path).
+    pub fn endpoint(&self, path: &str) -> Result<Endpoint, BuildError> {
+        self.base_url
+            .join(path.trim_start_matches('/'))
+            .map(|url| Endpoint { url })
+            .map_err(|source| BuildError::Path {
+                upstream: self.name.to_string(),
+                path: path.to_owned(),
+                source,
+            })
+    }
+
+    /// POSTs a JSON body to `endpoint` with `Idempotency-Key`, through the whole stack.
+    pub async fn post_json(
+        &self,
+        endpoint: &Endpoint,
+        body: Bytes,
+        idempotency_key: &str,
+    ) -> Delivery {
         let started = Instant::now();
-        let url = match self.base_url.join(path.trim_start_matches('/')) {
-            Ok(url) => url,
-            Err(error) => {
-                tracing::error!(%error, path, "cannot build the request URL");
-                return self.finish(
-                    CallOutcome::Failed(TransportError::Other),
-                    Vec::new(),
-                    None,
-                    started,
-                );
-            }
-        };
         let request = self
             .client
-            .post(url)
+            .post(endpoint.url.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .header("idempotency-key", idempotency_key)
             .body(body)

@@ -88,7 +88,7 @@ impl Middleware for Deadline {
     ) -> reqwest_middleware::Result<Response> {
         let deadline = Instant::now() + self.deadline;
         extensions.insert(CallDeadline(deadline));
-        let method = request.method().to_string();
+        let method = method_label(request.method());
         let server = server_address(&request);
         match tokio::time::timeout_at(deadline, next.run(request, extensions)).await {
             Ok(result) => result,
@@ -105,13 +105,8 @@ impl Middleware for Deadline {
                         Duration::ZERO,
                     );
                     let trace_id = progress.lock().trace_id.clone();
-                    self.metrics.record_attempt(
-                        &self.upstream,
-                        &method,
-                        &server,
-                        &record,
-                        trace_id,
-                    );
+                    self.metrics
+                        .record_attempt(&self.upstream, method, &server, &record, trace_id);
                     log.push(record);
                     // Recorded once: a second deadline (none can happen) must not re-record.
                     progress.lock().started = None;
@@ -225,7 +220,7 @@ impl Middleware for Retry {
     ) -> reqwest_middleware::Result<Response> {
         let log = extensions.get::<AttemptLog>().cloned().unwrap_or_default();
         let deadline = extensions.get::<CallDeadline>().map(|d| d.0);
-        let method = request.method().to_string();
+        let method = method_label(request.method());
         let server = server_address(&request);
         // A repeat is harmless when the method is idempotent or the upstream can deduplicate.
         let replayable =
@@ -283,7 +278,7 @@ impl Middleware for Retry {
             );
             let trace_id = progress.lock().trace_id.clone();
             self.metrics
-                .record_attempt(&self.upstream, &method, &server, &record, trace_id);
+                .record_attempt(&self.upstream, method, &server, &record, trace_id);
             log.push(record);
             // Closed: the deadline layer must not record this attempt a second time.
             progress.lock().started = None;
@@ -419,6 +414,23 @@ fn retry_cause(result: &AttemptResult) -> &'static str {
     }
 }
 
-fn server_address(request: &Request) -> String {
-    request.url().host_str().unwrap_or_default().to_owned()
+fn server_address(request: &Request) -> Arc<str> {
+    Arc::from(request.url().host_str().unwrap_or_default())
+}
+
+/// `http.request.method` as the OpenTelemetry conventions have it: the known methods by name,
+/// anything else as `_OTHER` (which also keeps the label's values a small fixed set).
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::TRACE => "TRACE",
+        http::Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
 }

@@ -33,7 +33,7 @@ pub use circuit::{CircuitBreaker, CircuitOpen, CircuitState};
 pub use classify::{
     AttemptResult, Decision, RetryClassifier, StatusClassifier, TimeoutKind, TransportError,
 };
-pub use client::{BuildError, CallOutcome, Delivery, Refusal, UpstreamClient};
+pub use client::{BuildError, CallOutcome, Delivery, Endpoint, Refusal, UpstreamClient};
 pub use error::ResilienceError;
 pub use layers::RetryStop;
 pub use metrics::ResilienceMetrics;

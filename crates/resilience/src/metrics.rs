@@ -5,6 +5,9 @@
 //! the `relais_` prefix. Every label is bounded: upstream names come from configuration, and
 //! statuses, phases, kinds and reasons are small fixed sets.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
@@ -20,15 +23,16 @@ use crate::circuit::CircuitState;
 /// same as for servers.
 pub use relais_telemetry::http_server::HTTP_DURATION_BUCKETS;
 
+/// Recorded once per attempt, so built without copying strings: shared or static values only.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpClientLabels {
-    pub upstream: String,
-    pub http_request_method: String,
-    pub server_address: String,
+    pub upstream: Arc<str>,
+    pub http_request_method: &'static str,
+    pub server_address: Arc<str>,
     /// Empty when no response arrived.
-    pub http_response_status_code: String,
+    pub http_response_status_code: Option<u16>,
     /// Empty on success.
-    pub error_type: String,
+    pub error_type: Option<Cow<'static, str>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,7 +42,7 @@ pub struct TraceExemplar {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
-    pub upstream: String,
+    pub upstream: Arc<str>,
     pub phase: &'static str,
 }
 
@@ -50,7 +54,7 @@ pub struct UpstreamReasonLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TimeoutLabels {
-    pub upstream: String,
+    pub upstream: Arc<str>,
     pub kind: &'static str,
 }
 
@@ -191,7 +195,7 @@ impl ResilienceMetrics {
         }
         for kind in crate::classify::TimeoutKind::ALL {
             let _ = self.timeouts.get_or_create(&TimeoutLabels {
-                upstream: name(),
+                upstream: Arc::from(upstream),
                 kind: kind.as_str(),
             });
         }
@@ -240,18 +244,18 @@ impl ResilienceMetrics {
 
     pub(crate) fn record_attempt(
         &self,
-        upstream: &str,
-        method: &str,
-        server_address: &str,
+        upstream: &Arc<str>,
+        method: &'static str,
+        server_address: &Arc<str>,
         attempt: &AttemptRecord,
         trace_id: Option<String>,
     ) {
         let labels = HttpClientLabels {
-            upstream: upstream.to_owned(),
-            http_request_method: method.to_owned(),
-            server_address: server_address.to_owned(),
-            http_response_status_code: attempt.status.map(|s| s.to_string()).unwrap_or_default(),
-            error_type: attempt.error_type().unwrap_or_default(),
+            upstream: Arc::clone(upstream),
+            http_request_method: method,
+            server_address: Arc::clone(server_address),
+            http_response_status_code: attempt.status,
+            error_type: attempt.error_type(),
         };
         self.request_duration.get_or_create(&labels).observe(
             attempt.timings.total.as_secs_f64(),
@@ -270,7 +274,7 @@ impl ResilienceMetrics {
             if !duration.is_zero() {
                 self.phase_duration
                     .get_or_create(&PhaseLabels {
-                        upstream: upstream.to_owned(),
+                        upstream: Arc::clone(upstream),
                         phase,
                     })
                     .observe(duration.as_secs_f64());
@@ -279,7 +283,7 @@ impl ResilienceMetrics {
         if let Some(kind) = attempt.timeout {
             self.timeouts
                 .get_or_create(&TimeoutLabels {
-                    upstream: upstream.to_owned(),
+                    upstream: Arc::clone(upstream),
                     kind: kind.as_str(),
                 })
                 .inc();

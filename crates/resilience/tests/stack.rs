@@ -131,8 +131,9 @@ fn client(base: &str, policy: UpstreamPolicy) -> (UpstreamClient, Registry) {
 }
 
 async fn deliver(client: &UpstreamClient, key: &str) -> relais_resilience::Delivery {
+    let endpoint = client.endpoint("/events").expect("endpoint");
     client
-        .post_json("/events", Bytes::from_static(b"{}"), key)
+        .post_json(&endpoint, Bytes::from_static(b"{}"), key)
         .await
 }
 

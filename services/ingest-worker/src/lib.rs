@@ -84,13 +84,10 @@ pub async fn run(
             &resilience_metrics,
         )
         .with_context(|| format!("upstream {name}"))?;
-        upstreams.insert(
-            name.clone(),
-            Upstream {
-                client,
-                path: upstream.path.clone(),
-            },
-        );
+        let endpoint = client
+            .endpoint(&upstream.path)
+            .with_context(|| format!("upstream {name}"))?;
+        upstreams.insert(name.clone(), Upstream { client, endpoint });
     }
 
     let tracker: Arc<Tracker> = Arc::new(Tracker::default());

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use opentelemetry::trace::TraceContextExt;
 use relais_ingress::{IngressEvent, Normaliser};
 use relais_resilience::{
-    AttemptRecord, CallOutcome, CircuitState, Delivery, Refusal, RetryStop, TransportError,
-    UpstreamClient,
+    AttemptRecord, CallOutcome, CircuitState, Delivery, Endpoint, Refusal, RetryStop,
+    TransportError, UpstreamClient,
 };
 use relais_telemetry::shutdown::CancellationToken;
 use tracing::Instrument;
@@ -20,11 +20,11 @@ use crate::config::RoutingConfig;
 use crate::metrics::WorkerMetrics;
 use crate::records::{self, Decided, Inbound, OutRecord, Outcome, OutputTopics};
 
-/// An upstream with the path events are POSTed to.
+/// An upstream with the endpoint events are POSTed to.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub client: UpstreamClient,
-    pub path: String,
+    pub endpoint: Endpoint,
 }
 
 /// Everything needed to decide messages; shared by all lanes.
@@ -159,7 +159,7 @@ impl Processor {
         loop {
             let delivery = upstream
                 .client
-                .post_json(&upstream.path, body.clone(), &event.id)
+                .post_json(&upstream.endpoint, body.clone(), &event.id)
                 .await;
             attempts.extend(delivery.attempts.iter().cloned());
             let wait = match delivery.outcome {
