@@ -32,6 +32,11 @@ use crate::protocol::{self, ControlFrame};
 pub const SUBPROTOCOL: &str = "relais.v1";
 /// Frames written before one flush, so a busy feed costs one write per batch, not per event.
 const BATCH: usize = 64;
+/// Bytes taken from the socket per read. The WebSocket library zero-fills this much before
+/// every read attempt, and the connection loop attempts one on every wake (each event), so its
+/// 128 KiB default cost 38 % of the gateway's CPU fanning 100 events/s out to 1,000 clients.
+/// Clients send only control frames (pong, close); a longer message is read in several reads.
+const READ_BUFFER_BYTES: usize = 4096;
 
 /// Subscription filters and the resume position.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -100,6 +105,7 @@ pub async fn upgrade(
     );
     upgrade
         .protocols([SUBPROTOCOL])
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes)
         .on_upgrade(move |socket| async move {

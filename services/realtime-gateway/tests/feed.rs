@@ -1,6 +1,6 @@
 //! The WebSocket feed against the real broker: resume after a disconnect misses nothing and
 //! repeats nothing; a slow client is dropped while a fast one keeps its latency; a resume
-//! beyond the history gets an explicit gap notice.
+//! beyond the history gets an explicit gap notice; what clients send is read safely.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
+use futures::SinkExt;
 use relais_proto::v1;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -300,5 +301,50 @@ async fn a_resume_beyond_the_history_gets_an_explicit_gap() {
     assert_eq!(client.replayed, Some(50));
     assert_eq!(client.received.first().unwrap(), "m-150");
     assert!(gateway.metric("relais_gateway_ws_gaps_total").await >= 1.0);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_message_longer_than_one_read_is_taken_and_one_beyond_the_limit_ends_the_connection()
+ {
+    let kafka = relais_test_support::kafka().await;
+    let topic = kafka.create_topic("it-events", 1).await;
+    let gateway = Gateway::start(&kafka, test_config(&topic), "http://127.0.0.1:1").await;
+    let producer = producer(&kafka);
+
+    // Ten times what the gateway takes from the socket per read: read whole, then ignored.
+    let mut feed = gateway.connect("").await;
+    feed.send_text(&"x".repeat(40 * 1024)).await;
+    produce(&producer, &topic, &[pipeline_event(&delivered(0))]).await;
+    let mut client = Client::default();
+    read_until(
+        &mut feed,
+        &mut client,
+        Instant::now() + Duration::from_secs(20),
+        1,
+    )
+    .await;
+    assert_eq!(
+        client.received,
+        ["m-0"],
+        "the feed goes on after a long message"
+    );
+
+    // Beyond websocket.max_frame_bytes (64 KiB by default) the gateway ends the connection.
+    // The send may already see the connection go, so its result is not the point.
+    let _ = feed
+        .socket
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            "x".repeat(80 * 1024),
+        ))
+        .await;
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        while feed.next_frame(Duration::from_secs(5)).await.is_some() {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "an oversized message must end the connection"
+    );
     gateway.stop().await;
 }
