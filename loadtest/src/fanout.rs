@@ -25,6 +25,7 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct FanoutArgs {
@@ -93,6 +94,13 @@ fn now_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// The clients share the cores with the server under test, so they must cost little: the
+/// library's default 128 KiB read buffer, zero-filled before every read, would make the load
+/// tool itself a large share of the machine.
+fn client_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(16 * 1024)
+}
+
 async fn client(
     target: Target,
     gateway: String,
@@ -108,12 +116,16 @@ async fn client(
                 "sec-websocket-protocol",
                 HeaderValue::from_str(&format!("relais.v1, relais.bearer.{token}"))?,
             );
-            tokio_tungstenite::connect_async(request).await?
+            tokio_tungstenite::connect_async_with_config(request, Some(client_config()), false)
+                .await?
         }
         Target::Centrifugo => {
-            let (mut socket, response) =
-                tokio_tungstenite::connect_async(format!("ws://{gateway}/connection/websocket"))
-                    .await?;
+            let (mut socket, response) = tokio_tungstenite::connect_async_with_config(
+                format!("ws://{gateway}/connection/websocket"),
+                Some(client_config()),
+                false,
+            )
+            .await?;
             socket
                 .send(Message::text(r#"{"id":1,"connect":{}}"#))
                 .await?;
