@@ -88,7 +88,17 @@ CONF
 
 format_storage() {
     local cluster_id
-    cluster_id="$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+    # A cluster id is a base64url UUID. One that starts with "-" reads as an option to the
+    # tool's argument parser (one fresh format in 64 failed so), so such ids are drawn again,
+    # as Kafka's own random-uuid command does.
+    cluster_id="$(python3 -c '
+import base64, uuid
+while True:
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not cluster_id.startswith("-"):
+        print(cluster_id)
+        break
+')"
     log "formatting storage (cluster $cluster_id)"
     kafka_tool kafka.tools.StorageTool format -t "$cluster_id" -c "$CONF" --standalone \
         >"$LOGDIR/format.log" 2>&1 || {
