@@ -85,7 +85,7 @@ pub enum BuildError {
 }
 
 /// A URL under an upstream's base URL, resolved once when the caller is set up: a bad path
-/// fails the start instead of every call, and no call parses a URL.
+/// fails the start instead of every call, and no call joins paths.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     url: Url,
