@@ -48,10 +48,17 @@ scale: ## Run N ingest-worker replicas (`make scale N=3`)
 
 .PHONY: load
 load: ## Traffic from loadgen (`make load SCENARIO=burst`; scenarios in loadtest/scenarios/)
-	@if [ -f .state/dev/running ]; then \
+	@[ -f loadtest/scenarios/$(SCENARIO).toml ] || { \
+		echo "no scenario '$(SCENARIO)'; there are: $$(cd loadtest/scenarios && ls *.toml | sed 's/\.toml$$//' | xargs)" >&2; \
+		exit 2; }
+	@if [ -f "$(RELAIS_STATE_DIR)/dev/running" ]; then \
+		[ -x target/release/loadgen ] || $(MAKE) --no-print-directory release; \
 		target/release/loadgen ingress --scenario loadtest/scenarios/$(SCENARIO).toml; \
-	else \
+	elif $(COMPOSE) version >/dev/null 2>&1; then \
 		SCENARIO=$(SCENARIO) $(DC) --profile load run --rm loadgen; \
+	else \
+		echo "nothing to load: start the native stack with 'make dev' (or Compose with 'make up')" >&2; \
+		exit 2; \
 	fi
 
 .PHONY: chaos
@@ -98,11 +105,16 @@ infra-clean: ## Stop the native infrastructure and delete all of its state
 ## --- build and test -----------------------------------------------------------------------
 
 .PHONY: build
-build: ## Build every crate (debug)
+build: prerequisites ## Build every crate (debug)
 	$(CARGO) build --workspace --all-targets
 
+.PHONY: prerequisites
+prerequisites: ## Check the build prerequisites (Rust, C compiler, make, zlib headers) and install what is missing
+	@deploy/native/prerequisites.sh
+
 .PHONY: release
-release: ## Build the service binaries (release)
+release: prerequisites ## Build the service binaries (release)
+	@echo "$$(date +%H:%M:%S) [build] release binaries (a first build on 2 cores takes about 5 minutes; later ones seconds)" >&2
 	$(CARGO) build --workspace --release --bins
 
 .PHONY: test-tools
@@ -110,14 +122,14 @@ test-tools: ## Install the browser and API-conformance tools the tests drive (ch
 	@deploy/native/test-tools.sh
 
 .PHONY: test
-test: infra-up test-tools ## Bring the native infrastructure up if needed, then run the whole test suite
+test: prerequisites infra-up test-tools ## Bring the native infrastructure up if needed, then run the whole test suite
 	@$(KAFKA) prune '^it-'
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
 
 .PHONY: e2e
-e2e: infra-up test-tools ## Fault scenarios under load with the verifier (kill -9, RGW down, broker restart, ...); report in artifacts/e2e/
+e2e: prerequisites infra-up test-tools ## Fault scenarios under load with the verifier (kill -9, RGW down, broker restart, ...); report in artifacts/e2e/
 	@$(KAFKA) prune '^e2e-'
 	$(CARGO) build --workspace --bins
 	$(CARGO) run -p relais-e2e --bin relais-e2e
@@ -137,7 +149,7 @@ bench: infra-up release ## Benchmarks measured in one run; report in artifacts/b
 	python3 loadtest/bench/run.py
 
 .PHONY: lint
-lint: ## rustfmt check and clippy with warnings denied
+lint: prerequisites ## rustfmt check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

@@ -3,7 +3,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # The viewer token: the dev stack's, else the Compose stack's .env.
-token="$(cat "$root/.state/dev/viewer-token" 2>/dev/null || sed -n 's/^RELAIS_VIEWER_TOKEN=//p' "$root/compose/.env")"
+token="$(cat "${RELAIS_STATE_DIR:-$root/.state}/dev/viewer-token" 2>/dev/null ||
+    sed -n 's/^RELAIS_VIEWER_TOKEN=//p' "$root/compose/.env")"
 cat <<URLS
 
   Dashboard      http://127.0.0.1:8080/dashboard/#token=$token

@@ -23,9 +23,12 @@ cmd_build() {
     rm -rf "$module"
     mkdir -p "$module" "$(dirname "$BIN")"
     printf 'module relais.local/jaeger\n\ngo 1.26\n' >"$module/go.mod"
-    log "building Jaeger $JAEGER_VERSION (first time: a few minutes)"
-    (cd "$module" && go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_VERSION" \
-        && go build -o "$BIN" github.com/jaegertracing/jaeger/cmd/jaeger) || die "building Jaeger failed"
+    local build_log="$TOOLS/go/jaeger-build.log"
+    rm -f "$build_log"
+    with_progress "building Jaeger $JAEGER_VERSION from the Go module proxy (first time only: a few minutes)" \
+        "$build_log" bash -c 'cd "$1" && go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$2" \
+            && go build -o "$3" github.com/jaegertracing/jaeger/cmd/jaeger' _ "$module" "$JAEGER_VERSION" "$BIN" \
+        || die "building Jaeger failed (log: $build_log)"
     echo "$JAEGER_VERSION" >"$BIN.version"
     log "built $BIN"
 }

@@ -30,14 +30,12 @@ ensure_runtime() {
     command -v python3 >/dev/null || missing+=(python3)
     if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
     if [ ! -f "$LIBS/.complete" ]; then
-        log "resolving Apache Kafka $KAFKA_VERSION from Maven Central"
-        rm -rf "$LIBS"
-        mvn -q -B -f "$HERE/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+        rm -rf "$LIBS" "$KAFKA_DIR/maven.log"
+        with_progress "resolving Apache Kafka $KAFKA_VERSION from Maven Central (first time only)" \
+            "$KAFKA_DIR/maven.log" \
+            mvn -B -f "$HERE/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
             dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS" \
-            >"$KAFKA_DIR/maven.log" 2>&1 || {
-            tail -n 30 "$KAFKA_DIR/maven.log" >&2
-            die "could not resolve org.apache.kafka:kafka_2.13:$KAFKA_VERSION (log: $KAFKA_DIR/maven.log)"
-        }
+            || die "could not resolve org.apache.kafka:kafka_2.13:$KAFKA_VERSION (log: $KAFKA_DIR/maven.log)"
         touch "$LIBS/.complete"
     fi
 }

@@ -36,13 +36,39 @@ apt_install() {
     fi
     local marker="$RELAIS_STATE_DIR/.apt-updated"
     if [ -z "$(find "$marker" -mmin -60 2>/dev/null)" ]; then
-        log "apt-get update"
-        DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null || die "apt-get update failed"
+        with_progress "updating Debian's package lists" "$RELAIS_STATE_DIR/apt.log" \
+            env DEBIAN_FRONTEND=noninteractive apt-get update -q || die "apt-get update failed"
         touch "$marker"
     fi
-    log "installing $*"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null \
-        || die "apt-get install $* failed"
+    with_progress "installing $*" "$RELAIS_STATE_DIR/apt.log" \
+        env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" \
+        || die "apt-get install $* failed (log: $RELAIS_STATE_DIR/apt.log)"
+}
+
+# Runs a long step whose own output goes to a log file, and says every 20 s that it is still
+# at work, so that a first run's minutes of downloading or compiling never look like a hang.
+# On failure the log's last lines are shown. Usage: with_progress DESCRIPTION LOGFILE CMD...
+with_progress() {
+    local what="$1" logfile="$2" started=$SECONDS pid status=0 next_note=20
+    shift 2
+    mkdir -p "$(dirname "$logfile")"
+    log "$what"
+    "$@" >>"$logfile" 2>&1 </dev/null &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 1
+        if [ $((SECONDS - started)) -ge "$next_note" ]; then
+            log "... still $what ($((SECONDS - started))s; log: $logfile)"
+            next_note=$((next_note + 20))
+        fi
+    done
+    wait "$pid" || status=$?
+    if [ "$status" -ne 0 ]; then
+        log "failed after $((SECONDS - started))s: $what; last lines of $logfile:"
+        tail -n 25 "$logfile" >&2
+        return "$status"
+    fi
+    log "done in $((SECONDS - started))s: $what"
 }
 
 # True when the pid names a live process. A killed daemon whose parent never reaped it stays a

@@ -275,9 +275,10 @@ def run_camel(mode, env, out, records, log_name, max_seconds=600):
 
 def run_wrk(seconds, sim_pid):
     if shutil.which("wrk") is None:
-        log("installing wrk (Debian package)")
-        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "wrk"],
-                       check=True, capture_output=True)
+        # The native stack's installer refreshes the package lists first (a fresh machine has
+        # none) and says clearly when it cannot install.
+        subprocess.run(["bash", "-c", '. "$0" && apt_install wrk',
+                        str(ROOT / "deploy/native/lib.sh")], check=True)
     meter = CpuMeter({"upstream-sim": sim_pid, **infra_pids()}, tools="wrk").start()
     output = subprocess.run(
         ["wrk", "-t2", "-c64", f"-d{seconds}s", "-s", str(Path(__file__).with_name("post.lua")),

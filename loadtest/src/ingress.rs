@@ -586,4 +586,26 @@ mod tests {
             "{valid} valid of 2000 at weight 0.5"
         );
     }
+
+    /// `make load SCENARIO=name` takes any file of loadtest/scenarios: each one must load.
+    #[test]
+    fn every_shipped_scenario_loads() {
+        let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut loaded = 0;
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path
+                .extension()
+                .is_some_and(|extension| extension == "toml")
+            {
+                Scenario::load(&path).unwrap_or_else(|error| panic!("{error:#}"));
+                loaded += 1;
+            }
+        }
+        assert!(
+            loaded >= 5,
+            "only {loaded} scenarios in {}",
+            folder.display()
+        );
+    }
 }
