@@ -26,7 +26,9 @@ worker_admin_port() { echo $((9101 + 10 * $1)); }
 
 service_env() {
     local exporting=()
-    if [ -x "$JAEGER_BIN" ] && running_pid "$DEV/jaeger.pid" >/dev/null; then
+    # Jaeger runs, or is being built and starts when it is: spans go to its OTLP port (the
+    # exporter drops them quietly until something listens there).
+    if running_pid "$DEV/jaeger.pid" >/dev/null || running_pid "$DEV/jaeger-build.pid" >/dev/null; then
         exporting=(OTEL_EXPORTER_OTLP_ENDPOINT="http://$HOST:4317" OTEL_EXPORTER_OTLP_PROTOCOL=grpc)
     fi
     echo RELAIS_KAFKA_BOOTSTRAP="$HOST:$RELAIS_KAFKA_PORT" RUST_LOG=info "${exporting[@]}"
@@ -48,13 +50,33 @@ start_service() {
     log "$name ready (admin http://$HOST:$admin_port)"
 }
 
+# Jaeger is the only part of `make dev` built on first use besides the services, and its build
+# takes minutes: rather than hold the first delivery back that long, a first run builds it in
+# the background and starts it when it is ready.
 start_jaeger() {
-    # jaeger.sh knows the version and says what it does; a failed build costs the traces only.
-    if ! "$HERE/jaeger.sh" build; then
-        log "Jaeger could not be built (above): the services run without collecting traces"
+    if running_pid "$DEV/jaeger.pid" >/dev/null || running_pid "$DEV/jaeger-build.pid" >/dev/null; then
         return 0
     fi
-    if running_pid "$DEV/jaeger.pid" >/dev/null; then return 0; fi
+    if "$HERE/jaeger.sh" built; then
+        run_jaeger
+        return 0
+    fi
+    if ! command -v go >/dev/null; then
+        log "Go is not installed, so Jaeger cannot be built: the services run without collecting traces"
+        return 0
+    fi
+    spawn "$DEV/jaeger-build.pid" "$DEV/logs/jaeger-build.log" "$HERE/dev.sh" jaeger-in-background
+    log "Jaeger is not built yet: building it in the background (a few minutes; log: $DEV/logs/jaeger-build.log); traces are collected once it runs"
+}
+
+# The background half of start_jaeger: build, then start.
+jaeger_in_background() {
+    "$HERE/jaeger.sh" build || die "Jaeger could not be built: the services run without collecting traces"
+    run_jaeger
+    rm -f "$DEV/jaeger-build.pid"
+}
+
+run_jaeger() {
     require_free_port 16686 "Jaeger"
     # OTEL_TRACES_EXPORTER=none: Jaeger does not trace itself into itself.
     spawn "$DEV/jaeger.pid" "$DEV/logs/jaeger.log" env OTEL_TRACES_EXPORTER=none "$JAEGER_BIN" --config "$HERE/jaeger.yaml"
@@ -129,6 +151,13 @@ cmd_down() {
     stop_pidfile "$DEV/realtime-gateway.pid" realtime-gateway 30
     stop_pidfile "$DEV/audit-service.pid" audit-service 60
     stop_pidfile "$DEV/upstream-sim.pid" upstream-sim 15
+    # The background Jaeger build leads its own process group (spawn uses setsid): stop the
+    # compiler with it.
+    if pid="$(running_pid "$DEV/jaeger-build.pid")"; then
+        log "stopping the Jaeger build (pid $pid)"
+        kill -TERM -- "-$pid" 2>/dev/null || true
+    fi
+    rm -f "$DEV/jaeger-build.pid"
     stop_pidfile "$DEV/jaeger.pid" jaeger 15
     rm -f "$DEV/running" "$RELAIS_STATE_DIR/prometheus/targets/dev-workers.json"
     "$HERE/infra.sh" down
@@ -152,6 +181,7 @@ case "${1:-}" in
 up) cmd_up ;;
 down) cmd_down ;;
 status) cmd_status ;;
+jaeger-in-background) jaeger_in_background ;;
 *)
     echo "usage: $0 up|down|status" >&2
     exit 64

@@ -3,6 +3,7 @@
 # the Go module proxy into $RELAIS_STATE_DIR/tools/go/bin/jaeger.
 #
 #   jaeger.sh build    build it unless it is there (a few minutes the first time)
+#   jaeger.sh built    exits 0 when the pinned version is built
 #
 # Jaeger's go.mod has replace directives, so `go install pkg@version` refuses it; it is built
 # as a tool dependency of a throwaway module instead, which honours the pinned version.
@@ -14,8 +15,13 @@ JAEGER_VERSION=v1.76.0
 TOOLS="$RELAIS_STATE_DIR/tools"
 BIN="$TOOLS/go/bin/jaeger"
 
+# True when the pinned version is built.
+cmd_built() {
+    [ -x "$BIN" ] && [ "$(cat "$BIN.version" 2>/dev/null)" = "$JAEGER_VERSION" ]
+}
+
 cmd_build() {
-    if [ -x "$BIN" ] && [ "$(cat "$BIN.version" 2>/dev/null)" = "$JAEGER_VERSION" ]; then
+    if cmd_built; then
         return 0
     fi
     command -v go >/dev/null || die "Go is needed to build Jaeger (this machine kind provides it)"
@@ -35,8 +41,9 @@ cmd_build() {
 
 case "${1:-}" in
 build) cmd_build ;;
+built) cmd_built ;;
 *)
-    echo "usage: $0 build" >&2
+    echo "usage: $0 build|built" >&2
     exit 64
     ;;
 esac
