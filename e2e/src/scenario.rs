@@ -33,6 +33,11 @@ pub enum Fault {
     SlowUpstream(Duration),
     /// Workers scaled 1 → 3 → 1.
     ScaleWorkers,
+    /// The upstream answers 302 for this long (the events must be FAILED, not delivered by a
+    /// followed redirect), a 1.2 MB record compressed below the broker's limit arrives (it
+    /// must be rejected without holding anything up), then the broker restarts while the
+    /// worker commits.
+    RedirectPoisonRestart(Duration),
 }
 
 /// A scenario: a fault under `rate` messages per second for `seconds`.
@@ -56,6 +61,9 @@ pub struct Outcome {
     /// From the end of the fault (or of the load, if later) until lag and buffers are empty.
     pub recovery_seconds: f64,
     pub peak_rss_bytes: BTreeMap<String, u64>,
+    /// The outcomes the fault must leave (FAILED for the redirect window, REJECTED for the
+    /// poison record) are there; None when the fault expects nothing in particular.
+    pub fault_outcomes_seen: Option<bool>,
 }
 
 /// Peak lag and RSS, sampled while a scenario runs.
@@ -232,6 +240,19 @@ pub async fn run(kafka: &KafkaTestEnv, rgw: &RgwTestEnv, plan: Plan) -> Outcome 
             sleep_sampling(&stack, &mut watch, *duration).await;
             set_faults(&stack, serde_json::json!({})).await;
         }
+        Fault::RedirectPoisonRestart(duration) => {
+            set_faults(
+                &stack,
+                serde_json::json!({"redirect": {"ratio": 1.0, "status": 302}}),
+            )
+            .await;
+            produce_poison(kafka, &stack.topics.ingress).await;
+            sleep_sampling(&stack, &mut watch, *duration).await;
+            set_faults(&stack, serde_json::json!({})).await;
+            infra("down", "kafka");
+            sleep_sampling(&stack, &mut watch, Duration::from_secs(5)).await;
+            infra("up", "kafka");
+        }
         Fault::ScaleWorkers => {
             stack.add_worker().await;
             stack.add_worker().await;
@@ -290,7 +311,17 @@ pub async fn run(kafka: &KafkaTestEnv, rgw: &RgwTestEnv, plan: Plan) -> Outcome 
             .await;
         Some(written as u64 == verdict.stored_records)
     };
+    let fault_outcomes_seen = match plan.fault {
+        Fault::RedirectPoisonRestart(_) => Some(["FAILED", "REJECTED"].iter().all(|outcome| {
+            verdict
+                .outcomes
+                .get(*outcome)
+                .is_some_and(|count| *count > 0)
+        })),
+        _ => None,
+    };
     let outcome = Outcome {
+        fault_outcomes_seen,
         plan,
         verdict,
         counters_agree,
@@ -300,6 +331,30 @@ pub async fn run(kafka: &KafkaTestEnv, rgw: &RgwTestEnv, plan: Plan) -> Outcome 
     };
     stack.stop();
     outcome
+}
+
+/// One JSON event of 1.2 MB, compressed with lz4 to a few KB so the broker takes it although it
+/// is above every client's default record limit.
+async fn produce_poison(kafka: &KafkaTestEnv, topic: &str) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = kafka
+        .client_config()
+        .set("compression.type", "lz4")
+        .set("message.max.bytes", "4194304")
+        .create()
+        .expect("poison producer");
+    let payload = format!(
+        r#"{{"id":"poison","type":"order.created","occurred_at":"2026-12-01T00:00:00Z","source":"e2e","data":{{"blob":"{}"}}}}"#,
+        "x".repeat(1_200_000)
+    );
+    producer
+        .send(
+            FutureRecord::to(topic).key("poison").payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(error, _)| error)
+        .expect("the broker takes the compressed poison record");
 }
 
 /// The report table, in Markdown.
@@ -376,6 +431,12 @@ pub fn plans(full: bool) -> Vec<Plan> {
                 120,
             ),
             plan("workers 1 → 3 → 1", Fault::ScaleWorkers, 300, 90),
+            plan(
+                "upstream 302 for 15 s, a 1.2 MB record, broker restart",
+                Fault::RedirectPoisonRestart(Duration::from_secs(15)),
+                300,
+                90,
+            ),
         ]
     } else {
         vec![

@@ -25,7 +25,7 @@ pub struct Verdict {
     pub lost: u64,
     /// Outcomes beyond the first for a message.
     pub duplicated: u64,
-    /// Messages whose outcome is dead-lettered or rejected.
+    /// Messages whose outcome is not DELIVERED (each has a DLQ copy).
     pub dead_lettered: u64,
     /// DLQ records for messages whose outcome does not say DLQ, or missing ones, or repeats.
     pub dlq_mismatches: u64,
@@ -195,7 +195,8 @@ pub async fn verify(
                 verdict.duplicated += outcomes.len() as u64 - 1;
                 let outcome = &outcomes[0];
                 *verdict.outcomes.entry(outcome.clone()).or_default() += 1;
-                if outcome == "DEAD_LETTERED" || outcome == "REJECTED" {
+                // Everything but a delivery leaves a DLQ copy.
+                if outcome != "DELIVERED" {
                     verdict.dead_lettered += 1;
                     expected_dlq.insert(*position);
                 }

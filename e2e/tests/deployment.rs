@@ -120,12 +120,17 @@ fn the_kubernetes_manifests_validate_against_their_schemas() {
         let rendered = run(Command::new(&kustomize)
             .arg("build")
             .arg(root.join(overlay)));
-        let kinds: BTreeSet<String> = serde_yaml::Deserializer::from_str(&rendered)
+        let documents: Vec<String> = serde_yaml::Deserializer::from_str(&rendered)
             .map(|document| {
                 let value = Value::deserialize(document).unwrap();
                 value["kind"].as_str().unwrap().to_owned()
             })
             .collect();
+        let strimzi_resources = documents
+            .iter()
+            .filter(|kind| ["Kafka", "KafkaNodePool", "KafkaTopic"].contains(&kind.as_str()))
+            .count();
+        let kinds: BTreeSet<String> = documents.into_iter().collect();
         for kind in [
             "Kafka",
             "KafkaNodePool",
@@ -167,7 +172,7 @@ fn the_kubernetes_manifests_validate_against_their_schemas() {
             .env("MODELS", &models)
             .stdin(std::fs::File::open(&file).unwrap()));
         assert!(
-            strimzi.contains("6 Strimzi resources valid"),
+            strimzi.contains(&format!("{strimzi_resources} Strimzi resources valid")),
             "{overlay}: {strimzi}"
         );
     }

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::classify::{TimeoutKind, TransportError};
+use crate::excerpt::ResponseExcerpt;
 
 /// One HTTP attempt of a delivery, as it ends up in the audit record.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +24,8 @@ pub struct AttemptRecord {
     pub response_bytes: u64,
     /// Wait chosen before the next attempt (zero on the last).
     pub backoff: Duration,
+    /// What an unsuccessful answer said; `None` on success or without a response.
+    pub response: Option<ResponseExcerpt>,
 }
 
 /// Phase durations measured by the probe; a phase that did not happen is zero (a pooled
@@ -81,6 +84,7 @@ impl AttemptRecord {
             request_bytes: self.request_bytes,
             response_bytes: self.response_bytes,
             backoff_ms: u64::try_from(self.backoff.as_millis()).unwrap_or(u64::MAX),
+            response: self.response.as_ref().map(ResponseExcerpt::to_proto),
         }
     }
 }
@@ -111,6 +115,7 @@ pub(crate) struct AttemptProgress {
     pub(crate) response_bytes: u64,
     /// Trace id of the attempt's client span, for metric exemplars.
     pub(crate) trace_id: Option<String>,
+    pub(crate) response: Option<ResponseExcerpt>,
 }
 
 impl CurrentAttempt {

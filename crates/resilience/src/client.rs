@@ -145,6 +145,7 @@ impl UpstreamClient {
             .pool_max_idle_per_host(policy.bulkhead.max_concurrent)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
+            .redirect(crate::redirect::client_policy(policy.redirects))
             .build()
             .map_err(BuildError::Client)?;
 
@@ -195,6 +196,7 @@ impl UpstreamClient {
             .with(Probe {
                 upstream: Arc::clone(&upstream),
                 max_response_bytes: policy.max_response_bytes,
+                excerpt_bytes: policy.response_excerpt_bytes,
             })
             .build();
 

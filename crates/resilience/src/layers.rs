@@ -402,6 +402,7 @@ fn finish_attempt(
         request_bytes: progress.request_bytes,
         response_bytes: progress.response_bytes,
         backoff,
+        response: progress.response.clone(),
     }
 }
 

@@ -22,11 +22,13 @@ pub mod circuit;
 pub mod classify;
 mod client;
 mod error;
+mod excerpt;
 mod layers;
 pub mod metrics;
 pub mod operation;
 pub mod policy;
 mod probe;
+mod redirect;
 
 pub use attempt::{AttemptRecord, PhaseTimings, prost_timestamp};
 pub use circuit::{CircuitBreaker, CircuitOpen, CircuitState};
@@ -35,6 +37,7 @@ pub use classify::{
 };
 pub use client::{BuildError, CallOutcome, Delivery, Endpoint, Refusal, UpstreamClient};
 pub use error::ResilienceError;
+pub use excerpt::ResponseExcerpt;
 pub use layers::RetryStop;
 pub use metrics::ResilienceMetrics;
-pub use policy::UpstreamPolicy;
+pub use policy::{RedirectPolicy, UpstreamPolicy};

@@ -26,6 +26,14 @@ pub struct UpstreamPolicy {
     pub connect_timeout: Duration,
     /// Largest response body read; larger bodies fail the attempt.
     pub max_response_bytes: usize,
+    /// Which redirects are followed. `none` (the default): a 3xx is the upstream's final
+    /// answer. `same-origin` follows 307 and 308, which keep the method and body, to the same
+    /// scheme, host and port only (at most 5 hops); 301, 302 and 303 are never followed, since
+    /// a client turns the POST into a GET without its body.
+    pub redirects: RedirectPolicy,
+    /// How many bytes of an unsuccessful response's body the attempt record keeps (with an
+    /// allow-listed set of its headers), so an operator can read why the upstream refused.
+    pub response_excerpt_bytes: usize,
     pub bulkhead: BulkheadPolicy,
     pub circuit: CircuitPolicy,
     pub retry: RetryPolicyConfig,
@@ -38,11 +46,26 @@ impl Default for UpstreamPolicy {
             attempt_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             max_response_bytes: 1024 * 1024,
+            redirects: RedirectPolicy::None,
+            response_excerpt_bytes: 2048,
             bulkhead: BulkheadPolicy::default(),
             circuit: CircuitPolicy::default(),
             retry: RetryPolicyConfig::default(),
         }
     }
+}
+
+/// Which redirect answers the client follows; see [`UpstreamPolicy::redirects`].
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum RedirectPolicy {
+    /// No redirect is followed: a 3xx ends the delivery as FAILED (`http_3xx` codes).
+    #[default]
+    None,
+    /// 307 and 308 to the same origin are followed; any other redirect is the final answer.
+    SameOrigin,
 }
 
 /// The concurrency limit: at most `max_concurrent` calls in flight to this upstream; a call
@@ -186,6 +209,12 @@ impl UpstreamPolicy {
         }
         if self.connect_timeout > self.attempt_timeout {
             return fail("connect_timeout exceeds attempt_timeout".into());
+        }
+        if self.response_excerpt_bytes > 64 * 1024 {
+            return fail(format!(
+                "response_excerpt_bytes ({}) exceeds 65536: the excerpt travels in every failed attempt's audit record",
+                self.response_excerpt_bytes
+            ));
         }
         if self.bulkhead.max_concurrent == 0 {
             return fail("bulkhead.max_concurrent must be at least 1".into());

@@ -30,6 +30,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::attempt::CurrentAttempt;
 use crate::error::ResilienceError;
+use crate::excerpt::ResponseExcerpt;
 
 tokio::task_local! {
     static CONNECT_TIMINGS: Arc<ConnectTimings>;
@@ -117,6 +118,8 @@ where
 pub(crate) struct Probe {
     pub(crate) upstream: Arc<str>,
     pub(crate) max_response_bytes: usize,
+    /// Body bytes kept in the attempt record of an unsuccessful answer.
+    pub(crate) excerpt_bytes: usize,
 }
 
 #[async_trait::async_trait]
@@ -175,14 +178,17 @@ impl Middleware for Probe {
 
         let connect = Arc::new(ConnectTimings::default());
         let started = Instant::now();
-        let limit = self.max_response_bytes;
+        let limits = BodyLimits {
+            max: self.max_response_bytes,
+            excerpt: self.excerpt_bytes,
+        };
         let exchange = async {
             let response = next.run(request, extensions).await;
             record_connect(&progress, &connect);
             let response = response?;
             let head_at = started.elapsed();
             progress.lock().timings.time_to_first_byte = head_at;
-            read_bounded(response, limit, &progress, started, head_at).await
+            read_bounded(response, limits, &progress, started, head_at).await
         };
         let result = CONNECT_TIMINGS
             .scope(Arc::clone(&connect), exchange)
@@ -211,21 +217,45 @@ fn record_connect(progress: &CurrentAttempt, connect: &ConnectTimings) {
     progress.timings.connect = connect_total.saturating_sub(dns);
 }
 
-/// Reads the body up to `limit` bytes, then rebuilds the response around the bytes read.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimits {
+    /// Largest body read; a larger one fails the attempt.
+    max: usize,
+    /// Bytes kept in the excerpt of an unsuccessful answer.
+    excerpt: usize,
+}
+
+/// Reads the body up to its limit, then rebuilds the response around the bytes read. An
+/// unsuccessful answer leaves its excerpt in the attempt's record, even when its body was too
+/// large to read whole.
 async fn read_bounded(
     mut response: Response,
-    limit: usize,
+    limits: BodyLimits,
     progress: &CurrentAttempt,
     started: Instant,
     head_at: Duration,
 ) -> reqwest_middleware::Result<Response> {
     let mut body = BytesMut::new();
+    let keep_excerpt = !response.status().is_success();
     while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > limit {
-            return Err(ResilienceError::ResponseTooLarge { limit }.into_middleware());
+        if body.len() + chunk.len() > limits.max {
+            if keep_excerpt {
+                let mut excerpt =
+                    ResponseExcerpt::capture(response.headers(), &body, limits.excerpt);
+                excerpt.body_truncated = true;
+                progress.lock().response = Some(excerpt);
+            }
+            return Err(ResilienceError::ResponseTooLarge { limit: limits.max }.into_middleware());
         }
         body.extend_from_slice(&chunk);
         progress.lock().response_bytes = body.len() as u64;
+    }
+    if keep_excerpt {
+        progress.lock().response = Some(ResponseExcerpt::capture(
+            response.headers(),
+            &body,
+            limits.excerpt,
+        ));
     }
     {
         let mut progress = progress.lock();

@@ -78,8 +78,27 @@ impl KafkaTestEnv {
     /// Creates a fresh topic `{prefix}-{uuid}` with `partitions` partitions and waits until the
     /// broker confirms it.
     pub async fn create_topic(&self, prefix: &str, partitions: i32) -> String {
+        self.create_topic_with(prefix, partitions, &[]).await
+    }
+
+    /// Like [`Self::create_topic`], with topic settings such as `("max.message.bytes", "65536")`.
+    pub async fn create_topic_with(
+        &self,
+        prefix: &str,
+        partitions: i32,
+        settings: &[(&str, &str)],
+    ) -> String {
         let name = unique_name(prefix);
-        let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
+        self.create_named_topic(&name, partitions, settings).await;
+        name
+    }
+
+    /// Creates the topic `name` exactly (a test that starts without it, say).
+    pub async fn create_named_topic(&self, name: &str, partitions: i32, settings: &[(&str, &str)]) {
+        let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        for (key, value) in settings {
+            topic = topic.set(key, value);
+        }
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
         let results = self
             .admin
@@ -91,6 +110,5 @@ impl KafkaTestEnv {
                 panic!("creating topic {topic} failed: {code}");
             }
         }
-        name
     }
 }

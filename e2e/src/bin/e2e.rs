@@ -54,9 +54,11 @@ async fn main() -> std::process::ExitCode {
         serde_json::to_string_pretty(&outcomes).unwrap_or_default(),
     );
     let _ = writeln!(std::io::stdout(), "{report}");
-    let failed = outcomes
-        .iter()
-        .any(|o| !o.verdict.is_exact() || o.counters_agree == Some(false));
+    let failed = outcomes.iter().any(|o| {
+        !o.verdict.is_exact()
+            || o.counters_agree == Some(false)
+            || o.fault_outcomes_seen == Some(false)
+    });
     if failed {
         std::process::ExitCode::FAILURE
     } else {

@@ -166,8 +166,63 @@ impl Serialize for AttemptLine<'_> {
         map.serialize_entry("request_bytes", &attempt.request_bytes)?;
         map.serialize_entry("response_bytes", &attempt.response_bytes)?;
         map.serialize_entry("backoff_ms", &attempt.backoff_ms)?;
+        if let Some(response) = &attempt.response {
+            map.serialize_entry("response", &ResponseLine(response))?;
+        }
         map.end()
     }
+}
+
+/// `{"headers": {"location": "..."}, "body": "...", "body_truncated": false}`; written only for
+/// attempts that kept an excerpt.
+struct ResponseLine<'a>(&'a v1::ResponseExcerpt);
+
+impl Serialize for ResponseLine<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Headers<'a>(&'a [v1::HeaderValue]);
+        impl Serialize for Headers<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut map = serializer.serialize_map(Some(self.0.len()))?;
+                for header in self.0 {
+                    map.serialize_entry(&header.name, &header.value)?;
+                }
+                map.end()
+            }
+        }
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry("headers", &Headers(&self.0.headers))?;
+        map.serialize_entry("body", &self.0.body)?;
+        map.serialize_entry("body_truncated", &self.0.body_truncated)?;
+        map.end()
+    }
+}
+
+fn response_from_json(value: &Value) -> Option<v1::ResponseExcerpt> {
+    let response = value.as_object()?;
+    Some(v1::ResponseExcerpt {
+        headers: response
+            .get("headers")
+            .and_then(Value::as_object)
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|(name, value)| v1::HeaderValue {
+                        name: name.clone(),
+                        value: value.as_str().unwrap_or_default().to_owned(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        body: response
+            .get("body")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        body_truncated: response
+            .get("body_truncated")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    })
 }
 
 fn parse_time(value: &Value) -> Option<relais_proto::Timestamp> {
@@ -227,6 +282,7 @@ pub fn record_from_json(line: &Value) -> AuditRecord {
                     request_bytes: number(&a["request_bytes"]),
                     response_bytes: number(&a["response_bytes"]),
                     backoff_ms: number(&a["backoff_ms"]),
+                    response: response_from_json(&a["response"]),
                 })
                 .collect()
         })
@@ -313,11 +369,26 @@ mod tests {
                 seconds: 1_700_000_000,
                 nanos: 5000,
             }),
-            attempts: vec![v1::Attempt {
-                number: 0,
-                status_code: 503,
-                ..Default::default()
-            }],
+            attempts: vec![
+                v1::Attempt {
+                    number: 0,
+                    status_code: 503,
+                    response: Some(v1::ResponseExcerpt {
+                        headers: vec![v1::HeaderValue {
+                            name: "retry-after".into(),
+                            value: "120".into(),
+                        }],
+                        body: "{\"error\":\"maintenance\"}".into(),
+                        body_truncated: false,
+                    }),
+                    ..Default::default()
+                },
+                v1::Attempt {
+                    number: 1,
+                    status_code: 200,
+                    ..Default::default()
+                },
+            ],
             ..Default::default()
         };
         let bytes = RecordLine {
@@ -333,6 +404,18 @@ mod tests {
         assert_eq!(line["outcome"], "DEAD_LETTERED");
         assert_eq!(line["occurred_at"], "2023-11-14T22:13:20.000005Z");
         assert_eq!(line["attempts"][0]["status_code"], 503);
+        assert_eq!(
+            line["attempts"][0]["response"]["headers"]["retry-after"],
+            "120"
+        );
+        assert_eq!(
+            line["attempts"][0]["response"]["body"],
+            "{\"error\":\"maintenance\"}"
+        );
+        assert!(line["attempts"][1].get("response").is_none());
+        let back = record_from_json(&line);
+        assert_eq!(back.attempts[0].response, record.attempts[0].response);
+        assert_eq!(back.attempts[1].response, None);
         assert_eq!(line["audit"]["offset"], 42);
         assert_eq!(record_time(Some(&record), None).timestamp(), 1_700_000_000);
         assert_eq!(

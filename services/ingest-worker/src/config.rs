@@ -53,18 +53,66 @@ pub struct Args {
 pub enum Command {
     /// Run the pipeline (the default).
     Run,
-    /// Move dead-lettered records back to the ingress topic for another try.
+    /// Move dead-lettered records back to the ingress topic for another try. Each record is
+    /// replayed at most once (the replay ledger remembers); filters combine with AND, a
+    /// repeated filter with OR.
     ReplayDlq {
-        /// Only records whose reason code is one of these (all when omitted).
+        /// Only records with this reason code (repeatable).
         #[arg(long = "reason")]
         reasons: Vec<String>,
+        /// Only records routed to this upstream (repeatable).
+        #[arg(long = "upstream")]
+        upstreams: Vec<String>,
+        /// Only records with this message id (repeatable).
+        #[arg(long = "message-id")]
+        message_ids: Vec<String>,
+        /// Only records dead-lettered at or after this time (RFC 3339).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only records dead-lettered before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
         /// Stop after this many records.
         #[arg(long)]
         limit: Option<u64>,
         /// Count what would be replayed without writing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Who runs the replay, recorded in the ledger beside each replayed record.
+        #[arg(long, env = "USER", default_value = "unknown")]
+        by: String,
     },
+}
+
+impl Command {
+    /// The replay asked for, if this is `replay-dlq`.
+    pub fn replay_request(&self) -> Option<crate::replay::ReplayRequest> {
+        let Self::ReplayDlq {
+            reasons,
+            upstreams,
+            message_ids,
+            from,
+            to,
+            limit,
+            dry_run,
+            by,
+        } = self
+        else {
+            return None;
+        };
+        Some(crate::replay::ReplayRequest {
+            selection: crate::replay::Selection {
+                reasons: reasons.clone(),
+                upstreams: upstreams.clone(),
+                message_ids: message_ids.clone(),
+                from: from.map(Into::into),
+                to: to.map(Into::into),
+            },
+            limit: *limit,
+            dry_run: *dry_run,
+            requested_by: by.clone(),
+        })
+    }
 }
 
 /// The configuration file.
@@ -78,7 +126,50 @@ pub struct WorkerConfig {
     /// Upstreams by name; an event's `route` (or the routing rules) picks one.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub status: StatusConfig,
+    pub dlq: DlqConfig,
 }
+
+/// How much of an original message its dead-letter copy keeps. Every record the worker writes
+/// must stay below the broker's size limit whatever it read; what a copy leaves out is said in
+/// its `relais-dlq-truncated`, `relais-dlq-original-bytes` and `relais-dlq-original-sha256`
+/// headers, and the untruncated original stays in the ingress topic for its retention.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct DlqConfig {
+    /// Payload bytes kept. At least `ingress.max_payload_bytes`, so that every valid message
+    /// that failed delivery is copied whole and can be replayed.
+    pub max_payload_bytes: usize,
+    /// Bytes of the original headers kept (names and values added up); later headers are
+    /// left out.
+    pub max_header_bytes: usize,
+    /// Key bytes kept.
+    pub max_key_bytes: usize,
+}
+
+impl Default for DlqConfig {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 256 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_key_bytes: 4 * 1024,
+        }
+    }
+}
+
+impl DlqConfig {
+    pub fn limits(&self) -> crate::records::DlqLimits {
+        crate::records::DlqLimits {
+            max_payload_bytes: self.max_payload_bytes,
+            max_header_bytes: self.max_header_bytes,
+            max_key_bytes: self.max_key_bytes,
+        }
+    }
+}
+
+/// librdkafka's default `message.max.bytes`, the producer's own limit on a record.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// Room left in a DLQ record for the worker's own headers (reason, detail, position, ...).
+const DLQ_RECORD_OVERHEAD_BYTES: usize = 16 * 1024;
 
 /// Where this replica streams its status (the realtime-gateway's `WorkerReport` service).
 #[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
@@ -110,6 +201,9 @@ pub struct KafkaConfig {
     pub audit_topic: String,
     pub events_topic: String,
     pub dlq_topic: String,
+    /// The replay ledger (compacted): which DLQ records `replay-dlq` has replayed, so none is
+    /// replayed twice whatever filters later runs use.
+    pub replay_ledger_topic: String,
     /// A replica that misses heartbeats this long loses its partitions.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -119,6 +213,12 @@ pub struct KafkaConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub transaction_timeout: Duration,
+    /// Limit of one blocking transactional call (send offsets, commit, abort). A commit that
+    /// runs out is not aborted: it may complete in the background, so it is asked again until
+    /// its result is known.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub transaction_call_timeout: Duration,
     /// Extra librdkafka settings for both the consumer and the producer.
     pub client: BTreeMap<String, String>,
 }
@@ -131,8 +231,10 @@ impl Default for KafkaConfig {
             audit_topic: "relais.audit".into(),
             events_topic: "relais.events".into(),
             dlq_topic: "relais.dlq".into(),
+            replay_ledger_topic: "relais.dlq-replays".into(),
             session_timeout: Duration::from_secs(10),
             transaction_timeout: Duration::from_secs(30),
+            transaction_call_timeout: Duration::from_secs(10),
             client: BTreeMap::new(),
         }
     }
@@ -160,6 +262,12 @@ pub struct PipelineConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub drain_timeout: Duration,
+    /// Messages of one partition read and not yet committed, at most; beyond, the partition
+    /// pauses until commits catch up (while the transaction coordinator is away, say).
+    pub max_uncommitted_per_partition: usize,
+    /// Messages read and not yet committed over all partitions, at most. Each holds its outcome
+    /// records until committed (about 1 KiB; a dead-letter copy up to dlq.max_payload_bytes).
+    pub max_uncommitted: usize,
 }
 
 impl Default for PipelineConfig {
@@ -171,6 +279,8 @@ impl Default for PipelineConfig {
             max_batch: 1000,
             fail_fast_when_open: false,
             drain_timeout: Duration::from_secs(20),
+            max_uncommitted_per_partition: 5_000,
+            max_uncommitted: 20_000,
         }
     }
 }
@@ -321,12 +431,47 @@ impl WorkerConfig {
                 "pipeline.lanes, lane_capacity and max_batch must be at least 1".into(),
             );
         }
+        if pipeline.max_uncommitted_per_partition == 0
+            || pipeline.max_uncommitted < pipeline.max_uncommitted_per_partition
+        {
+            return invalid(format!(
+                "pipeline.max_uncommitted_per_partition ({}) must be at least 1 and at most pipeline.max_uncommitted ({})",
+                pipeline.max_uncommitted_per_partition, pipeline.max_uncommitted
+            ));
+        }
+        if self.kafka.transaction_call_timeout.is_zero() {
+            return invalid("kafka.transaction_call_timeout must be positive".into());
+        }
         // A transaction must be able to outlive the slowest commit cycle, and a replica must
         // heartbeat well within the session timeout while draining.
         if self.kafka.transaction_timeout <= pipeline.commit_interval * 10 {
             return invalid(
                 "kafka.transaction_timeout must be well above pipeline.commit_interval".into(),
             );
+        }
+        let dlq = &self.dlq;
+        if dlq.max_payload_bytes < self.ingress.max_payload_bytes {
+            return invalid(format!(
+                "dlq.max_payload_bytes ({}) is below ingress.max_payload_bytes ({}): valid messages that fail delivery would be dead-lettered cut and could not be replayed",
+                dlq.max_payload_bytes, self.ingress.max_payload_bytes
+            ));
+        }
+        let message_max_bytes = match self.kafka.client.get("message.max.bytes") {
+            Some(value) => value.parse::<usize>().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "kafka.client.\"message.max.bytes\" must be a number of bytes, not {value:?}"
+                ))
+            })?,
+            None => DEFAULT_MESSAGE_MAX_BYTES,
+        };
+        let largest_dlq_record = dlq.max_payload_bytes
+            + dlq.max_header_bytes
+            + dlq.max_key_bytes
+            + DLQ_RECORD_OVERHEAD_BYTES;
+        if largest_dlq_record > message_max_bytes {
+            return invalid(format!(
+                "a DLQ copy may reach {largest_dlq_record} bytes (dlq.max_payload_bytes + max_header_bytes + max_key_bytes + {DLQ_RECORD_OVERHEAD_BYTES} for the worker's headers), above the producer's message.max.bytes ({message_max_bytes}): lower the dlq limits"
+            ));
         }
         if pipeline.drain_timeout >= self.kafka.transaction_timeout {
             return invalid(format!(
@@ -406,5 +551,24 @@ mod tests {
             toml::from_str::<WorkerConfig>("[pipeline]\nlane = 3").is_err(),
             "typos are caught"
         );
+        config.pipeline.drain_timeout = Duration::from_secs(5);
+        config.dlq.max_payload_bytes = 1024;
+        let error = config
+            .validate()
+            .expect_err("DLQ copies below the ingress limit");
+        assert!(
+            error.to_string().contains("dlq.max_payload_bytes"),
+            "{error}"
+        );
+        config.dlq.max_payload_bytes = 2 * 1024 * 1024;
+        let error = config
+            .validate()
+            .expect_err("DLQ copies above the producer's limit");
+        assert!(error.to_string().contains("message.max.bytes"), "{error}");
+        config
+            .kafka
+            .client
+            .insert("message.max.bytes".into(), "4000000".into());
+        config.validate().expect("a producer limit that fits");
     }
 }

@@ -74,6 +74,11 @@ pub async fn run(
     let mut registry = Registry::default();
     let resilience_metrics = ResilienceMetrics::register(&mut registry);
     let metrics = WorkerMetrics::register(&mut registry);
+    metrics.prepare_output_topics(&[
+        &config.kafka.audit_topic,
+        &config.kafka.events_topic,
+        &config.kafka.dlq_topic,
+    ]);
 
     let mut upstreams = BTreeMap::new();
     for (name, upstream) in &config.upstreams {
@@ -140,6 +145,9 @@ pub async fn run(
     let readiness = Readiness::default();
     let kafka_ready = readiness.register("kafka");
     kafka_ready.set_ready();
+    // Turns false while outcomes cannot be committed (see pipeline::commit_loop).
+    let commits_ready = readiness.register("commits");
+    commits_ready.set_ready();
     let admin = AdminServer::start(
         args.admin_addr,
         Arc::new(registry),
@@ -161,6 +169,7 @@ pub async fn run(
             events: config.kafka.events_topic.clone(),
             dlq: config.kafka.dlq_topic.clone(),
         },
+        dlq_limits: config.dlq.limits(),
         worker_id: worker_id.clone(),
         fail_fast_when_open: config.pipeline.fail_fast_when_open,
         metrics: metrics.clone(),
@@ -186,6 +195,10 @@ pub async fn run(
         Arc::clone(&tracker),
         metrics.clone(),
         Arc::clone(&paused),
+        pipeline::UncommittedLimits {
+            per_partition: config.pipeline.max_uncommitted_per_partition,
+            total: config.pipeline.max_uncommitted,
+        },
         shutdown.clone(),
     ));
     let lanes_done = CancellationToken::new();
@@ -195,11 +208,14 @@ pub async fn run(
         tracker: Arc::clone(&tracker),
         ingress_topic: config.kafka.ingress_topic.clone(),
         max_batch: config.pipeline.max_batch,
+        call_timeout: config.kafka.transaction_call_timeout,
         metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
     };
     let mut commits = tokio::spawn(pipeline::commit_loop(
         committer,
         config.pipeline.commit_interval,
+        commits_ready,
         lanes_done.clone(),
     ));
     let lags = status::LagSnapshot::default();

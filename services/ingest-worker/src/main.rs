@@ -26,20 +26,14 @@ async fn main() -> ExitCode {
     };
     let drain_timeout = config.pipeline.drain_timeout + std::time::Duration::from_secs(5);
     match &args.command {
-        Some(Command::ReplayDlq {
-            reasons,
-            limit,
-            dry_run,
-        }) => {
-            let (reasons, limit, dry_run) = (reasons.clone(), *limit, *dry_run);
+        Some(command @ Command::ReplayDlq { .. }) => {
+            let request = command.replay_request().unwrap_or_default();
             process
                 .run(drain_timeout, async move {
                     let summary = relais_ingest_worker::replay::replay(
                         &args.kafka_bootstrap,
                         &config,
-                        &reasons,
-                        limit,
-                        dry_run,
+                        &request,
                     )
                     .await?;
                     let mut stdout = std::io::stdout().lock();

@@ -48,6 +48,15 @@ pub struct WorkerMetrics {
     transaction_duration: Histogram,
     pub committed_messages: Counter,
     pub consumer_lag: Family<PartitionLabels, Gauge>,
+    pub transaction_call_retries: Counter,
+    refused_records: Family<TopicLabels, Counter>,
+    pub dlq_truncated: Counter,
+    pub uncommitted: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: String,
 }
 
 impl WorkerMetrics {
@@ -69,6 +78,10 @@ impl WorkerMetrics {
             transaction_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             committed_messages: Counter::default(),
             consumer_lag: Family::default(),
+            transaction_call_retries: Counter::default(),
+            refused_records: Family::default(),
+            dlq_truncated: Counter::default(),
+            uncommitted: Gauge::default(),
         };
         let worker = registry.sub_registry_with_prefix("relais_worker");
         worker.register(
@@ -109,7 +122,7 @@ impl WorkerMetrics {
         );
         worker.register(
             "paused_partitions",
-            "Ingress partitions paused because their messages found a full lane",
+            "Ingress partitions paused for backpressure: their messages found a full lane, or the uncommitted limit was reached",
             metrics.paused_partitions.clone(),
         );
         worker.register(
@@ -142,6 +155,26 @@ impl WorkerMetrics {
             "consumer_lag",
             "Messages behind the end of each assigned ingress partition",
             metrics.consumer_lag.clone(),
+        );
+        worker.register(
+            "transaction_call_retries",
+            "Transactional calls made again because librdkafka classified their error as retriable (a commit that timed out, a coordinator that moved)",
+            metrics.transaction_call_retries.clone(),
+        );
+        worker.register(
+            "refused_records",
+            "Records the broker refused for what they are (too large, invalid), by topic; a refused dead-letter copy is written again without its payload",
+            metrics.refused_records.clone(),
+        );
+        worker.register(
+            "dlq_truncated",
+            "Dead-letter copies cut to the dlq limits (their headers say what was left out)",
+            metrics.dlq_truncated.clone(),
+        );
+        worker.register(
+            "uncommitted_messages",
+            "Messages read and not yet committed (in the lanes, in delivery, or waiting for their transaction)",
+            metrics.uncommitted.clone(),
         );
         for outcome in ["delivered", "rejected", "failed", "dead_lettered"] {
             let _ = metrics.messages.get_or_create(&OutcomeLabels { outcome });
@@ -179,6 +212,23 @@ impl WorkerMetrics {
         self.rejections
             .get_or_create(&ReasonLabels {
                 reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Every output topic's refused-records series at zero from the start.
+    pub fn prepare_output_topics(&self, topics: &[&str]) {
+        for topic in topics {
+            let _ = self.refused_records.get_or_create(&TopicLabels {
+                topic: (*topic).to_owned(),
+            });
+        }
+    }
+
+    pub fn record_refused(&self, topic: &str) {
+        self.refused_records
+            .get_or_create(&TopicLabels {
+                topic: topic.to_owned(),
             })
             .inc();
     }

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, TopicPartitionList};
+use relais_telemetry::admin::ReadinessCheck;
 use relais_telemetry::shutdown::CancellationToken;
 use tokio::sync::mpsc;
 
@@ -154,6 +155,15 @@ pub fn start_lanes(
 /// Partitions currently paused for backpressure (shared with the status report).
 pub type PausedPartitions = Arc<Mutex<BTreeSet<i32>>>;
 
+/// How many read messages may wait for their commit, per partition and in all. While commits
+/// fail (the transaction coordinator away) nothing is committed, so without this bound the
+/// worker would read on until its memory ran out.
+#[derive(Debug, Clone, Copy)]
+pub struct UncommittedLimits {
+    pub per_partition: usize,
+    pub total: usize,
+}
+
 /// Reads the ingress topic and feeds the lanes until shutdown.
 ///
 /// Backpressure is per partition: when a message finds its lane full, it is held, in order with
@@ -161,14 +171,17 @@ pub type PausedPartitions = Arc<Mutex<BTreeSet<i32>>>;
 /// are retried every few milliseconds. Only when a partition holds more than `hold_limit`
 /// messages is it paused (librdkafka drops a paused partition's prefetched messages and must
 /// fetch them again, so pausing at the first full lane would cost more than it saves); it
-/// resumes once its hold is empty. The consumer keeps polling throughout, so the group never
-/// mistakes a long pause (an upstream outage) for a dead replica.
+/// resumes once its hold is empty. A message over the [`UncommittedLimits`] is held too and
+/// pauses its partition at once: that wait lasts as long as the commits fail. The consumer
+/// keeps polling throughout, so the group never mistakes a long pause (an upstream outage)
+/// for a dead replica.
 pub async fn dispatch(
     consumer: Arc<WorkerConsumer>,
     lanes: Lanes,
     tracker: Arc<Tracker>,
     metrics: WorkerMetrics,
     paused: PausedPartitions,
+    limits: UncommittedLimits,
     shutdown: CancellationToken,
 ) {
     let hold_limit = lanes.capacity * 8;
@@ -180,6 +193,7 @@ pub async fn dispatch(
         paused,
         held: BTreeMap::new(),
         hold_limit,
+        limits,
     };
     let mut retry = tokio::time::interval(Duration::from_millis(5));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -220,6 +234,7 @@ struct Dispatcher {
     held: BTreeMap<i32, VecDeque<Inbound>>,
     /// Held messages of one partition beyond which the partition is paused.
     hold_limit: usize,
+    limits: UncommittedLimits,
 }
 
 impl Dispatcher {
@@ -232,12 +247,14 @@ impl Dispatcher {
             return true;
         }
         let partition = inbound.partition;
+        let over_limit = self.over_uncommitted_limit(partition);
         let inbound = match self.held.get_mut(&partition) {
             // Behind earlier held messages of its partition: order first.
             Some(queue) => {
                 queue.push_back(inbound);
                 None
             }
+            None if over_limit => Some(inbound),
             None => {
                 let lane = &self.lanes.senders[self.lanes.lane_of(&inbound)];
                 match lane.try_send(inbound) {
@@ -251,23 +268,58 @@ impl Dispatcher {
             self.held.entry(partition).or_default().push_back(inbound);
         }
         if let Some(queue) = self.held.get(&partition)
-            && queue.len() > self.hold_limit
+            && (over_limit || queue.len() > self.hold_limit)
             && let Some(topic) = queue.front().map(|front| front.topic.clone())
         {
             self.pause(&topic, partition);
         }
         self.metrics.queue_depth.set(self.lanes.depth() as i64);
+        self.metrics
+            .uncommitted
+            .set(self.tracker.in_flight() as i64);
         true
+    }
+
+    /// True when a freshly read message of `partition` (registered with the tracker already)
+    /// would take its partition, or the worker, over its uncommitted limit.
+    fn over_uncommitted_limit(&self, partition: i32) -> bool {
+        let held_here = self.held.get(&partition).map_or(0, VecDeque::len);
+        over_uncommitted(
+            self.limits,
+            self.tracker
+                .uncommitted(partition)
+                .saturating_sub(held_here),
+            self.tracker.in_flight().saturating_sub(self.held_total()),
+        )
+    }
+
+    fn held_total(&self) -> usize {
+        self.held.values().map(VecDeque::len).sum()
     }
 
     /// Moves held messages into lanes with room; resumes partitions whose hold emptied.
     fn drain_held(&mut self) -> bool {
         let mut emptied = Vec::new();
+        let mut held_total = self.held_total();
         for (partition, queue) in &mut self.held {
             while let Some(front) = queue.front() {
                 if self.tracker.generation(*partition) != Some(front.generation) {
                     // Revoked while held: the new owner reads it again.
+                    held_total -= queue.len();
                     queue.clear();
+                    break;
+                }
+                // Held messages are registered with the tracker already: what counts is the
+                // work beyond the holds, plus the message at the front.
+                if over_uncommitted(
+                    self.limits,
+                    self.tracker
+                        .uncommitted(*partition)
+                        .saturating_sub(queue.len() - 1),
+                    self.tracker
+                        .in_flight()
+                        .saturating_sub(held_total.saturating_sub(1)),
+                ) {
                     break;
                 }
                 let lane = &self.lanes.senders[self.lanes.lane_of(front)];
@@ -275,6 +327,7 @@ impl Dispatcher {
                     Ok(permit) => {
                         if let Some(inbound) = queue.pop_front() {
                             permit.send(inbound);
+                            held_total -= 1;
                         }
                     }
                     Err(mpsc::error::TrySendError::Full(())) => break,
@@ -350,6 +403,12 @@ impl Dispatcher {
     }
 }
 
+/// The uncommitted-work bound: `partition` and `total` count the messages read and not yet
+/// committed, the message in question included, the ones held behind it not.
+fn over_uncommitted(limits: UncommittedLimits, partition: usize, total: usize) -> bool {
+    partition > limits.per_partition || total > limits.total
+}
+
 /// Copies what the pipeline needs out of the consumer's buffer.
 fn detach(message: &BorrowedMessage<'_>, tracker: &Tracker) -> Option<Inbound> {
     let generation = tracker.generation(message.partition())?;
@@ -385,26 +444,54 @@ fn detach(message: &BorrowedMessage<'_>, tracker: &Tracker) -> Option<Inbound> {
     })
 }
 
+/// Commit rounds that fail in a row before the worker reports itself not ready.
+const FAILED_ROUNDS_BEFORE_NOT_READY: u32 = 3;
+
 /// Commits every `interval` until shutdown, then once more for what the lanes finished while
-/// draining. A fatal producer error ends the loop (and the worker).
+/// draining. Readiness turns false while commits keep failing, and true again with the next
+/// committed round. A fatal producer error, or a commit left unsettled at shutdown, ends the
+/// loop (and the worker).
 pub async fn commit_loop(
     committer: Committer,
     interval: Duration,
+    readiness: ReadinessCheck,
     lanes_done: CancellationToken,
 ) -> Result<(), CommitError> {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backoff = Duration::from_millis(100);
+    let mut failed_rounds = 0u32;
     loop {
         let last_round = tokio::select! {
             _ = ticker.tick() => false,
             _ = lanes_done.cancelled() => true,
         };
         match committer.commit_ready().await {
-            Ok(_) => backoff = Duration::from_millis(100),
-            Err(CommitError::Fatal(error)) => return Err(CommitError::Fatal(error)),
+            Ok(_) => {
+                backoff = Duration::from_millis(100);
+                if failed_rounds >= FAILED_ROUNDS_BEFORE_NOT_READY {
+                    tracing::info!(failed_rounds, "commits succeed again");
+                }
+                failed_rounds = 0;
+                readiness.set_ready();
+            }
+            Err(error) if error.ends_the_worker() => {
+                readiness.set_not_ready(error.to_string());
+                return Err(error);
+            }
             Err(error) => {
-                tracing::warn!(error = %error, "commit round failed; retrying");
+                failed_rounds += 1;
+                let cause = std::error::Error::source(&error)
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                tracing::warn!(%error, %cause, failed_rounds, "commit round failed; retrying");
+                if failed_rounds >= FAILED_ROUNDS_BEFORE_NOT_READY {
+                    readiness.set_not_ready(format!("cannot commit: {error}: {cause}"));
+                }
+                committer
+                    .metrics
+                    .uncommitted
+                    .set(committer.tracker.in_flight() as i64);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 if last_round {
@@ -412,12 +499,19 @@ pub async fn commit_loop(
                     // read again by whoever owns the partition next.
                     if let Err(error) = committer.commit_ready().await {
                         tracing::warn!(error = %error, "final commit failed; uncommitted messages will be redelivered");
+                        if error.ends_the_worker() {
+                            return Err(error);
+                        }
                     }
                     return Ok(());
                 }
                 continue;
             }
         }
+        committer
+            .metrics
+            .uncommitted
+            .set(committer.tracker.in_flight() as i64);
         if last_round {
             return Ok(());
         }

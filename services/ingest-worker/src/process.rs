@@ -18,7 +18,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::RoutingConfig;
 use crate::metrics::WorkerMetrics;
-use crate::records::{self, Decided, Inbound, OutRecord, Outcome, OutputTopics};
+use crate::records::{self, Decided, DlqLimits, Inbound, OutRecord, Outcome, OutputTopics};
 
 /// An upstream with the endpoint events are POSTed to.
 #[derive(Debug, Clone)]
@@ -34,6 +34,7 @@ pub struct Processor {
     pub routing: RoutingConfig,
     pub upstreams: BTreeMap<String, Upstream>,
     pub topics: OutputTopics,
+    pub dlq_limits: DlqLimits,
     pub worker_id: String,
     pub fail_fast_when_open: bool,
     pub metrics: WorkerMetrics,
@@ -86,7 +87,11 @@ impl Processor {
                     "message not delivered"
                 );
             }
-            Some(records::build(&inbound, &decided, &this.topics))
+            let records = records::build(&inbound, &decided, &this.topics, this.dlq_limits);
+            if records.iter().any(records::is_truncated_dlq_copy) {
+                this.metrics.dlq_truncated.inc();
+            }
+            Some(records)
         }
         .instrument(span)
         .await
@@ -162,6 +167,7 @@ impl Processor {
                 .post_json(&upstream.endpoint, body.clone(), &event.id)
                 .await;
             attempts.extend(delivery.attempts.iter().cloned());
+            keep_first_and_latest(&mut attempts);
             let wait = match delivery.outcome {
                 CallOutcome::Refused(Refusal::CircuitOpen { retry_in }) => Some(retry_in),
                 CallOutcome::Refused(Refusal::BulkheadFull) => Some(Duration::from_millis(50)),
@@ -214,6 +220,19 @@ impl Processor {
     }
 }
 
+/// Most attempts one record keeps. A message that waits through a long outage meets a
+/// half-open trial every few seconds; the first attempts and the latest say what happened,
+/// and the record stays bounded.
+const MAX_RECORDED_ATTEMPTS: usize = 32;
+const FIRST_RECORDED_ATTEMPTS: usize = 8;
+
+fn keep_first_and_latest(attempts: &mut Vec<AttemptRecord>) {
+    if attempts.len() > MAX_RECORDED_ATTEMPTS {
+        let latest_from = attempts.len() - (MAX_RECORDED_ATTEMPTS - FIRST_RECORDED_ATTEMPTS);
+        attempts.drain(FIRST_RECORDED_ATTEMPTS..latest_from);
+    }
+}
+
 /// Maps the final delivery to an outcome with a stable reason code.
 fn outcome_of(delivery: &Delivery) -> Outcome {
     if delivery.succeeded() {
@@ -221,6 +240,22 @@ fn outcome_of(delivery: &Delivery) -> Outcome {
     }
     let stop = delivery.retry_stop.unwrap_or(RetryStop::NotRetryable);
     match (&delivery.outcome, stop) {
+        (CallOutcome::Response { status }, RetryStop::NotRetryable)
+            if (300..400).contains(status) =>
+        {
+            let location = delivery
+                .attempts
+                .last()
+                .and_then(|attempt| attempt.response.as_ref())
+                .and_then(|response| response.header("location"))
+                .unwrap_or("nowhere (no Location header)");
+            Outcome::Failed {
+                reason: format!("http_{status}"),
+                detail: format!(
+                    "upstream answered {status} redirecting to {location}; redirects are not followed (the upstream's policy.redirects)"
+                ),
+            }
+        }
         (CallOutcome::Response { status }, RetryStop::NotRetryable) => Outcome::Failed {
             reason: format!("http_{status}"),
             detail: format!("upstream answered {status}, which is not retried"),

@@ -26,6 +26,9 @@ struct PartitionState<T> {
     generation: u64,
     /// Dispatched offsets in order, each with its output once finished.
     pending: VecDeque<(i64, Option<T>)>,
+    /// Finished messages taken by the committer and not yet committed: they still count as
+    /// uncommitted work until their transaction commits (or they are restored).
+    in_transaction: usize,
 }
 
 /// Shared between the dispatcher (dispatched), the lanes (finished), the rebalance callbacks
@@ -79,6 +82,7 @@ impl<T> OffsetTracker<T> {
             PartitionState {
                 generation,
                 pending: VecDeque::new(),
+                in_transaction: 0,
             },
         );
         generation
@@ -162,6 +166,7 @@ impl<T> OffsetTracker<T> {
                 budget -= 1;
             }
             if let Some(last) = last {
+                state.in_transaction += outputs.len();
                 ready.push(Ready {
                     partition: *partition,
                     generation: state.generation,
@@ -184,15 +189,38 @@ impl<T> OffsetTracker<T> {
             if state.generation != ready.generation {
                 continue;
             }
+            state.in_transaction = state.in_transaction.saturating_sub(ready.outputs.len());
             for (offset, output) in ready.outputs.into_iter().rev() {
                 state.pending.push_front((offset, Some(output)));
             }
         }
     }
 
+    /// A batch taken by [`Self::take_ready`] was committed.
+    pub fn committed(&self, batch: &[Ready<T>]) {
+        let mut partitions = self.lock();
+        for ready in batch {
+            if let Some(state) = partitions.get_mut(&ready.partition)
+                && state.generation == ready.generation
+            {
+                state.in_transaction = state.in_transaction.saturating_sub(ready.outputs.len());
+            }
+        }
+    }
+
     /// Messages dispatched but not yet committed, over all partitions.
     pub fn in_flight(&self) -> usize {
-        self.lock().values().map(|state| state.pending.len()).sum()
+        self.lock()
+            .values()
+            .map(|state| state.pending.len() + state.in_transaction)
+            .sum()
+    }
+
+    /// Messages of one partition dispatched but not yet committed.
+    pub fn uncommitted(&self, partition: i32) -> usize {
+        self.lock()
+            .get(&partition)
+            .map_or(0, |state| state.pending.len() + state.in_transaction)
     }
 
     /// Owned partitions.
@@ -229,6 +257,8 @@ mod tests {
         assert_eq!(ready.len(), 1);
         assert_eq!(ready[0].outputs, [(10, "a"), (11, "b")]);
         assert_eq!(ready[0].commit_offset, 12);
+        assert_eq!(tracker.in_flight(), 3, "taken is not committed yet");
+        tracker.committed(&ready);
         assert_eq!(tracker.in_flight(), 1);
     }
 
@@ -261,10 +291,18 @@ mod tests {
         let batch = tracker.take_ready(3);
         assert_eq!(batch[0].outputs.len(), 3);
         assert_eq!(batch[0].commit_offset, 3);
+        assert_eq!(
+            tracker.uncommitted(1),
+            5,
+            "a batch in its transaction still counts"
+        );
         tracker.restore(batch);
+        assert_eq!(tracker.uncommitted(1), 5);
         let again = tracker.take_ready(10);
         assert_eq!(again[0].outputs.len(), 5, "restored in front, in order");
         assert_eq!(again[0].commit_offset, 5);
+        tracker.committed(&again);
+        assert_eq!(tracker.uncommitted(1), 0);
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use relais_ingest_worker::config::{KafkaConfig, PipelineConfig, WorkerConfig};
+use relais_ingest_worker::records::headers;
+use relais_ingest_worker::replay::{ReplayRequest, Selection, replay};
 use relais_proto::v1::Outcome;
 use relais_resilience::UpstreamPolicy;
 use relais_resilience::policy::RetryPolicyConfig;
@@ -71,29 +73,33 @@ async fn replayed_dead_letters_are_delivered_after_the_upstream_recovers() {
             group_id: unique_name("replay"),
             ingress_topic: topics.ingress.clone(),
             dlq_topic: topics.dlq.clone(),
+            replay_ledger_topic: kafka.create_topic("it-replays", 1).await,
             ..KafkaConfig::default()
         },
         ..WorkerConfig::default()
     };
-    let dry = relais_ingest_worker::replay::replay(
+    let retries_exhausted = ReplayRequest {
+        selection: Selection {
+            reasons: vec!["retries_exhausted".into()],
+            ..Selection::default()
+        },
+        requested_by: "it".into(),
+        ..ReplayRequest::default()
+    };
+    let dry = replay(
         kafka.bootstrap(),
         &config,
-        &["retries_exhausted".into()],
-        None,
-        true,
+        &ReplayRequest {
+            dry_run: true,
+            ..retries_exhausted.clone()
+        },
     )
     .await
     .unwrap();
     assert_eq!((dry.scanned, dry.replayed, dry.skipped), (9, 8, 1));
-    let summary = relais_ingest_worker::replay::replay(
-        kafka.bootstrap(),
-        &config,
-        &["retries_exhausted".into()],
-        None,
-        false,
-    )
-    .await
-    .unwrap();
+    let summary = replay(kafka.bootstrap(), &config, &retries_exhausted)
+        .await
+        .unwrap();
     assert_eq!(summary.replayed, 8, "the malformed one stays in the DLQ");
     assert_eq!(summary.by_reason["retries_exhausted"], 8);
 
@@ -116,10 +122,147 @@ async fn replayed_dead_letters_are_delivered_after_the_upstream_recovers() {
     ids.sort_unstable();
     assert_eq!(ids, (0..8).map(|i| format!("d-{i}")).collect::<Vec<_>>());
 
-    // A second replay resumes after the first: nothing left to replay.
-    let again = relais_ingest_worker::replay::replay(kafka.bootstrap(), &config, &[], None, false)
+    // The ledger remembers: the same replay again finds nothing left to replay.
+    let again = replay(kafka.bootstrap(), &config, &retries_exhausted)
         .await
         .unwrap();
-    assert_eq!(again.replayed, 0, "{again:?}");
+    assert_eq!(
+        (again.replayed, again.already_replayed),
+        (0, 8),
+        "{again:?}"
+    );
+    worker.stop().await;
+}
+
+/// A replay with one reason never hides the dead letters of another from a later replay, and
+/// dead letters written after a replay began are there for the next one. Each replayed record
+/// names the DLQ record it came from, and the message's trail holds both outcomes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_dead_letter_stays_reachable_whatever_earlier_replays_selected() {
+    init_telemetry();
+    let kafka = relais_test_support::kafka().await;
+    let sim = Sim::start().await;
+    sim.set_faults(json!({"errors": {"410": 1.0}})).await;
+    let topics = Topics::create(&kafka, 2).await;
+    let worker = Worker::start(
+        &kafka,
+        &topics,
+        &unique_name("it-group"),
+        sim.api,
+        UpstreamPolicy::default(),
+        PipelineConfig::default(),
+    );
+    let now = chrono::Utc::now().to_rfc3339();
+    let mut messages = valid_events("gone", 10, 5);
+    for index in 0..5 {
+        messages.push((
+            format!("entity-{index}"),
+            format!(
+                r#"{{"id":"typed-{index}","type":"order.created","occurred_at":"{now}","source":"s","data":[1]}}"#
+            )
+            .into_bytes(),
+        ));
+    }
+    produce(&kafka, &topics.ingress, &messages).await;
+    read_exactly(
+        &kafka,
+        &topics.dlq,
+        15,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    )
+    .await;
+    sim.set_faults(json!({})).await;
+
+    let config = WorkerConfig {
+        kafka: KafkaConfig {
+            ingress_topic: topics.ingress.clone(),
+            dlq_topic: topics.dlq.clone(),
+            replay_ledger_topic: kafka.create_topic("it-replays", 1).await,
+            ..KafkaConfig::default()
+        },
+        ..WorkerConfig::default()
+    };
+    let request = |reason: &str| ReplayRequest {
+        selection: Selection {
+            reasons: vec![reason.to_owned()],
+            ..Selection::default()
+        },
+        requested_by: "it".into(),
+        ..ReplayRequest::default()
+    };
+    let gone = replay(kafka.bootstrap(), &config, &request("http_410"))
+        .await
+        .unwrap();
+    assert_eq!((gone.replayed, gone.skipped), (10, 5), "{gone:?}");
+    let typed = replay(kafka.bootstrap(), &config, &request("wrong_type"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (typed.replayed, typed.skipped),
+        (5, 10),
+        "the wrong_type letters skipped by the first replay are still there: {typed:?}"
+    );
+
+    // The replayed wrong_type events are rejected again: five new dead letters, written after
+    // both replays began. The next replay finds exactly those.
+    read_exactly(
+        &kafka,
+        &topics.dlq,
+        20,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    )
+    .await;
+    let all = replay(kafka.bootstrap(), &config, &ReplayRequest::default())
+        .await
+        .unwrap();
+    assert_eq!((all.replayed, all.already_replayed), (5, 15), "{all:?}");
+
+    let replayed = read_exactly(
+        &kafka,
+        &topics.ingress,
+        15 + 20,
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+    )
+    .await;
+    let origins: Vec<&String> = replayed
+        .iter()
+        .filter_map(|record| record.headers.get(headers::REPLAY_OF))
+        .collect();
+    assert_eq!(origins.len(), 20);
+    assert!(
+        origins
+            .iter()
+            .all(|origin| origin.starts_with(&format!("{}/0/", topics.dlq))),
+        "{origins:?}"
+    );
+
+    // 15 first outcomes, 15 from the first two replays, 5 from the last.
+    let audit = audit_records(
+        &read_exactly(
+            &kafka,
+            &topics.audit,
+            35,
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+        )
+        .await,
+    );
+    for index in 0..10 {
+        let id = format!("gone-{index}");
+        let mut trail: Vec<i32> = audit
+            .iter()
+            .filter(|record| record.message_id == id)
+            .map(|record| record.outcome)
+            .collect();
+        trail.sort_unstable();
+        assert_eq!(
+            trail,
+            [Outcome::Delivered as i32, Outcome::Failed as i32],
+            "{id}: the FAILED outcome and the replayed one"
+        );
+    }
     worker.stop().await;
 }

@@ -61,6 +61,18 @@ pub struct AttemptView {
     pub transfer_us: u64,
     pub total_us: u64,
     pub backoff_ms: u64,
+    /// What an unsuccessful answer said; absent on success or without a response.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<ResponseView>,
+}
+
+/// The kept part of an unsuccessful answer: allow-listed headers and the body's first bytes.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ResponseView {
+    /// Lower-case header names (content type, location, retry-after, rate limits, request ids).
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub body: String,
+    pub body_truncated: bool,
 }
 
 impl From<AuditRecord> for AuditRecordView {
@@ -92,6 +104,15 @@ impl From<AuditRecord> for AuditRecordView {
                         transfer_us: timings.transfer_us,
                         total_us: timings.total_us,
                         backoff_ms: attempt.backoff_ms,
+                        response: attempt.response.map(|response| ResponseView {
+                            headers: response
+                                .headers
+                                .into_iter()
+                                .map(|header| (header.name, header.value))
+                                .collect(),
+                            body: response.body,
+                            body_truncated: response.body_truncated,
+                        }),
                     }
                 })
                 .collect(),

@@ -76,6 +76,12 @@ async fn deliver(State(state): State<Arc<SimState>>, headers: HeaderMap, body: B
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             (status, Json(json!({ "error": "injected fault" }))).into_response()
         }
+        Action::Redirect(status) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND),
+            [(http::header::LOCATION, crate::faults::REDIRECT_LOCATION)],
+            Json(json!({ "error": "moved" })),
+        )
+            .into_response(),
         Action::RateLimit { retry_after_secs } => (
             StatusCode::TOO_MANY_REQUESTS,
             [(http::header::RETRY_AFTER, retry_after_secs.to_string())],

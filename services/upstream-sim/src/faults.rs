@@ -1,7 +1,7 @@
 //! The faults the simulator injects, set at run time through the admin API.
 //!
 //! Per request, in order: a full outage refuses connections outright (the listener closes);
-//! otherwise one draw decides among hang, reset, 429 and the error statuses by their ratios,
+//! otherwise one draw decides among hang, reset, 429, a redirect and the error statuses by their ratios,
 //! the rest succeed; every answered request first waits the drawn latency.
 
 use std::collections::BTreeMap;
@@ -16,9 +16,11 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
     pub latency: Latency,
-    /// Share of requests answered with each error status (500, 502, 503, 504).
+    /// Share of requests answered with each error status: any 4xx or 5xx (503 for an overloaded
+    /// upstream, 401 or 403 for an expired credential, 410 for an endpoint that is gone).
     pub errors: BTreeMap<u16, f64>,
     pub rate_limit: RateLimit,
+    pub redirect: Redirect,
     pub hang: Hang,
     /// Share of requests whose connection is closed without an answer.
     pub reset_ratio: f64,
@@ -58,6 +60,28 @@ pub struct RateLimit {
     pub retry_after_secs: u64,
 }
 
+/// Answers that redirect (`Location: /moved`, a path this server does not serve), as an API
+/// that moved answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Redirect {
+    pub ratio: f64,
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+}
+
+impl Default for Redirect {
+    fn default() -> Self {
+        Self {
+            ratio: 0.0,
+            status: 302,
+        }
+    }
+}
+
+/// Where a redirect answer points.
+pub const REDIRECT_LOCATION: &str = "/moved";
+
 /// Requests that get no answer for a long time (beyond any sane client timeout).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -81,6 +105,7 @@ pub enum Action {
     Accept,
     Error(u16),
     RateLimit { retry_after_secs: u64 },
+    Redirect(u16),
     Hang(Duration),
     Reset,
 }
@@ -105,16 +130,26 @@ impl Faults {
             }
         };
         for (status, share) in &self.errors {
-            if !(500..=599).contains(status) {
-                return Err(FaultsError(format!("error status {status} is not a 5xx")));
+            if !(400..=599).contains(status) {
+                return Err(FaultsError(format!(
+                    "error status {status} is not a 4xx or 5xx"
+                )));
             }
             ratio(&format!("errors.{status}"), *share)?;
         }
         ratio("rate_limit.ratio", self.rate_limit.ratio)?;
+        ratio("redirect.ratio", self.redirect.ratio)?;
+        if ![301, 302, 303, 307, 308].contains(&self.redirect.status) {
+            return Err(FaultsError(format!(
+                "redirect.status {} is not 301, 302, 303, 307 or 308",
+                self.redirect.status
+            )));
+        }
         ratio("hang.ratio", self.hang.ratio)?;
         ratio("reset_ratio", self.reset_ratio)?;
         let total = self.errors.values().sum::<f64>()
             + self.rate_limit.ratio
+            + self.redirect.ratio
             + self.hang.ratio
             + self.reset_ratio;
         if total > 1.0 + 1e-9 {
@@ -163,6 +198,8 @@ impl Faults {
             Action::RateLimit {
                 retry_after_secs: self.rate_limit.retry_after_secs,
             }
+        } else if take(self.redirect.ratio) {
+            Action::Redirect(self.redirect.status)
         } else if let Some(status) = self
             .errors
             .iter()
@@ -234,7 +271,11 @@ mod tests {
     fn invalid_configurations_are_refused() {
         let bad = [
             Faults {
-                errors: BTreeMap::from([(404, 0.1)]),
+                errors: BTreeMap::from([(302, 0.1)]),
+                ..Faults::default()
+            },
+            Faults {
+                errors: BTreeMap::from([(600, 0.1)]),
                 ..Faults::default()
             },
             Faults {

@@ -114,6 +114,7 @@ impl SimMetrics {
                 Action::Accept => "accepted",
                 Action::Error(_) => "error",
                 Action::RateLimit { .. } => "rate_limited",
+                Action::Redirect(_) => "redirected",
                 Action::Hang(_) => "hung",
                 Action::Reset => "reset",
             },

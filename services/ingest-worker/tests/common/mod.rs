@@ -134,39 +134,27 @@ impl Worker {
         pipeline: PipelineConfig,
         gateway: Option<String>,
     ) -> Self {
+        let config = worker_config(topics, group, upstream, policy, pipeline, gateway);
+        Self::start_config(kafka, config)
+    }
+
+    /// Starts a worker with a configuration of the test's own (see [`worker_config`]).
+    pub fn start_config(kafka: &KafkaTestEnv, config: WorkerConfig) -> Self {
         let admin = free_port();
+        let upstream_url = config
+            .upstreams
+            .values()
+            .next()
+            .map(|upstream| upstream.url.clone())
+            .unwrap_or_default();
         let args = Args {
             config: None,
             kafka_bootstrap: kafka.bootstrap().to_owned(),
             worker_id: Some(unique_name("worker")),
             admin_addr: admin,
-            upstream_url: format!("http://{upstream}"),
+            upstream_url,
             gateway: None,
             command: None,
-        };
-        let config = WorkerConfig {
-            kafka: KafkaConfig {
-                group_id: group.to_owned(),
-                ingress_topic: topics.ingress.clone(),
-                audit_topic: topics.audit.clone(),
-                events_topic: topics.events.clone(),
-                dlq_topic: topics.dlq.clone(),
-                ..KafkaConfig::default()
-            },
-            pipeline,
-            upstreams: BTreeMap::from([(
-                "default".to_owned(),
-                UpstreamConfig {
-                    url: format!("http://{upstream}"),
-                    path: "/events".into(),
-                    policy,
-                },
-            )]),
-            status: relais_ingest_worker::config::StatusConfig {
-                gateway,
-                interval: Duration::from_millis(200),
-            },
-            ..WorkerConfig::default()
         };
         config.validate().unwrap();
         let shutdown = CancellationToken::new();
@@ -176,6 +164,13 @@ impl Worker {
             shutdown,
             task,
         }
+    }
+
+    /// The admin endpoint's `/readyz` status code; 0 while it is not up.
+    pub async fn readyz(&self) -> u16 {
+        reqwest::get(format!("http://{}/readyz", self.admin))
+            .await
+            .map_or(0, |response| response.status().as_u16())
     }
 
     pub async fn stop(self) {
@@ -199,6 +194,41 @@ impl Worker {
                     .and_then(|rest| rest.trim().split(' ').next()?.parse().ok())
             })
             .unwrap_or(0.0)
+    }
+}
+
+/// A worker configuration for the test's topics and one upstream named `default`.
+pub fn worker_config(
+    topics: &Topics,
+    group: &str,
+    upstream: SocketAddr,
+    policy: UpstreamPolicy,
+    pipeline: PipelineConfig,
+    gateway: Option<String>,
+) -> WorkerConfig {
+    WorkerConfig {
+        kafka: KafkaConfig {
+            group_id: group.to_owned(),
+            ingress_topic: topics.ingress.clone(),
+            audit_topic: topics.audit.clone(),
+            events_topic: topics.events.clone(),
+            dlq_topic: topics.dlq.clone(),
+            ..KafkaConfig::default()
+        },
+        pipeline,
+        upstreams: BTreeMap::from([(
+            "default".to_owned(),
+            UpstreamConfig {
+                url: format!("http://{upstream}"),
+                path: "/events".into(),
+                policy,
+            },
+        )]),
+        status: relais_ingest_worker::config::StatusConfig {
+            gateway,
+            interval: Duration::from_millis(200),
+        },
+        ..WorkerConfig::default()
     }
 }
 
