@@ -122,11 +122,11 @@ mod tests {
         assert_eq!(excerpt.header("x-request-id"), Some("req-42"));
         assert_eq!(excerpt.header("set-cookie"), None);
         assert_eq!(excerpt.headers.len(), 2);
+        assert_eq!(excerpt.body, "moved");
+        assert!(!excerpt.body_truncated);
         headers.append("x-request-id", HeaderValue::from_static("req-43"));
         let excerpt = ResponseExcerpt::capture(&headers, b"", 2048);
         assert_eq!(excerpt.header("x-request-id"), Some("req-42, req-43"));
-        assert_eq!(excerpt.body, "moved");
-        assert!(!excerpt.body_truncated);
     }
 
     #[test]

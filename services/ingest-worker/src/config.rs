@@ -350,10 +350,48 @@ pub struct UpstreamConfig {
     pub path: String,
     #[serde(default)]
     pub policy: UpstreamPolicy,
+    /// After a 401 or 403 (an expired or revoked credential, which fails every message alike)
+    /// the upstream's deliveries wait this long, then one trial call tells whether to go on;
+    /// "0s" makes such an answer a FAILED outcome instead.
+    #[serde(default = "default_pause_on_unauthorized", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub pause_on_unauthorized: Duration,
+    /// The same after a 410 (the endpoint is gone).
+    #[serde(default = "default_pause_on_gone", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub pause_on_gone: Duration,
 }
 
 fn default_path() -> String {
     "/events".into()
+}
+
+fn default_pause_on_unauthorized() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_pause_on_gone() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl UpstreamConfig {
+    /// An upstream at `url` with the defaults for everything else.
+    pub fn at(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            path: default_path(),
+            policy: UpstreamPolicy::default(),
+            pause_on_unauthorized: default_pause_on_unauthorized(),
+            pause_on_gone: default_pause_on_gone(),
+        }
+    }
+
+    pub fn hold_pauses(&self) -> crate::hold::HoldPauses {
+        crate::hold::HoldPauses {
+            unauthorized: self.pause_on_unauthorized,
+            gone: self.pause_on_gone,
+        }
+    }
 }
 
 /// A configuration that cannot run.
@@ -376,14 +414,9 @@ impl WorkerConfig {
     pub fn load(args: &Args) -> Result<Self, ConfigError> {
         let mut config: Self = relais_telemetry::process::load_toml(args.config.as_deref())?;
         if config.upstreams.is_empty() {
-            config.upstreams.insert(
-                "default".into(),
-                UpstreamConfig {
-                    url: args.upstream_url.clone(),
-                    path: default_path(),
-                    policy: UpstreamPolicy::default(),
-                },
-            );
+            config
+                .upstreams
+                .insert("default".into(), UpstreamConfig::at(&args.upstream_url));
         }
         if args.gateway.is_some() {
             config.status.gateway = args.gateway.clone();

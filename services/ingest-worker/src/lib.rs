@@ -6,6 +6,7 @@
 //! - [`config`]: the configuration file and command line;
 //! - [`pipeline`]: consumer, dispatcher with backpressure, keyed lanes, commit loop;
 //! - [`process`]: deciding one message;
+//! - [`hold`]: holding an upstream that refuses everyone (401, 403, 410);
 //! - [`records`]: the records an outcome produces;
 //! - [`tracker`]: which outcomes may be committed (the contiguous prefix per partition);
 //! - [`committer`]: the transaction itself;
@@ -13,6 +14,7 @@
 
 pub mod committer;
 pub mod config;
+pub mod hold;
 pub mod metrics;
 pub mod pipeline;
 pub mod process;
@@ -92,7 +94,19 @@ pub async fn run(
         let endpoint = client
             .endpoint(&upstream.path)
             .with_context(|| format!("upstream {name}"))?;
-        upstreams.insert(name.clone(), Upstream { client, endpoint });
+        let hold = Arc::new(hold::UpstreamHold::new(
+            upstream.hold_pauses(),
+            metrics.upstream_held(name, hold::HoldReason::Unauthorized),
+            metrics.upstream_held(name, hold::HoldReason::Gone),
+        ));
+        upstreams.insert(
+            name.clone(),
+            Upstream {
+                client,
+                endpoint,
+                hold,
+            },
+        );
     }
 
     let tracker: Arc<Tracker> = Arc::new(Tracker::default());

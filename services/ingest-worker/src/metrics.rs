@@ -52,6 +52,13 @@ pub struct WorkerMetrics {
     refused_records: Family<TopicLabels, Counter>,
     pub dlq_truncated: Counter,
     pub uncommitted: Gauge,
+    upstream_held: Family<HeldLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeldLabels {
+    pub upstream: String,
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,6 +89,7 @@ impl WorkerMetrics {
             refused_records: Family::default(),
             dlq_truncated: Counter::default(),
             uncommitted: Gauge::default(),
+            upstream_held: Family::default(),
         };
         let worker = registry.sub_registry_with_prefix("relais_worker");
         worker.register(
@@ -176,6 +184,11 @@ impl WorkerMetrics {
             "Messages read and not yet committed (in the lanes, in delivery, or waiting for their transaction)",
             metrics.uncommitted.clone(),
         );
+        worker.register(
+            "upstream_held",
+            "1 while an upstream is held because it refused every call (reason unauthorized: 401/403; gone: 410): its messages wait, then one trial call",
+            metrics.upstream_held.clone(),
+        );
         for outcome in ["delivered", "rejected", "failed", "dead_lettered"] {
             let _ = metrics.messages.get_or_create(&OutcomeLabels { outcome });
         }
@@ -214,6 +227,16 @@ impl WorkerMetrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// The held gauge of one upstream and reason (created at zero).
+    pub fn upstream_held(&self, upstream: &str, reason: crate::hold::HoldReason) -> Gauge {
+        self.upstream_held
+            .get_or_create(&HeldLabels {
+                upstream: upstream.to_owned(),
+                reason: reason.label(),
+            })
+            .clone()
     }
 
     /// Every output topic's refused-records series at zero from the start.

@@ -17,6 +17,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::RoutingConfig;
+use crate::hold::{Admission, UpstreamHold};
 use crate::metrics::WorkerMetrics;
 use crate::records::{self, Decided, DlqLimits, Inbound, OutRecord, Outcome, OutputTopics};
 
@@ -25,6 +26,7 @@ use crate::records::{self, Decided, DlqLimits, Inbound, OutRecord, Outcome, Outp
 pub struct Upstream {
     pub client: UpstreamClient,
     pub endpoint: Endpoint,
+    pub hold: Arc<UpstreamHold>,
 }
 
 /// Everything needed to decide messages; shared by all lanes.
@@ -162,12 +164,49 @@ impl Processor {
         let mut attempts = Vec::new();
         let mut parked = false;
         loop {
+            // A held upstream (it refused everyone: 401, 403, 410) is waited for like an open
+            // circuit; fail-fast mode does not apply, since the message is not at fault.
+            let trial = match upstream.hold.admit() {
+                Admission::Call { trial } => trial,
+                Admission::Wait(wait) => {
+                    if !parked {
+                        parked = true;
+                        self.metrics.parked.inc();
+                    }
+                    if !self.park(wait).await {
+                        return None;
+                    }
+                    continue;
+                }
+            };
             let delivery = upstream
                 .client
                 .post_json(&upstream.endpoint, body.clone(), &event.id)
                 .await;
             attempts.extend(delivery.attempts.iter().cloned());
             keep_first_and_latest(&mut attempts);
+            let held = match delivery.outcome {
+                // Nothing reached the upstream: the trial, if this was one, is still to be made.
+                CallOutcome::Refused(_) => {
+                    if trial {
+                        upstream.hold.abandon_trial();
+                    }
+                    None
+                }
+                CallOutcome::Response { status } => {
+                    upstream
+                        .hold
+                        .settle(Some(status), trial, upstream.client.name())
+                }
+                CallOutcome::Failed(_) => upstream.hold.settle(None, trial, upstream.client.name()),
+            };
+            if held.is_some() {
+                if !parked {
+                    parked = true;
+                    self.metrics.parked.inc();
+                }
+                continue;
+            }
             let wait = match delivery.outcome {
                 CallOutcome::Refused(Refusal::CircuitOpen { retry_in }) => Some(retry_in),
                 CallOutcome::Refused(Refusal::BulkheadFull) => Some(Duration::from_millis(50)),
@@ -189,20 +228,31 @@ impl Processor {
                 return Some((delivery, attempts));
             };
             if self.fail_fast_when_open {
+                if parked {
+                    self.metrics.parked.dec();
+                }
                 return Some((delivery, attempts));
             }
             if !parked {
                 parked = true;
                 self.metrics.parked.inc();
             }
-            let step = wait.clamp(Duration::from_millis(20), MAX_PARK_STEP);
-            tokio::select! {
-                _ = self.shutdown.cancelled() => {
-                    self.metrics.parked.dec();
-                    return None;
-                }
-                _ = tokio::time::sleep(step) => {}
+            if !self.park(wait).await {
+                return None;
             }
+        }
+    }
+
+    /// Waits up to `wait` (bounded, so shutdown and recovery are noticed soon). False when
+    /// shutdown began: the message is abandoned (not committed, read again later).
+    async fn park(&self, wait: Duration) -> bool {
+        let step = wait.clamp(Duration::from_millis(20), MAX_PARK_STEP);
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {
+                self.metrics.parked.dec();
+                false
+            }
+            _ = tokio::time::sleep(step) => true,
         }
     }
 

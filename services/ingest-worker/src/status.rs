@@ -77,6 +77,11 @@ impl StatusSource {
                     upstream: upstream.client.name().to_owned(),
                     state: breaker.state().to_proto() as i32,
                     since: Some(prost_timestamp(now.checked_sub(age).unwrap_or(now))),
+                    held: upstream
+                        .hold
+                        .reason()
+                        .map(|reason| reason.label().to_owned())
+                        .unwrap_or_default(),
                 }
             })
             .collect();

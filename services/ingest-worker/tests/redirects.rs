@@ -87,16 +87,7 @@ async fn deliver(
         PipelineConfig::default(),
     );
     produce(&kafka, &topics.ingress, &valid_events("r", count, 5)).await;
-    let records = audit_records(
-        &read_exactly(
-            &kafka,
-            &topics.audit,
-            count,
-            Duration::from_secs(60),
-            Duration::from_secs(1),
-        )
-        .await,
-    );
+    let records = read_outcomes(&kafka, &topics.audit, count, Duration::from_secs(60)).await;
     worker.stop().await;
     assert_exactly_once(&records, count);
     records

@@ -62,6 +62,10 @@ pub struct WorkerCircuit {
     pub upstream: String,
     pub state: CircuitState,
     pub since: Option<String>,
+    /// Why the worker holds the upstream's deliveries: `unauthorized` (it answered 401/403) or
+    /// `gone` (410); absent when not held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +198,7 @@ impl WorkerRegistry {
                             upstream: c.upstream.clone(),
                             state: CircuitState::from_proto(c.state),
                             since: c.since.as_ref().and_then(system_time).map(rfc3339),
+                            held: Some(c.held.clone()).filter(|held| !held.is_empty()),
                         })
                         .collect(),
                 }

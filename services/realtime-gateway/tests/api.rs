@@ -338,6 +338,7 @@ async fn workers_report_over_grpc_and_an_admin_can_forget_them() {
                 upstream: "alpha".into(),
                 state: v1::CircuitState::HalfOpen as i32,
                 since: None,
+                held: "unauthorized".into(),
             }],
             ..WorkerStatus::default()
         })
@@ -355,6 +356,11 @@ async fn workers_report_over_grpc_and_an_admin_can_forget_them() {
     let circuits = gateway.get_json("/api/v1/circuits").await;
     assert_eq!(circuits["circuits"][0]["upstream"], "alpha");
     assert_eq!(circuits["circuits"][0]["state"], "half_open");
+    assert_eq!(
+        circuits["circuits"][0]["workers"][0]["held"], "unauthorized",
+        "a held upstream shows on the gateway"
+    );
+    assert_eq!(listed["circuits"][0]["held"], "unauthorized");
 
     // The stream ends: still listed, no longer connected.
     drop(sender);

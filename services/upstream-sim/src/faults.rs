@@ -268,6 +268,26 @@ mod tests {
     }
 
     #[test]
+    fn redirects_and_client_errors_are_drawn_like_the_other_faults() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let redirecting = Faults {
+            redirect: Redirect {
+                ratio: 1.0,
+                status: 308,
+            },
+            ..Faults::default()
+        };
+        redirecting.validate().unwrap();
+        assert_eq!(redirecting.decide(&mut rng).1, Action::Redirect(308));
+        let gone = Faults {
+            errors: BTreeMap::from([(410, 1.0)]),
+            ..Faults::default()
+        };
+        gone.validate().unwrap();
+        assert_eq!(gone.decide(&mut rng).1, Action::Error(410));
+    }
+
+    #[test]
     fn invalid_configurations_are_refused() {
         let bad = [
             Faults {
@@ -276,6 +296,13 @@ mod tests {
             },
             Faults {
                 errors: BTreeMap::from([(600, 0.1)]),
+                ..Faults::default()
+            },
+            Faults {
+                redirect: Redirect {
+                    ratio: 0.1,
+                    status: 200,
+                },
                 ..Faults::default()
             },
             Faults {

@@ -134,7 +134,7 @@ async fn injects_errors_rate_limits_and_latency() {
     let bad = sim
         .http
         .put(sim.admin_url("/admin/faults"))
-        .json(&json!({"errors": {"404": 0.5}}))
+        .json(&json!({"errors": {"302": 0.5}}))
         .send()
         .await
         .unwrap();

@@ -219,9 +219,8 @@ pub fn worker_config(
         upstreams: BTreeMap::from([(
             "default".to_owned(),
             UpstreamConfig {
-                url: format!("http://{upstream}"),
-                path: "/events".into(),
                 policy,
+                ..UpstreamConfig::at(format!("http://{upstream}"))
             },
         )]),
         status: relais_ingest_worker::config::StatusConfig {
@@ -320,6 +319,16 @@ fn detach(message: &rdkafka::message::BorrowedMessage<'_>) -> Read {
             })
             .unwrap_or_default(),
     }
+}
+
+/// Exactly `count` outcome records of `topic` within `within` (none more for a second after).
+pub async fn read_outcomes(
+    kafka: &KafkaTestEnv,
+    topic: &str,
+    count: usize,
+    within: Duration,
+) -> Vec<AuditRecord> {
+    audit_records(&read_exactly(kafka, topic, count, within, Duration::from_secs(1)).await)
 }
 
 pub fn audit_records(records: &[Read]) -> Vec<AuditRecord> {

@@ -299,6 +299,10 @@ pub struct WorkerCircuitState {
     pub worker_id: String,
     pub state: CircuitState,
     pub since: Option<String>,
+    /// Why this worker holds the upstream's deliveries: `unauthorized` (401/403) or `gone`
+    /// (410); absent when not held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -339,6 +343,7 @@ pub async fn circuits(State(state): State<AppState>) -> Json<CircuitsResponse> {
                 worker_id: worker.worker_id.clone(),
                 state: circuit.state,
                 since: circuit.since,
+                held: circuit.held,
             });
         }
     }

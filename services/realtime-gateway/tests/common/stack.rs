@@ -125,9 +125,11 @@ impl Stack {
             upstreams: BTreeMap::from([(
                 "default".to_owned(),
                 relais_ingest_worker::config::UpstreamConfig {
-                    url: format!("http://{}", sim.api),
-                    path: "/events".into(),
                     policy,
+                    ..relais_ingest_worker::config::UpstreamConfig::at(format!(
+                        "http://{}",
+                        sim.api
+                    ))
                 },
             )]),
             status: relais_ingest_worker::config::StatusConfig {
