@@ -12,7 +12,7 @@
 //! identity now.
 //!
 //! A record the broker refuses for what it is (too large, invalid) is handled alone: if it is a
-//! dead-letter copy it is cut to its bare minimum ([`records::shrink_refused`]) and the batch is
+//! dead-letter copy it is cut to its bare minimum ([`dlq::shrink_refused`]) and the batch is
 //! written again at once; nothing else of the batch waits for it.
 
 use std::sync::Arc;
@@ -26,9 +26,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use relais_telemetry::shutdown::CancellationToken;
 use tokio::time::Instant;
 
+use crate::dlq;
 use crate::metrics::WorkerMetrics;
 use crate::pipeline::WorkerConsumer;
-use crate::records::{self, OutRecord};
+use crate::records::OutRecord;
 use crate::tracker::{OffsetTracker, Ready};
 
 pub type Tracker = OffsetTracker<Vec<OutRecord>>;
@@ -191,7 +192,7 @@ impl Committer {
                             .iter()
                             .copied()
                             .filter(|index| {
-                                records::can_shrink(
+                                dlq::can_shrink(
                                     &batch[index.ready].outputs[index.message].1[index.record],
                                 )
                             })
@@ -216,7 +217,7 @@ impl Committer {
                             (ready.partition, &mut ready.outputs[index.message]);
                         let record = &mut records[index.record];
                         self.metrics.record_refused(&record.topic);
-                        records::shrink_refused(record);
+                        dlq::shrink_refused(record);
                         tracing::warn!(
                             %error,
                             topic = %record.topic,

@@ -157,8 +157,8 @@ impl Default for DlqConfig {
 }
 
 impl DlqConfig {
-    pub fn limits(&self) -> crate::records::DlqLimits {
-        crate::records::DlqLimits {
+    pub fn limits(&self) -> crate::dlq::DlqLimits {
+        crate::dlq::DlqLimits {
             max_payload_bytes: self.max_payload_bytes,
             max_header_bytes: self.max_header_bytes,
             max_key_bytes: self.max_key_bytes,

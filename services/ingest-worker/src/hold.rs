@@ -164,7 +164,8 @@ impl UpstreamHold {
         }
     }
 
-    /// See [`settle`]; also keeps the gauges and says when a hold starts or ends.
+    /// Takes a call's final answer (`None` when none arrived); returns the reason the upstream
+    /// is held for after it, if it is. Also keeps the gauges and says when a hold starts or ends.
     pub fn settle(&self, answer: Option<u16>, trial: bool, upstream: &str) -> Option<HoldReason> {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let before = held.map(|hold| hold.reason);

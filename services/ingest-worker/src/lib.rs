@@ -8,12 +8,14 @@
 //! - [`process`]: deciding one message;
 //! - [`hold`]: holding an upstream that refuses everyone (401, 403, 410);
 //! - [`records`]: the records an outcome produces;
+//! - [`dlq`]: dead-letter copies bounded whatever was read;
 //! - [`tracker`]: which outcomes may be committed (the contiguous prefix per partition);
 //! - [`committer`]: the transaction itself;
 //! - [`replay`]: moving DLQ records back to the ingress topic.
 
 pub mod committer;
 pub mod config;
+pub mod dlq;
 pub mod hold;
 pub mod metrics;
 pub mod pipeline;

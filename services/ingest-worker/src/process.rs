@@ -17,9 +17,10 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::RoutingConfig;
+use crate::dlq::DlqLimits;
 use crate::hold::{Admission, UpstreamHold};
 use crate::metrics::WorkerMetrics;
-use crate::records::{self, Decided, DlqLimits, Inbound, OutRecord, Outcome, OutputTopics};
+use crate::records::{self, Decided, Inbound, OutRecord, Outcome, OutputTopics};
 
 /// An upstream with the endpoint events are POSTed to.
 #[derive(Debug, Clone)]
@@ -90,7 +91,7 @@ impl Processor {
                 );
             }
             let records = records::build(&inbound, &decided, &this.topics, this.dlq_limits);
-            if records.iter().any(records::is_truncated_dlq_copy) {
+            if records.iter().any(crate::dlq::is_truncated_dlq_copy) {
                 this.metrics.dlq_truncated.inc();
             }
             Some(records)
