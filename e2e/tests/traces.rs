@@ -85,10 +85,12 @@ async fn one_message_traces_through_the_worker_the_upstream_call_and_the_audit_s
         0x007e_1a15_u128 << 64 | u128::from(std::process::id())
     );
     let producer: FutureProducer = kafka.client_config().create().unwrap();
+    // The event time is now: the normaliser refuses events older than a year, and the
+    // audit-service's trail lookup looks at recent event hours.
     let payload = format!(
         r#"{{"id":"trace-{}","type":"order.created","occurred_at":"{}","source":"e2e","data":{{}}}}"#,
         std::process::id(),
-        "2026-11-27T08:00:00Z"
+        chrono::Utc::now().to_rfc3339()
     );
     let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
     producer
