@@ -160,6 +160,20 @@ WORKER = [
     panel("Assigned partitions", [(f'sum by (instance) (relais_worker_assigned_partitions{{{sel(W)}}})',
                                    "{{instance}}")], "short"),
     panel("Committed messages", [(rate("relais_worker_committed_messages_total", W), "committed")], "ops"),
+    panel("Uncommitted messages", [
+        (f'sum by (instance) (relais_worker_uncommitted_messages{{{sel(W)}}})', "{{instance}}"),
+    ], "short", description="Read and not yet committed; at pipeline.max_uncommitted while commits fail."),
+    panel("Transactional calls retried", [
+        (rate("relais_worker_transaction_call_retries_total", W), "retried calls"),
+    ], "ops", description="Calls made again because librdkafka said their error was retriable (a commit that timed out)."),
+    row("Upstreams held and records cut"),
+    panel("Upstreams held", [
+        (f'max by (upstream, reason) (relais_worker_upstream_held{{{sel(W)}}})', "{{upstream}} {{reason}}"),
+    ], "short", description="1 while an upstream that answered 401/403 (unauthorized) or 410 (gone) is held: its messages wait for a trial call."),
+    panel("Records refused by the broker / DLQ copies cut", [
+        (rate("relais_worker_refused_records_total", W, by="topic"), "refused {{topic}}"),
+        (rate("relais_worker_dlq_truncated_total", W), "DLQ copies cut to the dlq limits"),
+    ], "ops", description="A refused DLQ copy is written again without its payload; a cut copy says what it left out."),
 ]
 
 A = "audit-service"
