@@ -274,9 +274,6 @@ impl Dispatcher {
             self.pause(&topic, partition);
         }
         self.metrics.queue_depth.set(self.lanes.depth() as i64);
-        self.metrics
-            .uncommitted
-            .set(self.tracker.in_flight() as i64);
         true
     }
 
@@ -284,12 +281,11 @@ impl Dispatcher {
     /// would take its partition, or the worker, over its uncommitted limit.
     fn over_uncommitted_limit(&self, partition: i32) -> bool {
         let held_here = self.held.get(&partition).map_or(0, VecDeque::len);
+        let (here, total) = self.tracker.uncommitted_counts(partition);
         over_uncommitted(
             self.limits,
-            self.tracker
-                .uncommitted(partition)
-                .saturating_sub(held_here),
-            self.tracker.in_flight().saturating_sub(self.held_total()),
+            here.saturating_sub(held_here),
+            total.saturating_sub(self.held_total()),
         )
     }
 
@@ -311,14 +307,11 @@ impl Dispatcher {
                 }
                 // Held messages are registered with the tracker already: what counts is the
                 // work beyond the holds, plus the message at the front.
+                let (here, total) = self.tracker.uncommitted_counts(*partition);
                 if over_uncommitted(
                     self.limits,
-                    self.tracker
-                        .uncommitted(*partition)
-                        .saturating_sub(queue.len() - 1),
-                    self.tracker
-                        .in_flight()
-                        .saturating_sub(held_total.saturating_sub(1)),
+                    here.saturating_sub(queue.len() - 1),
+                    total.saturating_sub(held_total.saturating_sub(1)),
                 ) {
                     break;
                 }

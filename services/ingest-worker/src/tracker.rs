@@ -216,11 +216,15 @@ impl<T> OffsetTracker<T> {
             .sum()
     }
 
-    /// Messages of one partition dispatched but not yet committed.
-    pub fn uncommitted(&self, partition: i32) -> usize {
-        self.lock()
-            .get(&partition)
-            .map_or(0, |state| state.pending.len() + state.in_transaction)
+    /// Messages dispatched but not yet committed, of one partition and over all, under one
+    /// lock (the dispatcher asks for every message).
+    pub fn uncommitted_counts(&self, partition: i32) -> (usize, usize) {
+        let partitions = self.lock();
+        let count = |state: &PartitionState<T>| state.pending.len() + state.in_transaction;
+        (
+            partitions.get(&partition).map_or(0, count),
+            partitions.values().map(count).sum(),
+        )
     }
 
     /// Owned partitions.
@@ -292,17 +296,17 @@ mod tests {
         assert_eq!(batch[0].outputs.len(), 3);
         assert_eq!(batch[0].commit_offset, 3);
         assert_eq!(
-            tracker.uncommitted(1),
+            tracker.uncommitted_counts(1).0,
             5,
             "a batch in its transaction still counts"
         );
         tracker.restore(batch);
-        assert_eq!(tracker.uncommitted(1), 5);
+        assert_eq!(tracker.uncommitted_counts(1).0, 5);
         let again = tracker.take_ready(10);
         assert_eq!(again[0].outputs.len(), 5, "restored in front, in order");
         assert_eq!(again[0].commit_offset, 5);
         tracker.committed(&again);
-        assert_eq!(tracker.uncommitted(1), 0);
+        assert_eq!(tracker.uncommitted_counts(1).0, 0);
     }
 
     #[test]
