@@ -169,7 +169,7 @@ WORKER = [
     row("Upstreams held and records cut"),
     panel("Upstreams held", [
         (f'max by (upstream, reason) (relais_worker_upstream_held{{{sel(W)}}})', "{{upstream}} {{reason}}"),
-    ], "short", description="1 while an upstream that answered 401/403 (unauthorized) or 410 (gone) is held: its messages wait for a trial call."),
+    ], "short", description="1 while an upstream is held and its messages wait: unauthorized (401/403, one trial call per pause) or disabled (410 or by an operator, until re-enabled on the gateway)."),
     panel("Records refused by the broker / DLQ copies cut", [
         (rate("relais_worker_refused_records_total", W, by="topic"), "refused {{topic}}"),
         (rate("relais_worker_dlq_truncated_total", W), "DLQ copies cut to the dlq limits"),

@@ -209,6 +209,9 @@ pub struct Topics {
     pub audit: String,
     pub events: String,
     pub dlq: String,
+    /// The upstream control topic and the replay ledger, the stack's own.
+    pub control: String,
+    pub ledger: String,
 }
 
 /// What a stack is started with.
@@ -320,6 +323,12 @@ impl ProcessStack {
             audit: kafka.create_topic("e2e-audit", 6).await,
             events: kafka.create_topic("e2e-events", 6).await,
             dlq: kafka.create_topic("e2e-dlq", 1).await,
+            control: kafka
+                .create_topic_with("e2e-control", 1, &[("cleanup.policy", "compact")])
+                .await,
+            ledger: kafka
+                .create_topic_with("e2e-replays", 1, &[("cleanup.policy", "compact")])
+                .await,
         };
         let bucket = rgw.create_bucket("e2e").await.name.clone();
         let endpoints = Endpoints::from_env();
@@ -378,12 +387,18 @@ impl ProcessStack {
         let gateway_http = free_port();
         let gateway_grpc = free_port();
         let viewer_token = format!("e2e-viewer-{}", unique_name("t"));
+        let group = unique_name("e2e-ingest");
         let gateway_config = dir.join("realtime-gateway.toml");
         write(
             &gateway_config,
             &format!(
-                "[kafka]\nevents_topic = \"{}\"\n[http]\nrate_limit_per_second = 1000.0\nrate_limit_burst = 1000.0\n",
-                topics.events
+                "[kafka]\nevents_topic = \"{}\"\ningress_topic = \"{}\"\naudit_topic = \"{}\"\ndlq_topic = \"{}\"\ncontrol_topic = \"{}\"\nreplay_ledger_topic = \"{}\"\nworker_group_id = \"{group}\"\n[http]\nrate_limit_per_second = 1000.0\nrate_limit_burst = 1000.0\n",
+                topics.events,
+                topics.ingress,
+                topics.audit,
+                topics.dlq,
+                topics.control,
+                topics.ledger
             ),
         );
         let mut gateway = service(
@@ -403,7 +418,6 @@ impl ProcessStack {
         );
         gateway.spawn();
 
-        let group = unique_name("e2e-ingest");
         let worker_config = dir.join("ingest-worker.toml");
         write(
             &worker_config,
@@ -414,6 +428,8 @@ ingress_topic = "{ingress}"
 audit_topic = "{audit}"
 events_topic = "{events}"
 dlq_topic = "{dlq}"
+control_topic = "{control}"
+replay_ledger_topic = "{ledger}"
 
 [upstreams.default]
 url = "http://{sim_api}"
@@ -441,6 +457,8 @@ interval = "1s"
                 audit = topics.audit,
                 events = topics.events,
                 dlq = topics.dlq,
+                control = topics.control,
+                ledger = topics.ledger,
             ),
         );
         let mut workers = Vec::new();

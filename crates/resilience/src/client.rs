@@ -91,6 +91,14 @@ pub struct Endpoint {
     url: Url,
 }
 
+/// The URL without user info and query, which may hold credentials: fit for logs and records.
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let origin = self.url.origin().ascii_serialization();
+        write!(f, "{origin}{}", self.url.path())
+    }
+}
+
 /// An upstream with its own policy, circuit breaker, retry budget and bulkhead.
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {

@@ -52,6 +52,7 @@ pub enum Command {
     /// Run the service (the default).
     Run,
     /// Ask a running audit-service for a trail and print it as JSON lines, with the latency.
+    /// `--message-id upstream/{name}` or `replay/{job}` gives the operator actions on them.
     Trail {
         /// gRPC URL of the service.
         #[arg(long, default_value = "http://127.0.0.1:50051")]

@@ -25,7 +25,7 @@ pub fn timestamp(value: Option<&relais_proto::Timestamp>) -> Option<DateTime<Utc
 }
 
 /// RFC 3339 with microseconds, or null when absent.
-fn rfc3339(value: Option<&relais_proto::Timestamp>) -> Option<String> {
+pub(crate) fn rfc3339(value: Option<&relais_proto::Timestamp>) -> Option<String> {
     timestamp(value).map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
 }
 
@@ -113,6 +113,17 @@ impl Serialize for RecordLine<'_> {
             },
         )?;
         line.end()
+    }
+}
+
+impl Serialize for AuditPosition<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Position {
+            topic: self.topic,
+            partition: self.partition,
+            offset: self.offset,
+        }
+        .serialize(serializer)
     }
 }
 
@@ -225,7 +236,7 @@ fn response_from_json(value: &Value) -> Option<v1::ResponseExcerpt> {
     })
 }
 
-fn parse_time(value: &Value) -> Option<relais_proto::Timestamp> {
+pub(crate) fn parse_time(value: &Value) -> Option<relais_proto::Timestamp> {
     let time = DateTime::parse_from_rfc3339(value.as_str()?).ok()?;
     Some(relais_proto::Timestamp {
         seconds: time.timestamp(),

@@ -2,9 +2,11 @@
 //!
 //! - [`object`]: cutting partitions into objects, and why the cuts are deterministic;
 //! - [`encode`]: the stable JSON line of a record (docs/audit-objects.md);
+//! - [`actions`]: the line of an operator action, stored beside the outcomes;
 //! - [`store`]: compression and PUT with retries until stored;
 //! - [`pipeline`]: consumption, per-partition upload queues, commit after store, backpressure.
 
+pub mod actions;
 pub mod config;
 pub mod encode;
 pub mod index;

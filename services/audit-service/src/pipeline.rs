@@ -26,7 +26,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use relais_proto::v1::AuditRecord;
+use relais_proto::v1::{AuditRecord, OperatorAction};
 use relais_telemetry::shutdown::CancellationToken;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::actions;
 use crate::config::AuditConfig;
 use crate::encode::{self, AuditPosition};
 use crate::metrics::AuditMetrics;
@@ -795,42 +796,22 @@ fn prepare(topic: &str, received: Received) -> Prepared {
         headers,
         arrival,
     } = received;
-    let content = match AuditRecord::decode(payload.as_slice()) {
-        Ok(record) => {
-            let position = AuditPosition {
-                topic,
-                partition,
-                offset,
-            };
-            use opentelemetry::trace::TraceContextExt as _;
-            let context = relais_telemetry::propagation::extract_kafka(headers.as_ref());
-            let span_context = context.span().span_context().clone();
-            if span_context.is_sampled() && relais_telemetry::spans_exported() {
-                // The message's own trace reaches the audit trail: one short consumer span per
-                // sampled record (the object's span links the batch as a whole).
-                record_process_span(&context, &position, &record.message_id);
-            }
-            let time = encode::record_time(Some(&record), encode::kafka_time(timestamp_millis));
-            let json = encode::RecordLine {
-                record: &record,
-                position,
-            }
-            .to_vec();
-            Ok(Line {
-                offset,
-                time,
-                json,
-                trace_id: record.trace_id,
-                message_id: record.message_id,
-                context: span_context.is_valid().then_some(span_context),
-            })
-        }
-        Err(error) => Err(Undecodable {
-            key,
-            payload,
-            error: error.to_string(),
-        }),
+    let position = AuditPosition {
+        topic,
+        partition,
+        offset,
     };
+    let kafka_time = encode::kafka_time(timestamp_millis);
+    let content = if relais_operator::actions::is_operator_action(headers.as_ref()) {
+        action_line(&payload, position, kafka_time)
+    } else {
+        record_line(&payload, headers.as_ref(), position, kafka_time)
+    }
+    .map_err(|error| Undecodable {
+        key,
+        payload,
+        error: error.to_string(),
+    });
     Prepared {
         generation,
         partition,
@@ -838,6 +819,64 @@ fn prepare(topic: &str, received: Received) -> Prepared {
         arrival,
         content,
     }
+}
+
+/// The line of a message outcome (an `AuditRecord`).
+fn record_line(
+    payload: &[u8],
+    headers: Option<&OwnedHeaders>,
+    position: AuditPosition<'_>,
+    kafka_time: Option<std::time::SystemTime>,
+) -> Result<Line, prost::DecodeError> {
+    let record = AuditRecord::decode(payload)?;
+    use opentelemetry::trace::TraceContextExt as _;
+    let context = relais_telemetry::propagation::extract_kafka(headers);
+    let span_context = context.span().span_context().clone();
+    if span_context.is_sampled() && relais_telemetry::spans_exported() {
+        // The message's own trace reaches the audit trail: one short consumer span per
+        // sampled record (the object's span links the batch as a whole).
+        record_process_span(&context, &position, &record.message_id);
+    }
+    let time = encode::record_time(Some(&record), kafka_time);
+    let json = encode::RecordLine {
+        record: &record,
+        position,
+    }
+    .to_vec();
+    Ok(Line {
+        offset: position.offset,
+        time,
+        json,
+        trace_id: record.trace_id,
+        message_id: record.message_id,
+        context: span_context.is_valid().then_some(span_context),
+    })
+}
+
+/// The line of an operator action, filed under the time it was done and indexed by its
+/// subject (as the message id) and trace id.
+fn action_line(
+    payload: &[u8],
+    position: AuditPosition<'_>,
+    kafka_time: Option<std::time::SystemTime>,
+) -> Result<Line, prost::DecodeError> {
+    let action = OperatorAction::decode(payload)?;
+    let time = encode::timestamp(action.at.as_ref())
+        .or_else(|| kafka_time.map(chrono::DateTime::<chrono::Utc>::from))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH);
+    let json = actions::ActionLine {
+        action: &action,
+        position,
+    }
+    .to_vec();
+    Ok(Line {
+        offset: position.offset,
+        time,
+        json,
+        trace_id: action.trace_id,
+        message_id: action.subject,
+        context: None,
+    })
 }
 
 /// `process relais.audit`, a child of the record's trace, per the OpenTelemetry messaging

@@ -13,7 +13,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use relais_proto::v1::audit_query_server::AuditQuery;
 use relais_proto::v1::{
-    AuditRecord, StatsRequest, StatsResponse, TrailRequest, TrailResponse, trail_request,
+    AuditRecord, OperatorAction, StatsRequest, StatsResponse, TrailRequest, TrailResponse,
+    trail_request,
 };
 use relais_telemetry::shutdown::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -123,6 +124,7 @@ impl AuditQuery for QueryService {
         let candidates = self.index.candidates(&id, from, to);
         let objects_scanned = candidates.len() as u32;
         let mut records: Vec<AuditRecord> = Vec::new();
+        let mut actions: Vec<OperatorAction> = Vec::new();
         let mut seen: BTreeSet<(String, i32, i64)> = BTreeSet::new();
         for chunk in candidates.chunks(READ_CONCURRENCY) {
             let reads =
@@ -145,14 +147,6 @@ impl AuditQuery for QueryService {
                     let Ok(value) = serde_json::from_slice::<serde_json::Value>(line) else {
                         continue;
                     };
-                    if value[field].as_str() != Some(id.as_str()) {
-                        continue;
-                    }
-                    let record = encode::record_from_json(&value);
-                    let time = to_time(record.occurred_at.as_ref());
-                    if time.is_some_and(|time| time < from || time > to) {
-                        continue;
-                    }
                     // A record appears once even if an object was rewritten under another key.
                     let audit = (
                         value["audit"]["topic"]
@@ -162,6 +156,32 @@ impl AuditQuery for QueryService {
                         value["audit"]["partition"].as_i64().unwrap_or(0) as i32,
                         value["audit"]["offset"].as_i64().unwrap_or(0),
                     );
+                    if crate::actions::is_action(&value) {
+                        // An action's subject is looked up as a message id.
+                        let key = if field == "message_id" {
+                            "subject"
+                        } else {
+                            field
+                        };
+                        if value[key].as_str() != Some(id.as_str()) {
+                            continue;
+                        }
+                        let action = crate::actions::action_from_json(&value);
+                        let time = to_time(action.at.as_ref());
+                        if time.is_none_or(|time| time < from || time > to) || !seen.insert(audit) {
+                            continue;
+                        }
+                        actions.push(action);
+                        continue;
+                    }
+                    if value[field].as_str() != Some(id.as_str()) {
+                        continue;
+                    }
+                    let record = encode::record_from_json(&value);
+                    let time = to_time(record.occurred_at.as_ref());
+                    if time.is_some_and(|time| time < from || time > to) {
+                        continue;
+                    }
                     if seen.insert(audit) {
                         records.push(record);
                     }
@@ -171,10 +191,13 @@ impl AuditQuery for QueryService {
         records.sort_by_key(|record| record.occurred_at.map(|t| (t.seconds, t.nanos)));
         let truncated = records.len() > limit;
         records.truncate(limit);
+        actions.sort_by_key(|action| action.at.map(|t| (t.seconds, t.nanos)));
+        actions.truncate(limit);
         Ok(Response::new(TrailResponse {
             records,
             truncated,
             objects_scanned,
+            actions,
         }))
     }
 
@@ -236,12 +259,22 @@ pub async fn print_trail(
         out.write_all(&encode::RecordLine { record, position }.to_vec())?;
         out.write_all(b"\n")?;
     }
+    for action in &trail.actions {
+        let position = encode::AuditPosition {
+            topic: "",
+            partition: 0,
+            offset: 0,
+        };
+        out.write_all(&crate::actions::ActionLine { action, position }.to_vec())?;
+        out.write_all(b"\n")?;
+    }
     writeln!(
         out,
         "{}",
         serde_json::json!({
             "latency_ms": latency.as_secs_f64() * 1000.0,
             "records": trail.records.len(),
+            "actions": trail.actions.len(),
             "objects_scanned": trail.objects_scanned,
             "truncated": trail.truncated,
         })

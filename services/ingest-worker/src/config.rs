@@ -86,7 +86,7 @@ pub enum Command {
 
 impl Command {
     /// The replay asked for, if this is `replay-dlq`.
-    pub fn replay_request(&self) -> Option<crate::replay::ReplayRequest> {
+    pub fn replay_request(&self) -> Option<relais_operator::replay::ReplayRequest> {
         let Self::ReplayDlq {
             reasons,
             upstreams,
@@ -100,8 +100,9 @@ impl Command {
         else {
             return None;
         };
-        Some(crate::replay::ReplayRequest {
-            selection: crate::replay::Selection {
+        Some(relais_operator::replay::ReplayRequest {
+            job: relais_operator::replay::new_job_id(),
+            selection: relais_operator::replay::Selection {
                 reasons: reasons.clone(),
                 upstreams: upstreams.clone(),
                 message_ids: message_ids.clone(),
@@ -204,6 +205,9 @@ pub struct KafkaConfig {
     /// The replay ledger (compacted): which DLQ records `replay-dlq` has replayed, so none is
     /// replayed twice whatever filters later runs use.
     pub replay_ledger_topic: String,
+    /// Whether each upstream is enabled (compacted, keyed by upstream name): a worker disables
+    /// an upstream that answered 410, an operator re-enables it through the gateway.
+    pub control_topic: String,
     /// A replica that misses heartbeats this long loses its partitions.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -232,6 +236,7 @@ impl Default for KafkaConfig {
             events_topic: "relais.events".into(),
             dlq_topic: "relais.dlq".into(),
             replay_ledger_topic: "relais.dlq-replays".into(),
+            control_topic: "relais.upstream-control".into(),
             session_timeout: Duration::from_secs(10),
             transaction_timeout: Duration::from_secs(30),
             transaction_call_timeout: Duration::from_secs(10),
@@ -356,10 +361,11 @@ pub struct UpstreamConfig {
     #[serde(default = "default_pause_on_unauthorized", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub pause_on_unauthorized: Duration,
-    /// The same after a 410 (the endpoint is gone).
-    #[serde(default = "default_pause_on_gone", with = "humantime_serde")]
-    #[schemars(with = "String")]
-    pub pause_on_gone: Duration,
+    /// A 410 (the endpoint is gone, which no retry mends) disables the upstream for every
+    /// replica until an operator re-enables it (`POST /api/v1/admin/upstreams/{name}/enable` on
+    /// the gateway); its messages wait meanwhile. `false` makes a 410 a FAILED outcome instead.
+    #[serde(default = "default_disable_on_gone")]
+    pub disable_on_gone: bool,
 }
 
 fn default_path() -> String {
@@ -370,8 +376,8 @@ fn default_pause_on_unauthorized() -> Duration {
     Duration::from_secs(30)
 }
 
-fn default_pause_on_gone() -> Duration {
-    Duration::from_secs(300)
+fn default_disable_on_gone() -> bool {
+    true
 }
 
 impl UpstreamConfig {
@@ -382,14 +388,14 @@ impl UpstreamConfig {
             path: default_path(),
             policy: UpstreamPolicy::default(),
             pause_on_unauthorized: default_pause_on_unauthorized(),
-            pause_on_gone: default_pause_on_gone(),
+            disable_on_gone: default_disable_on_gone(),
         }
     }
 
-    pub fn hold_pauses(&self) -> crate::hold::HoldPauses {
-        crate::hold::HoldPauses {
-            unauthorized: self.pause_on_unauthorized,
-            gone: self.pause_on_gone,
+    pub fn hold_policy(&self) -> crate::hold::HoldPolicy {
+        crate::hold::HoldPolicy {
+            pause_on_unauthorized: self.pause_on_unauthorized,
+            disable_on_gone: self.disable_on_gone,
         }
     }
 }
@@ -410,6 +416,27 @@ pub enum ConfigError {
 }
 
 impl WorkerConfig {
+    /// How the worker's Kafka clients reach the brokers.
+    pub fn kafka_client(&self, bootstrap: &str) -> relais_operator::KafkaClient {
+        relais_operator::KafkaClient {
+            bootstrap: bootstrap.to_owned(),
+            settings: self.kafka.client.clone(),
+        }
+    }
+
+    /// Where `replay-dlq` reads and writes.
+    pub fn replay_target(&self, bootstrap: &str) -> relais_operator::replay::ReplayTarget {
+        relais_operator::replay::ReplayTarget {
+            kafka: self.kafka_client(bootstrap),
+            dlq_topic: self.kafka.dlq_topic.clone(),
+            ingress_topic: self.kafka.ingress_topic.clone(),
+            ledger_topic: self.kafka.replay_ledger_topic.clone(),
+            transactional_id: relais_operator::replay::ReplayTarget::transactional_id_of(
+                &self.kafka.group_id,
+            ),
+        }
+    }
+
     /// Loads the file (or the defaults) and fills in what the command line provides.
     pub fn load(args: &Args) -> Result<Self, ConfigError> {
         let mut config: Self = relais_telemetry::process::load_toml(args.config.as_deref())?;

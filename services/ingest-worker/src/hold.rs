@@ -1,9 +1,14 @@
-//! Holding an upstream that refuses everyone: an expired or revoked credential (401, 403) or an
-//! endpoint that is gone (410) fails every message alike, so dead-lettering them one by one
-//! would empty the stream into the DLQ. Instead the upstream is held: its messages wait (as for
-//! an open circuit), and after the configured pause one message makes a trial call. An answer
-//! other than 401/403/410, to the trial or to any call, releases the hold; another refusal
-//! renews it.
+//! Holding an upstream that refuses everyone, so that one bad credential or one removed
+//! endpoint does not empty the stream into the DLQ message by message. The held upstream's
+//! messages wait (as for an open circuit) and nothing of them is decided.
+//!
+//! - **Unauthorized** (401, 403: an expired or revoked credential, often fixed without telling
+//!   anyone): after `pause_on_unauthorized` one message makes a trial call. An answer other than
+//!   401/403, to the trial or to any call, releases the hold; another refusal renews it.
+//! - **Disabled** (410: the endpoint is gone, which no retry fixes; or an operator disabled the
+//!   upstream): held until an operator re-enables it through the gateway. The state lives in the
+//!   upstream control topic, so every replica holds it alike and a restart keeps it
+//!   ([`relais_operator::control`]).
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -16,177 +21,272 @@ use tokio::time::Instant;
 pub enum HoldReason {
     /// 401 or 403: the credential is not (or no longer) accepted.
     Unauthorized,
-    /// 410: the endpoint is gone.
-    Gone,
+    /// Disabled until re-enabled: it answered 410, or an operator disabled it.
+    Disabled,
 }
 
 impl HoldReason {
     pub fn label(self) -> &'static str {
         match self {
             Self::Unauthorized => "unauthorized",
-            Self::Gone => "gone",
-        }
-    }
-
-    /// The reason a final answer gives, if any.
-    pub fn of_status(status: u16) -> Option<Self> {
-        match status {
-            401 | 403 => Some(Self::Unauthorized),
-            410 => Some(Self::Gone),
-            _ => None,
+            Self::Disabled => "disabled",
         }
     }
 }
 
-/// How long an upstream is held for each reason; zero turns holding off for it (the answer is
-/// then a FAILED outcome like any other 4xx).
+/// How refusals hold an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HoldPauses {
-    pub unauthorized: Duration,
-    pub gone: Duration,
+pub struct HoldPolicy {
+    /// How long a 401/403 holds before a trial call; zero makes such an answer a FAILED outcome.
+    pub pause_on_unauthorized: Duration,
+    /// Whether a 410 disables the upstream; if not, it is a FAILED outcome.
+    pub disable_on_gone: bool,
 }
 
-impl HoldPauses {
-    fn of(self, reason: HoldReason) -> Duration {
-        match reason {
-            HoldReason::Unauthorized => self.unauthorized,
-            HoldReason::Gone => self.gone,
-        }
+/// The refusal an answer is, under `policy`.
+fn refusal(policy: HoldPolicy, status: u16) -> Option<HoldReason> {
+    match status {
+        401 | 403 if !policy.pause_on_unauthorized.is_zero() => Some(HoldReason::Unauthorized),
+        410 if policy.disable_on_gone => Some(HoldReason::Disabled),
+        _ => None,
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Held {
     reason: HoldReason,
-    until: Instant,
+    /// When a trial call may be made; `None` until an operator re-enables the upstream.
+    until: Option<Instant>,
     trial_running: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    held: Option<Held>,
+    /// Counts re-enables: a 410 to a call admitted before the latest one is stale.
+    epoch: u64,
 }
 
 /// What a message may do before calling its upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Call; `trial` when this call tests whether a hold can end.
-    Call { trial: bool },
+    /// Call; `trial` when this call tests whether a hold can end. Hand `epoch` back to
+    /// [`UpstreamHold::settle`].
+    Call { trial: bool, epoch: u64 },
     /// Wait this long, then ask again.
     Wait(Duration),
 }
 
-/// How long a message waits while another one's trial call runs.
-const TRIAL_WAIT: Duration = Duration::from_millis(200);
+/// How long a message waits while another one's trial call runs, or before it looks again
+/// whether a disabled upstream was re-enabled.
+const RECHECK: Duration = Duration::from_millis(200);
 
-fn admit(held: &mut Option<Held>, now: Instant) -> Admission {
-    match held {
-        None => Admission::Call { trial: false },
-        Some(hold) if now < hold.until => Admission::Wait(hold.until - now),
-        Some(hold) if hold.trial_running => Admission::Wait(TRIAL_WAIT),
+fn admit(state: &mut State, now: Instant) -> Admission {
+    let epoch = state.epoch;
+    match &mut state.held {
+        None => Admission::Call {
+            trial: false,
+            epoch,
+        },
+        Some(Held { until: None, .. }) => Admission::Wait(RECHECK),
+        Some(Held {
+            until: Some(until), ..
+        }) if now < *until => Admission::Wait(*until - now),
+        Some(hold) if hold.trial_running => Admission::Wait(RECHECK),
         Some(hold) => {
             hold.trial_running = true;
-            Admission::Call { trial: true }
+            Admission::Call { trial: true, epoch }
         }
     }
 }
 
-/// Takes a call's final answer (`None` when no answer arrived). Returns the reason the
-/// upstream is held for after it, if it is.
+/// What to do with a call's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The answer decides the message's outcome.
+    Decide,
+    /// The message waits and calls again: the upstream is held, or the answer came from before
+    /// an operator re-enabled it.
+    CallAgain,
+}
+
+/// What settling an answer changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Settled {
+    verdict: Verdict,
+    /// This answer disabled the upstream (to be published for the other replicas).
+    disabled_now: bool,
+}
+
+/// Takes a call's final answer (`None` when no answer arrived).
 fn settle(
-    held: &mut Option<Held>,
+    state: &mut State,
     answer: Option<u16>,
     trial: bool,
-    pauses: HoldPauses,
+    epoch: u64,
+    policy: HoldPolicy,
     now: Instant,
-) -> Option<HoldReason> {
-    let refusal = answer
-        .and_then(HoldReason::of_status)
-        .filter(|reason| !pauses.of(*reason).is_zero());
-    match refusal {
-        Some(reason) => {
-            *held = Some(Held {
-                reason,
-                until: now + pauses.of(reason),
+) -> Settled {
+    let refused = answer.and_then(|status| refusal(policy, status));
+    match refused {
+        // Re-enabled while this call ran: its 410 says nothing about the endpoint now.
+        Some(HoldReason::Disabled) if epoch < state.epoch => Settled {
+            verdict: Verdict::CallAgain,
+            disabled_now: false,
+        },
+        Some(HoldReason::Disabled) => {
+            let disabled_now = !matches!(
+                state.held,
+                Some(Held {
+                    reason: HoldReason::Disabled,
+                    ..
+                })
+            );
+            state.held = Some(Held {
+                reason: HoldReason::Disabled,
+                until: None,
                 trial_running: false,
             });
+            Settled {
+                verdict: Verdict::CallAgain,
+                disabled_now,
+            }
         }
-        // Any other answer to the trial ends the hold (whatever is wrong now is the circuit
-        // breaker's and the retries' to handle); a success from anyone ends it too.
-        None if trial || answer.is_some_and(|status| (200..300).contains(&status)) => {
-            *held = None;
+        Some(HoldReason::Unauthorized) => {
+            // A disabled upstream stays disabled: only an operator ends that.
+            if !matches!(state.held, Some(Held { until: None, .. })) {
+                state.held = Some(Held {
+                    reason: HoldReason::Unauthorized,
+                    until: Some(now + policy.pause_on_unauthorized),
+                    trial_running: false,
+                });
+            }
+            Settled {
+                verdict: Verdict::CallAgain,
+                disabled_now: false,
+            }
         }
-        None => {}
+        None => {
+            // Any other answer to the trial ends an unauthorized hold (whatever is wrong now is
+            // the circuit breaker's and the retries' to handle); a success from anyone ends it
+            // too. A late answer of a call made before the hold changes nothing.
+            let ends = trial || answer.is_some_and(|status| (200..300).contains(&status));
+            if ends
+                && matches!(
+                    state.held,
+                    Some(Held {
+                        reason: HoldReason::Unauthorized,
+                        ..
+                    })
+                )
+            {
+                state.held = None;
+            }
+            Settled {
+                // Held by another call's answer meanwhile: this message waits with the rest.
+                verdict: if state.held.is_some() {
+                    Verdict::CallAgain
+                } else {
+                    Verdict::Decide
+                },
+                disabled_now: false,
+            }
+        }
     }
-    held.map(|hold| hold.reason)
 }
 
-/// The hold state of one upstream, shared by its deliveries.
+/// The hold state of one upstream, shared by its deliveries and the control topic follower.
 #[derive(Debug)]
 pub struct UpstreamHold {
-    pauses: HoldPauses,
-    held: Mutex<Option<Held>>,
+    upstream: String,
+    policy: HoldPolicy,
+    state: Mutex<State>,
     /// 1 while held, per reason.
     unauthorized: Gauge,
-    gone: Gauge,
+    disabled: Gauge,
 }
 
 impl UpstreamHold {
-    pub fn new(pauses: HoldPauses, unauthorized: Gauge, gone: Gauge) -> Self {
+    pub fn new(upstream: &str, policy: HoldPolicy, unauthorized: Gauge, disabled: Gauge) -> Self {
         Self {
-            pauses,
-            held: Mutex::new(None),
+            upstream: upstream.to_owned(),
+            policy,
+            state: Mutex::default(),
             unauthorized,
-            gone,
+            disabled,
         }
     }
 
+    fn with_state<T>(&self, change: impl FnOnce(&mut State) -> T) -> T {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = state.held.map(|held| held.reason);
+        let result = change(&mut state);
+        let after = state.held.map(|held| held.reason);
+        drop(state);
+        if before != after {
+            match after {
+                Some(reason) => tracing::warn!(
+                    upstream = %self.upstream,
+                    reason = reason.label(),
+                    "upstream held: its deliveries wait"
+                ),
+                None => tracing::info!(upstream = %self.upstream, "upstream hold released"),
+            }
+            self.unauthorized
+                .set(i64::from(after == Some(HoldReason::Unauthorized)));
+            self.disabled
+                .set(i64::from(after == Some(HoldReason::Disabled)));
+        }
+        result
+    }
+
     pub fn admit(&self) -> Admission {
-        admit(
-            &mut self.held.lock().unwrap_or_else(PoisonError::into_inner),
-            Instant::now(),
-        )
+        self.with_state(|state| admit(state, Instant::now()))
     }
 
     /// Why the upstream is held, if it is.
     pub fn reason(&self) -> Option<HoldReason> {
-        self.held
+        self.state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .map(|hold| hold.reason)
+            .held
+            .map(|held| held.reason)
     }
 
     /// The trial call was refused by the worker's own layers (circuit, bulkhead) before it
     /// reached the upstream: the next message makes it.
     pub fn abandon_trial(&self) {
-        if let Some(hold) = self
-            .held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_mut()
-        {
-            hold.trial_running = false;
-        }
+        self.with_state(|state| {
+            if let Some(held) = state.held.as_mut() {
+                held.trial_running = false;
+            }
+        });
     }
 
-    /// Takes a call's final answer (`None` when none arrived); returns the reason the upstream
-    /// is held for after it, if it is. Also keeps the gauges and says when a hold starts or ends.
-    pub fn settle(&self, answer: Option<u16>, trial: bool, upstream: &str) -> Option<HoldReason> {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let before = held.map(|hold| hold.reason);
-        let after = settle(&mut held, answer, trial, self.pauses, Instant::now());
-        drop(held);
-        if before != after {
-            match after {
-                Some(reason) => tracing::warn!(
-                    upstream,
-                    reason = reason.label(),
-                    status = answer,
-                    pause = ?self.pauses.of(reason),
-                    "upstream held: its deliveries wait, then one trial call"
-                ),
-                None => tracing::info!(upstream, "upstream hold released"),
+    /// Takes a call's final answer (`None` when none arrived) with the epoch its admission
+    /// gave. Returns what to do with it, and whether this answer disabled the upstream.
+    pub fn settle(&self, answer: Option<u16>, trial: bool, epoch: u64) -> (Verdict, bool) {
+        let settled = self
+            .with_state(|state| settle(state, answer, trial, epoch, self.policy, Instant::now()));
+        (settled.verdict, settled.disabled_now)
+    }
+
+    /// Applies the upstream's state from the control topic.
+    pub fn set_enabled(&self, enabled: bool) {
+        self.with_state(|state| {
+            if enabled {
+                if state.held.is_some_and(|held| held.until.is_none()) {
+                    state.held = None;
+                    state.epoch += 1;
+                }
+            } else {
+                state.held = Some(Held {
+                    reason: HoldReason::Disabled,
+                    until: None,
+                    trial_running: false,
+                });
             }
-            self.unauthorized
-                .set(i64::from(after == Some(HoldReason::Unauthorized)));
-            self.gone.set(i64::from(after == Some(HoldReason::Gone)));
-        }
-        after
+        });
     }
 }
 
@@ -194,82 +294,151 @@ impl UpstreamHold {
 mod tests {
     use super::*;
 
-    const PAUSES: HoldPauses = HoldPauses {
-        unauthorized: Duration::from_secs(30),
-        gone: Duration::from_secs(300),
+    const POLICY: HoldPolicy = HoldPolicy {
+        pause_on_unauthorized: Duration::from_secs(30),
+        disable_on_gone: true,
     };
 
+    fn call(state: &mut State, now: Instant) -> (bool, u64) {
+        match admit(state, now) {
+            Admission::Call { trial, epoch } => (trial, epoch),
+            Admission::Wait(wait) => panic!("waits {wait:?}"),
+        }
+    }
+
+    fn decide() -> Settled {
+        Settled {
+            verdict: Verdict::Decide,
+            disabled_now: false,
+        }
+    }
+
+    fn again() -> Settled {
+        Settled {
+            verdict: Verdict::CallAgain,
+            disabled_now: false,
+        }
+    }
+
     #[test]
-    fn a_refusal_holds_until_the_pause_then_lets_one_trial_through() {
+    fn unauthorized_holds_until_the_pause_then_lets_one_trial_through() {
         let start = Instant::now();
-        let mut held = None;
-        assert_eq!(admit(&mut held, start), Admission::Call { trial: false });
+        let mut state = State::default();
+        let (trial, epoch) = call(&mut state, start);
+        assert!(!trial);
         assert_eq!(
-            settle(&mut held, Some(401), false, PAUSES, start),
-            Some(HoldReason::Unauthorized)
+            settle(&mut state, Some(401), false, epoch, POLICY, start),
+            again()
         );
         assert_eq!(
-            admit(&mut held, start + Duration::from_secs(10)),
+            admit(&mut state, start + Duration::from_secs(10)),
             Admission::Wait(Duration::from_secs(20))
         );
         let later = start + Duration::from_secs(30);
-        assert_eq!(admit(&mut held, later), Admission::Call { trial: true });
+        assert_eq!(call(&mut state, later), (true, 0));
         assert_eq!(
-            admit(&mut held, later),
-            Admission::Wait(TRIAL_WAIT),
+            admit(&mut state, later),
+            Admission::Wait(RECHECK),
             "one trial at a time"
         );
         // The trial is refused again: held for another pause.
         assert_eq!(
-            settle(&mut held, Some(403), true, PAUSES, later),
+            settle(&mut state, Some(403), true, 0, POLICY, later),
+            again()
+        );
+        assert!(matches!(admit(&mut state, later), Admission::Wait(_)));
+        let again_later = later + Duration::from_secs(30);
+        assert_eq!(call(&mut state, again_later), (true, 0));
+        assert_eq!(
+            settle(&mut state, Some(200), true, 0, POLICY, again_later),
+            decide()
+        );
+        assert_eq!(call(&mut state, again_later), (false, 0));
+    }
+
+    #[test]
+    fn gone_disables_until_re_enabled_and_no_trial_is_made() {
+        let start = Instant::now();
+        let mut state = State::default();
+        assert_eq!(
+            settle(&mut state, Some(410), false, 0, POLICY, start),
+            Settled {
+                verdict: Verdict::CallAgain,
+                disabled_now: true
+            }
+        );
+        assert_eq!(
+            settle(&mut state, Some(410), false, 0, POLICY, start),
+            again(),
+            "a second 410 in flight does not disable twice"
+        );
+        let hour_later = start + Duration::from_secs(3600);
+        assert_eq!(admit(&mut state, hour_later), Admission::Wait(RECHECK));
+        assert_eq!(
+            settle(&mut state, Some(200), false, 0, POLICY, hour_later),
+            again(),
+            "a late success does not end what only an operator ends"
+        );
+        assert_eq!(
+            settle(&mut state, Some(401), false, 0, POLICY, hour_later),
+            again()
+        );
+        assert_eq!(
+            state.held.map(|held| held.reason),
+            Some(HoldReason::Disabled)
+        );
+    }
+
+    #[test]
+    fn a_410_to_a_call_made_before_re_enabling_is_stale() {
+        let start = Instant::now();
+        let mut state = State::default();
+        let (_, before) = call(&mut state, start);
+        settle(&mut state, Some(410), false, before, POLICY, start);
+        // Re-enabled by an operator (what UpstreamHold::set_enabled does).
+        state.held = None;
+        state.epoch += 1;
+        assert_eq!(
+            settle(&mut state, Some(410), false, before, POLICY, start),
+            again(),
+            "called again, not disabled again"
+        );
+        assert_eq!(state.held, None);
+        let (_, now) = call(&mut state, start);
+        assert!(
+            settle(&mut state, Some(410), false, now, POLICY, start).disabled_now,
+            "a fresh 410 disables again"
+        );
+    }
+
+    #[test]
+    fn a_late_failure_does_not_release_and_the_policy_can_turn_holding_off() {
+        let start = Instant::now();
+        let mut state = State::default();
+        settle(&mut state, Some(401), false, 0, POLICY, start);
+        assert_eq!(
+            settle(&mut state, Some(500), false, 0, POLICY, start),
+            again(),
+            "a call that was in flight before the hold waits with the rest"
+        );
+        assert_eq!(
+            state.held.map(|held| held.reason),
             Some(HoldReason::Unauthorized)
         );
-        assert!(matches!(admit(&mut held, later), Admission::Wait(_)));
-        let again = later + Duration::from_secs(30);
-        assert_eq!(admit(&mut held, again), Admission::Call { trial: true });
-        assert_eq!(settle(&mut held, Some(200), true, PAUSES, again), None);
-        assert_eq!(admit(&mut held, again), Admission::Call { trial: false });
-    }
-
-    #[test]
-    fn gone_holds_longer_and_any_other_trial_answer_releases() {
-        let start = Instant::now();
-        let mut held = None;
-        assert_eq!(
-            settle(&mut held, Some(410), false, PAUSES, start),
-            Some(HoldReason::Gone)
-        );
-        assert!(matches!(
-            admit(&mut held, start + Duration::from_secs(299)),
-            Admission::Wait(_)
-        ));
-        let later = start + Duration::from_secs(300);
-        assert_eq!(admit(&mut held, later), Admission::Call { trial: true });
-        assert_eq!(settle(&mut held, Some(503), true, PAUSES, later), None);
-        assert_eq!(settle(&mut held, None, false, PAUSES, later), None);
-    }
-
-    #[test]
-    fn a_late_failure_of_another_call_does_not_release_and_a_zero_pause_never_holds() {
-        let start = Instant::now();
-        let mut held = None;
-        settle(&mut held, Some(401), false, PAUSES, start);
-        assert_eq!(
-            settle(&mut held, Some(500), false, PAUSES, start),
-            Some(HoldReason::Unauthorized),
-            "a call that was in flight before the hold"
-        );
-        assert_eq!(
-            settle(&mut held, Some(200), false, PAUSES, start),
-            None,
-            "a success shows the credential works"
-        );
-        let off = HoldPauses {
-            unauthorized: Duration::ZERO,
-            gone: Duration::ZERO,
+        settle(&mut state, Some(200), false, 0, POLICY, start);
+        assert_eq!(state.held, None, "a success shows the credential works");
+        let off = HoldPolicy {
+            pause_on_unauthorized: Duration::ZERO,
+            disable_on_gone: false,
         };
-        assert_eq!(settle(&mut held, Some(401), false, off, start), None);
-        assert_eq!(settle(&mut held, Some(410), false, off, start), None);
-        assert_eq!(admit(&mut held, start), Admission::Call { trial: false });
+        assert_eq!(
+            settle(&mut state, Some(401), false, 0, off, start),
+            decide()
+        );
+        assert_eq!(
+            settle(&mut state, Some(410), false, 0, off, start),
+            decide()
+        );
+        assert_eq!(call(&mut state, start), (false, 0));
     }
 }

@@ -6,22 +6,25 @@
 //! - [`config`]: the configuration file and command line;
 //! - [`pipeline`]: consumer, dispatcher with backpressure, keyed lanes, commit loop;
 //! - [`process`]: deciding one message;
-//! - [`hold`]: holding an upstream that refuses everyone (401, 403, 410);
+//! - [`hold`]: holding an upstream that refuses everyone (401, 403) or is disabled (410);
+//! - [`control`]: the upstream control topic, which disables and re-enables upstreams;
 //! - [`records`]: the records an outcome produces;
 //! - [`dlq`]: dead-letter copies bounded whatever was read;
 //! - [`tracker`]: which outcomes may be committed (the contiguous prefix per partition);
-//! - [`committer`]: the transaction itself;
-//! - [`replay`]: moving DLQ records back to the ingress topic.
+//! - [`committer`]: the transaction itself.
+//!
+//! Replaying dead letters (`ingest-worker replay-dlq`) lives in [`relais_operator::replay`],
+//! shared with the gateway's admin API.
 
 pub mod committer;
 pub mod config;
+pub mod control;
 pub mod dlq;
 pub mod hold;
 pub mod metrics;
 pub mod pipeline;
 pub mod process;
 pub mod records;
-pub mod replay;
 pub mod status;
 pub mod tracker;
 
@@ -97,9 +100,10 @@ pub async fn run(
             .endpoint(&upstream.path)
             .with_context(|| format!("upstream {name}"))?;
         let hold = Arc::new(hold::UpstreamHold::new(
-            upstream.hold_pauses(),
+            name,
+            upstream.hold_policy(),
             metrics.upstream_held(name, hold::HoldReason::Unauthorized),
-            metrics.upstream_held(name, hold::HoldReason::Gone),
+            metrics.upstream_held(name, hold::HoldReason::Disabled),
         ));
         upstreams.insert(
             name.clone(),
@@ -172,6 +176,31 @@ pub async fn run(
     )
     .await?;
 
+    // Disabled upstreams are held before the first message is read.
+    let control_follower = control::follow(
+        config.kafka_client(&args.kafka_bootstrap),
+        config.kafka.control_topic.clone(),
+        upstreams
+            .iter()
+            .map(|(name, upstream)| (name.clone(), Arc::clone(&upstream.hold)))
+            .collect(),
+        shutdown.clone(),
+    )
+    .await?;
+    let control_producer: FutureProducer = client_config(&args, &config)
+        .set("client.id", format!("{worker_id}-control"))
+        .create()
+        .context("cannot create the control producer")?;
+    let (disabled, disabled_receiver) = control::DisabledSender::channel();
+    let control_publisher = tokio::spawn(control::publish(
+        disabled_receiver,
+        control_producer,
+        config.kafka.control_topic.clone(),
+        config.kafka.audit_topic.clone(),
+        worker_id.clone(),
+        shutdown.clone(),
+    ));
+
     let status_upstreams: Vec<Upstream> = upstreams.values().cloned().collect();
     let processor = Arc::new(Processor {
         normaliser: relais_ingress::Normaliser::new(
@@ -188,6 +217,7 @@ pub async fn run(
         dlq_limits: config.dlq.limits(),
         worker_id: worker_id.clone(),
         fail_fast_when_open: config.pipeline.fail_fast_when_open,
+        disabled,
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     });
@@ -279,6 +309,8 @@ pub async fn run(
         None => commits.await,
     };
     lag_reporter.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(3), control_publisher).await;
+    let _ = tokio::task::spawn_blocking(move || control_follower.join()).await;
     if let Some(status_reporter) = status_reporter {
         let _ = tokio::time::timeout(Duration::from_secs(3), status_reporter).await;
     }

@@ -30,10 +30,10 @@ async fn main() -> ExitCode {
             let request = command.replay_request().unwrap_or_default();
             process
                 .run(drain_timeout, async move {
-                    let summary = relais_ingest_worker::replay::replay(
-                        &args.kafka_bootstrap,
-                        &config,
+                    let summary = relais_operator::replay::replay(
+                        &config.replay_target(&args.kafka_bootstrap),
                         &request,
+                        &|_| {},
                     )
                     .await?;
                     let mut stdout = std::io::stdout().lock();

@@ -186,7 +186,7 @@ impl WorkerMetrics {
         );
         worker.register(
             "upstream_held",
-            "1 while an upstream is held because it refused every call (reason unauthorized: 401/403; gone: 410): its messages wait, then one trial call",
+            "1 while an upstream is held and its messages wait: reason unauthorized (it answered 401/403; one trial call per pause) or disabled (it answered 410, or an operator disabled it; until re-enabled through the gateway)",
             metrics.upstream_held.clone(),
         );
         for outcome in ["delivered", "rejected", "failed", "dead_lettered"] {

@@ -17,8 +17,9 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::RoutingConfig;
+use crate::control::{Disabled, DisabledSender};
 use crate::dlq::DlqLimits;
-use crate::hold::{Admission, UpstreamHold};
+use crate::hold::{Admission, UpstreamHold, Verdict};
 use crate::metrics::WorkerMetrics;
 use crate::records::{self, Decided, Inbound, OutRecord, Outcome, OutputTopics};
 
@@ -40,6 +41,8 @@ pub struct Processor {
     pub dlq_limits: DlqLimits,
     pub worker_id: String,
     pub fail_fast_when_open: bool,
+    /// Where an upstream this worker found gone (410) is announced.
+    pub disabled: DisabledSender,
     pub metrics: WorkerMetrics,
     pub shutdown: CancellationToken,
 }
@@ -165,10 +168,11 @@ impl Processor {
         let mut attempts = Vec::new();
         let mut parked = false;
         loop {
-            // A held upstream (it refused everyone: 401, 403, 410) is waited for like an open
-            // circuit; fail-fast mode does not apply, since the message is not at fault.
-            let trial = match upstream.hold.admit() {
-                Admission::Call { trial } => trial,
+            // A held upstream (it refused everyone: 401, 403, 410, or is disabled) is waited for
+            // like an open circuit; fail-fast mode does not apply, since the message is not at
+            // fault.
+            let (trial, epoch) = match upstream.hold.admit() {
+                Admission::Call { trial, epoch } => (trial, epoch),
                 Admission::Wait(wait) => {
                     if !parked {
                         parked = true;
@@ -186,22 +190,31 @@ impl Processor {
                 .await;
             attempts.extend(delivery.attempts.iter().cloned());
             keep_first_and_latest(&mut attempts);
-            let held = match delivery.outcome {
+            let verdict = match delivery.outcome {
                 // Nothing reached the upstream: the trial, if this was one, is still to be made.
                 CallOutcome::Refused(_) => {
                     if trial {
                         upstream.hold.abandon_trial();
                     }
-                    None
+                    Verdict::Decide
                 }
                 CallOutcome::Response { status } => {
-                    upstream
-                        .hold
-                        .settle(Some(status), trial, upstream.client.name())
+                    let (verdict, disabled_now) = upstream.hold.settle(Some(status), trial, epoch);
+                    if disabled_now {
+                        self.disabled.send(Disabled {
+                            upstream: upstream.client.name().to_owned(),
+                            detail: format!(
+                                "{status} from {} for message {}",
+                                upstream.endpoint, event.id
+                            ),
+                            trace_id: current_trace().0,
+                        });
+                    }
+                    verdict
                 }
-                CallOutcome::Failed(_) => upstream.hold.settle(None, trial, upstream.client.name()),
+                CallOutcome::Failed(_) => upstream.hold.settle(None, trial, epoch).0,
             };
-            if held.is_some() {
+            if verdict == Verdict::CallAgain {
                 if !parked {
                     parked = true;
                     self.metrics.parked.inc();

@@ -9,12 +9,21 @@ use std::time::Duration;
 use common::*;
 use relais_ingest_worker::config::{KafkaConfig, PipelineConfig, WorkerConfig};
 use relais_ingest_worker::records::headers;
-use relais_ingest_worker::replay::{ReplayRequest, Selection, replay};
+use relais_operator::replay::{ReplayRequest, ReplaySummary, Selection, replay};
 use relais_proto::v1::Outcome;
 use relais_resilience::UpstreamPolicy;
 use relais_resilience::policy::RetryPolicyConfig;
+use relais_test_support::KafkaTestEnv;
 use relais_test_support::unique_name;
 use serde_json::json;
+
+async fn run_replay(
+    kafka: &KafkaTestEnv,
+    config: &WorkerConfig,
+    request: &ReplayRequest,
+) -> anyhow::Result<ReplaySummary> {
+    replay(&config.replay_target(kafka.bootstrap()), request, &|_| {}).await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replayed_dead_letters_are_delivered_after_the_upstream_recovers() {
@@ -77,8 +86,8 @@ async fn replayed_dead_letters_are_delivered_after_the_upstream_recovers() {
         requested_by: "it".into(),
         ..ReplayRequest::default()
     };
-    let dry = replay(
-        kafka.bootstrap(),
+    let dry = run_replay(
+        &kafka,
         &config,
         &ReplayRequest {
             dry_run: true,
@@ -88,7 +97,7 @@ async fn replayed_dead_letters_are_delivered_after_the_upstream_recovers() {
     .await
     .unwrap();
     assert_eq!((dry.scanned, dry.replayed, dry.skipped), (9, 8, 1));
-    let summary = replay(kafka.bootstrap(), &config, &retries_exhausted)
+    let summary = run_replay(&kafka, &config, &retries_exhausted)
         .await
         .unwrap();
     assert_eq!(summary.replayed, 8, "the malformed one stays in the DLQ");
@@ -105,7 +114,7 @@ async fn replayed_dead_letters_are_delivered_after_the_upstream_recovers() {
     assert_eq!(ids, (0..8).map(|i| format!("d-{i}")).collect::<Vec<_>>());
 
     // The ledger remembers: the same replay again finds nothing left to replay.
-    let again = replay(kafka.bootstrap(), &config, &retries_exhausted)
+    let again = run_replay(&kafka, &config, &retries_exhausted)
         .await
         .unwrap();
     assert_eq!(
@@ -134,9 +143,9 @@ async fn every_dead_letter_stays_reachable_whatever_earlier_replays_selected() {
         PipelineConfig::default(),
         None,
     );
-    // 410 as a final FAILED answer, as before upstreams were held for it.
+    // 410 as a final FAILED answer, as before upstreams were disabled for it.
     for upstream in config.upstreams.values_mut() {
-        upstream.pause_on_gone = Duration::ZERO;
+        upstream.disable_on_gone = false;
     }
     let worker = Worker::start_config(&kafka, config);
     let now = chrono::Utc::now().to_rfc3339();
@@ -178,11 +187,11 @@ async fn every_dead_letter_stays_reachable_whatever_earlier_replays_selected() {
         requested_by: "it".into(),
         ..ReplayRequest::default()
     };
-    let gone = replay(kafka.bootstrap(), &config, &request("http_410"))
+    let gone = run_replay(&kafka, &config, &request("http_410"))
         .await
         .unwrap();
     assert_eq!((gone.replayed, gone.skipped), (10, 5), "{gone:?}");
-    let typed = replay(kafka.bootstrap(), &config, &request("wrong_type"))
+    let typed = run_replay(&kafka, &config, &request("wrong_type"))
         .await
         .unwrap();
     assert_eq!(
@@ -201,7 +210,7 @@ async fn every_dead_letter_stays_reachable_whatever_earlier_replays_selected() {
         Duration::from_millis(500),
     )
     .await;
-    let all = replay(kafka.bootstrap(), &config, &ReplayRequest::default())
+    let all = run_replay(&kafka, &config, &ReplayRequest::default())
         .await
         .unwrap();
     assert_eq!((all.replayed, all.already_replayed), (5, 15), "{all:?}");

@@ -57,6 +57,17 @@ pub struct GatewayConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     pub events_topic: String,
+    /// The workers' topics, for the admin API: where a replay reads dead letters and writes
+    /// them back, the replay ledger, the upstream control topic, and the audit topic that
+    /// records every admin action. Set them as the workers have them.
+    pub ingress_topic: String,
+    pub dlq_topic: String,
+    pub replay_ledger_topic: String,
+    pub control_topic: String,
+    pub audit_topic: String,
+    /// The workers' consumer group: a replay started here shares its transactional id with
+    /// `ingest-worker replay-dlq` for that group, so two replays never run at once.
+    pub worker_group_id: String,
     /// At start-up the gateway reads back this much of the topic, so its windows and history
     /// are full at once instead of empty after every restart.
     #[serde(with = "humantime_serde")]
@@ -72,6 +83,12 @@ impl Default for KafkaConfig {
     fn default() -> Self {
         Self {
             events_topic: "relais.events".into(),
+            ingress_topic: "relais.ingress".into(),
+            dlq_topic: "relais.dlq".into(),
+            replay_ledger_topic: "relais.dlq-replays".into(),
+            control_topic: "relais.upstream-control".into(),
+            audit_topic: "relais.audit".into(),
+            worker_group_id: "relais-ingest".into(),
             warm_up: Duration::from_secs(15 * 60),
             metadata_refresh: Duration::from_secs(30),
         }

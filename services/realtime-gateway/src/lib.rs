@@ -5,6 +5,7 @@
 //! - [`stats`] (1, 5 and 15 minute aggregates);
 //! - [`workers`]: the `WorkerReport` gRPC service and the registry of worker replicas;
 //! - [`audit`]: the `AuditQuery` client for trace lookups;
+//! - [`upstreams`] and [`replays`]: what admins steer (upstream states, DLQ replay jobs);
 //! - [`api`]: REST `/api/v1` with its OpenAPI document, behind [`auth`];
 //! - [`ws`] and [`protocol`]: the WebSocket feed;
 //! - [`dashboard`]: the browser dashboard, embedded in the binary.
@@ -19,7 +20,9 @@ pub mod history;
 pub mod intake;
 pub mod metrics;
 pub mod protocol;
+pub mod replays;
 pub mod stats;
+pub mod upstreams;
 pub mod workers;
 pub mod ws;
 
@@ -38,7 +41,9 @@ use crate::config::{Args, GatewayConfig};
 use crate::history::History;
 use crate::intake::{Intake, Sinks};
 use crate::metrics::GatewayMetrics;
+use crate::replays::ReplayJobs;
 use crate::stats::Stats;
+use crate::upstreams::Upstreams;
 use crate::workers::{ReportService, WorkerRegistry};
 
 /// The bound addresses of a running gateway (tests start it on port 0).
@@ -115,6 +120,29 @@ pub async fn start(
     )?;
     let intake_task = tokio::spawn(intake.run(kafka_ready, shutdown.clone()));
 
+    let kafka = relais_operator::KafkaClient {
+        bootstrap: args.kafka_bootstrap.clone(),
+        settings: Default::default(),
+    };
+    let upstreams = Arc::new(Upstreams::new(
+        &kafka,
+        &config.kafka.control_topic,
+        &config.kafka.audit_topic,
+    )?);
+    let control_task = tokio::spawn(Arc::clone(&upstreams).follow(kafka.clone(), shutdown.clone()));
+    let replays = Arc::new(ReplayJobs::new(
+        relais_operator::replay::ReplayTarget {
+            kafka,
+            dlq_topic: config.kafka.dlq_topic.clone(),
+            ingress_topic: config.kafka.ingress_topic.clone(),
+            ledger_topic: config.kafka.replay_ledger_topic.clone(),
+            transactional_id: relais_operator::replay::ReplayTarget::transactional_id_of(
+                &config.kafka.worker_group_id,
+            ),
+        },
+        &config.kafka.audit_topic,
+    )?);
+
     let grpc_listener = tokio::net::TcpListener::bind(args.grpc_addr)
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", args.grpc_addr))?;
@@ -134,6 +162,8 @@ pub async fn start(
         stats,
         workers,
         audit,
+        upstreams,
+        replays,
         tokens: Arc::new(tokens),
         limiter: RateLimiter::new(
             config.http.rate_limit_per_second,
@@ -174,6 +204,7 @@ pub async fn start(
         let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
         let _ = grpc_task.await;
         let _ = intake_task.await;
+        let _ = control_task.await;
         admin.join().await;
     });
     Ok(Running { bound, task })

@@ -63,7 +63,7 @@ pub struct WorkerCircuit {
     pub state: CircuitState,
     pub since: Option<String>,
     /// Why the worker holds the upstream's deliveries: `unauthorized` (it answered 401/403) or
-    /// `gone` (410); absent when not held.
+    /// `disabled` (it answered 410, or an operator disabled it); absent when not held.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held: Option<String>,
 }

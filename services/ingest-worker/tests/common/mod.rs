@@ -72,6 +72,9 @@ pub struct Topics {
     pub audit: String,
     pub events: String,
     pub dlq: String,
+    /// The upstream control topic; each test has its own, so no test sees another's upstreams
+    /// disabled.
+    pub control: String,
 }
 
 impl Topics {
@@ -81,6 +84,9 @@ impl Topics {
             audit: kafka.create_topic("it-audit", 3).await,
             events: kafka.create_topic("it-events", 3).await,
             dlq: kafka.create_topic("it-dlq", 1).await,
+            control: kafka
+                .create_topic_with("it-control", 1, &[("cleanup.policy", "compact")])
+                .await,
         }
     }
 }
@@ -213,6 +219,7 @@ pub fn worker_config(
             audit_topic: topics.audit.clone(),
             events_topic: topics.events.clone(),
             dlq_topic: topics.dlq.clone(),
+            control_topic: topics.control.clone(),
             ..KafkaConfig::default()
         },
         pipeline,

@@ -5,6 +5,7 @@
 //! body size limit; protected routes then pass authentication and the rate limit, and routes
 //! that change state also the admin check.
 
+pub mod admin;
 pub mod guard;
 pub mod problem;
 pub mod routes;
@@ -18,7 +19,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use relais_telemetry::admin::Readiness;
 use relais_telemetry::shutdown::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -34,7 +35,9 @@ use crate::auth::{RateLimiter, Tokens};
 use crate::config::GatewayConfig;
 use crate::history::History;
 use crate::metrics::GatewayMetrics;
+use crate::replays::ReplayJobs;
 use crate::stats::Stats;
+use crate::upstreams::Upstreams;
 use crate::workers::WorkerRegistry;
 use crate::{dashboard, ws};
 
@@ -45,6 +48,8 @@ pub struct AppState {
     pub stats: Arc<Stats>,
     pub workers: Arc<WorkerRegistry>,
     pub audit: AuditClient,
+    pub upstreams: Arc<Upstreams>,
+    pub replays: Arc<ReplayJobs>,
     pub tokens: Arc<Tokens>,
     pub limiter: RateLimiter,
     pub metrics: GatewayMetrics,
@@ -62,8 +67,10 @@ pub struct AppState {
     info(
         title = "Relais realtime-gateway",
         description = "Live view of the Relais pipeline: aggregates, recent events, traces joined \
-                       with the audit trail, worker replicas and circuit breakers. Every route \
-                       needs a bearer token; errors are RFC 9457 problem details.",
+                       with the audit trail, worker replicas, circuit breakers and upstreams; \
+                       and, for admin tokens, disabling and re-enabling upstreams and DLQ \
+                       replay jobs, each recorded in the audit trail with the token's name. \
+                       Every route needs a bearer token; errors are RFC 9457 problem details.",
     ),
     paths(
         routes::stats,
@@ -72,6 +79,12 @@ pub struct AppState {
         routes::workers,
         routes::forget_worker,
         routes::circuits,
+        admin::upstreams,
+        admin::enable_upstream,
+        admin::disable_upstream,
+        admin::start_replay,
+        admin::replays,
+        admin::replay,
         routes::openapi,
         ws::upgrade,
     ),
@@ -124,7 +137,7 @@ fn cors(origins: &[String]) -> CorsLayer {
         .collect();
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
-        .allow_methods([Method::GET, Method::DELETE])
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
         .max_age(Duration::from_secs(600))
 }
@@ -148,10 +161,24 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/traces/{trace_id}", get(routes::trace))
         .route("/api/v1/workers", get(routes::workers))
         .route("/api/v1/circuits", get(routes::circuits))
+        .route("/api/v1/upstreams", get(admin::upstreams))
         .route("/api/v1/openapi.json", get(routes::openapi))
         .merge(
             Router::new()
                 .route("/api/v1/workers/{worker_id}", delete(routes::forget_worker))
+                .route(
+                    "/api/v1/admin/upstreams/{name}/enable",
+                    post(admin::enable_upstream),
+                )
+                .route(
+                    "/api/v1/admin/upstreams/{name}/disable",
+                    post(admin::disable_upstream),
+                )
+                .route(
+                    "/api/v1/admin/replays",
+                    get(admin::replays).post(admin::start_replay),
+                )
+                .route("/api/v1/admin/replays/{job_id}", get(admin::replay))
                 .route_layer(middleware::from_fn_with_state(
                     state.clone(),
                     guard::require_admin,

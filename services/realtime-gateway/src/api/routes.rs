@@ -84,7 +84,8 @@ pub struct EventsPage {
     pub next_cursor: Option<String>,
 }
 
-fn parse_time(name: &str, value: Option<&str>) -> Result<Option<SystemTime>, Problem> {
+/// An optional RFC 3339 query or body field.
+pub(super) fn parse_time(name: &str, value: Option<&str>) -> Result<Option<SystemTime>, Problem> {
     value
         .map(|text| {
             chrono::DateTime::parse_from_rfc3339(text)

@@ -50,8 +50,9 @@ impl Drop for Gateway {
 }
 
 impl Gateway {
-    pub async fn start(kafka: &KafkaTestEnv, config: GatewayConfig, audit_url: &str) -> Self {
+    pub async fn start(kafka: &KafkaTestEnv, mut config: GatewayConfig, audit_url: &str) -> Self {
         init_telemetry();
+        isolate_worker_topics(kafka, &mut config).await;
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let args = Args {
             config: None,
@@ -164,6 +165,54 @@ impl Gateway {
         );
         Feed { socket }
     }
+}
+
+/// Gives the gateway its own copy of every worker topic the test did not set, so that what a
+/// test (or the API fuzzer) does through the admin API never reaches the shared defaults.
+async fn isolate_worker_topics(kafka: &KafkaTestEnv, config: &mut GatewayConfig) {
+    let defaults = relais_realtime_gateway::config::KafkaConfig::default();
+    let topics = &mut config.kafka;
+    if topics.control_topic == defaults.control_topic {
+        topics.control_topic = kafka
+            .create_topic_with("it-control", 1, &[("cleanup.policy", "compact")])
+            .await;
+    }
+    if topics.replay_ledger_topic == defaults.replay_ledger_topic {
+        topics.replay_ledger_topic = kafka
+            .create_topic_with("it-replays", 1, &[("cleanup.policy", "compact")])
+            .await;
+    }
+    for (topic, default, prefix) in [
+        (
+            &mut topics.ingress_topic,
+            &defaults.ingress_topic,
+            "it-ingress",
+        ),
+        (&mut topics.dlq_topic, &defaults.dlq_topic, "it-dlq"),
+        (&mut topics.audit_topic, &defaults.audit_topic, "it-audit"),
+    ] {
+        if topic == default {
+            *topic = kafka.create_topic(prefix, 1).await;
+        }
+    }
+    if topics.worker_group_id == defaults.worker_group_id {
+        topics.worker_group_id = relais_test_support::unique_name("it-group");
+    }
+}
+
+pub async fn post_json(
+    gateway: &Gateway,
+    path: &str,
+    token: &str,
+    body: &Value,
+) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(gateway.url(path))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
 }
 
 pub fn test_config(topic: &str) -> GatewayConfig {

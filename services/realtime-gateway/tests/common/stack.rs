@@ -20,10 +20,14 @@ pub struct Topics {
     pub audit: String,
     pub events: String,
     pub dlq: String,
+    pub control: String,
+    pub ledger: String,
 }
 
 pub struct Stack {
     pub gateway: Gateway,
+    /// The audit-service's gRPC address (`AuditQuery`).
+    pub audit_grpc: SocketAddr,
     pub topics: Topics,
     pub sim_admin: SocketAddr,
     stop: CancellationToken,
@@ -49,7 +53,14 @@ impl Stack {
             audit: kafka.create_topic("it-audit", 3).await,
             events: kafka.create_topic("it-events", 3).await,
             dlq: kafka.create_topic("it-dlq", 1).await,
+            control: kafka
+                .create_topic_with("it-control", 1, &[("cleanup.policy", "compact")])
+                .await,
+            ledger: kafka
+                .create_topic_with("it-replays", 1, &[("cleanup.policy", "compact")])
+                .await,
         };
+        let worker_group = unique_name("it-group");
         let any = "127.0.0.1:0".parse().unwrap();
         let sim = relais_upstream_sim::start(any, any, 1_000_000, stop.clone())
             .await
@@ -80,12 +91,14 @@ impl Stack {
             stop.clone(),
         ));
 
-        let gateway = Gateway::start(
-            kafka,
-            test_config(&topics.events),
-            &format!("http://{audit_grpc}"),
-        )
-        .await;
+        let mut gateway_config = test_config(&topics.events);
+        gateway_config.kafka.ingress_topic = topics.ingress.clone();
+        gateway_config.kafka.audit_topic = topics.audit.clone();
+        gateway_config.kafka.dlq_topic = topics.dlq.clone();
+        gateway_config.kafka.control_topic = topics.control.clone();
+        gateway_config.kafka.replay_ledger_topic = topics.ledger.clone();
+        gateway_config.kafka.worker_group_id = worker_group.clone();
+        let gateway = Gateway::start(kafka, gateway_config, &format!("http://{audit_grpc}")).await;
 
         let policy = UpstreamPolicy {
             attempt_timeout: Duration::from_millis(500),
@@ -115,11 +128,13 @@ impl Stack {
         };
         let worker_config = relais_ingest_worker::config::WorkerConfig {
             kafka: relais_ingest_worker::config::KafkaConfig {
-                group_id: unique_name("it-group"),
+                group_id: worker_group,
                 ingress_topic: topics.ingress.clone(),
                 audit_topic: topics.audit.clone(),
                 events_topic: topics.events.clone(),
                 dlq_topic: topics.dlq.clone(),
+                control_topic: topics.control.clone(),
+                replay_ledger_topic: topics.ledger.clone(),
                 ..relais_ingest_worker::config::KafkaConfig::default()
             },
             upstreams: BTreeMap::from([(
@@ -146,6 +161,7 @@ impl Stack {
         ));
         Self {
             gateway,
+            audit_grpc,
             topics,
             sim_admin: sim.admin,
             _stop_on_drop: stop.clone().drop_guard(),

@@ -1,4 +1,5 @@
-//! `ingest-worker replay-dlq`: moves dead-lettered records back to the ingress topic.
+//! Replaying dead letters: moves DLQ records back to the ingress topic. Run from the command line
+//! (`ingest-worker replay-dlq`) or as a job through the realtime-gateway's admin API.
 //!
 //! A replay reads every DLQ partition by assignment, from its start up to the end it had when
 //! the replay began (records that fail again and return to the DLQ are not looped), and selects
@@ -28,11 +29,11 @@ use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::config::WorkerConfig;
-use crate::records::headers;
+use crate::KafkaClient;
+use crate::headers;
 
 /// Records replayed per transaction.
 const BATCH: usize = 500;
@@ -83,9 +84,39 @@ impl Selection {
     }
 }
 
+/// Where a replay reads and writes.
+#[derive(Debug, Clone)]
+pub struct ReplayTarget {
+    pub kafka: KafkaClient,
+    pub dlq_topic: String,
+    pub ingress_topic: String,
+    pub ledger_topic: String,
+    /// Shared by every replay of one pipeline, so that a second replay started meanwhile
+    /// (from the command line or the gateway) fences the first instead of racing it.
+    pub transactional_id: String,
+}
+
+impl ReplayTarget {
+    /// The transactional id of the replays of the worker group `group_id`.
+    pub fn transactional_id_of(group_id: &str) -> String {
+        format!("relais-replay-{group_id}")
+    }
+}
+
+/// A new replay's id: `replay-{UTC time}-{random}`.
+pub fn new_job_id() -> String {
+    format!(
+        "replay-{}-{:08x}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        rand::random::<u32>()
+    )
+}
+
 /// One replay run as asked for.
 #[derive(Debug, Clone, Default)]
 pub struct ReplayRequest {
+    /// The run's id ([`new_job_id`]); one is made when empty.
+    pub job: String,
     pub selection: Selection,
     /// Stop after this many replayed records.
     pub limit: Option<u64>,
@@ -95,8 +126,8 @@ pub struct ReplayRequest {
     pub requested_by: String,
 }
 
-/// What a replay did.
-#[derive(Debug, Default, Serialize)]
+/// What a replay did (or has done so far).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ReplaySummary {
     /// This run's id, on every replayed record (`relais-replay-job`) and in the ledger.
     pub job: String,
@@ -118,38 +149,25 @@ fn ledger_key(topic: &str, partition: i32, offset: i64) -> String {
     format!("{topic}/{partition}/{offset}")
 }
 
-/// Replays the selected DLQ records; see the module docs.
+/// Replays the selected DLQ records; see the module docs. `progress` is called with the counts
+/// after every transaction and at the end.
 pub async fn replay(
-    bootstrap: &str,
-    config: &WorkerConfig,
+    target: &ReplayTarget,
     request: &ReplayRequest,
+    progress: &(dyn Fn(&ReplaySummary) + Send + Sync),
 ) -> anyhow::Result<ReplaySummary> {
-    let kafka = &config.kafka;
-    let client = |extra: &[(&str, &str)]| {
-        let mut client = ClientConfig::new();
-        client.set("bootstrap.servers", bootstrap);
-        for (key, value) in &kafka.client {
-            client.set(key, value);
-        }
-        for (key, value) in extra {
-            client.set(*key, *value);
-        }
-        client
+    let job = if request.job.is_empty() {
+        new_job_id()
+    } else {
+        request.job.clone()
     };
-    let job = format!(
-        "replay-{}-{:08x}",
-        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
-        rand::random::<u32>()
-    );
-    let producer: FutureProducer = client(&[
-        (
-            "transactional.id",
-            &format!("relais-replay-{}", kafka.group_id),
-        ),
-        ("linger.ms", "5"),
-    ])
-    .create()
-    .context("cannot create the producer")?;
+    let producer: FutureProducer = target
+        .kafka
+        .config()
+        .set("transactional.id", &target.transactional_id)
+        .set("linger.ms", "5")
+        .create()
+        .context("cannot create the producer")?;
     if !request.dry_run {
         // Fences a replay still running with the same id, and settles what it left open, so
         // the ledger read next is complete.
@@ -158,21 +176,11 @@ pub async fn replay(
             .await?
             .context("cannot initialise the replay's transactions")?;
     }
-    let ledger_topic = kafka.replay_ledger_topic.clone();
-    let dlq_topic = kafka.dlq_topic.clone();
-    let (bootstrap_owned, client_settings) = (bootstrap.to_owned(), kafka.client.clone());
+    let ledger_topic = target.ledger_topic.clone();
+    let dlq_topic = target.dlq_topic.clone();
+    let kafka = target.kafka.clone();
     let reader = move || -> anyhow::Result<BaseConsumer> {
-        let mut reader = ClientConfig::new();
-        reader
-            .set("bootstrap.servers", &bootstrap_owned)
-            .set("group.id", "relais-replay-reader")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("isolation.level", "read_committed");
-        for (key, value) in &client_settings {
-            reader.set(key, value);
-        }
-        reader.create().context("cannot create a reader")
+        kafka.reader().create().context("cannot create a reader")
     };
 
     let ledger = {
@@ -220,18 +228,20 @@ pub async fn replay(
             if batch.len() >= BATCH {
                 write_batch(
                     &producer,
-                    config,
+                    target,
                     &job,
                     request,
                     &std::mem::take(&mut batch),
                 )
                 .await?;
+                progress(&summary);
             }
         }
     }
     if !batch.is_empty() {
-        write_batch(&producer, config, &job, request, &batch).await?;
+        write_batch(&producer, target, &job, request, &batch).await?;
     }
+    progress(&summary);
     tracing::info!(
         job,
         requested_by = %request.requested_by,
@@ -256,7 +266,7 @@ struct Letter {
 /// Writes one batch of replayed records and their ledger entries in one transaction.
 async fn write_batch(
     producer: &FutureProducer,
-    config: &WorkerConfig,
+    target: &ReplayTarget,
     job: &str,
     request: &ReplayRequest,
     batch: &[(String, Letter)],
@@ -284,7 +294,7 @@ async fn write_batch(
                 key: headers::REPLAY_JOB,
                 value: Some(job),
             });
-        let mut record = FutureRecord::to(&config.kafka.ingress_topic)
+        let mut record = FutureRecord::to(&target.ingress_topic)
             .payload(&letter.payload)
             .headers(headers);
         if let Some(key) = &letter.key {
@@ -302,7 +312,7 @@ async fn write_batch(
         deliveries.push(
             producer
                 .send_result(
-                    FutureRecord::to(&config.kafka.replay_ledger_topic)
+                    FutureRecord::to(&target.ledger_topic)
                         .key(ledger_key)
                         .payload(&entry),
                 )
