@@ -16,6 +16,10 @@ pub const OPERATOR_ACTION_SCHEMA: &str = "relais.v1.OperatorAction";
 
 pub const UPSTREAM_DISABLED: &str = "upstream.disabled";
 pub const UPSTREAM_ENABLED: &str = "upstream.enabled";
+/// A worker holds an upstream that answered 401/403 (a trial call per pause).
+pub const UPSTREAM_HELD: &str = "upstream.held";
+/// ... and released it: the upstream answered otherwise.
+pub const UPSTREAM_RELEASED: &str = "upstream.released";
 pub const REPLAY_STARTED: &str = "replay.started";
 pub const REPLAY_FINISHED: &str = "replay.finished";
 

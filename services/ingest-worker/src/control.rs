@@ -1,7 +1,9 @@
 //! The worker's side of the upstream control topic ([`relais_operator::control`]): every
 //! upstream's state as last set is applied to its [`UpstreamHold`], at start-up before the
-//! first delivery and then as it changes; and an upstream this worker saw answer 410 is
-//! published as disabled, for the other replicas and for the audit trail.
+//! first delivery and then as it changes. What this worker's calls change is told beyond it:
+//! an upstream that answered 410 is published as disabled (for the other replicas) and every
+//! hold, disabling and release is an operator action in the audit trail (actor
+//! `worker:{id}`), the operational event an operator finds beside the messages it held.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use relais_operator::control::{ControlFollower, UpstreamControl};
 use relais_telemetry::shutdown::CancellationToken;
 use tokio::sync::mpsc;
 
-use crate::hold::UpstreamHold;
+use crate::hold::{HoldChange, UpstreamHold};
 
 /// Longest a worker waits at start-up for the current state of its upstreams.
 const CATCH_UP_DEADLINE: Duration = Duration::from_secs(60);
@@ -60,33 +62,34 @@ fn apply(holds: &BTreeMap<String, Arc<UpstreamHold>>, control: &UpstreamControl)
     hold.set_enabled(control.enabled);
 }
 
-/// An upstream this worker found gone.
+/// A change of an upstream's hold made by one of this worker's calls.
 #[derive(Debug)]
-pub struct Disabled {
+pub struct HoldEvent {
+    pub change: HoldChange,
     pub upstream: String,
+    /// The answer and the message that made it.
     pub detail: String,
     pub trace_id: String,
 }
 
-/// Hands disabled upstreams to [`publish`]; cheap to clone, never waits.
+/// Hands hold events to [`publish`]; cheap to clone, never waits.
 #[derive(Debug, Clone)]
-pub struct DisabledSender(mpsc::Sender<Disabled>);
+pub struct HoldEvents(mpsc::Sender<HoldEvent>);
 
-/// Upstreams found gone and not yet published, at most. Each upstream is disabled once per
-/// re-enabling, so more than a handful at once means many upstreams went away together.
+/// Events not yet published, at most. Holds change once per upstream per outage, so more than
+/// a handful at once means many upstreams changed together.
 const PENDING: usize = 64;
 
-impl DisabledSender {
-    pub fn channel() -> (Self, mpsc::Receiver<Disabled>) {
+impl HoldEvents {
+    pub fn channel() -> (Self, mpsc::Receiver<HoldEvent>) {
         let (sender, receiver) = mpsc::channel(PENDING);
         (Self(sender), receiver)
     }
 
-    pub fn send(&self, disabled: Disabled) {
-        if let Err(error) = self.0.try_send(disabled) {
-            // The hold is in place here already; only the other replicas learn it later (from
-            // their own 410).
-            tracing::warn!(%error, "cannot publish a disabled upstream");
+    pub fn send(&self, event: HoldEvent) {
+        if let Err(error) = self.0.try_send(event) {
+            // The hold is in place here already; only its report is lost.
+            tracing::warn!(%error, "cannot publish an upstream hold change");
         }
     }
 }
@@ -94,10 +97,10 @@ impl DisabledSender {
 /// How long a failed write waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(2);
 
-/// Writes each disabled upstream to the control topic and the audit trail, retrying until
-/// the broker has it or shutdown.
+/// Writes each hold change to the audit trail, and a disabled upstream to the control topic
+/// first, retrying until the broker has it or shutdown.
 pub async fn publish(
-    mut receiver: mpsc::Receiver<Disabled>,
+    mut receiver: mpsc::Receiver<HoldEvent>,
     producer: FutureProducer,
     control_topic: String,
     audit_topic: String,
@@ -106,40 +109,47 @@ pub async fn publish(
 ) {
     let actor = format!("worker:{worker_id}");
     loop {
-        let disabled = tokio::select! {
+        let event = tokio::select! {
             _ = shutdown.cancelled() => return,
-            disabled = receiver.recv() => match disabled {
-                Some(disabled) => disabled,
+            event = receiver.recv() => match event {
+                Some(event) => event,
                 None => return,
             },
         };
-        let control = UpstreamControl {
-            upstream: disabled.upstream.clone(),
+        let control = (event.change == HoldChange::Disabled).then(|| UpstreamControl {
+            upstream: event.upstream.clone(),
             enabled: false,
             reason: "http_410".into(),
-            detail: disabled.detail.clone(),
+            detail: event.detail.clone(),
             changed_by: actor.clone(),
             changed_at: chrono::Utc::now().to_rfc3339(),
-        };
+        });
         let action = actions::action_now(
-            actions::UPSTREAM_DISABLED,
-            actions::upstream_subject(&disabled.upstream),
+            match event.change {
+                HoldChange::Disabled => actions::UPSTREAM_DISABLED,
+                HoldChange::Held => actions::UPSTREAM_HELD,
+                HoldChange::Released => actions::UPSTREAM_RELEASED,
+            },
+            actions::upstream_subject(&event.upstream),
             actor.clone(),
-            disabled.detail,
-            disabled.trace_id,
+            event.detail,
+            event.trace_id,
         );
         loop {
             let written = async {
-                relais_operator::control::publish(&producer, &control_topic, &control).await?;
+                if let Some(control) = &control {
+                    relais_operator::control::publish(&producer, &control_topic, control).await?;
+                }
                 actions::record(&producer, &audit_topic, &action).await
             };
             match written.await {
                 Ok(()) => break,
                 Err(error) => {
                     tracing::warn!(
-                        upstream = %control.upstream,
+                        subject = %action.subject,
+                        action = %action.action,
                         error = format!("{error:#}"),
-                        "cannot publish the disabled upstream yet; retrying"
+                        "cannot publish the upstream's change yet; retrying"
                     );
                     tokio::select! {
                         _ = shutdown.cancelled() => return,

@@ -110,6 +110,17 @@ pub enum Verdict {
     CallAgain,
 }
 
+/// A change of an upstream's hold that an answer made, to be told beyond this worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldChange {
+    /// It answered 410: disabled until re-enabled.
+    Disabled,
+    /// It answered 401/403: held, with a trial call per pause.
+    Held,
+    /// An unauthorized hold ended: it answered otherwise.
+    Released,
+}
+
 /// What settling an answer changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Settled {
@@ -264,11 +275,27 @@ impl UpstreamHold {
     }
 
     /// Takes a call's final answer (`None` when none arrived) with the epoch its admission
-    /// gave. Returns what to do with it, and whether this answer disabled the upstream.
-    pub fn settle(&self, answer: Option<u16>, trial: bool, epoch: u64) -> (Verdict, bool) {
-        let settled = self
-            .with_state(|state| settle(state, answer, trial, epoch, self.policy, Instant::now()));
-        (settled.verdict, settled.disabled_now)
+    /// gave. Returns what to do with it, and the change this answer made, if any.
+    pub fn settle(
+        &self,
+        answer: Option<u16>,
+        trial: bool,
+        epoch: u64,
+    ) -> (Verdict, Option<HoldChange>) {
+        self.with_state(|state| {
+            let before = state.held.map(|held| held.reason);
+            let settled = settle(state, answer, trial, epoch, self.policy, Instant::now());
+            let after = state.held.map(|held| held.reason);
+            let change = match (before, after) {
+                _ if settled.disabled_now => Some(HoldChange::Disabled),
+                (before, Some(HoldReason::Unauthorized)) if before.is_none() => {
+                    Some(HoldChange::Held)
+                }
+                (Some(HoldReason::Unauthorized), None) => Some(HoldChange::Released),
+                _ => None,
+            };
+            (settled.verdict, change)
+        })
     }
 
     /// Applies the upstream's state from the control topic.

@@ -191,9 +191,9 @@ pub async fn run(
         .set("client.id", format!("{worker_id}-control"))
         .create()
         .context("cannot create the control producer")?;
-    let (disabled, disabled_receiver) = control::DisabledSender::channel();
+    let (hold_changes, hold_change_receiver) = control::HoldEvents::channel();
     let control_publisher = tokio::spawn(control::publish(
-        disabled_receiver,
+        hold_change_receiver,
         control_producer,
         config.kafka.control_topic.clone(),
         config.kafka.audit_topic.clone(),
@@ -217,7 +217,7 @@ pub async fn run(
         dlq_limits: config.dlq.limits(),
         worker_id: worker_id.clone(),
         fail_fast_when_open: config.pipeline.fail_fast_when_open,
-        disabled,
+        hold_changes,
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     });

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::RoutingConfig;
-use crate::control::{Disabled, DisabledSender};
+use crate::control::{HoldEvent, HoldEvents};
 use crate::dlq::DlqLimits;
 use crate::hold::{Admission, UpstreamHold, Verdict};
 use crate::metrics::WorkerMetrics;
@@ -41,8 +41,8 @@ pub struct Processor {
     pub dlq_limits: DlqLimits,
     pub worker_id: String,
     pub fail_fast_when_open: bool,
-    /// Where an upstream this worker found gone (410) is announced.
-    pub disabled: DisabledSender,
+    /// Where this worker's answers that hold, disable or release an upstream are announced.
+    pub hold_changes: HoldEvents,
     pub metrics: WorkerMetrics,
     pub shutdown: CancellationToken,
 }
@@ -199,20 +199,9 @@ impl Processor {
                     Verdict::Decide
                 }
                 CallOutcome::Response { status } => {
-                    let (verdict, disabled_now) = upstream.hold.settle(Some(status), trial, epoch);
-                    if disabled_now {
-                        self.disabled.send(Disabled {
-                            upstream: upstream.client.name().to_owned(),
-                            detail: format!(
-                                "{status} from {} for message {}",
-                                upstream.endpoint, event.id
-                            ),
-                            trace_id: current_trace().0,
-                        });
-                    }
-                    verdict
+                    self.settle_hold(upstream, Some(status), trial, epoch, &event.id)
                 }
-                CallOutcome::Failed(_) => upstream.hold.settle(None, trial, epoch).0,
+                CallOutcome::Failed(_) => self.settle_hold(upstream, None, trial, epoch, &event.id),
             };
             if verdict == Verdict::CallAgain {
                 if !parked {
@@ -255,6 +244,31 @@ impl Processor {
                 return None;
             }
         }
+    }
+
+    /// Hands a call's answer to the upstream's hold, and announces the change it made.
+    fn settle_hold(
+        &self,
+        upstream: &Upstream,
+        answer: Option<u16>,
+        trial: bool,
+        epoch: u64,
+        message_id: &str,
+    ) -> Verdict {
+        let (verdict, change) = upstream.hold.settle(answer, trial, epoch);
+        if let Some(change) = change {
+            let answer = answer.map_or_else(|| "no answer".to_owned(), |status| status.to_string());
+            self.hold_changes.send(HoldEvent {
+                change,
+                upstream: upstream.client.name().to_owned(),
+                detail: format!(
+                    "{answer} from {} for message {message_id}",
+                    upstream.endpoint
+                ),
+                trace_id: current_trace().0,
+            });
+        }
+        verdict
     }
 
     /// Waits up to `wait` (bounded, so shutdown and recovery are noticed soon). False when

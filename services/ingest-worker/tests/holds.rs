@@ -9,8 +9,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use prost::Message as _;
 use relais_ingest_worker::config::PipelineConfig;
-use relais_proto::v1::Outcome;
+use relais_proto::v1::{OperatorAction, Outcome};
 use relais_resilience::UpstreamPolicy;
 use relais_test_support::unique_name;
 use serde_json::json;
@@ -69,6 +70,34 @@ async fn held_then_delivered(status: u16, reason: &str) {
     );
     assert_eq!(worker.metric(&held).await, 0.0);
     assert_eq!(worker.metric("relais_worker_parked_messages").await, 0.0);
+
+    // The hold and its end are operational events in the audit trail, by this worker.
+    let actions: Vec<OperatorAction> = read_exactly_where(
+        &kafka,
+        &topics.audit,
+        2,
+        Duration::from_secs(10),
+        Duration::from_secs(1),
+        is_operator_action,
+    )
+    .await
+    .iter()
+    .map(|read| OperatorAction::decode(read.payload.as_slice()).unwrap())
+    .collect();
+    let names: Vec<&str> = actions.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(names, ["upstream.held", "upstream.released"]);
+    assert!(
+        actions
+            .iter()
+            .all(|a| a.subject == "upstream/default" && a.actor.starts_with("worker:"))
+    );
+    assert!(
+        actions[0]
+            .detail
+            .starts_with(&format!("{status} from http://")),
+        "{}",
+        actions[0].detail
+    );
     worker.stop().await;
 }
 

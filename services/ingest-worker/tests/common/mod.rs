@@ -275,6 +275,18 @@ pub async fn read_exactly(
     within: Duration,
     settle: Duration,
 ) -> Vec<Read> {
+    read_exactly_where(kafka, topic, count, within, settle, |_| true).await
+}
+
+/// Like [`read_exactly`], counting only the records `keep` takes.
+pub async fn read_exactly_where(
+    kafka: &KafkaTestEnv,
+    topic: &str,
+    count: usize,
+    within: Duration,
+    settle: Duration,
+    keep: impl Fn(&Read) -> bool,
+) -> Vec<Read> {
     let consumer: StreamConsumer = kafka
         .client_config()
         .set("group.id", unique_name("it-reader"))
@@ -295,16 +307,34 @@ pub async fn read_exactly(
                 records.len()
             ),
         };
-        records.push(detach(&message));
+        let read = detach(&message);
+        if keep(&read) {
+            records.push(read);
+        }
     }
-    if let Ok(Ok(message)) = tokio::time::timeout(settle, consumer.recv()).await {
-        panic!(
+    let settled = Instant::now() + settle;
+    while let Ok(Ok(message)) = tokio::time::timeout(
+        settled.saturating_duration_since(Instant::now()),
+        consumer.recv(),
+    )
+    .await
+    {
+        assert!(
+            !keep(&detach(&message)),
             "more than {count} records on {topic}: offset {} partition {}",
             message.offset(),
             message.partition()
         );
     }
     records
+}
+
+/// Whether an audit topic record is an operator action rather than a message outcome.
+pub fn is_operator_action(read: &Read) -> bool {
+    read.headers
+        .get(relais_operator::actions::SCHEMA_HEADER)
+        .map(String::as_str)
+        == Some(relais_operator::actions::OPERATOR_ACTION_SCHEMA)
 }
 
 fn detach(message: &rdkafka::message::BorrowedMessage<'_>) -> Read {
@@ -335,7 +365,16 @@ pub async fn read_outcomes(
     count: usize,
     within: Duration,
 ) -> Vec<AuditRecord> {
-    audit_records(&read_exactly(kafka, topic, count, within, Duration::from_secs(1)).await)
+    let outcomes = read_exactly_where(
+        kafka,
+        topic,
+        count,
+        within,
+        Duration::from_secs(1),
+        |read| !is_operator_action(read),
+    )
+    .await;
+    audit_records(&outcomes)
 }
 
 pub fn audit_records(records: &[Read]) -> Vec<AuditRecord> {
