@@ -150,11 +150,29 @@ impl Middleware for Bulkhead {
                 return Err(ResilienceError::BulkheadFull(self.max_wait).into_middleware());
             }
         };
-        self.in_flight.inc();
+        // The outer deadline can cancel this future at the await: the guard, not a decrement
+        // after it, keeps the gauge true.
+        let _in_flight = InFlight::enter(&self.in_flight);
         let result = next.run(request, extensions).await;
-        self.in_flight.dec();
         drop(permit);
         result
+    }
+}
+
+/// Counts one call in flight on a gauge for as long as it lives.
+#[derive(Debug)]
+struct InFlight<'a>(&'a Gauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -433,5 +451,43 @@ fn method_label(method: &http::Method) -> &'static str {
         http::Method::TRACE => "TRACE",
         http::Method::CONNECT => "CONNECT",
         _ => "_OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call cancelled while it waits for its answer (as the deadline layer does) gives back
+    /// its slot and its count.
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_call_leaves_the_bulkhead_as_it_found_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        // Accepts and never answers.
+        let _server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let slots = Arc::new(Semaphore::new(2));
+        let in_flight = Gauge::default();
+        let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+            .with(Bulkhead {
+                slots: Arc::clone(&slots),
+                max_wait: Duration::from_secs(1),
+                in_flight: in_flight.clone(),
+                rejected: Counter::default(),
+            })
+            .build();
+        for _ in 0..3 {
+            let call = client.get(format!("http://{address}/")).send();
+            let cancelled = tokio::time::timeout(Duration::from_secs(5), call).await;
+            assert!(cancelled.is_err(), "the call was cancelled by the outer timeout");
+            assert_eq!(in_flight.get(), 0);
+            assert_eq!(slots.available_permits(), 2);
+        }
     }
 }
