@@ -166,6 +166,14 @@ WORKER = [
     panel("Transactional calls retried", [
         (rate("relais_worker_transaction_call_retries_total", W), "retried calls"),
     ], "ops", description="Calls made again because librdkafka said their error was retriable (a commit that timed out)."),
+    row("Per-upstream scheduling and pace"),
+    panel("Queued and in flight per upstream", [
+        (f'sum by (upstream) (relais_worker_upstream_queued_messages{{{sel(W)}}})', "queued {{upstream}}"),
+        (f'sum by (upstream) (relais_worker_upstream_in_flight_deliveries{{{sel(W)}}})', "in flight {{upstream}}"),
+    ], "short", description="Each upstream has its own queue and in-flight limit: a sick upstream's messages wait in its own."),
+    panel("Throttled calls", [
+        (rate("relais_throttled_calls_total", W, by="upstream, reason"), "{{upstream}} {{reason}}"),
+    ], "ops", description="Calls that waited for the upstream's rate limit, or for the pause it asked for with Retry-After."),
     row("Upstreams held and records cut"),
     panel("Upstreams held", [
         (f'max by (upstream, reason) (relais_worker_upstream_held{{{sel(W)}}})', "{{upstream}} {{reason}}"),

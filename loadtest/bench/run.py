@@ -355,7 +355,7 @@ def worker_benchmark(args, out, stamp):
         log(f"wrk: {wrk_rate:.0f} requests/s")
         clients = {}
         for kind in ("reqwest", "resilience"):
-            clients[kind] = run_http_post(kind, args.wrk_seconds, args.worker_lanes, sim.pid)
+            clients[kind] = run_http_post(kind, args.wrk_seconds, args.worker_in_flight, sim.pid)
             http_post(f"http://{SIM_ADMIN}/admin/reset")
             log(f"loadgen http-post --client {kind}: {clients[kind]['requests_per_second']:.0f} requests/s")
 
@@ -366,9 +366,8 @@ def worker_benchmark(args, out, stamp):
         config.write_text(
             f'[kafka]\ngroup_id = "bench-{stamp}"\n'
             + "".join(f'{name}_topic = "{topic}"\n' for name, topic in topics.items())
-            + f'[pipeline]\nlanes = {args.worker_lanes}\n'
             + f'[upstreams.default]\nurl = "http://{SIM_API}"\n'
-            + f'[upstreams.default.policy.bulkhead]\nmax_concurrent = {args.worker_lanes}\n')
+            + f'[upstreams.default.policy.bulkhead]\nmax_concurrent = {args.worker_in_flight}\n')
         worker = start("ingest-worker", {"RELAIS_WORKER_CONFIG": str(config), "RELAIS_ADMIN_ADDR": WORKER_ADMIN,
                                          "RELAIS_WORKER_ID": f"bench-{stamp}", "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP},
                        out / "ingest-worker.log")
@@ -428,7 +427,7 @@ def worker_benchmark(args, out, stamp):
         "worker_peak_rss_bytes": rss,
         "produce_seconds": round(produce_seconds, 1),
         "upstream_requests": deliveries.get("requests"),
-        "lanes": args.worker_lanes,
+        "in_flight": args.worker_in_flight,
         "camel": camel,
         "ratio_worker_to_camel": (round(worker_rate / camel["records_per_second"], 2)
                                   if camel.get("records_per_second") else None),
@@ -934,10 +933,10 @@ RSS every 5 s: `outage-rss.svg`.
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=300_000)
-    # 256 lanes left the two cores a quarter idle (the worker waited on round trips); 512 keep
+    # 256 in flight left the two cores a quarter idle (the worker waited on round trips); 512 keep
     # them busy, at about 15 MiB more RSS.
-    parser.add_argument("--worker-lanes", type=int, default=512,
-                        help="the worker's lanes and its upstream's bulkhead limit in the benchmark")
+    parser.add_argument("--worker-in-flight", type=int, default=512,
+                        help="the worker's deliveries in flight (its upstream's bulkhead limit) in the benchmark")
     parser.add_argument("--no-peers", action="store_true", help="skip the peer systems")
     parser.add_argument("--wrk-seconds", type=int, default=15)
     parser.add_argument("--put-seconds", type=int, default=10)
@@ -1035,7 +1034,7 @@ def worker_section(worker):
 | measure | value |
 | --- | --- |
 | wrk, 2 threads, 64 connections, POST of the same body | {worker['wrk_requests_per_second']:.0f} requests/s |
-| ingest-worker ({worker['lanes']} lanes), Kafka → HTTP → outcome transaction, {worker['messages']} messages | {worker['worker_messages_per_second']:.0f} messages/s |
+| ingest-worker ({worker['in_flight']} in flight), Kafka → HTTP → outcome transaction, {worker['messages']} messages | {worker['worker_messages_per_second']:.0f} messages/s |
 | median of per-interval rates | {worker['worker_median_interval_rate']} messages/s |
 | **ratio worker / wrk** | **{worker['ratio_worker_to_wrk']:.2f}** (target ≥ {worker['target_ratio']}) |
 {client_rows(worker)}{peer_rows(camel, "Apache Camel 4.18 route, Kafka → HTTP with resilience4j breaker and redelivery", "messages/s")}| **ratio worker / Camel** | **{worker.get('ratio_worker_to_camel')}** |

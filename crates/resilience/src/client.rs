@@ -19,6 +19,7 @@ use crate::layers::{
     AttemptTimeout, Bulkhead, CircuitGate, Deadline, Retry, RetryStop, RetryStopped,
 };
 use crate::metrics::ResilienceMetrics;
+use crate::pace::{Pacer, Wait};
 use crate::policy::{PolicyError, UpstreamPolicy};
 use crate::probe::{ConnectTimingLayer, Probe, TimedResolver};
 
@@ -40,6 +41,8 @@ pub enum Refusal {
     CircuitOpen { retry_in: Duration },
     /// No bulkhead slot within the wait limit.
     BulkheadFull,
+    /// The upstream's rate limit or its `Retry-After` pause: ask again after `retry_in`.
+    Throttled { retry_in: Duration },
 }
 
 /// Everything the caller needs to decide the outcome and explain it afterwards.
@@ -106,7 +109,17 @@ pub struct UpstreamClient {
     base_url: Url,
     client: ClientWithMiddleware,
     breaker: Arc<CircuitBreaker>,
+    pacer: Arc<Pacer>,
     policy: Arc<UpstreamPolicy>,
+    /// This upstream's `throttled_calls` series, resolved once.
+    throttled: Arc<ThrottledCounters>,
+}
+
+/// The `throttled_calls` series of one upstream, by reason.
+#[derive(Debug)]
+struct ThrottledCounters {
+    rate_limit: prometheus_client::metrics::counter::Counter,
+    retry_after: prometheus_client::metrics::counter::Counter,
 }
 
 impl UpstreamClient {
@@ -127,6 +140,7 @@ impl UpstreamClient {
 
         let transition_metrics = metrics.clone();
         let transition_upstream = Arc::clone(&upstream);
+        let pacer = Arc::new(Pacer::new(policy.rate_limit, Instant::now()));
         let breaker = CircuitBreaker::new(
             policy.circuit.clone(),
             Some(Arc::new(move |from, to| {
@@ -193,6 +207,7 @@ impl UpstreamClient {
                 classifier,
                 budget,
                 breaker: Arc::clone(&breaker),
+                pacer: Arc::clone(&pacer),
                 upstream: Arc::clone(&upstream),
                 metrics: metrics.clone(),
             })
@@ -213,7 +228,12 @@ impl UpstreamClient {
             base_url,
             client,
             breaker,
+            pacer,
             policy: Arc::new(policy),
+            throttled: Arc::new(ThrottledCounters {
+                rate_limit: metrics.throttled_calls(name, "rate_limit"),
+                retry_after: metrics.throttled_calls(name, "retry_after"),
+            }),
         })
     }
 
@@ -270,6 +290,22 @@ impl UpstreamClient {
             }
         };
 
+        // Paced before the stack, outside the deadline: a message that waits for its turn
+        // waits, it does not time out.
+        if let Err(wait) = self.pacer.admit(Instant::now()) {
+            match wait {
+                Wait::Rate(_) => self.throttled.rate_limit.inc(),
+                Wait::Paused(_) => self.throttled.retry_after.inc(),
+            };
+            return self.finish(
+                CallOutcome::Refused(Refusal::Throttled {
+                    retry_in: wait.duration(),
+                }),
+                Vec::new(),
+                None,
+                started,
+            );
+        }
         let log = AttemptLog::default();
         let mut extensions = Extensions::new();
         extensions.insert(log.clone());

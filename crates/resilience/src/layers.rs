@@ -19,6 +19,7 @@ use crate::classify::{AttemptResult, Decision, RetryClassifier, TimeoutKind, Tra
 use crate::error::{ResilienceError, transport_error};
 use crate::metrics::ResilienceMetrics;
 use crate::metrics::{UpstreamLabels, UpstreamReasonLabels};
+use crate::pace::Pacer;
 use crate::policy::RetryPolicyConfig;
 
 /// When the whole call must be over; set by [`Deadline`], read by [`Retry`] so it never
@@ -224,6 +225,9 @@ pub(crate) struct Retry {
     pub(crate) classifier: Arc<dyn RetryClassifier>,
     pub(crate) budget: Arc<RetryBudget>,
     pub(crate) breaker: Arc<CircuitBreaker>,
+    /// The upstream's pace: a `Retry-After` on 429/503 pauses every call, and each retry waits
+    /// for its turn under the rate limit.
+    pub(crate) pacer: Arc<Pacer>,
     pub(crate) upstream: Arc<str>,
     pub(crate) metrics: ResilienceMetrics,
 }
@@ -270,6 +274,15 @@ impl Middleware for Retry {
                 self.classifier.is_upstream_failure(&attempt_result),
                 elapsed,
             );
+            if let AttemptResult::Response {
+                status,
+                retry_after: Some(wait),
+            } = &attempt_result
+                && matches!(status.as_u16(), 429 | 503)
+            {
+                self.pacer
+                    .pause((*wait).min(self.policy.max_retry_after), Instant::now());
+            }
 
             let (stop, wait) = match self.classifier.classify(&attempt_result, replayable) {
                 Decision::Success => (None, Duration::ZERO),
@@ -326,6 +339,10 @@ impl Middleware for Retry {
                 .inc();
             drop(result);
             tokio::time::sleep(wait).await;
+            if let Err(stop) = self.wait_for_turn(deadline).await {
+                extensions.insert(RetryStopped(stop));
+                return Err(ResilienceError::Timeout(TimeoutKind::Deadline).into_middleware());
+            }
             pending = spare;
             number += 1;
         }
@@ -333,6 +350,28 @@ impl Middleware for Retry {
 }
 
 impl Retry {
+    /// Waits until the upstream's pace lets the next attempt go; stops when that would cross
+    /// the deadline.
+    async fn wait_for_turn(&self, deadline: Option<Instant>) -> Result<(), RetryStop> {
+        loop {
+            let now = Instant::now();
+            let Err(wait) = self.pacer.admit(now) else {
+                return Ok(());
+            };
+            if deadline.is_some_and(|deadline| now + wait.duration() >= deadline) {
+                return Err(RetryStop::Deadline);
+            }
+            self.metrics
+                .throttled
+                .get_or_create(&UpstreamReasonLabels {
+                    upstream: self.upstream.to_string(),
+                    reason: wait.reason(),
+                })
+                .inc();
+            tokio::time::sleep(wait.duration()).await;
+        }
+    }
+
     /// Whether and when retry number `number + 1` may go out; the checks run cheapest first and
     /// the budget last, so a retry that is refused for another reason spends no budget.
     fn plan_retry(
@@ -485,7 +524,10 @@ mod tests {
         for _ in 0..3 {
             let call = client.get(format!("http://{address}/")).send();
             let cancelled = tokio::time::timeout(Duration::from_secs(5), call).await;
-            assert!(cancelled.is_err(), "the call was cancelled by the outer timeout");
+            assert!(
+                cancelled.is_err(),
+                "the call was cancelled by the outer timeout"
+            );
             assert_eq!(in_flight.get(), 0);
             assert_eq!(slots.available_permits(), 2);
         }

@@ -93,6 +93,7 @@ pub struct ResilienceMetrics {
         Family<UpstreamLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub(crate) bulkhead_in_flight: Family<UpstreamLabels, Gauge>,
     pub(crate) bulkhead_rejected: Family<UpstreamLabels, Counter>,
+    pub(crate) throttled: Family<UpstreamReasonLabels, Counter>,
 }
 
 impl ResilienceMetrics {
@@ -113,6 +114,7 @@ impl ResilienceMetrics {
             retry_budget_utilisation: Family::default(),
             bulkhead_in_flight: Family::default(),
             bulkhead_rejected: Family::default(),
+            throttled: Family::default(),
         };
         registry.register_with_unit(
             "http_client_request_duration",
@@ -172,6 +174,11 @@ impl ResilienceMetrics {
             "Calls that found no bulkhead slot within the wait limit",
             metrics.bulkhead_rejected.clone(),
         );
+        relais.register(
+            "throttled_calls",
+            "Calls that had to wait before an attempt: reason rate_limit (the upstream's rate limit had no token) or retry_after (the upstream asked for a pause with Retry-After)",
+            metrics.throttled.clone(),
+        );
         metrics
     }
 
@@ -217,6 +224,22 @@ impl ResilienceMetrics {
         let _ = self
             .bulkhead_rejected
             .get_or_create(&UpstreamLabels { upstream: name() });
+        for reason in ["rate_limit", "retry_after"] {
+            let _ = self.throttled.get_or_create(&UpstreamReasonLabels {
+                upstream: name(),
+                reason,
+            });
+        }
+    }
+
+    /// The `throttled_calls` series of an upstream for `reason` (`rate_limit`, `retry_after`).
+    pub(crate) fn throttled_calls(&self, upstream: &str, reason: &'static str) -> Counter {
+        self.throttled
+            .get_or_create(&UpstreamReasonLabels {
+                upstream: upstream.to_owned(),
+                reason,
+            })
+            .clone()
     }
 
     /// Sets the 0/1 state series of an upstream.

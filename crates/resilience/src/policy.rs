@@ -37,6 +37,23 @@ pub struct UpstreamPolicy {
     pub bulkhead: BulkheadPolicy,
     pub circuit: CircuitPolicy,
     pub retry: RetryPolicyConfig,
+    /// Requests per second this upstream accepts, if it has a limit: calls beyond it wait
+    /// (retries included). Absent: no limit. A 429 or 503 with `Retry-After` pauses every
+    /// call to the upstream for that long (up to `retry.max_retry_after`) either way.
+    pub rate_limit: Option<RateLimitPolicy>,
+}
+
+/// A token bucket: `per_second` requests on average, `burst` at once after a quiet time.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitPolicy {
+    pub per_second: f64,
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+fn default_burst() -> u32 {
+    1
 }
 
 impl Default for UpstreamPolicy {
@@ -51,6 +68,7 @@ impl Default for UpstreamPolicy {
             bulkhead: BulkheadPolicy::default(),
             circuit: CircuitPolicy::default(),
             retry: RetryPolicyConfig::default(),
+            rate_limit: None,
         }
     }
 }
@@ -218,6 +236,14 @@ impl UpstreamPolicy {
         }
         if self.bulkhead.max_concurrent == 0 {
             return fail("bulkhead.max_concurrent must be at least 1".into());
+        }
+        if let Some(rate) = &self.rate_limit
+            && !(rate.per_second.is_finite() && rate.per_second > 0.0 && rate.burst >= 1)
+        {
+            return fail(format!(
+                "rate_limit: per_second must be a positive number and burst at least 1 (got {} and {})",
+                rate.per_second, rate.burst
+            ));
         }
         let circuit = &self.circuit;
         if circuit.window_size == 0 || circuit.minimum_calls == 0 || circuit.half_open_calls == 0 {

@@ -248,11 +248,9 @@ impl Default for KafkaConfig {
 #[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Delivery lanes: messages with the same key share a lane and are delivered in order;
-    /// lanes run concurrently. The number of deliveries in flight is at most this.
-    pub lanes: usize,
-    /// Messages waiting per lane; when a lane is full, consumption pauses.
-    pub lane_capacity: usize,
+    /// Messages waiting for each upstream, at most (its deliveries in flight not counted);
+    /// beyond, the partition a message came from waits, and pauses if the wait goes on.
+    pub max_queued_per_upstream: usize,
     /// How often outcomes are committed (one transaction each time).
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -278,8 +276,7 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
-            lanes: 64,
-            lane_capacity: 32,
+            max_queued_per_upstream: 2048,
             commit_interval: Duration::from_millis(100),
             max_batch: 1000,
             fail_fast_when_open: false,
@@ -366,6 +363,14 @@ pub struct UpstreamConfig {
     /// the gateway); its messages wait meanwhile. `false` makes a 410 a FAILED outcome instead.
     #[serde(default = "default_disable_on_gone")]
     pub disable_on_gone: bool,
+    /// `"key"`: a key's later message for this upstream never starts before an earlier one has
+    /// finished (distinct keys never wait for each other); `"none"`: no order, the fastest.
+    #[serde(default)]
+    pub ordering: crate::schedule::Ordering,
+    /// Deliveries in flight to this upstream, at most (a message waiting for its open circuit
+    /// counts); default: `policy.bulkhead.max_concurrent`.
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
 }
 
 fn default_path() -> String {
@@ -389,7 +394,15 @@ impl UpstreamConfig {
             policy: UpstreamPolicy::default(),
             pause_on_unauthorized: default_pause_on_unauthorized(),
             disable_on_gone: default_disable_on_gone(),
+            ordering: crate::schedule::Ordering::default(),
+            max_in_flight: None,
         }
+    }
+
+    /// Deliveries in flight at most (see `max_in_flight`).
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+            .unwrap_or(self.policy.bulkhead.max_concurrent)
     }
 
     pub fn hold_policy(&self) -> crate::hold::HoldPolicy {
@@ -484,11 +497,14 @@ impl WorkerConfig {
                     name: name.clone(),
                     source,
                 })?;
+            if upstream.max_in_flight == Some(0) {
+                return invalid(format!("upstream {name}: max_in_flight must be at least 1"));
+            }
         }
         let pipeline = &self.pipeline;
-        if pipeline.lanes == 0 || pipeline.lane_capacity == 0 || pipeline.max_batch == 0 {
+        if pipeline.max_queued_per_upstream == 0 || pipeline.max_batch == 0 {
             return invalid(
-                "pipeline.lanes, lane_capacity and max_batch must be at least 1".into(),
+                "pipeline.max_queued_per_upstream and max_batch must be at least 1".into(),
             );
         }
         if pipeline.max_uncommitted_per_partition == 0
@@ -563,7 +579,7 @@ mod tests {
         let config: WorkerConfig = toml::from_str(
             r#"
             [pipeline]
-            lanes = 16
+            max_queued_per_upstream = 16
             commit_interval = "50ms"
             [routing]
             default_upstream = "orders"
@@ -582,7 +598,7 @@ mod tests {
         )
         .expect("parses");
         config.validate().expect("valid");
-        assert_eq!(config.pipeline.lanes, 16);
+        assert_eq!(config.pipeline.max_queued_per_upstream, 16);
         assert_eq!(config.upstreams["billing"].policy.retry.max_attempts, 3);
         assert_eq!(config.upstreams["orders"].path, "/events");
     }

@@ -4,7 +4,8 @@
 //! Kafka transaction as the consumed offsets.
 //!
 //! - [`config`]: the configuration file and command line;
-//! - [`pipeline`]: consumer, dispatcher with backpressure, keyed lanes, commit loop;
+//! - [`pipeline`]: consumer, dispatcher with backpressure, commit loop;
+//! - [`schedule`]: a queue and an in-flight limit per upstream, order per key;
 //! - [`process`]: deciding one message;
 //! - [`hold`]: holding an upstream that refuses everyone (401, 403) or is disabled (410);
 //! - [`control`]: the upstream control topic, which disables and re-enables upstreams;
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod process;
 pub mod records;
+pub mod schedule;
 pub mod status;
 pub mod tracker;
 
@@ -221,23 +223,35 @@ pub async fn run(
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     });
+    let schedules: BTreeMap<String, schedule::UpstreamSchedule> = config
+        .upstreams
+        .iter()
+        .map(|(name, upstream)| {
+            let schedule = schedule::UpstreamSchedule {
+                ordering: upstream.ordering,
+                max_in_flight: upstream.max_in_flight(),
+                max_queued: config.pipeline.max_queued_per_upstream,
+                queued_gauge: metrics.upstream_queued(name),
+                in_flight_gauge: metrics.upstream_in_flight(name),
+            };
+            (name.clone(), schedule)
+        })
+        .collect();
     metrics
         .queue_capacity
-        .set((config.pipeline.lanes * config.pipeline.lane_capacity) as i64);
-
-    let lane_tasks = TaskTracker::new();
-    let lanes = pipeline::start_lanes(
-        config.pipeline.lanes,
-        config.pipeline.lane_capacity,
-        processor,
+        .set((config.pipeline.max_queued_per_upstream * config.upstreams.len().max(1)) as i64);
+    let delivery_tasks = TaskTracker::new();
+    let (scheduler, delivery_reports) = schedule::Scheduler::new(
+        schedules,
+        Arc::clone(&processor),
         Arc::clone(&tracker),
-        shutdown.clone(),
-        &lane_tasks,
+        delivery_tasks.clone(),
     );
     let paused = pipeline::PausedPartitions::default();
-    let dispatcher = tokio::spawn(pipeline::dispatch(
+    let dispatcher = pipeline::Dispatcher::new(
         Arc::clone(&consumer),
-        lanes,
+        processor,
+        scheduler,
         Arc::clone(&tracker),
         metrics.clone(),
         Arc::clone(&paused),
@@ -245,9 +259,13 @@ pub async fn run(
             per_partition: config.pipeline.max_uncommitted_per_partition,
             total: config.pipeline.max_uncommitted,
         },
+    );
+    let dispatcher = tokio::spawn(pipeline::dispatch(
+        dispatcher,
+        delivery_reports,
         shutdown.clone(),
     ));
-    let lanes_done = CancellationToken::new();
+    let deliveries_done = CancellationToken::new();
     let committer = Committer {
         producer,
         consumer: Arc::clone(&consumer),
@@ -262,7 +280,7 @@ pub async fn run(
         committer,
         config.pipeline.commit_interval,
         commits_ready,
-        lanes_done.clone(),
+        deliveries_done.clone(),
     ));
     let lags = status::LagSnapshot::default();
     let lag_reporter = tokio::spawn(report_lag(
@@ -297,13 +315,14 @@ pub async fn run(
     };
     shutdown.cancel();
     let _ = dispatcher.await;
-    let drained = shutdown::drain(&lane_tasks, config.pipeline.drain_timeout).await;
+    delivery_tasks.close();
+    let drained = shutdown::drain(&delivery_tasks, config.pipeline.drain_timeout).await;
     tracing::info!(
         ?drained,
         in_flight = tracker.in_flight(),
-        "lanes drained; committing what was handled"
+        "deliveries drained; committing what was handled"
     );
-    lanes_done.cancel();
+    deliveries_done.cancel();
     let committed = match fatal {
         Some(result) => result,
         None => commits.await,

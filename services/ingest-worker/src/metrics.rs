@@ -53,6 +53,13 @@ pub struct WorkerMetrics {
     pub dlq_truncated: Counter,
     pub uncommitted: Gauge,
     upstream_held: Family<HeldLabels, Gauge>,
+    upstream_queued: Family<UpstreamLabels, Gauge>,
+    upstream_in_flight: Family<UpstreamLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,6 +97,8 @@ impl WorkerMetrics {
             dlq_truncated: Counter::default(),
             uncommitted: Gauge::default(),
             upstream_held: Family::default(),
+            upstream_queued: Family::default(),
+            upstream_in_flight: Family::default(),
         };
         let worker = registry.sub_registry_with_prefix("relais_worker");
         worker.register(
@@ -120,12 +129,12 @@ impl WorkerMetrics {
         );
         worker.register(
             "queue_depth",
-            "Messages waiting in the delivery lanes",
+            "Messages read and waiting for their upstream: queued per upstream, or held because their upstream's queue was full",
             metrics.queue_depth.clone(),
         );
         worker.register(
             "queue_capacity",
-            "Capacity of the delivery lanes",
+            "Room in the upstreams' queues (pipeline.max_queued_per_upstream per upstream)",
             metrics.queue_capacity.clone(),
         );
         worker.register(
@@ -189,6 +198,16 @@ impl WorkerMetrics {
             "1 while an upstream is held and its messages wait: reason unauthorized (it answered 401/403; one trial call per pause) or disabled (it answered 410, or an operator disabled it; until re-enabled through the gateway)",
             metrics.upstream_held.clone(),
         );
+        worker.register(
+            "upstream_queued_messages",
+            "Messages queued for an upstream, not yet started (a key's later messages wait behind its earlier one)",
+            metrics.upstream_queued.clone(),
+        );
+        worker.register(
+            "upstream_in_flight_deliveries",
+            "Deliveries in flight to an upstream, waits for its circuit or hold included; at most its max_in_flight",
+            metrics.upstream_in_flight.clone(),
+        );
         for outcome in ["delivered", "rejected", "failed", "dead_lettered"] {
             let _ = metrics.messages.get_or_create(&OutcomeLabels { outcome });
         }
@@ -230,6 +249,22 @@ impl WorkerMetrics {
     }
 
     /// The held gauge of one upstream and reason (created at zero).
+    pub fn upstream_queued(&self, upstream: &str) -> Gauge {
+        self.upstream_queued
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+            })
+            .clone()
+    }
+
+    pub fn upstream_in_flight(&self, upstream: &str) -> Gauge {
+        self.upstream_in_flight
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+            })
+            .clone()
+    }
+
     pub fn upstream_held(&self, upstream: &str, reason: crate::hold::HoldReason) -> Gauge {
         self.upstream_held
             .get_or_create(&HeldLabels {

@@ -1,18 +1,18 @@
-//! The running pipeline: consumer → dispatcher → keyed lanes → processor → tracker →
-//! committer.
+//! The running pipeline: consumer → dispatcher (normalise, route) → per-upstream scheduler →
+//! deliveries → tracker → committer.
 //!
 //! ```text
-//!  relais.ingress ─▶ dispatcher ─▶ lane[hash(key) % N] ─▶ Processor ─▶ OffsetTracker ─▶ Committer
-//!                     │ pause when a lane is full                          (contiguous)   (one txn:
-//!                     └ resume when it drains                                               records+offsets)
+//!  relais.ingress ─▶ dispatcher ─▶ queue[upstream] ─▶ delivery tasks ─▶ OffsetTracker ─▶ Committer
+//!                     │ prepare      (key order,       (≤ max_in_flight   (contiguous)   (one txn:
+//!                     │ (Processor)   max_queued)        per upstream)                   records+offsets)
+//!                     └ hold, then pause the partition, while the upstream's queue is full
 //! ```
 //!
-//! Per-key order: messages with the same key share a lane and a lane delivers one at a time,
-//! so events of one entity reach the upstream in partition order. Different keys run
-//! concurrently across lanes; a slow key delays only the keys that hash to its lane.
+//! Each upstream has its own queue and in-flight limit ([`crate::schedule`]): a message waiting
+//! on its upstream occupies only that upstream's capacity. Per-key order holds per upstream;
+//! distinct keys never wait for each other.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -25,8 +25,9 @@ use tokio::sync::mpsc;
 
 use crate::committer::{CommitError, Committer, Tracker};
 use crate::metrics::WorkerMetrics;
-use crate::process::Processor;
+use crate::process::{Prepared, Processor};
 use crate::records::Inbound;
+use crate::schedule::{Done, Scheduler};
 use crate::tracker::Finished;
 
 /// Keeps the tracker in step with the group's assignment.
@@ -74,84 +75,6 @@ impl ConsumerContext for WorkerContext {
 
 pub type WorkerConsumer = StreamConsumer<WorkerContext>;
 
-/// The lanes' senders with their capacity, for dispatch and queue-depth reporting.
-pub struct Lanes {
-    senders: Vec<mpsc::Sender<Inbound>>,
-    capacity: usize,
-}
-
-impl std::fmt::Debug for Lanes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lanes")
-            .field("lanes", &self.senders.len())
-            .field("capacity", &self.capacity)
-            .finish()
-    }
-}
-
-impl Lanes {
-    /// Messages waiting in all lanes.
-    pub fn depth(&self) -> usize {
-        self.senders
-            .iter()
-            .map(|sender| self.capacity - sender.capacity())
-            .sum()
-    }
-
-    fn lane_of(&self, inbound: &Inbound) -> usize {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        match &inbound.key {
-            Some(key) => key.hash(&mut hasher),
-            // Keyless messages promise no order (as in Kafka itself): spread them over all lanes.
-            None => (inbound.partition, inbound.offset).hash(&mut hasher),
-        }
-        (hasher.finish() % self.senders.len() as u64) as usize
-    }
-}
-
-/// Starts `count` lanes, each delivering its messages one at a time. Lanes stop taking new
-/// messages once shutdown begins; the one in hand finishes (or is abandoned if it waits on an
-/// open circuit), so the drain is bounded.
-pub fn start_lanes(
-    count: usize,
-    capacity: usize,
-    processor: Arc<Processor>,
-    tracker: Arc<Tracker>,
-    shutdown: CancellationToken,
-    tasks: &tokio_util::task::TaskTracker,
-) -> Lanes {
-    let mut senders = Vec::with_capacity(count);
-    for _ in 0..count {
-        let (sender, mut receiver) = mpsc::channel::<Inbound>(capacity);
-        let processor = Arc::clone(&processor);
-        let tracker = Arc::clone(&tracker);
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            loop {
-                let inbound = tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => break,
-                    next = receiver.recv() => match next {
-                        Some(inbound) => inbound,
-                        None => break,
-                    },
-                };
-                let (partition, generation, offset) =
-                    (inbound.partition, inbound.generation, inbound.offset);
-                if tracker.generation(partition) != Some(generation) {
-                    // Revoked while it waited: the new owner decides it.
-                    continue;
-                }
-                if let Some(output) = processor.process(inbound).await {
-                    tracker.finished(partition, generation, Finished { offset, output });
-                }
-            }
-        });
-        senders.push(sender);
-    }
-    Lanes { senders, capacity }
-}
-
 /// Partitions currently paused for backpressure (shared with the status report).
 pub type PausedPartitions = Arc<Mutex<BTreeSet<i32>>>;
 
@@ -164,55 +87,44 @@ pub struct UncommittedLimits {
     pub total: usize,
 }
 
-/// Reads the ingress topic and feeds the lanes until shutdown.
+/// Messages a partition holds (its upstream's queue full) before it is paused.
+const HELD_BEFORE_PAUSE: usize = 256;
+
+/// Reads the ingress topic and feeds the scheduler until shutdown.
 ///
-/// Backpressure is per partition: when a message finds its lane full, it is held, in order with
-/// the later messages of its partition, while the other partitions keep flowing. Held messages
-/// are retried every few milliseconds. Only when a partition holds more than `hold_limit`
-/// messages is it paused (librdkafka drops a paused partition's prefetched messages and must
-/// fetch them again, so pausing at the first full lane would cost more than it saves); it
-/// resumes once its hold is empty. A message over the [`UncommittedLimits`] is held too and
-/// pauses its partition at once: that wait lasts as long as the commits fail. The consumer
-/// keeps polling throughout, so the group never mistakes a long pause (an upstream outage)
-/// for a dead replica.
+/// Backpressure is per partition: when a message finds its upstream's queue full, it is held,
+/// in order with the later messages of its partition, while the other partitions keep flowing.
+/// Held messages are offered again whenever a delivery ends, and every few milliseconds. Only
+/// when a partition holds more than [`HELD_BEFORE_PAUSE`] messages is it paused (librdkafka drops a
+/// paused partition's prefetched messages and must fetch them again, so pausing at the first
+/// full queue would cost more than it saves); it resumes once its hold is empty. A message over
+/// the [`UncommittedLimits`] is held too and pauses its partition at once: that wait lasts as
+/// long as the commits fail. The consumer keeps polling throughout, so the group never mistakes
+/// a long pause (an upstream outage) for a dead replica.
 pub async fn dispatch(
-    consumer: Arc<WorkerConsumer>,
-    lanes: Lanes,
-    tracker: Arc<Tracker>,
-    metrics: WorkerMetrics,
-    paused: PausedPartitions,
-    limits: UncommittedLimits,
+    mut dispatcher: Dispatcher,
+    mut reports: mpsc::Receiver<Done>,
     shutdown: CancellationToken,
 ) {
-    let hold_limit = lanes.capacity * 8;
-    let mut dispatcher = Dispatcher {
-        consumer,
-        lanes,
-        tracker,
-        metrics,
-        paused,
-        held: BTreeMap::new(),
-        hold_limit,
-        limits,
-    };
     let mut retry = tokio::time::interval(Duration::from_millis(5));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
-            _ = retry.tick(), if !dispatcher.held.is_empty() => {
-                if !dispatcher.drain_held() {
-                    return;
+            Some(done) = reports.recv() => {
+                dispatcher.scheduler.finished(done);
+                if !dispatcher.held.is_empty() {
+                    dispatcher.drain_held().await;
                 }
+                dispatcher.report_depth();
             }
+            _ = retry.tick(), if !dispatcher.held.is_empty() => dispatcher.drain_held().await,
             message = dispatcher.consumer.recv() => match message {
                 Ok(message) => {
                     if let Some(inbound) = detach(&message, &dispatcher.tracker) {
                         drop(message);
-                        if !dispatcher.offer(inbound) {
-                            return;
-                        }
+                        dispatcher.offer(inbound).await;
                     }
                 }
                 Err(error) => {
@@ -224,57 +136,108 @@ pub async fn dispatch(
     }
 }
 
-struct Dispatcher {
+/// What [`dispatch`] works with.
+pub struct Dispatcher {
     consumer: Arc<WorkerConsumer>,
-    lanes: Lanes,
+    processor: Arc<Processor>,
+    scheduler: Scheduler,
     tracker: Arc<Tracker>,
     metrics: WorkerMetrics,
     paused: PausedPartitions,
-    /// Messages waiting for room in their lanes, per partition, in offset order.
-    held: BTreeMap<i32, VecDeque<Inbound>>,
+    /// Messages waiting for room in their upstream's queue, per partition, in offset order.
+    held: BTreeMap<i32, VecDeque<Prepared>>,
     /// Held messages of one partition beyond which the partition is paused.
     hold_limit: usize,
     limits: UncommittedLimits,
 }
 
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("held", &self.held_total())
+            .field("queued", &self.scheduler.queued())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Dispatcher {
-    /// Hands a freshly read message to its lane, or holds it. False when the lanes are gone.
-    fn offer(&mut self, inbound: Inbound) -> bool {
+    pub fn new(
+        consumer: Arc<WorkerConsumer>,
+        processor: Arc<Processor>,
+        scheduler: Scheduler,
+        tracker: Arc<Tracker>,
+        metrics: WorkerMetrics,
+        paused: PausedPartitions,
+        limits: UncommittedLimits,
+    ) -> Self {
+        Self {
+            consumer,
+            processor,
+            scheduler,
+            tracker,
+            metrics,
+            paused,
+            held: BTreeMap::new(),
+            hold_limit: HELD_BEFORE_PAUSE,
+            limits,
+        }
+    }
+
+    /// Prepares a freshly read message and hands it on, or holds it.
+    async fn offer(&mut self, inbound: Inbound) {
         if !self
             .tracker
             .dispatched(inbound.partition, inbound.generation, inbound.offset)
         {
-            return true;
+            return;
         }
         let partition = inbound.partition;
         let over_limit = self.over_uncommitted_limit(partition);
-        let inbound = match self.held.get_mut(&partition) {
-            // Behind earlier held messages of its partition: order first.
-            Some(queue) => {
-                queue.push_back(inbound);
-                None
-            }
-            None if over_limit => Some(inbound),
-            None => {
-                let lane = &self.lanes.senders[self.lanes.lane_of(&inbound)];
-                match lane.try_send(inbound) {
-                    Ok(()) => None,
-                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
-                    Err(mpsc::error::TrySendError::Full(inbound)) => Some(inbound),
-                }
-            }
-        };
-        if let Some(inbound) = inbound {
-            self.held.entry(partition).or_default().push_back(inbound);
+        let prepared = self.processor.prepare(inbound);
+        let behind_held = self.held.contains_key(&partition);
+        if behind_held || over_limit || !self.has_room(&prepared) {
+            // Behind earlier held messages of its partition, order first.
+            self.held.entry(partition).or_default().push_back(prepared);
+        } else {
+            self.hand_on(prepared).await;
         }
         if let Some(queue) = self.held.get(&partition)
             && (over_limit || queue.len() > self.hold_limit)
-            && let Some(topic) = queue.front().map(|front| front.topic.clone())
+            && let Some(topic) = queue.front().map(|front| front.inbound.topic.clone())
         {
             self.pause(&topic, partition);
         }
-        self.metrics.queue_depth.set(self.lanes.depth() as i64);
-        true
+        self.report_depth();
+    }
+
+    fn report_depth(&self) {
+        self.metrics
+            .queue_depth
+            .set((self.scheduler.queued() + self.held_total()) as i64);
+    }
+
+    fn has_room(&self, prepared: &Prepared) -> bool {
+        prepared
+            .upstream()
+            .is_none_or(|upstream| self.scheduler.has_room(upstream))
+    }
+
+    /// A routed message goes to its upstream's queue; one decided already (rejected input) is
+    /// finished here, which takes no waiting.
+    async fn hand_on(&mut self, prepared: Prepared) {
+        if prepared.upstream().is_some() {
+            self.scheduler.submit(prepared);
+            return;
+        }
+        let (partition, generation, offset) = (
+            prepared.inbound.partition,
+            prepared.inbound.generation,
+            prepared.inbound.offset,
+        );
+        if let Some(output) = self.processor.finish(prepared).await {
+            self.tracker
+                .finished(partition, generation, Finished { offset, output });
+        }
     }
 
     /// True when a freshly read message of `partition` (registered with the tracker already)
@@ -293,57 +256,52 @@ impl Dispatcher {
         self.held.values().map(VecDeque::len).sum()
     }
 
-    /// Moves held messages into lanes with room; resumes partitions whose hold emptied.
-    fn drain_held(&mut self) -> bool {
-        let mut emptied = Vec::new();
+    /// Hands held messages on where their upstreams have room; resumes partitions whose hold
+    /// emptied.
+    async fn drain_held(&mut self) {
         let mut held_total = self.held_total();
-        for (partition, queue) in &mut self.held {
-            while let Some(front) = queue.front() {
-                if self.tracker.generation(*partition) != Some(front.generation) {
+        let partitions: Vec<i32> = self.held.keys().copied().collect();
+        for partition in partitions {
+            while let Some(front) = self.held.get(&partition).and_then(VecDeque::front) {
+                let queued_here = self.held.get(&partition).map_or(0, VecDeque::len);
+                if self.tracker.generation(partition) != Some(front.inbound.generation) {
                     // Revoked while held: the new owner reads it again.
-                    held_total -= queue.len();
-                    queue.clear();
+                    held_total -= queued_here;
+                    self.held.remove(&partition);
                     break;
                 }
                 // Held messages are registered with the tracker already: what counts is the
                 // work beyond the holds, plus the message at the front.
-                let (here, total) = self.tracker.uncommitted_counts(*partition);
+                let (here, total) = self.tracker.uncommitted_counts(partition);
                 if over_uncommitted(
                     self.limits,
-                    here.saturating_sub(queue.len() - 1),
+                    here.saturating_sub(queued_here - 1),
                     total.saturating_sub(held_total.saturating_sub(1)),
-                ) {
+                ) || !self.has_room(front)
+                {
                     break;
                 }
-                let lane = &self.lanes.senders[self.lanes.lane_of(front)];
-                match lane.try_reserve() {
-                    Ok(permit) => {
-                        if let Some(inbound) = queue.pop_front() {
-                            permit.send(inbound);
-                            held_total -= 1;
-                        }
-                    }
-                    Err(mpsc::error::TrySendError::Full(())) => break,
-                    Err(mpsc::error::TrySendError::Closed(())) => return false,
-                }
+                let Some(prepared) = self.held.get_mut(&partition).and_then(VecDeque::pop_front)
+                else {
+                    break;
+                };
+                held_total -= 1;
+                self.hand_on(prepared).await;
             }
-            if queue.is_empty() {
-                emptied.push(*partition);
+            if self.held.get(&partition).is_some_and(VecDeque::is_empty) {
+                self.held.remove(&partition);
             }
-        }
-        for partition in emptied {
-            self.held.remove(&partition);
-            let was_paused = self
-                .paused
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .contains(&partition);
+            let was_paused = !self.held.contains_key(&partition)
+                && self
+                    .paused
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains(&partition);
             if was_paused {
                 self.resume(partition);
             }
         }
-        self.metrics.queue_depth.set(self.lanes.depth() as i64);
-        true
+        self.report_depth();
     }
 
     fn pause(&self, topic: &str, partition: i32) {
@@ -367,7 +325,7 @@ impl Dispatcher {
         };
         self.metrics.pauses.inc();
         self.metrics.paused_partitions.set(count as i64);
-        tracing::debug!(partition, "partition paused: its lanes are full");
+        tracing::debug!(partition, "partition paused: its upstream's queue is full");
     }
 
     fn resume(&self, partition: i32) {
@@ -440,15 +398,15 @@ fn detach(message: &BorrowedMessage<'_>, tracker: &Tracker) -> Option<Inbound> {
 /// Commit rounds that fail in a row before the worker reports itself not ready.
 const FAILED_ROUNDS_BEFORE_NOT_READY: u32 = 3;
 
-/// Commits every `interval` until shutdown, then once more for what the lanes finished while
-/// draining. Readiness turns false while commits keep failing, and true again with the next
+/// Commits every `interval` until shutdown, then once more for what the deliveries finished
+/// while draining. Readiness turns false while commits keep failing, and true again with the next
 /// committed round. A fatal producer error, or a commit left unsettled at shutdown, ends the
 /// loop (and the worker).
 pub async fn commit_loop(
     committer: Committer,
     interval: Duration,
     readiness: ReadinessCheck,
-    lanes_done: CancellationToken,
+    deliveries_done: CancellationToken,
 ) -> Result<(), CommitError> {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -457,7 +415,7 @@ pub async fn commit_loop(
     loop {
         let last_round = tokio::select! {
             _ = ticker.tick() => false,
-            _ = lanes_done.cancelled() => true,
+            _ = deliveries_done.cancelled() => true,
         };
         match committer.commit_ready().await {
             Ok(_) => {

@@ -31,7 +31,24 @@ pub struct Upstream {
     pub hold: Arc<UpstreamHold>,
 }
 
-/// Everything needed to decide messages; shared by all lanes.
+/// A message normalised and routed, waiting for its delivery (see [`Processor::prepare`]).
+#[derive(Debug)]
+pub struct Prepared {
+    pub inbound: Inbound,
+    span: tracing::Span,
+    started: tokio::time::Instant,
+    decided: Decided,
+    event: Option<IngressEvent>,
+}
+
+impl Prepared {
+    /// The upstream it goes to; `None` when its outcome is decided without one (rejected).
+    pub fn upstream(&self) -> Option<&str> {
+        self.event.as_ref().map(|_| self.decided.upstream.as_str())
+    }
+}
+
+/// Everything needed to decide messages; shared by all deliveries.
 #[derive(Debug)]
 pub struct Processor {
     pub normaliser: Normaliser,
@@ -54,6 +71,13 @@ impl Processor {
     /// Decides one message. `None` means it was abandoned during shutdown while waiting for an
     /// open circuit: it is not committed and will be read again.
     pub async fn process(self: &Arc<Self>, inbound: Inbound) -> Option<Vec<OutRecord>> {
+        let prepared = self.prepare(inbound);
+        self.finish(prepared).await
+    }
+
+    /// The first, synchronous half of deciding a message: normalise and route it, under the
+    /// span that gives the message its trace. The scheduler queues the result by upstream.
+    pub fn prepare(&self, inbound: Inbound) -> Prepared {
         let parent = relais_telemetry::propagation::extract_kafka_pairs(&inbound.headers);
         // The span gives the message its trace and span ids (records, logs, `traceparent`).
         // Its attributes are for trace backends only, so without export it carries none.
@@ -74,10 +98,37 @@ impl Processor {
             tracing::info_span!("process")
         };
         let _ = span.set_parent(parent);
+        let started = tokio::time::Instant::now();
+        let (decided, event) = span.in_scope(|| self.route_message(&inbound));
+        Prepared {
+            inbound,
+            span,
+            started,
+            decided,
+            event,
+        }
+    }
+
+    /// The second half: delivers a routed message and builds its records. `None` means it was
+    /// abandoned during shutdown while waiting for its upstream.
+    pub async fn finish(self: &Arc<Self>, prepared: Prepared) -> Option<Vec<OutRecord>> {
+        let Prepared {
+            inbound,
+            span,
+            started,
+            mut decided,
+            event,
+        } = prepared;
         let this = Arc::clone(self);
         async move {
-            let started = tokio::time::Instant::now();
-            let decided = this.decide(&inbound).await?;
+            if let Some(event) = event {
+                let upstream = this.upstreams.get(&decided.upstream)?;
+                let (delivery, attempts) = this.deliver(upstream, &event).await?;
+                decided.attempts = attempts;
+                decided.circuit_state = Some(delivery.circuit_state);
+                decided.outcome = outcome_of(&delivery);
+                decided.decided_at = SystemTime::now();
+            }
             let span = tracing::Span::current();
             span.record("messaging.message.id", decided.message_id.as_str());
             span.record("relais.outcome", decided.outcome.label());
@@ -103,7 +154,9 @@ impl Processor {
         .await
     }
 
-    async fn decide(&self, inbound: &Inbound) -> Option<Decided> {
+    /// Normalises and routes: the outcome so far, and the event to deliver (`None` when the
+    /// outcome is decided already: rejected input).
+    fn route_message(&self, inbound: &Inbound) -> (Decided, Option<IngressEvent>) {
         let (trace_id, span_id, traceparent) = current_trace();
         let mut decided = Decided {
             message_id: fallback_message_id(inbound),
@@ -132,7 +185,7 @@ impl Processor {
                     detail: rejection.detail,
                 };
                 decided.decided_at = SystemTime::now();
-                return Some(decided);
+                return (decided, None);
             }
         };
         decided.message_id = event.id.clone();
@@ -141,20 +194,15 @@ impl Processor {
         decided.occurred_at = event.occurred_at.into();
         let upstream_name = self.route(&event);
         decided.upstream = upstream_name.to_owned();
-        let Some(upstream) = self.upstreams.get(upstream_name) else {
+        if !self.upstreams.contains_key(upstream_name) {
             // Unreachable after configuration validation; kept as an outcome, not a panic.
             decided.outcome = Outcome::Failed {
                 reason: "unknown_route".into(),
                 detail: format!("no upstream {upstream_name}"),
             };
-            return Some(decided);
-        };
-        let (delivery, attempts) = self.deliver(upstream, &event).await?;
-        decided.attempts = attempts;
-        decided.circuit_state = Some(delivery.circuit_state);
-        decided.outcome = outcome_of(&delivery);
-        decided.decided_at = SystemTime::now();
-        Some(decided)
+            return (decided, None);
+        }
+        (decided, Some(event))
     }
 
     /// Calls the upstream; while its circuit is open, waits for it (backpressure) unless
@@ -207,6 +255,18 @@ impl Processor {
                 if !parked {
                     parked = true;
                     self.metrics.parked.inc();
+                }
+                continue;
+            }
+            // The upstream's pace (its rate limit, or a pause it asked for with Retry-After):
+            // not a failure of anything, so no fail-fast either.
+            if let CallOutcome::Refused(Refusal::Throttled { retry_in }) = delivery.outcome {
+                if !parked {
+                    parked = true;
+                    self.metrics.parked.inc();
+                }
+                if !self.park(retry_in).await {
+                    return None;
                 }
                 continue;
             }

@@ -148,11 +148,11 @@ async fn kill_minus_nine_under_load_then_restart_keeps_exactly_one_outcome() {
         total,
         "nothing lost upstream"
     );
-    // Only what was in flight at the kill can be delivered twice: at most every lane's queue
-    // plus the message in each lane's hand, plus the prefetched messages.
+    // Only what was in flight at the kill can be delivered twice: at most the upstream's
+    // deliveries in flight, the batch being committed and the one finished behind it.
     let pipeline = PipelineConfig::default();
     let in_flight_bound =
-        (pipeline.lanes * (pipeline.lane_capacity + 1) + pipeline.max_batch) as u64;
+        (UpstreamPolicy::default().bulkhead.max_concurrent + 2 * pipeline.max_batch) as u64;
     assert!(
         duplicates <= in_flight_bound,
         "{duplicates} duplicates > {in_flight_bound}"

@@ -49,7 +49,9 @@ async fn an_outage_pauses_instead_of_dead_lettering_and_the_backlog_drains_after
         ..UpstreamPolicy::default()
     };
     let pipeline = PipelineConfig::default();
-    let capacity = (pipeline.lanes * pipeline.lane_capacity) as f64;
+    // One upstream: its queue, and what each of the three partitions holds before it pauses
+    // (256), plus what the consumer had handed out before the pause took effect.
+    let capacity = (pipeline.max_queued_per_upstream + 3 * 512) as f64;
     let worker = Worker::start(
         &kafka,
         &topics,

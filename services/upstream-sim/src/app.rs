@@ -4,9 +4,9 @@
 //!
 //! | port | route | what |
 //! | --- | --- | --- |
-//! | API | `POST /{*path}` | a delivery: faults applied, counted per `Idempotency-Key` |
+//! | API | `POST /{*path}` | a delivery: faults applied, counted per `Idempotency-Key`, its order checked per `data.order_key` by `data.seq` |
 //! | admin | `GET /admin/faults` · `PUT /admin/faults` | read or replace the fault configuration |
-//! | admin | `GET /admin/deliveries` | totals, duplicates included |
+//! | admin | `GET /admin/deliveries` | totals, duplicates and order violations included |
 //! | admin | `GET /admin/deliveries/{key}` | counts for one key |
 //! | admin | `POST /admin/reset` | healthy again, counters cleared |
 
@@ -65,6 +65,10 @@ async fn deliver(State(state): State<Arc<SimState>>, headers: HeaderMap, body: B
             let duplicate = state.store.accepted(key.as_deref());
             if duplicate {
                 state.metrics.duplicates.inc();
+            } else if let Some(mark) = crate::store::OrderMark::of_body(&body)
+                && state.store.check_order(mark)
+            {
+                state.metrics.order_violations.inc();
             }
             (
                 StatusCode::OK,

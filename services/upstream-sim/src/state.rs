@@ -75,6 +75,7 @@ pub(crate) struct SimMetrics {
     requests: Family<ActionLabels, Counter>,
     duration: Family<ActionLabels, Histogram>,
     pub(crate) duplicates: Counter,
+    pub(crate) order_violations: Counter,
 }
 
 impl SimMetrics {
@@ -87,6 +88,7 @@ impl SimMetrics {
                 ])
             }),
             duplicates: Counter::default(),
+            order_violations: Counter::default(),
         };
         let sim = registry.sub_registry_with_prefix("upstream_sim");
         sim.register(
@@ -104,6 +106,11 @@ impl SimMetrics {
             "duplicate_deliveries",
             "Accepted deliveries whose Idempotency-Key had been accepted before",
             metrics.duplicates.clone(),
+        );
+        sim.register(
+            "order_violations",
+            "Events accepted for the first time although a later event of the same order key had been accepted before (data.order_key, data.seq)",
+            metrics.order_violations.clone(),
         );
         metrics
     }

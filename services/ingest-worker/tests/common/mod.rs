@@ -33,9 +33,14 @@ impl Drop for Sim {
 
 impl Sim {
     pub async fn start() -> Self {
+        Self::start_at("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A simulator whose API listens on `api` (an address the test kept free until now).
+    pub async fn start_at(api: SocketAddr) -> Self {
         let shutdown = CancellationToken::new();
         let any = "127.0.0.1:0".parse().unwrap();
-        let running = relais_upstream_sim::start(any, any, 1_000_000, shutdown.clone())
+        let running = relais_upstream_sim::start(api, any, 1_000_000, shutdown.clone())
             .await
             .unwrap();
         Self {
@@ -381,6 +386,28 @@ pub fn audit_records(records: &[Read]) -> Vec<AuditRecord> {
     records
         .iter()
         .map(|record| AuditRecord::decode(record.payload.as_slice()).unwrap())
+        .collect()
+}
+
+/// `n` valid events of `event_type` with keys spread over `keys` entities, each carrying its
+/// key and its sequence within that key in `data` (`order_key`, `seq`) for upstream-sim's
+/// order check.
+pub fn ordered_events(
+    prefix: &str,
+    event_type: &str,
+    n: usize,
+    keys: usize,
+) -> Vec<(String, Vec<u8>)> {
+    let now = chrono::Utc::now().to_rfc3339();
+    (0..n)
+        .map(|index| {
+            let key = format!("{prefix}-entity-{}", index % keys);
+            let payload = format!(
+                r#"{{"id":"{prefix}-{index}","type":"{event_type}","occurred_at":"{now}","source":"test","data":{{"order_key":"{key}","seq":{}}}}}"#,
+                index / keys
+            );
+            (key, payload.into_bytes())
+        })
         .collect()
 }
 
