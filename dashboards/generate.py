@@ -170,7 +170,8 @@ WORKER = [
     panel("Queued and in flight per upstream", [
         (f'sum by (upstream) (relais_worker_upstream_queued_messages{{{sel(W)}}})', "queued {{upstream}}"),
         (f'sum by (upstream) (relais_worker_upstream_in_flight_deliveries{{{sel(W)}}})', "in flight {{upstream}}"),
-    ], "short", description="Each upstream has its own queue and in-flight limit: a sick upstream's messages wait in its own."),
+        (f'sum by (upstream) (relais_worker_upstream_concurrency_limit{{{sel(W)}}})', "limit {{upstream}}"),
+    ], "short", description="Each upstream has its own queue and in-flight limit (adaptive: it follows what the upstream takes): a sick upstream's messages wait in its own."),
     panel("Throttled calls", [
         (rate("relais_throttled_calls_total", W, by="upstream, reason"), "{{upstream}} {{reason}}"),
     ], "ops", description="Calls that waited for the upstream's rate limit, or for the pause it asked for with Retry-After."),

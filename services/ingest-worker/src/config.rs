@@ -371,6 +371,16 @@ pub struct UpstreamConfig {
     /// counts); default: `policy.bulkhead.max_concurrent`.
     #[serde(default)]
     pub max_in_flight: Option<usize>,
+    /// The in-flight limit follows what the upstream takes, within `1..=max_in_flight`: it
+    /// grows by one per round trip while latency holds and the limit is reached, and shrinks
+    /// to 90 % on a 429, a 503, a timeout or a doubled latency (docs/ingest-worker.md).
+    /// `false`: always `max_in_flight`.
+    #[serde(default = "default_adaptive_concurrency")]
+    pub adaptive_concurrency: bool,
+}
+
+fn default_adaptive_concurrency() -> bool {
+    true
 }
 
 fn default_path() -> String {
@@ -396,6 +406,7 @@ impl UpstreamConfig {
             disable_on_gone: default_disable_on_gone(),
             ordering: crate::schedule::Ordering::default(),
             max_in_flight: None,
+            adaptive_concurrency: default_adaptive_concurrency(),
         }
     }
 

@@ -18,6 +18,7 @@
 //! shared with the gateway's admin API.
 
 pub mod committer;
+pub mod concurrency;
 pub mod config;
 pub mod control;
 pub mod dlq;
@@ -230,6 +231,8 @@ pub async fn run(
             let schedule = schedule::UpstreamSchedule {
                 ordering: upstream.ordering,
                 max_in_flight: upstream.max_in_flight(),
+                adaptive: upstream.adaptive_concurrency,
+                limit_gauge: metrics.upstream_concurrency_limit(name),
                 max_queued: config.pipeline.max_queued_per_upstream,
                 queued_gauge: metrics.upstream_queued(name),
                 in_flight_gauge: metrics.upstream_in_flight(name),

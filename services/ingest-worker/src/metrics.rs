@@ -55,6 +55,7 @@ pub struct WorkerMetrics {
     upstream_held: Family<HeldLabels, Gauge>,
     upstream_queued: Family<UpstreamLabels, Gauge>,
     upstream_in_flight: Family<UpstreamLabels, Gauge>,
+    upstream_concurrency_limit: Family<UpstreamLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -99,6 +100,7 @@ impl WorkerMetrics {
             upstream_held: Family::default(),
             upstream_queued: Family::default(),
             upstream_in_flight: Family::default(),
+            upstream_concurrency_limit: Family::default(),
         };
         let worker = registry.sub_registry_with_prefix("relais_worker");
         worker.register(
@@ -208,6 +210,11 @@ impl WorkerMetrics {
             "Deliveries in flight to an upstream, waits for its circuit or hold included; at most its max_in_flight",
             metrics.upstream_in_flight.clone(),
         );
+        worker.register(
+            "upstream_concurrency_limit",
+            "The in-flight limit in force for an upstream: adaptive within 1..=max_in_flight, or max_in_flight",
+            metrics.upstream_concurrency_limit.clone(),
+        );
         for outcome in ["delivered", "rejected", "failed", "dead_lettered"] {
             let _ = metrics.messages.get_or_create(&OutcomeLabels { outcome });
         }
@@ -251,6 +258,14 @@ impl WorkerMetrics {
     /// The held gauge of one upstream and reason (created at zero).
     pub fn upstream_queued(&self, upstream: &str) -> Gauge {
         self.upstream_queued
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+            })
+            .clone()
+    }
+
+    pub fn upstream_concurrency_limit(&self, upstream: &str) -> Gauge {
+        self.upstream_concurrency_limit
             .get_or_create(&UpstreamLabels {
                 upstream: upstream.to_owned(),
             })

@@ -16,6 +16,7 @@ use relais_telemetry::shutdown::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::concurrency::Feedback;
 use crate::config::RoutingConfig;
 use crate::control::{HoldEvent, HoldEvents};
 use crate::dlq::DlqLimits;
@@ -68,13 +69,6 @@ pub struct Processor {
 const MAX_PARK_STEP: Duration = Duration::from_millis(500);
 
 impl Processor {
-    /// Decides one message. `None` means it was abandoned during shutdown while waiting for an
-    /// open circuit: it is not committed and will be read again.
-    pub async fn process(self: &Arc<Self>, inbound: Inbound) -> Option<Vec<OutRecord>> {
-        let prepared = self.prepare(inbound);
-        self.finish(prepared).await
-    }
-
     /// The first, synchronous half of deciding a message: normalise and route it, under the
     /// span that gives the message its trace. The scheduler queues the result by upstream.
     pub fn prepare(&self, inbound: Inbound) -> Prepared {
@@ -110,8 +104,18 @@ impl Processor {
     }
 
     /// The second half: delivers a routed message and builds its records. `None` means it was
-    /// abandoned during shutdown while waiting for its upstream.
+    /// abandoned during shutdown while waiting for its upstream: it is not committed and will
+    /// be read again.
     pub async fn finish(self: &Arc<Self>, prepared: Prepared) -> Option<Vec<OutRecord>> {
+        self.finish_with_feedback(prepared).await.0
+    }
+
+    /// [`Processor::finish`], with what the delivery told about its upstream (for the adaptive
+    /// concurrency limit).
+    pub async fn finish_with_feedback(
+        self: &Arc<Self>,
+        prepared: Prepared,
+    ) -> (Option<Vec<OutRecord>>, Option<Feedback>) {
         let Prepared {
             inbound,
             span,
@@ -121,9 +125,15 @@ impl Processor {
         } = prepared;
         let this = Arc::clone(self);
         async move {
+            let mut feedback = None;
             if let Some(event) = event {
-                let upstream = this.upstreams.get(&decided.upstream)?;
-                let (delivery, attempts) = this.deliver(upstream, &event).await?;
+                let Some(upstream) = this.upstreams.get(&decided.upstream) else {
+                    return (None, None);
+                };
+                let Some((delivery, attempts)) = this.deliver(upstream, &event).await else {
+                    return (None, None);
+                };
+                feedback = Some(feedback_of(&attempts));
                 decided.attempts = attempts;
                 decided.circuit_state = Some(delivery.circuit_state);
                 decided.outcome = outcome_of(&delivery);
@@ -148,7 +158,7 @@ impl Processor {
             if records.iter().any(crate::dlq::is_truncated_dlq_copy) {
                 this.metrics.dlq_truncated.inc();
             }
-            Some(records)
+            (Some(records), feedback)
         }
         .instrument(span)
         .await
@@ -369,6 +379,22 @@ fn keep_first_and_latest(attempts: &mut Vec<AttemptRecord>) {
         let latest_from = attempts.len() - (MAX_RECORDED_ATTEMPTS - FIRST_RECORDED_ATTEMPTS);
         attempts.drain(FIRST_RECORDED_ATTEMPTS..latest_from);
     }
+}
+
+/// What a delivery's attempts say about the upstream's load: back-pressure (429, 503, a
+/// timeout) and the mean round trip of the answered attempts.
+fn feedback_of(attempts: &[AttemptRecord]) -> Feedback {
+    let backpressure = attempts
+        .iter()
+        .any(|attempt| matches!(attempt.status, Some(429 | 503)) || attempt.timeout.is_some());
+    let answered: Vec<Duration> = attempts
+        .iter()
+        .filter(|attempt| attempt.status.is_some())
+        .map(|attempt| attempt.timings.total)
+        .collect();
+    let rtt =
+        (!answered.is_empty()).then(|| answered.iter().sum::<Duration>() / answered.len() as u32);
+    Feedback { rtt, backpressure }
 }
 
 /// Maps the final delivery to an outcome with a stable reason code.

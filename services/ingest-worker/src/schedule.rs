@@ -19,7 +19,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
+use tokio::time::Instant;
+
 use crate::committer::Tracker;
+use crate::concurrency::{AdaptiveLimit, Feedback};
 use crate::process::{Prepared, Processor};
 use crate::tracker::Finished;
 
@@ -50,6 +53,11 @@ pub struct UpstreamSchedule {
     pub ordering: Ordering,
     /// Deliveries in flight, at most.
     pub max_in_flight: usize,
+    /// Whether the in-flight limit adapts to the upstream within `1..=max_in_flight`
+    /// ([`crate::concurrency`]); otherwise it is `max_in_flight`.
+    pub adaptive: bool,
+    /// The in-flight limit in force.
+    pub limit_gauge: Gauge,
     /// Messages queued (not yet started), at most; beyond, the dispatcher holds the message
     /// and, if the wait goes on, pauses its partition.
     pub max_queued: usize,
@@ -123,9 +131,16 @@ struct UpstreamQueue {
     schedule: UpstreamSchedule,
     in_flight: usize,
     waiting: KeyedQueue<Prepared>,
+    adaptive: Option<AdaptiveLimit>,
 }
 
 impl UpstreamQueue {
+    fn limit(&self) -> usize {
+        self.adaptive
+            .as_ref()
+            .map_or(self.schedule.max_in_flight, AdaptiveLimit::limit)
+    }
+
     fn push(&mut self, prepared: Prepared) {
         let key = match self.schedule.ordering {
             Ordering::Key => prepared.inbound.key.clone(),
@@ -142,6 +157,7 @@ impl UpstreamQueue {
     fn report(&self) {
         self.schedule.queued_gauge.set(self.waiting.len as i64);
         self.schedule.in_flight_gauge.set(self.in_flight as i64);
+        self.schedule.limit_gauge.set(self.limit() as i64);
     }
 }
 
@@ -150,6 +166,7 @@ impl UpstreamQueue {
 pub struct Done {
     upstream: Arc<str>,
     key: Option<Vec<u8>>,
+    feedback: Option<Feedback>,
 }
 
 /// The queues of all upstreams and the deliveries they started.
@@ -180,12 +197,17 @@ impl Scheduler {
         let queues = upstreams
             .into_iter()
             .map(|(name, schedule)| {
+                let adaptive = schedule
+                    .adaptive
+                    .then(|| AdaptiveLimit::new(schedule.max_in_flight, Instant::now()));
                 let queue = UpstreamQueue {
                     name: Arc::from(name.as_str()),
                     schedule,
                     in_flight: 0,
                     waiting: KeyedQueue::default(),
+                    adaptive,
                 };
+                queue.report();
                 (name, queue)
             })
             .collect();
@@ -227,6 +249,9 @@ impl Scheduler {
     pub fn finished(&mut self, done: Done) {
         if let Some(queue) = self.queues.get_mut(&*done.upstream) {
             queue.release(done.key);
+            if let (Some(adaptive), Some(feedback)) = (queue.adaptive.as_mut(), done.feedback) {
+                adaptive.finished(feedback, Instant::now());
+            }
         }
         self.start(done.upstream.as_ref());
     }
@@ -235,19 +260,24 @@ impl Scheduler {
         let Some(queue) = self.queues.get_mut(upstream) else {
             return;
         };
-        while queue.in_flight < queue.schedule.max_in_flight {
+        while queue.in_flight < queue.limit() {
             let Some((key, prepared)) = queue.waiting.take() else {
                 break;
             };
+            let in_flight = queue.in_flight;
+            if let Some(adaptive) = queue.adaptive.as_mut() {
+                adaptive.started(in_flight);
+            }
             queue.in_flight += 1;
             let (partition, generation, offset) = (
                 prepared.inbound.partition,
                 prepared.inbound.generation,
                 prepared.inbound.offset,
             );
-            let report = Done {
+            let mut report = Done {
                 upstream: Arc::clone(&queue.name),
                 key,
+                feedback: None,
             };
             if self.tracker.generation(partition) != Some(generation) {
                 // Revoked while it waited: the new owner decides it.
@@ -260,9 +290,11 @@ impl Scheduler {
                 self.done.clone(),
             );
             self.tasks.spawn(async move {
-                if let Some(output) = processor.finish(prepared).await {
+                let (output, feedback) = processor.finish_with_feedback(prepared).await;
+                if let Some(output) = output {
                     tracker.finished(partition, generation, Finished { offset, output });
                 }
+                report.feedback = feedback;
                 // The dispatcher has stopped when this fails: nothing is left to start.
                 let _ = done.send(report).await;
             });

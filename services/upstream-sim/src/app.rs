@@ -55,6 +55,26 @@ async fn deliver(State(state): State<Arc<SimState>>, headers: HeaderMap, body: B
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
     state.store.received(key.as_deref());
+    let in_progress = state.enter();
+    if let Some(limit) = state.faults().concurrency_limit
+        && in_progress.count > limit.max
+    {
+        state.metrics.observe(
+            Action::RateLimit {
+                retry_after_secs: limit.retry_after_secs,
+            },
+            started.elapsed(),
+        );
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(
+                http::header::RETRY_AFTER,
+                limit.retry_after_secs.to_string(),
+            )],
+            Json(json!({ "error": "too many concurrent requests" })),
+        )
+            .into_response();
+    }
     let (latency, action) = state.decide();
     // A zero sleep still waits for the next timer tick (about 1 ms): skip it.
     if !latency.is_zero() {
@@ -134,7 +154,12 @@ async fn put_faults(State(state): State<Arc<SimState>>, body: Bytes) -> Response
 }
 
 async fn deliveries(State(state): State<Arc<SimState>>) -> Response {
-    Json(state.store.summary()).into_response()
+    let mut summary = serde_json::to_value(state.store.summary()).unwrap_or_default();
+    summary["peak_in_progress"] = state
+        .peak_in_progress
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .into();
+    Json(summary).into_response()
 }
 
 async fn delivery(State(state): State<Arc<SimState>>, Path(key): Path<String>) -> Response {
@@ -151,6 +176,9 @@ async fn delivery(State(state): State<Arc<SimState>>, Path(key): Path<String>) -
 async fn reset(State(state): State<Arc<SimState>>) -> StatusCode {
     state.set_faults(Faults::default());
     state.store.reset();
+    state
+        .peak_in_progress
+        .store(0, std::sync::atomic::Ordering::Relaxed);
     tracing::info!("faults and counters reset");
     StatusCode::NO_CONTENT
 }

@@ -26,6 +26,22 @@ pub struct Faults {
     pub reset_ratio: f64,
     /// While true, the port refuses connections.
     pub outage: bool,
+    /// Requests answered at once, beyond which further ones are refused with 429: an API
+    /// that takes a fixed number of concurrent requests.
+    pub concurrency_limit: Option<ConcurrencyLimit>,
+}
+
+/// At most `max` requests in progress; one more is answered 429 with `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyLimit {
+    pub max: usize,
+    #[serde(default = "default_limit_retry_after")]
+    pub retry_after_secs: u64,
+}
+
+fn default_limit_retry_after() -> u64 {
+    1
 }
 
 /// Latency added before answering.
@@ -156,6 +172,11 @@ impl Faults {
             return Err(FaultsError(format!(
                 "fault ratios add up to {total}, more than 1"
             )));
+        }
+        if self.concurrency_limit.is_some_and(|limit| limit.max == 0) {
+            return Err(FaultsError(
+                "concurrency_limit.max must be at least 1".into(),
+            ));
         }
         if self.hang.ms > MAX_DELAY_MS {
             return Err(FaultsError(format!("hang.ms above {MAX_DELAY_MS}")));

@@ -1,6 +1,7 @@
 //! Shared state: the current faults (with an outage signal for the listener), the delivery
 //! counts and the metrics.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -23,6 +24,23 @@ pub struct SimState {
     outage: watch::Sender<bool>,
     pub(crate) store: DeliveryStore,
     pub(crate) metrics: SimMetrics,
+    /// Requests in progress now, and the most at once since the last reset.
+    in_progress: AtomicUsize,
+    pub(crate) peak_in_progress: AtomicUsize,
+}
+
+/// One request in progress, counted while it lives.
+#[derive(Debug)]
+pub(crate) struct InProgress<'a> {
+    state: &'a SimState,
+    /// Requests in progress with this one.
+    pub(crate) count: usize,
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.state.in_progress.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl SimState {
@@ -33,7 +51,16 @@ impl SimState {
             outage: watch::Sender::new(false),
             store: DeliveryStore::new(key_capacity),
             metrics: SimMetrics::register(registry),
+            in_progress: AtomicUsize::new(0),
+            peak_in_progress: AtomicUsize::new(0),
         }
+    }
+
+    /// Counts a request in progress until the guard is dropped.
+    pub(crate) fn enter(&self) -> InProgress<'_> {
+        let count = self.in_progress.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak_in_progress.fetch_max(count, Ordering::Relaxed);
+        InProgress { state: self, count }
     }
 
     pub fn faults(&self) -> Faults {

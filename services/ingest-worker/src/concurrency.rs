@@ -1,0 +1,221 @@
+//! Adaptive concurrency per upstream: the in-flight limit follows what the upstream can take,
+//! by additive increase and multiplicative decrease (AIMD) on back-pressure and round-trip
+//! time, after Vector's adaptive request concurrency and the congestion control it borrows.
+//!
+//! Deliveries are observed in windows about one smoothed round trip long. At the end of a
+//! window:
+//!
+//! - **decrease** to `limit × 0.9` (at least 1) when the window saw back-pressure (a 429 or 503
+//!   answer, or a timeout) or its mean round trip was more than twice the long-run mean: the
+//!   upstream is saturated or failing;
+//! - **increase** by 1 when the window reached the limit (the limit was what held deliveries
+//!   back) and its mean round trip stayed within 1.25 × the long-run mean: more would be taken;
+//! - otherwise keep it.
+//!
+//! The long-run mean is an exponentially weighted mean of the windows' means (weight 0.2) over
+//! windows without back-pressure. The limit stays within `1..=max_in_flight` and starts at
+//! `min(max_in_flight, 8)`.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Where the limit starts.
+const INITIAL: usize = 8;
+/// Multiplicative decrease.
+const DECREASE: f64 = 0.9;
+/// A window mean above `long-run mean × RTT_RISE` counts as a latency rise.
+const RTT_RISE: f64 = 2.0;
+/// A window mean at most `long-run mean × RTT_HOLDS` lets the limit grow.
+const RTT_HOLDS: f64 = 1.25;
+/// Weight of a new window in the long-run mean.
+const EWMA_WEIGHT: f64 = 0.2;
+/// Shortest window, so a very fast upstream is not judged on a handful of calls.
+const MIN_WINDOW: Duration = Duration::from_millis(20);
+
+/// What one delivery told about its upstream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Feedback {
+    /// Mean round trip of its attempts that got an answer; `None` when none did.
+    pub rtt: Option<Duration>,
+    /// A 429 or 503 answer, or a timeout.
+    pub backpressure: bool,
+}
+
+/// The adaptive limit of one upstream.
+#[derive(Debug)]
+pub struct AdaptiveLimit {
+    limit: usize,
+    max: usize,
+    /// Long-run mean round trip, seconds.
+    long_rtt: Option<f64>,
+    window: Window,
+}
+
+#[derive(Debug)]
+struct Window {
+    started: Instant,
+    rtt_sum: f64,
+    rtt_count: u32,
+    reached_limit: bool,
+    backpressure: bool,
+}
+
+impl Window {
+    fn new(now: Instant) -> Self {
+        Self {
+            started: now,
+            rtt_sum: 0.0,
+            rtt_count: 0,
+            reached_limit: false,
+            backpressure: false,
+        }
+    }
+}
+
+impl AdaptiveLimit {
+    pub fn new(max: usize, now: Instant) -> Self {
+        Self {
+            limit: INITIAL.min(max).max(1),
+            max: max.max(1),
+            long_rtt: None,
+            window: Window::new(now),
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Notes that `in_flight` deliveries were under way when a new one started.
+    pub fn started(&mut self, in_flight: usize) {
+        if in_flight + 1 >= self.limit {
+            self.window.reached_limit = true;
+        }
+    }
+
+    /// Takes a finished delivery's feedback; returns the limit after it.
+    pub fn finished(&mut self, feedback: Feedback, now: Instant) -> usize {
+        self.window.backpressure |= feedback.backpressure;
+        if let Some(rtt) = feedback.rtt {
+            self.window.rtt_sum += rtt.as_secs_f64();
+            self.window.rtt_count += 1;
+        }
+        let length = self
+            .long_rtt
+            .map_or(MIN_WINDOW, Duration::from_secs_f64)
+            .max(MIN_WINDOW);
+        if now.saturating_duration_since(self.window.started) >= length {
+            self.close_window(now);
+        }
+        self.limit
+    }
+
+    fn close_window(&mut self, now: Instant) {
+        let window = std::mem::replace(&mut self.window, Window::new(now));
+        let mean = (window.rtt_count > 0).then(|| window.rtt_sum / f64::from(window.rtt_count));
+        let rose =
+            matches!((mean, self.long_rtt), (Some(mean), Some(long)) if mean > long * RTT_RISE);
+        let holds = match (mean, self.long_rtt) {
+            (Some(mean), Some(long)) => mean <= long * RTT_HOLDS,
+            (_, None) => true,
+            (None, Some(_)) => false,
+        };
+        if window.backpressure || rose {
+            self.limit = ((self.limit as f64 * DECREASE) as usize).max(1);
+        } else if window.reached_limit && holds {
+            self.limit = (self.limit + 1).min(self.max);
+        }
+        if !window.backpressure
+            && let Some(mean) = mean
+        {
+            self.long_rtt = Some(match self.long_rtt {
+                Some(long) => long + EWMA_WEIGHT * (mean - long),
+                None => mean,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RTT: Duration = Duration::from_millis(30);
+
+    /// Runs windows against an upstream that takes `capacity` at once and refuses beyond.
+    fn run(limit: &mut AdaptiveLimit, capacity: usize, windows: usize, start: Instant) -> Instant {
+        let mut now = start;
+        for _ in 0..windows {
+            let in_flight = limit.limit();
+            for index in 0..in_flight {
+                limit.started(index);
+            }
+            now += RTT;
+            for index in 0..in_flight {
+                limit.finished(
+                    Feedback {
+                        rtt: Some(RTT),
+                        backpressure: index >= capacity,
+                    },
+                    now,
+                );
+            }
+        }
+        now
+    }
+
+    #[test]
+    fn the_limit_converges_near_what_the_upstream_takes() {
+        let start = Instant::now();
+        let mut limit = AdaptiveLimit::new(256, start);
+        assert_eq!(limit.limit(), 8);
+        run(&mut limit, 40, 400, start);
+        let settled = limit.limit();
+        assert!((32..=41).contains(&settled), "settled at {settled}");
+    }
+
+    #[test]
+    fn it_never_leaves_its_bounds() {
+        let start = Instant::now();
+        let mut limit = AdaptiveLimit::new(16, start);
+        let later = run(&mut limit, 1000, 200, start);
+        assert_eq!(limit.limit(), 16, "capped at max_in_flight");
+        run(&mut limit, 0, 200, later);
+        assert_eq!(limit.limit(), 1, "never below one");
+    }
+
+    #[test]
+    fn a_latency_rise_lowers_the_limit_and_traffic_below_the_limit_keeps_it() {
+        let start = Instant::now();
+        let mut limit = AdaptiveLimit::new(64, start);
+        let mut now = run(&mut limit, 1000, 30, start);
+        let before = limit.limit();
+        // Three times slower, no refusals: the upstream is queueing.
+        let slow = |limit: &mut AdaptiveLimit, now: &mut Instant, count: usize| {
+            for _ in 0..count {
+                limit.started(0);
+            }
+            *now += RTT * 3;
+            for _ in 0..count {
+                limit.finished(
+                    Feedback {
+                        rtt: Some(RTT * 3),
+                        backpressure: false,
+                    },
+                    *now,
+                );
+            }
+        };
+        for _ in 0..3 {
+            slow(&mut limit, &mut now, before);
+        }
+        assert!(limit.limit() < before, "{} after {before}", limit.limit());
+        // Traffic that never comes near the limit does not raise it.
+        let kept = limit.limit();
+        for _ in 0..50 {
+            slow(&mut limit, &mut now, 1);
+        }
+        assert_eq!(limit.limit(), kept);
+    }
+}

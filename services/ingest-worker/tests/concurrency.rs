@@ -1,0 +1,59 @@
+//! Adaptive concurrency: against an upstream that takes at most N requests at once and answers
+//! 429 beyond, the worker's in-flight limit settles near N with few calls refused, and every
+//! message is delivered once. Real broker, real upstream-sim.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use relais_ingest_worker::config::PipelineConfig;
+use relais_proto::v1::Outcome;
+use relais_resilience::UpstreamPolicy;
+use relais_test_support::unique_name;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_in_flight_limit_settles_near_what_the_upstream_takes() {
+    init_telemetry();
+    let kafka = relais_test_support::kafka().await;
+    let sim = Sim::start().await;
+    let takes = 20;
+    sim.set_faults(json!({
+        "latency": {"kind": "fixed", "ms": 20},
+        "concurrency_limit": {"max": takes, "retry_after_secs": 1},
+    }))
+    .await;
+    let topics = Topics::create(&kafka, 3).await;
+    let worker = Worker::start(
+        &kafka,
+        &topics,
+        &unique_name("it-group"),
+        sim.api,
+        UpstreamPolicy::default(),
+        PipelineConfig::default(),
+    );
+    let total = 2000;
+    produce(&kafka, &topics.ingress, &valid_events("c", total, 1000)).await;
+    let audit = read_outcomes(&kafka, &topics.audit, total, Duration::from_secs(120)).await;
+    assert_exactly_once(&audit, total);
+    assert!(audit.iter().all(|r| r.outcome == Outcome::Delivered as i32));
+
+    let limit = worker
+        .metric("relais_worker_upstream_concurrency_limit{upstream=\"default\"}")
+        .await;
+    assert!(
+        (f64::from(takes) / 2.0..=f64::from(takes) + 2.0).contains(&limit),
+        "limit {limit} for an upstream that takes {takes}"
+    );
+    let seen = sim.deliveries().await;
+    let requests = seen["requests"].as_u64().unwrap();
+    let refused = requests - seen["accepted"].as_u64().unwrap();
+    assert!(
+        refused * 100 <= requests * 5,
+        "{refused} of {requests} calls refused"
+    );
+    eprintln!("adaptive limit {limit}; {refused} of {requests} calls refused");
+    worker.stop().await;
+}
