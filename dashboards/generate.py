@@ -172,6 +172,10 @@ WORKER = [
         (f'sum by (upstream) (relais_worker_upstream_in_flight_deliveries{{{sel(W)}}})', "in flight {{upstream}}"),
         (f'sum by (upstream) (relais_worker_upstream_concurrency_limit{{{sel(W)}}})', "limit {{upstream}}"),
     ], "short", description="Each upstream has its own queue and in-flight limit (adaptive: it follows what the upstream takes): a sick upstream's messages wait in its own."),
+    panel("Ingress to outcome per upstream (p50, p99)", [
+        (quantile(0.5, "relais_worker_ingress_to_outcome_seconds", W, by="upstream"), "p50 {{upstream}}"),
+        (quantile(0.99, "relais_worker_ingress_to_outcome_seconds", W, by="upstream"), "p99 {{upstream}}"),
+    ], "s", description="From the ingress record's timestamp to the outcome: what a sender waits, queued and throttled time included."),
     panel("Throttled calls", [
         (rate("relais_throttled_calls_total", W, by="upstream, reason"), "{{upstream}} {{reason}}"),
     ], "ops", description="Calls that waited for the upstream's rate limit, or for the pause it asked for with Retry-After."),

@@ -318,7 +318,6 @@ pub async fn run(
     };
     shutdown.cancel();
     let _ = dispatcher.await;
-    delivery_tasks.close();
     let drained = shutdown::drain(&delivery_tasks, config.pipeline.drain_timeout).await;
     tracing::info!(
         ?drained,

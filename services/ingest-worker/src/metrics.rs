@@ -56,6 +56,7 @@ pub struct WorkerMetrics {
     upstream_queued: Family<UpstreamLabels, Gauge>,
     upstream_in_flight: Family<UpstreamLabels, Gauge>,
     upstream_concurrency_limit: Family<UpstreamLabels, Gauge>,
+    ingress_to_outcome: Family<UpstreamLabels, Histogram>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -101,6 +102,11 @@ impl WorkerMetrics {
             upstream_queued: Family::default(),
             upstream_in_flight: Family::default(),
             upstream_concurrency_limit: Family::default(),
+            // 1 ms to about 4.5 hours: waits for an upstream (open circuit, hold, pace, queue)
+            // belong in this figure, however long.
+            ingress_to_outcome: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 4.0, 13))
+            }),
         };
         let worker = registry.sub_registry_with_prefix("relais_worker");
         worker.register(
@@ -210,6 +216,12 @@ impl WorkerMetrics {
             "Deliveries in flight to an upstream, waits for its circuit or hold included; at most its max_in_flight",
             metrics.upstream_in_flight.clone(),
         );
+        worker.register_with_unit(
+            "ingress_to_outcome",
+            "From the ingress record's timestamp to the decided outcome, per upstream: the latency a sender sees, waits for the upstream (queue, open circuit, hold, pace) included",
+            Unit::Seconds,
+            metrics.ingress_to_outcome.clone(),
+        );
         worker.register(
             "upstream_concurrency_limit",
             "The in-flight limit in force for an upstream: adaptive within 1..=max_in_flight, or max_in_flight",
@@ -262,6 +274,15 @@ impl WorkerMetrics {
                 upstream: upstream.to_owned(),
             })
             .clone()
+    }
+
+    /// Observes a routed message's time from its ingress timestamp to its outcome.
+    pub fn record_ingress_to_outcome(&self, upstream: &str, elapsed: Duration) {
+        self.ingress_to_outcome
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn upstream_concurrency_limit(&self, upstream: &str) -> Gauge {

@@ -138,6 +138,14 @@ impl Processor {
                 decided.circuit_state = Some(delivery.circuit_state);
                 decided.outcome = outcome_of(&delivery);
                 decided.decided_at = SystemTime::now();
+                let ingress_time = inbound.timestamp.unwrap_or(inbound.received_at);
+                this.metrics.record_ingress_to_outcome(
+                    &decided.upstream,
+                    decided
+                        .decided_at
+                        .duration_since(ingress_time)
+                        .unwrap_or_default(),
+                );
             }
             let span = tracing::Span::current();
             span.record("messaging.message.id", decided.message_id.as_str());

@@ -71,6 +71,7 @@ impl StatusSource {
             .upstreams
             .iter()
             .map(|upstream| {
+                let name = upstream.client.name();
                 let breaker = upstream.client.breaker();
                 let age = now_instant.saturating_duration_since(breaker.since());
                 UpstreamCircuit {
@@ -82,6 +83,9 @@ impl StatusSource {
                         .reason()
                         .map(|reason| reason.label().to_owned())
                         .unwrap_or_default(),
+                    queued: gauge_u32(&self.metrics.upstream_queued(name)),
+                    in_flight: gauge_u32(&self.metrics.upstream_in_flight(name)),
+                    concurrency_limit: gauge_u32(&self.metrics.upstream_concurrency_limit(name)),
                 }
             })
             .collect();
@@ -98,6 +102,10 @@ impl StatusSource {
             circuits,
         }
     }
+}
+
+fn gauge_u32(gauge: &prometheus_client::metrics::gauge::Gauge) -> u32 {
+    u32::try_from(gauge.get()).unwrap_or(0)
 }
 
 /// Keeps a `Report` stream open to `gateway`, sending a snapshot every `interval`, until

@@ -210,8 +210,7 @@ async fn retry_after_is_honoured_between_attempts() {
         .await;
     let topics = Topics::create(&kafka, 3).await;
     let total = 200;
-    let worker = Worker::start(
-        &kafka,
+    let mut config = worker_config(
         &topics,
         &unique_name("it-group"),
         sim.api,
@@ -221,7 +220,15 @@ async fn retry_after_is_honoured_between_attempts() {
             window: Duration::from_secs(10),
         }),
         PipelineConfig::default(),
+        None,
     );
+    // Every 429 here pauses the whole upstream for 2 s (what Retry-After asks), and the
+    // adaptive limit would shrink at each: a fixed limit keeps this test about the spacing of
+    // one message's attempts.
+    for upstream in config.upstreams.values_mut() {
+        upstream.adaptive_concurrency = false;
+    }
+    let worker = Worker::start_config(&kafka, config);
     produce(&kafka, &topics.ingress, &valid_events("r", total, 50)).await;
     let audit = audit_records(
         &read_exactly(

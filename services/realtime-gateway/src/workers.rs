@@ -66,6 +66,11 @@ pub struct WorkerCircuit {
     /// `disabled` (it answered 410, or an operator disabled it); absent when not held.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held: Option<String>,
+    /// Messages waiting for this upstream in this worker, deliveries in flight to it, and the
+    /// in-flight limit in force.
+    pub queued: u32,
+    pub in_flight: u32,
+    pub concurrency_limit: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +204,9 @@ impl WorkerRegistry {
                             state: CircuitState::from_proto(c.state),
                             since: c.since.as_ref().and_then(system_time).map(rfc3339),
                             held: Some(c.held.clone()).filter(|held| !held.is_empty()),
+                            queued: c.queued,
+                            in_flight: c.in_flight,
+                            concurrency_limit: c.concurrency_limit,
                         })
                         .collect(),
                 }

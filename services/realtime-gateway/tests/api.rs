@@ -339,6 +339,9 @@ async fn workers_report_over_grpc_and_an_admin_can_forget_them() {
                 state: v1::CircuitState::HalfOpen as i32,
                 since: None,
                 held: "unauthorized".into(),
+                queued: 120,
+                in_flight: 16,
+                concurrency_limit: 16,
             }],
             ..WorkerStatus::default()
         })
@@ -361,6 +364,19 @@ async fn workers_report_over_grpc_and_an_admin_can_forget_them() {
         "a held upstream shows on the gateway"
     );
     assert_eq!(listed["circuits"][0]["held"], "unauthorized");
+    assert_eq!(
+        (
+            &circuits["circuits"][0]["queued"],
+            &circuits["circuits"][0]["in_flight"],
+            &circuits["circuits"][0]["workers"][0]["concurrency_limit"],
+        ),
+        (
+            &serde_json::json!(120),
+            &serde_json::json!(16),
+            &serde_json::json!(16)
+        ),
+        "the work waiting for an upstream shows on the gateway"
+    );
 
     // The stream ends: still listed, no longer connected.
     drop(sender);

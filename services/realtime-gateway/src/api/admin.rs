@@ -36,6 +36,9 @@ pub struct UpstreamView {
     pub changed_at: Option<String>,
     /// Workers that hold its deliveries now, and why (`unauthorized`, `disabled`).
     pub held_by: Vec<HeldBy>,
+    /// Over the connected workers: messages waiting for it, and deliveries in flight.
+    pub queued: u64,
+    pub in_flight: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -91,6 +94,16 @@ fn upstream_views(state: &AppState) -> Option<BTreeMap<String, UpstreamView>> {
                             })
                     })
                     .collect();
+                let (queued, in_flight) = workers
+                    .iter()
+                    .filter(|worker| worker.connected)
+                    .flat_map(|worker| worker.circuits.iter().filter(|c| c.upstream == name))
+                    .fold((0u64, 0u64), |(queued, in_flight), c| {
+                        (
+                            queued + u64::from(c.queued),
+                            in_flight + u64::from(c.in_flight),
+                        )
+                    });
                 let view = UpstreamView {
                     name: name.clone(),
                     enabled: control.is_none_or(|c| c.enabled),
@@ -99,6 +112,8 @@ fn upstream_views(state: &AppState) -> Option<BTreeMap<String, UpstreamView>> {
                     changed_by: control.map(|c| c.changed_by.clone()),
                     changed_at: control.map(|c| c.changed_at.clone()),
                     held_by,
+                    queued,
+                    in_flight,
                 };
                 (name, view)
             })

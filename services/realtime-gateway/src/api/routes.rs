@@ -290,6 +290,10 @@ pub struct CircuitView {
     /// latest event when no connected worker reports this upstream.
     pub state: CircuitState,
     pub workers: Vec<WorkerCircuitState>,
+    /// Waiting work for this upstream over the connected workers: messages queued, and
+    /// deliveries in flight (waits for an open circuit or a hold included).
+    pub queued: u64,
+    pub in_flight: u64,
     /// The circuit state on the latest event for this upstream, and its decision time.
     pub last_event_state: Option<CircuitState>,
     pub last_event_at: Option<String>,
@@ -300,10 +304,14 @@ pub struct WorkerCircuitState {
     pub worker_id: String,
     pub state: CircuitState,
     pub since: Option<String>,
-    /// Why this worker holds the upstream's deliveries: `unauthorized` (401/403) or `gone`
-    /// (410); absent when not held.
+    /// Why this worker holds the upstream's deliveries: `unauthorized` (401/403) or
+    /// `disabled` (410, or an operator); absent when not held.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held: Option<String>,
+    pub queued: u32,
+    pub in_flight: u32,
+    /// This worker's in-flight limit for the upstream.
+    pub concurrency_limit: u32,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -328,6 +336,8 @@ pub async fn circuits(State(state): State<AppState>) -> Json<CircuitsResponse> {
         upstream: upstream.to_owned(),
         state: CircuitState::Unknown,
         workers: Vec::new(),
+        queued: 0,
+        in_flight: 0,
         last_event_state: None,
         last_event_at: None,
     };
@@ -340,11 +350,16 @@ pub async fn circuits(State(state): State<AppState>) -> Json<CircuitsResponse> {
                 .entry(circuit.upstream.clone())
                 .or_insert_with(|| view(&circuit.upstream));
             entry.state = entry.state.max(circuit.state);
+            entry.queued += u64::from(circuit.queued);
+            entry.in_flight += u64::from(circuit.in_flight);
             entry.workers.push(WorkerCircuitState {
                 worker_id: worker.worker_id.clone(),
                 state: circuit.state,
                 since: circuit.since,
                 held: circuit.held,
+                queued: circuit.queued,
+                in_flight: circuit.in_flight,
+                concurrency_limit: circuit.concurrency_limit,
             });
         }
     }
