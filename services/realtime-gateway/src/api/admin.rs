@@ -277,10 +277,29 @@ pub struct ReplayJobRequest {
     pub to: Option<String>,
     /// Stop after this many replayed records.
     #[schema(minimum = 1, maximum = 1_000_000_000)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub limit: Option<u64>,
     /// Count what would be replayed, write nothing.
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// A whole number, written as JSON allows: `548` or `548.0` (JSON Schema counts both as
+/// integers). A fraction, a negative or a number beyond `u64` is refused.
+fn whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if let Some(whole) = number.as_u64() {
+        return Ok(Some(whole));
+    }
+    number
+        .as_f64()
+        .filter(|value| value.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(value))
+        .map(|value| Some(value as u64))
+        .ok_or_else(|| serde::de::Error::custom(format!("{number} is not a whole number")))
 }
 
 /// Values per filter, at most.
@@ -416,6 +435,20 @@ pub async fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_limit_is_a_whole_number_however_it_is_written() {
+        let limit = |json: &str| {
+            serde_json::from_str::<ReplayJobRequest>(json).map(|request| request.limit)
+        };
+        assert_eq!(limit(r#"{"limit": 548}"#).unwrap(), Some(548));
+        assert_eq!(limit(r#"{"limit": 548.0}"#).unwrap(), Some(548));
+        assert_eq!(limit(r#"{"limit": null}"#).unwrap(), None);
+        assert_eq!(limit("{}").unwrap(), None);
+        assert!(limit(r#"{"limit": 1.5}"#).is_err());
+        assert!(limit(r#"{"limit": -3}"#).is_err());
+        assert!(limit(r#"{"limit": "7"}"#).is_err());
+    }
 
     #[test]
     fn a_replay_request_is_checked() {
