@@ -56,7 +56,7 @@ async fn deliver(State(state): State<Arc<SimState>>, headers: HeaderMap, body: B
         .map(str::to_owned);
     state.store.received(key.as_deref());
     let in_progress = state.enter();
-    if let Some(limit) = state.faults().concurrency_limit
+    if let Some(limit) = state.concurrency_limit()
         && in_progress.count > limit.max
     {
         state.metrics.observe(

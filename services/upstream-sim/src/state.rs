@@ -56,6 +56,15 @@ impl SimState {
         }
     }
 
+    /// The concurrency limit in force, read without copying the whole fault configuration
+    /// (this runs on every request).
+    pub(crate) fn concurrency_limit(&self) -> Option<crate::faults::ConcurrencyLimit> {
+        self.faults
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .concurrency_limit
+    }
+
     /// Counts a request in progress until the guard is dropped.
     pub(crate) fn enter(&self) -> InProgress<'_> {
         let count = self.in_progress.fetch_add(1, Ordering::Relaxed) + 1;

@@ -178,9 +178,7 @@ async fn change_upstream(
         ));
     }
     let actor = format!("token:{}", principal.name);
-    let trace_id = relais_telemetry::current_trace_id()
-        .map(|id| id.to_string())
-        .unwrap_or_default();
+    let trace_id = request_trace_id();
     match state
         .upstreams
         .set(&name, enabled, &actor, &note, trace_id)
@@ -302,6 +300,13 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(
         .ok_or_else(|| serde::de::Error::custom(format!("{number} is not a whole number")))
 }
 
+/// The trace id of the request being served (empty without one: the action then gets its own).
+fn request_trace_id() -> String {
+    relais_telemetry::current_trace_id()
+        .map(|id| id.to_string())
+        .unwrap_or_default()
+}
+
 /// Values per filter, at most.
 const MAX_FILTER_VALUES: usize = 1000;
 /// Largest `limit` (the schema says so too).
@@ -366,9 +371,7 @@ pub async fn start_replay(
 ) -> Result<Response, Problem> {
     let Json(body) = body.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
     let request = replay_request(body)?;
-    let trace_id = relais_telemetry::current_trace_id()
-        .map(|id| id.to_string())
-        .unwrap_or_default();
+    let trace_id = request_trace_id();
     let job = state
         .replays
         .start(request, &format!("token:{}", principal.name), trace_id)
