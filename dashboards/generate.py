@@ -179,6 +179,17 @@ WORKER = [
     panel("Throttled calls", [
         (rate("relais_throttled_calls_total", W, by="upstream, reason"), "{{upstream}} {{reason}}"),
     ], "ops", description="Calls that waited for the upstream's rate limit, or for the pause it asked for with Retry-After."),
+    row("Retry tiers"),
+    panel("Moved to a retry tier", [
+        (rate("relais_worker_retries_scheduled_total", W, by="upstream, reason"), "{{upstream}} {{reason}}"),
+    ], "ops", description="Messages that left their partition for a retry tier (not an outcome): the upstream could not take them soon."),
+    panel("Waiting in retry tiers", [
+        (f'sum by (topic) (relais_worker_retry_waiting_messages{{{sel(W)}}})', "{{topic}}"),
+        (f'sum(relais_worker_retry_waiting_keys{{{sel(W)}}})', "keys whose later messages follow"),
+    ], "short", description="Messages in each retry topic after the committed offset, over the replicas' partitions; keys kept in order behind a waiting message."),
+    panel("Oldest waiting per tier", [
+        (f'max by (topic) (relais_worker_retry_oldest_age_seconds{{{sel(W)}}})', "{{topic}}"),
+    ], "s", description="Since the oldest message not yet due in each tier moved there; at most the tier's delay while the tiers keep up."),
     row("Upstreams held and records cut"),
     panel("Upstreams held", [
         (f'max by (upstream, reason) (relais_worker_upstream_held{{{sel(W)}}})', "{{upstream}} {{reason}}"),

@@ -212,7 +212,13 @@ pub struct Topics {
     /// The upstream control topic and the replay ledger, the stack's own.
     pub control: String,
     pub ledger: String,
+    /// The prefix of the stack's retry topics (one per delay of [`RETRY_TIERS`]).
+    pub retry_prefix: String,
 }
+
+/// The workers' retry tiers: short enough that the fault scenarios (outages up to a minute)
+/// pass through several of them and end delivered.
+pub const RETRY_TIERS: [&str; 5] = ["2s", "10s", "30s", "1m", "2m"];
 
 /// What a stack is started with.
 #[derive(Debug, Clone)]
@@ -329,7 +335,17 @@ impl ProcessStack {
             ledger: kafka
                 .create_topic_with("e2e-replays", 1, &[("cleanup.policy", "compact")])
                 .await,
+            retry_prefix: unique_name("e2e-retry"),
         };
+        for delay in RETRY_TIERS {
+            kafka
+                .create_named_topic(
+                    &format!("{}.{delay}", topics.retry_prefix),
+                    options.ingress_partitions,
+                    &[],
+                )
+                .await;
+        }
         let bucket = rgw.create_bucket("e2e").await.name.clone();
         let endpoints = Endpoints::from_env();
         let mut common = vec![(
@@ -431,9 +447,14 @@ dlq_topic = "{dlq}"
 control_topic = "{control}"
 replay_ledger_topic = "{ledger}"
 
+[retry]
+topic_prefix = "{retry_prefix}"
+in_memory_wait = "3s"
+
 [upstreams.default]
 url = "http://{sim_api}"
 path = "/events"
+retry_tiers = {retry_tiers:?}
 
 [upstreams.default.policy]
 attempt_timeout = "1s"
@@ -459,6 +480,8 @@ interval = "1s"
                 dlq = topics.dlq,
                 control = topics.control,
                 ledger = topics.ledger,
+                retry_prefix = topics.retry_prefix,
+                retry_tiers = RETRY_TIERS,
             ),
         );
         let mut workers = Vec::new();

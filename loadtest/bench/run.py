@@ -366,7 +366,7 @@ def worker_benchmark(args, out, stamp):
         config.write_text(
             f'[kafka]\ngroup_id = "bench-{stamp}"\n'
             + "".join(f'{name}_topic = "{topic}"\n' for name, topic in topics.items())
-            + f'[upstreams.default]\nurl = "http://{SIM_API}"\n'
+            + f'[upstreams.default]\nurl = "http://{SIM_API}"\nretry_tiers = []\n'
             + f'[upstreams.default.policy.bulkhead]\nmax_concurrent = {args.worker_in_flight}\n')
         worker = start("ingest-worker", {"RELAIS_WORKER_CONFIG": str(config), "RELAIS_ADMIN_ADDR": WORKER_ADMIN,
                                          "RELAIS_WORKER_ID": f"bench-{stamp}", "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP},
@@ -679,7 +679,7 @@ def outage_benchmark(args, out, stamp):
     worker_config = out / "outage-worker.toml"
     worker_config.write_text(f'[kafka]\ngroup_id = "bench-outage-{stamp}"\n'
                              + "".join(f'{name}_topic = "{topic}"\n' for name, topic in topics.items())
-                             + f'[upstreams.default]\nurl = "http://{SIM_API}"\n')
+                             + f'[upstreams.default]\nurl = "http://{SIM_API}"\nretry_tiers = []\n')
     audit_config = out / "outage-audit.toml"
     audit_config.write_text(f'[kafka]\ngroup_id = "bench-outage-audit-{stamp}"\naudit_topic = "{topics["audit"]}"\n')
     gateway_config = out / "outage-gateway.toml"

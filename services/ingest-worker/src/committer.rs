@@ -30,6 +30,7 @@ use crate::dlq;
 use crate::metrics::WorkerMetrics;
 use crate::pipeline::WorkerConsumer;
 use crate::records::OutRecord;
+use crate::retry::TierTopics;
 use crate::tracker::{OffsetTracker, Ready};
 
 pub type Tracker = OffsetTracker<Vec<OutRecord>>;
@@ -136,7 +137,8 @@ pub struct Committer {
     pub producer: FutureProducer,
     pub consumer: Arc<WorkerConsumer>,
     pub tracker: Arc<Tracker>,
-    pub ingress_topic: String,
+    /// The topics whose offsets are committed: the ingress topic and the retry tiers.
+    pub topics: TierTopics,
     pub max_batch: usize,
     /// Limit of each blocking transactional call; a call that runs out is classified like any
     /// other error (a timed-out commit is retriable).
@@ -149,7 +151,7 @@ pub struct Committer {
 impl std::fmt::Debug for Committer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Committer")
-            .field("ingress_topic", &self.ingress_topic)
+            .field("topics", &self.topics)
             .field("max_batch", &self.max_batch)
             .finish_non_exhaustive()
     }
@@ -214,7 +216,7 @@ impl Committer {
                         };
                         let ready = &mut batch[index.ready];
                         let (partition, (offset, records)) =
-                            (ready.partition, &mut ready.outputs[index.message]);
+                            (ready.partition.partition, &mut ready.outputs[index.message]);
                         let record = &mut records[index.record];
                         self.metrics.record_refused(&record.topic);
                         dlq::shrink_refused(record);
@@ -304,10 +306,13 @@ impl Committer {
             if self.tracker.generation(ready.partition) != Some(ready.generation) {
                 return Err(RoundError::Revoked);
             }
+            let Some(topic) = self.topics.name(ready.partition.topic) else {
+                return Err(RoundError::Revoked);
+            };
             offsets
                 .add_partition_offset(
-                    &self.ingress_topic,
-                    ready.partition,
+                    topic,
+                    ready.partition.partition,
                     Offset::Offset(ready.commit_offset),
                 )
                 .map_err(RoundError::Abort)?;
@@ -345,6 +350,9 @@ impl Committer {
                 .headers(headers);
             if let Some(key) = &record.key {
                 future = future.key(key);
+            }
+            if let Some(partition) = record.partition {
+                future = future.partition(partition);
             }
             match self.producer.send_result(future) {
                 Ok(delivery) => return Ok(delivery),

@@ -128,6 +128,7 @@ pub struct WorkerConfig {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub status: StatusConfig,
     pub dlq: DlqConfig,
+    pub retry: RetryConfig,
 }
 
 /// How much of an original message its dead-letter copy keeps. Every record the worker writes
@@ -171,6 +172,30 @@ impl DlqConfig {
 const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// Room left in a DLQ record for the worker's own headers (reason, detail, position, ...).
 const DLQ_RECORD_OVERHEAD_BYTES: usize = 16 * 1024;
+
+/// Retry tiers (each upstream's schedule is its `retry_tiers`; see ARCHITECTURE.md).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Each distinct tier delay has the topic `{topic_prefix}.{delay}` (`relais.retry.5m`),
+    /// with as many partitions as the ingress topic.
+    pub topic_prefix: String,
+    /// A message that has waited this long for its upstream (open circuit, held, throttled)
+    /// moves to its next retry tier, freeing its partition's commit position; for upstreams
+    /// without tiers it waits on in memory.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub in_memory_wait: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            topic_prefix: "relais.retry".into(),
+            in_memory_wait: Duration::from_secs(5),
+        }
+    }
+}
 
 /// Where this replica streams its status (the realtime-gateway's `WorkerReport` service).
 #[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
@@ -377,6 +402,18 @@ pub struct UpstreamConfig {
     /// `false`: always `max_in_flight`.
     #[serde(default = "default_adaptive_concurrency")]
     pub adaptive_concurrency: bool,
+    /// Delays of the retry tiers a message goes through when its upstream cannot take it:
+    /// retries exhausted, a long Retry-After, or a wait beyond `retry.in_memory_wait`. After
+    /// the last, the message is DEAD_LETTERED `retry_tiers_exhausted`. `[]`: no tiers, the
+    /// message waits in memory and holds its partition's commit position (the behaviour
+    /// before tiers). Non-decreasing, each between 1 s and 7 days, at most 16.
+    #[serde(default = "default_retry_tiers")]
+    #[schemars(with = "Vec<String>")]
+    pub retry_tiers: Vec<humantime_serde::Serde<Duration>>,
+}
+
+fn default_retry_tiers() -> Vec<humantime_serde::Serde<Duration>> {
+    crate::retry::DEFAULT_TIERS.map(Into::into).to_vec()
 }
 
 fn default_adaptive_concurrency() -> bool {
@@ -407,7 +444,19 @@ impl UpstreamConfig {
             ordering: crate::schedule::Ordering::default(),
             max_in_flight: None,
             adaptive_concurrency: default_adaptive_concurrency(),
+            retry_tiers: default_retry_tiers(),
         }
+    }
+
+    /// The delays of the retry tiers (see `retry_tiers`).
+    pub fn retry_tiers(&self) -> Vec<Duration> {
+        self.retry_tiers.iter().map(|delay| **delay).collect()
+    }
+
+    /// Sets the retry tiers (`[]`: none).
+    pub fn with_retry_tiers(mut self, tiers: &[Duration]) -> Self {
+        self.retry_tiers = tiers.iter().copied().map(Into::into).collect();
+        self
     }
 
     /// Deliveries in flight at most (see `max_in_flight`).
@@ -446,6 +495,20 @@ impl WorkerConfig {
             bootstrap: bootstrap.to_owned(),
             settings: self.kafka.client.clone(),
         }
+    }
+
+    /// The topics the worker reads: the ingress topic and the retry tiers of every upstream.
+    pub fn tier_topics(&self) -> crate::retry::TierTopics {
+        let schedules: Vec<Vec<Duration>> = self
+            .upstreams
+            .values()
+            .map(UpstreamConfig::retry_tiers)
+            .collect();
+        crate::retry::TierTopics::new(
+            &self.kafka.ingress_topic,
+            &self.retry.topic_prefix,
+            schedules.iter().map(Vec::as_slice),
+        )
     }
 
     /// Where `replay-dlq` reads and writes.
@@ -511,6 +574,9 @@ impl WorkerConfig {
             if upstream.max_in_flight == Some(0) {
                 return invalid(format!("upstream {name}: max_in_flight must be at least 1"));
             }
+            if let Err(reason) = crate::retry::validate_schedule(&upstream.retry_tiers()) {
+                return invalid(format!("upstream {name}: retry_tiers: {reason}"));
+            }
         }
         let pipeline = &self.pipeline;
         if pipeline.max_queued_per_upstream == 0 || pipeline.max_batch == 0 {
@@ -524,6 +590,21 @@ impl WorkerConfig {
             return invalid(format!(
                 "pipeline.max_uncommitted_per_partition ({}) must be at least 1 and at most pipeline.max_uncommitted ({})",
                 pipeline.max_uncommitted_per_partition, pipeline.max_uncommitted
+            ));
+        }
+        if self.retry.in_memory_wait.is_zero() {
+            return invalid("retry.in_memory_wait must be positive".into());
+        }
+        if self.retry.topic_prefix.is_empty()
+            || !self
+                .retry
+                .topic_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return invalid(format!(
+                "retry.topic_prefix {:?} is not a Kafka topic name (letters, digits, '.', '_', '-')",
+                self.retry.topic_prefix
             ));
         }
         if self.kafka.transaction_call_timeout.is_zero() {
@@ -609,6 +690,11 @@ mod tests {
         )
         .expect("parses");
         config.validate().expect("valid");
+        assert_eq!(
+            config.upstreams["orders"].retry_tiers(),
+            crate::retry::DEFAULT_TIERS,
+            "the default schedule"
+        );
         assert_eq!(config.pipeline.max_queued_per_upstream, 16);
         assert_eq!(config.upstreams["billing"].policy.retry.max_attempts, 3);
         assert_eq!(config.upstreams["orders"].path, "/events");
@@ -657,5 +743,27 @@ mod tests {
             .client
             .insert("message.max.bytes".into(), "4000000".into());
         config.validate().expect("a producer limit that fits");
+        let mut bad: WorkerConfig = toml::from_str(
+            r#"
+            [routing]
+            default_upstream = "a"
+            [upstreams.a]
+            url = "http://127.0.0.1:1"
+            retry_tiers = ["5m", "5s"]
+            "#,
+        )
+        .expect("parses");
+        let error = bad.validate().expect_err("a decreasing schedule");
+        assert!(error.to_string().contains("retry_tiers"), "{error}");
+        bad.upstreams.get_mut("a").unwrap().retry_tiers.clear();
+        bad.validate().expect("no tiers is valid");
+        bad.retry.topic_prefix = "retry topics".into();
+        let error = bad.validate().expect_err("a space in a topic name");
+        assert!(error.to_string().contains("topic_prefix"), "{error}");
+        assert!(
+            toml::from_str::<WorkerConfig>("[upstreams.a]\nurl = \"x\"\nretry_tiers = [\"soon\"]")
+                .is_err(),
+            "an unreadable delay"
+        );
     }
 }

@@ -48,7 +48,10 @@ impl DlqCopy {
         let mut headers = Vec::new();
         let (mut header_bytes, mut dropped) = (0, 0usize);
         for (name, value) in &inbound.headers {
-            if name == headers::TRACEPARENT || headers::DLQ_ALL.contains(&name.as_str()) {
+            if name == headers::TRACEPARENT
+                || headers::DLQ_ALL.contains(&name.as_str())
+                || crate::retry::headers::ALL.contains(&name.as_str())
+            {
                 continue;
             }
             let size = name.len() + value.len();
@@ -216,6 +219,7 @@ mod tests {
     fn inbound(payload: Vec<u8>, key: &[u8], headers: &[(&str, &[u8])]) -> Inbound {
         Inbound {
             topic: "relais.ingress".into(),
+            topic_index: crate::tracker::INGRESS,
             partition: 3,
             offset: 7,
             generation: 1,
@@ -227,6 +231,7 @@ mod tests {
                 .collect(),
             timestamp: None,
             received_at: SystemTime::now(),
+            retry: None,
         }
     }
 
@@ -307,6 +312,7 @@ mod tests {
     fn a_refused_dlq_copy_shrinks_once_and_outcome_records_never() {
         let mut record = OutRecord {
             topic: "relais.dlq".into(),
+            partition: None,
             key: Some(vec![b'k'; 1000]),
             payload: vec![b'x'; 5000],
             headers: vec![
@@ -340,6 +346,7 @@ mod tests {
 
         let mut audit = OutRecord {
             topic: "relais.audit".into(),
+            partition: None,
             key: None,
             payload: vec![1; 10],
             headers: vec![(headers::TRACEPARENT.into(), b"00-x".to_vec())],

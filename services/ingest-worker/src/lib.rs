@@ -4,9 +4,11 @@
 //! Kafka transaction as the consumed offsets.
 //!
 //! - [`config`]: the configuration file and command line;
-//! - [`pipeline`]: consumer, dispatcher with backpressure, commit loop;
+//! - [`pipeline`]: the rebalance callbacks and the commit loop;
+//! - [`dispatch`]: reading the ingress topic and the retry tiers, with backpressure;
 //! - [`schedule`]: a queue and an in-flight limit per upstream, order per key;
 //! - [`process`]: deciding one message;
+//! - [`retry`], [`tiers`], [`parked`]: retry tiers, reading them, and key order across them;
 //! - [`hold`]: holding an upstream that refuses everyone (401, 403) or is disabled (410);
 //! - [`control`]: the upstream control topic, which disables and re-enables upstreams;
 //! - [`records`]: the records an outcome produces;
@@ -21,14 +23,18 @@ pub mod committer;
 pub mod concurrency;
 pub mod config;
 pub mod control;
+pub mod dispatch;
 pub mod dlq;
 pub mod hold;
 pub mod metrics;
+pub mod parked;
 pub mod pipeline;
 pub mod process;
 pub mod records;
+pub mod retry;
 pub mod schedule;
 pub mod status;
+pub mod tiers;
 pub mod tracker;
 
 use std::collections::BTreeMap;
@@ -45,11 +51,14 @@ use relais_telemetry::admin::{AdminServer, Readiness};
 use relais_telemetry::shutdown::{self, CancellationToken, TaskTracker};
 
 use crate::committer::{Committer, Tracker};
-use crate::config::{Args, WorkerConfig};
+use crate::config::{Args, ConfigError, WorkerConfig};
 use crate::metrics::WorkerMetrics;
+use crate::parked::ParkedKeys;
 use crate::pipeline::{WorkerConsumer, WorkerContext};
-use crate::process::{Processor, Upstream};
+use crate::process::{Processor, RetryTiers, Upstream};
 use crate::records::OutputTopics;
+use crate::retry::TierTopics;
+use crate::tiers::{TierAssignment, TierConsumer, WaitingReader};
 
 /// This replica's identity: the flag, or host name and admin port.
 pub fn worker_id(args: &Args) -> String {
@@ -114,11 +123,42 @@ pub async fn run(
                 client,
                 endpoint,
                 hold,
+                ordering: upstream.ordering,
+                retry_tiers: upstream.retry_tiers().into(),
             },
         );
     }
 
     let tracker: Arc<Tracker> = Arc::new(Tracker::default());
+    let tier_topics = config.tier_topics();
+    let parked = Arc::new(ParkedKeys::default());
+    let tier_consumer: Arc<TierConsumer> = Arc::new(tiers::tier_consumer(
+        client_config(&args, &config),
+        &config.kafka.group_id,
+        &worker_id,
+    )?);
+    let (load_requests, load_receiver) = tokio::sync::mpsc::channel(4096);
+    let waiting_reader = WaitingReader {
+        client: client_config(&args, &config),
+        group_id: config.kafka.group_id.clone(),
+        ingress_topic: config.kafka.ingress_topic.clone(),
+        topics: tier_topics.clone(),
+        ordered_upstreams: Arc::new(
+            config
+                .upstreams
+                .iter()
+                .filter(|(_, upstream)| upstream.ordering == schedule::Ordering::Key)
+                .map(|(name, _)| name.clone())
+                .collect(),
+        ),
+    };
+    let parked_loader = tokio::spawn(tiers::load_parked(
+        load_receiver,
+        waiting_reader,
+        Arc::clone(&tracker),
+        Arc::clone(&parked),
+        shutdown.clone(),
+    ));
     let consumer: WorkerConsumer = client_config(&args, &config)
         .set("group.id", &config.kafka.group_id)
         .set("client.id", &worker_id)
@@ -135,6 +175,12 @@ pub async fn run(
         .set("queued.max.messages.kbytes", "8192")
         .create_with_context(WorkerContext {
             tracker: Arc::clone(&tracker),
+            tiers: TierAssignment {
+                consumer: Arc::clone(&tier_consumer),
+                topics: tier_topics.clone(),
+                parked: Arc::clone(&parked),
+                loads: load_requests,
+            },
             metrics: metrics.clone(),
         })
         .context("cannot create the Kafka consumer")?;
@@ -220,6 +266,11 @@ pub async fn run(
         dlq_limits: config.dlq.limits(),
         worker_id: worker_id.clone(),
         fail_fast_when_open: config.pipeline.fail_fast_when_open,
+        retry: RetryTiers {
+            topics: tier_topics.clone(),
+            in_memory_wait: config.retry.in_memory_wait,
+            parked: Arc::clone(&parked),
+        },
         hold_changes,
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
@@ -251,19 +302,24 @@ pub async fn run(
         delivery_tasks.clone(),
     );
     let paused = pipeline::PausedPartitions::default();
-    let dispatcher = pipeline::Dispatcher::new(
-        Arc::clone(&consumer),
+    let dispatcher = dispatch::Dispatcher::new(
+        dispatch::Sources {
+            ingress: Arc::clone(&consumer),
+            tiers: Arc::clone(&tier_consumer),
+            topics: tier_topics.clone(),
+            parked: Arc::clone(&parked),
+        },
         processor,
         scheduler,
         Arc::clone(&tracker),
         metrics.clone(),
         Arc::clone(&paused),
-        pipeline::UncommittedLimits {
+        dispatch::UncommittedLimits {
             per_partition: config.pipeline.max_uncommitted_per_partition,
             total: config.pipeline.max_uncommitted,
         },
     );
-    let dispatcher = tokio::spawn(pipeline::dispatch(
+    let dispatcher = tokio::spawn(dispatch::dispatch(
         dispatcher,
         delivery_reports,
         shutdown.clone(),
@@ -273,7 +329,7 @@ pub async fn run(
         producer,
         consumer: Arc::clone(&consumer),
         tracker: Arc::clone(&tracker),
-        ingress_topic: config.kafka.ingress_topic.clone(),
+        topics: tier_topics.clone(),
         max_batch: config.pipeline.max_batch,
         call_timeout: config.kafka.transaction_call_timeout,
         metrics: metrics.clone(),
@@ -288,6 +344,7 @@ pub async fn run(
     let lags = status::LagSnapshot::default();
     let lag_reporter = tokio::spawn(report_lag(
         Arc::clone(&consumer),
+        Arc::clone(&tier_consumer),
         metrics.clone(),
         Arc::clone(&lags),
         shutdown.clone(),
@@ -330,6 +387,7 @@ pub async fn run(
         None => commits.await,
     };
     lag_reporter.abort();
+    parked_loader.abort();
     let _ = tokio::time::timeout(Duration::from_secs(3), control_publisher).await;
     let _ = tokio::task::spawn_blocking(move || control_follower.join()).await;
     if let Some(status_reporter) = status_reporter {
@@ -345,9 +403,11 @@ pub async fn run(
     }
 }
 
-/// Publishes each assigned partition's lag every few seconds.
+/// Publishes each assigned partition's lag, and what waits in each retry topic, every few
+/// seconds.
 async fn report_lag(
     consumer: Arc<WorkerConsumer>,
+    tier_consumer: Arc<TierConsumer>,
     metrics: WorkerMetrics,
     lags: status::LagSnapshot,
     shutdown: CancellationToken,
@@ -362,6 +422,17 @@ async fn report_lag(
         let current = tokio::task::spawn_blocking(move || partition_lags(&consumer))
             .await
             .unwrap_or_default();
+        let tier_consumer = Arc::clone(&tier_consumer);
+        let waiting = tokio::task::spawn_blocking(move || tier_waiting(&tier_consumer))
+            .await
+            .unwrap_or_default();
+        metrics.retry_waiting.clear();
+        for (topic, count) in waiting {
+            metrics
+                .retry_waiting
+                .get_or_create(&metrics::TopicLabels { topic })
+                .set(count);
+        }
         metrics.consumer_lag.clear();
         for (partition, committed, high) in &current {
             metrics
@@ -375,6 +446,83 @@ async fn report_lag(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = current;
     }
+}
+
+/// Records after the committed offset in each retry topic, over the assigned partitions.
+fn tier_waiting(consumer: &TierConsumer) -> BTreeMap<String, i64> {
+    let Ok(assignment) = consumer.assignment() else {
+        return BTreeMap::new();
+    };
+    let committed = consumer
+        .committed_offsets(assignment.clone(), Duration::from_secs(2))
+        .unwrap_or(assignment);
+    let mut waiting = BTreeMap::new();
+    for element in committed.elements() {
+        let Ok((low, high)) =
+            consumer.fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(2))
+        else {
+            continue;
+        };
+        let position = element
+            .offset()
+            .to_raw()
+            .filter(|offset| *offset >= 0)
+            .unwrap_or(low);
+        *waiting.entry(element.topic().to_owned()).or_insert(0) += (high - position).max(0);
+    }
+    waiting
+}
+
+/// Checks that every retry topic exists with at least the ingress topic's partitions (a move
+/// is written to the partition its message was read from). A broker that cannot be asked is
+/// not a configuration error: the worker starts and fails, or not, as it would without tiers.
+pub fn check_retry_topics(bootstrap: &str, config: &WorkerConfig) -> Result<(), ConfigError> {
+    let topics = config.tier_topics();
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let consumer: rdkafka::consumer::BaseConsumer =
+        match config.kafka_client(bootstrap).config().create() {
+            Ok(consumer) => consumer,
+            Err(_) => return Ok(()),
+        };
+    let Ok(metadata) = consumer.fetch_metadata(None, Duration::from_secs(10)) else {
+        return Ok(());
+    };
+    let partitions = |name: &str| {
+        metadata
+            .topics()
+            .iter()
+            .find(|topic| topic.name() == name && topic.error().is_none())
+            .map(|topic| topic.partitions().len())
+    };
+    let Some(ingress) = partitions(&config.kafka.ingress_topic) else {
+        return Ok(());
+    };
+    check_tier_partitions(&topics, ingress, partitions)
+}
+
+fn check_tier_partitions(
+    topics: &TierTopics,
+    ingress: usize,
+    partitions: impl Fn(&str) -> Option<usize>,
+) -> Result<(), ConfigError> {
+    for (_, topic, _) in topics.tiers() {
+        match partitions(topic) {
+            None => {
+                return Err(ConfigError::Invalid(format!(
+                    "retry topic {topic} does not exist: create it with the ingress topic's {ingress} partitions (deploy/native/kafka/topics.txt lists the defaults), or set the upstreams' retry_tiers"
+                )));
+            }
+            Some(count) if count < ingress => {
+                return Err(ConfigError::Invalid(format!(
+                    "retry topic {topic} has {count} partitions, fewer than the ingress topic's {ingress}: a message waits in the partition number it was read from"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// (partition, committed offset, high watermark) of each assigned partition.

@@ -24,6 +24,16 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => return relais_telemetry::process::config_error_exit("ingest-worker", &error),
     };
+    if matches!(args.command, Some(Command::Run) | None) {
+        let (bootstrap, checked) = (args.kafka_bootstrap.clone(), config.clone());
+        let topics = tokio::task::spawn_blocking(move || {
+            relais_ingest_worker::check_retry_topics(&bootstrap, &checked)
+        })
+        .await;
+        if let Ok(Err(error)) = topics {
+            return relais_telemetry::process::config_error_exit("ingest-worker", &error);
+        }
+    }
     let drain_timeout = config.pipeline.drain_timeout + std::time::Duration::from_secs(5);
     match &args.command {
         Some(command @ Command::ReplayDlq { .. }) => {

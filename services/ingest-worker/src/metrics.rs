@@ -57,6 +57,19 @@ pub struct WorkerMetrics {
     upstream_in_flight: Family<UpstreamLabels, Gauge>,
     upstream_concurrency_limit: Family<UpstreamLabels, Gauge>,
     ingress_to_outcome: Family<UpstreamLabels, Histogram>,
+    retries_scheduled: Family<RetryLabels, Counter>,
+    /// Records waiting in each retry topic, over this replica's partitions.
+    pub retry_waiting: Family<TopicLabels, Gauge>,
+    /// How long the head of each retry topic (over this replica's partitions) has waited.
+    pub retry_oldest: Family<TopicLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Keys with messages in a retry tier whose later messages follow them (ordering "key").
+    pub retry_waiting_keys: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub upstream: String,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -107,6 +120,10 @@ impl WorkerMetrics {
             ingress_to_outcome: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 4.0, 13))
             }),
+            retries_scheduled: Family::default(),
+            retry_waiting: Family::default(),
+            retry_oldest: Family::default(),
+            retry_waiting_keys: Gauge::default(),
         };
         let worker = registry.sub_registry_with_prefix("relais_worker");
         worker.register(
@@ -131,8 +148,29 @@ impl WorkerMetrics {
             metrics.processing.clone(),
         );
         worker.register(
+            "retries_scheduled",
+            "Messages moved to a retry tier (not an outcome), by upstream and reason code",
+            metrics.retries_scheduled.clone(),
+        );
+        worker.register(
+            "retry_waiting_messages",
+            "Messages waiting in each retry topic, over this replica's partitions",
+            metrics.retry_waiting.clone(),
+        );
+        worker.register_with_unit(
+            "retry_oldest_age",
+            "Time since the oldest message waiting in each retry topic (over this replica's partitions) was moved there",
+            Unit::Seconds,
+            metrics.retry_oldest.clone(),
+        );
+        worker.register(
+            "retry_waiting_keys",
+            "Keys with a message in a retry tier, whose later messages follow it there (ordering \"key\")",
+            metrics.retry_waiting_keys.clone(),
+        );
+        worker.register(
             "parked_messages",
-            "Messages waiting for an open circuit",
+            "Messages waiting in memory for their upstream (open circuit, hold, pace)",
             metrics.parked.clone(),
         );
         worker.register(
@@ -257,6 +295,15 @@ impl WorkerMetrics {
                 })
                 .inc();
         }
+    }
+
+    pub fn record_retry_scheduled(&self, upstream: &str, reason: &str) {
+        self.retries_scheduled
+            .get_or_create(&RetryLabels {
+                upstream: upstream.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     pub fn record_rejection(&self, reason: &str) {

@@ -22,7 +22,10 @@ use crate::control::{HoldEvent, HoldEvents};
 use crate::dlq::DlqLimits;
 use crate::hold::{Admission, UpstreamHold, Verdict};
 use crate::metrics::WorkerMetrics;
-use crate::records::{self, Decided, Inbound, OutRecord, Outcome, OutputTopics};
+use crate::parked::{ParkedKeys, Placement};
+use crate::records::{self, Decided, Inbound, OutRecord, Outcome, OutputTopics, Scheduled};
+use crate::retry::TierTopics;
+use crate::schedule::Ordering;
 
 /// An upstream with the endpoint events are POSTed to.
 #[derive(Debug, Clone)]
@@ -30,6 +33,31 @@ pub struct Upstream {
     pub client: UpstreamClient,
     pub endpoint: Endpoint,
     pub hold: Arc<UpstreamHold>,
+    pub ordering: Ordering,
+    /// Delays of its retry tiers (empty: its messages wait in memory).
+    pub retry_tiers: Arc<[Duration]>,
+}
+
+/// Where messages go that cannot be delivered yet (see [`crate::retry`]).
+#[derive(Debug)]
+pub struct RetryTiers {
+    pub topics: TierTopics,
+    /// A message that waited this long for its upstream moves to its next tier.
+    pub in_memory_wait: Duration,
+    pub parked: Arc<ParkedKeys>,
+}
+
+/// How a delivery ended.
+enum Attempted {
+    /// The upstream's last answer, and every attempt made.
+    Answered(Delivery, Vec<AttemptRecord>),
+    /// It waited for its upstream longer than `in_memory_wait`: to the next tier.
+    WaitedTooLong {
+        reason: &'static str,
+        attempts: Vec<AttemptRecord>,
+    },
+    /// Shutdown began while it waited: not decided, read again later.
+    Abandoned,
 }
 
 /// A message normalised and routed, waiting for its delivery (see [`Processor::prepare`]).
@@ -59,6 +87,7 @@ pub struct Processor {
     pub dlq_limits: DlqLimits,
     pub worker_id: String,
     pub fail_fast_when_open: bool,
+    pub retry: RetryTiers,
     /// Where this worker's answers that hold, disable or release an upstream are announced.
     pub hold_changes: HoldEvents,
     pub metrics: WorkerMetrics,
@@ -126,29 +155,80 @@ impl Processor {
         let this = Arc::clone(self);
         async move {
             let mut feedback = None;
+            let mut scheduled = None;
             if let Some(event) = event {
                 let Some(upstream) = this.upstreams.get(&decided.upstream) else {
                     return (None, None);
                 };
-                let Some((delivery, attempts)) = this.deliver(upstream, &event).await else {
-                    return (None, None);
-                };
-                feedback = Some(feedback_of(&attempts));
-                decided.attempts = attempts;
-                decided.circuit_state = Some(delivery.circuit_state);
-                decided.outcome = outcome_of(&delivery);
+                let from_tier = inbound.retry_state().map(|state| state.tier);
+                match this.placement(&inbound, upstream, from_tier) {
+                    Placement::Follow(tier) => {
+                        scheduled = this.schedule(&inbound, upstream, from_tier, tier, "waiting_behind_key");
+                    }
+                    Placement::Deliver => {
+                        let attempted = this.deliver(upstream, &event).await;
+                        let (delivery, attempts) = match attempted {
+                            Attempted::Abandoned => return (None, None),
+                            Attempted::WaitedTooLong { reason, attempts } => {
+                                decided.attempts = attempts;
+                                scheduled = this.next_tier(&inbound, upstream, from_tier, reason);
+                                if scheduled.is_none() {
+                                    decided.outcome = Outcome::DeadLettered {
+                                        reason: "retry_tiers_exhausted".into(),
+                                        detail: format!("waited for the upstream ({reason}) after the last retry tier"),
+                                    };
+                                }
+                                (None, Vec::new())
+                            }
+                            Attempted::Answered(delivery, attempts) => (Some(delivery), attempts),
+                        };
+                        if let Some(delivery) = delivery {
+                            feedback = Some(feedback_of(&attempts));
+                            decided.attempts = attempts;
+                            decided.circuit_state = Some(delivery.circuit_state);
+                            decided.outcome = outcome_of(&delivery);
+                            if let Outcome::DeadLettered { reason, detail } = &decided.outcome
+                                && !upstream.retry_tiers.is_empty()
+                            {
+                                scheduled = this.next_tier(&inbound, upstream, from_tier, reason);
+                                if scheduled.is_none() {
+                                    decided.outcome = Outcome::DeadLettered {
+                                        reason: "retry_tiers_exhausted".into(),
+                                        detail: format!("{reason} after the last retry tier: {detail}"),
+                                    };
+                                }
+                            }
+                        }
+                    }
+                }
                 decided.decided_at = SystemTime::now();
-                let ingress_time = inbound.timestamp.unwrap_or(inbound.received_at);
-                this.metrics.record_ingress_to_outcome(
-                    &decided.upstream,
-                    decided
-                        .decided_at
-                        .duration_since(ingress_time)
-                        .unwrap_or_default(),
-                );
+                if scheduled.is_none() {
+                    this.decided_from_tier(&inbound, upstream, from_tier);
+                    let ingress_time = inbound.ingress_time().unwrap_or(inbound.first_seen());
+                    this.metrics.record_ingress_to_outcome(
+                        &decided.upstream,
+                        decided
+                            .decided_at
+                            .duration_since(ingress_time)
+                            .unwrap_or_default(),
+                    );
+                }
             }
             let span = tracing::Span::current();
             span.record("messaging.message.id", decided.message_id.as_str());
+            if let Some(scheduled) = scheduled {
+                span.record("relais.outcome", "retry_scheduled");
+                this.metrics.record_retry_scheduled(&decided.upstream, &scheduled.reason);
+                tracing::debug!(
+                    message_id = %decided.message_id,
+                    tier = scheduled.state.tier,
+                    reason = %scheduled.reason,
+                    "message moved to a retry tier"
+                );
+                let records =
+                    records::build_move(&inbound, &decided, &scheduled, &this.topics.events);
+                return (Some(records), feedback);
+            }
             span.record("relais.outcome", decided.outcome.label());
             this.metrics
                 .record_outcome(&decided.outcome, started.elapsed());
@@ -172,6 +252,96 @@ impl Processor {
         .await
     }
 
+    /// The key a message keeps its order by, if its upstream keeps order and has tiers.
+    fn ordered_key<'a>(inbound: &'a Inbound, upstream: &Upstream) -> Option<&'a [u8]> {
+        (upstream.ordering == Ordering::Key && !upstream.retry_tiers.is_empty())
+            .then_some(inbound.key.as_deref())
+            .flatten()
+    }
+
+    /// Whether the message may be delivered now, or must follow an older message of its key
+    /// into a tier ([`crate::parked`]).
+    fn placement(
+        &self,
+        inbound: &Inbound,
+        upstream: &Upstream,
+        from_tier: Option<usize>,
+    ) -> Placement {
+        match Self::ordered_key(inbound, upstream) {
+            Some(key) => {
+                self.retry
+                    .parked
+                    .place(inbound.partition, upstream.client.name(), key, from_tier)
+            }
+            None => Placement::Deliver,
+        }
+    }
+
+    /// The move of a message read from `from_tier` (`None`: the ingress topic) to the tier
+    /// after it; `None` after the last.
+    fn next_tier(
+        &self,
+        inbound: &Inbound,
+        upstream: &Upstream,
+        from_tier: Option<usize>,
+        reason: &str,
+    ) -> Option<Scheduled> {
+        let tier = from_tier.map_or(0, |tier| tier + 1);
+        self.schedule(inbound, upstream, from_tier, tier, reason)
+    }
+
+    /// The move of a message to `tier`, recorded in the key order state; `None` when the
+    /// upstream has no such tier.
+    fn schedule(
+        &self,
+        inbound: &Inbound,
+        upstream: &Upstream,
+        from_tier: Option<usize>,
+        tier: usize,
+        reason: &str,
+    ) -> Option<Scheduled> {
+        let delay = *upstream.retry_tiers.get(tier)?;
+        let topic_index = self.retry.topics.of_delay(delay)?;
+        let topic = self.retry.topics.name(topic_index)?.to_owned();
+        let origin = inbound.origin();
+        let state = crate::retry::RetryState {
+            tier,
+            due: SystemTime::now() + delay,
+            upstream: upstream.client.name().to_owned(),
+            origin_topic: origin.topic,
+            origin_partition: origin.partition,
+            origin_offset: origin.offset,
+            first_seen: inbound.first_seen(),
+            ingress_time: inbound.ingress_time(),
+            reason: reason.to_owned(),
+        };
+        if let Some(key) = Self::ordered_key(inbound, upstream) {
+            self.retry.parked.moved(
+                inbound.partition,
+                upstream.client.name(),
+                key,
+                from_tier,
+                tier,
+            );
+        }
+        Some(Scheduled {
+            state,
+            tiers: upstream.retry_tiers.len(),
+            delay,
+            topic,
+            reason: reason.to_owned(),
+        })
+    }
+
+    /// A message read from a tier got its outcome: its key no longer waits there.
+    fn decided_from_tier(&self, inbound: &Inbound, upstream: &Upstream, from_tier: Option<usize>) {
+        if let (Some(tier), Some(key)) = (from_tier, Self::ordered_key(inbound, upstream)) {
+            self.retry
+                .parked
+                .decided(inbound.partition, upstream.client.name(), key, tier);
+        }
+    }
+
     /// Normalises and routes: the outcome so far, and the event to deliver (`None` when the
     /// outcome is decided already: rejected input).
     fn route_message(&self, inbound: &Inbound) -> (Decided, Option<IngressEvent>) {
@@ -185,16 +355,26 @@ impl Processor {
             event_type: String::new(),
             source: String::new(),
             upstream: String::new(),
-            occurred_at: inbound.timestamp.unwrap_or(inbound.received_at),
+            occurred_at: inbound.ingress_time().unwrap_or(inbound.first_seen()),
             decided_at: SystemTime::now(),
             worker_id: self.worker_id.clone(),
             attempts: Vec::new(),
             circuit_state: None,
         };
-        let event = match self
-            .normaliser
-            .normalise(&inbound.payload, chrono::Utc::now())
-        {
+        if let Some(Err(problem)) = &inbound.retry {
+            self.metrics.record_rejection("bad_retry_record");
+            decided.outcome = Outcome::Rejected {
+                reason: "bad_retry_record",
+                detail: format!(
+                    "a retry tier record without readable relais-retry headers: {problem}"
+                ),
+            };
+            return (decided, None);
+        }
+        // A message back from a tier is judged as it was when first read, so that waiting
+        // does not make it too old.
+        let now = chrono::DateTime::<chrono::Utc>::from(inbound.first_seen());
+        let event = match self.normaliser.normalise(&inbound.payload, now) {
             Ok(event) => event,
             Err(rejection) => {
                 self.metrics.record_rejection(rejection.reason.code());
@@ -210,10 +390,15 @@ impl Processor {
         decided.event_type = event.event_type.clone();
         decided.source = event.source.clone();
         decided.occurred_at = event.occurred_at.into();
-        let upstream_name = self.route(&event);
+        // A tier record goes back to the upstream it waited for, whatever the routing says now.
+        let upstream_name = match inbound.retry_state() {
+            Some(state) => state.upstream.as_str(),
+            None => self.route(&event),
+        };
         decided.upstream = upstream_name.to_owned();
         if !self.upstreams.contains_key(upstream_name) {
-            // Unreachable after configuration validation; kept as an outcome, not a panic.
+            // From the ingress topic unreachable after configuration validation; from a tier,
+            // an upstream since removed from the configuration.
             decided.outcome = Outcome::Failed {
                 reason: "unknown_route".into(),
                 detail: format!("no upstream {upstream_name}"),
@@ -224,31 +409,21 @@ impl Processor {
     }
 
     /// Calls the upstream; while its circuit is open, waits for it (backpressure) unless
-    /// configured to fail fast. Returns the last delivery and all attempts made.
-    async fn deliver(
-        &self,
-        upstream: &Upstream,
-        event: &IngressEvent,
-    ) -> Option<(Delivery, Vec<AttemptRecord>)> {
+    /// configured to fail fast, and for an upstream with retry tiers at most `in_memory_wait`.
+    async fn deliver(&self, upstream: &Upstream, event: &IngressEvent) -> Attempted {
         let body = Bytes::from(event.to_json_bytes());
         let mut attempts = Vec::new();
-        let mut parked = false;
+        let mut waiting = Waiting::new(self, !upstream.retry_tiers.is_empty());
         loop {
             // A held upstream (it refused everyone: 401, 403, 410, or is disabled) is waited for
             // like an open circuit; fail-fast mode does not apply, since the message is not at
             // fault.
             let (trial, epoch) = match upstream.hold.admit() {
                 Admission::Call { trial, epoch } => (trial, epoch),
-                Admission::Wait(wait) => {
-                    if !parked {
-                        parked = true;
-                        self.metrics.parked.inc();
-                    }
-                    if !self.park(wait).await {
-                        return None;
-                    }
-                    continue;
-                }
+                Admission::Wait(wait) => match waiting.park(wait, "upstream_held").await {
+                    Some(reason) => return waiting.give_up(reason, attempts),
+                    None => continue,
+                },
             };
             let delivery = upstream
                 .client
@@ -270,23 +445,19 @@ impl Processor {
                 CallOutcome::Failed(_) => self.settle_hold(upstream, None, trial, epoch, &event.id),
             };
             if verdict == Verdict::CallAgain {
-                if !parked {
-                    parked = true;
-                    self.metrics.parked.inc();
+                waiting.start();
+                if let Some(reason) = waiting.too_long("upstream_held") {
+                    return waiting.give_up(reason, attempts);
                 }
                 continue;
             }
             // The upstream's pace (its rate limit, or a pause it asked for with Retry-After):
             // not a failure of anything, so no fail-fast either.
             if let CallOutcome::Refused(Refusal::Throttled { retry_in }) = delivery.outcome {
-                if !parked {
-                    parked = true;
-                    self.metrics.parked.inc();
+                match waiting.park(retry_in, "throttled").await {
+                    Some(reason) => return waiting.give_up(reason, attempts),
+                    None => continue,
                 }
-                if !self.park(retry_in).await {
-                    return None;
-                }
-                continue;
             }
             let wait = match delivery.outcome {
                 CallOutcome::Refused(Refusal::CircuitOpen { retry_in }) => Some(retry_in),
@@ -303,23 +474,15 @@ impl Processor {
                 _ => None,
             };
             let Some(wait) = wait else {
-                if parked {
-                    self.metrics.parked.dec();
-                }
-                return Some((delivery, attempts));
+                waiting.end();
+                return Attempted::Answered(delivery, attempts);
             };
             if self.fail_fast_when_open {
-                if parked {
-                    self.metrics.parked.dec();
-                }
-                return Some((delivery, attempts));
+                waiting.end();
+                return Attempted::Answered(delivery, attempts);
             }
-            if !parked {
-                parked = true;
-                self.metrics.parked.inc();
-            }
-            if !self.park(wait).await {
-                return None;
+            if let Some(reason) = waiting.park(wait, "circuit_open").await {
+                return waiting.give_up(reason, attempts);
             }
         }
     }
@@ -349,19 +512,6 @@ impl Processor {
         verdict
     }
 
-    /// Waits up to `wait` (bounded, so shutdown and recovery are noticed soon). False when
-    /// shutdown began: the message is abandoned (not committed, read again later).
-    async fn park(&self, wait: Duration) -> bool {
-        let step = wait.clamp(Duration::from_millis(20), MAX_PARK_STEP);
-        tokio::select! {
-            _ = self.shutdown.cancelled() => {
-                self.metrics.parked.dec();
-                false
-            }
-            _ = tokio::time::sleep(step) => true,
-        }
-    }
-
     fn route<'a>(&'a self, event: &'a IngressEvent) -> &'a str {
         if let Some(route) = &event.route {
             return route;
@@ -373,6 +523,81 @@ impl Processor {
             .map_or(self.routing.default_upstream.as_str(), |rule| {
                 rule.upstream.as_str()
             })
+    }
+}
+
+/// A delivery's waiting for its upstream: counted on the `parked` gauge while it lasts, and
+/// bounded by `in_memory_wait` when the upstream has tiers to move the message to.
+struct Waiting<'a> {
+    processor: &'a Processor,
+    since: Option<tokio::time::Instant>,
+    bounded: bool,
+    abandoned: bool,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(processor: &'a Processor, bounded: bool) -> Self {
+        Self {
+            processor,
+            since: None,
+            bounded,
+            abandoned: false,
+        }
+    }
+
+    /// The message begins (or goes on) waiting.
+    fn start(&mut self) {
+        if self.since.is_none() {
+            self.since = Some(tokio::time::Instant::now());
+            self.processor.metrics.parked.inc();
+        }
+    }
+
+    /// The wait is over.
+    fn end(&mut self) {
+        if self.since.take().is_some() {
+            self.processor.metrics.parked.dec();
+        }
+    }
+
+    /// `Some(reason)` once the message has waited as long as it may in memory.
+    fn too_long(&self, reason: &'static str) -> Option<&'static str> {
+        let waited = self.since.map_or(Duration::ZERO, |since| since.elapsed());
+        (self.bounded && waited >= self.processor.retry.in_memory_wait).then_some(reason)
+    }
+
+    /// Waits up to `wait` (bounded, so shutdown and recovery are noticed soon). `Some` when
+    /// the message should not wait any longer: shutdown began, or it has waited as long as it
+    /// may in memory (the reason it waited).
+    async fn park(&mut self, wait: Duration, reason: &'static str) -> Option<&'static str> {
+        self.start();
+        if let Some(reason) = self.too_long(reason) {
+            return Some(reason);
+        }
+        let step = wait.clamp(Duration::from_millis(20), MAX_PARK_STEP);
+        tokio::select! {
+            _ = self.processor.shutdown.cancelled() => {
+                self.abandoned = true;
+                Some("shutdown")
+            }
+            _ = tokio::time::sleep(step) => None,
+        }
+    }
+
+    /// How a delivery that stops waiting ends.
+    fn give_up(mut self, reason: &'static str, attempts: Vec<AttemptRecord>) -> Attempted {
+        self.end();
+        if self.abandoned {
+            Attempted::Abandoned
+        } else {
+            Attempted::WaitedTooLong { reason, attempts }
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 
@@ -486,5 +711,6 @@ fn current_trace() -> (String, String, String) {
 
 /// The id of a message whose payload cannot be trusted: its position, unique and stable.
 fn fallback_message_id(inbound: &Inbound) -> String {
-    format!("{}-{}-{}", inbound.topic, inbound.partition, inbound.offset)
+    let origin = inbound.origin();
+    format!("{}-{}-{}", origin.topic, origin.partition, origin.offset)
 }

@@ -7,10 +7,15 @@ use prost::Message;
 use relais_proto::v1;
 use relais_resilience::{AttemptRecord, CircuitState, prost_timestamp};
 
-/// A message read from the ingress topic, detached from the consumer.
+use crate::retry::RetryState;
+use crate::tracker::{SourcePartition, TopicIndex};
+
+/// A message read from the ingress topic or a retry tier, detached from the consumer.
 #[derive(Debug, Clone)]
 pub struct Inbound {
+    /// Where it was read (what its commit covers).
     pub topic: String,
+    pub topic_index: TopicIndex,
     pub partition: i32,
     pub offset: i64,
     /// Assignment generation of the partition when the message was read.
@@ -21,12 +26,69 @@ pub struct Inbound {
     /// The record's Kafka timestamp, used as the event time when the payload has none.
     pub timestamp: Option<SystemTime>,
     pub received_at: SystemTime,
+    /// `None` for an ingress record; for a tier record, what its `relais-retry-*` headers say,
+    /// or why they cannot be read.
+    pub retry: Option<Result<RetryState, String>>,
+}
+
+impl Inbound {
+    pub fn source(&self) -> SourcePartition {
+        SourcePartition {
+            topic: self.topic_index,
+            partition: self.partition,
+        }
+    }
+
+    /// What the tier record says, if this is a readable one.
+    pub fn retry_state(&self) -> Option<&RetryState> {
+        self.retry.as_ref().and_then(|state| state.as_ref().ok())
+    }
+
+    /// The position the message's one outcome is recorded against: where it was first read.
+    pub fn origin(&self) -> v1::SourcePosition {
+        match self.retry_state() {
+            Some(state) => v1::SourcePosition {
+                topic: state.origin_topic.clone(),
+                partition: state.origin_partition,
+                offset: state.origin_offset,
+            },
+            None => v1::SourcePosition {
+                topic: self.topic.clone(),
+                partition: self.partition,
+                offset: self.offset,
+            },
+        }
+    }
+
+    /// The headers the message was sent with (a tier record's own headers left out).
+    pub fn original_headers(&self) -> Vec<(String, Vec<u8>)> {
+        match self.retry {
+            Some(_) => crate::retry::original_headers(&self.headers),
+            None => self.headers.clone(),
+        }
+    }
+
+    /// When a worker first read the message.
+    pub fn first_seen(&self) -> SystemTime {
+        self.retry_state()
+            .map_or(self.received_at, |state| state.first_seen)
+    }
+
+    /// The ingress record's timestamp.
+    pub fn ingress_time(&self) -> Option<SystemTime> {
+        match self.retry_state() {
+            Some(state) => state.ingress_time,
+            None => self.timestamp,
+        }
+    }
 }
 
 /// A record to write in the outcome transaction.
 #[derive(Debug, Clone)]
 pub struct OutRecord {
     pub topic: String,
+    /// `None`: the producer's partitioner chooses (by key).
+    pub partition: Option<i32>,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, Vec<u8>)>,
@@ -135,11 +197,7 @@ pub fn build(
         .chars()
         .take(MAX_DETAIL_CHARS)
         .collect();
-    let position = v1::SourcePosition {
-        topic: inbound.topic.clone(),
-        partition: inbound.partition,
-        offset: inbound.offset,
-    };
+    let position = inbound.origin();
     let circuit = decided
         .circuit_state
         .map_or(v1::CircuitState::Unspecified, CircuitState::to_proto) as i32;
@@ -154,7 +212,7 @@ pub fn build(
         source: decided.source.clone(),
         upstream: decided.upstream.clone(),
         occurred_at: Some(prost_timestamp(decided.occurred_at)),
-        received_at: Some(prost_timestamp(inbound.received_at)),
+        received_at: Some(prost_timestamp(inbound.first_seen())),
         decided_at: Some(prost_timestamp(decided.decided_at)),
         worker_id: decided.worker_id.clone(),
         position: Some(position.clone()),
@@ -176,7 +234,7 @@ pub fn build(
         event_type: decided.event_type.clone(),
         upstream: decided.upstream.clone(),
         worker_id: decided.worker_id.clone(),
-        position: Some(position),
+        position: Some(position.clone()),
         occurred_at: Some(prost_timestamp(decided.occurred_at)),
         decided_at: Some(prost_timestamp(decided.decided_at)),
         attempts: decided.attempts.len() as u32,
@@ -193,6 +251,7 @@ pub fn build(
             .iter()
             .any(|attempt| attempt.timeout.is_some()),
         circuit_state: circuit,
+        retry_scheduled: None,
     };
     let trace = (
         headers::TRACEPARENT.to_owned(),
@@ -202,6 +261,7 @@ pub fn build(
     let mut records = vec![
         OutRecord {
             topic: topics.audit.clone(),
+            partition: None,
             key: key.clone(),
             payload: audit.encode_to_vec(),
             headers: vec![
@@ -214,6 +274,7 @@ pub fn build(
         },
         OutRecord {
             topic: topics.events.clone(),
+            partition: None,
             key,
             payload: event.encode_to_vec(),
             headers: vec![
@@ -236,9 +297,12 @@ pub fn build(
             (headers::DLQ_REASON, decided.outcome.reason().to_owned()),
             (headers::DLQ_DETAIL, detail),
             (headers::DLQ_OUTCOME, decided.outcome.label().to_owned()),
-            (headers::DLQ_SOURCE_TOPIC, inbound.topic.clone()),
-            (headers::DLQ_SOURCE_PARTITION, inbound.partition.to_string()),
-            (headers::DLQ_SOURCE_OFFSET, inbound.offset.to_string()),
+            (headers::DLQ_SOURCE_TOPIC, position.topic.clone()),
+            (
+                headers::DLQ_SOURCE_PARTITION,
+                position.partition.to_string(),
+            ),
+            (headers::DLQ_SOURCE_OFFSET, position.offset.to_string()),
             (headers::DLQ_WORKER, decided.worker_id.clone()),
             (headers::DLQ_MESSAGE_ID, decided.message_id.clone()),
             (headers::DLQ_UPSTREAM, decided.upstream.clone()),
@@ -250,10 +314,106 @@ pub fn build(
         }
         records.push(OutRecord {
             topic: topics.dlq.clone(),
+            partition: None,
             key: copy.key,
             payload: copy.payload,
             headers: dlq_headers,
         });
     }
     records
+}
+
+/// A message's move to a retry tier (not an outcome).
+#[derive(Debug, Clone)]
+pub struct Scheduled {
+    /// What the tier record's headers will say.
+    pub state: RetryState,
+    /// Tiers in the upstream's schedule.
+    pub tiers: usize,
+    pub delay: std::time::Duration,
+    pub topic: String,
+    pub reason: String,
+}
+
+/// The records of a move to a retry tier: the message itself (its original bytes, key and
+/// headers, the `relais-retry-*` headers beside them) on the tier's topic, in the partition it
+/// was read from, and a `PipelineEvent` with `retry_scheduled` set. No audit record and no DLQ
+/// copy: those come with the message's one outcome.
+pub fn build_move(
+    inbound: &Inbound,
+    decided: &Decided,
+    scheduled: &Scheduled,
+    events_topic: &str,
+) -> Vec<OutRecord> {
+    let trace = (
+        headers::TRACEPARENT.to_owned(),
+        decided.traceparent.clone().into_bytes(),
+    );
+    // The worker's traceparent in place of the producer's: the message's later tries join the
+    // same trace.
+    let mut tier_headers: Vec<(String, Vec<u8>)> = inbound
+        .original_headers()
+        .into_iter()
+        .filter(|(name, _)| name != headers::TRACEPARENT)
+        .collect();
+    tier_headers.push(trace.clone());
+    tier_headers.extend(scheduled.state.to_headers());
+    let position = inbound.origin();
+    let event = v1::PipelineEvent {
+        message_id: decided.message_id.clone(),
+        trace_id: decided.trace_id.clone(),
+        span_id: decided.span_id.clone(),
+        outcome: v1::Outcome::Unspecified as i32,
+        reason_code: scheduled.reason.clone(),
+        event_type: decided.event_type.clone(),
+        upstream: decided.upstream.clone(),
+        worker_id: decided.worker_id.clone(),
+        position: Some(position.clone()),
+        occurred_at: Some(prost_timestamp(decided.occurred_at)),
+        decided_at: Some(prost_timestamp(decided.decided_at)),
+        attempts: decided.attempts.len() as u32,
+        last_status_code: decided
+            .attempts
+            .last()
+            .and_then(|attempt| attempt.status)
+            .map_or(0, u32::from),
+        delivery_latency_us: 0,
+        timed_out: decided
+            .attempts
+            .iter()
+            .any(|attempt| attempt.timeout.is_some()),
+        circuit_state: decided
+            .circuit_state
+            .map_or(v1::CircuitState::Unspecified, CircuitState::to_proto)
+            as i32,
+        retry_scheduled: Some(v1::RetryScheduled {
+            tier: scheduled.state.tier as u32,
+            tiers: scheduled.tiers as u32,
+            delay_ms: u64::try_from(scheduled.delay.as_millis()).unwrap_or(u64::MAX),
+            due_at: Some(prost_timestamp(scheduled.state.due)),
+            topic: scheduled.topic.clone(),
+        }),
+    };
+    vec![
+        OutRecord {
+            topic: scheduled.topic.clone(),
+            partition: Some(position.partition),
+            key: inbound.key.clone(),
+            payload: inbound.payload.clone(),
+            headers: tier_headers,
+        },
+        OutRecord {
+            topic: events_topic.to_owned(),
+            partition: None,
+            key: Some(decided.message_id.clone().into_bytes()),
+            payload: event.encode_to_vec(),
+            headers: vec![
+                trace,
+                (
+                    relais_proto::schema::HEADER.to_owned(),
+                    relais_proto::schema::PIPELINE_EVENT.as_bytes().to_vec(),
+                ),
+            ],
+        },
+    ]
 }

@@ -269,8 +269,8 @@ impl Scheduler {
                 adaptive.started(in_flight);
             }
             queue.in_flight += 1;
-            let (partition, generation, offset) = (
-                prepared.inbound.partition,
+            let (source, generation, offset) = (
+                prepared.inbound.source(),
                 prepared.inbound.generation,
                 prepared.inbound.offset,
             );
@@ -279,7 +279,7 @@ impl Scheduler {
                 key,
                 feedback: None,
             };
-            if self.tracker.generation(partition) != Some(generation) {
+            if self.tracker.generation(source) != Some(generation) {
                 // Revoked while it waited: the new owner decides it.
                 queue.release(report.key);
                 continue;
@@ -292,7 +292,7 @@ impl Scheduler {
             self.tasks.spawn(async move {
                 let (output, feedback) = processor.finish_with_feedback(prepared).await;
                 if let Some(output) = output {
-                    tracker.finished(partition, generation, Finished { offset, output });
+                    tracker.finished(source, generation, Finished { offset, output });
                 }
                 report.feedback = feedback;
                 // The dispatcher has stopped when this fails: nothing is left to start.

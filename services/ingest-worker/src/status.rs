@@ -51,7 +51,9 @@ impl StatusSource {
             .tracker
             .partitions()
             .into_iter()
-            .map(|partition| {
+            .filter(|source| source.topic == crate::tracker::INGRESS)
+            .map(|source| {
+                let partition = source.partition;
                 let (committed, high) = lags
                     .iter()
                     .find(|(p, _, _)| *p == partition)
@@ -61,7 +63,7 @@ impl StatusSource {
                     committed_offset: committed,
                     high_watermark: high,
                     lag: (high - committed).max(0),
-                    paused: paused.contains(&partition),
+                    paused: paused.contains(&source),
                 }
             })
             .collect();

@@ -14,6 +14,29 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
+/// Which of the topics the worker reads: the ingress topic, or a retry tier's topic
+/// ([`crate::retry::TierTopics`]).
+pub type TopicIndex = u8;
+
+/// The ingress topic's [`TopicIndex`].
+pub const INGRESS: TopicIndex = 0;
+
+/// A partition the worker reads and commits: of the ingress topic or of a retry tier topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourcePartition {
+    pub topic: TopicIndex,
+    pub partition: i32,
+}
+
+impl SourcePartition {
+    pub fn ingress(partition: i32) -> Self {
+        Self {
+            topic: INGRESS,
+            partition,
+        }
+    }
+}
+
 /// One message's finished work: the records to write in the transaction.
 #[derive(Debug, Clone)]
 pub struct Finished<T> {
@@ -35,7 +58,7 @@ struct PartitionState<T> {
 /// (assign, revoke) and the committer (take_ready).
 #[derive(Debug)]
 pub struct OffsetTracker<T> {
-    partitions: Mutex<BTreeMap<i32, PartitionState<T>>>,
+    partitions: Mutex<BTreeMap<SourcePartition, PartitionState<T>>>,
     next_generation: Mutex<u64>,
 }
 
@@ -52,14 +75,14 @@ impl<T> Default for OffsetTracker<T> {
 /// offset to commit (the next one to read).
 #[derive(Debug)]
 pub struct Ready<T> {
-    pub partition: i32,
+    pub partition: SourcePartition,
     pub generation: u64,
     pub outputs: Vec<(i64, T)>,
     pub commit_offset: i64,
 }
 
 impl<T> OffsetTracker<T> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, PartitionState<T>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<SourcePartition, PartitionState<T>>> {
         // Each operation leaves the map consistent before anything can panic.
         self.partitions
             .lock()
@@ -67,7 +90,7 @@ impl<T> OffsetTracker<T> {
     }
 
     /// A partition was assigned; returns its generation.
-    pub fn assign(&self, partition: i32) -> u64 {
+    pub fn assign(&self, partition: SourcePartition) -> u64 {
         let generation = {
             let mut next = self
                 .next_generation
@@ -89,21 +112,21 @@ impl<T> OffsetTracker<T> {
     }
 
     /// A partition was revoked: its unfinished and uncommitted work is dropped.
-    pub fn revoke(&self, partition: i32) -> usize {
+    pub fn revoke(&self, partition: SourcePartition) -> usize {
         self.lock()
             .remove(&partition)
             .map_or(0, |state| state.pending.len())
     }
 
     /// The generation a partition is owned under, if it is owned.
-    pub fn generation(&self, partition: i32) -> Option<u64> {
+    pub fn generation(&self, partition: SourcePartition) -> Option<u64> {
         self.lock().get(&partition).map(|state| state.generation)
     }
 
     /// Registers a message before it goes to a lane. Returns false (and registers nothing)
     /// when the partition is not owned, or the offset is not after the last one (a message
     /// re-delivered after a seek).
-    pub fn dispatched(&self, partition: i32, generation: u64, offset: i64) -> bool {
+    pub fn dispatched(&self, partition: SourcePartition, generation: u64, offset: i64) -> bool {
         let mut partitions = self.lock();
         let Some(state) = partitions.get_mut(&partition) else {
             return false;
@@ -124,7 +147,12 @@ impl<T> OffsetTracker<T> {
 
     /// Records a finished message. Outputs of revoked partitions or old generations are
     /// dropped (returns false).
-    pub fn finished(&self, partition: i32, generation: u64, finished: Finished<T>) -> bool {
+    pub fn finished(
+        &self,
+        partition: SourcePartition,
+        generation: u64,
+        finished: Finished<T>,
+    ) -> bool {
         let mut partitions = self.lock();
         let Some(state) = partitions.get_mut(&partition) else {
             return false;
@@ -218,7 +246,7 @@ impl<T> OffsetTracker<T> {
 
     /// Messages dispatched but not yet committed, of one partition and over all, under one
     /// lock (the dispatcher asks for every message).
-    pub fn uncommitted_counts(&self, partition: i32) -> (usize, usize) {
+    pub fn uncommitted_counts(&self, partition: SourcePartition) -> (usize, usize) {
         let partitions = self.lock();
         let count = |state: &PartitionState<T>| state.pending.len() + state.in_transaction;
         (
@@ -228,7 +256,7 @@ impl<T> OffsetTracker<T> {
     }
 
     /// Owned partitions.
-    pub fn partitions(&self) -> Vec<i32> {
+    pub fn partitions(&self) -> Vec<SourcePartition> {
         self.lock().keys().copied().collect()
     }
 }
@@ -244,15 +272,44 @@ mod tests {
         offset: i64,
         output: &'static str,
     ) -> bool {
-        tracker.finished(partition, generation, Finished { offset, output })
+        tracker.finished(p(partition), generation, Finished { offset, output })
+    }
+
+    fn p(partition: i32) -> SourcePartition {
+        SourcePartition::ingress(partition)
+    }
+
+    #[test]
+    fn an_ingress_partition_and_a_tier_partition_of_the_same_number_are_apart() {
+        let tracker: OffsetTracker<&'static str> = OffsetTracker::default();
+        let tier = SourcePartition {
+            topic: 1,
+            partition: 0,
+        };
+        let ingress = tracker.assign(p(0));
+        let retry = tracker.assign(tier);
+        assert!(tracker.dispatched(p(0), ingress, 7));
+        assert!(tracker.dispatched(tier, retry, 3));
+        assert!(tracker.finished(
+            tier,
+            retry,
+            Finished {
+                offset: 3,
+                output: "t"
+            }
+        ));
+        let ready = tracker.take_ready(10);
+        assert_eq!(ready.len(), 1, "the ingress message is not finished");
+        assert_eq!(ready[0].partition, tier);
+        assert_eq!(ready[0].commit_offset, 4);
     }
 
     #[test]
     fn only_the_contiguous_prefix_is_ready() {
         let tracker = OffsetTracker::default();
-        let generation = tracker.assign(0);
+        let generation = tracker.assign(p(0));
         for offset in [10, 11, 12] {
-            assert!(tracker.dispatched(0, generation, offset));
+            assert!(tracker.dispatched(p(0), generation, offset));
         }
         assert!(finish(&tracker, 0, generation, 11, "b"));
         assert!(tracker.take_ready(100).is_empty(), "10 is not finished");
@@ -269,52 +326,52 @@ mod tests {
     #[test]
     fn revoked_and_old_generation_work_is_dropped() {
         let tracker = OffsetTracker::default();
-        let old = tracker.assign(3);
-        assert!(tracker.dispatched(3, old, 0));
-        assert_eq!(tracker.revoke(3), 1);
+        let old = tracker.assign(p(3));
+        assert!(tracker.dispatched(p(3), old, 0));
+        assert_eq!(tracker.revoke(p(3)), 1);
         assert!(!finish(&tracker, 3, old, 0, "late"), "revoked");
-        let new = tracker.assign(3);
+        let new = tracker.assign(p(3));
         assert!(
-            tracker.dispatched(3, new, 0),
+            tracker.dispatched(p(3), new, 0),
             "re-read from the committed offset"
         );
         assert!(!finish(&tracker, 3, old, 0, "stale"), "old generation");
         assert!(finish(&tracker, 3, new, 0, "fresh"));
         assert_eq!(tracker.take_ready(10)[0].outputs, [(0, "fresh")]);
-        assert!(!tracker.dispatched(9, new, 0), "not owned");
+        assert!(!tracker.dispatched(p(9), new, 0), "not owned");
     }
 
     #[test]
     fn batches_are_bounded_and_restorable() {
         let tracker = OffsetTracker::default();
-        let generation = tracker.assign(1);
+        let generation = tracker.assign(p(1));
         for offset in 0..5 {
-            tracker.dispatched(1, generation, offset);
+            tracker.dispatched(p(1), generation, offset);
             finish(&tracker, 1, generation, offset, "x");
         }
         let batch = tracker.take_ready(3);
         assert_eq!(batch[0].outputs.len(), 3);
         assert_eq!(batch[0].commit_offset, 3);
         assert_eq!(
-            tracker.uncommitted_counts(1).0,
+            tracker.uncommitted_counts(p(1)).0,
             5,
             "a batch in its transaction still counts"
         );
         tracker.restore(batch);
-        assert_eq!(tracker.uncommitted_counts(1).0, 5);
+        assert_eq!(tracker.uncommitted_counts(p(1)).0, 5);
         let again = tracker.take_ready(10);
         assert_eq!(again[0].outputs.len(), 5, "restored in front, in order");
         assert_eq!(again[0].commit_offset, 5);
         tracker.committed(&again);
-        assert_eq!(tracker.uncommitted_counts(1).0, 0);
+        assert_eq!(tracker.uncommitted_counts(p(1)).0, 0);
     }
 
     #[test]
     fn duplicates_after_a_seek_are_not_registered_twice() {
         let tracker: OffsetTracker<()> = OffsetTracker::default();
-        let generation = tracker.assign(0);
-        assert!(tracker.dispatched(0, generation, 5));
-        assert!(!tracker.dispatched(0, generation, 5));
-        assert!(!tracker.dispatched(0, generation, 4));
+        let generation = tracker.assign(p(0));
+        assert!(tracker.dispatched(p(0), generation, 5));
+        assert!(!tracker.dispatched(p(0), generation, 5));
+        assert!(!tracker.dispatched(p(0), generation, 4));
     }
 }

@@ -30,6 +30,27 @@ impl WorkerProcess {
         upstream: SocketAddr,
         log: &std::path::Path,
     ) -> Self {
+        Self::spawn_with(
+            kafka,
+            topics,
+            group,
+            worker_id,
+            upstream,
+            log,
+            "retry_tiers = []",
+        )
+    }
+
+    /// Like [`Self::spawn`], with `upstream_settings` in the upstream's section.
+    fn spawn_with(
+        kafka: &KafkaTestEnv,
+        topics: &Topics,
+        group: &str,
+        worker_id: &str,
+        upstream: SocketAddr,
+        log: &std::path::Path,
+        upstream_settings: &str,
+    ) -> Self {
         let admin = free_port();
         let config = std::env::temp_dir().join(format!("{}.toml", unique_name("worker-config")));
         std::fs::write(
@@ -42,10 +63,20 @@ impl WorkerProcess {
                 audit_topic = "{}"
                 events_topic = "{}"
                 dlq_topic = "{}"
+                control_topic = "{}"
+                [retry]
+                topic_prefix = "{}"
+                in_memory_wait = "1s"
                 [upstreams.default]
                 url = "http://{upstream}"
+                {upstream_settings}
                 "#,
-                topics.ingress, topics.audit, topics.events, topics.dlq
+                topics.ingress,
+                topics.audit,
+                topics.events,
+                topics.dlq,
+                topics.control,
+                topics.retry_prefix
             ),
         )
         .unwrap();
@@ -234,4 +265,99 @@ async fn two_workers_share_the_partitions_and_one_leaving_loses_nothing() {
         "the survivor took over"
     );
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_minus_nine_while_messages_wait_in_retry_tiers_loses_nothing_and_keeps_key_order() {
+    init_telemetry();
+    let kafka = relais_test_support::kafka().await;
+    // Nothing listens here until the upstream comes back: connections are refused.
+    let upstream = free_port();
+    let topics = Topics::create(&kafka, 3).await;
+    let upstream_settings = r#"retry_tiers = ["1s", "2s", "4s", "8s"]
+                [upstreams.default.policy]
+                attempt_timeout = "500ms"
+                connect_timeout = "250ms"
+                [upstreams.default.policy.retry]
+                max_attempts = 2
+                base_backoff = "20ms"
+                max_backoff = "100ms"
+                [upstreams.default.policy.circuit]
+                minimum_calls = 5
+                open_duration = "1s"
+                half_open_calls = 2"#;
+    let mut tiers_config = worker_config(
+        &topics,
+        "unused",
+        upstream,
+        UpstreamPolicy::default(),
+        PipelineConfig::default(),
+        None,
+    );
+    for settings in tiers_config.upstreams.values_mut() {
+        *settings = settings.clone().with_retry_tiers(&[
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+            Duration::from_secs(4),
+            Duration::from_secs(8),
+        ]);
+    }
+    create_retry_topics(&kafka, &topics, &tiers_config).await;
+    let total = 300;
+    produce(
+        &kafka,
+        &topics.ingress,
+        &ordered_events("kill", "order.created", total, 30),
+    )
+    .await;
+
+    let group = unique_name("it-group");
+    let id = unique_name("tier-worker");
+    let log = std::env::temp_dir().join(format!("{id}.log"));
+    let mut first = WorkerProcess::spawn_with(
+        &kafka,
+        &topics,
+        &group,
+        &id,
+        upstream,
+        &log,
+        upstream_settings,
+    );
+    // Every message has moved at least once, and some have moved up a tier.
+    retry_events_until(&kafka, &topics.events, Duration::from_secs(60), |events| {
+        let moved: std::collections::BTreeSet<&str> = events
+            .iter()
+            .map(|event| event.message_id.as_str())
+            .collect();
+        moved.len() == total
+            && events
+                .iter()
+                .any(|event| event.retry_scheduled.as_ref().unwrap().tier >= 1)
+    })
+    .await;
+    first.child.kill().unwrap(); // SIGKILL while the messages wait in the tiers
+    first.child.wait().unwrap();
+
+    let sim = Sim::start_at(upstream).await;
+    let second = WorkerProcess::spawn_with(
+        &kafka,
+        &topics,
+        &group,
+        &id,
+        upstream,
+        &log,
+        upstream_settings,
+    );
+    let audit = read_outcomes(&kafka, &topics.audit, total, Duration::from_secs(90)).await;
+    assert_exactly_once(&audit, total);
+    assert!(audit.iter().all(|r| r.outcome == Outcome::Delivered as i32));
+    let seen = sim.deliveries().await;
+    assert_eq!(seen["distinct_keys"], total, "nothing lost: {seen}");
+    assert_eq!(seen["duplicate_deliveries"], 0, "nothing twice: {seen}");
+    assert_eq!(seen["ordered_events"], total, "{seen}");
+    assert_eq!(
+        seen["order_violations"], 0,
+        "the restarted worker rebuilt which keys wait in the tiers: {seen}"
+    );
+    drop(second);
 }

@@ -56,14 +56,16 @@ async fn a_healthy_upstream_is_delivered_while_another_refuses_connections() {
         UpstreamConfig {
             policy: policy.clone(),
             ..UpstreamConfig::at(format!("http://{}", healthy.api))
-        },
+        }
+        .with_retry_tiers(&[]),
     );
     upstreams.insert(
         "b".to_owned(),
         UpstreamConfig {
             policy,
             ..UpstreamConfig::at(format!("http://{sick_address}"))
-        },
+        }
+        .with_retry_tiers(&[]),
     );
     config.upstreams = upstreams;
     config.routing.default_upstream = "a".into();

@@ -52,6 +52,8 @@ pub enum Outcome {
     Rejected,
     Failed,
     DeadLettered,
+    /// Not an outcome: the message moved to a retry tier and waits there.
+    RetryScheduled,
     Unspecified,
 }
 
@@ -72,6 +74,7 @@ impl Outcome {
             Self::Rejected => "rejected",
             Self::Failed => "failed",
             Self::DeadLettered => "dead_lettered",
+            Self::RetryScheduled => "retry_scheduled",
             Self::Unspecified => "unspecified",
         }
     }
@@ -149,6 +152,23 @@ pub struct EventView {
     pub timed_out: bool,
     /// The upstream's circuit state when the outcome was decided.
     pub circuit_state: CircuitState,
+    /// Set when `outcome` is `retry_scheduled`: where and until when the message waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryView>,
+}
+
+/// A message's move to a retry tier.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RetryView {
+    /// Index of the tier in the upstream's schedule (0 is the first) and how many it has.
+    pub tier: u32,
+    pub tiers: u32,
+    /// The tier's delay, in milliseconds.
+    pub delay_ms: u64,
+    /// When the message is due (RFC 3339).
+    pub due_at: Option<String>,
+    /// The retry topic it waits in.
+    pub topic: String,
 }
 
 /// An event as the gateway holds it: the view plus what aggregation and filtering need.
@@ -217,7 +237,17 @@ impl Event {
             .as_ref()
             .and_then(system_time)
             .ok_or(EventRejection::MissingDecisionTime)?;
-        let outcome = Outcome::from_proto(event.outcome);
+        let outcome = match &event.retry_scheduled {
+            Some(_) => Outcome::RetryScheduled,
+            None => Outcome::from_proto(event.outcome),
+        };
+        let retry = event.retry_scheduled.map(|retry| RetryView {
+            tier: retry.tier,
+            tiers: retry.tiers,
+            delay_ms: retry.delay_ms,
+            due_at: retry.due_at.as_ref().and_then(system_time).map(rfc3339),
+            topic: retry.topic,
+        });
         let circuit_state = CircuitState::from_proto(event.circuit_state);
         let delivery_latency = Duration::from_micros(event.delivery_latency_us);
         let view = EventView {
@@ -241,6 +271,7 @@ impl Event {
             delivery_latency_ms: event.delivery_latency_us as f64 / 1000.0,
             timed_out: event.timed_out,
             circuit_state,
+            retry,
         };
         Ok(Self {
             id,

@@ -59,6 +59,7 @@ struct Counts {
     rejected: u64,
     failed: u64,
     dead_lettered: u64,
+    retries_scheduled: u64,
     retries: u64,
     timeouts: u64,
     decided_closed: u64,
@@ -73,6 +74,7 @@ impl Counts {
         self.rejected += other.rejected;
         self.failed += other.failed;
         self.dead_lettered += other.dead_lettered;
+        self.retries_scheduled += other.retries_scheduled;
         self.retries += other.retries;
         self.timeouts += other.timeouts;
         self.decided_closed += other.decided_closed;
@@ -115,13 +117,18 @@ impl Series {
             };
         }
         let counts = &mut slot.counts;
+        if event.outcome == Outcome::RetryScheduled {
+            // A move to a retry tier: the message is still waiting, not decided.
+            counts.retries_scheduled += 1;
+            return;
+        }
         counts.events += 1;
         match event.outcome {
             Outcome::Delivered => counts.delivered += 1,
             Outcome::Rejected => counts.rejected += 1,
             Outcome::Failed => counts.failed += 1,
             Outcome::DeadLettered => counts.dead_lettered += 1,
-            Outcome::Unspecified => {}
+            Outcome::RetryScheduled | Outcome::Unspecified => {}
         }
         counts.retries += u64::from(event.view.attempts.saturating_sub(1));
         counts.timeouts += u64::from(event.view.timed_out);
@@ -167,6 +174,8 @@ pub struct WindowStats {
     pub rejected: u64,
     pub failed: u64,
     pub dead_lettered: u64,
+    /// Messages moved to a retry tier: still waiting, so not among `events` (outcomes).
+    pub retries_scheduled: u64,
     /// (failed + dead-lettered) / (delivered + failed + dead-lettered): delivery errors, not
     /// bad input. 0 when nothing was delivered or failed.
     pub error_ratio: f64,
@@ -223,6 +232,7 @@ impl WindowStats {
             rejected: counts.rejected,
             failed: counts.failed,
             dead_lettered: counts.dead_lettered,
+            retries_scheduled: counts.retries_scheduled,
             error_ratio: if decided == 0 {
                 0.0
             } else {

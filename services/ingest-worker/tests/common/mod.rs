@@ -13,7 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use relais_ingest_worker::config::{
     Args, KafkaConfig, PipelineConfig, UpstreamConfig, WorkerConfig,
 };
-use relais_proto::v1::AuditRecord;
+use relais_proto::v1::{AuditRecord, PipelineEvent};
 use relais_resilience::UpstreamPolicy;
 use relais_telemetry::shutdown::CancellationToken;
 use relais_test_support::{KafkaTestEnv, unique_name};
@@ -80,6 +80,9 @@ pub struct Topics {
     /// The upstream control topic; each test has its own, so no test sees another's upstreams
     /// disabled.
     pub control: String,
+    /// The prefix of this test's retry topics (created by [`create_retry_topics`]).
+    pub retry_prefix: String,
+    pub ingress_partitions: i32,
 }
 
 impl Topics {
@@ -92,7 +95,18 @@ impl Topics {
             control: kafka
                 .create_topic_with("it-control", 1, &[("cleanup.policy", "compact")])
                 .await,
+            retry_prefix: unique_name("it-retry"),
+            ingress_partitions,
         }
+    }
+}
+
+/// Creates the retry topics `config` reads, with the ingress topic's partitions.
+pub async fn create_retry_topics(kafka: &KafkaTestEnv, topics: &Topics, config: &WorkerConfig) {
+    for (_, topic, _) in config.tier_topics().tiers() {
+        kafka
+            .create_named_topic(topic, topics.ingress_partitions, &[])
+            .await;
     }
 }
 
@@ -228,13 +242,19 @@ pub fn worker_config(
             ..KafkaConfig::default()
         },
         pipeline,
+        // Without tiers unless a test gives them (and creates their topics).
         upstreams: BTreeMap::from([(
             "default".to_owned(),
             UpstreamConfig {
                 policy,
                 ..UpstreamConfig::at(format!("http://{upstream}"))
-            },
+            }
+            .with_retry_tiers(&[]),
         )]),
+        retry: relais_ingest_worker::config::RetryConfig {
+            topic_prefix: topics.retry_prefix.clone(),
+            ..Default::default()
+        },
         status: relais_ingest_worker::config::StatusConfig {
             gateway,
             interval: Duration::from_millis(200),
@@ -332,6 +352,41 @@ pub async fn read_exactly_where(
         );
     }
     records
+}
+
+/// The `retry_scheduled` events on `topic`, read until `enough` holds of them.
+pub async fn retry_events_until(
+    kafka: &KafkaTestEnv,
+    topic: &str,
+    within: Duration,
+    enough: impl Fn(&[PipelineEvent]) -> bool,
+) -> Vec<PipelineEvent> {
+    let consumer: StreamConsumer = kafka
+        .client_config()
+        .set("group.id", unique_name("it-events"))
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + within;
+    let mut events = Vec::new();
+    while !enough(&events) {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let Ok(message) = tokio::time::timeout(remaining, consumer.recv()).await else {
+            panic!(
+                "after {within:?}, {} retry events, not what the test waits for",
+                events.len()
+            );
+        };
+        let message = message.unwrap();
+        let event = PipelineEvent::decode(message.payload().unwrap_or_default()).unwrap();
+        if event.retry_scheduled.is_some() {
+            events.push(event);
+        }
+    }
+    events
 }
 
 /// Whether an audit topic record is an operator action rather than a message outcome.

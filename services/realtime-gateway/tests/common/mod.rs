@@ -301,6 +301,7 @@ pub fn pipeline_event(spec: &EventSpec<'_>) -> PipelineEvent {
         delivery_latency_us: spec.latency_us,
         timed_out: spec.timed_out,
         circuit_state: spec.circuit as i32,
+        retry_scheduled: None,
     }
 }
 

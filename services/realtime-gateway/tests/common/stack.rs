@@ -145,7 +145,8 @@ impl Stack {
                         "http://{}",
                         sim.api
                     ))
-                },
+                }
+                .with_retry_tiers(&[]),
             )]),
             status: relais_ingest_worker::config::StatusConfig {
                 gateway: Some(format!("http://{}", gateway.grpc)),

@@ -1,0 +1,457 @@
+//! The dispatcher: reads the ingress topic and the retry tiers, prepares each message, and
+//! hands it to its upstream's queue, with backpressure per partition.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use relais_telemetry::shutdown::CancellationToken;
+use tokio::sync::mpsc;
+
+use crate::committer::Tracker;
+use crate::metrics::{TopicLabels, WorkerMetrics};
+use crate::parked::ParkedKeys;
+use crate::pipeline::{PausedPartitions, WorkerConsumer};
+use crate::process::{Prepared, Processor};
+use crate::records::Inbound;
+use crate::retry::{RetryState, TierTopics};
+use crate::schedule::{Done, Scheduler};
+use crate::tiers::{DueHeads, TierConsumer};
+use crate::tracker::{Finished, INGRESS, SourcePartition};
+
+/// How many read messages may wait for their commit, per partition and in all. While commits
+/// fail (the transaction coordinator away) nothing is committed, so without this bound the
+/// worker would read on until its memory ran out.
+#[derive(Debug, Clone, Copy)]
+pub struct UncommittedLimits {
+    pub per_partition: usize,
+    pub total: usize,
+}
+
+/// Messages a partition holds (its upstream's queue full) before it is paused.
+const HELD_BEFORE_PAUSE: usize = 256;
+
+/// Reads the ingress topic and the retry tiers, and feeds the scheduler until shutdown.
+///
+/// Backpressure is per partition: when a message finds its upstream's queue full, it is held,
+/// in order with the later messages of its partition, while the other partitions keep flowing.
+/// Held messages are offered again whenever a delivery ends, and every few milliseconds. Only
+/// when a partition holds more than [`HELD_BEFORE_PAUSE`] messages is it paused (librdkafka drops a
+/// paused partition's prefetched messages and must fetch them again, so pausing at the first
+/// full queue would cost more than it saves); it resumes once its hold is empty. A message over
+/// the [`UncommittedLimits`] is held too and pauses its partition at once: that wait lasts as
+/// long as the commits fail. The consumer keeps polling throughout, so the group never mistakes
+/// a long pause (an upstream outage) for a dead replica.
+///
+/// A tier record that is not due yet pauses its tier partition until it is ([`DueHeads`]); the
+/// messages of a partition whose key order state is not loaded yet are held.
+pub async fn dispatch(
+    mut dispatcher: Dispatcher,
+    mut reports: mpsc::Receiver<Done>,
+    shutdown: CancellationToken,
+) {
+    let mut retry = tokio::time::interval(Duration::from_millis(5));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let reads_tiers = !dispatcher.sources.topics.is_empty();
+    loop {
+        let next_due = dispatcher.due.next_due();
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            Some(done) = reports.recv() => {
+                dispatcher.scheduler.finished(done);
+                if !dispatcher.held.is_empty() {
+                    dispatcher.drain_held().await;
+                }
+                dispatcher.report_depth();
+            }
+            _ = retry.tick(), if !dispatcher.held.is_empty() => dispatcher.drain_held().await,
+            _ = sleep_until(next_due), if next_due.is_some() => dispatcher.release_due().await,
+            message = dispatcher.sources.ingress.recv() => match message {
+                Ok(message) => {
+                    if let Some(inbound) = detach(&message, &dispatcher.tracker, &dispatcher.sources.topics) {
+                        drop(message);
+                        dispatcher.offer(inbound).await;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "consume error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            message = dispatcher.sources.tiers.recv(), if reads_tiers => match message {
+                Ok(message) => {
+                    if let Some(inbound) = detach(&message, &dispatcher.tracker, &dispatcher.sources.topics) {
+                        drop(message);
+                        dispatcher.offer(inbound).await;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "retry tier consume error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where the dispatcher reads.
+#[allow(missing_debug_implementations)] // the consumers have no Debug
+pub struct Sources {
+    pub ingress: Arc<WorkerConsumer>,
+    pub tiers: Arc<TierConsumer>,
+    pub topics: TierTopics,
+    /// Key order state per partition; a partition's messages wait until it is loaded.
+    pub parked: Arc<ParkedKeys>,
+}
+
+/// What [`dispatch`] works with.
+pub struct Dispatcher {
+    sources: Sources,
+    processor: Arc<Processor>,
+    scheduler: Scheduler,
+    tracker: Arc<Tracker>,
+    metrics: WorkerMetrics,
+    paused: PausedPartitions,
+    /// Messages waiting for room in their upstream's queue, per partition, in offset order.
+    held: BTreeMap<SourcePartition, VecDeque<Prepared>>,
+    /// Tier records read before they were due, their partitions paused.
+    due: DueHeads,
+    /// Held messages of one partition beyond which the partition is paused.
+    hold_limit: usize,
+    limits: UncommittedLimits,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("held", &self.held_total())
+            .field("queued", &self.scheduler.queued())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    pub fn new(
+        sources: Sources,
+        processor: Arc<Processor>,
+        scheduler: Scheduler,
+        tracker: Arc<Tracker>,
+        metrics: WorkerMetrics,
+        paused: PausedPartitions,
+        limits: UncommittedLimits,
+    ) -> Self {
+        let dispatcher = Self {
+            sources,
+            processor,
+            scheduler,
+            tracker,
+            metrics,
+            paused,
+            held: BTreeMap::new(),
+            due: DueHeads::default(),
+            hold_limit: HELD_BEFORE_PAUSE,
+            limits,
+        };
+        dispatcher.report_oldest();
+        dispatcher
+    }
+
+    /// Prepares a freshly read message and hands it on, or holds it.
+    async fn offer(&mut self, inbound: Inbound) {
+        let source = inbound.source();
+        if source.topic != INGRESS {
+            // A tier record waits for its due time, and so do the records behind it.
+            let due = crate::tiers::due_of(&inbound, &self.sources.topics);
+            if self.due.is_waiting(source) || due.is_some_and(|due| due > SystemTime::now()) {
+                self.due.keep(inbound, due.unwrap_or_else(SystemTime::now));
+                self.pause_consumer(source);
+                self.report_oldest();
+                return;
+            }
+        }
+        if !self
+            .tracker
+            .dispatched(source, inbound.generation, inbound.offset)
+        {
+            return;
+        }
+        let over_limit = self.over_uncommitted_limit(source);
+        let loaded = self.sources.parked.is_loaded(source.partition);
+        let prepared = self.processor.prepare(inbound);
+        let behind_held = self.held.contains_key(&source);
+        if behind_held || !loaded || over_limit || !self.has_room(&prepared) {
+            // Behind earlier held messages of its partition, order first.
+            self.held.entry(source).or_default().push_back(prepared);
+        } else {
+            self.hand_on(prepared).await;
+        }
+        if self
+            .held
+            .get(&source)
+            .is_some_and(|queue| over_limit || queue.len() > self.hold_limit)
+        {
+            self.pause(source);
+        }
+        self.report_depth();
+    }
+
+    /// Offers the tier records that came due, and resumes their partitions.
+    async fn release_due(&mut self) {
+        let (due, emptied) = self.due.take_due();
+        for source in emptied {
+            let still_owned = self.tracker.generation(source).is_some();
+            let backpressure = self
+                .paused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&source);
+            if still_owned && !backpressure {
+                self.resume_consumer(source);
+            }
+        }
+        for record in due {
+            self.offer(record).await;
+        }
+        self.report_oldest();
+    }
+
+    fn report_oldest(&self) {
+        let oldest = self.due.oldest_per_topic(&self.sources.topics);
+        for (_, topic, _) in self.sources.topics.tiers() {
+            self.metrics
+                .retry_oldest
+                .get_or_create(&TopicLabels {
+                    topic: topic.to_owned(),
+                })
+                .set(oldest.get(topic).map_or(0.0, Duration::as_secs_f64));
+        }
+    }
+
+    fn report_depth(&self) {
+        self.metrics
+            .queue_depth
+            .set((self.scheduler.queued() + self.held_total()) as i64);
+        self.metrics
+            .retry_waiting_keys
+            .set(self.sources.parked.waiting_keys() as i64);
+    }
+
+    fn has_room(&self, prepared: &Prepared) -> bool {
+        prepared
+            .upstream()
+            .is_none_or(|upstream| self.scheduler.has_room(upstream))
+    }
+
+    /// A routed message goes to its upstream's queue; one decided already (rejected input) is
+    /// finished here, which takes no waiting.
+    async fn hand_on(&mut self, prepared: Prepared) {
+        if prepared.upstream().is_some() {
+            self.scheduler.submit(prepared);
+            return;
+        }
+        let (source, generation, offset) = (
+            prepared.inbound.source(),
+            prepared.inbound.generation,
+            prepared.inbound.offset,
+        );
+        if let Some(output) = self.processor.finish(prepared).await {
+            self.tracker
+                .finished(source, generation, Finished { offset, output });
+        }
+    }
+
+    /// True when a freshly read message of `source` (registered with the tracker already)
+    /// would take its partition, or the worker, over its uncommitted limit.
+    fn over_uncommitted_limit(&self, source: SourcePartition) -> bool {
+        let held_here = self.held.get(&source).map_or(0, VecDeque::len);
+        let (here, total) = self.tracker.uncommitted_counts(source);
+        over_uncommitted(
+            self.limits,
+            here.saturating_sub(held_here),
+            total.saturating_sub(self.held_total()),
+        )
+    }
+
+    fn held_total(&self) -> usize {
+        self.held.values().map(VecDeque::len).sum()
+    }
+
+    /// Hands held messages on where their upstreams have room; resumes partitions whose hold
+    /// emptied.
+    async fn drain_held(&mut self) {
+        let mut held_total = self.held_total();
+        let sources: Vec<SourcePartition> = self.held.keys().copied().collect();
+        for source in sources {
+            let loaded = self.sources.parked.is_loaded(source.partition);
+            while let Some(front) = self.held.get(&source).and_then(VecDeque::front) {
+                let queued_here = self.held.get(&source).map_or(0, VecDeque::len);
+                if self.tracker.generation(source) != Some(front.inbound.generation) {
+                    // Revoked while held: the new owner reads it again.
+                    held_total -= queued_here;
+                    self.held.remove(&source);
+                    break;
+                }
+                // Held messages are registered with the tracker already: what counts is the
+                // work beyond the holds, plus the message at the front.
+                let (here, total) = self.tracker.uncommitted_counts(source);
+                if !loaded
+                    || over_uncommitted(
+                        self.limits,
+                        here.saturating_sub(queued_here - 1),
+                        total.saturating_sub(held_total.saturating_sub(1)),
+                    )
+                    || !self.has_room(front)
+                {
+                    break;
+                }
+                let Some(prepared) = self.held.get_mut(&source).and_then(VecDeque::pop_front)
+                else {
+                    break;
+                };
+                held_total -= 1;
+                self.hand_on(prepared).await;
+            }
+            if self.held.get(&source).is_some_and(VecDeque::is_empty) {
+                self.held.remove(&source);
+            }
+            let was_paused = !self.held.contains_key(&source)
+                && self
+                    .paused
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains(&source);
+            if was_paused {
+                self.resume(source);
+            }
+        }
+        self.report_depth();
+    }
+
+    /// Pauses a partition for backpressure.
+    fn pause(&self, source: SourcePartition) {
+        let count = {
+            let mut paused = self.paused.lock().unwrap_or_else(PoisonError::into_inner);
+            if !paused.insert(source) {
+                return;
+            }
+            paused.len()
+        };
+        self.pause_consumer(source);
+        self.metrics.pauses.inc();
+        self.metrics.paused_partitions.set(count as i64);
+        tracing::debug!(?source, "partition paused: its upstream's queue is full");
+    }
+
+    /// Resumes a partition paused for backpressure, unless it waits for a due time too.
+    fn resume(&self, source: SourcePartition) {
+        let count = {
+            let mut paused = self.paused.lock().unwrap_or_else(PoisonError::into_inner);
+            paused.remove(&source);
+            paused.len()
+        };
+        self.metrics.paused_partitions.set(count as i64);
+        if !self.due.is_waiting(source) {
+            self.resume_consumer(source);
+        }
+        tracing::debug!(?source, "partition resumed");
+    }
+
+    fn partition_list(&self, source: SourcePartition) -> Option<TopicPartitionList> {
+        let topic = self.sources.topics.name(source.topic)?;
+        let mut list = TopicPartitionList::new();
+        list.add_partition(topic, source.partition);
+        Some(list)
+    }
+
+    fn pause_consumer(&self, source: SourcePartition) {
+        let Some(list) = self.partition_list(source) else {
+            return;
+        };
+        let paused = if source.topic == INGRESS {
+            self.sources.ingress.pause(&list)
+        } else {
+            self.sources.tiers.pause(&list)
+        };
+        if let Err(error) = paused {
+            tracing::warn!(%error, ?source, "cannot pause partition");
+        }
+    }
+
+    fn resume_consumer(&self, source: SourcePartition) {
+        let Some(list) = self.partition_list(source) else {
+            return;
+        };
+        let resumed = if source.topic == INGRESS {
+            self.sources.ingress.resume(&list)
+        } else {
+            self.sources.tiers.resume(&list)
+        };
+        if let Err(error) = resumed {
+            tracing::warn!(%error, ?source, "cannot resume partition");
+        }
+    }
+}
+
+/// The uncommitted-work bound: `partition` and `total` count the messages read and not yet
+/// committed, the message in question included, the ones held behind it not.
+fn over_uncommitted(limits: UncommittedLimits, partition: usize, total: usize) -> bool {
+    partition > limits.per_partition || total > limits.total
+}
+
+/// Copies what the pipeline needs out of the consumer's buffer.
+fn detach(
+    message: &BorrowedMessage<'_>,
+    tracker: &Tracker,
+    topics: &TierTopics,
+) -> Option<Inbound> {
+    let topic_index = topics.index_of(message.topic())?;
+    let source = SourcePartition {
+        topic: topic_index,
+        partition: message.partition(),
+    };
+    let generation = tracker.generation(source)?;
+    let headers: Vec<(String, Vec<u8>)> = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|header| {
+                    (
+                        header.key.to_owned(),
+                        header.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let timestamp = message
+        .timestamp()
+        .to_millis()
+        .and_then(|millis| u64::try_from(millis).ok())
+        .map(|millis| SystemTime::UNIX_EPOCH + Duration::from_millis(millis));
+    let retry = (topic_index != INGRESS).then(|| RetryState::from_headers(&headers));
+    Some(Inbound {
+        topic: message.topic().to_owned(),
+        topic_index,
+        partition: message.partition(),
+        offset: message.offset(),
+        generation,
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        headers,
+        timestamp,
+        received_at: SystemTime::now(),
+        retry,
+    })
+}

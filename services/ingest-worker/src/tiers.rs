@@ -1,0 +1,379 @@
+//! Reading the retry tiers ([`crate::retry`]).
+//!
+//! The tier topics are read by a second consumer that is assigned by hand, never by the group:
+//! whoever owns ingress partition `p` also reads partition `p` of every tier, because that is
+//! where the messages of `p` wait, and the key order of `p` is kept by one replica
+//! ([`crate::parked`]). Its offsets are committed in the same transactions as the ingress
+//! offsets, with the group's metadata, so a zombie is fenced as before.
+//!
+//! A tier partition whose head is not due yet is paused, its head kept aside, and resumed at
+//! the due time ([`DueHeads`]). When a partition is assigned, the records waiting in its tiers are
+//! read once, keys only, to rebuild its key order state ([`load_parked`]); its messages wait
+//! until then.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use relais_telemetry::shutdown::CancellationToken;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::committer::Tracker;
+use crate::parked::ParkedKeys;
+use crate::records::Inbound;
+use crate::retry::{RetryState, TierTopics};
+use crate::tracker::SourcePartition;
+
+pub type TierConsumer = StreamConsumer;
+
+/// Assignments whose waiting records are still to be read: (partition, generation).
+pub type LoadRequests = mpsc::Sender<(i32, u64)>;
+
+/// What the rebalance callbacks need to give tier partitions to the owner of the ingress
+/// partition of the same number.
+#[derive(Clone)]
+pub struct TierAssignment {
+    pub consumer: Arc<TierConsumer>,
+    pub topics: TierTopics,
+    pub parked: Arc<ParkedKeys>,
+    pub loads: LoadRequests,
+}
+
+impl std::fmt::Debug for TierAssignment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TierAssignment")
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TierAssignment {
+    /// Ingress partition `partition` was assigned under `generation`: its tier partitions
+    /// follow it, and its key order state is to be loaded.
+    pub fn assigned(&self, tracker: &Tracker, partition: i32, generation: u64) {
+        self.parked.assigned(partition, generation);
+        if self.topics.is_empty() {
+            self.parked.load(partition, generation, []);
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for (index, topic, _) in self.topics.tiers() {
+            tracker.assign(SourcePartition {
+                topic: index,
+                partition,
+            });
+            let _ = list.add_partition_offset(topic, partition, Offset::Stored);
+        }
+        if let Err(error) = self.consumer.incremental_assign(&list) {
+            tracing::error!(%error, partition, "cannot assign the retry tier partitions");
+        }
+        if self.loads.try_send((partition, generation)).is_err() {
+            tracing::error!(
+                partition,
+                "the retry loader is gone; the partition stays waiting"
+            );
+        }
+    }
+
+    /// Ingress partition `partition` was revoked: so are its tier partitions.
+    pub fn revoked(&self, tracker: &Tracker, partition: i32) {
+        self.parked.revoked(partition);
+        if self.topics.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for (index, topic, _) in self.topics.tiers() {
+            tracker.revoke(SourcePartition {
+                topic: index,
+                partition,
+            });
+            list.add_partition(topic, partition);
+        }
+        if let Err(error) = self.consumer.incremental_unassign(&list) {
+            tracing::warn!(%error, partition, "cannot unassign the retry tier partitions");
+        }
+    }
+}
+
+/// A consumer for the tier topics: assigned by hand (no group membership), reading committed
+/// records only, its positions taken from the group's committed offsets.
+pub fn tier_consumer(
+    mut client: ClientConfig,
+    group_id: &str,
+    client_id: &str,
+) -> anyhow::Result<TierConsumer> {
+    client
+        .set("group.id", group_id)
+        .set("client.id", format!("{client_id}-retry"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("queued.max.messages.kbytes", "4096")
+        .create()
+        .context("cannot create the retry tier consumer")
+}
+
+/// Tier partitions paused until their head is due, each with the records read before the
+/// pause took effect (in offset order, the head first).
+#[derive(Debug, Default)]
+pub struct DueHeads {
+    heads: BTreeMap<SourcePartition, VecDeque<(SystemTime, Inbound)>>,
+}
+
+impl DueHeads {
+    /// Keeps `record` until `due`, behind what its partition keeps already (records of an
+    /// earlier assignment are dropped: the new owner reads them again). The caller pauses the
+    /// partition.
+    pub fn keep(&mut self, record: Inbound, due: SystemTime) {
+        let queue = self.heads.entry(record.source()).or_default();
+        if queue
+            .front()
+            .is_some_and(|(_, front)| front.generation != record.generation)
+        {
+            queue.clear();
+        }
+        queue.push_back((due, record));
+    }
+
+    pub fn is_waiting(&self, source: SourcePartition) -> bool {
+        self.heads.contains_key(&source)
+    }
+
+    /// When the next head is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        let earliest = self
+            .heads
+            .values()
+            .filter_map(|queue| queue.front().map(|(due, _)| *due))
+            .min()?;
+        let wait = earliest
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        Some(Instant::now() + wait)
+    }
+
+    /// The records due by now, in offset order per partition; the partitions whose records
+    /// are all taken are to be resumed.
+    pub fn take_due(&mut self) -> (Vec<Inbound>, Vec<SourcePartition>) {
+        let now = SystemTime::now();
+        let (mut due, mut emptied) = (Vec::new(), Vec::new());
+        for (source, queue) in &mut self.heads {
+            while queue.front().is_some_and(|(at, _)| *at <= now) {
+                if let Some((_, record)) = queue.pop_front() {
+                    due.push(record);
+                }
+            }
+            if queue.is_empty() {
+                emptied.push(*source);
+            }
+        }
+        for source in &emptied {
+            self.heads.remove(source);
+        }
+        (due, emptied)
+    }
+
+    /// Per tier topic, how long its oldest kept head has waited since it moved there.
+    pub fn oldest_per_topic(&self, topics: &TierTopics) -> BTreeMap<String, Duration> {
+        let now = SystemTime::now();
+        let mut oldest = BTreeMap::new();
+        for (source, queue) in &self.heads {
+            let (Some((due, _)), Some(name), Some(delay)) = (
+                queue.front(),
+                topics.name(source.topic),
+                topics.delay(source.topic),
+            ) else {
+                continue;
+            };
+            let moved_at = due.checked_sub(delay).unwrap_or(*due);
+            let age = now.duration_since(moved_at).unwrap_or_default();
+            let entry = oldest.entry(name.to_owned()).or_insert(age);
+            *entry = (*entry).max(age);
+        }
+        oldest
+    }
+}
+
+/// When a tier record may go: its due time, cut to its tier's delay after it was written.
+pub fn due_of(inbound: &Inbound, topics: &TierTopics) -> Option<SystemTime> {
+    let state = inbound.retry_state()?;
+    let delay = topics.delay(inbound.topic_index)?;
+    let (due, cut) = crate::retry::effective_due(state.due, inbound.timestamp, delay);
+    if cut {
+        tracing::warn!(
+            topic = %inbound.topic,
+            partition = inbound.partition,
+            offset = inbound.offset,
+            "a retry record's due time lies beyond its tier's delay; cut to it"
+        );
+    }
+    Some(due)
+}
+
+/// Loads the key order state of each assigned partition, reading what waits in its tiers;
+/// until then the partition's messages wait. A failed read is tried again while the partition
+/// is still owned under the same assignment.
+pub async fn load_parked(
+    mut requests: mpsc::Receiver<(i32, u64)>,
+    loader: WaitingReader,
+    tracker: Arc<Tracker>,
+    parked: Arc<ParkedKeys>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (partition, generation) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            request = requests.recv() => match request {
+                Some(request) => request,
+                None => return,
+            },
+        };
+        loop {
+            if tracker.generation(SourcePartition::ingress(partition)) != Some(generation) {
+                break;
+            }
+            let reader = loader.clone();
+            let started = Instant::now();
+            let read = tokio::task::spawn_blocking(move || reader.read(partition))
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|result| result);
+            match read {
+                Ok(waiting) => {
+                    let count = waiting.len();
+                    if parked.load(partition, generation, waiting) {
+                        tracing::info!(
+                            partition,
+                            waiting = count,
+                            took = ?started.elapsed(),
+                            "retry tiers read; the partition's messages go on"
+                        );
+                    }
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        partition,
+                        error = format!("{error:#}"),
+                        "cannot read the retry tiers; trying again"
+                    );
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads the records waiting in one partition of every tier: from the group's committed offset
+/// to the end.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)] // ClientConfig's Debug would print credentials
+pub struct WaitingReader {
+    pub client: ClientConfig,
+    pub group_id: String,
+    pub ingress_topic: String,
+    pub topics: TierTopics,
+    /// Upstreams whose order is kept per key (the others need no state).
+    pub ordered_upstreams: Arc<HashSet<String>>,
+}
+
+/// Longest read of one partition's tiers.
+const READ_DEADLINE: Duration = Duration::from_secs(120);
+
+impl WaitingReader {
+    /// (upstream, key, tier) of every waiting record of `partition` that keeps key order.
+    pub fn read(&self, partition: i32) -> anyhow::Result<Vec<(String, Vec<u8>, usize)>> {
+        let consumer: BaseConsumer = self
+            .client
+            .clone()
+            .set("group.id", &self.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .context("cannot create the retry tier reader")?;
+        // The ingress partition is asked too: the group answers only once no transaction that
+        // commits offsets of these partitions is pending, so what is read below is settled.
+        let mut asked = TopicPartitionList::new();
+        asked.add_partition(&self.ingress_topic, partition);
+        for (_, topic, _) in self.topics.tiers() {
+            asked.add_partition(topic, partition);
+        }
+        let committed = consumer
+            .committed_offsets(asked, Duration::from_secs(15))
+            .context("cannot read the committed offsets of the retry tiers")?;
+        let mut start = TopicPartitionList::new();
+        let mut ends = BTreeMap::new();
+        for (_, topic, _) in self.topics.tiers() {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                .with_context(|| format!("cannot read the end of {topic}/{partition}"))?;
+            let from = committed
+                .find_partition(topic, partition)
+                .and_then(|element| element.offset().to_raw())
+                .filter(|offset| *offset >= 0)
+                .unwrap_or(low)
+                .max(low);
+            if from < high {
+                start.add_partition_offset(topic, partition, Offset::Offset(from))?;
+                ends.insert(topic.to_owned(), high);
+            }
+        }
+        let mut waiting = Vec::new();
+        if ends.is_empty() {
+            return Ok(waiting);
+        }
+        consumer.assign(&start)?;
+        let deadline = Instant::now() + READ_DEADLINE;
+        while !ends.is_empty() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "reading the retry tiers of partition {partition} took longer than {READ_DEADLINE:?}"
+            );
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(message)) => {
+                    let headers: Vec<(String, Vec<u8>)> = message
+                        .headers()
+                        .map(|headers| {
+                            headers
+                                .iter()
+                                .map(|header| {
+                                    (
+                                        header.key.to_owned(),
+                                        header.value.unwrap_or_default().to_vec(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if let (Some(key), Ok(state)) =
+                        (message.key(), RetryState::from_headers(&headers))
+                        && self.ordered_upstreams.contains(&state.upstream)
+                    {
+                        waiting.push((state.upstream, key.to_vec(), state.tier));
+                    }
+                }
+                Some(Err(error)) => return Err(error).context("reading the retry tiers"),
+                None => {}
+            }
+            for element in consumer.position()?.elements() {
+                if let (Offset::Offset(position), Some(end)) =
+                    (element.offset(), ends.get(element.topic()))
+                    && position >= *end
+                {
+                    ends.remove(element.topic());
+                }
+            }
+        }
+        Ok(waiting)
+    }
+}

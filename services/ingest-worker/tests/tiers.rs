@@ -1,0 +1,327 @@
+//! Retry tiers against the real broker and upstream-sim: messages that wait for a sick upstream
+//! leave their ingress partitions (which commit on), pass through the tiers while it is down,
+//! and are delivered once, in order per key, when it returns; past the last tier they are
+//! dead-lettered; a record in a tier topic that the worker did not write gets an outcome.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use relais_ingest_worker::config::{PipelineConfig, RouteRule, UpstreamConfig, WorkerConfig};
+use relais_ingest_worker::retry::RetryState;
+use relais_proto::v1::Outcome;
+use relais_resilience::UpstreamPolicy;
+use relais_resilience::policy::{CircuitPolicy, RetryPolicyConfig};
+use relais_test_support::unique_name;
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// Fails fast against a dead upstream: few attempts, a circuit that opens soon.
+fn quick_policy() -> UpstreamPolicy {
+    UpstreamPolicy {
+        attempt_timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(250),
+        circuit: CircuitPolicy {
+            minimum_calls: 5,
+            open_duration: secs(1),
+            half_open_calls: 2,
+            ..CircuitPolicy::default()
+        },
+        retry: RetryPolicyConfig {
+            max_attempts: 2,
+            base_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(100),
+            ..RetryPolicyConfig::default()
+        },
+        ..UpstreamPolicy::default()
+    }
+}
+
+fn config_with_tiers(
+    topics: &Topics,
+    upstream: std::net::SocketAddr,
+    tiers: &[Duration],
+) -> WorkerConfig {
+    let mut config = worker_config(
+        topics,
+        &unique_name("it-group"),
+        upstream,
+        quick_policy(),
+        PipelineConfig::default(),
+        None,
+    );
+    for upstream in config.upstreams.values_mut() {
+        *upstream = upstream.clone().with_retry_tiers(tiers);
+    }
+    config.retry.in_memory_wait = secs(1);
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sick_upstreams_messages_leave_the_partitions_and_return_through_the_tiers_in_order() {
+    init_telemetry();
+    let kafka = relais_test_support::kafka().await;
+    let healthy = Sim::start().await;
+    // Nothing listens here until the test starts b's simulator: connections are refused.
+    let sick_address = free_port();
+    let topics = Topics::create(&kafka, 3).await;
+    let tiers = [secs(1), secs(2), secs(5)];
+    let mut config = config_with_tiers(&topics, healthy.api, &tiers);
+    config.upstreams = BTreeMap::from([
+        (
+            "a".to_owned(),
+            UpstreamConfig {
+                policy: quick_policy(),
+                ..UpstreamConfig::at(format!("http://{}", healthy.api))
+            }
+            .with_retry_tiers(&tiers),
+        ),
+        (
+            "b".to_owned(),
+            UpstreamConfig {
+                policy: quick_policy(),
+                ..UpstreamConfig::at(format!("http://{sick_address}"))
+            }
+            .with_retry_tiers(&tiers),
+        ),
+    ]);
+    config.routing.default_upstream = "a".into();
+    config.routing.rules = vec![RouteRule {
+        type_prefix: "b.".into(),
+        upstream: "b".into(),
+    }];
+    create_retry_topics(&kafka, &topics, &config).await;
+    let worker = Worker::start_config(&kafka, config);
+
+    // Interleaved: two for a, one for b, over 50 keys each (four messages per key of b).
+    let for_a = ordered_events("a", "order.created", 400, 50);
+    let for_b = ordered_events("b", "b.created", 200, 50);
+    let mut messages = Vec::new();
+    let mut b = for_b.into_iter();
+    for (index, message) in for_a.into_iter().enumerate() {
+        messages.push(message);
+        if index % 2 == 1
+            && let Some(next) = b.next()
+        {
+            messages.push(next);
+        }
+    }
+    produce(&kafka, &topics.ingress, &messages).await;
+
+    // a's outcomes are committed while b refuses every connection: b's messages hold nothing.
+    let a_outcomes = read_outcomes(&kafka, &topics.audit, 400, secs(30)).await;
+    assert!(
+        a_outcomes
+            .iter()
+            .all(|record| record.upstream == "a" && record.outcome == Outcome::Delivered as i32)
+    );
+
+    // b's messages move up the tiers; once some reached the third, every ingress partition
+    // has committed to its end (nothing of b holds an ingress offset).
+    let moves = retry_events_until(&kafka, &topics.events, secs(60), |events| {
+        events
+            .iter()
+            .any(|event| event.retry_scheduled.as_ref().unwrap().tier == 2)
+    })
+    .await;
+    let moved: BTreeSet<&str> = moves
+        .iter()
+        .map(|event| event.message_id.as_str())
+        .collect();
+    assert!(
+        moves
+            .iter()
+            .all(|event| event.upstream == "b" && event.outcome == Outcome::Unspecified as i32)
+    );
+    let tiers_seen: BTreeSet<u32> = moves
+        .iter()
+        .map(|event| event.retry_scheduled.as_ref().unwrap().tier)
+        .collect();
+    assert_eq!(
+        tiers_seen,
+        BTreeSet::from([0, 1, 2]),
+        "through two tiers into the third"
+    );
+    assert!(moved.len() >= 50, "b's messages moved: {}", moved.len());
+    let deadline = Instant::now() + secs(20);
+    loop {
+        let mut lag = 0.0;
+        for partition in 0..3 {
+            lag += worker
+                .metric(&format!(
+                    "relais_worker_consumer_lag{{partition=\"{partition}\"}}"
+                ))
+                .await;
+        }
+        if lag == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ingress partitions keep a lag of {lag} while b's messages wait in tiers"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        worker.metric("relais_worker_uncommitted_messages").await < 200.0,
+        "b's 200 messages are not all held in memory"
+    );
+
+    // b comes back: every message has exactly one outcome, delivered, each key in order.
+    let sick = Sim::start_at(sick_address).await;
+    let audit = read_outcomes(&kafka, &topics.audit, 600, secs(60)).await;
+    assert_exactly_once(&audit, 600);
+    assert!(audit.iter().all(|r| r.outcome == Outcome::Delivered as i32));
+    for record in audit.iter().filter(|record| record.upstream == "b") {
+        let position = record.position.as_ref().unwrap();
+        assert_eq!(
+            position.topic, topics.ingress,
+            "recorded against its ingress position"
+        );
+    }
+    for (name, sim, count) in [("a", &healthy, 400), ("b", &sick, 200)] {
+        let seen = sim.deliveries().await;
+        assert_eq!(seen["distinct_keys"], count, "{name}: {seen}");
+        assert_eq!(seen["ordered_events"], count, "{name}: {seen}");
+        assert_eq!(seen["order_violations"], 0, "{name}: {seen}");
+    }
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_the_last_tier_a_message_is_dead_lettered_as_it_was_sent() {
+    init_telemetry();
+    let kafka = relais_test_support::kafka().await;
+    let dead = free_port();
+    let topics = Topics::create(&kafka, 2).await;
+    let config = config_with_tiers(&topics, dead, &[secs(1)]);
+    create_retry_topics(&kafka, &topics, &config).await;
+    let worker = Worker::start_config(&kafka, config);
+    let messages = valid_events("gone", 20, 5);
+    produce(&kafka, &topics.ingress, &messages).await;
+
+    let audit = read_outcomes(&kafka, &topics.audit, 20, secs(60)).await;
+    assert_exactly_once(&audit, 20);
+    for record in &audit {
+        assert_eq!(record.outcome, Outcome::DeadLettered as i32);
+        assert_eq!(record.reason_code, "retry_tiers_exhausted");
+        assert_eq!(record.position.as_ref().unwrap().topic, topics.ingress);
+    }
+    let letters = read_exactly(&kafka, &topics.dlq, 20, secs(10), secs(1)).await;
+    for letter in &letters {
+        assert!(
+            letter
+                .headers
+                .keys()
+                .all(|name| !name.starts_with("relais-retry-")),
+            "the dead letter is the message as sent: {:?}",
+            letter.headers.keys().collect::<Vec<_>>()
+        );
+        assert_eq!(
+            letter.headers["relais-dlq-source-topic"], topics.ingress,
+            "and names where it was first read"
+        );
+    }
+    let moves = retry_events_until(&kafka, &topics.events, secs(10), |events| {
+        events.len() >= 20
+    })
+    .await;
+    assert!(
+        moves
+            .iter()
+            .all(|event| event.retry_scheduled.as_ref().unwrap().tier == 0)
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tier_record_the_worker_did_not_write_gets_an_outcome() {
+    init_telemetry();
+    let kafka = relais_test_support::kafka().await;
+    let sim = Sim::start().await;
+    let topics = Topics::create(&kafka, 1).await;
+    let config = config_with_tiers(&topics, sim.api, &[secs(1)]);
+    create_retry_topics(&kafka, &topics, &config).await;
+    let tier_topic = format!("{}.1s", topics.retry_prefix);
+    let worker = Worker::start_config(&kafka, config);
+
+    let payload = |id: &str| {
+        format!(
+            r#"{{"id":"{id}","type":"order.created","occurred_at":"{}","source":"test","data":{{}}}}"#,
+            chrono::Utc::now().to_rfc3339()
+        )
+    };
+    let state = |upstream: &str, due: SystemTime| RetryState {
+        tier: 0,
+        due,
+        upstream: upstream.into(),
+        origin_topic: topics.ingress.clone(),
+        origin_partition: 0,
+        origin_offset: 0,
+        first_seen: SystemTime::now(),
+        ingress_time: None,
+        reason: "test".into(),
+    };
+    let far_future = SystemTime::UNIX_EPOCH + secs(4_102_444_800); // the year 2100
+    let producer: FutureProducer = kafka.client_config().create().unwrap();
+    let records = [
+        ("no-headers", Vec::<(String, Vec<u8>)>::new()),
+        (
+            "unknown-upstream",
+            state("nowhere", SystemTime::now()).to_headers(),
+        ),
+        ("far-future", state("default", far_future).to_headers()),
+    ];
+    for (id, headers) in &records {
+        let mut owned = rdkafka::message::OwnedHeaders::new();
+        for (name, value) in headers {
+            owned = owned.insert(rdkafka::message::Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        producer
+            .send(
+                FutureRecord::to(&tier_topic)
+                    .partition(0)
+                    .key(*id)
+                    .payload(&payload(id))
+                    .headers(owned),
+                secs(10),
+            )
+            .await
+            .unwrap();
+    }
+
+    let audit = read_outcomes(&kafka, &topics.audit, 3, secs(30)).await;
+    let by_reason: BTreeMap<String, i32> = audit
+        .iter()
+        .map(|record| (record.reason_code.clone(), record.outcome))
+        .collect();
+    assert_eq!(
+        by_reason,
+        BTreeMap::from([
+            ("bad_retry_record".to_owned(), Outcome::Rejected as i32),
+            ("unknown_route".to_owned(), Outcome::Failed as i32),
+            (String::new(), Outcome::Delivered as i32),
+        ]),
+        "a due time in 2100 is cut to the tier's delay and delivered"
+    );
+    let rejected = audit
+        .iter()
+        .find(|record| record.reason_code == "bad_retry_record")
+        .unwrap();
+    assert_eq!(
+        rejected.position.as_ref().unwrap().topic,
+        tier_topic,
+        "an unreadable tier record is recorded where it was read"
+    );
+    assert_eq!(sim.deliveries().await["accepted"], 1);
+    worker.stop().await;
+}
