@@ -227,6 +227,8 @@ pub struct StackOptions {
     /// OTLP endpoint (such as `http://127.0.0.1:4317`) all services export traces to.
     pub otlp_endpoint: Option<String>,
     pub ingress_partitions: i32,
+    /// A second upstream-sim, upstream `billing`, which receives the `billing.*` events.
+    pub billing_upstream: bool,
 }
 
 impl Default for StackOptions {
@@ -235,6 +237,7 @@ impl Default for StackOptions {
             workers: 1,
             otlp_endpoint: None,
             ingress_partitions: 6,
+            billing_upstream: false,
         }
     }
 }
@@ -292,6 +295,8 @@ pub struct ProcessStack {
     pub bucket: String,
     pub sim: Service,
     pub sim_api: SocketAddr,
+    /// The `billing` upstream's simulator (see [`StackOptions::billing_upstream`]).
+    pub billing_sim: Option<Service>,
     pub audit: Service,
     pub audit_grpc: SocketAddr,
     pub gateway: Service,
@@ -373,6 +378,17 @@ impl ProcessStack {
             vec![("RELAIS_SIM_LISTEN", sim_api.to_string())],
         );
         sim.spawn();
+        let billing = options.billing_upstream.then(|| {
+            let api = free_port();
+            let mut billing = service(
+                "upstream-sim-billing",
+                "upstream-sim",
+                free_port(),
+                vec![("RELAIS_SIM_LISTEN", api.to_string())],
+            );
+            billing.spawn();
+            (billing, api)
+        });
 
         let audit_grpc = free_port();
         let audit_config = dir.join("audit-service.toml");
@@ -470,6 +486,7 @@ minimum_calls = 10
 open_duration = "2s"
 half_open_calls = 3
 
+{billing_section}
 [status]
 gateway = "http://{gateway_grpc}"
 interval = "1s"
@@ -482,6 +499,9 @@ interval = "1s"
                 ledger = topics.ledger,
                 retry_prefix = topics.retry_prefix,
                 retry_tiers = RETRY_TIERS,
+                billing_section = billing
+                    .as_ref()
+                    .map_or_else(String::new, |(_, api)| { billing_upstream_section(*api) }),
             ),
         );
         let mut workers = Vec::new();
@@ -492,6 +512,9 @@ interval = "1s"
         }
         let within = Duration::from_secs(60);
         sim.wait_ready(within).await;
+        if let Some((billing, _)) = &billing {
+            billing.wait_ready(within).await;
+        }
         audit.wait_ready(within).await;
         gateway.wait_ready(within).await;
         for worker in &workers {
@@ -502,6 +525,7 @@ interval = "1s"
             bucket,
             sim,
             sim_api,
+            billing_sim: billing.map(|(billing, _)| billing),
             audit,
             audit_grpc,
             gateway,
@@ -580,7 +604,12 @@ interval = "1s"
     /// Every service, by the job name it is scraped under.
     pub fn services(&self) -> BTreeMap<&'static str, Vec<&Service>> {
         BTreeMap::from([
-            ("upstream-sim", vec![&self.sim]),
+            (
+                "upstream-sim",
+                std::iter::once(&self.sim)
+                    .chain(self.billing_sim.as_ref())
+                    .collect(),
+            ),
             ("audit-service", vec![&self.audit]),
             ("realtime-gateway", vec![&self.gateway]),
             ("ingest-worker", self.workers.iter().collect()),
@@ -595,5 +624,38 @@ interval = "1s"
         self.gateway.stop(Duration::from_secs(20));
         self.audit.stop(Duration::from_secs(60));
         self.sim.stop(Duration::from_secs(10));
+        if let Some(billing) = &mut self.billing_sim {
+            billing.stop(Duration::from_secs(10));
+        }
     }
+}
+
+/// The worker configuration's part for the `billing` upstream: `billing.*` events go there,
+/// with the same policy and tiers as the default upstream.
+fn billing_upstream_section(api: SocketAddr) -> String {
+    format!(
+        r#"[routing]
+default_upstream = "default"
+rules = [{{ type_prefix = "billing.", upstream = "billing" }}]
+
+[upstreams.billing]
+url = "http://{api}"
+path = "/events"
+retry_tiers = {RETRY_TIERS:?}
+
+[upstreams.billing.policy]
+attempt_timeout = "1s"
+connect_timeout = "250ms"
+
+[upstreams.billing.policy.retry]
+max_attempts = 3
+base_backoff = "20ms"
+max_backoff = "200ms"
+
+[upstreams.billing.policy.circuit]
+minimum_calls = 10
+open_duration = "2s"
+half_open_calls = 3
+"#
+    )
 }

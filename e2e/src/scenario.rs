@@ -29,6 +29,10 @@ pub enum Fault {
     BrokerRestart,
     /// The upstream refuses connections for this long.
     UpstreamDown(Duration),
+    /// Two upstreams: a third of the events go to `billing`, which refuses connections for
+    /// this long while the default upstream stays healthy. Its messages wait in retry tiers;
+    /// the default upstream's rate must hold.
+    BillingDown(Duration),
     /// The upstream answers with a p99 of about 3 s (log-normal, median 300 ms) for this long.
     SlowUpstream(Duration),
     /// Workers scaled 1 → 3 → 1.
@@ -64,6 +68,18 @@ pub struct Outcome {
     /// The outcomes the fault must leave (FAILED for the redirect window, REJECTED for the
     /// poison record) are there; None when the fault expects nothing in particular.
     pub fault_outcomes_seen: Option<bool>,
+    /// Deliveries per second to the healthy (default) upstream before the other upstream
+    /// failed and while it was down (for [`Fault::BillingDown`]).
+    pub healthy_rates: Option<(f64, f64)>,
+}
+
+impl Outcome {
+    /// For [`Fault::BillingDown`]: whether the healthy upstream kept at least 90 % of its rate
+    /// while the other was down.
+    pub fn healthy_rate_held(&self) -> Option<bool> {
+        self.healthy_rates
+            .map(|(before, during)| during >= 0.9 * before)
+    }
 }
 
 /// Peak lag and RSS, sampled while a scenario runs.
@@ -93,6 +109,10 @@ impl Watch {
 
 fn scenario_file(dir: &std::path::Path, plan: &Plan) -> PathBuf {
     let path = dir.join("load.toml");
+    let types = match plan.fault {
+        Fault::BillingDown(_) => "\n[types]\n\"order.created\" = 2.0\n\"billing.charged\" = 1.0\n",
+        _ => "",
+    };
     let text = format!(
         r#"name = "{}"
 description = "steady load for a fault scenario"
@@ -106,6 +126,7 @@ missing_field = 0.01
 bad_timestamp = 0.01
 not_an_object = 0.01
 
+{types}
 [[phase]]
 name = "load"
 seconds = {}
@@ -139,8 +160,12 @@ fn start_load(kafka: &KafkaTestEnv, stack: &ProcessStack, scenario: &std::path::
 }
 
 async fn set_faults(stack: &ProcessStack, faults: serde_json::Value) {
+    set_faults_of(&stack.sim, faults).await;
+}
+
+async fn set_faults_of(sim: &crate::Service, faults: serde_json::Value) {
     let response = reqwest::Client::new()
-        .put(format!("{}/admin/faults", stack.sim_admin()))
+        .put(format!("http://{}/admin/faults", sim.admin))
         .json(&faults)
         .send()
         .await
@@ -180,11 +205,26 @@ async fn sleep_sampling(stack: &ProcessStack, watch: &mut Watch, duration: Durat
     }
 }
 
+/// Deliveries upstream-sim has accepted so far.
+async fn accepted(sim: &crate::Service) -> f64 {
+    let Ok(response) = reqwest::get(format!("http://{}/admin/deliveries", sim.admin)).await else {
+        return 0.0;
+    };
+    let deliveries: serde_json::Value = response.json().await.unwrap_or_default();
+    deliveries["accepted"].as_f64().unwrap_or(0.0)
+}
+
 /// Runs one scenario on a fresh stack and verifies it.
 pub async fn run(kafka: &KafkaTestEnv, rgw: &RgwTestEnv, plan: Plan) -> Outcome {
-    let mut stack = ProcessStack::start(kafka, rgw, None, StackOptions::default()).await;
+    let options = StackOptions {
+        billing_upstream: matches!(plan.fault, Fault::BillingDown(_)),
+        ..StackOptions::default()
+    };
+    let mut stack = ProcessStack::start(kafka, rgw, None, options).await;
     let scenario = scenario_file(&stack.dir, &plan);
     let mut watch = Watch::default();
+    let mut healthy_rates = None;
+    let load_started = Instant::now();
     let mut load = start_load(kafka, &stack, &scenario);
     let total = Duration::from_secs(plan.seconds);
     let mut audit_killed = false;
@@ -230,6 +270,16 @@ pub async fn run(kafka: &KafkaTestEnv, rgw: &RgwTestEnv, plan: Plan) -> Outcome 
             set_faults(&stack, serde_json::json!({"outage": true})).await;
             sleep_sampling(&stack, &mut watch, *duration).await;
             set_faults(&stack, serde_json::json!({})).await;
+        }
+        Fault::BillingDown(duration) => {
+            let billing = stack.billing_sim.as_ref().expect("a billing upstream");
+            let before = accepted(&stack.sim).await / load_started.elapsed().as_secs_f64();
+            set_faults_of(billing, serde_json::json!({"outage": true})).await;
+            let (start, at_start) = (Instant::now(), accepted(&stack.sim).await);
+            sleep_sampling(&stack, &mut watch, *duration).await;
+            let during = (accepted(&stack.sim).await - at_start) / start.elapsed().as_secs_f64();
+            set_faults_of(billing, serde_json::json!({})).await;
+            healthy_rates = Some((before, during));
         }
         Fault::SlowUpstream(duration) => {
             set_faults(
@@ -280,7 +330,14 @@ pub async fn run(kafka: &KafkaTestEnv, rgw: &RgwTestEnv, plan: Plan) -> Outcome 
         let mut backlog = stack.audit.metric_sum("relais_audit_consumer_lag").await
             + stack.audit.metric_sum("relais_audit_buffer_records").await;
         for worker in &stack.workers {
-            backlog += worker.metric_sum("relais_worker_consumer_lag").await;
+            // Messages waiting in retry tiers, or read and not yet committed, are not done.
+            backlog += worker.metric_sum("relais_worker_consumer_lag").await
+                + worker
+                    .metric_sum("relais_worker_retry_waiting_messages")
+                    .await
+                + worker
+                    .metric_sum("relais_worker_uncommitted_messages")
+                    .await;
         }
         let ready = reqwest::get(format!("http://{}/readyz", stack.audit.admin))
             .await
@@ -322,6 +379,7 @@ pub async fn run(kafka: &KafkaTestEnv, rgw: &RgwTestEnv, plan: Plan) -> Outcome 
     };
     let outcome = Outcome {
         fault_outcomes_seen,
+        healthy_rates,
         plan,
         verdict,
         counters_agree,
@@ -360,8 +418,8 @@ async fn produce_poison(kafka: &KafkaTestEnv, topic: &str) {
 /// The report table, in Markdown.
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::from(
-        "| scenario | messages | lost | duplicated | dead-lettered | DLQ mismatches | counters agree | peak lag | recovery s | peak RSS MiB (worker / audit / gateway / sim) |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| scenario | messages | lost | duplicated | dead-lettered | DLQ mismatches | counters agree | peak lag | recovery s | peak RSS MiB (worker / audit / gateway / sim) | healthy upstream msg/s (before / during) |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for outcome in outcomes {
         let rss = |job: &str| {
@@ -374,7 +432,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
         };
         let v = &outcome.verdict;
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {} / {} / {} / {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {} / {} / {} / {} | {} |\n",
             outcome.plan.name,
             v.messages,
             v.lost,
@@ -390,6 +448,11 @@ pub fn table(outcomes: &[Outcome]) -> String {
             rss("audit-service"),
             rss("realtime-gateway"),
             rss("upstream-sim"),
+            outcome
+                .healthy_rates
+                .map_or("-".to_owned(), |(before, during)| format!(
+                    "{before:.0} / {during:.0}"
+                )),
         ));
     }
     out
@@ -423,6 +486,12 @@ pub fn plans(full: bool) -> Vec<Plan> {
                 Fault::UpstreamDown(Duration::from_secs(60)),
                 300,
                 120,
+            ),
+            plan(
+                "two upstreams, billing down 3 min",
+                Fault::BillingDown(Duration::from_secs(180)),
+                300,
+                240,
             ),
             plan(
                 "slow upstream (p99 3 s) 60 s",

@@ -1,6 +1,7 @@
 //! `make e2e`: the fault scenarios under load, natively, each verified; prints the table and
 //! writes artifacts/e2e/report.md and report.json. Exits 1 if anything was lost, duplicated or
-//! misplaced in the DLQ.
+//! misplaced in the DLQ, or a healthy upstream lost more than 10 % of its rate while another
+//! was down.
 //!
 //! Usage: relais-e2e [--short] [--only NAME-SUBSTRING]
 
@@ -58,6 +59,7 @@ async fn main() -> std::process::ExitCode {
         !o.verdict.is_exact()
             || o.counters_agree == Some(false)
             || o.fault_outcomes_seen == Some(false)
+            || o.healthy_rate_held() == Some(false)
     });
     if failed {
         std::process::ExitCode::FAILURE
