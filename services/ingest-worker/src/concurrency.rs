@@ -10,6 +10,9 @@
 //!   upstream is saturated or failing;
 //! - **increase** by 1 when the window reached the limit (the limit was what held deliveries
 //!   back) and its mean round trip stayed within 1.25 × the long-run mean: more would be taken;
+//!   until the first decrease the increase is a doubling instead (slow start, as in TCP), so an
+//!   upstream that takes hundreds at once (100 ms answers at thousands a second) is reached in
+//!   a few round trips rather than hundreds;
 //! - otherwise keep it.
 //!
 //! The long-run mean is an exponentially weighted mean of the windows' means (weight 0.2) over
@@ -49,6 +52,8 @@ pub struct AdaptiveLimit {
     max: usize,
     /// Long-run mean round trip, seconds.
     long_rtt: Option<f64>,
+    /// True until the first decrease: increases double the limit.
+    slow_start: bool,
     window: Window,
 }
 
@@ -79,6 +84,7 @@ impl AdaptiveLimit {
             limit: INITIAL.min(max).max(1),
             max: max.max(1),
             long_rtt: None,
+            slow_start: true,
             window: Window::new(now),
         }
     }
@@ -123,8 +129,10 @@ impl AdaptiveLimit {
         };
         if window.backpressure || rose {
             self.limit = ((self.limit as f64 * DECREASE) as usize).max(1);
+            self.slow_start = false;
         } else if window.reached_limit && holds {
-            self.limit = (self.limit + 1).min(self.max);
+            let step = if self.slow_start { self.limit } else { 1 };
+            self.limit = (self.limit + step).min(self.max);
         }
         if !window.backpressure
             && let Some(mean) = mean
@@ -172,7 +180,27 @@ mod tests {
         assert_eq!(limit.limit(), 8);
         run(&mut limit, 40, 400, start);
         let settled = limit.limit();
-        assert!((32..=41).contains(&settled), "settled at {settled}");
+        // The sawtooth of AIMD around the capacity, within 20 % below and 10 % above.
+        assert!((32..=44).contains(&settled), "settled at {settled}");
+    }
+
+    #[test]
+    fn slow_start_reaches_a_wide_upstream_in_a_few_round_trips() {
+        let start = Instant::now();
+        let mut limit = AdaptiveLimit::new(1000, start);
+        // Windows are at least a round trip long: the first at 20 ms, then at the mean RTT.
+        run(&mut limit, 800, 12, start);
+        assert!(
+            limit.limit() >= 512,
+            "doubling from 8 while nothing pushes back: {}",
+            limit.limit()
+        );
+        run(&mut limit, 800, 200, start + RTT * 12);
+        let settled = limit.limit();
+        assert!(
+            (640..=801).contains(&settled),
+            "then AIMD near 800: {settled}"
+        );
     }
 
     #[test]
