@@ -222,6 +222,8 @@ def stop(process):
 
 CAMEL_DIR = ROOT / "loadtest" / "peers" / "camel"
 CAMEL_COUNT = "127.0.0.1:19110"
+PC_DIR = ROOT / "loadtest" / "peers" / "parallel-consumer"
+PC_COUNT = "127.0.0.1:19111"
 
 
 def build_camel():
@@ -239,20 +241,26 @@ def run_camel(mode, env, out, records, log_name, max_seconds=600):
     """Runs the Camel peer until it has handled `records` (or for `max_seconds` of handling, for
     a slow peer); returns the rate, bytes rate and peak RSS."""
     classpath = f"{CAMEL_DIR}/target/classes:{CAMEL_DIR}/target/dependency/*"
+    return run_java_peer(
+        "the Camel peer", ["-cp", classpath, "relais.peer.CamelPeer", mode],
+        {**env, "CAMEL_PEER_BOOTSTRAP": BOOTSTRAP, "CAMEL_PEER_COUNT_PORT": CAMEL_COUNT.rsplit(":", 1)[1],
+         # Ceph 16's RGW refuses the AWS SDK's default trailing checksums (HTTP 400).
+         "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
+         "AWS_RESPONSE_CHECKSUM_VALIDATION": "WHEN_REQUIRED"},
+        CAMEL_COUNT, out, records, log_name, max_seconds)
+
+
+def run_java_peer(name, java_args, env, count_address, out, records, log_name, max_seconds):
+    """Runs a Java peer that serves "records bytes" on GET /count until it has handled `records`
+    (or for `max_seconds` of handling); returns the rate, bytes rate and peak RSS."""
     handle = open(out / log_name, "ab")
-    process = subprocess.Popen(
-        ["java", "-Xmx1g", "-cp", classpath, "relais.peer.CamelPeer", mode],
-        env={**os.environ, **env, "CAMEL_PEER_BOOTSTRAP": BOOTSTRAP,
-             "CAMEL_PEER_COUNT_PORT": CAMEL_COUNT.rsplit(":", 1)[1],
-             # Ceph 16's RGW refuses the AWS SDK's default trailing checksums (HTTP 400).
-             "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
-             "AWS_RESPONSE_CHECKSUM_VALIDATION": "WHEN_REQUIRED"},
-        stdout=handle, stderr=handle, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(["java", "-Xmx1g", *java_args], env={**os.environ, **env},
+                               stdout=handle, stderr=handle, stdin=subprocess.DEVNULL)
     try:
         first, handled, stored, deadline = None, 0, 0, time.time() + 600
         while time.time() < deadline:
             try:
-                handled, stored = (int(x) for x in http_get(f"http://{CAMEL_COUNT}/count").split())
+                handled, stored = (int(x) for x in http_get(f"http://{count_address}/count").split())
             except (OSError, ValueError):
                 pass
             now = time.time()
@@ -261,16 +269,28 @@ def run_camel(mode, env, out, records, log_name, max_seconds=600):
             if handled >= records or (first is not None and now - first[0] >= max_seconds):
                 break
             if process.poll() is not None:
-                sys.exit(f"the Camel peer exited early; see {out / log_name}")
+                sys.exit(f"{name} exited early; see {out / log_name}")
             time.sleep(0.25)
         else:
-            sys.exit(f"the Camel peer did not finish within 600 s; see {out / log_name}")
+            sys.exit(f"{name} did not finish within 600 s; see {out / log_name}")
         elapsed = max(now - first[0], 1e-6)
         return {"records_per_second": round((handled - first[1]) / elapsed, 1),
                 "stored_bytes_per_second": round((stored - first[2]) / elapsed, 1),
+                "records": handled,
                 "peak_rss_bytes": peak_rss_bytes(process.pid)}
     finally:
         stop(process)
+
+
+def build_parallel_consumer():
+    """The Parallel Consumer peer (Maven Central); None, or the reason it cannot be built here."""
+    if shutil.which("mvn") is None or shutil.which("java") is None:
+        return "Maven and a JDK are needed to build the Parallel Consumer peer"
+    log("building the Parallel Consumer peer (Maven)")
+    result = subprocess.run([str(PC_DIR / "build.sh")], capture_output=True, text=True)
+    if result.returncode != 0:
+        return "building the Parallel Consumer peer failed: " + (result.stdout + result.stderr).strip()[-400:]
+    return None
 
 
 def run_wrk(seconds, sim_pid):
@@ -442,6 +462,102 @@ def worker_benchmark(args, out, stamp):
         "ratio_bound_if_worker_cost_nothing": round(bound / wrk_rate, 3) if bound else None,
         "audit_topic": topics["audit"],
     }
+
+
+def produce_keyed(topic, count, keys, out):
+    """`count` valid events over `keys` keys with their per-key sequence in `data`, as fast as
+    loadgen writes them; returns the number sent."""
+    scenario = out / "slow-upstream-load.toml"
+    rate = 40_000
+    seconds = max(1, count // rate)
+    scenario.write_text(f'name = "slow-upstream"\nkeys = {keys}\nsequence = true\npayload_bytes = [40, 80]\n'
+                        f'[mix]\nvalid = 1.0\n[[phase]]\nname = "fill"\nseconds = {seconds}\nrate = {rate}\n')
+    output = subprocess.run(
+        [str(RELEASE / "loadgen"), "--kafka-bootstrap", BOOTSTRAP, "ingress", "--scenario", str(scenario),
+         "--topic", topic, "--admin-addr", "127.0.0.1:19105"],
+        capture_output=True, text=True, check=True, env={**os.environ, "RUST_LOG": "warn"}).stdout
+    return json.loads(output.strip().splitlines()[-1])["sent"]
+
+
+def slow_upstream_benchmark(args, out, stamp):
+    """An upstream answering in about 100 ms, 10,000 keys, order per key: how many messages a
+    worker keeps in flight and delivers, beside the Parallel Consumer (KEY mode) and Camel doing
+    Kafka → HTTP against the same upstream-sim with the same concurrency."""
+    topics = {name: f"bench.{stamp}.slow-{name}" for name in ("ingress", "audit", "events", "dlq")}
+    for name, partitions in (("ingress", 12), ("audit", 12), ("events", 12), ("dlq", 3)):
+        create_topic(topics[name], partitions)
+    latency = {"latency": {"kind": "log_normal", "median_ms": 100.0, "sigma": 0.25}}
+    sim = start("upstream-sim", {"RELAIS_SIM_LISTEN": SIM_API, "RELAIS_ADMIN_ADDR": SIM_ADMIN},
+                out / "slow-upstream-sim.log")
+    results = {"concurrency": args.slow_in_flight, "keys": args.slow_keys, "upstream": "log-normal, median 100 ms, sigma 0.25"}
+    try:
+        wait_http(f"http://{SIM_ADMIN}/healthz")
+        log(f"slow upstream: producing {args.slow_messages} messages over {args.slow_keys} keys")
+        sent = produce_keyed(topics["ingress"], args.slow_messages, args.slow_keys, out)
+        results["messages"] = sent
+
+        def set_latency():
+            http_post(f"http://{SIM_ADMIN}/admin/reset")
+            http_post(f"http://{SIM_ADMIN}/admin/faults", json.dumps(latency).encode(), method="PUT")
+
+        set_latency()
+        config = out / "slow-worker.toml"
+        config.write_text(
+            f'[kafka]\ngroup_id = "bench-slow-{stamp}"\n'
+            + "".join(f'{name}_topic = "{topic}"\n' for name, topic in topics.items())
+            + f'[upstreams.default]\nurl = "http://{SIM_API}"\nretry_tiers = []\n'
+            + f'max_in_flight = {args.slow_in_flight}\nordering = "key"\n'
+            + f'[upstreams.default.policy.bulkhead]\nmax_concurrent = {args.slow_in_flight}\n')
+        worker = start("ingest-worker", {"RELAIS_WORKER_CONFIG": str(config), "RELAIS_ADMIN_ADDR": WORKER_ADMIN,
+                                         "RELAIS_WORKER_ID": f"bench-slow-{stamp}", "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP},
+                       out / "slow-ingest-worker.log")
+        meter = CpuMeter({"ingest-worker": worker.pid, "upstream-sim": sim.pid, **infra_pids()})
+        try:
+            log("slow upstream: ingest-worker")
+            samples, _, last_text, cpu = follow_until(worker, "ingest-worker", WORKER_ADMIN,
+                                                      "relais_worker_committed_messages_total", sent, meter)
+            (first_at, first), (last_at, last) = samples[0], samples[-1]
+            rss = peak_rss_bytes(worker.pid)
+        finally:
+            stop(worker)
+        seen = json.loads(http_get(f"http://{SIM_ADMIN}/admin/deliveries"))
+        results["worker"] = {
+            "messages_per_second": round((last - first) / max(last_at - first_at, 1e-6), 1),
+            "peak_rss_bytes": rss, "peak_in_flight_upstream": seen.get("peak_in_progress"),
+            "order_violations": seen.get("order_violations"), "ordered_events": seen.get("ordered_events"),
+            "duplicate_deliveries": seen.get("duplicate_deliveries"), "cpu": cpu}
+
+        def peer(name, unavailable, run):
+            if unavailable:
+                return {"skipped": unavailable}
+            set_latency()
+            log(f"slow upstream: {name}")
+            result = run()
+            seen = json.loads(http_get(f"http://{SIM_ADMIN}/admin/deliveries"))
+            result.update({"peak_in_flight_upstream": seen.get("peak_in_progress"),
+                           "order_violations": seen.get("order_violations"),
+                           "ordered_events": seen.get("ordered_events"),
+                           "duplicate_deliveries": seen.get("duplicate_deliveries")})
+            return result
+
+        results["parallel_consumer"] = peer("Parallel Consumer (KEY)", args.pc_unavailable, lambda: run_java_peer(
+            "the Parallel Consumer peer",
+            ["-cp", f"{PC_DIR}/target/classes:{PC_DIR}/target/dependency/*", "relais.peer.ParallelConsumerPeer"],
+            {"PC_PEER_BOOTSTRAP": BOOTSTRAP, "PC_PEER_TOPIC": topics["ingress"], "PC_PEER_GROUP": f"pc-slow-{stamp}",
+             "PC_PEER_UPSTREAM": f"http://{SIM_API}/events", "PC_PEER_CONCURRENCY": str(args.slow_in_flight),
+             "PC_PEER_COUNT_PORT": PC_COUNT.rsplit(":", 1)[1]},
+            PC_COUNT, out, sent, "slow-parallel-consumer.log", 90))
+        results["camel"] = peer("Camel", args.camel_unavailable, lambda: run_camel(
+            "http", {"CAMEL_PEER_TOPIC": topics["ingress"], "CAMEL_PEER_GROUP": f"camel-slow-{stamp}",
+                     "CAMEL_PEER_UPSTREAM": f"http://{SIM_API}/events"},
+            out, sent, "slow-camel.log", max_seconds=60))
+    finally:
+        stop(sim)
+    worker_rate = results["worker"]["messages_per_second"]
+    for name in ("parallel_consumer", "camel"):
+        rate = results[name].get("records_per_second")
+        results[f"ratio_worker_to_{name}"] = round(worker_rate / rate, 2) if rate else None
+    return results
 
 
 def consumer_ceiling(topic, messages):
@@ -948,8 +1064,13 @@ def main():
     parser.add_argument("--fanout-seconds", type=int, default=20)
     parser.add_argument("--outage-seconds", type=int, default=300)
     parser.add_argument("--outage-rate", type=int, default=300, help="messages per second during the outage run")
+    parser.add_argument("--slow-messages", type=int, default=200_000,
+                        help="messages of the slow-upstream run")
+    parser.add_argument("--slow-keys", type=int, default=10_000)
+    parser.add_argument("--slow-in-flight", type=int, default=1000,
+                        help="deliveries in flight in the slow-upstream run (worker and peers alike)")
     parser.add_argument("--only", type=lambda text: set(text.split(",")),
-                        default={"worker", "audit", "lookup", "fanout", "outage"})
+                        default={"worker", "slow", "audit", "lookup", "fanout", "outage"})
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -959,8 +1080,11 @@ def main():
             sys.exit(f"{RELEASE / binary} missing: run `make release` first")
 
     args.camel_unavailable = "skipped (--no-peers)" if args.no_peers else None
-    if not args.no_peers and args.only & {"worker", "audit"}:
+    if not args.no_peers and args.only & {"worker", "slow", "audit"}:
         args.camel_unavailable = build_camel()
+    args.pc_unavailable = "skipped (--no-peers)" if args.no_peers else None
+    if not args.no_peers and "slow" in args.only:
+        args.pc_unavailable = build_parallel_consumer()
     stamp = time.strftime("%Y%m%d%H%M%S")
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "machine": {"cpus": os.cpu_count()}}
@@ -968,6 +1092,7 @@ def main():
         args.only.add("worker")  # the audit benchmark stores the worker benchmark's records
     benchmarks = [
         ("worker", lambda: worker_benchmark(args, args.out, stamp)),
+        ("slow", lambda: slow_upstream_benchmark(args, args.out, stamp)),
         ("audit", lambda: audit_benchmark(args, args.out, stamp, results["worker"]["audit_topic"], args.messages)),
         ("lookup", lambda: lookup_benchmark(args, args.out, stamp)),
         ("fanout", lambda: fanout_benchmark(args, args.out, stamp)),
@@ -988,6 +1113,8 @@ The peers (Apache Camel 4.18, Centrifugo v6.9.1), why they were chosen and what 
 """]
     if "worker" in results:
         sections.append(worker_section(results["worker"]))
+    if "slow" in results:
+        sections.append(slow_section(results["slow"]))
     if "audit" in results:
         sections.append(audit_section(results["audit"]))
     if "lookup" in results:
@@ -1059,6 +1186,31 @@ and during the worker's run (from its first committed message to its last):
 At these costs per message, upstream-sim and the broker alone would fill the machine at
 {worker.get('rate_if_worker_cost_nothing') or 0:.0f} messages/s even if the worker cost nothing: a ratio of at most
 **{worker.get('ratio_bound_if_worker_cost_nothing')}** to wrk on this machine.
+"""
+
+
+def slow_section(slow):
+    def row(name, run, rate_key):
+        if not run or "skipped" in run:
+            return f"| {name} | not measured: {(run or {}).get('skipped', 'not run')} | | | | |\n"
+        return (f"| {name} | {run[rate_key]:.0f} | {run.get('peak_in_flight_upstream')} | "
+                f"{mib(run['peak_rss_bytes'])} | {run.get('order_violations')} of {run.get('ordered_events')} | "
+                f"{run.get('duplicate_deliveries')} |\n")
+    worker = slow["worker"]
+    cpu = worker["cpu"]["components"].get("ingest-worker", {}).get("cpu_us_per_unit")
+    return f"""## A slow upstream: in flight and in order
+
+upstream-sim answers in {slow['upstream']}; {slow['messages']} messages over {slow['keys']} keys, order kept
+per key; {slow['concurrency']} deliveries in flight at most for each system. By Little's law 8,000
+messages/s need about 800 in flight. In-flight, order violations and duplicates are upstream-sim's
+own counts.
+
+| system | messages/s | peak in flight at the upstream | peak RSS | order violations | duplicates |
+| --- | --- | --- | --- | --- | --- |
+{row("ingest-worker (ordering key, adaptive concurrency, exactly-once outcomes)", worker, "messages_per_second")}{row("Confluent Parallel Consumer 0.5.3.3, KEY order, async commits (at-least-once, no outcome records)", slow.get("parallel_consumer"), "records_per_second")}{row("Apache Camel 4.18 route (one consumer thread per partition, auto-commit)", slow.get("camel"), "records_per_second")}
+Ratios of messages/s: worker / Parallel Consumer **{slow.get('ratio_worker_to_parallel_consumer')}**, worker / Camel
+**{slow.get('ratio_worker_to_camel')}**. Worker CPU: {cpu} µs per message. Targets: at least 8,000 messages/s per
+worker, RSS under 250 MiB, no order violation.
 """
 
 

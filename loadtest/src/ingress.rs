@@ -118,6 +118,10 @@ pub(crate) struct Scenario {
     /// `route` values, weighted; an empty name means no `route` field.
     #[serde(default)]
     pub routes: BTreeMap<String, f64>,
+    /// Valid events carry their key and their sequence number within it in `data`
+    /// (`order_key`, `seq`), so upstream-sim can check that each key arrives in order.
+    #[serde(default)]
+    pub sequence: bool,
     /// Message kinds, weighted.
     pub mix: BTreeMap<Kind, f64>,
     #[serde(rename = "phase")]
@@ -199,6 +203,8 @@ pub(crate) struct Generator {
     rng: StdRng,
     id_prefix: String,
     occurred_at: String,
+    /// Next sequence number per key (with `sequence`).
+    sequences: std::collections::HashMap<String, u64>,
 }
 
 impl Generator {
@@ -208,6 +214,7 @@ impl Generator {
             rng: StdRng::seed_from_u64(seed),
             id_prefix,
             occurred_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            sequences: std::collections::HashMap::new(),
         }
     }
 
@@ -242,6 +249,12 @@ impl Generator {
         });
         if !route.is_empty() {
             event["route"] = route.into();
+        }
+        if self.scenario.sequence && kind == Kind::Valid {
+            let next = self.sequences.entry(key.clone()).or_insert(0);
+            event["data"]["order_key"] = key.clone().into();
+            event["data"]["seq"] = (*next).into();
+            *next += 1;
         }
         match kind {
             Kind::Valid => {}
