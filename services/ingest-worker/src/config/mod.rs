@@ -2,119 +2,16 @@
 //! with the deployment-specific values (brokers, identity, ports) from flags or `RELAIS_*`
 //! variables. [`WorkerConfig::validate`] checks the settings against each other at start-up.
 
+mod args;
+mod upstream;
+
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use relais_resilience::UpstreamPolicy;
 use serde::Deserialize;
 
-/// Command line; every flag also reads its `RELAIS_*` environment variable.
-#[derive(Debug, clap::Parser)]
-#[command(name = "ingest-worker", version, about)]
-pub struct Args {
-    /// The configuration file (TOML). Without one, the defaults plus one upstream named
-    /// `default` at `--upstream-url` are used.
-    #[arg(long, env = "RELAIS_WORKER_CONFIG")]
-    pub config: Option<PathBuf>,
-
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "RELAIS_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    pub kafka_bootstrap: String,
-
-    /// Identity of this replica. It names the transactional producer, so it must be stable
-    /// across restarts of the same replica (a restart then fences its predecessor at once)
-    /// and unique among live replicas. Defaults to the host name and admin port.
-    #[arg(long, env = "RELAIS_WORKER_ID")]
-    pub worker_id: Option<String>,
-
-    /// Admin endpoint (`/metrics`, `/healthz`, `/readyz`).
-    #[arg(long, env = "RELAIS_ADMIN_ADDR", default_value = "127.0.0.1:9101")]
-    pub admin_addr: SocketAddr,
-
-    /// gRPC address of the realtime-gateway to stream status to (overrides the file).
-    #[arg(long, env = "RELAIS_GATEWAY_GRPC")]
-    pub gateway: Option<String>,
-
-    /// Base URL of the `default` upstream when no configuration file names upstreams.
-    #[arg(
-        long,
-        env = "RELAIS_UPSTREAM_URL",
-        default_value = "http://127.0.0.1:8090"
-    )]
-    pub upstream_url: String,
-
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum Command {
-    /// Run the pipeline (the default).
-    Run,
-    /// Move dead-lettered records back to the ingress topic for another try. Each record is
-    /// replayed at most once (the replay ledger remembers); filters combine with AND, a
-    /// repeated filter with OR.
-    ReplayDlq {
-        /// Only records with this reason code (repeatable).
-        #[arg(long = "reason")]
-        reasons: Vec<String>,
-        /// Only records routed to this upstream (repeatable).
-        #[arg(long = "upstream")]
-        upstreams: Vec<String>,
-        /// Only records with this message id (repeatable).
-        #[arg(long = "message-id")]
-        message_ids: Vec<String>,
-        /// Only records dead-lettered at or after this time (RFC 3339).
-        #[arg(long)]
-        from: Option<chrono::DateTime<chrono::Utc>>,
-        /// Only records dead-lettered before this time (RFC 3339).
-        #[arg(long)]
-        to: Option<chrono::DateTime<chrono::Utc>>,
-        /// Stop after this many records.
-        #[arg(long)]
-        limit: Option<u64>,
-        /// Count what would be replayed without writing anything.
-        #[arg(long)]
-        dry_run: bool,
-        /// Who runs the replay, recorded in the ledger beside each replayed record.
-        #[arg(long, env = "USER", default_value = "unknown")]
-        by: String,
-    },
-}
-
-impl Command {
-    /// The replay asked for, if this is `replay-dlq`.
-    pub fn replay_request(&self) -> Option<relais_operator::replay::ReplayRequest> {
-        let Self::ReplayDlq {
-            reasons,
-            upstreams,
-            message_ids,
-            from,
-            to,
-            limit,
-            dry_run,
-            by,
-        } = self
-        else {
-            return None;
-        };
-        Some(relais_operator::replay::ReplayRequest {
-            job: relais_operator::replay::new_job_id(),
-            selection: relais_operator::replay::Selection {
-                reasons: reasons.clone(),
-                upstreams: upstreams.clone(),
-                message_ids: message_ids.clone(),
-                from: from.map(Into::into),
-                to: to.map(Into::into),
-            },
-            limit: *limit,
-            dry_run: *dry_run,
-            requested_by: by.clone(),
-        })
-    }
-}
+pub use args::{Args, Command};
+pub use upstream::UpstreamConfig;
 
 /// The configuration file.
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
@@ -365,112 +262,6 @@ impl Default for RoutingConfig {
 pub struct RouteRule {
     pub type_prefix: String,
     pub upstream: String,
-}
-
-#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    /// Base URL, such as `http://127.0.0.1:8090`.
-    pub url: String,
-    /// Path the events are POSTed to.
-    #[serde(default = "default_path")]
-    pub path: String,
-    #[serde(default)]
-    pub policy: UpstreamPolicy,
-    /// After a 401 or 403 (an expired or revoked credential, which fails every message alike)
-    /// the upstream's deliveries wait this long, then one trial call tells whether to go on;
-    /// "0s" makes such an answer a FAILED outcome instead.
-    #[serde(default = "default_pause_on_unauthorized", with = "humantime_serde")]
-    #[schemars(with = "String")]
-    pub pause_on_unauthorized: Duration,
-    /// A 410 (the endpoint is gone, which no retry mends) disables the upstream for every
-    /// replica until an operator re-enables it (`POST /api/v1/admin/upstreams/{name}/enable` on
-    /// the gateway); its messages wait meanwhile. `false` makes a 410 a FAILED outcome instead.
-    #[serde(default = "default_disable_on_gone")]
-    pub disable_on_gone: bool,
-    /// `"key"`: a key's later message for this upstream never starts before an earlier one has
-    /// finished (distinct keys never wait for each other); `"none"`: no order, the fastest.
-    #[serde(default)]
-    pub ordering: crate::schedule::Ordering,
-    /// Deliveries in flight to this upstream, at most (a message waiting for its open circuit
-    /// counts); default: `policy.bulkhead.max_concurrent`.
-    #[serde(default)]
-    pub max_in_flight: Option<usize>,
-    /// The in-flight limit follows what the upstream takes, within `1..=max_in_flight`: it
-    /// grows by one per round trip while latency holds and the limit is reached, and shrinks
-    /// to 90 % on a 429, a 503, a timeout or a doubled latency (docs/ingest-worker.md).
-    /// `false`: always `max_in_flight`.
-    #[serde(default = "default_adaptive_concurrency")]
-    pub adaptive_concurrency: bool,
-    /// Delays of the retry tiers a message goes through when its upstream cannot take it:
-    /// retries exhausted, a long Retry-After, or a wait beyond `retry.in_memory_wait`. After
-    /// the last, the message is DEAD_LETTERED `retry_tiers_exhausted`. `[]`: no tiers, the
-    /// message waits in memory and holds its partition's commit position (the behaviour
-    /// before tiers). Non-decreasing, each between 1 s and 7 days, at most 16.
-    #[serde(default = "default_retry_tiers")]
-    #[schemars(with = "Vec<String>")]
-    pub retry_tiers: Vec<humantime_serde::Serde<Duration>>,
-}
-
-fn default_retry_tiers() -> Vec<humantime_serde::Serde<Duration>> {
-    crate::retry::DEFAULT_TIERS.map(Into::into).to_vec()
-}
-
-fn default_adaptive_concurrency() -> bool {
-    true
-}
-
-fn default_path() -> String {
-    "/events".into()
-}
-
-fn default_pause_on_unauthorized() -> Duration {
-    Duration::from_secs(30)
-}
-
-fn default_disable_on_gone() -> bool {
-    true
-}
-
-impl UpstreamConfig {
-    /// An upstream at `url` with the defaults for everything else.
-    pub fn at(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            path: default_path(),
-            policy: UpstreamPolicy::default(),
-            pause_on_unauthorized: default_pause_on_unauthorized(),
-            disable_on_gone: default_disable_on_gone(),
-            ordering: crate::schedule::Ordering::default(),
-            max_in_flight: None,
-            adaptive_concurrency: default_adaptive_concurrency(),
-            retry_tiers: default_retry_tiers(),
-        }
-    }
-
-    /// The delays of the retry tiers (see `retry_tiers`).
-    pub fn retry_tiers(&self) -> Vec<Duration> {
-        self.retry_tiers.iter().map(|delay| **delay).collect()
-    }
-
-    /// Sets the retry tiers (`[]`: none).
-    pub fn with_retry_tiers(mut self, tiers: &[Duration]) -> Self {
-        self.retry_tiers = tiers.iter().copied().map(Into::into).collect();
-        self
-    }
-
-    /// Deliveries in flight at most (see `max_in_flight`).
-    pub fn max_in_flight(&self) -> usize {
-        self.max_in_flight
-            .unwrap_or(self.policy.bulkhead.max_concurrent)
-    }
-
-    pub fn hold_policy(&self) -> crate::hold::HoldPolicy {
-        crate::hold::HoldPolicy {
-            pause_on_unauthorized: self.pause_on_unauthorized,
-            disable_on_gone: self.disable_on_gone,
-        }
-    }
 }
 
 /// A configuration that cannot run.

@@ -1,0 +1,113 @@
+//! One upstream's section of the configuration file: where it is, its resilience policy, and
+//! how its deliveries are scheduled, held and retried.
+
+use std::time::Duration;
+
+use relais_resilience::UpstreamPolicy;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URL, such as `http://127.0.0.1:8090`.
+    pub url: String,
+    /// Path the events are POSTed to.
+    #[serde(default = "default_path")]
+    pub path: String,
+    #[serde(default)]
+    pub policy: UpstreamPolicy,
+    /// After a 401 or 403 (an expired or revoked credential, which fails every message alike)
+    /// the upstream's deliveries wait this long, then one trial call tells whether to go on;
+    /// "0s" makes such an answer a FAILED outcome instead.
+    #[serde(default = "default_pause_on_unauthorized", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub pause_on_unauthorized: Duration,
+    /// A 410 (the endpoint is gone, which no retry mends) disables the upstream for every
+    /// replica until an operator re-enables it (`POST /api/v1/admin/upstreams/{name}/enable` on
+    /// the gateway); its messages wait meanwhile. `false` makes a 410 a FAILED outcome instead.
+    #[serde(default = "default_disable_on_gone")]
+    pub disable_on_gone: bool,
+    /// `"key"`: a key's later message for this upstream never starts before an earlier one has
+    /// finished (distinct keys never wait for each other); `"none"`: no order, the fastest.
+    #[serde(default)]
+    pub ordering: crate::schedule::Ordering,
+    /// Deliveries in flight to this upstream, at most (a message waiting for its open circuit
+    /// counts); default: `policy.bulkhead.max_concurrent`.
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+    /// The in-flight limit follows what the upstream takes, within `1..=max_in_flight`: it
+    /// grows by one per round trip while latency holds and the limit is reached, and shrinks
+    /// to 90 % on a 429, a 503, a timeout or a doubled latency (docs/ingest-worker.md).
+    /// `false`: always `max_in_flight`.
+    #[serde(default = "default_adaptive_concurrency")]
+    pub adaptive_concurrency: bool,
+    /// Delays of the retry tiers a message goes through when its upstream cannot take it:
+    /// retries exhausted, a long Retry-After, or a wait beyond `retry.in_memory_wait`. After
+    /// the last, the message is DEAD_LETTERED `retry_tiers_exhausted`. `[]`: no tiers, the
+    /// message waits in memory and holds its partition's commit position (the behaviour
+    /// before tiers). Non-decreasing, each between 1 s and 7 days, at most 16.
+    #[serde(default = "default_retry_tiers")]
+    #[schemars(with = "Vec<String>")]
+    pub retry_tiers: Vec<humantime_serde::Serde<Duration>>,
+}
+
+fn default_retry_tiers() -> Vec<humantime_serde::Serde<Duration>> {
+    crate::retry::DEFAULT_TIERS.map(Into::into).to_vec()
+}
+
+fn default_adaptive_concurrency() -> bool {
+    true
+}
+
+fn default_path() -> String {
+    "/events".into()
+}
+
+fn default_pause_on_unauthorized() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_disable_on_gone() -> bool {
+    true
+}
+
+impl UpstreamConfig {
+    /// An upstream at `url` with the defaults for everything else.
+    pub fn at(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            path: default_path(),
+            policy: UpstreamPolicy::default(),
+            pause_on_unauthorized: default_pause_on_unauthorized(),
+            disable_on_gone: default_disable_on_gone(),
+            ordering: crate::schedule::Ordering::default(),
+            max_in_flight: None,
+            adaptive_concurrency: default_adaptive_concurrency(),
+            retry_tiers: default_retry_tiers(),
+        }
+    }
+
+    /// The delays of the retry tiers (see `retry_tiers`).
+    pub fn retry_tiers(&self) -> Vec<Duration> {
+        self.retry_tiers.iter().map(|delay| **delay).collect()
+    }
+
+    /// Sets the retry tiers (`[]`: none).
+    pub fn with_retry_tiers(mut self, tiers: &[Duration]) -> Self {
+        self.retry_tiers = tiers.iter().copied().map(Into::into).collect();
+        self
+    }
+
+    /// Deliveries in flight at most (see `max_in_flight`).
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+            .unwrap_or(self.policy.bulkhead.max_concurrent)
+    }
+
+    pub fn hold_policy(&self) -> crate::hold::HoldPolicy {
+        crate::hold::HoldPolicy {
+            pause_on_unauthorized: self.pause_on_unauthorized,
+            disable_on_gone: self.disable_on_gone,
+        }
+    }
+}
