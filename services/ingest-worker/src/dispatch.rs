@@ -113,6 +113,8 @@ pub struct Sources {
     pub topics: TierTopics,
     /// Key order state per partition; a partition's messages wait until it is loaded.
     pub parked: Arc<ParkedKeys>,
+    /// Where the tier records kept until due are counted for the lag reporter.
+    pub kept: crate::tiers::KeptRecords,
 }
 
 /// What [`dispatch`] works with.
@@ -227,6 +229,12 @@ impl Dispatcher {
     }
 
     fn report_oldest(&self) {
+        *self
+            .sources
+            .kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            self.due.kept_per_topic(&self.sources.topics);
         let oldest = self.due.oldest_per_topic(&self.sources.topics);
         for (_, topic, _) in self.sources.topics.tiers() {
             self.metrics

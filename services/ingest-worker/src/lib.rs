@@ -302,12 +302,14 @@ pub async fn run(
         delivery_tasks.clone(),
     );
     let paused = pipeline::PausedPartitions::default();
+    let kept = tiers::KeptRecords::default();
     let dispatcher = dispatch::Dispatcher::new(
         dispatch::Sources {
             ingress: Arc::clone(&consumer),
             tiers: Arc::clone(&tier_consumer),
             topics: tier_topics.clone(),
             parked: Arc::clone(&parked),
+            kept: Arc::clone(&kept),
         },
         processor,
         scheduler,
@@ -345,6 +347,7 @@ pub async fn run(
     let lag_reporter = tokio::spawn(report_lag(
         Arc::clone(&consumer),
         Arc::clone(&tier_consumer),
+        kept,
         metrics.clone(),
         Arc::clone(&lags),
         shutdown.clone(),
@@ -408,6 +411,7 @@ pub async fn run(
 async fn report_lag(
     consumer: Arc<WorkerConsumer>,
     tier_consumer: Arc<TierConsumer>,
+    kept: tiers::KeptRecords,
     metrics: WorkerMetrics,
     lags: status::LagSnapshot,
     shutdown: CancellationToken,
@@ -426,8 +430,13 @@ async fn report_lag(
         let waiting = tokio::task::spawn_blocking(move || tier_waiting(&tier_consumer))
             .await
             .unwrap_or_default();
+        let kept = kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         metrics.retry_waiting.clear();
-        for (topic, count) in waiting {
+        for (topic, unread) in waiting {
+            let count = unread + kept.get(&topic).copied().unwrap_or(0);
             metrics
                 .retry_waiting
                 .get_or_create(&metrics::TopicLabels { topic })
@@ -448,7 +457,9 @@ async fn report_lag(
     }
 }
 
-/// Records after the committed offset in each retry topic, over the assigned partitions.
+/// Records not yet read in each retry topic, over the assigned partitions: from the consumer's
+/// position, which passes the transactions' commit markers (from the committed offset, a
+/// partition written in transactions never looks empty).
 fn tier_waiting(consumer: &TierConsumer) -> BTreeMap<String, i64> {
     let Ok(assignment) = consumer.assignment() else {
         return BTreeMap::new();
@@ -456,17 +467,21 @@ fn tier_waiting(consumer: &TierConsumer) -> BTreeMap<String, i64> {
     let committed = consumer
         .committed_offsets(assignment.clone(), Duration::from_secs(2))
         .unwrap_or(assignment);
+    let positions = consumer.position().ok();
     let mut waiting = BTreeMap::new();
     for element in committed.elements() {
+        let read_to = positions
+            .as_ref()
+            .and_then(|positions| positions.find_partition(element.topic(), element.partition()))
+            .and_then(|position| position.offset().to_raw())
+            .filter(|offset| *offset >= 0);
         let Ok((low, high)) =
             consumer.fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(2))
         else {
             continue;
         };
-        let position = element
-            .offset()
-            .to_raw()
-            .filter(|offset| *offset >= 0)
+        let position = read_to
+            .or_else(|| element.offset().to_raw().filter(|offset| *offset >= 0))
             .unwrap_or(low);
         *waiting.entry(element.topic().to_owned()).or_insert(0) += (high - position).max(0);
     }

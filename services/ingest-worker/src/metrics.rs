@@ -154,7 +154,7 @@ impl WorkerMetrics {
         );
         worker.register(
             "retry_waiting_messages",
-            "Messages waiting in each retry topic, over this replica's partitions",
+            "Messages waiting in each retry topic (not yet read, or read and not due yet), over this replica's partitions",
             metrics.retry_waiting.clone(),
         );
         worker.register_with_unit(

@@ -31,6 +31,10 @@ use crate::tracker::SourcePartition;
 
 pub type TierConsumer = StreamConsumer;
 
+/// Tier records read before they were due and kept in memory, per retry topic (written by the
+/// dispatcher, read by the lag reporter).
+pub type KeptRecords = Arc<std::sync::Mutex<BTreeMap<String, i64>>>;
+
 /// Assignments whose waiting records are still to be read: (partition, generation).
 pub type LoadRequests = mpsc::Sender<(i32, u64)>;
 
@@ -177,6 +181,17 @@ impl DueHeads {
             self.heads.remove(source);
         }
         (due, emptied)
+    }
+
+    /// Records kept, per tier topic.
+    pub fn kept_per_topic(&self, topics: &TierTopics) -> BTreeMap<String, i64> {
+        let mut kept = BTreeMap::new();
+        for (source, queue) in &self.heads {
+            if let Some(name) = topics.name(source.topic) {
+                *kept.entry(name.to_owned()).or_insert(0) += queue.len() as i64;
+            }
+        }
+        kept
     }
 
     /// Per tier topic, how long its oldest kept head has waited since it moved there.
