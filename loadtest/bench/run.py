@@ -507,6 +507,7 @@ def slow_upstream_benchmark(args, out, stamp):
             + "".join(f'{name}_topic = "{topic}"\n' for name, topic in topics.items())
             + f'[upstreams.default]\nurl = "http://{SIM_API}"\nretry_tiers = []\n'
             + f'max_in_flight = {args.slow_in_flight}\nordering = "key"\n'
+            + (f'[pipeline]\nmax_queued_per_upstream = {args.slow_queued}\n' if args.slow_queued else '')
             + f'[upstreams.default.policy.bulkhead]\nmax_concurrent = {args.slow_in_flight}\n')
         worker = start("ingest-worker", {"RELAIS_WORKER_CONFIG": str(config), "RELAIS_ADMIN_ADDR": WORKER_ADMIN,
                                          "RELAIS_WORKER_ID": f"bench-slow-{stamp}", "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP},
@@ -1067,6 +1068,8 @@ def main():
     parser.add_argument("--slow-messages", type=int, default=200_000,
                         help="messages of the slow-upstream run")
     parser.add_argument("--slow-keys", type=int, default=10_000)
+    parser.add_argument("--slow-queued", type=int, default=None,
+                        help="the worker's pipeline.max_queued_per_upstream in the slow-upstream run (default: its own)")
     parser.add_argument("--slow-in-flight", type=int, default=1000,
                         help="deliveries in flight in the slow-upstream run (worker and peers alike)")
     parser.add_argument("--only", type=lambda text: set(text.split(",")),

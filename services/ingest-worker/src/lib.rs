@@ -284,16 +284,20 @@ pub async fn run(
                 max_in_flight: upstream.max_in_flight(),
                 adaptive: upstream.adaptive_concurrency,
                 limit_gauge: metrics.upstream_concurrency_limit(name),
-                max_queued: config.pipeline.max_queued_per_upstream,
+                max_queued: config.max_queued(upstream),
                 queued_gauge: metrics.upstream_queued(name),
                 in_flight_gauge: metrics.upstream_in_flight(name),
             };
             (name.clone(), schedule)
         })
         .collect();
-    metrics
-        .queue_capacity
-        .set((config.pipeline.max_queued_per_upstream * config.upstreams.len().max(1)) as i64);
+    metrics.queue_capacity.set(
+        config
+            .upstreams
+            .values()
+            .map(|upstream| config.max_queued(upstream))
+            .sum::<usize>() as i64,
+    );
     let delivery_tasks = TaskTracker::new();
     let (scheduler, delivery_reports) = schedule::Scheduler::new(
         schedules,

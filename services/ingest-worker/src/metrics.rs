@@ -180,7 +180,7 @@ impl WorkerMetrics {
         );
         worker.register(
             "queue_capacity",
-            "Room in the upstreams' queues (pipeline.max_queued_per_upstream per upstream)",
+            "Room in the upstreams' queues (pipeline.max_queued_per_upstream, or 8 x max_in_flight, per upstream)",
             metrics.queue_capacity.clone(),
         );
         worker.register(

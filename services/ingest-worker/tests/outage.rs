@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use relais_ingest_worker::config::PipelineConfig;
+use relais_ingest_worker::config::{PipelineConfig, UpstreamConfig, WorkerConfig};
 use relais_proto::v1::Outcome;
 use relais_resilience::UpstreamPolicy;
 use relais_resilience::policy::{CircuitPolicy, RetryPolicyConfig};
@@ -50,8 +50,10 @@ async fn an_outage_pauses_instead_of_dead_lettering_and_the_backlog_drains_after
     };
     let pipeline = PipelineConfig::default();
     // One upstream: its queue, and what each of the three partitions holds before it pauses
-    // (256), plus what the consumer had handed out before the pause took effect.
-    let capacity = (pipeline.max_queued_per_upstream + 3 * 512) as f64;
+    // (256), plus what the consumer had fetched before the pause took effect (the rest of a
+    // fetch response: up to about a thousand of these small messages).
+    let queued = WorkerConfig::default().max_queued(&UpstreamConfig::at("http://unused"));
+    let capacity = (queued + 3 * 1024) as f64;
     let worker = Worker::start(
         &kafka,
         &topics,

@@ -172,7 +172,9 @@ impl Default for KafkaConfig {
 pub struct PipelineConfig {
     /// Messages waiting for each upstream, at most (its deliveries in flight not counted);
     /// beyond, the partition a message came from waits, and pauses if the wait goes on.
-    pub max_queued_per_upstream: usize,
+    /// Default: 8 × the upstream's `max_in_flight`, at least 256: a queue much shorter than
+    /// what the upstream has in flight runs dry while paused partitions are fetched again.
+    pub max_queued_per_upstream: Option<usize>,
     /// How often outcomes are committed (one transaction each time).
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -198,7 +200,7 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
-            max_queued_per_upstream: 2048,
+            max_queued_per_upstream: None,
             commit_interval: Duration::from_millis(100),
             max_batch: 1000,
             fail_fast_when_open: false,
@@ -288,6 +290,13 @@ impl WorkerConfig {
         }
     }
 
+    /// Messages queued for `upstream` at most (see `pipeline.max_queued_per_upstream`).
+    pub fn max_queued(&self, upstream: &UpstreamConfig) -> usize {
+        self.pipeline
+            .max_queued_per_upstream
+            .unwrap_or_else(|| (8 * upstream.max_in_flight()).max(256))
+    }
+
     /// The topics the worker reads: the ingress topic and the retry tiers of every upstream.
     pub fn tier_topics(&self) -> crate::retry::TierTopics {
         let schedules: Vec<Vec<Duration>> = self
@@ -370,7 +379,7 @@ impl WorkerConfig {
             }
         }
         let pipeline = &self.pipeline;
-        if pipeline.max_queued_per_upstream == 0 || pipeline.max_batch == 0 {
+        if pipeline.max_queued_per_upstream == Some(0) || pipeline.max_batch == 0 {
             return invalid(
                 "pipeline.max_queued_per_upstream and max_batch must be at least 1".into(),
             );
@@ -486,7 +495,18 @@ mod tests {
             crate::retry::DEFAULT_TIERS,
             "the default schedule"
         );
-        assert_eq!(config.pipeline.max_queued_per_upstream, 16);
+        assert_eq!(config.max_queued(&config.upstreams["orders"]), 16);
+        let mut wide = config.clone();
+        wide.pipeline.max_queued_per_upstream = None;
+        let mut upstream = config.upstreams["orders"].clone();
+        upstream.max_in_flight = Some(1000);
+        assert_eq!(
+            wide.max_queued(&upstream),
+            8000,
+            "8 x max_in_flight by default"
+        );
+        upstream.max_in_flight = Some(4);
+        assert_eq!(wide.max_queued(&upstream), 256, "and at least 256");
         assert_eq!(config.upstreams["billing"].policy.retry.max_attempts, 3);
         assert_eq!(config.upstreams["orders"].path, "/events");
     }
