@@ -375,38 +375,29 @@ impl Dispatcher {
         tracing::debug!(?source, "partition resumed");
     }
 
-    fn partition_list(&self, source: SourcePartition) -> Option<TopicPartitionList> {
-        let topic = self.sources.topics.name(source.topic)?;
-        let mut list = TopicPartitionList::new();
-        list.add_partition(topic, source.partition);
-        Some(list)
-    }
-
     fn pause_consumer(&self, source: SourcePartition) {
-        let Some(list) = self.partition_list(source) else {
-            return;
-        };
-        let paused = if source.topic == INGRESS {
-            self.sources.ingress.pause(&list)
-        } else {
-            self.sources.tiers.pause(&list)
-        };
-        if let Err(error) = paused {
-            tracing::warn!(%error, ?source, "cannot pause partition");
-        }
+        self.set_paused(source, true);
     }
 
     fn resume_consumer(&self, source: SourcePartition) {
-        let Some(list) = self.partition_list(source) else {
+        self.set_paused(source, false);
+    }
+
+    /// Pauses or resumes a partition on the consumer that reads its topic.
+    fn set_paused(&self, source: SourcePartition, paused: bool) {
+        let Some(topic) = self.sources.topics.name(source.topic) else {
             return;
         };
-        let resumed = if source.topic == INGRESS {
-            self.sources.ingress.resume(&list)
-        } else {
-            self.sources.tiers.resume(&list)
+        let mut list = TopicPartitionList::new();
+        list.add_partition(topic, source.partition);
+        let result = match (source.topic == INGRESS, paused) {
+            (true, true) => self.sources.ingress.pause(&list),
+            (true, false) => self.sources.ingress.resume(&list),
+            (false, true) => self.sources.tiers.pause(&list),
+            (false, false) => self.sources.tiers.resume(&list),
         };
-        if let Err(error) = resumed {
-            tracing::warn!(%error, ?source, "cannot resume partition");
+        if let Err(error) = result {
+            tracing::warn!(%error, ?source, paused, "cannot pause or resume a partition");
         }
     }
 }

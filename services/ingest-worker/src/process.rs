@@ -420,6 +420,10 @@ impl Processor {
             // fault.
             let (trial, epoch) = match upstream.hold.admit() {
                 Admission::Call { trial, epoch } => (trial, epoch),
+                // Held, it refuses everyone: with tiers the message moves at once (see below).
+                Admission::Wait(_) if waiting.bounded => {
+                    return waiting.give_up("upstream_held", attempts);
+                }
                 Admission::Wait(wait) => match waiting.park(wait, "upstream_held").await {
                     Some(reason) => return waiting.give_up(reason, attempts),
                     None => continue,
@@ -459,9 +463,12 @@ impl Processor {
                     None => continue,
                 }
             }
+            // (how long to wait, whether the upstream is down)
             let wait = match delivery.outcome {
-                CallOutcome::Refused(Refusal::CircuitOpen { retry_in }) => Some(retry_in),
-                CallOutcome::Refused(Refusal::BulkheadFull) => Some(Duration::from_millis(50)),
+                CallOutcome::Refused(Refusal::CircuitOpen { retry_in }) => Some((retry_in, true)),
+                CallOutcome::Refused(Refusal::BulkheadFull) => {
+                    Some((Duration::from_millis(50), false))
+                }
                 // Retries stopped because the circuit opened: the upstream is down, not this
                 // message bad. Wait for the circuit instead of dead-lettering.
                 _ if delivery.retry_stop == Some(RetryStop::CircuitOpened)
@@ -469,17 +476,23 @@ impl Processor {
                         && delivery.circuit_state == CircuitState::Open
                         && delivery.retry_stop != Some(RetryStop::NotRetryable)) =>
                 {
-                    Some(Duration::ZERO)
+                    Some((Duration::ZERO, true))
                 }
                 _ => None,
             };
-            let Some(wait) = wait else {
+            let Some((wait, upstream_down)) = wait else {
                 waiting.end();
                 return Attempted::Answered(delivery, attempts);
             };
             if self.fail_fast_when_open {
                 waiting.end();
                 return Attempted::Answered(delivery, attempts);
+            }
+            // With tiers, a message whose upstream is down moves out of the way at once: waiting
+            // here would hold one of the upstream's in-flight slots, its queue would fill, and
+            // the partitions it reads from would stop for every upstream.
+            if upstream_down && waiting.bounded {
+                return waiting.give_up("circuit_open", attempts);
             }
             if let Some(reason) = waiting.park(wait, "circuit_open").await {
                 return waiting.give_up(reason, attempts);
@@ -567,11 +580,15 @@ impl<'a> Waiting<'a> {
     }
 
     /// Waits up to `wait` (bounded, so shutdown and recovery are noticed soon). `Some` when
-    /// the message should not wait any longer: shutdown began, or it has waited as long as it
-    /// may in memory (the reason it waited).
+    /// the message should not wait any longer: shutdown began, or it has waited, or would wait,
+    /// as long as it may in memory (the reason it waited).
     async fn park(&mut self, wait: Duration, reason: &'static str) -> Option<&'static str> {
         self.start();
         if let Some(reason) = self.too_long(reason) {
+            return Some(reason);
+        }
+        if self.bounded && wait >= self.processor.retry.in_memory_wait {
+            // A hold or a Retry-After this long: no point waiting part of it here.
             return Some(reason);
         }
         let step = wait.clamp(Duration::from_millis(20), MAX_PARK_STEP);

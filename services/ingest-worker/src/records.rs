@@ -224,34 +224,10 @@ pub fn build(
         circuit_state: circuit,
         payload_bytes: inbound.payload.len() as u64,
     };
-    let first_start = decided.attempts.first().map(|attempt| attempt.started_at);
     let event = v1::PipelineEvent {
-        message_id: decided.message_id.clone(),
-        trace_id: decided.trace_id.clone(),
-        span_id: decided.span_id.clone(),
         outcome: decided.outcome.proto() as i32,
         reason_code: decided.outcome.reason().to_owned(),
-        event_type: decided.event_type.clone(),
-        upstream: decided.upstream.clone(),
-        worker_id: decided.worker_id.clone(),
-        position: Some(position.clone()),
-        occurred_at: Some(prost_timestamp(decided.occurred_at)),
-        decided_at: Some(prost_timestamp(decided.decided_at)),
-        attempts: decided.attempts.len() as u32,
-        last_status_code: decided
-            .attempts
-            .last()
-            .and_then(|attempt| attempt.status)
-            .map_or(0, u32::from),
-        delivery_latency_us: first_start
-            .and_then(|start| decided.decided_at.duration_since(start).ok())
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-        timed_out: decided
-            .attempts
-            .iter()
-            .any(|attempt| attempt.timeout.is_some()),
-        circuit_state: circuit,
-        retry_scheduled: None,
+        ..pipeline_event(decided, position.clone())
     };
     let trace = (
         headers::TRACEPARENT.to_owned(),
@@ -323,6 +299,42 @@ pub fn build(
     records
 }
 
+/// The realtime event of a decided message (its outcome, or its move, set by the caller).
+fn pipeline_event(decided: &Decided, position: v1::SourcePosition) -> v1::PipelineEvent {
+    let first_start = decided.attempts.first().map(|attempt| attempt.started_at);
+    v1::PipelineEvent {
+        message_id: decided.message_id.clone(),
+        trace_id: decided.trace_id.clone(),
+        span_id: decided.span_id.clone(),
+        outcome: v1::Outcome::Unspecified as i32,
+        reason_code: String::new(),
+        event_type: decided.event_type.clone(),
+        upstream: decided.upstream.clone(),
+        worker_id: decided.worker_id.clone(),
+        position: Some(position),
+        occurred_at: Some(prost_timestamp(decided.occurred_at)),
+        decided_at: Some(prost_timestamp(decided.decided_at)),
+        attempts: decided.attempts.len() as u32,
+        last_status_code: decided
+            .attempts
+            .last()
+            .and_then(|attempt| attempt.status)
+            .map_or(0, u32::from),
+        delivery_latency_us: first_start
+            .and_then(|start| decided.decided_at.duration_since(start).ok())
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        timed_out: decided
+            .attempts
+            .iter()
+            .any(|attempt| attempt.timeout.is_some()),
+        circuit_state: decided
+            .circuit_state
+            .map_or(v1::CircuitState::Unspecified, CircuitState::to_proto)
+            as i32,
+        retry_scheduled: None,
+    }
+}
+
 /// A message's move to a retry tier (not an outcome).
 #[derive(Debug, Clone)]
 pub struct Scheduled {
@@ -360,32 +372,9 @@ pub fn build_move(
     tier_headers.extend(scheduled.state.to_headers());
     let position = inbound.origin();
     let event = v1::PipelineEvent {
-        message_id: decided.message_id.clone(),
-        trace_id: decided.trace_id.clone(),
-        span_id: decided.span_id.clone(),
         outcome: v1::Outcome::Unspecified as i32,
         reason_code: scheduled.reason.clone(),
-        event_type: decided.event_type.clone(),
-        upstream: decided.upstream.clone(),
-        worker_id: decided.worker_id.clone(),
-        position: Some(position.clone()),
-        occurred_at: Some(prost_timestamp(decided.occurred_at)),
-        decided_at: Some(prost_timestamp(decided.decided_at)),
-        attempts: decided.attempts.len() as u32,
-        last_status_code: decided
-            .attempts
-            .last()
-            .and_then(|attempt| attempt.status)
-            .map_or(0, u32::from),
         delivery_latency_us: 0,
-        timed_out: decided
-            .attempts
-            .iter()
-            .any(|attempt| attempt.timeout.is_some()),
-        circuit_state: decided
-            .circuit_state
-            .map_or(v1::CircuitState::Unspecified, CircuitState::to_proto)
-            as i32,
         retry_scheduled: Some(v1::RetryScheduled {
             tier: scheduled.state.tier as u32,
             tiers: scheduled.tiers as u32,
@@ -393,6 +382,7 @@ pub fn build_move(
             due_at: Some(prost_timestamp(scheduled.state.due)),
             topic: scheduled.topic.clone(),
         }),
+        ..pipeline_event(decided, position.clone())
     };
     vec![
         OutRecord {

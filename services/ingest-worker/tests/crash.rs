@@ -199,19 +199,29 @@ async fn two_workers_share_the_partitions_and_one_leaving_loses_nothing() {
     init_telemetry();
     let kafka = relais_test_support::kafka().await;
     let sim = Sim::start().await;
-    sim.set_faults(json!({"latency": {"kind": "fixed", "ms": 3}}))
+    // Slow enough (16 in flight, 20 ms each: about 800 messages/s) that the first worker is
+    // still busy when the second has joined.
+    sim.set_faults(json!({"latency": {"kind": "fixed", "ms": 20}}))
         .await;
     let topics = Topics::create(&kafka, 6).await;
     let total = 8000;
     let group = unique_name("it-group");
-    let first = Worker::start(
-        &kafka,
-        &topics,
-        &group,
-        sim.api,
-        UpstreamPolicy::default(),
-        PipelineConfig::default(),
-    );
+    let config = || {
+        let mut config = worker_config(
+            &topics,
+            &group,
+            sim.api,
+            UpstreamPolicy::default(),
+            PipelineConfig::default(),
+            None,
+        );
+        for upstream in config.upstreams.values_mut() {
+            upstream.max_in_flight = Some(16);
+            upstream.adaptive_concurrency = false;
+        }
+        config
+    };
+    let first = Worker::start_config(&kafka, config());
     produce(&kafka, &topics.ingress, &valid_events("t", total, 2000)).await;
 
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -219,14 +229,7 @@ async fn two_workers_share_the_partitions_and_one_leaving_loses_nothing() {
         assert!(Instant::now() < deadline, "first worker made no progress");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let second = Worker::start(
-        &kafka,
-        &topics,
-        &group,
-        sim.api,
-        UpstreamPolicy::default(),
-        PipelineConfig::default(),
-    );
+    let second = Worker::start_config(&kafka, config());
     let deadline = Instant::now() + Duration::from_secs(60);
     while second.metric("relais_worker_assigned_partitions").await < 1.0 {
         assert!(Instant::now() < deadline, "second worker got no partitions");
