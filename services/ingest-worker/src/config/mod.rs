@@ -77,9 +77,10 @@ pub struct RetryConfig {
     /// Each distinct tier delay has the topic `{topic_prefix}.{delay}` (`relais.retry.5m`),
     /// with as many partitions as the ingress topic.
     pub topic_prefix: String,
-    /// A message that has waited this long for its upstream (open circuit, held, throttled)
-    /// moves to its next retry tier, freeing its partition's commit position; for upstreams
-    /// without tiers it waits on in memory.
+    /// A message that has waited this long for its turn (rate limit, a short Retry-After, a
+    /// full bulkhead) moves to its next retry tier, freeing its partition's commit position; one
+    /// whose upstream is down (circuit open, held) moves at once. For upstreams without tiers
+    /// it waits on in memory.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub in_memory_wait: Duration,
