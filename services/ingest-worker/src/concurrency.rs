@@ -10,9 +10,11 @@
 //!   upstream is saturated or failing;
 //! - **increase** by 1 when the window reached the limit (the limit was what held deliveries
 //!   back) and its mean round trip stayed within 1.25 × the long-run mean: more would be taken;
-//!   until the first decrease the increase is a doubling instead (slow start, as in TCP), so an
-//!   upstream that takes hundreds at once (100 ms answers at thousands a second) is reached in
-//!   a few round trips rather than hundreds;
+//!   until the first decrease the increase is by half the limit instead (slow start, after
+//!   TCP's, gentler than its doubling so the overshoot costs fewer refusals), so an upstream
+//!   that takes hundreds at once (100 ms answers at thousands a second) is reached in about ten
+//!   round trips rather than hundreds; that first decrease halves the limit, since the last
+//!   increase overshot;
 //! - otherwise keep it.
 //!
 //! The long-run mean is an exponentially weighted mean of the windows' means (weight 0.2) over
@@ -128,10 +130,16 @@ impl AdaptiveLimit {
             (None, Some(_)) => false,
         };
         if window.backpressure || rose {
-            self.limit = ((self.limit as f64 * DECREASE) as usize).max(1);
+            // The decrease that ends slow start halves the limit: its last doubling overshot.
+            let factor = if self.slow_start { 0.5 } else { DECREASE };
+            self.limit = ((self.limit as f64 * factor) as usize).max(1);
             self.slow_start = false;
         } else if window.reached_limit && holds {
-            let step = if self.slow_start { self.limit } else { 1 };
+            let step = if self.slow_start {
+                (self.limit / 2).max(1)
+            } else {
+                1
+            };
             self.limit = (self.limit + step).min(self.max);
         }
         if !window.backpressure
@@ -191,11 +199,11 @@ mod tests {
         // Windows are at least a round trip long: the first at 20 ms, then at the mean RTT.
         run(&mut limit, 800, 12, start);
         assert!(
-            limit.limit() >= 512,
-            "doubling from 8 while nothing pushes back: {}",
+            limit.limit() >= 400,
+            "growing by half from 8 while nothing pushes back: {}",
             limit.limit()
         );
-        run(&mut limit, 800, 200, start + RTT * 12);
+        run(&mut limit, 800, 400, start + RTT * 12);
         let settled = limit.limit();
         assert!(
             (640..=801).contains(&settled),
