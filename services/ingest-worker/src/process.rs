@@ -163,7 +163,23 @@ impl Processor {
                 let from_tier = inbound.retry_state().map(|state| state.tier);
                 match this.placement(&inbound, upstream, from_tier) {
                     Placement::Follow(tier) => {
-                        scheduled = this.schedule(&inbound, upstream, from_tier, tier, "waiting_behind_key");
+                        scheduled = this.schedule(
+                            &inbound,
+                            upstream,
+                            from_tier,
+                            tier,
+                            "waiting_behind_key",
+                        );
+                        if scheduled.is_none() {
+                            // Only after a configuration change: the tier its key waits in is
+                            // gone from the upstream's schedule.
+                            decided.outcome = Outcome::DeadLettered {
+                                reason: "retry_tiers_exhausted".into(),
+                                detail: format!(
+                                    "behind an earlier message of its key in tier {tier}, which the upstream no longer has"
+                                ),
+                            };
+                        }
                     }
                     Placement::Deliver => {
                         let attempted = this.deliver(upstream, &event).await;

@@ -182,8 +182,9 @@ pub struct PipelineConfig {
     pub commit_interval: Duration,
     /// Outcomes per transaction at most.
     pub max_batch: usize,
-    /// While an upstream's circuit is open: false (default) waits for it, pausing consumption;
-    /// true dead-letters at once.
+    /// While the circuit of an upstream without retry tiers is open: false (default) waits for
+    /// it, pausing consumption; true dead-letters at once. (With tiers the message moves to its
+    /// next tier at once either way, and is dead-lettered only after the last.)
     pub fail_fast_when_open: bool,
     /// How long shutdown may take: in-flight deliveries finish or are abandoned (and
     /// redelivered later), handled ones are committed.
