@@ -70,30 +70,14 @@ pub async fn dispatch(
             }
             _ = retry.tick(), if !dispatcher.held.is_empty() => dispatcher.drain_held().await,
             _ = sleep_until(next_due), if next_due.is_some() => dispatcher.release_due().await,
-            message = dispatcher.sources.ingress.recv() => match message {
-                Ok(message) => {
-                    if let Some(inbound) = detach(&message, &dispatcher.tracker, &dispatcher.sources.topics) {
-                        drop(message);
-                        dispatcher.offer(inbound).await;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "consume error");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            message = dispatcher.sources.tiers.recv(), if reads_tiers => match message {
-                Ok(message) => {
-                    if let Some(inbound) = detach(&message, &dispatcher.tracker, &dispatcher.sources.topics) {
-                        drop(message);
-                        dispatcher.offer(inbound).await;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "retry tier consume error");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
+            message = dispatcher.sources.ingress.recv() => {
+                let read = message.map(|message| dispatcher.detach(&message));
+                dispatcher.received(read, "consume error").await;
+            }
+            message = dispatcher.sources.tiers.recv(), if reads_tiers => {
+                let read = message.map(|message| dispatcher.detach(&message));
+                dispatcher.received(read, "retry tier consume error").await;
+            }
         }
     }
 }
@@ -167,6 +151,27 @@ impl Dispatcher {
         };
         dispatcher.report_oldest();
         dispatcher
+    }
+
+    fn detach(&self, message: &BorrowedMessage<'_>) -> Option<Inbound> {
+        detach(message, &self.tracker, &self.sources.topics)
+    }
+
+    /// What a consumer handed out: a message to offer (`None`: of a partition no longer owned),
+    /// or an error to wait out.
+    async fn received(
+        &mut self,
+        read: rdkafka::error::KafkaResult<Option<Inbound>>,
+        what: &'static str,
+    ) {
+        match read {
+            Ok(Some(inbound)) => self.offer(inbound).await,
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "{what}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 
     /// Prepares a freshly read message and hands it on, or holds it.

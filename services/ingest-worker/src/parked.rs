@@ -73,8 +73,8 @@ impl TierCounts {
     }
 }
 
-/// (upstream, key)
-type KeyId = (String, Vec<u8>);
+/// Per upstream, per key (nested so that a lookup borrows instead of allocating).
+type KeyCounts = HashMap<String, HashMap<Vec<u8>, TierCounts>>;
 
 #[derive(Debug, Default)]
 struct PartitionKeys {
@@ -82,7 +82,7 @@ struct PartitionKeys {
     generation: u64,
     /// False until the waiting records were read after assignment.
     loaded: bool,
-    keys: HashMap<KeyId, TierCounts>,
+    keys: KeyCounts,
 }
 
 /// The waiting keys of every owned partition (shared by the deliveries and the loader).
@@ -131,7 +131,13 @@ impl ParkedKeys {
             return false;
         }
         for (upstream, key, tier) in waiting {
-            state.keys.entry((upstream, key)).or_default().add(tier);
+            state
+                .keys
+                .entry(upstream)
+                .or_default()
+                .entry(key)
+                .or_default()
+                .add(tier);
         }
         state.loaded = true;
         true
@@ -156,7 +162,7 @@ impl ParkedKeys {
         let partitions = self.lock();
         let Some(counts) = partitions
             .get(&partition)
-            .and_then(|state| state.keys.get(&(upstream.to_owned(), key.to_vec())))
+            .and_then(|state| state.keys.get(upstream)?.get(key))
         else {
             return Placement::Deliver;
         };
@@ -185,7 +191,9 @@ impl ParkedKeys {
         };
         let counts = state
             .keys
-            .entry((upstream.to_owned(), key.to_vec()))
+            .entry(upstream.to_owned())
+            .or_default()
+            .entry(key.to_vec())
             .or_default();
         if let Some(from) = from {
             counts.remove(from);
@@ -199,18 +207,24 @@ impl ParkedKeys {
         let Some(state) = partitions.get_mut(&partition) else {
             return;
         };
-        let id = (upstream.to_owned(), key.to_vec());
-        if let Some(counts) = state.keys.get_mut(&id) {
+        let Some(keys) = state.keys.get_mut(upstream) else {
+            return;
+        };
+        if let Some(counts) = keys.get_mut(key) {
             counts.remove(from);
             if counts.is_empty() {
-                state.keys.remove(&id);
+                keys.remove(key);
             }
         }
     }
 
     /// Keys with messages waiting, over all partitions.
     pub fn waiting_keys(&self) -> usize {
-        self.lock().values().map(|state| state.keys.len()).sum()
+        self.lock()
+            .values()
+            .flat_map(|state| state.keys.values())
+            .map(HashMap::len)
+            .sum()
     }
 }
 

@@ -78,16 +78,7 @@ async fn a_healthy_upstream_is_delivered_while_another_refuses_connections() {
     // Interleaved: two for a, one for b, over 50 keys each, across three partitions.
     let for_a = ordered_events("a", "order.created", 400, 50);
     let for_b = ordered_events("b", "b.created", 200, 50);
-    let mut messages = Vec::new();
-    let mut b = for_b.into_iter();
-    for (index, message) in for_a.into_iter().enumerate() {
-        messages.push(message);
-        if index % 2 == 1
-            && let Some(next) = b.next()
-        {
-            messages.push(next);
-        }
-    }
+    let messages = interleave(for_a, for_b);
     produce(&kafka, &topics.ingress, &messages).await;
 
     // a's 400 reach a while b refuses every connection.

@@ -102,16 +102,7 @@ async fn a_sick_upstreams_messages_leave_the_partitions_and_return_through_the_t
     // Interleaved: two for a, one for b, over 50 keys each (four messages per key of b).
     let for_a = ordered_events("a", "order.created", 400, 50);
     let for_b = ordered_events("b", "b.created", 200, 50);
-    let mut messages = Vec::new();
-    let mut b = for_b.into_iter();
-    for (index, message) in for_a.into_iter().enumerate() {
-        messages.push(message);
-        if index % 2 == 1
-            && let Some(next) = b.next()
-        {
-            messages.push(next);
-        }
-    }
+    let messages = interleave(for_a, for_b);
     produce(&kafka, &topics.ingress, &messages).await;
 
     // a's outcomes are committed while b refuses every connection: b's messages hold nothing.

@@ -466,6 +466,25 @@ pub fn ordered_events(
         .collect()
 }
 
+/// Two for `first`, one for `second`, in turn, until `first` runs out (the rest of `second`
+/// is left out).
+pub fn interleave(
+    first: Vec<(String, Vec<u8>)>,
+    second: Vec<(String, Vec<u8>)>,
+) -> Vec<(String, Vec<u8>)> {
+    let mut messages = Vec::new();
+    let mut second = second.into_iter();
+    for (index, message) in first.into_iter().enumerate() {
+        messages.push(message);
+        if index % 2 == 1
+            && let Some(next) = second.next()
+        {
+            messages.push(next);
+        }
+    }
+    messages
+}
+
 /// `n` valid events with keys spread over `keys` entities.
 pub fn valid_events(prefix: &str, n: usize, keys: usize) -> Vec<(String, Vec<u8>)> {
     let now = chrono::Utc::now().to_rfc3339();

@@ -1,6 +1,10 @@
 //! Deciding one message: normalise, route, deliver through the resilience layer, and turn the
 //! result into exactly one outcome with its records.
 
+mod moves;
+mod outcome;
+mod waiting;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -8,10 +12,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use opentelemetry::trace::TraceContextExt;
 use relais_ingress::{IngressEvent, Normaliser};
-use relais_resilience::{
-    AttemptRecord, CallOutcome, CircuitState, Delivery, Endpoint, Refusal, RetryStop,
-    TransportError, UpstreamClient,
-};
+use relais_resilience::{CallOutcome, CircuitState, Endpoint, Refusal, RetryStop, UpstreamClient};
 use relais_telemetry::shutdown::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -23,9 +24,11 @@ use crate::dlq::DlqLimits;
 use crate::hold::{Admission, UpstreamHold, Verdict};
 use crate::metrics::WorkerMetrics;
 use crate::parked::{ParkedKeys, Placement};
-use crate::records::{self, Decided, Inbound, OutRecord, Outcome, OutputTopics, Scheduled};
+use crate::records::{self, Decided, Inbound, OutRecord, Outcome, OutputTopics};
 use crate::retry::TierTopics;
 use crate::schedule::Ordering;
+use outcome::{feedback_of, keep_first_and_latest, outcome_of};
+use waiting::{Attempted, Waiting};
 
 /// An upstream with the endpoint events are POSTed to.
 #[derive(Debug, Clone)]
@@ -45,19 +48,6 @@ pub struct RetryTiers {
     /// A message that waited this long for its upstream moves to its next tier.
     pub in_memory_wait: Duration,
     pub parked: Arc<ParkedKeys>,
-}
-
-/// How a delivery ended.
-enum Attempted {
-    /// The upstream's last answer, and every attempt made.
-    Answered(Delivery, Vec<AttemptRecord>),
-    /// It waited for its upstream longer than `in_memory_wait`: to the next tier.
-    WaitedTooLong {
-        reason: &'static str,
-        attempts: Vec<AttemptRecord>,
-    },
-    /// Shutdown began while it waited: not decided, read again later.
-    Abandoned,
 }
 
 /// A message normalised and routed, waiting for its delivery (see [`Processor::prepare`]).
@@ -93,9 +83,6 @@ pub struct Processor {
     pub metrics: WorkerMetrics,
     pub shutdown: CancellationToken,
 }
-
-/// Longest single wait while the circuit is open, so shutdown and recovery are noticed soon.
-const MAX_PARK_STEP: Duration = Duration::from_millis(500);
 
 impl Processor {
     /// The first, synchronous half of deciding a message: normalise and route it, under the
@@ -266,96 +253,6 @@ impl Processor {
         }
         .instrument(span)
         .await
-    }
-
-    /// The key a message keeps its order by, if its upstream keeps order and has tiers.
-    fn ordered_key<'a>(inbound: &'a Inbound, upstream: &Upstream) -> Option<&'a [u8]> {
-        (upstream.ordering == Ordering::Key && !upstream.retry_tiers.is_empty())
-            .then_some(inbound.key.as_deref())
-            .flatten()
-    }
-
-    /// Whether the message may be delivered now, or must follow an older message of its key
-    /// into a tier ([`crate::parked`]).
-    fn placement(
-        &self,
-        inbound: &Inbound,
-        upstream: &Upstream,
-        from_tier: Option<usize>,
-    ) -> Placement {
-        match Self::ordered_key(inbound, upstream) {
-            Some(key) => {
-                self.retry
-                    .parked
-                    .place(inbound.partition, upstream.client.name(), key, from_tier)
-            }
-            None => Placement::Deliver,
-        }
-    }
-
-    /// The move of a message read from `from_tier` (`None`: the ingress topic) to the tier
-    /// after it; `None` after the last.
-    fn next_tier(
-        &self,
-        inbound: &Inbound,
-        upstream: &Upstream,
-        from_tier: Option<usize>,
-        reason: &str,
-    ) -> Option<Scheduled> {
-        let tier = from_tier.map_or(0, |tier| tier + 1);
-        self.schedule(inbound, upstream, from_tier, tier, reason)
-    }
-
-    /// The move of a message to `tier`, recorded in the key order state; `None` when the
-    /// upstream has no such tier.
-    fn schedule(
-        &self,
-        inbound: &Inbound,
-        upstream: &Upstream,
-        from_tier: Option<usize>,
-        tier: usize,
-        reason: &str,
-    ) -> Option<Scheduled> {
-        let delay = *upstream.retry_tiers.get(tier)?;
-        let topic_index = self.retry.topics.of_delay(delay)?;
-        let topic = self.retry.topics.name(topic_index)?.to_owned();
-        let origin = inbound.origin();
-        let state = crate::retry::RetryState {
-            tier,
-            due: SystemTime::now() + delay,
-            upstream: upstream.client.name().to_owned(),
-            origin_topic: origin.topic,
-            origin_partition: origin.partition,
-            origin_offset: origin.offset,
-            first_seen: inbound.first_seen(),
-            ingress_time: inbound.ingress_time(),
-            reason: reason.to_owned(),
-        };
-        if let Some(key) = Self::ordered_key(inbound, upstream) {
-            self.retry.parked.moved(
-                inbound.partition,
-                upstream.client.name(),
-                key,
-                from_tier,
-                tier,
-            );
-        }
-        Some(Scheduled {
-            state,
-            tiers: upstream.retry_tiers.len(),
-            delay,
-            topic,
-            reason: reason.to_owned(),
-        })
-    }
-
-    /// A message read from a tier got its outcome: its key no longer waits there.
-    fn decided_from_tier(&self, inbound: &Inbound, upstream: &Upstream, from_tier: Option<usize>) {
-        if let (Some(tier), Some(key)) = (from_tier, Self::ordered_key(inbound, upstream)) {
-            self.retry
-                .parked
-                .decided(inbound.partition, upstream.client.name(), key, tier);
-        }
     }
 
     /// Normalises and routes: the outcome so far, and the event to deliver (`None` when the
@@ -552,166 +449,6 @@ impl Processor {
             .map_or(self.routing.default_upstream.as_str(), |rule| {
                 rule.upstream.as_str()
             })
-    }
-}
-
-/// A delivery's waiting for its upstream: counted on the `parked` gauge while it lasts, and
-/// bounded by `in_memory_wait` when the upstream has tiers to move the message to.
-struct Waiting<'a> {
-    processor: &'a Processor,
-    since: Option<tokio::time::Instant>,
-    bounded: bool,
-    abandoned: bool,
-}
-
-impl<'a> Waiting<'a> {
-    fn new(processor: &'a Processor, bounded: bool) -> Self {
-        Self {
-            processor,
-            since: None,
-            bounded,
-            abandoned: false,
-        }
-    }
-
-    /// The message begins (or goes on) waiting.
-    fn start(&mut self) {
-        if self.since.is_none() {
-            self.since = Some(tokio::time::Instant::now());
-            self.processor.metrics.parked.inc();
-        }
-    }
-
-    /// The wait is over.
-    fn end(&mut self) {
-        if self.since.take().is_some() {
-            self.processor.metrics.parked.dec();
-        }
-    }
-
-    /// `Some(reason)` once the message has waited as long as it may in memory.
-    fn too_long(&self, reason: &'static str) -> Option<&'static str> {
-        let waited = self.since.map_or(Duration::ZERO, |since| since.elapsed());
-        (self.bounded && waited >= self.processor.retry.in_memory_wait).then_some(reason)
-    }
-
-    /// Waits up to `wait` (bounded, so shutdown and recovery are noticed soon). `Some` when
-    /// the message should not wait any longer: shutdown began, or it has waited, or would wait,
-    /// as long as it may in memory (the reason it waited).
-    async fn park(&mut self, wait: Duration, reason: &'static str) -> Option<&'static str> {
-        self.start();
-        if let Some(reason) = self.too_long(reason) {
-            return Some(reason);
-        }
-        if self.bounded && wait >= self.processor.retry.in_memory_wait {
-            // A hold or a Retry-After this long: no point waiting part of it here.
-            return Some(reason);
-        }
-        let step = wait.clamp(Duration::from_millis(20), MAX_PARK_STEP);
-        tokio::select! {
-            _ = self.processor.shutdown.cancelled() => {
-                self.abandoned = true;
-                Some("shutdown")
-            }
-            _ = tokio::time::sleep(step) => None,
-        }
-    }
-
-    /// How a delivery that stops waiting ends.
-    fn give_up(mut self, reason: &'static str, attempts: Vec<AttemptRecord>) -> Attempted {
-        self.end();
-        if self.abandoned {
-            Attempted::Abandoned
-        } else {
-            Attempted::WaitedTooLong { reason, attempts }
-        }
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.end();
-    }
-}
-
-/// Most attempts one record keeps. A message that waits through a long outage meets a
-/// half-open trial every few seconds; the first attempts and the latest say what happened,
-/// and the record stays bounded.
-const MAX_RECORDED_ATTEMPTS: usize = 32;
-const FIRST_RECORDED_ATTEMPTS: usize = 8;
-
-fn keep_first_and_latest(attempts: &mut Vec<AttemptRecord>) {
-    if attempts.len() > MAX_RECORDED_ATTEMPTS {
-        let latest_from = attempts.len() - (MAX_RECORDED_ATTEMPTS - FIRST_RECORDED_ATTEMPTS);
-        attempts.drain(FIRST_RECORDED_ATTEMPTS..latest_from);
-    }
-}
-
-/// What a delivery's attempts say about the upstream's load: back-pressure (429, 503, a
-/// timeout) and the mean round trip of the answered attempts.
-fn feedback_of(attempts: &[AttemptRecord]) -> Feedback {
-    let backpressure = attempts
-        .iter()
-        .any(|attempt| matches!(attempt.status, Some(429 | 503)) || attempt.timeout.is_some());
-    let answered: Vec<Duration> = attempts
-        .iter()
-        .filter(|attempt| attempt.status.is_some())
-        .map(|attempt| attempt.timings.total)
-        .collect();
-    let rtt =
-        (!answered.is_empty()).then(|| answered.iter().sum::<Duration>() / answered.len() as u32);
-    Feedback { rtt, backpressure }
-}
-
-/// Maps the final delivery to an outcome with a stable reason code.
-fn outcome_of(delivery: &Delivery) -> Outcome {
-    if delivery.succeeded() {
-        return Outcome::Delivered;
-    }
-    let stop = delivery.retry_stop.unwrap_or(RetryStop::NotRetryable);
-    match (&delivery.outcome, stop) {
-        (CallOutcome::Response { status }, RetryStop::NotRetryable)
-            if (300..400).contains(status) =>
-        {
-            let location = delivery
-                .attempts
-                .last()
-                .and_then(|attempt| attempt.response.as_ref())
-                .and_then(|response| response.header("location"))
-                .unwrap_or("nowhere (no Location header)");
-            Outcome::Failed {
-                reason: format!("http_{status}"),
-                detail: format!(
-                    "upstream answered {status} redirecting to {location}; redirects are not followed (the upstream's policy.redirects)"
-                ),
-            }
-        }
-        (CallOutcome::Response { status }, RetryStop::NotRetryable) => Outcome::Failed {
-            reason: format!("http_{status}"),
-            detail: format!("upstream answered {status}, which is not retried"),
-        },
-        (CallOutcome::Failed(error), RetryStop::NotRetryable) => Outcome::Failed {
-            reason: format!("transport_{}", error.error_type()),
-            detail: "the request failed in a way that is unsafe or pointless to repeat".into(),
-        },
-        (outcome, stop) => Outcome::DeadLettered {
-            reason: match stop {
-                RetryStop::MaxAttempts => "retries_exhausted".into(),
-                RetryStop::BudgetExhausted => "retry_budget_exhausted".into(),
-                RetryStop::RetryAfterTooLong => "retry_after_too_long".into(),
-                RetryStop::Deadline => "deadline_exceeded".into(),
-                RetryStop::CircuitOpened => "circuit_open".into(),
-                RetryStop::NotRetryable => "not_retryable".into(),
-            },
-            detail: match outcome {
-                CallOutcome::Response { status } => format!("last answer {status}"),
-                CallOutcome::Failed(TransportError::Timeout(kind)) => {
-                    format!("last attempt: {} timeout", kind.as_str())
-                }
-                CallOutcome::Failed(error) => format!("last attempt: {}", error.error_type()),
-                CallOutcome::Refused(_) => "refused while the circuit was open (fail-fast)".into(),
-            },
-        },
     }
 }
 
