@@ -19,6 +19,7 @@ pub mod logging;
 pub mod process;
 pub mod propagation;
 pub mod shutdown;
+pub mod tasks;
 
 pub use init::{
     TelemetryConfig, TelemetryError, TelemetryGuard, current_trace_id, init, spans_exported,

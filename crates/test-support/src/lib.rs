@@ -18,13 +18,17 @@
 //! | `RELAIS_STATE_DIR` | `.state` at the repository root |
 
 mod kafka;
+mod metrics;
 mod prometheus;
+mod proxy;
 mod rgw;
 
 use std::path::PathBuf;
 
 pub use kafka::KafkaTestEnv;
+pub use metrics::{AdminMetrics, Exposition, wait_until};
 pub use prometheus::{PrometheusTestEnv, ScrapeTarget};
+pub use proxy::TcpProxy;
 pub use rgw::{GatewayOutage, RgwTestEnv, install_crypto_provider};
 
 /// Returns the Kafka broker of the native stack, or panics saying how to start it.

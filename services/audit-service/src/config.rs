@@ -75,6 +75,7 @@ pub struct AuditConfig {
     pub objects: ObjectsConfig,
     pub buffer: BufferConfig,
     pub storage: StorageConfig,
+    pub retention: RetentionConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
@@ -204,6 +205,31 @@ impl Default for StorageConfig {
     }
 }
 
+/// The bucket's lifecycle, set by the service at start-up (see `retention`).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Set the lifecycle rules below on the bucket at start-up (rules of other names are kept).
+    /// Off when the bucket's lifecycle is managed elsewhere.
+    pub manage_lifecycle: bool,
+    /// Audit objects (data, index, quarantine) are deleted by RGW this many days after they
+    /// were written; 0 keeps them for ever.
+    pub expire_after_days: u32,
+    /// Parts of multipart uploads never completed (a crash mid-upload) are deleted after this
+    /// many days.
+    pub abort_incomplete_uploads_after_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            manage_lifecycle: true,
+            expire_after_days: 365,
+            abort_incomplete_uploads_after_days: 1,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]
@@ -255,6 +281,11 @@ impl AuditConfig {
             || objects.prefix.ends_with('/')
         {
             return invalid("objects.prefix must be non-empty, without leading or trailing '/'");
+        }
+        if self.retention.abort_incomplete_uploads_after_days == 0 {
+            return invalid(
+                "retention.abort_incomplete_uploads_after_days must be at least 1 (S3 counts whole days)",
+            );
         }
         if self.storage.drain_timeout >= self.kafka.session_timeout * 6 {
             return invalid("storage.drain_timeout is far beyond the group's session timeout");

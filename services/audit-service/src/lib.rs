@@ -4,7 +4,9 @@
 //! - [`encode`]: the stable JSON line of a record (docs/audit-objects.md);
 //! - [`actions`]: the line of an operator action, stored beside the outcomes;
 //! - [`store`]: compression and PUT with retries until stored;
-//! - [`pipeline`]: consumption, per-partition upload queues, commit after store, backpressure.
+//! - [`retention`]: the bucket's lifecycle rules (expiry, incomplete uploads);
+//! - [`pipeline`]: consumption, per-partition upload queues, commit after store, backpressure,
+//!   and the fence that keeps a revoked partition's upload from landing.
 
 pub mod actions;
 pub mod config;
@@ -14,6 +16,7 @@ pub mod metrics;
 pub mod object;
 pub mod pipeline;
 pub mod query;
+pub mod retention;
 pub mod store;
 
 use std::sync::Arc;
@@ -27,7 +30,7 @@ use relais_telemetry::shutdown::CancellationToken;
 
 use crate::config::{Args, AuditConfig};
 use crate::metrics::AuditMetrics;
-use crate::pipeline::{Assignment, AuditConsumer, AuditContext, Pipeline};
+use crate::pipeline::{Assignment, AuditConsumer, AuditContext, CommitFaults, Pipeline};
 use crate::store::Store;
 
 /// Runs the service until `shutdown`.
@@ -35,6 +38,16 @@ pub async fn run(
     args: Args,
     config: AuditConfig,
     shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    run_with_commit_faults(args, config, shutdown, Arc::default()).await
+}
+
+/// [`run`], with commit failures a test can inject through `commit_faults`.
+pub async fn run_with_commit_faults(
+    args: Args,
+    config: AuditConfig,
+    shutdown: CancellationToken,
+    commit_faults: Arc<CommitFaults>,
 ) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = AuditMetrics::register(&mut registry);
@@ -51,6 +64,9 @@ pub async fn run(
     .await?;
 
     let store = Arc::new(Store::connect(&args, &config, metrics.clone()).await?);
+    if config.retention.manage_lifecycle {
+        store.apply_lifecycle(&config.retention).await?;
+    }
     rgw_ready.set_ready();
     let index = Arc::new(index::Index::default());
     let index_task = tokio::spawn(query::maintain_index(
@@ -70,7 +86,7 @@ pub async fn run(
     )
     .await?;
 
-    let assignment = Arc::new(Assignment::default());
+    let assignment = Arc::new(Assignment::new(config.storage.put_timeout));
     let consumer: AuditConsumer = ClientConfig::new()
         .set("bootstrap.servers", &args.kafka_bootstrap)
         .set("group.id", &config.kafka.group_id)
@@ -109,6 +125,7 @@ pub async fn run(
         config,
         metrics,
         index,
+        commit_faults,
     };
     let consumer = Arc::clone(&pipeline.consumer);
     let lag = tokio::spawn(report_lag(

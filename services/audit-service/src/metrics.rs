@@ -22,6 +22,7 @@ pub struct AuditMetrics {
     pub paused: Gauge,
     pub consumer_lag: Gauge,
     pub commits: Counter,
+    pub commit_failures: Counter,
     pub pressure_closes: Counter,
 }
 
@@ -43,6 +44,7 @@ impl AuditMetrics {
             paused: Gauge::default(),
             consumer_lag: Gauge::default(),
             commits: Counter::default(),
+            commit_failures: Counter::default(),
             pressure_closes: Counter::default(),
         };
         let audit = registry.sub_registry_with_prefix("relais_audit");
@@ -126,6 +128,11 @@ impl AuditMetrics {
             "commits",
             "Offset commits after stored objects",
             metrics.commits.clone(),
+        );
+        audit.register(
+            "commit_failures",
+            "Offset commits that failed; they are tried again, and their partitions store nothing more until one succeeds",
+            metrics.commit_failures.clone(),
         );
         audit.register(
             "pressure_closes",

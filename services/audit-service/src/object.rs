@@ -19,6 +19,25 @@
 //!   so the first object written after the restart has the *same key* and overwrites it,
 //!   whatever its end. Later objects were never stored (one uncommitted object per partition),
 //!   so nothing else can be left behind.
+//!
+//! Two things keep those rules true when a partition moves or a commit fails:
+//!
+//! - **No stale writer.** The next owner of a partition rewrites its uncommitted object under
+//!   the same key, perhaps with another end, and commits past it. An upload of the previous
+//!   owner still retrying (RGW down for it) would then replace that object and lose the
+//!   records the new owner committed. Of the three ways to prevent it (fencing each write by
+//!   assignment generation, conditional writes, cancelling), conditional writes cannot tell a
+//!   legitimate rewrite after a crash from a stale one, and a generation in the key would
+//!   break "a restart writes the same keys". So the revoke callback cancels the partition's
+//!   upload and waits until it has stopped before the partition is handed on, and an upload
+//!   starts only under the partition's current generation (`pipeline::assignment`). What is
+//!   left: a PUT whose body RGW had fully received when the connection was dropped may still
+//!   be applied by RGW; that happens as the request is handled, before the next owner has
+//!   re-read and cut the partition, unless RGW itself holds a received request longer than a
+//!   rebalance.
+//! - **No second uncommitted object.** A partition's next item is stored only after the
+//!   commit of the previous one succeeded; a failed commit is tried again with backoff and the
+//!   partition waits (`pipeline::partition`).
 
 use std::time::Duration;
 

@@ -10,7 +10,7 @@ use s3::creds::Credentials;
 use s3::error::S3Error;
 use s3::{Bucket, BucketConfiguration, Region};
 
-use crate::config::{Args, AuditConfig, Compression};
+use crate::config::{Args, AuditConfig, Compression, RetentionConfig};
 use crate::index::IndexEntry;
 use crate::metrics::AuditMetrics;
 use crate::object::{self, Pending};
@@ -38,6 +38,14 @@ pub enum StoreError {
     #[error("RGW at {endpoint} is not reachable")]
     Unreachable {
         endpoint: String,
+        #[source]
+        source: S3Error,
+    },
+    #[error(
+        "cannot set the lifecycle rules of bucket {bucket} (set retention.manage_lifecycle = false if it is managed elsewhere)"
+    )]
+    Lifecycle {
+        bucket: String,
         #[source]
         source: S3Error,
     },
@@ -164,6 +172,22 @@ impl Store {
             ),
             metrics,
         })
+    }
+
+    /// Sets the retention rules on the bucket (see `retention`).
+    pub async fn apply_lifecycle(&self, config: &RetentionConfig) -> Result<(), StoreError> {
+        crate::retention::apply(&self.bucket, config, &self.prefix)
+            .await
+            .map_err(|source| StoreError::Lifecycle {
+                bucket: self.bucket.name(),
+                source,
+            })?;
+        tracing::info!(
+            expire_after_days = config.expire_after_days,
+            abort_incomplete_uploads_after_days = config.abort_incomplete_uploads_after_days,
+            "bucket lifecycle set"
+        );
+        Ok(())
     }
 
     /// The key an item is stored under.

@@ -8,13 +8,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::Instance;
 use prost::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use relais_audit_service::config::{
-    Args, AuditConfig, BufferConfig, KafkaConfig, ObjectsConfig, StorageConfig,
+    AuditConfig, BufferConfig, KafkaConfig, ObjectsConfig, StorageConfig,
 };
 use relais_proto::v1::AuditRecord;
-use relais_telemetry::shutdown::CancellationToken;
 use relais_test_support::{KafkaTestEnv, unique_name};
 
 async fn produce(kafka: &KafkaTestEnv, topic: &str, range: std::ops::Range<usize>) {
@@ -50,43 +50,14 @@ async fn produce(kafka: &KafkaTestEnv, topic: &str, range: std::ops::Range<usize
     producer.flush(Duration::from_secs(10)).unwrap();
 }
 
-async fn metric(admin: std::net::SocketAddr, name: &str) -> f64 {
-    let Ok(response) = reqwest::get(format!("http://{admin}/metrics")).await else {
-        return 0.0;
-    };
-    let text = response.text().await.unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_rgw_outage_pauses_and_loses_nothing() {
     let kafka = relais_test_support::kafka().await;
     let rgw = relais_test_support::rgw().await;
     let bucket = unique_name("it-audit-outage");
     let topic = kafka.create_topic("it-audit-outage", 3).await;
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let endpoints = relais_test_support::Endpoints::from_env();
-    let args = Args {
-        config: None,
-        kafka_bootstrap: kafka.bootstrap().to_owned(),
-        s3_endpoint: endpoints.s3_endpoint.clone(),
-        s3_region: endpoints.s3_region.clone(),
-        s3_access_key: endpoints.s3_access_key.clone(),
-        s3_secret_key: endpoints.s3_secret_key.clone(),
-        bucket: bucket.clone(),
-        admin_addr: admin,
-        grpc_addr: std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap(),
-        command: None,
-    };
     let buffer_records = 6_000;
+    let endpoints = relais_test_support::Endpoints::from_env();
     let config = AuditConfig {
         kafka: KafkaConfig {
             group_id: unique_name("it-audit"),
@@ -107,16 +78,23 @@ async fn an_rgw_outage_pauses_and_loses_nothing() {
             max_backoff: Duration::from_secs(2),
             ..StorageConfig::default()
         },
+        ..AuditConfig::default()
     };
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(relais_audit_service::run(args, config, shutdown.clone()));
+    let service = Instance::start(
+        common::args(&kafka, &bucket, endpoints.s3_endpoint),
+        config,
+        Default::default(),
+    );
+    let metrics = service.metrics;
 
     produce(&kafka, &topic, 0..10_000).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(admin, "relais_audit_records_written_total").await < 10_000.0 {
-        assert!(Instant::now() < deadline, "first batch not stored");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    metrics
+        .wait_for_at_least(
+            "relais_audit_records_written_total",
+            10_000.0,
+            Duration::from_secs(60),
+        )
+        .await;
 
     let outage = rgw.stop_gateway();
     let outage_started = Instant::now();
@@ -124,8 +102,8 @@ async fn an_rgw_outage_pauses_and_loses_nothing() {
     let mut saw_paused = false;
     let mut peak_buffer = 0.0f64;
     while outage_started.elapsed() < Duration::from_secs(60) {
-        saw_paused |= metric(admin, "relais_audit_paused").await == 1.0;
-        peak_buffer = peak_buffer.max(metric(admin, "relais_audit_buffer_records").await);
+        saw_paused |= metrics.value("relais_audit_paused").await == 1.0;
+        peak_buffer = peak_buffer.max(metrics.value("relais_audit_buffer_records").await);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(saw_paused, "consumption paused while RGW was down");
@@ -135,31 +113,25 @@ async fn an_rgw_outage_pauses_and_loses_nothing() {
         "buffer peaked at {peak_buffer}"
     );
     assert!(
-        metric(admin, "relais_audit_put_retries_total").await > 0.0,
+        metrics.value("relais_audit_put_retries_total").await > 0.0,
         "PUTs were retried"
     );
-    assert!(metric(admin, "relais_audit_records_written_total").await < 40_000.0);
+    assert!(service.written().await < 40_000.0);
 
     outage.end();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while metric(admin, "relais_audit_records_written_total").await < 40_000.0 {
-        assert!(
-            Instant::now() < deadline,
-            "backlog not stored after recovery"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    metrics
+        .wait_for_at_least(
+            "relais_audit_records_written_total",
+            40_000.0,
+            Duration::from_secs(120),
+        )
+        .await;
     assert_eq!(
-        metric(admin, "relais_audit_paused").await,
+        metrics.value("relais_audit_paused").await,
         0.0,
         "consumption resumed"
     );
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(60), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    service.stop().await;
 
     let seen = common::stored_message_ids(&rgw, &bucket).await;
     assert_eq!(seen.len(), 40_000, "nothing lost");

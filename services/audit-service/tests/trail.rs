@@ -2,115 +2,55 @@
 //! undecodable records quarantined without stopping the partition.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::time::{Duration, Instant};
 
+use common::Instance;
 use prost::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use relais_audit_service::config::{Args, AuditConfig, BufferConfig, KafkaConfig, ObjectsConfig};
+use relais_audit_service::config::{AuditConfig, BufferConfig, KafkaConfig, ObjectsConfig};
 use relais_proto::v1::{AuditRecord, Outcome};
-use relais_telemetry::shutdown::CancellationToken;
 use relais_test_support::{KafkaTestEnv, RgwTestEnv, unique_name};
 use serde_json::Value;
 
-struct Service {
-    admin: std::net::SocketAddr,
-    grpc: std::net::SocketAddr,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+/// Starts an instance with small objects under `prefix`.
+fn start(kafka: &KafkaTestEnv, bucket: &str, topic: &str, prefix: &str) -> Instance {
+    let objects = ObjectsConfig {
+        prefix: prefix.to_owned(),
+        max_records: 5000,
+        idle: Duration::from_secs(1),
+        ..ObjectsConfig::default()
+    };
+    start_with(kafka, bucket, topic, objects, BufferConfig::default())
 }
 
-impl Service {
-    fn start(kafka: &KafkaTestEnv, bucket: &str, topic: &str, prefix: &str) -> Self {
-        let objects = ObjectsConfig {
-            prefix: prefix.to_owned(),
-            max_records: 5000,
-            idle: Duration::from_secs(1),
-            ..ObjectsConfig::default()
-        };
-        Self::start_with(kafka, bucket, topic, objects, BufferConfig::default())
-    }
-
-    fn start_with(
-        kafka: &KafkaTestEnv,
-        bucket: &str,
-        topic: &str,
-        objects: ObjectsConfig,
-        buffer: BufferConfig,
-    ) -> Self {
-        let admin = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let endpoints = relais_test_support::Endpoints::from_env();
-        let grpc = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let args = Args {
-            config: None,
-            kafka_bootstrap: kafka.bootstrap().to_owned(),
-            s3_endpoint: endpoints.s3_endpoint,
-            s3_region: endpoints.s3_region,
-            s3_access_key: endpoints.s3_access_key,
-            s3_secret_key: endpoints.s3_secret_key,
-            bucket: bucket.to_owned(),
-            admin_addr: admin,
-            grpc_addr: grpc,
-            command: None,
-        };
-        let config = AuditConfig {
-            kafka: KafkaConfig {
-                group_id: unique_name("it-audit"),
-                audit_topic: topic.to_owned(),
-                ..KafkaConfig::default()
-            },
-            objects,
-            buffer,
-            ..AuditConfig::default()
-        };
-        config.validate().unwrap();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(relais_audit_service::run(args, config, shutdown.clone()));
-        Self {
-            admin,
-            grpc,
-            shutdown,
-            task,
-        }
-    }
-
-    async fn metric(&self, name: &str) -> f64 {
-        let Ok(response) = reqwest::get(format!("http://{}/metrics", self.admin)).await else {
-            return 0.0;
-        };
-        let text = response.text().await.unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|r| r.trim().parse().ok()))
-            .unwrap_or(0.0)
-    }
-
-    async fn wait_for(&self, name: &str, value: f64, within: Duration) {
-        let deadline = Instant::now() + within;
-        while self.metric(name).await < value {
-            assert!(
-                Instant::now() < deadline,
-                "{name} did not reach {value} within {within:?} (now {})",
-                self.metric(name).await
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(60), self.task)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-    }
+fn start_with(
+    kafka: &KafkaTestEnv,
+    bucket: &str,
+    topic: &str,
+    objects: ObjectsConfig,
+    buffer: BufferConfig,
+) -> Instance {
+    let endpoints = relais_test_support::Endpoints::from_env();
+    let config = AuditConfig {
+        kafka: KafkaConfig {
+            group_id: unique_name("it-audit"),
+            audit_topic: topic.to_owned(),
+            ..KafkaConfig::default()
+        },
+        objects,
+        buffer,
+        ..AuditConfig::default()
+    };
+    config.validate().unwrap();
+    Instance::start(
+        common::args(kafka, bucket, endpoints.s3_endpoint),
+        config,
+        Default::default(),
+    )
 }
 
 /// Record `index` of `total`, with event times running forward over three hours (as a
@@ -202,9 +142,10 @@ async fn a_hundred_thousand_records_are_stored_exactly_once_under_their_hour() {
     let records: Vec<AuditRecord> = (0..total).map(|i| record(i, total, base)).collect();
     produce_records(&kafka, &topic, &records).await;
 
-    let service = Service::start(&kafka, &bucket, &topic, "audit");
+    let service = start(&kafka, &bucket, &topic, "audit");
     service
-        .wait_for(
+        .metrics
+        .wait_for_at_least(
             "relais_audit_records_written_total",
             total as f64,
             Duration::from_secs(240),
@@ -265,7 +206,7 @@ async fn open_objects_that_fill_the_buffer_are_closed_and_stored() {
     let records: Vec<AuditRecord> = (0..total).map(|i| record(i, total * 1000, base)).collect();
     produce_records(&kafka, &topic, &records).await;
 
-    let service = Service::start_with(
+    let service = start_with(
         &kafka,
         &bucket,
         &topic,
@@ -282,18 +223,26 @@ async fn open_objects_that_fill_the_buffer_are_closed_and_stored() {
     );
     // Without closing under pressure nothing is stored for ten minutes.
     service
-        .wait_for(
+        .metrics
+        .wait_for_at_least(
             "relais_audit_records_written_total",
             20_000.0,
             Duration::from_secs(60),
         )
         .await;
-    assert!(service.metric("relais_audit_pressure_closes_total").await > 0.0);
+    assert!(
+        service
+            .metrics
+            .value("relais_audit_pressure_closes_total")
+            .await
+            > 0.0
+    );
     // Records received while the pause takes effect may come on top of the bound.
-    assert!(service.metric("relais_audit_buffer_records").await <= 11_000.0);
+    assert!(service.metrics.value("relais_audit_buffer_records").await <= 11_000.0);
     // Everything read, shutdown stores what is still open.
     service
-        .wait_for(
+        .metrics
+        .wait_for_at_least(
             "relais_audit_records_consumed_total",
             total as f64,
             Duration::from_secs(60),
@@ -336,16 +285,18 @@ async fn undecodable_records_are_quarantined_and_the_partition_moves_on() {
         }
     }
     produce(&kafka, &topic, payloads).await;
-    let service = Service::start(&kafka, &bucket, &topic, "audit");
+    let service = start(&kafka, &bucket, &topic, "audit");
     service
-        .wait_for(
+        .metrics
+        .wait_for_at_least(
             "relais_audit_records_quarantined_total",
             6.0,
             Duration::from_secs(60),
         )
         .await;
     service
-        .wait_for(
+        .metrics
+        .wait_for_at_least(
             "relais_audit_records_written_total",
             294.0,
             Duration::from_secs(60),
@@ -398,9 +349,10 @@ async fn the_trail_of_a_trace_or_message_id_is_found_through_the_index() {
         records[index].trace_id = "feedfacefeedfacefeedfacefeedface".into();
     }
     produce_records(&kafka, &topic, &records).await;
-    let service = Service::start(&kafka, &bucket, &topic, "audit");
+    let service = start(&kafka, &bucket, &topic, "audit");
     service
-        .wait_for(
+        .metrics
+        .wait_for_at_least(
             "relais_audit_records_written_total",
             total as f64,
             Duration::from_secs(120),

@@ -3,14 +3,108 @@
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// message id → how many times it is stored.
-pub async fn stored_message_ids(
+use relais_audit_service::config::{Args, AuditConfig};
+use relais_audit_service::pipeline::CommitFaults;
+use relais_telemetry::shutdown::CancellationToken;
+use relais_test_support::{AdminMetrics, KafkaTestEnv};
+use tokio::task::JoinHandle;
+
+pub fn free_address() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Arguments for one instance: the test's Kafka, RGW at `s3_endpoint`, free local ports.
+pub fn args(kafka: &KafkaTestEnv, bucket: &str, s3_endpoint: String) -> Args {
+    let endpoints = relais_test_support::Endpoints::from_env();
+    Args {
+        config: None,
+        kafka_bootstrap: kafka.bootstrap().to_owned(),
+        s3_endpoint,
+        s3_region: endpoints.s3_region,
+        s3_access_key: endpoints.s3_access_key,
+        s3_secret_key: endpoints.s3_secret_key,
+        bucket: bucket.to_owned(),
+        admin_addr: free_address(),
+        grpc_addr: free_address(),
+        command: None,
+    }
+}
+
+/// One audit-service, run in this process.
+pub struct Instance {
+    pub metrics: AdminMetrics,
+    /// Where `AuditQuery` listens.
+    pub grpc: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Instance {
+    pub fn start(args: Args, config: AuditConfig, commit_faults: Arc<CommitFaults>) -> Self {
+        let (metrics, grpc) = (AdminMetrics::new(args.admin_addr), args.grpc_addr);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(relais_audit_service::run_with_commit_faults(
+            args,
+            config,
+            shutdown.clone(),
+            commit_faults,
+        ));
+        Self {
+            metrics,
+            grpc,
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn written(&self) -> f64 {
+        self.metrics
+            .value("relais_audit_records_written_total")
+            .await
+    }
+
+    /// Waits until at least `records` are stored and committed (90 s at most).
+    pub async fn wait_written(&self, records: f64) {
+        self.metrics
+            .wait_for_at_least(
+                "relais_audit_records_written_total",
+                records,
+                Duration::from_secs(90),
+            )
+            .await;
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Ends the instance the way a crash does for what it stores: the pipeline is dropped
+    /// where it is, with no drain and no last commit.
+    pub async fn crash(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        self.shutdown.cancel();
+    }
+}
+
+/// Every data object in the bucket: its key and its lines.
+pub async fn data_objects(
     rgw: &relais_test_support::RgwTestEnv,
     bucket: &str,
-) -> BTreeMap<String, usize> {
+) -> Vec<(String, Vec<serde_json::Value>)> {
     let bucket = rgw.bucket(bucket);
-    let mut seen = BTreeMap::new();
+    let mut objects = Vec::new();
     for page in bucket.list("audit/".to_owned(), None).await.unwrap() {
         for object in page
             .contents
@@ -27,13 +121,99 @@ pub async fn stored_message_ids(
             flate2::read::GzDecoder::new(body.as_slice())
                 .read_to_string(&mut text)
                 .unwrap();
-            for line in text.lines() {
-                let value: serde_json::Value = serde_json::from_str(line).unwrap();
-                *seen
-                    .entry(value["message_id"].as_str().unwrap().to_owned())
-                    .or_default() += 1;
-            }
+            let lines = text
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .collect();
+            objects.push((object.key.clone(), lines));
+        }
+    }
+    objects
+}
+
+/// message id → how many times it is stored.
+pub async fn stored_message_ids(
+    rgw: &relais_test_support::RgwTestEnv,
+    bucket: &str,
+) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for (_, lines) in data_objects(rgw, bucket).await {
+        for line in lines {
+            *seen
+                .entry(line["message_id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
         }
     }
     seen
+}
+
+/// A data object as stored: where its name says it starts, and the audit offsets of its lines.
+#[derive(Debug)]
+pub struct StoredObject {
+    pub key: String,
+    pub partition: i32,
+    pub start_offset: i64,
+    pub offsets: Vec<i64>,
+}
+
+/// Every data object in the bucket with the audit offsets of its lines.
+pub async fn stored_objects(
+    rgw: &relais_test_support::RgwTestEnv,
+    bucket: &str,
+) -> Vec<StoredObject> {
+    let mut objects = Vec::new();
+    for (key, lines) in data_objects(rgw, bucket).await {
+        // `{prefix}/dt=…/hour=…/{topic}+{partition}+{start:020}.ndjson.gz`
+        let name = key.rsplit('/').next().unwrap();
+        let mut fields = name.trim_end_matches(".ndjson.gz").rsplit('+');
+        let start_offset = fields.next().unwrap().parse().unwrap();
+        let partition = fields.next().unwrap().parse().unwrap();
+        let offsets = lines
+            .iter()
+            .map(|line| {
+                assert_eq!(line["audit"]["partition"], partition, "{key}");
+                line["audit"]["offset"].as_i64().unwrap()
+            })
+            .collect();
+        objects.push(StoredObject {
+            key,
+            partition,
+            start_offset,
+            offsets,
+        });
+    }
+    objects
+}
+
+/// Object by object: each partition's objects, in the order of their names, hold the offsets
+/// `0..count` consecutively, each exactly once, each object named after its first line.
+pub fn assert_exactly_once(objects: &[StoredObject], counts: &BTreeMap<i32, i64>) {
+    for (&partition, &count) in counts {
+        let mut mine: Vec<&StoredObject> = objects
+            .iter()
+            .filter(|object| object.partition == partition)
+            .collect();
+        mine.sort_by_key(|object| object.start_offset);
+        let mut next = 0;
+        for object in mine {
+            assert_eq!(
+                object.offsets.first(),
+                Some(&object.start_offset),
+                "{} is named after its first record",
+                object.key
+            );
+            for &offset in &object.offsets {
+                assert_eq!(
+                    offset, next,
+                    "partition {partition}: {} holds offset {offset} where {next} was due (lost or twice)",
+                    object.key
+                );
+                next += 1;
+            }
+        }
+        assert_eq!(
+            next, count,
+            "partition {partition}: {next} of {count} records stored"
+        );
+    }
 }

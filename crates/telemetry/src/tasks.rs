@@ -1,0 +1,153 @@
+//! The tasks a service cannot work without: each must run until shutdown. When one ends
+//! before that (it panicked, or returned when it should not have), the service is no longer
+//! doing its job: its readiness turns false, everything is asked to stop, and the process exits
+//! non-zero so that its supervisor restarts it, instead of a half-dead process reporting ready.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use tokio::task::{Id, JoinError, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::ReadinessCheck;
+
+/// A task that ended before shutdown, and how.
+#[derive(Debug, thiserror::Error)]
+#[error("task {name} stopped before shutdown: {how}")]
+pub struct TaskDied {
+    pub name: &'static str,
+    pub how: String,
+}
+
+/// The essential tasks of a service, by name.
+#[derive(Debug, Default)]
+pub struct EssentialTasks {
+    set: JoinSet<()>,
+    names: HashMap<Id, &'static str>,
+}
+
+impl EssentialTasks {
+    pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let handle = self.set.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Waits until `shutdown` fires or a task ends. A task that ended first turns `ready`
+    /// false with the reason, cancels `shutdown` and is returned as the error.
+    pub async fn watch(
+        &mut self,
+        shutdown: &CancellationToken,
+        ready: &ReadinessCheck,
+    ) -> Result<(), TaskDied> {
+        let ended = tokio::select! {
+            // Stopping on request: the tasks end as they drain.
+            _ = shutdown.cancelled() => return Ok(()),
+            Some(ended) = self.set.join_next_with_id() => ended,
+        };
+        // Shutdown may have fired while the task ended; that is a stop, not a death.
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let (id, how) = match ended {
+            Ok((id, ())) => (id, "it returned".to_owned()),
+            Err(error) => (error.id(), describe(error)),
+        };
+        let died = TaskDied {
+            name: self.names.get(&id).copied().unwrap_or("unnamed"),
+            how,
+        };
+        tracing::error!(task = died.name, how = %died.how, "an essential task stopped; the service stops");
+        ready.set_not_ready(died.to_string());
+        shutdown.cancel();
+        Err(died)
+    }
+
+    /// Waits for the remaining tasks to end (they end on shutdown), at most `timeout`; those
+    /// still running then are aborted.
+    pub async fn join(mut self, timeout: std::time::Duration) {
+        let all = async { while self.set.join_next().await.is_some() {} };
+        if tokio::time::timeout(timeout, all).await.is_err() {
+            tracing::warn!(
+                still_running = self.set.len(),
+                "tasks did not stop in time; aborted"
+            );
+            self.set.abort_all();
+        }
+    }
+}
+
+fn describe(error: JoinError) -> String {
+    match error {
+        error if error.is_panic() => {
+            let panic = error.into_panic();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-text payload".to_owned());
+            format!("it panicked: {message}")
+        }
+        _ => "it was cancelled".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::admin::Readiness;
+
+    #[tokio::test]
+    async fn a_task_that_panics_turns_readiness_false_and_stops_the_service() {
+        let readiness = Readiness::default();
+        let ready = readiness.register("tasks");
+        ready.set_ready();
+        let shutdown = CancellationToken::new();
+        let mut tasks = EssentialTasks::default();
+        let token = shutdown.clone();
+        tasks.spawn("healthy", async move { token.cancelled().await });
+        tasks.spawn("pipeline", async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            panic!("state corrupted");
+        });
+        let died = tasks
+            .watch(&shutdown, &ready)
+            .await
+            .expect_err("the pipeline task died");
+        assert_eq!(died.name, "pipeline");
+        assert!(died.how.contains("state corrupted"), "{}", died.how);
+        assert!(!readiness.is_ready());
+        assert!(shutdown.is_cancelled(), "the other tasks are asked to stop");
+        tasks.join(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn a_task_that_returns_early_counts_as_dead() {
+        let ready = Readiness::default().register("tasks");
+        let shutdown = CancellationToken::new();
+        let mut tasks = EssentialTasks::default();
+        tasks.spawn("index", async {});
+        let died = tasks.watch(&shutdown, &ready).await.expect_err("returned");
+        assert_eq!(died.how, "it returned");
+    }
+
+    #[tokio::test]
+    async fn shutdown_is_not_a_death() {
+        let readiness = Readiness::default();
+        let ready = readiness.register("tasks");
+        ready.set_ready();
+        let shutdown = CancellationToken::new();
+        let mut tasks = EssentialTasks::default();
+        let token = shutdown.clone();
+        tasks.spawn("pipeline", async move { token.cancelled().await });
+        let stopper = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            stopper.cancel();
+        });
+        assert!(tasks.watch(&shutdown, &ready).await.is_ok());
+        assert!(readiness.is_ready());
+        tasks.join(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,540 @@
+//! The running service: one task owns the partitions' open objects and upload queues; uploads
+//! run concurrently across partitions, one at a time within a partition; each stored item
+//! commits the offset after it. The task only receives and applies: the records waiting in the
+//! consumer are copied out in batches, decoded and encoded as JSON lines on the blocking pool
+//! (several batches at once, on all cores), and applied in the order they were received while
+//! the task goes on receiving.
+//!
+//! ```text
+//! relais.audit ─▶ batch ─▶ decode + encode ─┬─▶ PartitionWriter (open object) ─▶ queue ─▶ Store::write ─▶ commit
+//!                 (in order) (blocking pool) └─▶ (undecodable) quarantine item ──▶ queue ┘  (one in flight per partition)
+//! ```
+//!
+//! - [`assignment`]: generations per assigned partition, and the fence that stops a revoked
+//!   partition's upload before the partition moves;
+//! - [`prepare`]: decoding and encoding off the task;
+//! - [`partition`]: one partition's queue and the one-item-in-flight rule;
+//! - [`commits`]: offset commits off the task, retried after a failure;
+//! - [`backpressure`]: when consumption pauses, and which open objects close early.
+
+pub mod assignment;
+pub mod backpressure;
+pub mod commits;
+pub mod partition;
+mod prepare;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use rdkafka::Message;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::BorrowedMessage;
+use relais_telemetry::shutdown::CancellationToken;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::config::AuditConfig;
+use crate::index::{Index, IndexEntry};
+use crate::metrics::AuditMetrics;
+use crate::object::{Pending, QuarantinedRecord, RotationPolicy};
+use crate::store::Store;
+
+pub use self::assignment::{Assignment, AuditConsumer, AuditContext};
+use self::backpressure::{Flow, Load, OpenObject};
+pub use self::commits::CommitFaults;
+use self::commits::{Backoff, CommitTarget, Commits};
+use self::partition::PartitionState;
+use self::prepare::{ENCODE_BATCH, ENCODING_BATCHES, Encoding, Prepared, Received};
+
+/// What the pipeline needs from the rest of the service.
+pub struct Pipeline {
+    pub consumer: Arc<AuditConsumer>,
+    pub assignment: Arc<Assignment>,
+    pub store: Arc<Store>,
+    pub config: AuditConfig,
+    pub metrics: AuditMetrics,
+    pub index: Arc<Index>,
+    pub commit_faults: Arc<CommitFaults>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// Runs until `shutdown`, then writes what it holds (within the drain timeout) and commits
+    /// what was stored. Dropped before that (a crash, in tests), its uploads stop with it.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let (done_sender, done) = mpsc::channel::<Uploaded>(256);
+        let uploads_cancel = CancellationToken::new();
+        let _stop_uploads = uploads_cancel.clone().drop_guard();
+        let mut running = Loop {
+            policy: RotationPolicy {
+                max_records: self.config.objects.max_records,
+                max_bytes: self.config.objects.max_bytes,
+                idle: self.config.objects.idle,
+            },
+            topic: Arc::from(self.config.kafka.audit_topic.as_str()),
+            commit_backoff: Backoff {
+                base: self.config.storage.base_backoff,
+                max: self.config.storage.max_backoff,
+            },
+            pipeline: self,
+            partitions: BTreeMap::new(),
+            encoding: Encoding::default(),
+            commits: Commits::default(),
+            paused: false,
+            done_sender,
+            done,
+            uploads_cancel,
+        };
+        running.receive_until(&shutdown).await;
+        running.drain().await;
+    }
+}
+
+/// The pipeline loop's state; one task owns it.
+struct Loop {
+    pipeline: Pipeline,
+    policy: RotationPolicy,
+    topic: Arc<str>,
+    commit_backoff: Backoff,
+    partitions: BTreeMap<i32, PartitionState>,
+    encoding: Encoding,
+    commits: Commits,
+    paused: bool,
+    done_sender: mpsc::Sender<Uploaded>,
+    done: mpsc::Receiver<Uploaded>,
+    /// The parent of every upload's cancellation: fires when the loop ends.
+    uploads_cancel: CancellationToken,
+}
+
+/// An upload that finished.
+#[derive(Debug)]
+struct Uploaded {
+    partition: i32,
+    generation: u64,
+    /// None when cancelled (revoked, shut down): not stored, not committed.
+    stored: Option<StoredSize>,
+    index: Option<IndexEntry>,
+}
+
+/// What one stored item held.
+#[derive(Debug, Clone, Copy)]
+struct StoredSize {
+    records: usize,
+    compressed: usize,
+    uncompressed: usize,
+}
+
+impl Loop {
+    async fn receive_until(&mut self, shutdown: &CancellationToken) {
+        let mut accepted: u64 = 0;
+        let mut ticker = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(uploaded) = self.done.recv() => self.finish_upload(uploaded),
+                (targets, ok) = self.commits.finished() => self.finish_commit(&targets, ok),
+                // Before `recv`: with a backlog, `recv` is always ready and would starve it.
+                _ = ticker.tick() => {
+                    self.close_idle_objects();
+                    self.forget_revoked();
+                    self.apply_backpressure();
+                }
+                prepared = self.encoding.oldest() => {
+                    for record in prepared {
+                        self.apply(record);
+                        accepted += 1;
+                        // The buffer bound is enforced as records arrive, not only on ticks.
+                        if accepted.is_multiple_of(128) {
+                            self.apply_backpressure();
+                        }
+                    }
+                }
+                message = self.pipeline.consumer.recv(), if self.encoding.len() < ENCODING_BATCHES => match message {
+                    Ok(first) => {
+                        // Records being encoded count in the buffer: a batch takes no more than
+                        // the room left, so the bound holds while they are on their way.
+                        let room = self.pipeline.config.buffer.max_records.saturating_sub(self.load().0.records);
+                        let batch = self.take_ready(first, room.clamp(1, ENCODE_BATCH));
+                        self.encoding.start(batch, &self.topic);
+                        self.apply_backpressure();
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "consume error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+            self.start_commit();
+            self.start_uploads();
+        }
+    }
+
+    /// Applies what was received, closes every open object, and lets the queues empty within
+    /// the drain timeout; what is left is read again after a restart.
+    async fn drain(&mut self) {
+        while !self.encoding.is_empty() {
+            for record in self.encoding.oldest().await {
+                self.apply(record);
+            }
+        }
+        for state in self.partitions.values_mut() {
+            state.close_open_object();
+        }
+        let deadline = Instant::now() + self.pipeline.config.storage.drain_timeout;
+        let mut ticker = tokio::time::interval(Duration::from_millis(250));
+        self.start_uploads();
+        while !self.commits.is_idle() || self.partitions.values().any(PartitionState::is_busy) {
+            let drained = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    Some(uploaded) = self.done.recv() => self.finish_upload(uploaded),
+                    (targets, ok) = self.commits.finished() => self.finish_commit(&targets, ok),
+                    // A failed commit is tried again after its backoff.
+                    _ = ticker.tick() => {}
+                }
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!("drain timeout: unstored records will be read again on restart");
+                break;
+            }
+            self.forget_revoked();
+            self.start_commit();
+            self.start_uploads();
+        }
+        self.uploads_cancel.cancel();
+    }
+
+    /// The message just received and those already waiting behind it, up to `limit`, copied
+    /// out of the consumer so the encoders can take them. Each carries its partition's
+    /// assignment generation as it is now; records of a partition not assigned are dropped.
+    fn take_ready(&self, first: BorrowedMessage<'_>, limit: usize) -> Vec<Received> {
+        let mut batch = Vec::with_capacity(limit);
+        batch.extend(self.receive(&first));
+        drop(first);
+        while batch.len() < limit {
+            match self.pipeline.consumer.recv().now_or_never() {
+                Some(Ok(message)) => batch.extend(self.receive(&message)),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "consume error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        batch
+    }
+
+    fn receive(&self, message: &BorrowedMessage<'_>) -> Option<Received> {
+        let generation = self.pipeline.assignment.generation(message.partition())?;
+        self.pipeline.metrics.records_consumed.inc();
+        Some(Received {
+            generation,
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp_millis: message.timestamp().to_millis(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers: message.headers().map(|headers| headers.detach()),
+            arrival: Instant::now(),
+        })
+    }
+
+    /// Applies a prepared record to its partition's open object, in the order received.
+    fn apply(&mut self, record: Prepared) {
+        let Prepared {
+            generation,
+            partition,
+            offset,
+            arrival,
+            content,
+        } = record;
+        let policy = &self.policy;
+        let state = self
+            .partitions
+            .entry(partition)
+            .or_insert_with(|| PartitionState::new(partition, generation, policy));
+        if state.generation < generation {
+            // Revoked and assigned again: start over from the committed offset.
+            *state = PartitionState::new(partition, generation, policy);
+        } else if state.generation > generation {
+            // Received before the partition was revoked; the new assignment reads it again.
+            return;
+        }
+        match content {
+            Ok(line) => {
+                if let Some(object) = state.writer.push(line, arrival) {
+                    state.enqueue(Pending::Data(object));
+                }
+            }
+            Err(undecodable) => {
+                // Never a crash, never a stuck partition: close what is open (so order and
+                // determinism hold), then store the bytes as they came.
+                tracing::warn!(partition, offset, error = %undecodable.error, "undecodable audit record quarantined");
+                state.close_open_object();
+                state.enqueue(Pending::Quarantine(QuarantinedRecord {
+                    partition,
+                    offset,
+                    key: undecodable.key,
+                    payload: undecodable.payload,
+                    error: undecodable.error,
+                    first_arrival: arrival,
+                }));
+            }
+        }
+    }
+
+    fn close_idle_objects(&mut self) {
+        let now = Instant::now();
+        for state in self.partitions.values_mut() {
+            if let Some(object) = state.writer.close_if_idle(now) {
+                state.enqueue(Pending::Data(object));
+            }
+        }
+    }
+
+    fn start_uploads(&mut self) {
+        for (&partition, state) in &mut self.partitions {
+            if !state.ready_to_upload() {
+                continue;
+            }
+            let generation = state.generation;
+            // A revoked partition waits for `forget_revoked`; its records are read again by
+            // its next assignment.
+            let Some(permit) =
+                self.pipeline
+                    .assignment
+                    .begin_upload(partition, generation, &self.uploads_cancel)
+            else {
+                continue;
+            };
+            // Shared, not copied: an object holds up to `objects.max_bytes` of lines.
+            let Some(item) = state.start_upload() else {
+                continue;
+            };
+            let store = Arc::clone(&self.pipeline.store);
+            let done = self.done_sender.clone();
+            let span = tracing::info_span!(
+                "store object",
+                otel.kind = "producer",
+                relais.partition = partition,
+                relais.start_offset = tracing::field::Empty,
+                relais.records = item.records(),
+            );
+            if let Pending::Data(object) = &*item {
+                span.record("relais.start_offset", object.start_offset);
+                // The object's span points at the traces of the records in it.
+                for link in &object.links {
+                    span.add_link(link.clone());
+                }
+            }
+            tokio::spawn(
+                async move {
+                    let written = store.write(Arc::clone(&item), &permit.cancel).await;
+                    // The upload has stopped: a revoke waiting for it may go on.
+                    drop(permit);
+                    let (stored, index) = match written {
+                        Ok(stored) => (
+                            Some(StoredSize {
+                                records: item.records(),
+                                compressed: stored.compressed_bytes,
+                                uncompressed: stored.uncompressed_bytes,
+                            }),
+                            stored.index,
+                        ),
+                        Err(error) => {
+                            tracing::info!(%error, partition, "object not stored");
+                            (None, None)
+                        }
+                    };
+                    let _ = done
+                        .send(Uploaded {
+                            partition,
+                            generation,
+                            stored,
+                            index,
+                        })
+                        .await;
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    /// Takes note of a finished upload; the partition's next item waits for the commit of this
+    /// one (see `partition`).
+    fn finish_upload(&mut self, uploaded: Uploaded) {
+        let Some(state) = self.partitions.get_mut(&uploaded.partition) else {
+            return;
+        };
+        if state.generation != uploaded.generation {
+            return;
+        }
+        let Some(end_offset) = state.stored(uploaded.stored.map(|size| size.records)) else {
+            return;
+        };
+        if let Some(entry) = uploaded.index {
+            self.pipeline.index.insert(entry);
+        }
+        if let Some(size) = uploaded.stored {
+            let metrics = &self.pipeline.metrics;
+            metrics.bytes_written.inc_by(size.compressed as u64);
+            metrics
+                .uncompressed_written
+                .inc_by(size.uncompressed as u64);
+        }
+        // Offsets only after the object is stored: a crash before the commit re-reads it.
+        self.commits.wait(CommitTarget {
+            partition: uploaded.partition,
+            generation: uploaded.generation,
+            end_offset,
+        });
+    }
+
+    fn start_commit(&mut self) {
+        let assignment = &self.pipeline.assignment;
+        self.commits.start(
+            &self.pipeline.consumer,
+            &self.pipeline.config.kafka.audit_topic,
+            &self.pipeline.commit_faults,
+            |target| assignment.generation(target.partition) == Some(target.generation),
+        );
+    }
+
+    /// Counts what a commit covered and lets its partitions store their next item; after a
+    /// failure they wait for the next try.
+    fn finish_commit(&mut self, targets: &[CommitTarget], committed: bool) {
+        let metrics = &self.pipeline.metrics;
+        if committed {
+            metrics.commits.inc();
+        } else {
+            metrics.commit_failures.inc();
+        }
+        self.commits.ended(targets, committed, &self.commit_backoff);
+        for target in targets {
+            let Some(state) = self.partitions.get_mut(&target.partition) else {
+                continue;
+            };
+            if state.generation != target.generation {
+                continue;
+            }
+            for stored in state.committed(target.end_offset, committed) {
+                if stored.quarantined {
+                    metrics.records_quarantined.inc();
+                } else {
+                    metrics.objects_written.inc();
+                    metrics.records_written.inc_by(stored.records as u64);
+                }
+            }
+        }
+    }
+
+    fn forget_revoked(&mut self) {
+        let assignment = &self.pipeline.assignment;
+        self.partitions
+            .retain(|partition, state| assignment.generation(*partition) == Some(state.generation));
+    }
+
+    /// What the buffer holds (the partitions' open objects and queues, and the records being
+    /// encoded), and when its oldest record arrived.
+    fn load(&self) -> (Load, Option<Instant>) {
+        let mut load = Load {
+            records: self.encoding.records,
+            bytes: self.encoding.bytes,
+        };
+        let mut oldest: Option<Instant> = None;
+        for held in self.partitions.values().map(PartitionState::held) {
+            load.records += held.records;
+            load.bytes += held.bytes;
+            oldest = match (oldest, held.oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        (load, oldest)
+    }
+
+    /// Updates the buffer gauges and pauses or resumes consumption (see `backpressure`).
+    fn apply_backpressure(&mut self) {
+        let (load, oldest) = self.load();
+        let metrics = &self.pipeline.metrics;
+        metrics.buffer_records.set(load.records as i64);
+        metrics.buffer_bytes.set(load.bytes as i64);
+        metrics
+            .oldest_unflushed_age
+            .set(oldest.map_or(0.0, |o| o.elapsed().as_secs_f64()));
+        let limits = &self.pipeline.config.buffer;
+        let flow = backpressure::flow(load, limits, self.paused);
+        if flow == Flow::Run {
+            // The common case, checked every 128 records: nothing to change. Asking librdkafka
+            // for the assignment is a round trip to its main thread, and doing it on every
+            // check kept the pipeline loop waiting (2M records: 218k -> 240-250k records/s).
+            return;
+        }
+        if load.is_full(limits) {
+            self.close_under_pressure();
+        }
+        let (consumer, metrics) = (&self.pipeline.consumer, &self.pipeline.metrics);
+        let Ok(assignment) = consumer.assignment() else {
+            return;
+        };
+        match flow {
+            Flow::Run => {}
+            Flow::Pause => {
+                tracing::warn!(
+                    records = load.records,
+                    bytes = load.bytes,
+                    "buffer full: pausing consumption"
+                );
+                let _ = consumer.pause(&assignment);
+                metrics.paused.set(1);
+                self.paused = true;
+            }
+            Flow::Resume => {
+                tracing::info!(
+                    records = load.records,
+                    bytes = load.bytes,
+                    "buffer relieved: resuming consumption"
+                );
+                let _ = consumer.resume(&assignment);
+                metrics.paused.set(0);
+                self.paused = false;
+            }
+            // Partitions assigned since the pause start unpaused: pause them too.
+            Flow::StayPaused => {
+                let _ = consumer.pause(&assignment);
+            }
+        }
+    }
+
+    fn close_under_pressure(&mut self) {
+        let open: Vec<OpenObject> = self
+            .partitions
+            .iter()
+            .map(|(&partition, state)| {
+                let (records, bytes) = state.writer.open_size();
+                OpenObject {
+                    partition,
+                    records,
+                    bytes,
+                }
+            })
+            .collect();
+        for partition in backpressure::objects_to_close(&open, &self.pipeline.config.buffer) {
+            if let Some(state) = self.partitions.get_mut(&partition)
+                && state.close_open_object()
+            {
+                self.pipeline.metrics.pressure_closes.inc();
+            }
+        }
+    }
+}
