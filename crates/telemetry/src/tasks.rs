@@ -19,6 +19,19 @@ pub struct TaskDied {
     pub how: String,
 }
 
+impl TaskDied {
+    /// How the task `name`, which should have run until shutdown, ended.
+    pub fn of(name: &'static str, ended: Result<(), JoinError>) -> Self {
+        Self {
+            name,
+            how: match ended {
+                Ok(()) => "it returned".to_owned(),
+                Err(error) => describe(error),
+            },
+        }
+    }
+}
+
 /// The essential tasks of a service, by name.
 #[derive(Debug, Default)]
 pub struct EssentialTasks {
@@ -48,14 +61,12 @@ impl EssentialTasks {
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        let (id, how) = match ended {
-            Ok((id, ())) => (id, "it returned".to_owned()),
-            Err(error) => (error.id(), describe(error)),
+        let id = match &ended {
+            Ok((id, ())) => *id,
+            Err(error) => error.id(),
         };
-        let died = TaskDied {
-            name: self.names.get(&id).copied().unwrap_or("unnamed"),
-            how,
-        };
+        let name = self.names.get(&id).copied().unwrap_or("unnamed");
+        let died = TaskDied::of(name, ended.map(|_| ()));
         tracing::error!(task = died.name, how = %died.how, "an essential task stopped; the service stops");
         ready.set_not_ready(died.to_string());
         shutdown.cancel();

@@ -76,6 +76,7 @@ pub struct AuditConfig {
     pub buffer: BufferConfig,
     pub storage: StorageConfig,
     pub retention: RetentionConfig,
+    pub query: QueryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
@@ -205,6 +206,31 @@ impl Default for StorageConfig {
     }
 }
 
+/// Trail lookups (`AuditQuery.GetTrail`), which run in the process that ingests.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Lookups running at once; others wait for a slot until their deadline, then are refused.
+    pub max_concurrent_lookups: usize,
+    /// How long one lookup may take (waiting for a slot included); then it answers with what
+    /// it has, marked partial. A caller's shorter gRPC deadline wins.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub deadline: Duration,
+    /// The longest window a lookup may ask for.
+    pub max_range_days: u32,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_lookups: 4,
+            deadline: Duration::from_secs(10),
+            max_range_days: 31,
+        }
+    }
+}
+
 /// The bucket's lifecycle, set by the service at start-up (see `retention`).
 #[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
@@ -281,6 +307,9 @@ impl AuditConfig {
             || objects.prefix.ends_with('/')
         {
             return invalid("objects.prefix must be non-empty, without leading or trailing '/'");
+        }
+        if self.query.max_concurrent_lookups == 0 || self.query.deadline.is_zero() {
+            return invalid("query.max_concurrent_lookups and query.deadline must be positive");
         }
         if self.retention.abort_incomplete_uploads_after_days == 0 {
             return invalid(

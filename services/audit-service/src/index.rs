@@ -152,8 +152,13 @@ impl Index {
         }
     }
 
-    /// Data objects of hours within [from, to] that may hold `id`.
-    pub fn candidates(&self, id: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<String> {
+    /// Data objects of hours within [from, to] that may hold `id`, with their hours.
+    pub fn candidates(
+        &self,
+        id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Vec<(DateTime<Utc>, String)> {
         let entries = self
             .entries
             .read()
@@ -162,7 +167,7 @@ impl Index {
             .iter()
             .filter(|entry| entry.hour + chrono::Duration::hours(1) > from && entry.hour <= to)
             .filter(|entry| entry.bloom.may_contain(id))
-            .map(|entry| entry.data_key.clone())
+            .map(|entry| (entry.hour, entry.data_key.clone()))
             .collect()
     }
 
@@ -217,7 +222,7 @@ mod tests {
         index.insert(entry);
         assert_eq!(
             index.candidates("a", hour, hour + chrono::Duration::hours(1)),
-            ["audit/x.ndjson.gz"]
+            [(hour, "audit/x.ndjson.gz".to_owned())]
         );
         assert!(
             index

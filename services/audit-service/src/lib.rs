@@ -27,6 +27,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::Consumer;
 use relais_telemetry::admin::{AdminServer, Readiness};
 use relais_telemetry::shutdown::CancellationToken;
+use relais_telemetry::tasks::EssentialTasks;
 
 use crate::config::{Args, AuditConfig};
 use crate::metrics::AuditMetrics;
@@ -55,6 +56,8 @@ pub async fn run_with_commit_faults(
     let rgw_ready = readiness.register("rgw");
     let kafka_ready = readiness.register("kafka");
     let index_ready = readiness.register("index");
+    let commits_ready = readiness.register("commits");
+    let tasks_ready = readiness.register("tasks");
     let admin = AdminServer::start(
         args.admin_addr,
         Arc::new(registry),
@@ -69,22 +72,28 @@ pub async fn run_with_commit_faults(
     }
     rgw_ready.set_ready();
     let index = Arc::new(index::Index::default());
-    let index_task = tokio::spawn(query::maintain_index(
-        Arc::clone(&store),
-        Arc::clone(&index),
-        index_ready,
-        shutdown.clone(),
-    ));
+    let mut tasks = EssentialTasks::default();
+    tasks.spawn(
+        "index",
+        query::maintain_index(
+            Arc::clone(&store),
+            Arc::clone(&index),
+            index_ready,
+            shutdown.clone(),
+        ),
+    );
     let grpc = serve_grpc(
         args.grpc_addr,
-        query::QueryService {
-            store: Arc::clone(&store),
-            index: Arc::clone(&index),
-            metrics: metrics.clone(),
-        },
+        query::QueryService::new(
+            Arc::clone(&store),
+            Arc::clone(&index),
+            metrics.clone(),
+            config.query.clone(),
+        ),
         shutdown.clone(),
     )
     .await?;
+    tasks.spawn("grpc", grpc);
 
     let assignment = Arc::new(Assignment::new(config.storage.put_timeout));
     let consumer: AuditConsumer = ClientConfig::new()
@@ -116,38 +125,45 @@ pub async fn run_with_commit_faults(
         .subscribe(&[&config.kafka.audit_topic])
         .context("cannot subscribe to the audit topic")?;
     kafka_ready.set_ready();
+    commits_ready.set_ready();
     tracing::info!(topic = %config.kafka.audit_topic, bucket = %args.bucket, "audit-service running");
 
+    let consumer = Arc::new(consumer);
+    tasks.spawn(
+        "lag",
+        report_lag(Arc::clone(&consumer), metrics.clone(), shutdown.clone()),
+    );
+    // Shutdown may wait this long for the pipeline to store what it holds.
+    let drain = config.storage.drain_timeout + std::time::Duration::from_secs(5);
     let pipeline = Pipeline {
-        consumer: Arc::new(consumer),
+        consumer: Arc::clone(&consumer),
         assignment,
         store,
         config,
         metrics,
         index,
         commit_faults,
+        store_ready: rgw_ready,
+        commits_ready,
     };
-    let consumer = Arc::clone(&pipeline.consumer);
-    let lag = tokio::spawn(report_lag(
-        Arc::clone(&consumer),
-        pipeline.metrics.clone(),
-        shutdown.clone(),
-    ));
-    pipeline.run(shutdown.clone()).await;
-    lag.abort();
-    index_task.abort();
+    tasks.spawn("pipeline", pipeline.run(shutdown.clone()));
+    tasks_ready.set_ready();
+
+    // Until asked to stop, or until a task dies (which stops the rest and fails the process).
+    let watched = tasks.watch(&shutdown, &tasks_ready).await;
+    tasks.join(drain).await;
     consumer.unsubscribe();
-    let _ = grpc.await;
     admin.join().await;
-    Ok(())
+    Ok(watched?)
 }
 
-/// Serves `AuditQuery` and the standard health service until shutdown.
+/// Binds `address`; the future returned serves `AuditQuery` and the standard health service
+/// until shutdown.
 async fn serve_grpc(
     address: std::net::SocketAddr,
     service: query::QueryService,
     shutdown: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen for gRPC on {address}"))?;
@@ -158,7 +174,7 @@ async fn serve_grpc(
         .await;
     tracing::info!(address = %listener.local_addr()?, "AuditQuery gRPC listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    Ok(tokio::spawn(async move {
+    Ok(async move {
         let served = tonic::transport::Server::builder()
             .add_service(health)
             .add_service(relais_proto::v1::audit_query_server::AuditQueryServer::new(
@@ -169,7 +185,7 @@ async fn serve_grpc(
         if let Err(error) = served {
             tracing::error!(%error, "gRPC server stopped");
         }
-    }))
+    })
 }
 
 /// Sum over assigned partitions of (high watermark − consumer position), every two seconds:

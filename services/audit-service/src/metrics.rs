@@ -1,6 +1,7 @@
 //! audit-service metrics.
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
@@ -23,6 +24,7 @@ pub struct AuditMetrics {
     pub consumer_lag: Gauge,
     pub commits: Counter,
     pub commit_failures: Counter,
+    pub trail_lookups: Family<Vec<(&'static str, &'static str)>, Counter>,
     pub pressure_closes: Counter,
 }
 
@@ -45,6 +47,7 @@ impl AuditMetrics {
             consumer_lag: Gauge::default(),
             commits: Counter::default(),
             commit_failures: Counter::default(),
+            trail_lookups: Family::default(),
             pressure_closes: Counter::default(),
         };
         let audit = registry.sub_registry_with_prefix("relais_audit");
@@ -135,10 +138,24 @@ impl AuditMetrics {
             metrics.commit_failures.clone(),
         );
         audit.register(
+            "trail_lookups",
+            "Trail lookups by result: complete, partial (stopped at the deadline), rejected (no slot free before it)",
+            metrics.trail_lookups.clone(),
+        );
+        audit.register(
             "pressure_closes",
             "Objects closed early because the buffer was full (their partitions' open objects filled it)",
             metrics.pressure_closes.clone(),
         );
         metrics
+    }
+}
+
+impl AuditMetrics {
+    /// Counts a trail lookup by its result.
+    pub fn trail_lookup(&self, result: &'static str) {
+        self.trail_lookups
+            .get_or_create(&vec![("result", result)])
+            .inc();
     }
 }

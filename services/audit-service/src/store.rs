@@ -79,6 +79,8 @@ pub struct Store {
     multipart_threshold: usize,
     retry: OperationRetry,
     metrics: AuditMetrics,
+    /// Since when every PUT has failed, and the last error; None after a success.
+    failing: std::sync::Mutex<Option<(tokio::time::Instant, String)>>,
 }
 
 impl Store {
@@ -171,7 +173,29 @@ impl Store {
                 config.storage.put_timeout,
             ),
             metrics,
+            failing: std::sync::Mutex::default(),
         })
+    }
+
+    /// How long every PUT has failed, and the last error; None once one succeeds.
+    pub fn failing(&self) -> Option<(Duration, String)> {
+        self.failures()
+            .as_ref()
+            .map(|(since, error)| (since.elapsed(), error.clone()))
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, Option<(tokio::time::Instant, String)>> {
+        self.failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn note_failure(&self, error: String) {
+        let mut failing = self.failures();
+        let since = failing
+            .as_ref()
+            .map_or_else(tokio::time::Instant::now, |(since, _)| *since);
+        *failing = Some((since, error));
     }
 
     /// Sets the retention rules on the bucket (see `retention`).
@@ -242,12 +266,19 @@ impl Store {
                 |failure, attempt, wait| {
                     self.metrics.put_retries.inc();
                     match failure {
-                        AttemptFailure::Error(error) => tracing::warn!(%error, key = %key, attempt, wait_ms = wait.as_millis() as u64, "PUT failed; retrying"),
-                        AttemptFailure::TimedOut => tracing::warn!(key = %key, attempt, "PUT timed out; retrying"),
+                        AttemptFailure::Error(error) => {
+                            tracing::warn!(%error, key = %key, attempt, wait_ms = wait.as_millis() as u64, "PUT failed; retrying");
+                            self.note_failure(error.to_string());
+                        }
+                        AttemptFailure::TimedOut => {
+                            tracing::warn!(key = %key, attempt, "PUT timed out; retrying");
+                            self.note_failure("PUT timed out".to_owned());
+                        }
                     }
                 },
             )
             .await?;
+        *self.failures() = None;
         // The index goes up after its data object: an index never points at a missing object.
         let index = match &*item {
             Pending::Data(object) => {
@@ -310,6 +341,16 @@ impl Store {
         Ok(pages
             .into_iter()
             .flat_map(|page| page.contents.into_iter().map(|object| object.key))
+            .collect())
+    }
+
+    /// Keys under a prefix, each with its ETag (which changes when the object is rewritten).
+    pub async fn list_with_etags(&self, prefix: &str) -> Result<Vec<(String, String)>, S3Error> {
+        let pages = self.bucket.list(prefix.to_owned(), None).await?;
+        Ok(pages
+            .into_iter()
+            .flat_map(|page| page.contents)
+            .map(|object| (object.key, object.e_tag.unwrap_or_default()))
             .collect())
     }
 

@@ -206,6 +206,8 @@ async fn a_refused_commit_holds_back_the_next_object_and_a_crash_rewrites_the_sa
         0.0,
         "nothing counted as written before a commit"
     );
+    let ready = a.wait_for_readiness(false).await;
+    assert_eq!(ready["checks"]["commits"]["ready"], false, "{ready}");
 
     a.crash().await;
     let b = scenario.start(direct, Arc::default());

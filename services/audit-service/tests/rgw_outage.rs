@@ -1,5 +1,6 @@
 //! radosgw stopped for 60 s under load: no loss, no duplicate, memory within the configured
-//! bound, consumption paused and then resumed, and the metrics show it.
+//! bound, consumption paused and then resumed, not ready while nothing can be stored, and the
+//! metrics show it.
 //!
 //! Its own test binary: it stops the shared radosgw, which no other test may be using then.
 #![allow(clippy::unwrap_used)]
@@ -117,6 +118,8 @@ async fn an_rgw_outage_pauses_and_loses_nothing() {
         "PUTs were retried"
     );
     assert!(service.written().await < 40_000.0);
+    let ready = service.wait_for_readiness(false).await;
+    assert_eq!(ready["checks"]["rgw"]["ready"], false, "{ready}");
 
     outage.end();
     metrics
@@ -131,6 +134,7 @@ async fn an_rgw_outage_pauses_and_loses_nothing() {
         0.0,
         "consumption resumed"
     );
+    service.wait_for_readiness(true).await;
     service.stop().await;
 
     let seen = common::stored_message_ids(&rgw, &bucket).await;

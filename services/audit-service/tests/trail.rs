@@ -421,3 +421,167 @@ async fn the_trail_of_a_trace_or_message_id_is_found_through_the_index() {
     assert!(stats.objects_written > 0 && stats.bytes_written > 0);
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn trail_lookups_stop_at_the_limit_reach_past_the_index_and_are_bounded_in_time() {
+    use relais_audit_service::config::QueryConfig;
+    use relais_audit_service::index::Index;
+    use relais_audit_service::query::{QueryService, refresh};
+    use relais_proto::v1::audit_query_client::AuditQueryClient;
+    use relais_proto::v1::audit_query_server::AuditQuery as _;
+    use relais_proto::v1::{TrailRequest, trail_request};
+
+    let kafka = relais_test_support::kafka().await;
+    let bucket = unique_name("it-audit-bounded");
+    let topic = kafka.create_topic("it-audit-bounded", 3).await;
+    let trace = "cafe".repeat(8);
+    let hour = chrono::Utc::now().timestamp() / 3600 * 3600;
+    // 3,000 records over the last three hours and 300 three days ago; every hundredth recent
+    // one and every tenth old one belongs to the trace: 30 + 30 records in several objects.
+    let mut records: Vec<AuditRecord> = (0..3000)
+        .map(|i| record(i, 3000, hour - 3 * 3600))
+        .collect();
+    records.extend((0..300).map(|i| {
+        let mut old = record(i, 300, hour - 72 * 3600);
+        old.message_id = format!("old-{i}");
+        old
+    }));
+    for (index, record) in records.iter_mut().enumerate() {
+        if (index < 3000 && index % 100 == 0) || (index >= 3000 && index % 10 == 0) {
+            record.trace_id = trace.clone();
+        }
+    }
+    produce_records(&kafka, &topic, &records).await;
+    let service = start(&kafka, &bucket, &topic, "audit");
+    service
+        .metrics
+        .wait_for_at_least(
+            "relais_audit_records_written_total",
+            records.len() as f64,
+            Duration::from_secs(120),
+        )
+        .await;
+    let mut client = AuditQueryClient::connect(format!("http://{}", service.grpc))
+        .await
+        .unwrap();
+    let timestamp = |seconds| Some(relais_proto::Timestamp { seconds, nanos: 0 });
+    let request = |limit, from, to| TrailRequest {
+        key: Some(trail_request::Key::TraceId(trace.clone())),
+        from,
+        to,
+        limit,
+    };
+
+    // The default window (the last 24 hours): the 30 recent records.
+    let all = client
+        .get_trail(request(0, None, None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.records.len(), 30);
+    assert!(!all.truncated && !all.partial);
+    // A limit of 5: the oldest five, and only the first hour's objects read.
+    let few = client
+        .get_trail(request(5, None, None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(few.records, all.records[..5]);
+    assert!(few.truncated);
+    assert!(
+        few.objects_scanned < all.objects_scanned,
+        "reading stopped at the limit: {} of {} objects",
+        few.objects_scanned,
+        all.objects_scanned
+    );
+    // Three days ago is older than the in-memory index: looked up in RGW's index objects.
+    let old = client
+        .get_trail(request(
+            0,
+            timestamp(hour - 73 * 3600),
+            timestamp(hour - 60 * 3600),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(old.records.len(), 30);
+    assert!(old.records.iter().all(|r| r.message_id.starts_with("old-")));
+    let both = client
+        .get_trail(request(0, timestamp(hour - 73 * 3600), None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(both.records.len(), 60);
+    let too_long = client
+        .get_trail(request(0, timestamp(hour - 40 * 86_400), None))
+        .await
+        .unwrap_err();
+    assert_eq!(too_long.code(), tonic::Code::InvalidArgument);
+    assert!(
+        service
+            .metrics
+            .value("relais_audit_trail_lookups_total{result=\"complete\"}")
+            .await
+            >= 4.0
+    );
+    service.stop().await;
+
+    // The same bucket, through a service with a 1 ms deadline: partial, not an error.
+    let endpoints = relais_test_support::Endpoints::from_env();
+    let args = common::args(&kafka, &bucket, endpoints.s3_endpoint);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = relais_audit_service::metrics::AuditMetrics::register(&mut registry);
+    let store = std::sync::Arc::new(
+        relais_audit_service::store::Store::connect(
+            &args,
+            &AuditConfig::default(),
+            metrics.clone(),
+        )
+        .await
+        .unwrap(),
+    );
+    let index = std::sync::Arc::new(Index::default());
+    let now = chrono::Utc::now();
+    refresh::load_index(
+        &store,
+        &index,
+        &mut refresh::Known::new(),
+        now - chrono::Duration::hours(24),
+        now,
+    )
+    .await;
+    let hurried = QueryService::new(
+        std::sync::Arc::clone(&store),
+        std::sync::Arc::clone(&index),
+        metrics.clone(),
+        QueryConfig {
+            deadline: Duration::from_millis(1),
+            ..QueryConfig::default()
+        },
+    );
+    let answer = hurried
+        .get_trail(tonic::Request::new(request(0, None, None)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.partial, "stopped at the deadline and said so");
+    assert!(answer.records.len() < 30);
+    // No lookup slot free before the deadline: refused, not queued for ever.
+    let busy = QueryService {
+        lookups: std::sync::Arc::new(tokio::sync::Semaphore::new(0)),
+        ..QueryService::new(
+            store,
+            index,
+            metrics,
+            QueryConfig {
+                deadline: Duration::from_millis(200),
+                ..QueryConfig::default()
+            },
+        )
+    };
+    let refused = busy
+        .get_trail(tonic::Request::new(request(0, None, None)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+}

@@ -49,6 +49,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use relais_resilience::{ResilienceMetrics, UpstreamClient};
 use relais_telemetry::admin::{AdminServer, Readiness};
 use relais_telemetry::shutdown::{self, CancellationToken, TaskTracker};
+use relais_telemetry::tasks::TaskDied;
 
 use crate::committer::{Committer, Tracker};
 use crate::config::{Args, ConfigError, WorkerConfig};
@@ -217,6 +218,8 @@ pub async fn run(
     // Turns false while outcomes cannot be committed (see pipeline::commit_loop).
     let commits_ready = readiness.register("commits");
     commits_ready.set_ready();
+    let tasks_ready = readiness.register("tasks");
+    tasks_ready.set_ready();
     let admin = AdminServer::start(
         args.admin_addr,
         Arc::new(registry),
@@ -375,13 +378,30 @@ pub async fn run(
     });
     tracing::info!(worker_id, topic = %config.kafka.ingress_topic, "ingest-worker running");
 
-    // Run until asked to stop, or until the committer fails for good.
+    // Run until asked to stop, until the committer fails for good, or until the dispatcher
+    // dies (then nothing is read any more: the worker must say so and stop, not look ready).
+    let mut dispatcher = dispatcher;
+    let mut dispatcher_ended = false;
+    let mut dispatcher_died = None;
     let fatal = tokio::select! {
         _ = shutdown.cancelled() => None,
         result = &mut commits => Some(result),
+        ended = &mut dispatcher => {
+            dispatcher_ended = true;
+            // Ending on shutdown (both may be ready at once) is a stop, not a death.
+            if !shutdown.is_cancelled() {
+                let died = TaskDied::of("dispatcher", ended);
+                tracing::error!(error = %died, "the dispatcher stopped; the worker stops");
+                tasks_ready.set_not_ready(died.to_string());
+                dispatcher_died = Some(died);
+            }
+            None
+        }
     };
     shutdown.cancel();
-    let _ = dispatcher.await;
+    if !dispatcher_ended {
+        let _ = dispatcher.await;
+    }
     let drained = shutdown::drain(&delivery_tasks, config.pipeline.drain_timeout).await;
     tracing::info!(
         ?drained,
@@ -403,6 +423,9 @@ pub async fn run(
     admin.join().await;
     // Leaving the group now lets the others take the partitions at once.
     consumer.unsubscribe();
+    if let Some(died) = dispatcher_died {
+        return Err(died.into());
+    }
     match committed {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(error.into()),

@@ -135,8 +135,19 @@ pub enum Trail {
     Found {
         records: Vec<AuditRecordView>,
         truncated: bool,
+        /// The audit-service stopped at its deadline: later records may be missing.
+        stopped_at_deadline: bool,
     },
     Unavailable(&'static str),
+    /// The audit-service refused the request itself (a window too long, say).
+    Refused(String),
+}
+
+/// The event-time window of a trail lookup; unset ends are the audit-service's defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrailWindow {
+    pub from: Option<std::time::SystemTime>,
+    pub to: Option<std::time::SystemTime>,
 }
 
 impl AuditClient {
@@ -158,11 +169,11 @@ impl AuditClient {
         })
     }
 
-    pub async fn trail(&self, trace_id: &str) -> Trail {
+    pub async fn trail(&self, trace_id: &str, window: TrailWindow) -> Trail {
         let mut request = tonic::Request::new(TrailRequest {
             key: Some(trail_request::Key::TraceId(trace_id.to_owned())),
-            from: None,
-            to: None,
+            from: window.from.map(Into::into),
+            to: window.to.map(Into::into),
             limit: self.max_records,
         });
         request.set_timeout(self.timeout);
@@ -180,6 +191,7 @@ impl AuditClient {
                     Trail::Found {
                         records: response.records.into_iter().map(Into::into).collect(),
                         truncated: response.truncated,
+                        stopped_at_deadline: response.partial,
                     },
                 )
             }
@@ -194,6 +206,13 @@ impl AuditClient {
                         "timeout",
                         Trail::Unavailable("audit-service did not answer in time"),
                     ),
+                    tonic::Code::ResourceExhausted => (
+                        "busy",
+                        Trail::Unavailable("audit-service is busy with other lookups"),
+                    ),
+                    tonic::Code::InvalidArgument => {
+                        ("refused", Trail::Refused(status.message().to_owned()))
+                    }
                     _ => (
                         "error",
                         Trail::Unavailable("audit-service returned an error"),

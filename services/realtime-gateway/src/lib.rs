@@ -34,6 +34,7 @@ use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use relais_telemetry::admin::{AdminServer, Readiness};
 use relais_telemetry::shutdown::CancellationToken;
+use relais_telemetry::tasks::{EssentialTasks, TaskDied};
 
 use crate::api::AppState;
 use crate::auth::{RateLimiter, Tokens};
@@ -58,13 +59,14 @@ pub struct Bound {
 #[derive(Debug)]
 pub struct Running {
     pub bound: Bound,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), TaskDied>>,
 }
 
 impl Running {
-    /// Waits until the gateway has stopped (after its shutdown token was cancelled).
-    pub async fn join(self) {
-        let _ = self.task.await;
+    /// Waits until the gateway has stopped: after its shutdown token was cancelled, or after
+    /// one of its tasks died (the error).
+    pub async fn join(self) -> anyhow::Result<()> {
+        Ok(self.task.await??)
     }
 }
 
@@ -79,6 +81,7 @@ pub async fn start(
     let metrics = GatewayMetrics::register(&mut registry);
     let readiness = Readiness::default();
     let kafka_ready = readiness.register("kafka");
+    let tasks_ready = readiness.register("tasks");
     let admin = AdminServer::start(
         args.admin_addr,
         Arc::new(registry),
@@ -118,7 +121,8 @@ pub async fn start(
             metrics: metrics.clone(),
         },
     )?;
-    let intake_task = tokio::spawn(intake.run(kafka_ready, shutdown.clone()));
+    let mut tasks = EssentialTasks::default();
+    tasks.spawn("intake", intake.run(kafka_ready, shutdown.clone()));
 
     let kafka = relais_operator::KafkaClient {
         bootstrap: args.kafka_bootstrap.clone(),
@@ -129,7 +133,10 @@ pub async fn start(
         &config.kafka.control_topic,
         &config.kafka.audit_topic,
     )?);
-    let control_task = tokio::spawn(Arc::clone(&upstreams).follow(kafka.clone(), shutdown.clone()));
+    tasks.spawn(
+        "upstream control",
+        Arc::clone(&upstreams).follow(kafka.clone(), shutdown.clone()),
+    );
     let replays = Arc::new(ReplayJobs::new(
         relais_operator::replay::ReplayTarget {
             kafka,
@@ -147,15 +154,18 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", args.grpc_addr))?;
     let grpc_addr = grpc_listener.local_addr()?;
-    let grpc_task = tokio::spawn(serve_grpc(
-        grpc_listener,
-        ReportService {
-            registry: Arc::clone(&workers),
-            metrics: metrics.clone(),
-            shutdown: shutdown.clone(),
-        },
-        shutdown.clone(),
-    ));
+    tasks.spawn(
+        "grpc",
+        serve_grpc(
+            grpc_listener,
+            ReportService {
+                registry: Arc::clone(&workers),
+                metrics: metrics.clone(),
+                shutdown: shutdown.clone(),
+            },
+            shutdown.clone(),
+        ),
+    );
 
     let state = AppState {
         history,
@@ -183,7 +193,7 @@ pub async fn start(
     let http_addr = http_listener.local_addr()?;
     let app = api::router(state);
     let stop = shutdown.clone();
-    let http_task = tokio::spawn(async move {
+    tasks.spawn("http", async move {
         let served = axum::serve(http_listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await;
@@ -191,6 +201,7 @@ pub async fn start(
             tracing::error!(%error, "HTTP server stopped");
         }
     });
+    tasks_ready.set_ready();
     let bound = Bound {
         http: http_addr,
         grpc: grpc_addr,
@@ -199,13 +210,12 @@ pub async fn start(
     tracing::info!(http = %bound.http, grpc = %bound.grpc, admin = %bound.admin, "realtime-gateway running");
 
     let task = tokio::spawn(async move {
-        shutdown.cancelled().await;
+        // Until asked to stop, or until a task dies (which stops the rest).
+        let watched = tasks.watch(&shutdown, &tasks_ready).await;
         // WebSocket connections close themselves on the same token; give them a moment.
-        let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
-        let _ = grpc_task.await;
-        let _ = intake_task.await;
-        let _ = control_task.await;
+        tasks.join(Duration::from_secs(5)).await;
         admin.join().await;
+        watched
     });
     Ok(Running { bound, task })
 }
@@ -217,8 +227,7 @@ pub async fn run(
     tokens: Tokens,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    start(&args, config, tokens, shutdown).await?.join().await;
-    Ok(())
+    start(&args, config, tokens, shutdown).await?.join().await
 }
 
 /// Serves `WorkerReport` and the standard health service until shutdown.

@@ -74,6 +74,29 @@ async fn the_gateway_shows_the_pipeline_as_it_runs() {
     assert_eq!(trace["audit"][0]["message_id"], event["message_id"]);
     assert_eq!(trace["audit"][0]["outcome"], "delivered");
     assert!(!trace["audit"][0]["attempts"].as_array().unwrap().is_empty());
+    // The window passes through to the audit-service: a day long ago holds none of it, a
+    // window longer than the audit-service allows is refused, and a malformed time too.
+    let elsewhere = gateway
+        .get_json(&format!(
+            "/api/v1/traces/{trace_id}?from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z"
+        ))
+        .await;
+    assert_eq!(elsewhere["audit"], json!([]));
+    assert_eq!(elsewhere["partial"], false);
+    assert_eq!(elsewhere["events"][0]["message_id"], event["message_id"]);
+    for window in [
+        "from=2020-01-01T00:00:00Z",
+        "from=yesterday",
+        "from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+    ] {
+        let response = gateway
+            .get(
+                &format!("/api/v1/traces/{trace_id}?{window}"),
+                Some(VIEWER_TOKEN),
+            )
+            .await;
+        assert_eq!(response.status(), 400, "{window}");
+    }
 
     // The upstream goes away: the worker's circuit opens and the gateway shows it.
     stack.set_faults(json!({"outage": true})).await;

@@ -56,6 +56,11 @@ pub struct Commits {
 }
 
 impl Commits {
+    /// Commits failed in a row (0 after a success).
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
     pub fn is_idle(&self) -> bool {
         self.waiting.is_empty() && self.in_flight.is_none()
     }

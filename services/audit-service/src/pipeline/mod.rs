@@ -15,11 +15,13 @@
 //! - [`prepare`]: decoding and encoding off the task;
 //! - [`partition`]: one partition's queue and the one-item-in-flight rule;
 //! - [`commits`]: offset commits off the task, retried after a failure;
-//! - [`backpressure`]: when consumption pauses, and which open objects close early.
+//! - [`backpressure`]: when consumption pauses, and which open objects close early;
+//! - [`health`]: readiness while objects cannot be stored or offsets cannot be committed.
 
 pub mod assignment;
 pub mod backpressure;
 pub mod commits;
+pub mod health;
 pub mod partition;
 mod prepare;
 
@@ -31,6 +33,7 @@ use futures::FutureExt as _;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::BorrowedMessage;
+use relais_telemetry::admin::ReadinessCheck;
 use relais_telemetry::shutdown::CancellationToken;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -47,6 +50,7 @@ pub use self::assignment::{Assignment, AuditConsumer, AuditContext};
 use self::backpressure::{Flow, Load, OpenObject};
 pub use self::commits::CommitFaults;
 use self::commits::{Backoff, CommitTarget, Commits};
+use self::health::Verdict;
 use self::partition::PartitionState;
 use self::prepare::{ENCODE_BATCH, ENCODING_BATCHES, Encoding, Prepared, Received};
 
@@ -59,6 +63,10 @@ pub struct Pipeline {
     pub metrics: AuditMetrics,
     pub index: Arc<Index>,
     pub commit_faults: Arc<CommitFaults>,
+    /// Turned false while objects cannot be stored.
+    pub store_ready: ReadinessCheck,
+    /// Turned false while offsets cannot be committed.
+    pub commits_ready: ReadinessCheck,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -75,6 +83,8 @@ impl Pipeline {
         let uploads_cancel = CancellationToken::new();
         let _stop_uploads = uploads_cancel.clone().drop_guard();
         let mut running = Loop {
+            store_verdict: Verdict::new(self.store_ready.clone()),
+            commit_verdict: Verdict::new(self.commits_ready.clone()),
             policy: RotationPolicy {
                 max_records: self.config.objects.max_records,
                 max_bytes: self.config.objects.max_bytes,
@@ -113,6 +123,8 @@ struct Loop {
     done: mpsc::Receiver<Uploaded>,
     /// The parent of every upload's cancellation: fires when the loop ends.
     uploads_cancel: CancellationToken,
+    store_verdict: Verdict,
+    commit_verdict: Verdict,
 }
 
 /// An upload that finished.
@@ -148,6 +160,7 @@ impl Loop {
                     self.close_idle_objects();
                     self.forget_revoked();
                     self.apply_backpressure();
+                    self.update_readiness();
                 }
                 prepared = self.encoding.oldest() => {
                     for record in prepared {
@@ -291,6 +304,16 @@ impl Loop {
                 }));
             }
         }
+    }
+
+    fn update_readiness(&mut self) {
+        let put_timeout = self.pipeline.config.storage.put_timeout;
+        self.store_verdict.update(health::store_problem(
+            self.pipeline.store.failing(),
+            put_timeout,
+        ));
+        self.commit_verdict
+            .update(health::commit_problem(self.commits.failures()));
     }
 
     fn close_idle_objects(&mut self) {

@@ -39,6 +39,7 @@ pub fn args(kafka: &KafkaTestEnv, bucket: &str, s3_endpoint: String) -> Args {
 /// One audit-service, run in this process.
 pub struct Instance {
     pub metrics: AdminMetrics,
+    admin: std::net::SocketAddr,
     /// Where `AuditQuery` listens.
     pub grpc: std::net::SocketAddr,
     shutdown: CancellationToken,
@@ -47,7 +48,8 @@ pub struct Instance {
 
 impl Instance {
     pub fn start(args: Args, config: AuditConfig, commit_faults: Arc<CommitFaults>) -> Self {
-        let (metrics, grpc) = (AdminMetrics::new(args.admin_addr), args.grpc_addr);
+        let (admin, grpc) = (args.admin_addr, args.grpc_addr);
+        let metrics = AdminMetrics::new(admin);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(relais_audit_service::run_with_commit_faults(
             args,
@@ -57,6 +59,7 @@ impl Instance {
         ));
         Self {
             metrics,
+            admin,
             grpc,
             shutdown,
             task,
@@ -67,6 +70,32 @@ impl Instance {
         self.metrics
             .value("relais_audit_records_written_total")
             .await
+    }
+
+    /// `/readyz`: whether the service says it is ready, and its checks.
+    pub async fn readiness(&self) -> (bool, serde_json::Value) {
+        let response = reqwest::get(format!("http://{}/readyz", self.admin))
+            .await
+            .unwrap();
+        let ready = response.status() == 200;
+        (ready, response.json().await.unwrap())
+    }
+
+    /// Waits until `/readyz` says `ready` (90 s at most); returns its checks.
+    pub async fn wait_for_readiness(&self, ready: bool) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(response) = reqwest::get(format!("http://{}/readyz", self.admin)).await
+                && (response.status() == 200) == ready
+            {
+                return response.json().await.unwrap();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/readyz never said ready = {ready}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Waits until at least `records` are stored and committed (90 s at most).

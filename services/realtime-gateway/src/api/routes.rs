@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::problem::Problem;
-use crate::audit::{AuditRecordView, Trail};
+use crate::audit::{AuditRecordView, Trail, TrailWindow};
 use crate::event::{CircuitState, EventView, Outcome, rfc3339};
 use crate::history::{EventFilter, TimeRange};
 use crate::stats::Window;
@@ -166,9 +166,23 @@ pub struct TraceResponse {
     pub audit: Vec<AuditRecordView>,
     /// The audit-service had more records than it returned.
     pub audit_truncated: bool,
-    /// True when the audit half is missing; `partial_reason` says why.
+    /// True when the audit half is missing or incomplete; `partial_reason` says why.
     pub partial: bool,
     pub partial_reason: Option<String>,
+}
+
+/// The window of the audit trail in `/api/v1/traces/{trace_id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TraceQuery {
+    /// Audit records whose event happened at or after this time (RFC 3339); by default 24
+    /// hours before `to`.
+    #[param(format = DateTime)]
+    pub from: Option<String>,
+    /// ... and at or before this time (RFC 3339); by default now. At most 31 days after
+    /// `from` (the audit-service's `query.max_range_days`).
+    #[param(format = DateTime)]
+    pub to: Option<String>,
 }
 
 fn normalise_trace_id(text: &str) -> Option<String> {
@@ -181,10 +195,13 @@ fn normalise_trace_id(text: &str) -> Option<String> {
     path = "/api/v1/traces/{trace_id}",
     tag = "traces",
     security(("bearer" = [])),
-    params(("trace_id" = String, Path, description = "W3C trace id, 32 hex digits", pattern = "^[0-9a-fA-F]{32}$")),
+    params(
+        ("trace_id" = String, Path, description = "W3C trace id, 32 hex digits", pattern = "^[0-9a-fA-F]{32}$"),
+        TraceQuery,
+    ),
     responses(
-        (status = 200, description = "The trace; `partial` when the audit-service could not be asked", body = TraceResponse),
-        (status = 400, description = "Not a trace id", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The trace; `partial` when the audit-service could not be asked or stopped at its deadline", body = TraceResponse),
+        (status = 400, description = "Not a trace id, or an invalid window", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Neither the buffer nor the audit trail knows this trace", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limit exhausted", body = Problem, content_type = "application/problem+json"),
@@ -193,19 +210,34 @@ fn normalise_trace_id(text: &str) -> Option<String> {
 pub async fn trace(
     State(state): State<AppState>,
     trace_id: Result<Path<String>, PathRejection>,
+    query: Result<Query<TraceQuery>, QueryRejection>,
 ) -> Result<Json<TraceResponse>, Problem> {
     let Path(trace_id) =
         trace_id.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
     let trace_id = normalise_trace_id(&trace_id)
         .ok_or_else(|| Problem::bad_request("a trace id is 32 hexadecimal digits"))?;
+    let Query(query) = query.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
+    let window = TrailWindow {
+        from: parse_time("from", query.from.as_deref())?,
+        to: parse_time("to", query.to.as_deref())?,
+    };
+    if let (Some(from), Some(to)) = (window.from, window.to)
+        && from > to
+    {
+        return Err(Problem::bad_request("from is after to"));
+    }
     let events: Vec<EventView> = state
         .history
         .trace(&trace_id)
         .iter()
         .map(|entry| entry.event.view.clone())
         .collect();
-    let response = match state.audit.trail(&trace_id).await {
-        Trail::Found { records, truncated } => {
+    let response = match state.audit.trail(&trace_id, window).await {
+        Trail::Found {
+            records,
+            truncated,
+            stopped_at_deadline,
+        } => {
             if events.is_empty() && records.is_empty() {
                 return Err(Problem::not_found(
                     "no event and no audit record carries this trace id",
@@ -216,10 +248,14 @@ pub async fn trace(
                 events,
                 audit: records,
                 audit_truncated: truncated,
-                partial: false,
-                partial_reason: None,
+                partial: stopped_at_deadline,
+                partial_reason: stopped_at_deadline.then(|| {
+                    "the audit lookup stopped at its deadline; later records may be missing"
+                        .to_owned()
+                }),
             }
         }
+        Trail::Refused(reason) => return Err(Problem::bad_request(reason)),
         Trail::Unavailable(reason) => TraceResponse {
             trace_id,
             events,

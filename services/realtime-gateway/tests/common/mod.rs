@@ -111,6 +111,7 @@ impl Gateway {
         if let Some(running) = self.running.take() {
             tokio::time::timeout(Duration::from_secs(30), running.join())
                 .await
+                .unwrap()
                 .unwrap();
         }
     }
