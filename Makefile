@@ -128,6 +128,10 @@ test: prerequisites infra-up test-tools ## Bring the native infrastructure up if
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
 
+.PHONY: test-fast
+test-fast: prerequisites ## Unit tests only (decisions, codecs, the gateway's HTTP and gRPC surface in process): no infrastructure
+	$(CARGO) test --workspace --lib --bins --no-fail-fast
+
 .PHONY: e2e
 e2e: prerequisites infra-up test-tools ## Fault scenarios under load with the verifier (kill -9, RGW down, broker restart, ...); report in artifacts/e2e/
 	@$(KAFKA) prune '^e2e-'

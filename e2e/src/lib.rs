@@ -229,6 +229,8 @@ pub struct StackOptions {
     pub ingress_partitions: i32,
     /// A second upstream-sim, upstream `billing`, which receives the `billing.*` events.
     pub billing_upstream: bool,
+    /// audit-service instances in the one group (partitions move between them).
+    pub audit_instances: usize,
 }
 
 impl Default for StackOptions {
@@ -238,6 +240,7 @@ impl Default for StackOptions {
             otlp_endpoint: None,
             ingress_partitions: 6,
             billing_upstream: false,
+            audit_instances: 1,
         }
     }
 }
@@ -299,6 +302,8 @@ pub struct ProcessStack {
     pub billing_sim: Option<Service>,
     pub audit: Service,
     pub audit_grpc: SocketAddr,
+    /// audit-service instances beyond the first, in the same group.
+    pub audit_replicas: Vec<Service>,
     pub gateway: Service,
     pub gateway_http: SocketAddr,
     pub gateway_grpc: SocketAddr,
@@ -400,21 +405,30 @@ impl ProcessStack {
                 topics.audit
             ),
         );
-        let mut audit = service(
-            "audit-service",
-            "audit-service",
-            free_port(),
-            vec![
-                ("RELAIS_AUDIT_CONFIG", audit_config.display().to_string()),
-                ("RELAIS_GRPC_ADDR", audit_grpc.to_string()),
-                ("RELAIS_S3_ENDPOINT", endpoints.s3_endpoint.clone()),
-                ("RELAIS_S3_REGION", endpoints.s3_region.clone()),
-                ("RELAIS_S3_ACCESS_KEY", endpoints.s3_access_key.clone()),
-                ("RELAIS_S3_SECRET_KEY", endpoints.s3_secret_key.clone()),
-                ("RELAIS_S3_BUCKET", bucket.clone()),
-            ],
-        );
+        let audit_service = |name: &str, grpc: SocketAddr| {
+            service(
+                name,
+                "audit-service",
+                free_port(),
+                vec![
+                    ("RELAIS_AUDIT_CONFIG", audit_config.display().to_string()),
+                    ("RELAIS_GRPC_ADDR", grpc.to_string()),
+                    ("RELAIS_S3_ENDPOINT", endpoints.s3_endpoint.clone()),
+                    ("RELAIS_S3_REGION", endpoints.s3_region.clone()),
+                    ("RELAIS_S3_ACCESS_KEY", endpoints.s3_access_key.clone()),
+                    ("RELAIS_S3_SECRET_KEY", endpoints.s3_secret_key.clone()),
+                    ("RELAIS_S3_BUCKET", bucket.clone()),
+                ],
+            )
+        };
+        let mut audit = audit_service("audit-service", audit_grpc);
         audit.spawn();
+        let mut audit_replicas: Vec<Service> = (1..options.audit_instances.max(1))
+            .map(|index| audit_service(&format!("audit-service-{index}"), free_port()))
+            .collect();
+        for replica in &mut audit_replicas {
+            replica.spawn();
+        }
 
         let gateway_http = free_port();
         let gateway_grpc = free_port();
@@ -473,6 +487,9 @@ impl ProcessStack {
             billing.wait_ready(within).await;
         }
         audit.wait_ready(within).await;
+        for replica in &audit_replicas {
+            replica.wait_ready(within).await;
+        }
         gateway.wait_ready(within).await;
         for worker in &workers {
             worker.wait_ready(within).await;
@@ -485,6 +502,7 @@ impl ProcessStack {
             billing_sim: billing.map(|(billing, _)| billing),
             audit,
             audit_grpc,
+            audit_replicas,
             gateway,
             gateway_http,
             gateway_grpc,
@@ -511,6 +529,28 @@ impl ProcessStack {
         if let Some(mut worker) = self.workers.pop() {
             worker.stop(Duration::from_secs(60));
         }
+    }
+
+    /// A metric summed over every audit-service instance.
+    pub async fn audit_metric_sum(&self, name: &str) -> f64 {
+        let mut sum = self.audit.metric_sum(name).await;
+        for replica in &self.audit_replicas {
+            sum += replica.metric_sum(name).await;
+        }
+        sum
+    }
+
+    /// Whether every audit-service instance says it is ready.
+    pub async fn audit_ready(&self) -> bool {
+        for instance in std::iter::once(&self.audit).chain(&self.audit_replicas) {
+            let ready = reqwest::get(format!("http://{}/readyz", instance.admin))
+                .await
+                .is_ok_and(|response| response.status() == 200);
+            if !ready {
+                return false;
+            }
+        }
+        true
     }
 
     /// upstream-sim's admin URL (faults).
@@ -567,7 +607,12 @@ impl ProcessStack {
                     .chain(self.billing_sim.as_ref())
                     .collect(),
             ),
-            ("audit-service", vec![&self.audit]),
+            (
+                "audit-service",
+                std::iter::once(&self.audit)
+                    .chain(&self.audit_replicas)
+                    .collect(),
+            ),
             ("realtime-gateway", vec![&self.gateway]),
             ("ingest-worker", self.workers.iter().collect()),
         ])
@@ -580,6 +625,9 @@ impl ProcessStack {
         }
         self.gateway.stop(Duration::from_secs(20));
         self.audit.stop(Duration::from_secs(60));
+        for replica in &mut self.audit_replicas {
+            replica.stop(Duration::from_secs(60));
+        }
         self.sim.stop(Duration::from_secs(10));
         if let Some(billing) = &mut self.billing_sim {
             billing.stop(Duration::from_secs(10));

@@ -37,6 +37,10 @@ pub enum Fault {
     SlowUpstream(Duration),
     /// Workers scaled 1 → 3 → 1.
     ScaleWorkers,
+    /// Two audit-service instances; radosgw stops for `outage`, and a quarter into it one
+    /// instance freezes (SIGSTOP) for `freeze`, longer than its session: its partitions move to
+    /// the other while its uploads are still retrying, then it thaws and takes some back.
+    AuditFrozenDuringRgwOutage { outage: Duration, freeze: Duration },
     /// The upstream answers 302 for this long (the events must be FAILED, not delivered by a
     /// followed redirect), a 1.2 MB record compressed below the broker's limit arrives (it
     /// must be rejected without holding anything up), then the broker restarts while the
@@ -218,6 +222,10 @@ async fn accepted(sim: &crate::Service) -> f64 {
 pub async fn run(kafka: &KafkaTestEnv, rgw: &RgwTestEnv, plan: Plan) -> Outcome {
     let options = StackOptions {
         billing_upstream: matches!(plan.fault, Fault::BillingDown(_)),
+        audit_instances: match plan.fault {
+            Fault::AuditFrozenDuringRgwOutage { .. } => 2,
+            _ => 1,
+        },
         ..StackOptions::default()
     };
     let mut stack = ProcessStack::start(kafka, rgw, None, options).await;
@@ -303,6 +311,21 @@ pub async fn run(kafka: &KafkaTestEnv, rgw: &RgwTestEnv, plan: Plan) -> Outcome 
             sleep_sampling(&stack, &mut watch, Duration::from_secs(5)).await;
             infra("up", "kafka");
         }
+        Fault::AuditFrozenDuringRgwOutage { outage, freeze } => {
+            let stopped = rgw.stop_gateway();
+            sleep_sampling(&stack, &mut watch, *outage / 4).await;
+            let pid = stack.audit.pid().expect("the audit-service runs");
+            signal(pid, "STOP");
+            sleep_sampling(&stack, &mut watch, *freeze).await;
+            signal(pid, "CONT");
+            sleep_sampling(
+                &stack,
+                &mut watch,
+                outage.saturating_sub(*outage / 4 + *freeze),
+            )
+            .await;
+            stopped.end();
+        }
         Fault::ScaleWorkers => {
             stack.add_worker().await;
             stack.add_worker().await;
@@ -327,8 +350,8 @@ pub async fn run(kafka: &KafkaTestEnv, rgw: &RgwTestEnv, plan: Plan) -> Outcome 
             stack.dir.display()
         );
         watch.sample(&stack).await;
-        let mut backlog = stack.audit.metric_sum("relais_audit_consumer_lag").await
-            + stack.audit.metric_sum("relais_audit_buffer_records").await;
+        let mut backlog = stack.audit_metric_sum("relais_audit_consumer_lag").await
+            + stack.audit_metric_sum("relais_audit_buffer_records").await;
         for worker in &stack.workers {
             // Messages waiting in retry tiers, or read and not yet committed, are not done.
             backlog += worker.metric_sum("relais_worker_consumer_lag").await
@@ -339,9 +362,7 @@ pub async fn run(kafka: &KafkaTestEnv, rgw: &RgwTestEnv, plan: Plan) -> Outcome 
                     .metric_sum("relais_worker_uncommitted_messages")
                     .await;
         }
-        let ready = reqwest::get(format!("http://{}/readyz", stack.audit.admin))
-            .await
-            .is_ok_and(|r| r.status() == 200);
+        let ready = stack.audit_ready().await;
         quiet = if backlog == 0.0 && ready {
             quiet + 1
         } else {
@@ -351,20 +372,12 @@ pub async fn run(kafka: &KafkaTestEnv, rgw: &RgwTestEnv, plan: Plan) -> Outcome 
     }
     let recovery_seconds = recovery_from.elapsed().as_secs_f64();
 
-    let verdict = verify(
-        kafka,
-        rgw,
-        &stack.topics.ingress,
-        &stack.topics.dlq,
-        &stack.bucket,
-    )
-    .await;
+    let verdict = verify(kafka, rgw, &stack.topics, &stack.bucket).await;
     let counters_agree = if audit_killed {
         None
     } else {
         let written = stack
-            .audit
-            .metric_sum("relais_audit_records_written_total")
+            .audit_metric_sum("relais_audit_records_written_total")
             .await;
         Some(written as u64 == verdict.stored_records)
     };
@@ -418,8 +431,8 @@ async fn produce_poison(kafka: &KafkaTestEnv, topic: &str) {
 /// The report table, in Markdown.
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::from(
-        "| scenario | messages | lost | duplicated | dead-lettered | DLQ mismatches | counters agree | peak lag | recovery s | peak RSS MiB (worker / audit / gateway / sim) | healthy upstream msg/s (before / during) |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| scenario | messages | lost | duplicated | dead-lettered | DLQ mismatches | audit object errors | counters agree | peak lag | recovery s | peak RSS MiB (worker / audit / gateway / sim) | healthy upstream msg/s (before / during) |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for outcome in outcomes {
         let rss = |job: &str| {
@@ -432,13 +445,14 @@ pub fn table(outcomes: &[Outcome]) -> String {
         };
         let v = &outcome.verdict;
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {} / {} / {} / {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {} / {} / {} / {} | {} |\n",
             outcome.plan.name,
             v.messages,
             v.lost,
             v.duplicated,
             v.dead_lettered,
             v.dlq_mismatches,
+            v.audit_object_errors,
             outcome
                 .counters_agree
                 .map_or("n/a (killed)".to_owned(), |agree| agree.to_string()),
@@ -501,6 +515,15 @@ pub fn plans(full: bool) -> Vec<Plan> {
             ),
             plan("workers 1 → 3 → 1", Fault::ScaleWorkers, 300, 90),
             plan(
+                "audit partitions move during a radosgw outage",
+                Fault::AuditFrozenDuringRgwOutage {
+                    outage: Duration::from_secs(90),
+                    freeze: Duration::from_secs(30),
+                },
+                300,
+                120,
+            ),
+            plan(
                 "upstream 302 for 15 s, a 1.2 MB record, broker restart",
                 Fault::RedirectPoisonRestart(Duration::from_secs(15)),
                 300,
@@ -524,4 +547,14 @@ pub fn plans(full: bool) -> Vec<Plan> {
             plan("workers 1 → 3 → 1", Fault::ScaleWorkers, 150, 40),
         ]
     }
+}
+
+/// Sends `kill -{name}` to a process (STOP freezes it, CONT thaws it).
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name} {pid} failed");
 }

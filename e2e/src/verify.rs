@@ -3,7 +3,9 @@
 //! It reads every record of the run's ingress topic, every record of its DLQ, and every audit
 //! object of its bucket, and checks that each ingress message has exactly one final outcome in
 //! RGW, and that the DLQ holds exactly the messages whose outcome sends them there (rejected
-//! input and dead letters), each once.
+//! input and dead letters), each once. Object by object, it checks the audit trail against the
+//! audit topic: every committed audit record stored exactly once, and each object named after
+//! its first record, none overlapping another.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
@@ -32,11 +34,17 @@ pub struct Verdict {
     pub outcomes: BTreeMap<String, u64>,
     /// Records stored in RGW (all outcomes, duplicates included).
     pub stored_records: u64,
+    /// Audit records missing from or repeated in the objects, and objects misnamed or
+    /// overlapping (see [`audit_object_errors`]).
+    pub audit_object_errors: u64,
 }
 
 impl Verdict {
     pub fn is_exact(&self) -> bool {
-        self.lost == 0 && self.duplicated == 0 && self.dlq_mismatches == 0
+        self.lost == 0
+            && self.duplicated == 0
+            && self.dlq_mismatches == 0
+            && self.audit_object_errors == 0
     }
 }
 
@@ -121,10 +129,10 @@ pub fn read_topic(kafka: &KafkaTestEnv, topic: &str) -> Vec<(Position, BTreeMap<
     records
 }
 
-/// Every audit line of `bucket` as (ingress position, outcome).
-pub async fn read_audit_trail(rgw: &RgwTestEnv, bucket: &str) -> Vec<(Position, String)> {
+/// Every data object of `bucket`: its key and its lines.
+async fn audit_objects(rgw: &RgwTestEnv, bucket: &str) -> Vec<(String, Vec<serde_json::Value>)> {
     let bucket = rgw.bucket(bucket);
-    let mut lines = Vec::new();
+    let mut objects = Vec::new();
     for page in bucket
         .list("audit/".to_owned(), None)
         .await
@@ -145,35 +153,138 @@ pub async fn read_audit_trail(rgw: &RgwTestEnv, bucket: &str) -> Vec<(Position, 
             flate2::read::GzDecoder::new(body.as_slice())
                 .read_to_string(&mut text)
                 .expect("gzip NDJSON");
-            for line in text.lines() {
-                let value: serde_json::Value = serde_json::from_str(line).expect("JSON line");
-                if value["kind"] == "operator_action" {
-                    // Not a message's outcome (an upstream held or disabled, say).
-                    continue;
-                }
-                let position = (
-                    i32::try_from(value["ingress"]["partition"].as_i64().unwrap_or(-1))
-                        .unwrap_or(-1),
-                    value["ingress"]["offset"].as_i64().unwrap_or(-1),
-                );
-                lines.push((
-                    position,
-                    value["outcome"].as_str().unwrap_or_default().to_owned(),
-                ));
+            let lines = text
+                .lines()
+                .map(|line| serde_json::from_str(line).expect("JSON line"))
+                .collect();
+            objects.push((object.key.clone(), lines));
+        }
+    }
+    objects
+}
+
+/// Every audit line of `bucket` as (ingress position, outcome).
+pub async fn read_audit_trail(rgw: &RgwTestEnv, bucket: &str) -> Vec<(Position, String)> {
+    let mut lines = Vec::new();
+    for (_, values) in audit_objects(rgw, bucket).await {
+        for value in values {
+            if value["kind"] == "operator_action" {
+                // Not a message's outcome (an upstream held or disabled, say).
+                continue;
             }
+            let position = (
+                i32::try_from(value["ingress"]["partition"].as_i64().unwrap_or(-1)).unwrap_or(-1),
+                value["ingress"]["offset"].as_i64().unwrap_or(-1),
+            );
+            lines.push((
+                position,
+                value["outcome"].as_str().unwrap_or_default().to_owned(),
+            ));
         }
     }
     lines
+}
+
+/// A data object as stored: its key's partition and first offset, and its lines' audit offsets.
+struct StoredObject {
+    key: String,
+    partition: i32,
+    start_offset: i64,
+    offsets: Vec<i64>,
+}
+
+/// Every data object of `bucket` with its lines' audit offsets.
+async fn stored_objects(rgw: &RgwTestEnv, bucket: &str) -> Vec<StoredObject> {
+    let mut objects = Vec::new();
+    for (key, values) in audit_objects(rgw, bucket).await {
+        // `{prefix}/dt=…/hour=…/{topic}+{partition}+{start:020}.ndjson.gz`
+        let name = key.rsplit('/').next().unwrap_or_default();
+        let mut fields = name.trim_end_matches(".ndjson.gz").rsplit('+');
+        let start_offset = fields.next().and_then(|f| f.parse().ok()).unwrap_or(-1);
+        let partition = fields.next().and_then(|f| f.parse().ok()).unwrap_or(-1);
+        let offsets = values
+            .iter()
+            .map(|value| value["audit"]["offset"].as_i64().unwrap_or(-1))
+            .collect();
+        objects.push(StoredObject {
+            key,
+            partition,
+            start_offset,
+            offsets,
+        });
+    }
+    objects
+}
+
+/// The audit trail against the audit topic: each committed record of the topic stored exactly
+/// once, nothing stored that is not in the topic, each object named after its first record,
+/// and a partition's objects not overlapping (a stale upload that replaced a newer object
+/// shows up here as missing records). Returns the number of errors, each described on stderr.
+pub async fn audit_object_errors(
+    kafka: &KafkaTestEnv,
+    rgw: &RgwTestEnv,
+    audit_topic: &str,
+    bucket: &str,
+) -> u64 {
+    let committed: BTreeSet<Position> = read_topic(kafka, audit_topic)
+        .into_iter()
+        .map(|(position, _)| position)
+        .collect();
+    let mut objects = stored_objects(rgw, bucket).await;
+    objects.sort_by_key(|object| (object.partition, object.start_offset));
+    let mut errors = 0u64;
+    let mut report = |what: String| {
+        errors += 1;
+        if errors <= 20 {
+            eprintln!("[verify] {what}");
+        }
+    };
+    let mut stored: BTreeMap<Position, u64> = BTreeMap::new();
+    let mut previous_end: BTreeMap<i32, (i64, String)> = BTreeMap::new();
+    for object in &objects {
+        if object.offsets.first() != Some(&object.start_offset) {
+            report(format!(
+                "{} is not named after its first record",
+                object.key
+            ));
+        }
+        if let Some((end, key)) = previous_end.get(&object.partition)
+            && object.start_offset <= *end
+        {
+            report(format!("{} overlaps {key}", object.key));
+        }
+        if let Some(last) = object.offsets.iter().max() {
+            previous_end.insert(object.partition, (*last, object.key.clone()));
+        }
+        for offset in &object.offsets {
+            *stored.entry((object.partition, *offset)).or_default() += 1;
+        }
+    }
+    for position in &committed {
+        match stored.get(position) {
+            None => report(format!("audit record {position:?} is in no object")),
+            Some(count) if *count > 1 => {
+                report(format!("audit record {position:?} is stored {count} times"));
+            }
+            Some(_) => {}
+        }
+    }
+    for position in stored.keys().filter(|p| !committed.contains(p)) {
+        report(format!(
+            "stored record {position:?} is not in the audit topic"
+        ));
+    }
+    errors
 }
 
 /// Checks one run (see the module docs).
 pub async fn verify(
     kafka: &KafkaTestEnv,
     rgw: &RgwTestEnv,
-    ingress_topic: &str,
-    dlq_topic: &str,
+    topics: &crate::Topics,
     bucket: &str,
 ) -> Verdict {
+    let (ingress_topic, dlq_topic) = (&topics.ingress, &topics.dlq);
     let ingress: BTreeSet<Position> = read_topic(kafka, ingress_topic)
         .into_iter()
         .map(|(position, _)| position)
@@ -236,5 +347,6 @@ pub async fn verify(
         .iter()
         .filter(|position| !dlq_seen.contains_key(position))
         .count() as u64;
+    verdict.audit_object_errors = audit_object_errors(kafka, rgw, &topics.audit, bucket).await;
     verdict
 }

@@ -1,6 +1,7 @@
 //! One message's trace, in a real trace backend (Jaeger, built from the Go module proxy):
 //! produced with a W3C `traceparent`, it spans the ingest-worker's processing, the upstream
-//! HTTP call it made, and the audit-service storing its outcome.
+//! HTTP call it made, and the audit-service storing its outcome. And a trace lookup through
+//! the gateway continues into the audit-service's gRPC server.
 #![allow(clippy::unwrap_used)]
 
 use std::process::{Command, Stdio};
@@ -64,6 +65,19 @@ fn tag<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
         .map(|tag| &tag["value"])
 }
 
+/// The names of the services that sent spans of a Jaeger trace.
+fn services_of(trace: &Value) -> Vec<String> {
+    trace["processes"]
+        .as_object()
+        .map(|processes| {
+            processes
+                .values()
+                .map(|p| p["serviceName"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_message_traces_through_the_worker_the_upstream_call_and_the_audit_service() {
     let kafka = relais_test_support::kafka().await;
@@ -117,15 +131,7 @@ async fn one_message_traces_through_the_worker_the_upstream_call_and_the_audit_s
             .await
             .unwrap_or_default();
         let trace = &answer["data"][0];
-        let services: Vec<String> = trace["processes"]
-            .as_object()
-            .map(|processes| {
-                processes
-                    .values()
-                    .map(|p| p["serviceName"].as_str().unwrap_or_default().to_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let services = services_of(trace);
         let spans = trace["spans"].as_array().cloned().unwrap_or_default();
         let upstream_call = spans.iter().any(|span| {
             tag(span, "span.kind").is_some_and(|kind| kind == "client")
@@ -153,5 +159,83 @@ async fn one_message_traces_through_the_worker_the_upstream_call_and_the_audit_s
         names.iter().any(|name| name.starts_with("process ")),
         "the audit-service's consumer span is in the trace: {names:?} ({services:?})"
     );
+
+    // A trace lookup through the gateway, in a trace of its own: the gateway's request span,
+    // its AuditQuery call and the audit-service's server span of that call share the trace.
+    let lookup_trace = format!(
+        "{:032x}",
+        0x1007_c0de_u128 << 64 | u128::from(std::process::id())
+    );
+    let answer = reqwest::Client::new()
+        .get(format!(
+            "http://{}/api/v1/traces/{trace_id}",
+            stack.gateway_http
+        ))
+        .bearer_auth(&stack.viewer_token)
+        .header(
+            "traceparent",
+            format!("00-{lookup_trace}-00f067aa0ba902b7-01"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let answer: Value = reqwest::get(format!("{}/api/traces/{lookup_trace}", jaeger.query))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or_default();
+        let trace = &answer["data"][0];
+        let spans = trace["spans"].as_array().cloned().unwrap_or_default();
+        let server_call = spans.iter().any(|span| {
+            span["operationName"] == "relais.v1.AuditQuery/GetTrail"
+                && tag(span, "span.kind").is_some_and(|kind| kind == "server")
+        });
+        let services = services_of(trace);
+        if server_call
+            && services.iter().any(|s| s == "realtime-gateway")
+            && services.iter().any(|s| s == "audit-service")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lookup's trace {lookup_trace} has no audit-service server span after 90 s: services {services:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    // While spans are exported, each service's latency histograms point at traces.
+    for (service, histograms) in [
+        (
+            &stack.workers[0],
+            &[
+                "relais_worker_processing_duration_seconds_bucket",
+                "relais_worker_ingress_to_outcome_seconds_bucket",
+                "relais_worker_transaction_duration_seconds_bucket",
+                "http_client_request_duration_seconds_bucket",
+            ][..],
+        ),
+        (
+            &stack.audit,
+            &["relais_audit_put_duration_seconds_bucket"][..],
+        ),
+        (
+            &stack.gateway,
+            &["http_server_request_duration_seconds_bucket"][..],
+        ),
+    ] {
+        let text = service.metrics_text().await;
+        for histogram in histograms {
+            assert!(
+                text.lines()
+                    .any(|line| line.starts_with(histogram) && line.contains("# {trace_id=\"")),
+                "{histogram} has no exemplar"
+            );
+        }
+    }
     stack.stop();
 }

@@ -231,6 +231,45 @@ fn httpdate_parse(value: &str) -> Option<std::time::SystemTime> {
     Some(std::time::UNIX_EPOCH + Duration::from_secs(seconds))
 }
 
+/// Why the retry layer stopped before a success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryStop {
+    /// The answer was final (a 4xx, or a failure that is unsafe to repeat).
+    NotRetryable,
+    /// `max_attempts` attempts were made.
+    MaxAttempts,
+    /// The retry budget was spent.
+    BudgetExhausted,
+    /// The upstream asked to wait longer than `max_retry_after`.
+    RetryAfterTooLong,
+    /// The next attempt could not start before the deadline.
+    Deadline,
+    /// The circuit opened while this call was retrying.
+    CircuitOpened,
+}
+
+impl RetryStop {
+    pub const ALL: [Self; 6] = [
+        Self::NotRetryable,
+        Self::MaxAttempts,
+        Self::BudgetExhausted,
+        Self::RetryAfterTooLong,
+        Self::Deadline,
+        Self::CircuitOpened,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NotRetryable => "not_retryable",
+            Self::MaxAttempts => "max_attempts",
+            Self::BudgetExhausted => "budget_exhausted",
+            Self::RetryAfterTooLong => "retry_after_too_long",
+            Self::Deadline => "deadline",
+            Self::CircuitOpened => "circuit_opened",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,11 +13,9 @@ use tokio::time::Instant;
 use crate::attempt::{AttemptLog, AttemptRecord};
 use crate::budget::RetryBudget;
 use crate::circuit::{CircuitBreaker, CircuitState};
-use crate::classify::{RetryClassifier, StatusClassifier, TransportError};
+use crate::classify::{RetryClassifier, RetryStop, StatusClassifier, TransportError};
 use crate::error::{ResilienceError, refusal, transport_error};
-use crate::layers::{
-    AttemptTimeout, Bulkhead, CircuitGate, Deadline, Retry, RetryStop, RetryStopped,
-};
+use crate::layers::{AttemptTimeout, Bulkhead, CircuitGate, Deadline, Retry, RetryStopped};
 use crate::metrics::ResilienceMetrics;
 use crate::pace::{Pacer, Wait};
 use crate::policy::{PolicyError, UpstreamPolicy};

@@ -15,7 +15,9 @@ use crate::attempt::{AttemptLog, AttemptRecord, CurrentAttempt};
 use crate::backoff;
 use crate::budget::RetryBudget;
 use crate::circuit::CircuitBreaker;
-use crate::classify::{AttemptResult, Decision, RetryClassifier, TimeoutKind, TransportError};
+use crate::classify::{
+    AttemptResult, Decision, RetryClassifier, RetryStop, TimeoutKind, TransportError,
+};
 use crate::error::{ResilienceError, transport_error};
 use crate::metrics::ResilienceMetrics;
 use crate::metrics::{UpstreamLabels, UpstreamReasonLabels};
@@ -26,45 +28,6 @@ use crate::policy::RetryPolicyConfig;
 /// sleeps past it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallDeadline(pub(crate) Instant);
-
-/// Why the retry layer stopped before a success.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryStop {
-    /// The answer was final (a 4xx, or a failure that is unsafe to repeat).
-    NotRetryable,
-    /// `max_attempts` attempts were made.
-    MaxAttempts,
-    /// The retry budget was spent.
-    BudgetExhausted,
-    /// The upstream asked to wait longer than `max_retry_after`.
-    RetryAfterTooLong,
-    /// The next attempt could not start before the deadline.
-    Deadline,
-    /// The circuit opened while this call was retrying.
-    CircuitOpened,
-}
-
-impl RetryStop {
-    pub const ALL: [Self; 6] = [
-        Self::NotRetryable,
-        Self::MaxAttempts,
-        Self::BudgetExhausted,
-        Self::RetryAfterTooLong,
-        Self::Deadline,
-        Self::CircuitOpened,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::NotRetryable => "not_retryable",
-            Self::MaxAttempts => "max_attempts",
-            Self::BudgetExhausted => "budget_exhausted",
-            Self::RetryAfterTooLong => "retry_after_too_long",
-            Self::Deadline => "deadline",
-            Self::CircuitOpened => "circuit_opened",
-        }
-    }
-}
 
 /// Written into the extensions when retries stopped short of a success.
 #[derive(Debug, Clone, Copy)]

@@ -34,11 +34,11 @@ mod redirect;
 pub use attempt::{AttemptRecord, PhaseTimings, prost_timestamp};
 pub use circuit::{CircuitBreaker, CircuitOpen, CircuitState};
 pub use classify::{
-    AttemptResult, Decision, RetryClassifier, StatusClassifier, TimeoutKind, TransportError,
+    AttemptResult, Decision, RetryClassifier, RetryStop, StatusClassifier, TimeoutKind,
+    TransportError,
 };
 pub use client::{BuildError, CallOutcome, Delivery, Endpoint, Refusal, UpstreamClient};
 pub use error::ResilienceError;
 pub use excerpt::ResponseExcerpt;
-pub use layers::RetryStop;
 pub use metrics::ResilienceMetrics;
 pub use policy::{RateLimitPolicy, RedirectPolicy, UpstreamPolicy};

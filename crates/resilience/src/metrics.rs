@@ -13,7 +13,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::attempt::AttemptRecord;
@@ -21,6 +20,8 @@ use crate::circuit::CircuitState;
 
 /// The OpenTelemetry recommended buckets for `http.client.request.duration` (seconds), the
 /// same as for servers.
+pub use relais_telemetry::exemplar::TraceExemplar;
+use relais_telemetry::exemplar::{LatencyHistogram, latency_histogram};
 pub use relais_telemetry::http_server::HTTP_DURATION_BUCKETS;
 
 /// Recorded once per attempt, so built without copying strings: shared or static values only.
@@ -33,11 +34,6 @@ pub struct HttpClientLabels {
     pub http_response_status_code: Option<u16>,
     /// Empty on success.
     pub error_type: Option<Cow<'static, str>>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TraceExemplar {
-    pub trace_id: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,7 +78,7 @@ type DurationFamily = Family<HttpClientLabels, HistogramWithExemplars<TraceExemp
 #[derive(Debug, Clone)]
 pub struct ResilienceMetrics {
     pub(crate) request_duration: DurationFamily,
-    pub(crate) phase_duration: Family<PhaseLabels, Histogram>,
+    pub(crate) phase_duration: Family<PhaseLabels, LatencyHistogram>,
     pub(crate) retries: Family<UpstreamReasonLabels, Counter>,
     pub(crate) retry_stops: Family<UpstreamReasonLabels, Counter>,
     pub(crate) timeouts: Family<TimeoutLabels, Counter>,
@@ -104,7 +100,9 @@ impl ResilienceMetrics {
             request_duration: Family::new_with_constructor(|| {
                 HistogramWithExemplars::new(HTTP_DURATION_BUCKETS.into_iter())
             }),
-            phase_duration: Family::new_with_constructor(|| Histogram::new(HTTP_DURATION_BUCKETS)),
+            phase_duration: Family::new_with_constructor(|| {
+                latency_histogram(HTTP_DURATION_BUCKETS.into_iter())
+            }),
             retries: Family::default(),
             retry_stops: Family::default(),
             timeouts: Family::default(),
@@ -188,7 +186,7 @@ impl ResilienceMetrics {
     pub(crate) fn prepare_upstream(&self, upstream: &str) {
         self.set_circuit_state(upstream, CircuitState::Closed);
         let name = || upstream.to_owned();
-        for stop in crate::layers::RetryStop::ALL {
+        for stop in crate::classify::RetryStop::ALL {
             let _ = self.retry_stops.get_or_create(&UpstreamReasonLabels {
                 upstream: name(),
                 reason: stop.as_str(),
@@ -280,9 +278,10 @@ impl ResilienceMetrics {
             http_response_status_code: attempt.status,
             error_type: attempt.error_type(),
         };
+        let exemplar = trace_id.map(|trace_id| TraceExemplar { trace_id });
         self.request_duration.get_or_create(&labels).observe(
             attempt.timings.total.as_secs_f64(),
-            trace_id.map(|trace_id| TraceExemplar { trace_id }),
+            exemplar.clone(),
             None,
         );
         let timings = &attempt.timings;
@@ -300,7 +299,7 @@ impl ResilienceMetrics {
                         upstream: Arc::clone(upstream),
                         phase,
                     })
-                    .observe(duration.as_secs_f64());
+                    .observe(duration.as_secs_f64(), exemplar.clone(), None);
             }
         }
         if let Some(kind) = attempt.timeout {

@@ -4,12 +4,12 @@
 
 use std::time::Instant;
 
+use crate::exemplar::{LatencyHistogram, latency_histogram};
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// The OpenTelemetry recommended buckets for HTTP request durations (seconds).
@@ -28,13 +28,13 @@ pub struct HttpServerLabels {
 /// The request duration histogram; add [`track`] as a router layer.
 #[derive(Debug, Clone)]
 pub struct HttpServerMetrics {
-    duration: Family<HttpServerLabels, Histogram>,
+    duration: Family<HttpServerLabels, LatencyHistogram>,
 }
 
 impl HttpServerMetrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let duration = Family::<HttpServerLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(HTTP_DURATION_BUCKETS)
+        let duration = Family::<HttpServerLabels, LatencyHistogram>::new_with_constructor(|| {
+            latency_histogram(HTTP_DURATION_BUCKETS.into_iter())
         });
         registry.register(
             "http_server_request_duration_seconds",
@@ -51,7 +51,7 @@ impl HttpServerMetrics {
                 http_route: route.to_owned(),
                 http_response_status_code: status,
             })
-            .observe(seconds);
+            .observe(seconds, crate::exemplar::current(), None);
     }
 }
 

@@ -13,6 +13,8 @@
 //! `/readyz`, never on a public port) and runs until [`shutdown`] says to stop.
 
 pub mod admin;
+pub mod exemplar;
+pub mod grpc_server;
 pub mod http_server;
 mod init;
 pub mod logging;

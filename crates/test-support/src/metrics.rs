@@ -34,6 +34,16 @@ impl Exposition {
         Some(matched.sum())
     }
 
+    /// Whether the exposition declares the metric family of `series` (its `# TYPE` line).
+    pub fn declares_family_of(&self, series: &str) -> bool {
+        let (name, family) = family_of(series);
+        self.text.lines().any(|line| {
+            line.strip_prefix("# TYPE ")
+                .and_then(|rest| rest.split(' ').next())
+                .is_some_and(|declared| declared == family || declared == name)
+        })
+    }
+
     /// `(series, value)` per sample line; exemplars and timestamps are left out.
     fn samples(&self) -> impl Iterator<Item = (&str, f64)> {
         self.text
@@ -50,6 +60,32 @@ impl Exposition {
                 Some((series, value))
             })
     }
+}
+
+/// The series' metric name, and its family name (without a counter's or histogram's suffix).
+fn family_of(series: &str) -> (&str, &str) {
+    let name = series.split('{').next().unwrap_or(series);
+    let family = ["_total", "_bucket", "_count", "_sum", "_created", "_info"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name);
+    (name, family)
+}
+
+/// Whether `docs/metrics.md`, the generated reference of every service's metrics, lists the
+/// series' metric. A family none of whose label sets was used yet is left out of the
+/// exposition, so an absent series is known by its name there.
+fn documented(series: &str) -> bool {
+    static REFERENCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let reference = REFERENCE.get_or_init(|| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/metrics.md");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()))
+    });
+    let (name, family) = family_of(series);
+    [name, family]
+        .iter()
+        .any(|metric| reference.contains(&format!("| `{metric}` |")))
 }
 
 /// A service's admin endpoint.
@@ -91,6 +127,28 @@ impl AdminMetrics {
             .await
             .get(series)
             .unwrap_or_else(|| panic!("no series {series} at {}", self.admin))
+    }
+
+    /// A series' value as a counter or gauge reads it: 0 for a label set never used of a known
+    /// metric (exposed, or in the generated reference). Panics for a metric known nowhere (a
+    /// renamed or misspelt one) and when the endpoint does not answer within 30 s (it may be
+    /// starting).
+    pub async fn read(&self, series: &str) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let exposition = loop {
+            match self.try_scrape().await {
+                Ok(exposition) => break exposition,
+                Err(error) => {
+                    assert!(Instant::now() < deadline, "metrics not readable: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        match exposition.get(series) {
+            Some(value) => value,
+            None if exposition.declares_family_of(series) || documented(series) => 0.0,
+            None => panic!("{} exposes no metric family for {series}", self.admin),
+        }
     }
 
     /// Waits until the series exists and `accept`s its value; panics after `within`, saying
@@ -161,6 +219,22 @@ relais_worker_outcomes_total{outcome=\"failed\",upstream=\"a b\"} 2\n\
             exposition.get("relais_worker_outcomes_total{outcome=\"delivered\",upstream=\"a b\"}"),
             Some(5.0)
         );
+    }
+
+    #[test]
+    fn a_family_is_known_by_its_type_line_whatever_the_suffix() {
+        let exposition = Exposition::parse(TEXT.to_owned());
+        assert!(exposition.declares_family_of("relais_audit_commits_total"));
+        assert!(exposition.declares_family_of("relais_audit_commits"));
+        assert!(!exposition.declares_family_of("relais_audit_commit_failures_total"));
+        assert!(!exposition.declares_family_of("relais_audit_comits_total"));
+    }
+
+    #[test]
+    fn the_generated_reference_knows_every_metric_by_name() {
+        assert!(documented("relais_worker_consumer_lag{partition=\"7\"}"));
+        assert!(documented("relais_audit_commits_total"));
+        assert!(!documented("relais_worker_consumer_lagg"));
     }
 
     #[test]

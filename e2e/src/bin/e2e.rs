@@ -32,12 +32,13 @@ async fn main() -> std::process::ExitCode {
         let outcome = scenario::run(&kafka, &rgw, plan).await;
         let _ = writeln!(
             std::io::stderr(),
-            "[e2e] {}: {} messages, lost {}, duplicated {}, DLQ mismatches {}",
+            "[e2e] {}: {} messages, lost {}, duplicated {}, DLQ mismatches {}, audit object errors {}",
             outcome.plan.name,
             outcome.verdict.messages,
             outcome.verdict.lost,
             outcome.verdict.duplicated,
-            outcome.verdict.dlq_mismatches
+            outcome.verdict.dlq_mismatches,
+            outcome.verdict.audit_object_errors
         );
         outcomes.push(outcome);
     }

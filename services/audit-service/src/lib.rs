@@ -176,6 +176,7 @@ async fn serve_grpc(
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     Ok(async move {
         let served = tonic::transport::Server::builder()
+            .layer(relais_telemetry::grpc_server::GrpcServerSpans)
             .add_service(health)
             .add_service(relais_proto::v1::audit_query_server::AuditQueryServer::new(
                 service,

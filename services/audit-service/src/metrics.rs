@@ -5,6 +5,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use relais_telemetry::exemplar::{LatencyHistogram, latency_histogram};
 
 #[derive(Debug, Clone)]
 pub struct AuditMetrics {
@@ -15,7 +16,7 @@ pub struct AuditMetrics {
     pub bytes_written: Counter,
     pub uncompressed_written: Counter,
     pub object_size: Histogram,
-    pub put_duration: Histogram,
+    pub put_duration: LatencyHistogram,
     pub put_retries: Counter,
     pub buffer_records: Gauge,
     pub buffer_bytes: Gauge,
@@ -38,7 +39,7 @@ impl AuditMetrics {
             bytes_written: Counter::default(),
             uncompressed_written: Counter::default(),
             object_size: Histogram::new(exponential_buckets(1024.0, 4.0, 10)),
-            put_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            put_duration: latency_histogram(exponential_buckets(0.005, 2.0, 14)),
             put_retries: Counter::default(),
             buffer_records: Gauge::default(),
             buffer_bytes: Gauge::default(),

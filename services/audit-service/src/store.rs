@@ -304,9 +304,10 @@ impl Store {
             }
             Pending::Quarantine(_) => None,
         };
-        self.metrics
-            .put_duration
-            .observe(started.elapsed().as_secs_f64());
+        relais_telemetry::exemplar::observe(
+            &self.metrics.put_duration,
+            started.elapsed().as_secs_f64(),
+        );
         self.metrics.object_size.observe(size as f64);
         Ok(Stored {
             key,

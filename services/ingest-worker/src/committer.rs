@@ -25,15 +25,14 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use relais_telemetry::shutdown::CancellationToken;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
+use crate::consumer::WorkerConsumer;
 use crate::dlq;
 use crate::metrics::WorkerMetrics;
-use crate::pipeline::WorkerConsumer;
-use crate::records::OutRecord;
+use crate::records::{OutRecord, Tracker};
 use crate::retry::TierTopics;
-use crate::tracker::{OffsetTracker, Ready};
-
-pub type Tracker = OffsetTracker<Vec<OutRecord>>;
+use crate::tracker::Ready;
 
 /// Why a commit round failed.
 #[derive(Debug, thiserror::Error)]
@@ -175,10 +174,19 @@ impl Committer {
             }
             let count: usize = batch.iter().map(|ready| ready.outputs.len()).sum();
             loop {
+                // A span of its own (a transaction holds many messages' outcomes, of many
+                // traces): the transaction duration's exemplars point at it.
+                let span = tracing::info_span!(
+                    "commit transaction",
+                    otel.kind = "producer",
+                    relais.messages = count
+                );
                 let started = Instant::now();
-                let result = self.commit_batch(&batch).await;
-                self.metrics
-                    .record_transaction(result.is_ok(), started.elapsed());
+                let result = self.commit_batch(&batch).instrument(span.clone()).await;
+                span.in_scope(|| {
+                    self.metrics
+                        .record_transaction(result.is_ok(), started.elapsed());
+                });
                 match result {
                     Ok(()) => {
                         self.tracker.committed(&batch);

@@ -11,12 +11,12 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use relais_telemetry::shutdown::CancellationToken;
 use tokio::sync::mpsc;
 
-use crate::committer::Tracker;
+use crate::consumer::{PausedPartitions, WorkerConsumer};
 use crate::metrics::{TopicLabels, WorkerMetrics};
 use crate::parked::ParkedKeys;
-use crate::pipeline::{PausedPartitions, WorkerConsumer};
 use crate::process::{Prepared, Processor};
 use crate::records::Inbound;
+use crate::records::Tracker;
 use crate::retry::{RetryState, TierTopics};
 use crate::schedule::{Done, Scheduler};
 use crate::tiers::{DueHeads, TierConsumer};

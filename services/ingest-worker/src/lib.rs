@@ -4,7 +4,8 @@
 //! Kafka transaction as the consumed offsets.
 //!
 //! - [`config`]: the configuration file and command line;
-//! - [`pipeline`]: the rebalance callbacks and the commit loop;
+//! - [`pipeline`]: the whole flow at a glance, and the commit loop;
+//! - [`consumer`]: the ingress consumer's rebalance callbacks;
 //! - [`dispatch`]: reading the ingress topic and the retry tiers, with backpressure;
 //! - [`schedule`]: a queue and an in-flight limit per upstream, order per key;
 //! - [`process`]: deciding one message;
@@ -22,6 +23,7 @@
 pub mod committer;
 pub mod concurrency;
 pub mod config;
+pub mod consumer;
 pub mod control;
 pub mod dispatch;
 pub mod dlq;
@@ -51,13 +53,14 @@ use relais_telemetry::admin::{AdminServer, Readiness};
 use relais_telemetry::shutdown::{self, CancellationToken, TaskTracker};
 use relais_telemetry::tasks::TaskDied;
 
-use crate::committer::{Committer, Tracker};
+use crate::committer::Committer;
 use crate::config::{Args, ConfigError, WorkerConfig};
+use crate::consumer::{WorkerConsumer, WorkerContext};
 use crate::metrics::WorkerMetrics;
 use crate::parked::ParkedKeys;
-use crate::pipeline::{WorkerConsumer, WorkerContext};
 use crate::process::{Processor, RetryTiers, Upstream};
 use crate::records::OutputTopics;
+use crate::records::Tracker;
 use crate::retry::TierTopics;
 use crate::tiers::{TierAssignment, TierConsumer, WaitingReader};
 
@@ -308,7 +311,7 @@ pub async fn run(
         Arc::clone(&tracker),
         delivery_tasks.clone(),
     );
-    let paused = pipeline::PausedPartitions::default();
+    let paused = consumer::PausedPartitions::default();
     let kept = tiers::KeptRecords::default();
     let dispatcher = dispatch::Dispatcher::new(
         dispatch::Sources {

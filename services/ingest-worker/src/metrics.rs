@@ -6,8 +6,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::{Registry, Unit};
+use relais_telemetry::exemplar::{self, LatencyHistogram, latency_histogram};
 
 use crate::records::Outcome;
 
@@ -37,7 +38,7 @@ pub struct WorkerMetrics {
     messages: Family<OutcomeLabels, Counter>,
     rejections: Family<ReasonLabels, Counter>,
     dead_letters: Family<ReasonLabels, Counter>,
-    processing: Family<OutcomeLabels, Histogram>,
+    processing: Family<OutcomeLabels, LatencyHistogram>,
     pub parked: Gauge,
     pub queue_depth: Gauge,
     pub queue_capacity: Gauge,
@@ -45,7 +46,7 @@ pub struct WorkerMetrics {
     pub pauses: Counter,
     pub assigned_partitions: Gauge,
     transactions: Family<ResultLabels, Counter>,
-    transaction_duration: Histogram,
+    transaction_duration: LatencyHistogram,
     pub committed_messages: Counter,
     pub consumer_lag: Family<PartitionLabels, Gauge>,
     pub transaction_call_retries: Counter,
@@ -56,7 +57,7 @@ pub struct WorkerMetrics {
     upstream_queued: Family<UpstreamLabels, Gauge>,
     upstream_in_flight: Family<UpstreamLabels, Gauge>,
     upstream_concurrency_limit: Family<UpstreamLabels, Gauge>,
-    ingress_to_outcome: Family<UpstreamLabels, Histogram>,
+    ingress_to_outcome: Family<UpstreamLabels, LatencyHistogram>,
     retries_scheduled: Family<RetryLabels, Counter>,
     /// Records waiting in each retry topic, over this replica's partitions.
     pub retry_waiting: Family<TopicLabels, Gauge>,
@@ -95,7 +96,7 @@ impl WorkerMetrics {
             rejections: Family::default(),
             dead_letters: Family::default(),
             processing: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+                latency_histogram(exponential_buckets(0.0005, 2.0, 18))
             }),
             parked: Gauge::default(),
             queue_depth: Gauge::default(),
@@ -104,7 +105,7 @@ impl WorkerMetrics {
             pauses: Counter::default(),
             assigned_partitions: Gauge::default(),
             transactions: Family::default(),
-            transaction_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            transaction_duration: latency_histogram(exponential_buckets(0.001, 2.0, 14)),
             committed_messages: Counter::default(),
             consumer_lag: Family::default(),
             transaction_call_retries: Counter::default(),
@@ -118,7 +119,7 @@ impl WorkerMetrics {
             // 1 ms to about 4.5 hours: waits for an upstream (open circuit, hold, pace, queue)
             // belong in this figure, however long.
             ingress_to_outcome: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.001, 4.0, 13))
+                latency_histogram(exponential_buckets(0.001, 4.0, 13))
             }),
             retries_scheduled: Family::default(),
             retry_waiting: Family::default(),
@@ -285,9 +286,10 @@ impl WorkerMetrics {
             outcome: outcome.label(),
         };
         self.messages.get_or_create(&labels).inc();
-        self.processing
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64());
+        exemplar::observe(
+            &self.processing.get_or_create(&labels),
+            elapsed.as_secs_f64(),
+        );
         if *outcome != Outcome::Delivered {
             self.dead_letters
                 .get_or_create(&ReasonLabels {
@@ -325,11 +327,10 @@ impl WorkerMetrics {
 
     /// Observes a routed message's time from its ingress timestamp to its outcome.
     pub fn record_ingress_to_outcome(&self, upstream: &str, elapsed: Duration) {
-        self.ingress_to_outcome
-            .get_or_create(&UpstreamLabels {
-                upstream: upstream.to_owned(),
-            })
-            .observe(elapsed.as_secs_f64());
+        let histogram = self.ingress_to_outcome.get_or_create(&UpstreamLabels {
+            upstream: upstream.to_owned(),
+        });
+        exemplar::observe(&histogram, elapsed.as_secs_f64());
     }
 
     pub fn upstream_concurrency_limit(&self, upstream: &str) -> Gauge {
@@ -379,6 +380,6 @@ impl WorkerMetrics {
         self.transactions
             .get_or_create(&ResultLabels { result })
             .inc();
-        self.transaction_duration.observe(elapsed.as_secs_f64());
+        exemplar::observe(&self.transaction_duration, elapsed.as_secs_f64());
     }
 }

@@ -8,7 +8,10 @@ use relais_proto::v1;
 use relais_resilience::{AttemptRecord, CircuitState, prost_timestamp};
 
 use crate::retry::RetryState;
-use crate::tracker::{SourcePartition, TopicIndex};
+use crate::tracker::{OffsetTracker, SourcePartition, TopicIndex};
+
+/// The worker's offset tracker: each finished message carries the records its outcome writes.
+pub type Tracker = OffsetTracker<Vec<OutRecord>>;
 
 /// A message read from the ingress topic or a retry tier, detached from the consumer.
 #[derive(Debug, Clone)]

@@ -21,9 +21,9 @@ use tokio_util::task::TaskTracker;
 
 use tokio::time::Instant;
 
-use crate::committer::Tracker;
 use crate::concurrency::{AdaptiveLimit, Feedback};
 use crate::process::{Prepared, Processor};
+use crate::records::Tracker;
 use crate::tracker::Finished;
 
 /// Whether an upstream's deliveries keep the order of their Kafka keys.

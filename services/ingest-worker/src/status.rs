@@ -15,9 +15,9 @@ use relais_telemetry::shutdown::CancellationToken;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::committer::Tracker;
 use crate::metrics::WorkerMetrics;
 use crate::process::Upstream;
+use crate::records::Tracker;
 
 /// Latest lag per partition, written by the lag reporter and read for each snapshot.
 pub type LagSnapshot = Arc<Mutex<Vec<(i32, i64, i64)>>>;
@@ -32,7 +32,7 @@ pub struct StatusSource {
     pub upstreams: Vec<Upstream>,
     /// (partition, committed offset, high watermark)
     pub lags: LagSnapshot,
-    pub paused: crate::pipeline::PausedPartitions,
+    pub paused: crate::consumer::PausedPartitions,
 }
 
 impl StatusSource {

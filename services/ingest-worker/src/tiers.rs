@@ -23,9 +23,9 @@ use relais_telemetry::shutdown::CancellationToken;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::committer::Tracker;
 use crate::parked::ParkedKeys;
 use crate::records::Inbound;
+use crate::records::Tracker;
 use crate::retry::{RetryState, TierTopics};
 use crate::tracker::SourcePartition;
 

@@ -99,28 +99,10 @@ impl WorkerProcess {
         Self { child, admin }
     }
 
-    async fn metric(&self, name: &str) -> f64 {
-        let Ok(response) = reqwest::get(format!("http://{}/metrics", self.admin)).await else {
-            return 0.0;
-        };
-        let text = response.text().await.unwrap_or_default();
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix(name)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
-    }
-
     async fn wait_for_metric(&self, name: &str, at_least: f64, within: Duration) {
-        let deadline = Instant::now() + within;
-        while self.metric(name).await < at_least {
-            assert!(
-                Instant::now() < deadline,
-                "{name} did not reach {at_least} within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        relais_test_support::AdminMetrics::new(self.admin)
+            .wait_for_at_least(name, at_least, within)
+            .await;
     }
 }
 

@@ -65,19 +65,21 @@ async fn an_outage_pauses_instead_of_dead_lettering_and_the_backlog_drains_after
     let total = 5000;
     produce(&kafka, &topics.ingress, &valid_events("o", total, 1000)).await;
 
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(
-        worker
-            .metric(
-                "relais_circuit_transitions_total{upstream=\"default\",from=\"closed\",to=\"open\"}"
-            )
-            .await,
-        1.0
-    );
-    assert!(
-        worker.metric("relais_worker_paused_partitions").await > 0.0,
-        "consumption paused"
-    );
+    let metrics = relais_test_support::AdminMetrics::new(worker.admin);
+    metrics
+        .wait_for(
+            "relais_circuit_transitions_total{upstream=\"default\",from=\"closed\",to=\"open\"}",
+            Duration::from_secs(30),
+            |opened| opened == 1.0,
+        )
+        .await;
+    metrics
+        .wait_for(
+            "relais_worker_paused_partitions",
+            Duration::from_secs(30),
+            |paused| paused > 0.0,
+        )
+        .await;
     let depth = worker.metric("relais_worker_queue_depth").await;
     assert!(depth <= capacity, "queue bounded: {depth} of {capacity}");
     let memory_at_start = resident_bytes();

@@ -138,6 +138,9 @@ pub struct WebSocketConfig {
     #[schemars(with = "String")]
     pub position_interval: Duration,
     pub max_connections: usize,
+    /// Connections one token may hold; a share of `max_connections`, so one client cannot take
+    /// them all.
+    pub max_connections_per_token: usize,
 }
 
 impl Default for WebSocketConfig {
@@ -150,6 +153,7 @@ impl Default for WebSocketConfig {
             write_timeout: Duration::from_secs(5),
             position_interval: Duration::from_secs(5),
             max_connections: 10_000,
+            max_connections_per_token: 1_000,
         }
     }
 }

@@ -6,21 +6,25 @@
 //! - [`workers`]: the `WorkerReport` gRPC service and the registry of worker replicas;
 //! - [`audit`]: the `AuditQuery` client for trace lookups;
 //! - [`upstreams`] and [`replays`]: what admins steer (upstream states, DLQ replay jobs);
-//! - [`api`]: REST `/api/v1` with its OpenAPI document, behind [`auth`];
-//! - [`ws`] and [`protocol`]: the WebSocket feed;
+//! - [`api`]: REST `/api/v1` with its OpenAPI document, behind [`auth`], errors as
+//!   [`problem`] details, handlers sharing one [`state`];
+//! - [`ws`] and [`protocol`]: the WebSocket feed, with [`connections`] capped;
 //! - [`dashboard`]: the browser dashboard, embedded in the binary.
 
 pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod dashboard;
 pub mod event;
 pub mod history;
 pub mod intake;
 pub mod metrics;
+pub mod problem;
 pub mod protocol;
 pub mod replays;
+pub mod state;
 pub mod stats;
 pub mod upstreams;
 pub mod workers;
@@ -36,13 +40,13 @@ use relais_telemetry::admin::{AdminServer, Readiness};
 use relais_telemetry::shutdown::CancellationToken;
 use relais_telemetry::tasks::{EssentialTasks, TaskDied};
 
-use crate::api::AppState;
 use crate::auth::{RateLimiter, Tokens};
 use crate::config::{Args, GatewayConfig};
 use crate::history::History;
 use crate::intake::{Intake, Sinks};
 use crate::metrics::GatewayMetrics;
 use crate::replays::ReplayJobs;
+use crate::state::AppState;
 use crate::stats::Stats;
 use crate::upstreams::Upstreams;
 use crate::workers::{ReportService, WorkerRegistry};
@@ -167,6 +171,11 @@ pub async fn start(
         ),
     );
 
+    let connections = Arc::new(connections::ConnectionSlots::new(
+        config.websocket.max_connections,
+        config.websocket.max_connections_per_token,
+        metrics.ws_connections.clone(),
+    ));
     let state = AppState {
         history,
         stats,
@@ -183,7 +192,7 @@ pub async fn start(
         config: Arc::clone(&config),
         readiness,
         shutdown: shutdown.clone(),
-        connections: Arc::default(),
+        connections,
         next_connection: Arc::default(),
         openapi: api::openapi_json().into(),
     };
@@ -243,6 +252,7 @@ async fn serve_grpc(
         .await;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let served = tonic::transport::Server::builder()
+        .layer(relais_telemetry::grpc_server::GrpcServerSpans)
         // A worker that vanished without closing its stream is noticed within 30 s.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))

@@ -4,8 +4,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
+use relais_telemetry::exemplar::{LatencyHistogram, latency_histogram};
 use relais_telemetry::http_server::HttpServerMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,7 +34,7 @@ pub struct GatewayMetrics {
     pub ws_gaps: Counter,
     pub ws_replayed: Counter,
     /// From decision at the worker to the frame handed to a client's socket.
-    pub ws_delivery_latency: Histogram,
+    pub ws_delivery_latency: LatencyHistogram,
     pub grpc_streams: Gauge,
     pub worker_reports: Counter,
     pub audit_queries: Family<ResultLabels, Counter>,
@@ -54,7 +55,7 @@ impl GatewayMetrics {
             ws_lagged_disconnects: Counter::default(),
             ws_gaps: Counter::default(),
             ws_replayed: Counter::default(),
-            ws_delivery_latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            ws_delivery_latency: latency_histogram(exponential_buckets(0.001, 2.0, 16)),
             grpc_streams: Gauge::default(),
             worker_reports: Counter::default(),
             audit_queries: Family::default(),

@@ -343,4 +343,51 @@ mod tests {
         assert!(registry.forget("b"));
         assert!(!registry.forget("b"));
     }
+
+    /// `WorkerReport` served and called over an in-memory connection: the gRPC surface
+    /// without a socket or a broker.
+    #[tokio::test]
+    async fn a_report_stream_over_grpc_registers_the_worker_and_is_acknowledged() {
+        use relais_proto::v1::worker_report_client::WorkerReportClient;
+        use relais_proto::v1::worker_report_server::WorkerReportServer;
+
+        let registry = Arc::new(WorkerRegistry::new(
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            10,
+        ));
+        let service = ReportService {
+            registry: Arc::clone(&registry),
+            metrics: GatewayMetrics::register(&mut prometheus_client::registry::Registry::default()),
+            shutdown: CancellationToken::new(),
+        };
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(WorkerReportServer::new(service))
+                .serve_with_incoming(tokio_stream::once(Ok::<_, std::io::Error>(server_io))),
+        );
+        let mut client_io = Some(client_io);
+        let channel = tonic::transport::Endpoint::from_static("http://in-memory")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let io = client_io.take();
+                async move {
+                    io.map(hyper_util::rt::TokioIo::new)
+                        .ok_or_else(|| std::io::Error::other("one connection only"))
+                }
+            }))
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        let reports = futures::stream::iter([status("w-1"), status("w-1"), status("w-1")]);
+        let ack = WorkerReportClient::new(channel)
+            .report(reports)
+            .await
+            .unwrap_or_else(|status| panic!("{status}"))
+            .into_inner();
+        assert_eq!(ack.received, 3);
+        let listed = registry.list(SystemTime::now());
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].worker_id, "w-1");
+        server.abort();
+    }
 }

@@ -10,22 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use futures::SinkExt;
-use relais_proto::v1;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-
-fn delivered(index: u64) -> EventSpec<'static> {
-    EventSpec {
-        index,
-        upstream: "alpha",
-        outcome: v1::Outcome::Delivered,
-        attempts: 1,
-        latency_us: 1500,
-        timed_out: false,
-        circuit: v1::CircuitState::Closed,
-    }
-}
 
 /// Produces `total` events at `per_second`, in 20 ms steps, from `first`.
 async fn produce_at_rate(

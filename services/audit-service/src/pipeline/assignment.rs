@@ -217,8 +217,10 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(5));
             }
             std::thread::sleep(Duration::from_millis(100));
+            // Taken before the permit goes: the revoke can return only after that.
+            let stopping = Instant::now();
             drop(permit);
-            Instant::now()
+            stopping
         });
         let still_running = assignment.revoke(&[1]);
         let returned = Instant::now();

@@ -207,18 +207,11 @@ impl Worker {
             .unwrap();
     }
 
-    /// A metric's value; 0 while the admin endpoint is not up yet.
+    /// A metric's value (see `AdminMetrics::read`: strict about the endpoint and the name).
     pub async fn metric(&self, name_and_labels: &str) -> f64 {
-        let Ok(response) = reqwest::get(format!("http://{}/metrics", self.admin)).await else {
-            return 0.0;
-        };
-        let text = response.text().await.unwrap_or_default();
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix(name_and_labels)
-                    .and_then(|rest| rest.trim().split(' ').next()?.parse().ok())
-            })
-            .unwrap_or(0.0)
+        relais_test_support::AdminMetrics::new(self.admin)
+            .read(name_and_labels)
+            .await
     }
 }
 

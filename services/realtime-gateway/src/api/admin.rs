@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::problem::Problem;
 use super::routes::parse_time;
 use crate::auth::Principal;
+use crate::problem::Problem;
 use crate::replays::ReplayJob;
 use crate::upstreams::ChangeError;
 

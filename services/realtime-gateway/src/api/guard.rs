@@ -11,9 +11,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::problem::Problem;
 use crate::auth::{Principal, Role};
 use crate::metrics::ReasonLabels;
+use crate::problem::Problem;
 
 pub const BEARER_SUBPROTOCOL_PREFIX: &str = "relais.bearer.";
 

@@ -7,11 +7,10 @@
 
 pub mod admin;
 pub mod guard;
-pub mod problem;
 pub mod routes;
+#[cfg(test)]
+mod tests;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::Duration;
 
 use axum::Router;
@@ -21,7 +20,6 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use relais_telemetry::admin::Readiness;
-use relais_telemetry::shutdown::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -30,37 +28,8 @@ use tracing::Instrument as _;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
-use crate::audit::AuditClient;
-use crate::auth::{RateLimiter, Tokens};
-use crate::config::GatewayConfig;
-use crate::history::History;
-use crate::metrics::GatewayMetrics;
-use crate::replays::ReplayJobs;
-use crate::stats::Stats;
-use crate::upstreams::Upstreams;
-use crate::workers::WorkerRegistry;
+pub use crate::state::AppState;
 use crate::{dashboard, ws};
-
-/// What every handler can reach; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    pub history: Arc<History>,
-    pub stats: Arc<Stats>,
-    pub workers: Arc<WorkerRegistry>,
-    pub audit: AuditClient,
-    pub upstreams: Arc<Upstreams>,
-    pub replays: Arc<ReplayJobs>,
-    pub tokens: Arc<Tokens>,
-    pub limiter: RateLimiter,
-    pub metrics: GatewayMetrics,
-    pub config: Arc<GatewayConfig>,
-    pub readiness: Readiness,
-    pub shutdown: CancellationToken,
-    pub connections: Arc<AtomicUsize>,
-    pub next_connection: Arc<AtomicU64>,
-    /// The OpenAPI document, rendered once.
-    pub openapi: Arc<str>,
-}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -204,9 +173,9 @@ pub fn router(state: AppState) -> Router {
         .layer(cors(&http.cors_origins))
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a request handler panicked");
-            axum::response::IntoResponse::into_response(problem::Problem::internal())
+            axum::response::IntoResponse::into_response(crate::problem::Problem::internal())
         }))
-        .layer(middleware::from_fn(problem::normalise_errors))
+        .layer(middleware::from_fn(crate::problem::normalise_errors))
         .layer(middleware::from_fn_with_state(
             state.metrics.http.clone(),
             relais_telemetry::http_server::track,

@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::problem::Problem;
 use crate::audit::{AuditRecordView, Trail, TrailWindow};
 use crate::event::{CircuitState, EventView, Outcome, rfc3339};
 use crate::history::{EventFilter, TimeRange};
+use crate::problem::Problem;
 use crate::stats::Window;
 use crate::workers::WorkerView;
 
@@ -160,8 +160,10 @@ pub async fn events(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TraceResponse {
     pub trace_id: String,
-    /// Events of this trace still in the gateway's buffer, oldest first.
+    /// Events of this trace still in the gateway's buffer, oldest first, at most `max_page`.
     pub events: Vec<EventView>,
+    /// The buffer holds more events of this trace than were returned.
+    pub events_truncated: bool,
     /// The stored audit trail from the audit-service.
     pub audit: Vec<AuditRecordView>,
     /// The audit-service had more records than it returned.
@@ -226,9 +228,8 @@ pub async fn trace(
     {
         return Err(Problem::bad_request("from is after to"));
     }
-    let events: Vec<EventView> = state
-        .history
-        .trace(&trace_id)
+    let (buffered, events_truncated) = state.history.trace(&trace_id, state.config.http.max_page);
+    let events: Vec<EventView> = buffered
         .iter()
         .map(|entry| entry.event.view.clone())
         .collect();
@@ -246,6 +247,7 @@ pub async fn trace(
             TraceResponse {
                 trace_id,
                 events,
+                events_truncated,
                 audit: records,
                 audit_truncated: truncated,
                 partial: stopped_at_deadline,
@@ -259,6 +261,7 @@ pub async fn trace(
         Trail::Unavailable(reason) => TraceResponse {
             trace_id,
             events,
+            events_truncated,
             audit: Vec::new(),
             audit_truncated: false,
             partial: true,

@@ -134,37 +134,42 @@ impl Gateway {
         response.json().await.unwrap()
     }
 
-    /// A metric's value from the admin endpoint (0 when absent).
+    /// A metric's value (see `AdminMetrics::read`: strict about the endpoint and the name).
     pub async fn metric(&self, name_and_labels: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.admin))
+        relais_test_support::AdminMetrics::new(self.admin)
+            .read(name_and_labels)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix(name_and_labels)
-                    .and_then(|rest| rest.trim().split(' ').next()?.parse().ok())
-            })
-            .unwrap_or(0.0)
     }
 
     /// Opens the feed with `query` (such as `resume=0:4`), the token as a subprotocol.
     pub async fn connect(&self, query: &str) -> Feed {
+        self.try_connect_as(VIEWER_TOKEN, query)
+            .await
+            .unwrap_or_else(|status| panic!("handshake refused with HTTP {status}"))
+    }
+
+    /// Opens the feed as `token`; the HTTP status when the handshake is refused.
+    pub async fn try_connect_as(&self, token: &str, query: &str) -> Result<Feed, u16> {
         let url = format!("ws://{}/ws?{query}", self.http);
         let mut request = url.into_client_request().unwrap();
         request.headers_mut().insert(
             "sec-websocket-protocol",
-            HeaderValue::from_str(&format!("relais.v1, relais.bearer.{VIEWER_TOKEN}")).unwrap(),
+            HeaderValue::from_str(&format!("relais.v1, relais.bearer.{token}")).unwrap(),
         );
-        let (socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
-        assert_eq!(
-            response.headers()["sec-websocket-protocol"],
-            "relais.v1",
-            "the token is never echoed back"
-        );
-        Feed { socket }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, response)) => {
+                assert_eq!(
+                    response.headers()["sec-websocket-protocol"],
+                    "relais.v1",
+                    "the token is never echoed back"
+                );
+                Ok(Feed { socket })
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(error) => panic!("WebSocket handshake failed: {error}"),
+        }
     }
 }
 
@@ -271,6 +276,19 @@ pub struct EventSpec<'a> {
     pub latency_us: u64,
     pub timed_out: bool,
     pub circuit: v1::CircuitState,
+}
+
+/// A delivered event to upstream `alpha`.
+pub fn delivered(index: u64) -> EventSpec<'static> {
+    EventSpec {
+        index,
+        upstream: "alpha",
+        outcome: v1::Outcome::Delivered,
+        attempts: 1,
+        latency_us: 1500,
+        timed_out: false,
+        circuit: v1::CircuitState::Closed,
+    }
 }
 
 pub fn trace_id(index: u64) -> String {

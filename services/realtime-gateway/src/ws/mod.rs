@@ -5,12 +5,15 @@
 //! a client that falls more than `client_queue` events behind (a slow reader, a stalled
 //! network) gets a `lagged` frame and is disconnected, and nobody else waits for it. A socket
 //! write that does not complete within `write_timeout` ends the connection the same way.
+//! A resuming client is first sent what it missed, read from the history a batch at a time.
+//! Connection slots are capped for the gateway and per token ([`crate::connections`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
+use axum::Extension;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Query, State};
@@ -21,12 +24,14 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use utoipa::IntoParams;
 
-use crate::api::AppState;
-use crate::api::problem::Problem;
+use crate::auth::Principal;
+use crate::connections::{Refused, Slot};
 use crate::event::Outcome;
 use crate::history::{Entry, EventFilter, Position};
 use crate::metrics::ReasonLabels;
+use crate::problem::Problem;
 use crate::protocol::{self, ControlFrame};
+use crate::state::AppState;
 
 /// The subprotocol the gateway speaks; the token subprotocol is never chosen.
 pub const SUBPROTOCOL: &str = "relais.v1";
@@ -63,12 +68,13 @@ pub struct WsQuery {
         (status = 101, description = "WebSocket feed (subprotocol relais.v1; the token may also be offered as subprotocol relais.bearer.<token>)"),
         (status = 400, description = "Invalid filter or resume position, or not a WebSocket handshake", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limit exhausted", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Too many connections", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit exhausted, or this token holds as many connections as one token may", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The gateway holds as many connections as it accepts", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn upgrade(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     query: Result<Query<WsQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
@@ -90,13 +96,27 @@ pub async fn upgrade(
         Err(error) => return Problem::bad_request(error.to_string()).into_response(),
     };
     let config = &state.config.websocket;
-    if state.connections.load(Ordering::Relaxed) >= config.max_connections {
-        return Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the gateway has as many WebSocket clients as it accepts; retry later",
-        )
-        .into_response();
-    }
+    // Taken now, before the handshake completes; given back if it never does.
+    let slot = match state.connections.reserve(&principal.name) {
+        Ok(slot) => slot,
+        Err(Refused::GatewayFull) => {
+            return Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the gateway has as many WebSocket clients as it accepts; retry later",
+            )
+            .into_response();
+        }
+        Err(Refused::TokenFull) => {
+            return Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "this token holds {} WebSocket connections, as many as one token may; close one first",
+                    config.max_connections_per_token
+                ),
+            )
+            .into_response();
+        }
+    };
     let filter = EventFilter::new(
         query.upstream,
         query.outcome,
@@ -109,7 +129,9 @@ pub async fn upgrade(
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes)
         .on_upgrade(move |socket| async move {
-            Connection::open(state, filter, resume).serve(socket).await;
+            Connection::open(state, filter, resume)
+                .serve(socket, slot)
+                .await;
         })
 }
 
@@ -131,16 +153,6 @@ struct Connection {
     resume: Option<Position>,
     /// The last event id per partition this client has been offered (sent, or filtered out).
     position: Position,
-}
-
-/// Keeps the connection gauge and count true however the task ends.
-struct Counted(AppState);
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
-        self.0.metrics.ws_connections.dec();
-    }
 }
 
 impl Connection {
@@ -172,10 +184,8 @@ impl Connection {
         shown
     }
 
-    async fn serve(mut self, socket: WebSocket) {
-        self.state.connections.fetch_add(1, Ordering::Relaxed);
-        self.state.metrics.ws_connections.inc();
-        let _counted = Counted(self.state.clone());
+    /// Serves the connection until it ends; `_slot` is given back then, however it ends.
+    async fn serve(mut self, socket: WebSocket, _slot: Slot) {
         let (mut sink, mut incoming) = socket.split();
         let end = self.run(&mut sink, &mut incoming).await;
         let (code, reason) = match end {
@@ -203,10 +213,7 @@ impl Connection {
         incoming: &mut futures::stream::SplitStream<WebSocket>,
     ) -> End {
         let config = self.state.config.websocket.clone();
-        let subscription = self
-            .state
-            .history
-            .subscribe(self.resume.as_ref(), &self.filter);
+        let subscription = self.state.history.subscribe(self.resume.as_ref());
         let mut feed = subscription.feed;
         // A resuming client's position stays its own until the replay has been written: if the
         // connection drops halfway, it must resume from what it really received.
@@ -237,16 +244,19 @@ impl Connection {
                 return end;
             }
         }
-        if self.resume.is_some() {
-            for chunk in subscription.replay.chunks(BATCH) {
-                if let Err(end) = self.write_events(sink, chunk.iter(), &config).await {
-                    return end;
+        if let Some(mut replay) = subscription.replay {
+            let mut replayed = 0;
+            while !replay.is_done() {
+                let batch = match self.state.history.replay_batch(&mut replay, BATCH) {
+                    Ok(batch) => batch,
+                    Err(overtaken) => return self.lagged(sink, overtaken.missed).await,
+                };
+                match self.write_events(sink, batch.iter(), &config).await {
+                    Ok(written) => replayed += written,
+                    Err(end) => return end,
                 }
             }
-            self.state
-                .metrics
-                .ws_replayed
-                .inc_by(subscription.replay.len() as u64);
+            self.state.metrics.ws_replayed.inc_by(replayed);
             // Everything up to the feed's start has now been offered: replayed if it matched
             // the filter, skipped if not.
             for (partition, offset) in &subscription.position {
@@ -254,7 +264,7 @@ impl Connection {
                 *known = (*known).max(*offset);
             }
             let replayed = ControlFrame::Replayed {
-                count: subscription.replay.len(),
+                count: usize::try_from(replayed).unwrap_or(usize::MAX),
                 position: protocol::position_ids(&self.position),
             };
             if let Err(end) = self
@@ -345,13 +355,14 @@ impl Connection {
         End::Lagged(missed)
     }
 
-    /// Writes the frames of the events that pass the filter, then flushes once.
+    /// Writes the frames of the events that pass the filter, then flushes once; returns how
+    /// many were written.
     async fn write_events<'a>(
         &mut self,
         sink: &mut futures::stream::SplitSink<WebSocket, Message>,
         entries: impl Iterator<Item = &'a Arc<Entry>>,
         config: &crate::config::WebSocketConfig,
-    ) -> Result<(), End> {
+    ) -> Result<u64, End> {
         let now = SystemTime::now();
         let mut written = 0u64;
         let deadline = tokio::time::Instant::now() + config.write_timeout;
@@ -371,14 +382,15 @@ impl Connection {
             }
             written += 1;
             if let Ok(age) = now.duration_since(entry.event.decided_at) {
-                self.state
-                    .metrics
-                    .ws_delivery_latency
-                    .observe(age.as_secs_f64());
+                self.state.metrics.ws_delivery_latency.observe(
+                    age.as_secs_f64(),
+                    relais_telemetry::exemplar::of_trace_id(&entry.event.view.trace_id),
+                    None,
+                );
             }
         }
         if written == 0 {
-            return Ok(());
+            return Ok(0);
         }
         match tokio::time::timeout_at(deadline, sink.flush()).await {
             Ok(Ok(())) => {}
@@ -386,7 +398,7 @@ impl Connection {
             Err(_) => return Err(End::WriteTimedOut),
         }
         self.state.metrics.ws_messages_sent.inc_by(written);
-        Ok(())
+        Ok(written)
     }
 
     async fn write(

@@ -9,6 +9,8 @@
 //! holds past those offsets is replayed; where the buffer has already dropped events the client
 //! never saw, the answer says so as an explicit gap instead of pretending nothing was missed.
 
+mod replay;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
@@ -18,6 +20,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use utoipa::ToSchema;
 
+pub use self::replay::{Replay, ReplayOvertaken};
 use crate::event::{Event, Outcome};
 
 /// An event in the buffer: its arrival number, the event, and its WebSocket frame (encoded
@@ -45,7 +48,9 @@ pub struct Gap {
 /// What a subscriber starts from.
 #[derive(Debug)]
 pub struct Subscription {
-    pub replay: Vec<Arc<Entry>>,
+    /// What a resuming subscriber has still to be sent from the buffer; None when it does not
+    /// resume.
+    pub replay: Option<Replay>,
     pub gaps: Vec<Gap>,
     /// Where the feed starts: the last offset per partition when subscribing.
     pub position: Position,
@@ -118,10 +123,20 @@ struct PartitionState {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// Arrival numbers are consecutive: the entry of `seq` is at `seq - front.seq`.
     entries: VecDeque<Arc<Entry>>,
     next_seq: u64,
     by_trace: HashMap<String, VecDeque<u64>>,
     partitions: BTreeMap<i32, PartitionState>,
+}
+
+impl Inner {
+    /// The entry with arrival number `seq`, if still held.
+    fn entry(&self, seq: u64) -> Option<&Arc<Entry>> {
+        let first = self.entries.front()?.seq;
+        self.entries
+            .get(usize::try_from(seq.checked_sub(first)?).ok()?)
+    }
 }
 
 /// What [`History::insert`] did with an event.
@@ -200,9 +215,14 @@ impl History {
             if let Some(state) = inner.partitions.get_mut(&entry.event.id.partition) {
                 state.evicted_through = state.evicted_through.max(entry.event.id.offset);
             }
+            // Entries leave in arrival order, so the oldest entry of the buffer is the oldest
+            // of its trace: the front of the trace's list, taken off at once however many
+            // events the trace has.
             let trace = &entry.event.view.trace_id;
             if let Some(seqs) = inner.by_trace.get_mut(trace) {
-                seqs.retain(|seq| *seq != entry.seq);
+                if seqs.front() == Some(&entry.seq) {
+                    seqs.pop_front();
+                }
                 if seqs.is_empty() {
                     inner.by_trace.remove(trace);
                 }
@@ -214,51 +234,6 @@ impl History {
     pub fn expire(&self, now: SystemTime) {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         self.evict(&mut inner, now);
-    }
-
-    /// Starts a feed subscription, replaying what `resume` has not seen (see the module docs).
-    pub fn subscribe(&self, resume: Option<&Position>, filter: &EventFilter) -> Subscription {
-        let inner = self.read();
-        let feed = self.feed.subscribe();
-        let position: Position = inner
-            .partitions
-            .iter()
-            .map(|(partition, state)| (*partition, state.last_offset))
-            .collect();
-        let Some(resume) = resume else {
-            return Subscription {
-                replay: Vec::new(),
-                gaps: Vec::new(),
-                position,
-                feed,
-            };
-        };
-        let seen = |partition: i32| resume.get(&partition).copied().unwrap_or(-1);
-        let gaps = inner
-            .partitions
-            .iter()
-            .filter(|(partition, state)| state.evicted_through > seen(**partition))
-            .map(|(partition, state)| Gap {
-                partition: *partition,
-                after_offset: seen(*partition),
-                resumes_at_offset: state.evicted_through + 1,
-            })
-            .collect();
-        let replay = inner
-            .entries
-            .iter()
-            .filter(|entry| {
-                entry.event.id.offset > seen(entry.event.id.partition)
-                    && filter.matches(&entry.event)
-            })
-            .cloned()
-            .collect();
-        Subscription {
-            replay,
-            gaps,
-            position,
-            feed,
-        }
     }
 
     /// Newest-first page of events older than `cursor` (an arrival number) that match.
@@ -295,21 +270,19 @@ impl History {
         }
     }
 
-    /// Every buffered event of `trace_id`, oldest first.
-    pub fn trace(&self, trace_id: &str) -> Vec<Arc<Entry>> {
+    /// The buffered events of `trace_id`, oldest first, at most `limit`; true when the trace
+    /// has more (any number of events may carry one trace id).
+    pub fn trace(&self, trace_id: &str, limit: usize) -> (Vec<Arc<Entry>>, bool) {
         let inner = self.read();
         let Some(seqs) = inner.by_trace.get(trace_id) else {
-            return Vec::new();
+            return (Vec::new(), false);
         };
-        let Some(first_seq) = inner.entries.front().map(|entry| entry.seq) else {
-            return Vec::new();
-        };
-        seqs.iter()
-            .filter_map(|seq| {
-                let index = usize::try_from(seq.checked_sub(first_seq)?).ok()?;
-                inner.entries.get(index).cloned()
-            })
-            .collect()
+        let events = seqs
+            .iter()
+            .take(limit)
+            .filter_map(|seq| inner.entry(*seq).cloned())
+            .collect();
+        (events, seqs.len() > limit)
     }
 
     pub fn len(&self) -> usize {
@@ -359,7 +332,7 @@ pub(crate) mod tests {
         .unwrap()
     }
 
-    fn insert(history: &History, partition: i32, offset: i64, trace: u32) {
+    pub(crate) fn insert(history: &History, partition: i32, offset: i64, trace: u32) {
         history.insert(
             event(partition, offset, "a", trace),
             Utf8Bytes::from_static(""),
@@ -367,64 +340,8 @@ pub(crate) mod tests {
         );
     }
 
-    fn ids(entries: &[Arc<Entry>]) -> Vec<String> {
+    pub(crate) fn ids(entries: &[Arc<Entry>]) -> Vec<String> {
         entries.iter().map(|e| e.event.id.to_string()).collect()
-    }
-
-    #[test]
-    fn resume_replays_exactly_what_was_not_seen() {
-        let history = History::new(100, Duration::from_secs(600), 64);
-        insert(&history, 0, 10, 1);
-        insert(&history, 1, 5, 2);
-        insert(&history, 0, 12, 3);
-        insert(&history, 1, 7, 4);
-        let seen = Position::from([(0, 10), (1, 5)]);
-        let subscription = history.subscribe(Some(&seen), &EventFilter::default());
-        assert_eq!(ids(&subscription.replay), ["0:12", "1:7"]);
-        assert!(subscription.gaps.is_empty());
-        assert_eq!(subscription.position, Position::from([(0, 12), (1, 7)]));
-        // A duplicate (a re-read) is neither stored nor published.
-        assert_eq!(
-            history.insert(
-                event(0, 12, "a", 9),
-                Utf8Bytes::from_static(""),
-                SystemTime::now()
-            ),
-            Inserted::Duplicate
-        );
-    }
-
-    #[test]
-    fn events_after_subscribing_arrive_on_the_feed_not_in_the_replay() {
-        let history = History::new(100, Duration::from_secs(600), 64);
-        insert(&history, 0, 1, 1);
-        let mut subscription = history.subscribe(Some(&Position::new()), &EventFilter::default());
-        insert(&history, 0, 2, 2);
-        assert_eq!(ids(&subscription.replay), ["0:1"]);
-        let next = subscription.feed.try_recv().unwrap();
-        assert_eq!(next.event.id.to_string(), "0:2");
-    }
-
-    #[test]
-    fn an_evicted_stretch_is_reported_as_a_gap() {
-        let history = History::new(3, Duration::from_secs(600), 64);
-        for offset in 0..6 {
-            insert(&history, 0, offset, 1);
-        }
-        let subscription =
-            history.subscribe(Some(&Position::from([(0, 1)])), &EventFilter::default());
-        assert_eq!(
-            subscription.gaps,
-            [Gap {
-                partition: 0,
-                after_offset: 1,
-                resumes_at_offset: 3
-            }]
-        );
-        assert_eq!(ids(&subscription.replay), ["0:3", "0:4", "0:5"]);
-        // A client that saw everything evicted has no gap.
-        let caught_up = history.subscribe(Some(&Position::from([(0, 2)])), &EventFilter::default());
-        assert!(caught_up.gaps.is_empty());
     }
 
     #[test]
@@ -444,9 +361,30 @@ pub(crate) mod tests {
         let third = history.page(&EventFilter::default(), range, second.next_cursor, 4);
         assert_eq!(ids(&third.events), ["0:1", "0:0"]);
         assert_eq!(third.next_cursor, None);
-        assert_eq!(
-            ids(&history.trace(&format!("{:032x}", 1))),
-            ["0:0", "0:3", "0:6", "0:9"]
-        );
+        let (trace, truncated) = history.trace(&format!("{:032x}", 1), 10);
+        assert_eq!(ids(&trace), ["0:0", "0:3", "0:6", "0:9"]);
+        assert!(!truncated);
+        let (trace, truncated) = history.trace(&format!("{:032x}", 1), 2);
+        assert_eq!(ids(&trace), ["0:0", "0:3"]);
+        assert!(truncated);
+    }
+
+    #[test]
+    fn one_trace_id_on_every_event_is_evicted_from_the_front() {
+        let history = History::new(1000, Duration::from_secs(600), 64);
+        for offset in 0..5000 {
+            insert(&history, 0, offset, 7);
+        }
+        let inner = history.read();
+        let seqs = &inner.by_trace[&format!("{:032x}", 7)];
+        // The trace's list follows the buffer exactly: the 1,000 newest, in order.
+        assert_eq!(seqs.len(), 1000);
+        assert_eq!(seqs.front(), Some(&4000));
+        assert_eq!(seqs.back(), Some(&4999));
+        drop(inner);
+        let (trace, truncated) = history.trace(&format!("{:032x}", 7), 100);
+        assert_eq!(trace.len(), 100);
+        assert_eq!(trace[0].event.id.offset, 4000);
+        assert!(truncated);
     }
 }
