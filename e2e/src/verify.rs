@@ -197,11 +197,8 @@ struct StoredObject {
 async fn stored_objects(rgw: &RgwTestEnv, bucket: &str) -> Vec<StoredObject> {
     let mut objects = Vec::new();
     for (key, values) in audit_objects(rgw, bucket).await {
-        // `{prefix}/dt=…/hour=…/{topic}+{partition}+{start:020}.ndjson.gz`
-        let name = key.rsplit('/').next().unwrap_or_default();
-        let mut fields = name.trim_end_matches(".ndjson.gz").rsplit('+');
-        let start_offset = fields.next().and_then(|f| f.parse().ok()).unwrap_or(-1);
-        let partition = fields.next().and_then(|f| f.parse().ok()).unwrap_or(-1);
+        let (partition, start_offset) =
+            relais_audit_service::object::data_key_position(&key).unwrap_or((-1, -1));
         let offsets = values
             .iter()
             .map(|value| value["audit"]["offset"].as_i64().unwrap_or(-1))

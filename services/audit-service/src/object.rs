@@ -241,6 +241,16 @@ pub fn data_key(prefix: &str, topic: &str, object: &DataObject, extension: &str)
     )
 }
 
+/// The partition and first offset a data key names (see [`data_key`]); None for other keys.
+pub fn data_key_position(key: &str) -> Option<(i32, i64)> {
+    let name = key.rsplit('/').next()?;
+    let stem = name.split_once(".ndjson")?.0;
+    let mut fields = stem.rsplit('+');
+    let start_offset = fields.next()?.parse().ok()?;
+    let partition = fields.next()?.parse().ok()?;
+    Some((partition, start_offset))
+}
+
 /// The key of a quarantined record: by position, so a repeat overwrites.
 pub fn quarantine_key(prefix: &str, topic: &str, record: &QuarantinedRecord) -> String {
     format!(
@@ -254,6 +264,20 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
+
+    #[test]
+    fn a_data_key_names_its_partition_and_first_offset() {
+        assert_eq!(
+            data_key_position(
+                "audit/dt=2026-11-27/hour=10/relais.audit+3+00000000000000000042.ndjson.gz"
+            ),
+            Some((3, 42))
+        );
+        assert_eq!(
+            data_key_position("audit/quarantine/relais.audit+3+00000000000000000042.bin"),
+            None
+        );
+    }
 
     fn line(offset: i64, hour: u32, minute: u32, size: usize) -> Line {
         Line {

@@ -192,11 +192,8 @@ pub async fn stored_objects(
 ) -> Vec<StoredObject> {
     let mut objects = Vec::new();
     for (key, lines) in data_objects(rgw, bucket).await {
-        // `{prefix}/dt=…/hour=…/{topic}+{partition}+{start:020}.ndjson.gz`
-        let name = key.rsplit('/').next().unwrap();
-        let mut fields = name.trim_end_matches(".ndjson.gz").rsplit('+');
-        let start_offset = fields.next().unwrap().parse().unwrap();
-        let partition = fields.next().unwrap().parse().unwrap();
+        let (partition, start_offset) =
+            relais_audit_service::object::data_key_position(&key).unwrap();
         let offsets = lines
             .iter()
             .map(|line| {
