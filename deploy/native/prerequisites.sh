@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# What building the workspace needs besides Rust: a C toolchain, make and zlib's headers
-# (rdkafka compiles librdkafka from source), pkg-config, and curl and python3, which the
+# What building the workspace needs besides Rust: a C toolchain, make, zlib's and OpenSSL's
+# headers (rdkafka compiles librdkafka from source, with TLS and SASL SCRAM), pkg-config, and curl and python3, which the
 # stack's scripts use. Missing Debian packages are installed (root), anything else is named
 # with how to get it. Every build target of the Makefile runs this first; when all is present
 # it costs a few milliseconds.
@@ -27,6 +27,7 @@ command -v cc >/dev/null || missing+=(build-essential)
 command -v make >/dev/null || missing+=(make)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 [ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
+[ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
 if [ "${#missing[@]}" -gt 0 ]; then

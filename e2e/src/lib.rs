@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use relais_kafka::SaslMechanism;
 use relais_test_support::{
-    Endpoints, KafkaTestEnv, PrometheusTestEnv, RgwTestEnv, ScrapeTarget, unique_name,
+    Endpoints, KafkaTestEnv, PrometheusTestEnv, RgwTestEnv, ScrapeTarget, SecuredKafka, unique_name,
 };
 
 /// The repository root.
@@ -231,6 +232,9 @@ pub struct StackOptions {
     pub billing_upstream: bool,
     /// audit-service instances in the one group (partitions move between them).
     pub audit_instances: usize,
+    /// Every service reaches Kafka through the secured listeners: the workers with
+    /// SCRAM-SHA-512, the audit-service with mutual TLS, the gateway with PLAIN over TLS.
+    pub secured_kafka: Option<SecuredKafka>,
 }
 
 impl Default for StackOptions {
@@ -241,6 +245,7 @@ impl Default for StackOptions {
             ingress_partitions: 6,
             billing_upstream: false,
             audit_instances: 1,
+            secured_kafka: None,
         }
     }
 }
@@ -362,6 +367,19 @@ impl ProcessStack {
             "RELAIS_KAFKA_BOOTSTRAP".to_owned(),
             kafka.bootstrap().to_owned(),
         )];
+        let mut audit_kafka = Vec::new();
+        let mut gateway_kafka = Vec::new();
+        if let Some(secured) = &options.secured_kafka {
+            common.extend(secured.environment(
+                &secured.sasl_ssl_bootstrap,
+                &secured.sasl(SaslMechanism::ScramSha512, "relais"),
+            ));
+            audit_kafka = secured.environment(&secured.mtls_bootstrap, &secured.mtls());
+            gateway_kafka = secured.environment(
+                &secured.sasl_ssl_bootstrap,
+                &secured.sasl(SaslMechanism::Plain, "relais"),
+            );
+        }
         if let Some(endpoint) = &options.otlp_endpoint {
             common.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()));
             common.push(("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into()));
@@ -406,20 +424,17 @@ impl ProcessStack {
             ),
         );
         let audit_service = |name: &str, grpc: SocketAddr| {
-            service(
-                name,
-                "audit-service",
-                free_port(),
-                vec![
-                    ("RELAIS_AUDIT_CONFIG", audit_config.display().to_string()),
-                    ("RELAIS_GRPC_ADDR", grpc.to_string()),
-                    ("RELAIS_S3_ENDPOINT", endpoints.s3_endpoint.clone()),
-                    ("RELAIS_S3_REGION", endpoints.s3_region.clone()),
-                    ("RELAIS_S3_ACCESS_KEY", endpoints.s3_access_key.clone()),
-                    ("RELAIS_S3_SECRET_KEY", endpoints.s3_secret_key.clone()),
-                    ("RELAIS_S3_BUCKET", bucket.clone()),
-                ],
-            )
+            let mut environment = vec![
+                ("RELAIS_AUDIT_CONFIG", audit_config.display().to_string()),
+                ("RELAIS_GRPC_ADDR", grpc.to_string()),
+                ("RELAIS_S3_ENDPOINT", endpoints.s3_endpoint.clone()),
+                ("RELAIS_S3_REGION", endpoints.s3_region.clone()),
+                ("RELAIS_S3_ACCESS_KEY", endpoints.s3_access_key.clone()),
+                ("RELAIS_S3_SECRET_KEY", endpoints.s3_secret_key.clone()),
+                ("RELAIS_S3_BUCKET", bucket.clone()),
+            ];
+            environment.extend(audit_kafka.iter().map(|(k, v)| (k.as_str(), v.clone())));
+            service(name, "audit-service", free_port(), environment)
         };
         let mut audit = audit_service("audit-service", audit_grpc);
         audit.spawn();
@@ -447,20 +462,22 @@ impl ProcessStack {
                 topics.ledger
             ),
         );
+        let mut gateway_environment = vec![
+            (
+                "RELAIS_GATEWAY_CONFIG",
+                gateway_config.display().to_string(),
+            ),
+            ("RELAIS_HTTP_ADDR", gateway_http.to_string()),
+            ("RELAIS_GRPC_ADDR", gateway_grpc.to_string()),
+            ("RELAIS_AUDIT_URL", format!("http://{audit_grpc}")),
+            ("RELAIS_TOKENS", format!("viewer:e2e:{viewer_token}")),
+        ];
+        gateway_environment.extend(gateway_kafka.iter().map(|(k, v)| (k.as_str(), v.clone())));
         let mut gateway = service(
             "realtime-gateway",
             "realtime-gateway",
             free_port(),
-            vec![
-                (
-                    "RELAIS_GATEWAY_CONFIG",
-                    gateway_config.display().to_string(),
-                ),
-                ("RELAIS_HTTP_ADDR", gateway_http.to_string()),
-                ("RELAIS_GRPC_ADDR", gateway_grpc.to_string()),
-                ("RELAIS_AUDIT_URL", format!("http://{audit_grpc}")),
-                ("RELAIS_TOKENS", format!("viewer:e2e:{viewer_token}")),
-            ],
+            gateway_environment,
         );
         gateway.spawn();
 

@@ -5,7 +5,6 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use relais_proto::v1::{Attempt, AuditRecord, Outcome, SourcePosition};
 
@@ -15,14 +14,14 @@ fn trace_id(index: u64, records_per_trace: u64) -> String {
 }
 
 pub(crate) async fn run(
-    bootstrap: &str,
+    kafka: &relais_kafka::KafkaClient,
     topic: &str,
     count: u64,
     hours: u64,
     records_per_trace: u64,
 ) -> anyhow::Result<()> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let producer: FutureProducer = kafka
+        .config()
         .set("linger.ms", "20")
         .set("batch.size", "1000000")
         .set("compression.type", "lz4")

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::{SinkExt, StreamExt};
 use prost::Message as _;
-use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use relais_proto::v1::{CircuitState, Outcome, PipelineEvent};
@@ -233,7 +232,7 @@ fn quantile(histogram: &[u64], q: f64) -> Option<f64> {
     })
 }
 
-pub(crate) async fn run(bootstrap: &str, args: FanoutArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(kafka: &relais_kafka::KafkaClient, args: FanoutArgs) -> anyhow::Result<()> {
     let tally = Arc::new(Tally {
         histogram: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         ..Tally::default()
@@ -263,10 +262,7 @@ pub(crate) async fn run(bootstrap: &str, args: FanoutArgs) -> anyhow::Result<()>
         connected.available_permits()
     };
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "1")
-        .create()?;
+    let producer: FutureProducer = kafka.config().set("linger.ms", "1").create()?;
     let started = Instant::now();
     let step = Duration::from_millis(10);
     let per_step = (args.rate as f64 / 100.0).max(0.0);

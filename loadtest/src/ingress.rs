@@ -27,7 +27,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use relais_telemetry::admin::{AdminServer, Readiness};
@@ -361,7 +360,10 @@ async fn set_faults(sim_admin: &str, faults: &toml::Value) -> anyhow::Result<()>
     Ok(())
 }
 
-pub(crate) async fn run(bootstrap: &str, args: IngressArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    kafka: &relais_kafka::KafkaClient,
+    args: IngressArgs,
+) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut scenario = Scenario::load(&args.scenario)?;
     if let Some(topic) = &args.topic {
@@ -387,8 +389,8 @@ pub(crate) async fn run(bootstrap: &str, args: IngressArgs) -> anyhow::Result<()
     .await
     .ok();
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let producer: FutureProducer = kafka
+        .config()
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("compression.type", "lz4")

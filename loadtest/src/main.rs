@@ -11,6 +11,7 @@ mod fanout;
 mod http_post;
 mod ingress;
 
+use anyhow::Context as _;
 use clap::Parser;
 
 // The worker's allocator, so `http-post` measures the worker's HTTP client as it runs there
@@ -58,24 +59,19 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Security settings come from the RELAIS_KAFKA_* variables the services also read.
+    let kafka = relais_kafka::KafkaClientConfig::default()
+        .resolve(&args.kafka_bootstrap)
+        .context("Kafka client settings (RELAIS_KAFKA_*)")?;
     match args.command {
         Command::AuditRecords {
             topic,
             count,
             hours,
             records_per_trace,
-        } => {
-            audit_records::run(
-                &args.kafka_bootstrap,
-                &topic,
-                count,
-                hours,
-                records_per_trace.max(1),
-            )
-            .await
-        }
-        Command::Ingress(ingress) => ingress::run(&args.kafka_bootstrap, ingress).await,
-        Command::WsFanout(fanout) => fanout::run(&args.kafka_bootstrap, fanout).await,
+        } => audit_records::run(&kafka, &topic, count, hours, records_per_trace.max(1)).await,
+        Command::Ingress(ingress) => ingress::run(&kafka, ingress).await,
+        Command::WsFanout(fanout) => fanout::run(&kafka, fanout).await,
         Command::HttpPost(http_post) => http_post::run(http_post).await,
     }
 }

@@ -17,6 +17,11 @@ use crate::{TelemetryConfig, TelemetryGuard};
 pub const EXIT_CONFIG: u8 = 64;
 /// EX_SOFTWARE: telemetry could not be installed.
 const EXIT_TELEMETRY: u8 = 70;
+/// EX_NOPERM: Kafka refused the credentials or certificates, or an ACL is missing.
+pub const EXIT_KAFKA_ACCESS: u8 = 77;
+/// How long the start-up check waits for brokers to answer before the service goes on without
+/// the answer (it then waits for them as it always did).
+const KAFKA_CHECK_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What a running service holds on to: the shutdown signal and the tasks to drain.
 #[derive(Debug)]
@@ -110,6 +115,50 @@ pub fn load_toml<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T
         path: path.to_owned(),
         source,
     })
+}
+
+/// Resolves `[kafka.client]` for `bootstrap` and asks the brokers for what the service
+/// `needs`. Invalid settings exit with [`EXIT_CONFIG`], refused credentials or certificates and
+/// missing ACLs with [`EXIT_KAFKA_ACCESS`], each with the reason; brokers that do not answer in
+/// time are logged, and the service starts and waits for them as it would without the check.
+pub async fn check_kafka(
+    service: &str,
+    config: &relais_kafka::KafkaClientConfig,
+    bootstrap: &str,
+    needs: relais_kafka::access::Needs,
+) -> Result<relais_kafka::KafkaClient, ExitCode> {
+    let client = config
+        .resolve(bootstrap)
+        .map_err(|error| config_error_exit(service, &error))?;
+    let checked = client.clone();
+    let verdict = tokio::task::spawn_blocking(move || {
+        relais_kafka::access::check_access(&checked, &needs, KAFKA_CHECK_DEADLINE)
+    })
+    .await;
+    match verdict {
+        Ok(Ok(())) => {
+            tracing::info!(
+                brokers = client.bootstrap(),
+                security_protocol = client.setting("security.protocol").unwrap_or_default(),
+                sasl_user = client.setting("sasl.username").unwrap_or_default(),
+                "Kafka access checked"
+            );
+            Ok(client)
+        }
+        Ok(Err(error)) if error.is_fatal() => {
+            tracing::error!(%error, "stopping: Kafka access");
+            eprintln!("{service}: {error}");
+            Err(ExitCode::from(EXIT_KAFKA_ACCESS))
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "starting without an answer from Kafka; waiting for it");
+            Ok(client)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "the Kafka access check did not finish");
+            Ok(client)
+        }
+    }
 }
 
 /// Prints a configuration error with its whole cause chain and returns EX_USAGE (64): the

@@ -13,6 +13,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// A reachable broker, with helpers to give each test its own topics.
 pub struct KafkaTestEnv {
     bootstrap: String,
+    client: relais_kafka::KafkaClient,
     admin: AdminClient<DefaultClientContext>,
 }
 
@@ -31,13 +32,17 @@ impl KafkaTestEnv {
             endpoint: format!("Kafka broker {bootstrap}"),
             detail,
         };
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
+        // Security settings from the RELAIS_KAFKA_* variables, as the services read them.
+        let client = relais_kafka::KafkaClientConfig::default()
+            .resolve(&bootstrap)
+            .map_err(|error| unreachable(error.to_string()))?;
+        let admin: AdminClient<DefaultClientContext> = client
+            .config()
             .create()
             .map_err(|error| unreachable(error.to_string()))?;
         // Metadata is a blocking call in librdkafka; keep it off the async workers.
-        let probe: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
+        let probe: AdminClient<DefaultClientContext> = client
+            .config()
             .create()
             .map_err(|error| unreachable(error.to_string()))?;
         let brokers = tokio::task::spawn_blocking(move || {
@@ -59,6 +64,7 @@ impl KafkaTestEnv {
         }
         Ok(Self {
             bootstrap: endpoints.kafka_bootstrap.clone(),
+            client,
             admin,
         })
     }
@@ -70,9 +76,7 @@ impl KafkaTestEnv {
 
     /// A client configuration pointing at the broker, to extend per client.
     pub fn client_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.bootstrap);
-        config
+        self.client.config()
     }
 
     /// Creates a fresh topic `{prefix}-{uuid}` with `partitions` partitions and waits until the

@@ -10,6 +10,8 @@
 //! | variable | default |
 //! | --- | --- |
 //! | `RELAIS_KAFKA_BOOTSTRAP` | `127.0.0.1:9092` |
+//! | `RELAIS_KAFKA_SASL_SSL_BOOTSTRAP` | `127.0.0.1:9094` (TLS + SASL) |
+//! | `RELAIS_KAFKA_MTLS_BOOTSTRAP` | `127.0.0.1:9095` (mutual TLS) |
 //! | `RELAIS_S3_ENDPOINT` | `http://127.0.0.1:7480` |
 //! | `RELAIS_S3_REGION` | `default` |
 //! | `RELAIS_S3_ACCESS_KEY` / `RELAIS_S3_SECRET_KEY` | the native stack's development user |
@@ -22,6 +24,7 @@ mod metrics;
 mod prometheus;
 mod proxy;
 mod rgw;
+mod secured_kafka;
 
 use std::path::PathBuf;
 
@@ -30,12 +33,21 @@ pub use metrics::{AdminMetrics, Exposition, wait_until};
 pub use prometheus::{PrometheusTestEnv, ScrapeTarget};
 pub use proxy::TcpProxy;
 pub use rgw::{GatewayOutage, RgwTestEnv, install_crypto_provider};
+pub use secured_kafka::SecuredKafka;
 
 /// Returns the Kafka broker of the native stack, or panics saying how to start it.
 pub async fn kafka() -> KafkaTestEnv {
     KafkaTestEnv::connect(&Endpoints::from_env())
         .await
         .unwrap_or_else(|error| unavailable("Kafka", &error))
+}
+
+/// Returns the native Kafka's secured listeners (TLS + SASL, mutual TLS), or panics saying
+/// how to start them.
+pub async fn secured_kafka() -> SecuredKafka {
+    SecuredKafka::connect(&Endpoints::from_env())
+        .await
+        .unwrap_or_else(|error| unavailable("Kafka's secured listeners", &error))
 }
 
 /// Returns Ceph RGW of the native stack, or panics saying how to start it.
@@ -74,6 +86,8 @@ pub enum UnavailableError {
 #[derive(Debug, Clone)]
 pub struct Endpoints {
     pub kafka_bootstrap: String,
+    pub kafka_sasl_ssl_bootstrap: String,
+    pub kafka_mtls_bootstrap: String,
     pub s3_endpoint: String,
     pub s3_region: String,
     pub s3_access_key: String,
@@ -98,6 +112,8 @@ impl Endpoints {
             .unwrap_or_else(|| repository_root.join(".state"));
         Self {
             kafka_bootstrap: var("RELAIS_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+            kafka_sasl_ssl_bootstrap: var("RELAIS_KAFKA_SASL_SSL_BOOTSTRAP", "127.0.0.1:9094"),
+            kafka_mtls_bootstrap: var("RELAIS_KAFKA_MTLS_BOOTSTRAP", "127.0.0.1:9095"),
             s3_endpoint: var("RELAIS_S3_ENDPOINT", "http://127.0.0.1:7480"),
             s3_region: var("RELAIS_S3_REGION", "default"),
             s3_access_key: var("RELAIS_S3_ACCESS_KEY", "relais-dev"),

@@ -91,6 +91,9 @@ pub struct KafkaConfig {
     /// throughput against memory, as librdkafka holds several times this. The measured
     /// trade-off is in docs/audit-service.md, "Memory".
     pub prefetch_kbytes: u32,
+    /// How the service reaches the brokers (TLS, SASL, further librdkafka settings), the same
+    /// section in every service.
+    pub client: relais_kafka::KafkaClientConfig,
 }
 
 impl Default for KafkaConfig {
@@ -100,6 +103,7 @@ impl Default for KafkaConfig {
             audit_topic: "relais.audit".into(),
             session_timeout: Duration::from_secs(10),
             prefetch_kbytes: 16 * 1024,
+            client: relais_kafka::KafkaClientConfig::default(),
         }
     }
 }

@@ -23,7 +23,6 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::Consumer;
 use relais_telemetry::admin::{AdminServer, Readiness};
 use relais_telemetry::shutdown::CancellationToken;
@@ -96,8 +95,13 @@ pub async fn run_with_commit_faults(
     tasks.spawn("grpc", grpc);
 
     let assignment = Arc::new(Assignment::new(config.storage.put_timeout));
-    let consumer: AuditConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.kafka_bootstrap)
+    let kafka = config
+        .kafka
+        .client
+        .resolve(&args.kafka_bootstrap)
+        .context("kafka.client")?;
+    let consumer: AuditConsumer = kafka
+        .config()
         .set("group.id", &config.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

@@ -28,6 +28,20 @@ async fn main() -> ExitCode {
         let lookup = relais_audit_service::query::print_trail(url, trace_id, message_id);
         return process.run(drain_timeout, lookup).await;
     }
+    let needs = relais_kafka::access::Needs {
+        topics: vec![config.kafka.audit_topic.clone()],
+        group: Some(config.kafka.group_id.clone()),
+    };
+    if let Err(exit) = relais_telemetry::process::check_kafka(
+        "audit-service",
+        &config.kafka.client,
+        &args.kafka_bootstrap,
+        needs,
+    )
+    .await
+    {
+        return exit;
+    }
     let shutdown = process.shutdown.clone();
     process
         .run(

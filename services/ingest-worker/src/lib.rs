@@ -45,7 +45,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, Producer};
 use relais_resilience::{ResilienceMetrics, UpstreamClient};
@@ -77,16 +76,6 @@ pub fn worker_id(args: &Args) -> String {
     })
 }
 
-/// librdkafka settings shared by the consumer and the producer.
-fn client_config(args: &Args, config: &WorkerConfig) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &args.kafka_bootstrap);
-    for (key, value) in &config.kafka.client {
-        client.set(key, value);
-    }
-    client
-}
-
 /// Runs the pipeline until `shutdown`, then drains within the configured time.
 pub async fn run(
     args: Args,
@@ -94,6 +83,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let worker_id = worker_id(&args);
+    let kafka = config
+        .kafka_client(&args.kafka_bootstrap)
+        .context("kafka.client")?;
+    let client_config = || kafka.config();
     let mut registry = Registry::default();
     let resilience_metrics = ResilienceMetrics::register(&mut registry);
     let metrics = WorkerMetrics::register(&mut registry);
@@ -137,13 +130,13 @@ pub async fn run(
     let tier_topics = config.tier_topics();
     let parked = Arc::new(ParkedKeys::default());
     let tier_consumer: Arc<TierConsumer> = Arc::new(tiers::tier_consumer(
-        client_config(&args, &config),
+        client_config(),
         &config.kafka.group_id,
         &worker_id,
     )?);
     let (load_requests, load_receiver) = tokio::sync::mpsc::channel(4096);
     let waiting_reader = WaitingReader {
-        client: client_config(&args, &config),
+        client: client_config(),
         group_id: config.kafka.group_id.clone(),
         ingress_topic: config.kafka.ingress_topic.clone(),
         topics: tier_topics.clone(),
@@ -163,7 +156,7 @@ pub async fn run(
         Arc::clone(&parked),
         shutdown.clone(),
     ));
-    let consumer: WorkerConsumer = client_config(&args, &config)
+    let consumer: WorkerConsumer = client_config()
         .set("group.id", &config.kafka.group_id)
         .set("client.id", &worker_id)
         .set("enable.auto.commit", "false")
@@ -190,7 +183,7 @@ pub async fn run(
         .context("cannot create the Kafka consumer")?;
     let consumer = Arc::new(consumer);
 
-    let producer: FutureProducer = client_config(&args, &config)
+    let producer: FutureProducer = client_config()
         .set("transactional.id", format!("relais-ingest-{worker_id}"))
         .set(
             "transaction.timeout.ms",
@@ -233,7 +226,7 @@ pub async fn run(
 
     // Disabled upstreams are held before the first message is read.
     let control_follower = control::follow(
-        config.kafka_client(&args.kafka_bootstrap),
+        kafka.clone(),
         config.kafka.control_topic.clone(),
         upstreams
             .iter()
@@ -242,7 +235,7 @@ pub async fn run(
         shutdown.clone(),
     )
     .await?;
-    let control_producer: FutureProducer = client_config(&args, &config)
+    let control_producer: FutureProducer = client_config()
         .set("client.id", format!("{worker_id}-control"))
         .create()
         .context("cannot create the control producer")?;
@@ -521,16 +514,18 @@ fn tier_waiting(consumer: &TierConsumer) -> BTreeMap<String, i64> {
 /// Checks that every retry topic exists with at least the ingress topic's partitions (a move
 /// is written to the partition its message was read from). A broker that cannot be asked is
 /// not a configuration error: the worker starts and fails, or not, as it would without tiers.
-pub fn check_retry_topics(bootstrap: &str, config: &WorkerConfig) -> Result<(), ConfigError> {
+pub fn check_retry_topics(
+    kafka: &relais_kafka::KafkaClient,
+    config: &WorkerConfig,
+) -> Result<(), ConfigError> {
     let topics = config.tier_topics();
     if topics.is_empty() {
         return Ok(());
     }
-    let consumer: rdkafka::consumer::BaseConsumer =
-        match config.kafka_client(bootstrap).config().create() {
-            Ok(consumer) => consumer,
-            Err(_) => return Ok(()),
-        };
+    let consumer: rdkafka::consumer::BaseConsumer = match kafka.config().create() {
+        Ok(consumer) => consumer,
+        Err(_) => return Ok(()),
+    };
     let Ok(metadata) = consumer.fetch_metadata(None, Duration::from_secs(10)) else {
         return Ok(());
     };

@@ -24,10 +24,21 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => return relais_telemetry::process::config_error_exit("ingest-worker", &error),
     };
+    let kafka = match relais_telemetry::process::check_kafka(
+        "ingest-worker",
+        &config.kafka.client,
+        &args.kafka_bootstrap,
+        config.kafka_needs(),
+    )
+    .await
+    {
+        Ok(kafka) => kafka,
+        Err(exit) => return exit,
+    };
     if matches!(args.command, Some(Command::Run) | None) {
-        let (bootstrap, checked) = (args.kafka_bootstrap.clone(), config.clone());
+        let (checked_kafka, checked) = (kafka.clone(), config.clone());
         let topics = tokio::task::spawn_blocking(move || {
-            relais_ingest_worker::check_retry_topics(&bootstrap, &checked)
+            relais_ingest_worker::check_retry_topics(&checked_kafka, &checked)
         })
         .await;
         if let Ok(Err(error)) = topics {
@@ -41,7 +52,7 @@ async fn main() -> ExitCode {
             process
                 .run(drain_timeout, async move {
                     let summary = relais_operator::replay::replay(
-                        &config.replay_target(&args.kafka_bootstrap),
+                        &config.replay_target(kafka),
                         &request,
                         &|_| {},
                     )

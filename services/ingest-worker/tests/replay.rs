@@ -22,7 +22,8 @@ async fn run_replay(
     config: &WorkerConfig,
     request: &ReplayRequest,
 ) -> anyhow::Result<ReplaySummary> {
-    replay(&config.replay_target(kafka.bootstrap()), request, &|_| {}).await
+    let client = config.kafka_client(kafka.bootstrap())?;
+    replay(&config.replay_target(client), request, &|_| {}).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

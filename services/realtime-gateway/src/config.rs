@@ -77,6 +77,26 @@ pub struct KafkaConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub metadata_refresh: Duration,
+    /// How the gateway reaches the brokers (TLS, SASL, further librdkafka settings), the same
+    /// section in every service.
+    pub client: relais_kafka::KafkaClientConfig,
+}
+
+impl KafkaConfig {
+    /// What the gateway reads and writes, for the start-up check (it joins no group).
+    pub fn needs(&self) -> relais_kafka::access::Needs {
+        relais_kafka::access::Needs {
+            topics: vec![
+                self.events_topic.clone(),
+                self.control_topic.clone(),
+                self.audit_topic.clone(),
+                self.dlq_topic.clone(),
+                self.ingress_topic.clone(),
+                self.replay_ledger_topic.clone(),
+            ],
+            group: None,
+        }
+    }
 }
 
 impl Default for KafkaConfig {
@@ -91,6 +111,7 @@ impl Default for KafkaConfig {
             worker_group_id: "relais-ingest".into(),
             warm_up: Duration::from_secs(15 * 60),
             metadata_refresh: Duration::from_secs(30),
+            client: relais_kafka::KafkaClientConfig::default(),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use relais_telemetry::admin::ReadinessCheck;
 use relais_telemetry::shutdown::CancellationToken;
 
@@ -73,14 +73,14 @@ impl std::fmt::Debug for Intake {
 
 impl Intake {
     pub fn new(
-        bootstrap: &str,
+        kafka: &relais_kafka::KafkaClient,
         topic: &str,
         warm_up: Duration,
         metadata_refresh: Duration,
         sinks: Sinks,
     ) -> anyhow::Result<Self> {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let consumer: StreamConsumer = kafka
+            .config()
             // Required by the client library; never used to commit or to join a group.
             .set("group.id", "relais-gateway")
             .set("enable.auto.commit", "false")

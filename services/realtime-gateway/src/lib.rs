@@ -114,8 +114,13 @@ pub async fn start(
     )
     .with_context(|| format!("invalid audit-service URL {:?}", args.audit_url))?;
 
+    let kafka = config
+        .kafka
+        .client
+        .resolve(&args.kafka_bootstrap)
+        .context("kafka.client")?;
     let intake = Intake::new(
-        &args.kafka_bootstrap,
+        &kafka,
         &config.kafka.events_topic,
         config.kafka.warm_up,
         config.kafka.metadata_refresh,
@@ -128,10 +133,6 @@ pub async fn start(
     let mut tasks = EssentialTasks::default();
     tasks.spawn("intake", intake.run(kafka_ready, shutdown.clone()));
 
-    let kafka = relais_operator::KafkaClient {
-        bootstrap: args.kafka_bootstrap.clone(),
-        settings: Default::default(),
-    };
     let upstreams = Arc::new(Upstreams::new(
         &kafka,
         &config.kafka.control_topic,

@@ -24,6 +24,16 @@ async fn main() -> ExitCode {
             return relais_telemetry::process::config_error_exit("realtime-gateway", &error);
         }
     };
+    if let Err(exit) = relais_telemetry::process::check_kafka(
+        "realtime-gateway",
+        &config.kafka.client,
+        &args.kafka_bootstrap,
+        config.kafka.needs(),
+    )
+    .await
+    {
+        return exit;
+    }
     let shutdown = process.shutdown.clone();
     process
         .run(

@@ -146,8 +146,9 @@ pub struct KafkaConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub transaction_call_timeout: Duration,
-    /// Extra librdkafka settings for both the consumer and the producer.
-    pub client: BTreeMap<String, String>,
+    /// How every Kafka client of the worker reaches the brokers (TLS, SASL, further
+    /// librdkafka settings), the same section in every service.
+    pub client: relais_kafka::KafkaClientConfig,
 }
 
 impl Default for KafkaConfig {
@@ -163,7 +164,7 @@ impl Default for KafkaConfig {
             session_timeout: Duration::from_secs(10),
             transaction_timeout: Duration::from_secs(30),
             transaction_call_timeout: Duration::from_secs(10),
-            client: BTreeMap::new(),
+            client: relais_kafka::KafkaClientConfig::default(),
         }
     }
 }
@@ -275,6 +276,8 @@ pub enum ConfigError {
     File(#[from] relais_telemetry::process::ConfigFileError),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Kafka(#[from] relais_kafka::KafkaConfigError),
     #[error("upstream {name}")]
     Policy {
         name: String,
@@ -284,11 +287,34 @@ pub enum ConfigError {
 }
 
 impl WorkerConfig {
-    /// How the worker's Kafka clients reach the brokers.
-    pub fn kafka_client(&self, bootstrap: &str) -> relais_operator::KafkaClient {
-        relais_operator::KafkaClient {
-            bootstrap: bootstrap.to_owned(),
-            settings: self.kafka.client.clone(),
+    /// How the worker's Kafka clients reach the brokers: `kafka.client` resolved, its secret
+    /// files read.
+    pub fn kafka_client(
+        &self,
+        bootstrap: &str,
+    ) -> Result<relais_kafka::KafkaClient, relais_kafka::KafkaConfigError> {
+        self.kafka.client.resolve(bootstrap)
+    }
+
+    /// What the worker must be allowed to use, for the start-up check.
+    pub fn kafka_needs(&self) -> relais_kafka::access::Needs {
+        let kafka = &self.kafka;
+        let mut topics = vec![
+            kafka.ingress_topic.clone(),
+            kafka.audit_topic.clone(),
+            kafka.events_topic.clone(),
+            kafka.dlq_topic.clone(),
+            kafka.control_topic.clone(),
+            kafka.replay_ledger_topic.clone(),
+        ];
+        topics.extend(
+            self.tier_topics()
+                .tiers()
+                .map(|(_, topic, _)| topic.to_owned()),
+        );
+        relais_kafka::access::Needs {
+            topics,
+            group: Some(kafka.group_id.clone()),
         }
     }
 
@@ -314,9 +340,12 @@ impl WorkerConfig {
     }
 
     /// Where `replay-dlq` reads and writes.
-    pub fn replay_target(&self, bootstrap: &str) -> relais_operator::replay::ReplayTarget {
+    pub fn replay_target(
+        &self,
+        kafka: relais_kafka::KafkaClient,
+    ) -> relais_operator::replay::ReplayTarget {
         relais_operator::replay::ReplayTarget {
-            kafka: self.kafka_client(bootstrap),
+            kafka,
             dlq_topic: self.kafka.dlq_topic.clone(),
             ingress_topic: self.kafka.ingress_topic.clone(),
             ledger_topic: self.kafka.replay_ledger_topic.clone(),
@@ -426,10 +455,10 @@ impl WorkerConfig {
                 dlq.max_payload_bytes, self.ingress.max_payload_bytes
             ));
         }
-        let message_max_bytes = match self.kafka.client.get("message.max.bytes") {
+        let message_max_bytes = match self.kafka.client.settings.get("message.max.bytes") {
             Some(value) => value.parse::<usize>().map_err(|_| {
                 ConfigError::Invalid(format!(
-                    "kafka.client.\"message.max.bytes\" must be a number of bytes, not {value:?}"
+                    "kafka.client.settings.\"message.max.bytes\" must be a number of bytes, not {value:?}"
                 ))
             })?,
             None => DEFAULT_MESSAGE_MAX_BYTES,
@@ -554,6 +583,7 @@ mod tests {
         config
             .kafka
             .client
+            .settings
             .insert("message.max.bytes".into(), "4000000".into());
         config.validate().expect("a producer limit that fits");
         let mut bad: WorkerConfig = toml::from_str(

@@ -42,10 +42,7 @@ fn state() -> AppState {
     tokens
         .add("admin", Role::Admin, ADMIN)
         .unwrap_or_else(|error| panic!("{error}"));
-    let kafka = relais_operator::KafkaClient {
-        bootstrap: CLOSED.to_owned(),
-        settings: Default::default(),
-    };
+    let kafka = relais_kafka::KafkaClient::plaintext(CLOSED);
     let upstreams = Upstreams::new(&kafka, "control", "audit").unwrap_or_else(|e| panic!("{e}"));
     let replays = ReplayJobs::new(
         relais_operator::replay::ReplayTarget {

@@ -1,0 +1,151 @@
+//! The whole pipeline over the broker's secured listeners, and each service's start refused,
+//! with its reason, when its credentials are wrong or its principal lacks ACLs.
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use relais_e2e::{ProcessStack, StackOptions, binary, free_port, verify};
+use relais_kafka::SaslMechanism;
+use relais_test_support::{SecuredKafka, unique_name};
+
+const MESSAGES: usize = 200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_runs_over_scram_mutual_tls_and_plain_over_tls() {
+    let kafka = relais_test_support::kafka().await;
+    let secured = relais_test_support::secured_kafka().await;
+    let rgw = relais_test_support::rgw().await;
+    let stack = ProcessStack::start(
+        &kafka,
+        &rgw,
+        None,
+        StackOptions {
+            secured_kafka: Some(secured.clone()),
+            ..StackOptions::default()
+        },
+    )
+    .await;
+
+    // Produced over plain text: the services are what is under test.
+    let producer: FutureProducer = kafka.client_config().create().unwrap();
+    for index in 0..MESSAGES {
+        let payload = format!(
+            r#"{{"id":"secured-{index}","type":"order.created","occurred_at":"{}","source":"e2e","data":{{}}}}"#,
+            chrono::Utc::now().to_rfc3339()
+        );
+        producer
+            .send(
+                FutureRecord::to(&stack.topics.ingress)
+                    .key(&format!("k{}", index % 17))
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+
+    // The workers (SCRAM-SHA-512) delivered and recorded every outcome, the audit-service
+    // (mutual TLS) stored each, the gateway (PLAIN over TLS) read each event.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let stored = verify::read_audit_trail(&rgw, &stack.bucket).await.len();
+        let seen = stack
+            .gateway
+            .metric_sum("relais_gateway_events_consumed_total")
+            .await;
+        if stored >= MESSAGES && seen >= MESSAGES as f64 {
+            assert_eq!(stored, MESSAGES, "each outcome stored once");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 120 s: {stored} audit records stored, {seen} events seen by the gateway, of {MESSAGES}; logs in {}",
+            stack.dir.display()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let delivered = stack
+        .workers
+        .first()
+        .unwrap()
+        .metric_sum("relais_worker_committed_messages_total")
+        .await;
+    assert_eq!(delivered, MESSAGES as f64, "one outcome per message");
+    stack.stop();
+}
+
+/// Starts `service` with `environment` and returns its exit code and what it printed, or
+/// panics if it does not stop within 40 s.
+fn refused_start(service: &str, environment: Vec<(String, String)>) -> (i32, String) {
+    let log = std::env::temp_dir().join(unique_name(&format!("{service}-refused")));
+    let mut child = Command::new(binary(service))
+        .envs(environment)
+        .env("RELAIS_ADMIN_ADDR", free_port().to_string())
+        .env("RELAIS_GRPC_ADDR", free_port().to_string())
+        .env("RELAIS_HTTP_ADDR", free_port().to_string())
+        .env(
+            "RELAIS_TOKENS",
+            "viewer:e2e:a-viewer-token-long-enough-for-the-check",
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(40) {
+            let _ = child.kill();
+            panic!(
+                "{service} did not stop within 40 s: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let printed = std::fs::read_to_string(&log).unwrap_or_default();
+    (status.code().unwrap_or(-1), printed)
+}
+
+fn wrong_password(secured: &SecuredKafka) -> Vec<(String, String)> {
+    let wrong = std::env::temp_dir().join(unique_name("wrong-password"));
+    std::fs::write(&wrong, "certainly-not-the-password\n").unwrap();
+    let mut config = secured.sasl(SaslMechanism::ScramSha512, "relais");
+    config.sasl.password_file = Some(wrong);
+    secured.environment(&secured.sasl_ssl_bootstrap, &config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_stops_at_start_with_the_reason_when_kafka_refuses_it() {
+    let secured = relais_test_support::secured_kafka().await;
+    let no_acl = secured.environment(
+        &secured.sasl_ssl_bootstrap,
+        &secured.sasl(SaslMechanism::ScramSha512, "relais-noacl"),
+    );
+    let rogue = secured.environment(&secured.mtls_bootstrap, &secured.rogue_mtls());
+    for service in ["ingest-worker", "audit-service", "realtime-gateway"] {
+        let (code, printed) = refused_start(service, wrong_password(&secured));
+        assert_eq!(code, 77, "{service}, wrong password: {printed}");
+        assert!(
+            printed.contains("Authentication failed"),
+            "{service}, wrong password: {printed}"
+        );
+        assert!(!printed.contains("certainly-not-the-password"), "{printed}");
+
+        let (code, printed) = refused_start(service, no_acl.clone());
+        assert_eq!(code, 77, "{service}, no ACL: {printed}");
+        assert!(
+            printed.contains("\"relais-noacl\" may not describe topic"),
+            "{service}, no ACL: {printed}"
+        );
+
+        let (code, printed) = refused_start(service, rogue.clone());
+        assert_eq!(code, 77, "{service}, untrusted certificate: {printed}");
+        assert!(printed.contains("certificate"), "{service}: {printed}");
+    }
+}
