@@ -19,7 +19,7 @@ fn spawn(
     group: &str,
     config: &std::path::Path,
     log: &std::path::Path,
-) -> std::process::Child {
+) -> (std::process::Child, std::net::SocketAddr) {
     let endpoints = relais_test_support::Endpoints::from_env();
     let admin = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -54,7 +54,20 @@ fn spawn(
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
+        .map(|child| (child, admin))
         .unwrap()
+}
+
+/// Objects this process has written so far (0 while it is not serving metrics yet).
+async fn objects_written(admin: std::net::SocketAddr) -> f64 {
+    let Ok(response) = reqwest::get(format!("http://{admin}/metrics")).await else {
+        return 0.0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.strip_prefix("relais_audit_objects_written_total "))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -101,15 +114,16 @@ async fn kill_minus_nine_at_random_points_keeps_the_trail_exact() {
     producer.flush(Duration::from_secs(10)).unwrap();
 
     let mut killed_mid_write = 0;
-    // Five rounds, and more (up to ten) until one kill has landed mid-write: on a loaded
-    // machine a process may not have started writing within the random run time.
-    for round in 0..10 {
-        if round >= 5 && killed_mid_write > 0 {
-            break;
+    // Each round waits until its process has written an object (a restarted one first waits
+    // for the killed member's session to expire), then kills it a random moment later.
+    for round in 0..5 {
+        let (mut child, admin) = spawn(&topic, &bucket, &group, &config, &log);
+        let started = Instant::now();
+        while objects_written(admin).await < 1.0 && started.elapsed() < Duration::from_secs(40) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let mut child = spawn(&topic, &bucket, &group, &config, &log);
-        let run_for = Duration::from_millis(rand::rng().random_range(1200..2500));
-        tokio::time::sleep(run_for).await;
+        let after_first_object = Duration::from_millis(rand::rng().random_range(0..600));
+        tokio::time::sleep(after_first_object).await;
         child.kill().unwrap(); // SIGKILL, mid-write
         child.wait().unwrap();
         let so_far = common::stored_message_ids(&rgw, &bucket).await.len();
@@ -117,8 +131,12 @@ async fn kill_minus_nine_at_random_points_keeps_the_trail_exact() {
             killed_mid_write += 1;
         }
         eprintln!(
-            "round {round}: killed after {run_for:?} with {so_far} of {total} records stored"
+            "round {round}: killed {after_first_object:?} after its first object, {:?} after start, with {so_far} of {total} records stored",
+            started.elapsed()
         );
+        if so_far == total {
+            break;
+        }
     }
     assert!(
         killed_mid_write > 0,
@@ -126,7 +144,7 @@ async fn kill_minus_nine_at_random_points_keeps_the_trail_exact() {
     );
 
     // A last instance runs to the end.
-    let mut last = spawn(&topic, &bucket, &group, &config, &log);
+    let (mut last, _) = spawn(&topic, &bucket, &group, &config, &log);
     let deadline = Instant::now() + Duration::from_secs(180);
     let seen = loop {
         let seen = common::stored_message_ids(&rgw, &bucket).await;
