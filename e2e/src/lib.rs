@@ -7,6 +7,7 @@
 //! command that builds it.
 
 pub mod scenario;
+mod secured;
 pub mod verify;
 mod worker_config;
 
@@ -19,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use relais_kafka::SaslMechanism;
 use relais_test_support::{
     Endpoints, KafkaTestEnv, PrometheusTestEnv, RgwTestEnv, ScrapeTarget, SecuredKafka, unique_name,
 };
@@ -232,9 +232,11 @@ pub struct StackOptions {
     pub billing_upstream: bool,
     /// audit-service instances in the one group (partitions move between them).
     pub audit_instances: usize,
-    /// Every service reaches Kafka through the secured listeners: the workers with
-    /// SCRAM-SHA-512, the audit-service with mutual TLS, the gateway with PLAIN over TLS.
-    pub secured_kafka: Option<SecuredKafka>,
+    /// Everything secured: every service reaches Kafka through the secured listeners (the
+    /// workers with SCRAM-SHA-512, the audit-service with mutual TLS, the gateway with PLAIN
+    /// over TLS), and both gRPC services require TLS and a token (`AuditQuery` also a client
+    /// certificate).
+    pub secured: Option<SecuredKafka>,
 }
 
 impl Default for StackOptions {
@@ -245,7 +247,7 @@ impl Default for StackOptions {
             ingress_partitions: 6,
             billing_upstream: false,
             audit_instances: 1,
-            secured_kafka: None,
+            secured: None,
         }
     }
 }
@@ -367,18 +369,15 @@ impl ProcessStack {
             "RELAIS_KAFKA_BOOTSTRAP".to_owned(),
             kafka.bootstrap().to_owned(),
         )];
-        let mut audit_kafka = Vec::new();
-        let mut gateway_kafka = Vec::new();
-        if let Some(secured) = &options.secured_kafka {
-            common.extend(secured.environment(
-                &secured.sasl_ssl_bootstrap,
-                &secured.sasl(SaslMechanism::ScramSha512, "relais"),
-            ));
-            audit_kafka = secured.environment(&secured.mtls_bootstrap, &secured.mtls());
-            gateway_kafka = secured.environment(
-                &secured.sasl_ssl_bootstrap,
-                &secured.sasl(SaslMechanism::Plain, "relais"),
-            );
+        let audit_grpc = free_port();
+        let gateway_grpc = free_port();
+        let mut audit_secured = Vec::new();
+        let mut gateway_secured = Vec::new();
+        if let Some(kafka) = &options.secured {
+            let secured = secured::SecuredEnvironments::new(kafka, audit_grpc, gateway_grpc);
+            common.extend(secured.workers);
+            audit_secured = secured.audit;
+            gateway_secured = secured.gateway;
         }
         if let Some(endpoint) = &options.otlp_endpoint {
             common.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()));
@@ -413,7 +412,6 @@ impl ProcessStack {
             (billing, api)
         });
 
-        let audit_grpc = free_port();
         let audit_config = dir.join("audit-service.toml");
         write(
             &audit_config,
@@ -433,7 +431,7 @@ impl ProcessStack {
                 ("RELAIS_S3_SECRET_KEY", endpoints.s3_secret_key.clone()),
                 ("RELAIS_S3_BUCKET", bucket.clone()),
             ];
-            environment.extend(audit_kafka.iter().map(|(k, v)| (k.as_str(), v.clone())));
+            environment.extend(audit_secured.iter().map(|(k, v)| (k.as_str(), v.clone())));
             service(name, "audit-service", free_port(), environment)
         };
         let mut audit = audit_service("audit-service", audit_grpc);
@@ -446,7 +444,6 @@ impl ProcessStack {
         }
 
         let gateway_http = free_port();
-        let gateway_grpc = free_port();
         let viewer_token = format!("e2e-viewer-{}", unique_name("t"));
         let group = unique_name("e2e-ingest");
         let gateway_config = dir.join("realtime-gateway.toml");
@@ -472,7 +469,7 @@ impl ProcessStack {
             ("RELAIS_AUDIT_URL", format!("http://{audit_grpc}")),
             ("RELAIS_TOKENS", format!("viewer:e2e:{viewer_token}")),
         ];
-        gateway_environment.extend(gateway_kafka.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        gateway_environment.extend(gateway_secured.iter().map(|(k, v)| (k.as_str(), v.clone())));
         let mut gateway = service(
             "realtime-gateway",
             "realtime-gateway",

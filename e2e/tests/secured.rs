@@ -1,10 +1,12 @@
-//! The whole pipeline over the broker's secured listeners, and each service's start refused,
-//! with its reason, when its credentials are wrong or its principal lacks ACLs.
+//! The whole pipeline with everything secured (Kafka through the broker's TLS, SASL and
+//! mutual TLS listeners; gRPC with TLS, client certificates and tokens), and each service's
+//! start refused, with its reason, when Kafka refuses its credentials or it lacks ACLs.
 #![allow(clippy::unwrap_used)]
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use relais_e2e::{ProcessStack, StackOptions, binary, free_port, verify};
 use relais_kafka::SaslMechanism;
@@ -13,7 +15,7 @@ use relais_test_support::{SecuredKafka, unique_name};
 const MESSAGES: usize = 200;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_pipeline_runs_over_scram_mutual_tls_and_plain_over_tls() {
+async fn the_pipeline_runs_with_kafka_and_grpc_secured() {
     let kafka = relais_test_support::kafka().await;
     let secured = relais_test_support::secured_kafka().await;
     let rgw = relais_test_support::rgw().await;
@@ -22,7 +24,7 @@ async fn the_pipeline_runs_over_scram_mutual_tls_and_plain_over_tls() {
         &rgw,
         None,
         StackOptions {
-            secured_kafka: Some(secured.clone()),
+            secured: Some(secured.clone()),
             ..StackOptions::default()
         },
     )
@@ -30,18 +32,25 @@ async fn the_pipeline_runs_over_scram_mutual_tls_and_plain_over_tls() {
 
     // Produced over plain text: the services are what is under test.
     let producer: FutureProducer = kafka.client_config().create().unwrap();
+    let trace_id = format!("{:032x}", u128::from(std::process::id()) << 64 | 0x5ecu128);
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
     for index in 0..MESSAGES {
         let payload = format!(
             r#"{{"id":"secured-{index}","type":"order.created","occurred_at":"{}","source":"e2e","data":{{}}}}"#,
             chrono::Utc::now().to_rfc3339()
         );
+        let key = format!("k{}", index % 17);
+        let mut record = FutureRecord::to(&stack.topics.ingress)
+            .key(&key)
+            .payload(&payload);
+        if index == 0 {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: "traceparent",
+                value: Some(traceparent.as_bytes()),
+            }));
+        }
         producer
-            .send(
-                FutureRecord::to(&stack.topics.ingress)
-                    .key(&format!("k{}", index % 17))
-                    .payload(&payload),
-                Duration::from_secs(10),
-            )
+            .send(record, Duration::from_secs(10))
             .await
             .unwrap();
     }
@@ -73,6 +82,39 @@ async fn the_pipeline_runs_over_scram_mutual_tls_and_plain_over_tls() {
         .metric_sum("relais_worker_committed_messages_total")
         .await;
     assert_eq!(delivered, MESSAGES as f64, "one outcome per message");
+
+    // The worker reports to the gateway over TLS with its token ...
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let workers: serde_json::Value = stack
+            .gateway_get("/api/v1/workers")
+            .await
+            .json()
+            .await
+            .unwrap();
+        if workers["workers"][0]["connected"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no worker status stream after 30 s: {workers}; logs in {}",
+            stack.dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // ... and the gateway reads the audit trail over mutual TLS with its token.
+    let trace: serde_json::Value = stack
+        .gateway_get(&format!("/api/v1/traces/{trace_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(trace["partial"], false, "{trace}");
+    assert_eq!(
+        trace["audit"].as_array().map(Vec::len),
+        Some(1),
+        "the first message's audit record through AuditQuery: {trace}"
+    );
     stack.stop();
 }
 

@@ -21,6 +21,7 @@
 
 mod kafka;
 mod metrics;
+mod pki;
 mod prometheus;
 mod proxy;
 mod rgw;
@@ -30,6 +31,7 @@ use std::path::PathBuf;
 
 pub use kafka::KafkaTestEnv;
 pub use metrics::{AdminMetrics, Exposition, wait_until};
+pub use pki::{Issued, TestPki};
 pub use prometheus::{PrometheusTestEnv, ScrapeTarget};
 pub use proxy::TcpProxy;
 pub use rgw::{GatewayOutage, RgwTestEnv, install_crypto_provider};

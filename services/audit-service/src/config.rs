@@ -77,6 +77,9 @@ pub struct AuditConfig {
     pub storage: StorageConfig,
     pub retention: RetentionConfig,
     pub query: QueryConfig,
+    /// How `AuditQuery` callers are checked: TLS, client certificates, bearer tokens, request
+    /// size.
+    pub grpc: relais_grpc::GrpcServerConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
@@ -266,12 +269,15 @@ pub enum ConfigError {
     File(#[from] relais_telemetry::process::ConfigFileError),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Grpc(#[from] relais_grpc::GrpcSecurityError),
 }
 
 impl AuditConfig {
     pub fn load(args: &Args) -> Result<Self, ConfigError> {
         let config: Self = relais_telemetry::process::load_toml(args.config.as_deref())?;
         config.validate()?;
+        config.grpc.resolve()?;
         Ok(config)
     }
 

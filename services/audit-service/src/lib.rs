@@ -81,8 +81,10 @@ pub async fn run_with_commit_faults(
             shutdown.clone(),
         ),
     );
+    let grpc_security = config.grpc.resolve().context("grpc")?;
     let grpc = serve_grpc(
         args.grpc_addr,
+        &grpc_security,
         query::QueryService::new(
             Arc::clone(&store),
             Arc::clone(&index),
@@ -165,6 +167,7 @@ pub async fn run_with_commit_faults(
 /// until shutdown.
 async fn serve_grpc(
     address: std::net::SocketAddr,
+    security: &relais_grpc::ServerSecurity,
     service: query::QueryService,
     shutdown: CancellationToken,
 ) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
@@ -176,15 +179,24 @@ async fn serve_grpc(
         .set_serving::<relais_proto::v1::audit_query_server::AuditQueryServer<query::QueryService>>(
         )
         .await;
-    tracing::info!(address = %listener.local_addr()?, "AuditQuery gRPC listening");
+    tracing::info!(
+        address = %listener.local_addr()?,
+        callers = security.describe(),
+        "AuditQuery gRPC listening"
+    );
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = security.server().context("gRPC TLS")?;
+    let (require_token, max_request_bytes) =
+        (security.require_token(), security.max_request_bytes());
     Ok(async move {
-        let served = tonic::transport::Server::builder()
+        let served = server
             .layer(relais_telemetry::grpc_server::GrpcServerSpans)
+            .layer(require_token)
             .add_service(health)
-            .add_service(relais_proto::v1::audit_query_server::AuditQueryServer::new(
-                service,
-            ))
+            .add_service(
+                relais_proto::v1::audit_query_server::AuditQueryServer::new(service)
+                    .max_decoding_message_size(max_request_bytes),
+            )
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await;
         if let Err(error) = served {

@@ -355,7 +355,8 @@ pub async fn run(
         Arc::clone(&lags),
         shutdown.clone(),
     ));
-    let status_reporter = config.status.gateway.clone().map(|gateway| {
+    let status_gateway = config.status_gateway().context("status.client")?;
+    let status_reporter = status_gateway.map(|gateway| {
         let source = status::StatusSource {
             worker_id: worker_id.clone(),
             started_at: std::time::SystemTime::now(),

@@ -114,11 +114,14 @@ fn gauge_u32(gauge: &prometheus_client::metrics::gauge::Gauge) -> u32 {
 /// shutdown. Reconnects with capped backoff.
 pub async fn report(
     source: StatusSource,
-    gateway: String,
+    gateway: GatewayAddress,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(500);
+    // The first failure of a row is a warning (a certificate refused is as silent as a
+    // gateway that is away); the retries after it are debug.
+    let mut failing = false;
     while !shutdown.is_cancelled() {
         let connected = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -127,12 +130,18 @@ pub async fn report(
         let mut client = match connected {
             Ok(client) => client,
             Err(error) => {
-                tracing::debug!(%gateway, %error, "gateway unreachable; status not reported");
+                if failing {
+                    tracing::debug!(%gateway, error = ?error, "gateway unreachable; status not reported");
+                } else {
+                    tracing::warn!(%gateway, error = ?error, "gateway unreachable; status not reported until it answers");
+                    failing = true;
+                }
                 sleep_or_stop(backoff, &shutdown).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
                 continue;
             }
         };
+        failing = false;
         let (sender, receiver) = mpsc::channel::<WorkerStatus>(4);
         let mut call =
             tokio::spawn(async move { client.report(ReceiverStream::new(receiver)).await });
@@ -157,6 +166,15 @@ pub async fn report(
                 let _ = tokio::time::timeout(Duration::from_secs(2), call).await;
                 return;
             }
+            Some(Ok(Err(status)))
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                tracing::warn!(%gateway, message = status.message(), "the gateway refused this worker's status reports (status.client: certificate or token)");
+                sleep_or_stop(Duration::from_secs(10), &shutdown).await;
+            }
             Some(result) => {
                 tracing::info!(%gateway, ?result, "status stream ended; reconnecting");
                 if connected_at.elapsed() > Duration::from_secs(30) {
@@ -169,14 +187,38 @@ pub async fn report(
     }
 }
 
-async fn connect(
-    gateway: &str,
-) -> Result<WorkerReportClient<tonic::transport::Channel>, tonic::transport::Error> {
-    let endpoint = tonic::transport::Endpoint::from_shared(gateway.to_owned())?
+/// The gateway's `WorkerReport` endpoint (TLS settings included) and the token to send.
+#[derive(Debug, Clone)]
+pub struct GatewayAddress {
+    pub url: String,
+    pub endpoint: tonic::transport::Endpoint,
+    pub token: relais_grpc::BearerToken,
+}
+
+impl std::fmt::Display for GatewayAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+type ReportClient = WorkerReportClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        relais_grpc::BearerToken,
+    >,
+>;
+
+async fn connect(gateway: &GatewayAddress) -> Result<ReportClient, tonic::transport::Error> {
+    let endpoint = gateway
+        .endpoint
+        .clone()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(3600))
         .tcp_nodelay(true);
-    Ok(WorkerReportClient::new(endpoint.connect().await?))
+    Ok(WorkerReportClient::with_interceptor(
+        endpoint.connect().await?,
+        gateway.token.clone(),
+    ))
 }
 
 async fn sleep_or_stop(duration: Duration, shutdown: &CancellationToken) {

@@ -6,9 +6,11 @@
 
 use std::time::Duration;
 
+use relais_grpc::BearerToken;
 use relais_proto::v1::audit_query_client::AuditQueryClient;
 use relais_proto::v1::{AuditRecord, TrailRequest, trail_request};
 use serde::Serialize;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use utoipa::ToSchema;
 
@@ -17,7 +19,7 @@ use crate::metrics::{GatewayMetrics, ResultLabels};
 
 #[derive(Debug, Clone)]
 pub struct AuditClient {
-    client: AuditQueryClient<Channel>,
+    client: AuditQueryClient<InterceptedService<Channel, BearerToken>>,
     timeout: Duration,
     max_records: u32,
     metrics: GatewayMetrics,
@@ -152,21 +154,22 @@ pub struct TrailWindow {
 
 impl AuditClient {
     pub fn new(
-        url: &str,
+        endpoint: Endpoint,
+        token: BearerToken,
         timeout: Duration,
         max_records: u32,
         metrics: GatewayMetrics,
-    ) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_owned())?
+    ) -> Self {
+        let channel = endpoint
             .connect_timeout(timeout)
             .timeout(timeout)
             .connect_lazy();
-        Ok(Self {
-            client: AuditQueryClient::new(channel),
+        Self {
+            client: AuditQueryClient::with_interceptor(channel, token),
             timeout,
             max_records,
             metrics,
-        })
+        }
     }
 
     pub async fn trail(&self, trace_id: &str, window: TrailWindow) -> Trail {

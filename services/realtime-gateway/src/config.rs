@@ -51,6 +51,9 @@ pub struct GatewayConfig {
     pub http: HttpConfig,
     pub audit: AuditConfig,
     pub workers: WorkersConfig,
+    /// How `WorkerReport` callers (the workers) are checked: TLS, client certificates,
+    /// bearer tokens, request size.
+    pub grpc: relais_grpc::GrpcServerConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
@@ -216,6 +219,9 @@ pub struct AuditConfig {
     #[schemars(with = "String")]
     pub timeout: Duration,
     pub max_records: u32,
+    /// How the gateway reaches the audit-service (`--audit-url`, `https://` for TLS): the CA,
+    /// a client certificate, a bearer token; variables `RELAIS_AUDIT_*`.
+    pub client: relais_grpc::GrpcClientConfig,
 }
 
 impl Default for AuditConfig {
@@ -223,6 +229,7 @@ impl Default for AuditConfig {
         Self {
             timeout: Duration::from_secs(3),
             max_records: 1000,
+            client: relais_grpc::GrpcClientConfig::default(),
         }
     }
 }
@@ -259,13 +266,23 @@ pub enum ConfigError {
     Tokens(#[from] TokenError),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Grpc(#[from] relais_grpc::GrpcSecurityError),
 }
+
+/// The variables the audit-service client falls back to: `RELAIS_AUDIT_TLS_CA_FILE`, ...
+pub const AUDIT_CLIENT_ENV_PREFIX: &str = "RELAIS_AUDIT";
 
 impl GatewayConfig {
     /// Reads the file named by `args` (defaults without one) and checks the result.
     pub fn load(args: &Args) -> Result<Self, ConfigError> {
         let config: Self = relais_telemetry::process::load_toml(args.config.as_deref())?;
         config.validate()?;
+        config.grpc.resolve()?;
+        config
+            .audit
+            .client
+            .endpoint("audit.client", AUDIT_CLIENT_ENV_PREFIX, &args.audit_url)?;
         Ok(config)
     }
 

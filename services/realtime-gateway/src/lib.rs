@@ -106,13 +106,22 @@ pub async fn start(
         config.workers.forget_after,
         config.workers.max_workers,
     ));
+    let (audit_endpoint, audit_token) = config
+        .audit
+        .client
+        .endpoint(
+            "audit.client",
+            config::AUDIT_CLIENT_ENV_PREFIX,
+            &args.audit_url,
+        )
+        .with_context(|| format!("audit-service at {:?}", args.audit_url))?;
     let audit = audit::AuditClient::new(
-        &args.audit_url,
+        audit_endpoint,
+        audit_token,
         config.audit.timeout,
         config.audit.max_records,
         metrics.clone(),
-    )
-    .with_context(|| format!("invalid audit-service URL {:?}", args.audit_url))?;
+    );
 
     let kafka = config
         .kafka
@@ -159,9 +168,14 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", args.grpc_addr))?;
     let grpc_addr = grpc_listener.local_addr()?;
+    let grpc_security = config.grpc.resolve().context("grpc")?;
+    tracing::info!(address = %grpc_addr, callers = grpc_security.describe(), "WorkerReport gRPC listening");
+    let grpc_server = grpc_security.server().context("gRPC TLS")?;
     tasks.spawn(
         "grpc",
         serve_grpc(
+            grpc_server,
+            grpc_security,
             grpc_listener,
             ReportService {
                 registry: Arc::clone(&workers),
@@ -242,6 +256,8 @@ pub async fn run(
 
 /// Serves `WorkerReport` and the standard health service until shutdown.
 async fn serve_grpc(
+    server: tonic::transport::Server,
+    security: relais_grpc::ServerSecurity,
     listener: tokio::net::TcpListener,
     service: ReportService,
     shutdown: CancellationToken,
@@ -252,13 +268,17 @@ async fn serve_grpc(
         .set_serving::<WorkerReportServer<ReportService>>()
         .await;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let served = tonic::transport::Server::builder()
+    let served = server
         .layer(relais_telemetry::grpc_server::GrpcServerSpans)
+        .layer(security.require_token())
         // A worker that vanished without closing its stream is noticed within 30 s.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health)
-        .add_service(WorkerReportServer::new(service))
+        .add_service(
+            WorkerReportServer::new(service)
+                .max_decoding_message_size(security.max_request_bytes()),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
     if let Err(error) = served {

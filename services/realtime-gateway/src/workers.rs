@@ -73,6 +73,35 @@ pub struct WorkerCircuit {
     pub concurrency_limit: u32,
 }
 
+/// What one status may make the gateway keep. A worker owns at most as many partitions as the
+/// ingress topic has and reports one circuit per upstream; beyond these bounds a status is
+/// cut, so that no caller can make the gateway hold more than about
+/// `workers.max_workers` × 1 MiB whatever it sends.
+const MAX_PARTITIONS_PER_STATUS: usize = 4096;
+const MAX_CIRCUITS_PER_STATUS: usize = 1024;
+const MAX_TEXT_BYTES: usize = 256;
+
+/// `status` within the bounds above (lists cut, long texts cut at a character boundary).
+fn bounded(mut status: WorkerStatus) -> WorkerStatus {
+    fn cut(text: &mut String) {
+        if text.len() > MAX_TEXT_BYTES {
+            let mut end = MAX_TEXT_BYTES;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+    }
+    status.partitions.truncate(MAX_PARTITIONS_PER_STATUS);
+    status.circuits.truncate(MAX_CIRCUITS_PER_STATUS);
+    cut(&mut status.version);
+    for circuit in &mut status.circuits {
+        cut(&mut circuit.upstream);
+        cut(&mut circuit.held);
+    }
+    status
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     Accepted,
@@ -140,7 +169,7 @@ impl WorkerRegistry {
                 last_seen: now,
                 open_streams: 0,
             });
-        entry.status = status;
+        entry.status = bounded(status);
         entry.last_seen = now;
         if first_of_stream {
             entry.open_streams += 1;
@@ -265,8 +294,10 @@ impl WorkerReport for ReportService {
                 Ok(Some(status)) => status,
                 Ok(None) => break,
                 Err(error) => {
+                    // A message above grpc.max_request_bytes, or a stream cut by the peer:
+                    // either way the caller is told.
                     tracing::debug!(%error, worker = ?guard.worker_id, "status stream broke");
-                    break;
+                    return Err(error);
                 }
             };
             if status.worker_id.is_empty() || status.worker_id.len() > MAX_WORKER_ID_LEN {
@@ -314,6 +345,28 @@ mod tests {
             worker_id: id.into(),
             ..WorkerStatus::default()
         }
+    }
+
+    #[test]
+    fn a_status_is_cut_to_what_one_worker_may_make_the_gateway_keep() {
+        let huge = WorkerStatus {
+            worker_id: "w".into(),
+            version: "é".repeat(400),
+            partitions: vec![relais_proto::v1::PartitionStatus::default(); 10_000],
+            circuits: vec![
+                relais_proto::v1::UpstreamCircuit {
+                    upstream: "u".repeat(1000),
+                    ..Default::default()
+                };
+                2_000
+            ],
+            ..WorkerStatus::default()
+        };
+        let kept = bounded(huge);
+        assert_eq!(kept.partitions.len(), MAX_PARTITIONS_PER_STATUS);
+        assert_eq!(kept.circuits.len(), MAX_CIRCUITS_PER_STATUS);
+        assert!(kept.version.len() <= MAX_TEXT_BYTES && kept.version.starts_with('é'));
+        assert_eq!(kept.circuits[0].upstream.len(), MAX_TEXT_BYTES);
     }
 
     #[test]

@@ -398,3 +398,99 @@ async fn workers_report_over_grpc_and_an_admin_can_forget_them() {
     assert_eq!(workers["workers"].as_array().unwrap().len(), 0);
     gateway.stop().await;
 }
+
+/// Sends one status on a new `Report` stream and returns how the call ended.
+async fn report_once(
+    config: &relais_grpc::GrpcClientConfig,
+    url: &str,
+    status: WorkerStatus,
+) -> Result<u64, tonic::Status> {
+    let (endpoint, token) = config
+        .endpoint_with("status.client", "RELAIS_TEST_UNSET", url, |_| None)
+        .unwrap();
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|error| tonic::Status::unavailable(format!("{error:?}")))?;
+    let mut client = v1::worker_report_client::WorkerReportClient::with_interceptor(channel, token);
+    let stream = tokio_stream::iter([status]);
+    client
+        .report(stream)
+        .await
+        .map(|answer| answer.into_inner().received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn worker_reports_over_tls_need_an_accepted_token_and_stay_small() {
+    let kafka = relais_test_support::kafka().await;
+    let topic = kafka.create_topic("it-events", 1).await;
+    let pki = relais_test_support::TestPki::new("gateway-test-ca");
+    let server = pki.server("realtime-gateway");
+    let token = relais_test_support::unique_name("worker-token");
+    let mut config = test_config(&topic);
+    config.grpc = relais_grpc::GrpcServerConfig {
+        certificate_file: Some(server.certificate),
+        key_file: Some(server.key),
+        client_ca_file: None,
+        tokens_file: Some(pki.write("tokens", &format!("{token}\n"))),
+        max_request_bytes: 64 * 1024,
+    };
+    let gateway = Gateway::start(&kafka, config, "http://127.0.0.1:1").await;
+    let url = format!("https://127.0.0.1:{}", gateway.grpc.port());
+    let with_token = relais_grpc::GrpcClientConfig {
+        ca_file: Some(pki.ca_file()),
+        token_file: Some(pki.write("token", &token)),
+        ..Default::default()
+    };
+    let status = |worker_id: &str| WorkerStatus {
+        worker_id: worker_id.into(),
+        ..WorkerStatus::default()
+    };
+
+    assert_eq!(
+        report_once(&with_token, &url, status("worker-tls"))
+            .await
+            .unwrap(),
+        1
+    );
+    eventually(Duration::from_secs(10), "worker-tls listed", || async {
+        let workers = gateway.get_json("/api/v1/workers").await;
+        (workers["workers"][0]["worker_id"] == "worker-tls").then_some(())
+    })
+    .await;
+
+    let without_token = relais_grpc::GrpcClientConfig {
+        token_file: None,
+        ..with_token.clone()
+    };
+    let refused = report_once(&without_token, &url, status("impostor"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+    // A status above grpc.max_request_bytes is refused whole, before it is decoded.
+    let huge = WorkerStatus {
+        partitions: (0..20_000)
+            .map(|partition| v1::PartitionStatus {
+                partition,
+                committed_offset: 1 << 40,
+                high_watermark: 1 << 41,
+                lag: 1 << 40,
+                paused: true,
+            })
+            .collect(),
+        ..status("worker-huge")
+    };
+    let refused = report_once(&with_token, &url, huge).await.unwrap_err();
+    assert!(refused.message().contains("too large"), "{refused:?}");
+
+    let workers = gateway.get_json("/api/v1/workers").await;
+    let listed: Vec<&str> = workers["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|worker| worker["worker_id"].as_str())
+        .collect();
+    assert_eq!(listed, ["worker-tls"], "nothing else was admitted");
+    gateway.stop().await;
+}

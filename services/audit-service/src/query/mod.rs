@@ -266,9 +266,14 @@ pub async fn print_trail(
         (None, Some(message_id)) => trail_request::Key::MessageId(message_id),
         (None, None) => anyhow::bail!("give --trace-id or --message-id"),
     };
-    let mut client = AuditQueryClient::connect(url.clone())
+    // TLS and the token from the RELAIS_AUDIT_* variables, as the gateway reads them.
+    let (endpoint, token) =
+        relais_grpc::GrpcClientConfig::default().endpoint("trail", "RELAIS_AUDIT", &url)?;
+    let channel = endpoint
+        .connect()
         .await
         .map_err(|error| anyhow::anyhow!("cannot reach audit-service at {url}: {error}"))?;
+    let mut client = AuditQueryClient::with_interceptor(channel, token);
     let started = std::time::Instant::now();
     let trail = client
         .get_trail(TrailRequest {

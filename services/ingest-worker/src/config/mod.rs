@@ -105,6 +105,9 @@ pub struct StatusConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub interval: Duration,
+    /// How the worker reaches the gateway (`https://` for TLS): the CA, a client
+    /// certificate, a bearer token; variables `RELAIS_STATUS_*`.
+    pub client: relais_grpc::GrpcClientConfig,
 }
 
 impl Default for StatusConfig {
@@ -112,6 +115,7 @@ impl Default for StatusConfig {
         Self {
             gateway: None,
             interval: Duration::from_secs(2),
+            client: relais_grpc::GrpcClientConfig::default(),
         }
     }
 }
@@ -278,6 +282,8 @@ pub enum ConfigError {
     Invalid(String),
     #[error(transparent)]
     Kafka(#[from] relais_kafka::KafkaConfigError),
+    #[error(transparent)]
+    Grpc(#[from] relais_grpc::GrpcSecurityError),
     #[error("upstream {name}")]
     Policy {
         name: String,
@@ -294,6 +300,25 @@ impl WorkerConfig {
         bootstrap: &str,
     ) -> Result<relais_kafka::KafkaClient, relais_kafka::KafkaConfigError> {
         self.kafka.client.resolve(bootstrap)
+    }
+
+    /// Where status reports go, with their TLS settings and token read; none when
+    /// `status.gateway` is unset.
+    pub fn status_gateway(
+        &self,
+    ) -> Result<Option<crate::status::GatewayAddress>, relais_grpc::GrpcSecurityError> {
+        let Some(url) = &self.status.gateway else {
+            return Ok(None);
+        };
+        let (endpoint, token) =
+            self.status
+                .client
+                .endpoint("status.client", "RELAIS_STATUS", url)?;
+        Ok(Some(crate::status::GatewayAddress {
+            url: url.clone(),
+            endpoint,
+            token,
+        }))
     }
 
     /// What the worker must be allowed to use, for the start-up check.
@@ -367,6 +392,7 @@ impl WorkerConfig {
             config.status.gateway = args.gateway.clone();
         }
         config.validate()?;
+        config.status_gateway()?;
         Ok(config)
     }
 

@@ -251,6 +251,7 @@ pub fn worker_config(
         status: relais_ingest_worker::config::StatusConfig {
             gateway,
             interval: Duration::from_millis(200),
+            ..Default::default()
         },
         ..WorkerConfig::default()
     }

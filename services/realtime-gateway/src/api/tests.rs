@@ -64,12 +64,13 @@ fn state() -> AppState {
             100,
         )),
         audit: AuditClient::new(
-            &format!("http://{CLOSED}"),
+            tonic::transport::Endpoint::from_shared(format!("http://{CLOSED}"))
+                .unwrap_or_else(|e| panic!("{e}")),
+            relais_grpc::BearerToken::default(),
             Duration::from_secs(2),
             100,
             metrics.clone(),
-        )
-        .unwrap_or_else(|e| panic!("{e}")),
+        ),
         upstreams: Arc::new(upstreams),
         replays: Arc::new(replays),
         tokens: Arc::new(tokens),

@@ -151,6 +151,7 @@ impl Stack {
             status: relais_ingest_worker::config::StatusConfig {
                 gateway: Some(format!("http://{}", gateway.grpc)),
                 interval: Duration::from_millis(200),
+                ..Default::default()
             },
             ..relais_ingest_worker::config::WorkerConfig::default()
         };
