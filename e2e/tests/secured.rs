@@ -122,8 +122,11 @@ async fn the_pipeline_runs_with_kafka_and_grpc_secured() {
 /// panics if it does not stop within 40 s.
 fn refused_start(service: &str, environment: Vec<(String, String)>) -> (i32, String) {
     let log = std::env::temp_dir().join(unique_name(&format!("{service}-refused")));
+    let endpoints = relais_test_support::Endpoints::from_env();
+    // Defaults first, so that `environment` overrides them.
     let mut child = Command::new(binary(service))
-        .envs(environment)
+        .env("RELAIS_S3_ACCESS_KEY", endpoints.s3_access_key)
+        .env("RELAIS_S3_SECRET_KEY", endpoints.s3_secret_key)
         .env("RELAIS_ADMIN_ADDR", free_port().to_string())
         .env("RELAIS_GRPC_ADDR", free_port().to_string())
         .env("RELAIS_HTTP_ADDR", free_port().to_string())
@@ -132,6 +135,7 @@ fn refused_start(service: &str, environment: Vec<(String, String)>) -> (i32, Str
             "viewer:e2e:a-viewer-token-long-enough-for-the-check",
         )
         .env("RUST_LOG", "warn")
+        .envs(environment)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -189,5 +193,71 @@ async fn every_service_stops_at_start_with_the_reason_when_kafka_refuses_it() {
         let (code, printed) = refused_start(service, rogue.clone());
         assert_eq!(code, 77, "{service}, untrusted certificate: {printed}");
         assert!(printed.contains("certificate"), "{service}: {printed}");
+    }
+}
+
+type Environment = Vec<(String, String)>;
+
+fn variables(pairs: &[(&str, &str)]) -> Environment {
+    pairs
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_production_profile_refuses_placeholder_and_development_secrets() {
+    let production = ("RELAIS_PROFILE", "production");
+    let cases: Vec<(&str, Environment, &str)> = vec![
+        (
+            "realtime-gateway",
+            variables(&[
+                production,
+                (
+                    "RELAIS_TOKENS",
+                    "viewer:dashboard:replace-with-a-long-random-secret",
+                ),
+            ]),
+            "placeholder",
+        ),
+        (
+            "realtime-gateway",
+            variables(&[
+                production,
+                ("RELAIS_TOKENS", "viewer:dashboard:only-twenty-chars-xx"),
+            ]),
+            "shorter than 32",
+        ),
+        (
+            "audit-service",
+            variables(&[
+                production,
+                ("RELAIS_S3_ACCESS_KEY", "relais-dev"),
+                ("RELAIS_S3_SECRET_KEY", "relais-dev-secret"),
+            ]),
+            "development value",
+        ),
+        (
+            "audit-service",
+            variables(&[("RELAIS_S3_ACCESS_KEY", ""), ("RELAIS_S3_SECRET_KEY", "")]),
+            "S3 credentials are required",
+        ),
+        (
+            "ingest-worker",
+            variables(&[
+                production,
+                ("RELAIS_KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+                ("RELAIS_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+                ("RELAIS_KAFKA_SASL_USERNAME", "relais"),
+                ("RELAIS_KAFKA_SASL_PASSWORD", "change-me-before-deploying"),
+            ]),
+            "placeholder",
+        ),
+    ];
+    for (service, environment, reason) in cases {
+        let (code, printed) = refused_start(service, environment);
+        assert_eq!(code, 64, "{service}: {printed}");
+        assert!(printed.contains(reason), "{service}, {reason}: {printed}");
+        assert!(!printed.contains("change-me-before"), "{printed}");
     }
 }

@@ -208,7 +208,9 @@ def raise_open_files_limit():
 
 def start(binary, env, log_path):
     handle = open(log_path, "ab")
-    return subprocess.Popen([str(RELEASE / binary)], env={**os.environ, **env, "RUST_LOG": "warn"},
+    # The S3 user every audit-service of the benchmark writes as (it has no built-in keys).
+    s3 = {"RELAIS_S3_ENDPOINT": S3_ENDPOINT, "RELAIS_S3_ACCESS_KEY": S3_ACCESS, "RELAIS_S3_SECRET_KEY": S3_SECRET}
+    return subprocess.Popen([str(RELEASE / binary)], env={**os.environ, **s3, **env, "RUST_LOG": "warn"},
                             stdout=handle, stderr=handle, stdin=subprocess.DEVNULL)
 
 

@@ -40,6 +40,19 @@ impl std::fmt::Debug for BearerToken {
     }
 }
 
+impl BearerToken {
+    /// Hands the token, if any, to `check` (start-up rules such as the production profile's).
+    pub fn check(&self, check: impl Fn(&str) -> Result<(), String>) -> Result<(), String> {
+        match &self.0 {
+            Some(value) => {
+                let text = value.to_str().unwrap_or_default();
+                check(text.strip_prefix("Bearer ").unwrap_or(text))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 impl tonic::service::Interceptor for BearerToken {
     fn call(
         &mut self,

@@ -146,6 +146,14 @@ impl ServerSecurity {
         }
     }
 
+    /// Hands each accepted token to `check` (see [`AcceptedTokens::check_each`]).
+    pub fn check_tokens(&self, check: impl Fn(&str) -> Result<(), String>) -> Result<(), String> {
+        match &self.tokens {
+            Some(tokens) => tokens.check_each(check),
+            None => Ok(()),
+        }
+    }
+
     /// For the generated servers' `max_decoding_message_size`.
     pub fn max_request_bytes(&self) -> usize {
         self.max_request_bytes

@@ -47,6 +47,16 @@ impl AcceptedTokens {
         Ok(Self { tokens })
     }
 
+    /// Hands each token to `check` (start-up rules such as the production profile's); the
+    /// first refusal is returned with the token's line number in the file.
+    pub fn check_each(&self, check: impl Fn(&str) -> Result<(), String>) -> Result<(), String> {
+        for (index, token) in self.tokens.iter().enumerate() {
+            check(&String::from_utf8_lossy(token))
+                .map_err(|reason| format!("token {} of the file: {reason}", index + 1))?;
+        }
+        Ok(())
+    }
+
     /// Whether an `authorization` header value (`Bearer <token>`) carries an accepted token.
     /// Every accepted token is compared, so the time taken does not say which one is close.
     pub fn accepts(&self, authorization: Option<&[u8]>) -> bool {

@@ -56,6 +56,17 @@ impl KafkaClient {
         self.settings.get(key).map(String::as_str)
     }
 
+    /// Hands each secret (by its librdkafka name) to `check`, for start-up rules such as the
+    /// production profile's; the first refusal is returned.
+    pub fn check_secrets(
+        &self,
+        check: impl Fn(&str, &str) -> Result<(), String>,
+    ) -> Result<(), String> {
+        self.secrets
+            .iter()
+            .try_for_each(|(key, Secret(value))| check(key, value))
+    }
+
     /// The librdkafka configuration, secrets included: to create clients with, never to log
     /// (`ClientConfig`'s `Debug` prints every value).
     pub fn config(&self) -> ClientConfig {

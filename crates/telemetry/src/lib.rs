@@ -20,6 +20,7 @@ mod init;
 pub mod logging;
 pub mod process;
 pub mod propagation;
+pub mod secrets;
 pub mod shutdown;
 pub mod tasks;
 

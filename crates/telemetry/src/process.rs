@@ -118,7 +118,8 @@ pub fn load_toml<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T
 }
 
 /// Resolves `[kafka.client]` for `bootstrap` and asks the brokers for what the service
-/// `needs`. Invalid settings exit with [`EXIT_CONFIG`], refused credentials or certificates and
+/// `needs`. Invalid settings (and, in the production `profile`, placeholder secrets) exit with
+/// [`EXIT_CONFIG`], refused credentials or certificates and
 /// missing ACLs with [`EXIT_KAFKA_ACCESS`], each with the reason; brokers that do not answer in
 /// time are logged, and the service starts and waits for them as it would without the check.
 pub async fn check_kafka(
@@ -126,10 +127,24 @@ pub async fn check_kafka(
     config: &relais_kafka::KafkaClientConfig,
     bootstrap: &str,
     needs: relais_kafka::access::Needs,
+    profile: crate::secrets::Profile,
 ) -> Result<relais_kafka::KafkaClient, ExitCode> {
     let client = config
         .resolve(bootstrap)
         .map_err(|error| config_error_exit(service, &error))?;
+    client
+        .check_secrets(|key, value| {
+            crate::secrets::check(
+                &format!("kafka.client ({key})"),
+                value,
+                crate::secrets::SecretKind::Credential,
+                profile,
+            )
+        })
+        .map_err(|reason| {
+            eprintln!("{service}: {reason}");
+            ExitCode::from(EXIT_CONFIG)
+        })?;
     let checked = client.clone();
     let verdict = tokio::task::spawn_blocking(move || {
         relais_kafka::access::check_access(&checked, &needs, KAFKA_CHECK_DEADLINE)

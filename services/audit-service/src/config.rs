@@ -25,15 +25,22 @@ pub struct Args {
     pub s3_endpoint: String,
     #[arg(long, env = "RELAIS_S3_REGION", default_value = "default")]
     pub s3_region: String,
-    #[arg(long, env = "RELAIS_S3_ACCESS_KEY", default_value = "relais-dev")]
-    pub s3_access_key: String,
+    /// Required: there is no built-in key.
+    #[arg(long, env = "RELAIS_S3_ACCESS_KEY")]
+    pub s3_access_key: Option<String>,
+    /// Required, here or in `--s3-secret-key-file`.
+    #[arg(long, env = "RELAIS_S3_SECRET_KEY", hide_env_values = true)]
+    pub s3_secret_key: Option<String>,
+    /// A file holding the S3 secret key (a mounted secret).
     #[arg(
         long,
-        env = "RELAIS_S3_SECRET_KEY",
-        default_value = "relais-dev-secret",
-        hide_env_values = true
+        env = "RELAIS_S3_SECRET_KEY_FILE",
+        conflicts_with = "s3_secret_key"
     )]
-    pub s3_secret_key: String,
+    pub s3_secret_key_file: Option<PathBuf>,
+    /// `production` refuses placeholder and development secrets (exit 64).
+    #[arg(long, env = "RELAIS_PROFILE", value_enum, default_value_t)]
+    pub profile: relais_telemetry::secrets::Profile,
     #[arg(long, env = "RELAIS_S3_BUCKET", default_value = "relais-audit")]
     pub bucket: String,
     /// Admin endpoint (`/metrics`, `/healthz`, `/readyz`).
@@ -66,6 +73,57 @@ pub enum Command {
         #[arg(long)]
         message_id: Option<String>,
     },
+}
+
+/// The S3 user the service writes as.
+#[derive(Clone)]
+pub struct S3Credentials {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Args {
+    /// The S3 keys, from the flags, the variables or the secret file; both are required, and
+    /// the production profile refuses development values and placeholders.
+    pub fn s3_credentials(&self) -> Result<S3Credentials, ConfigError> {
+        use relais_telemetry::secrets::{self, SecretKind};
+        let missing = || {
+            ConfigError::Invalid(
+                "S3 credentials are required: RELAIS_S3_ACCESS_KEY and RELAIS_S3_SECRET_KEY (or RELAIS_S3_SECRET_KEY_FILE)".into(),
+            )
+        };
+        let access_key = self
+            .s3_access_key
+            .clone()
+            .filter(|key| !key.is_empty())
+            .ok_or_else(missing)?;
+        let secret_key = match (&self.s3_secret_key, &self.s3_secret_key_file) {
+            (_, Some(path)) => secrets::read_file("RELAIS_S3_SECRET_KEY_FILE", path)
+                .map_err(ConfigError::Invalid)?,
+            (Some(key), None) if !key.is_empty() => key.clone(),
+            _ => return Err(missing()),
+        };
+        for (what, value) in [
+            ("RELAIS_S3_ACCESS_KEY", &access_key),
+            ("the S3 secret key", &secret_key),
+        ] {
+            secrets::check(what, value, SecretKind::Credential, self.profile)
+                .map_err(ConfigError::Invalid)?;
+        }
+        Ok(S3Credentials {
+            access_key,
+            secret_key,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
@@ -277,7 +335,15 @@ impl AuditConfig {
     pub fn load(args: &Args) -> Result<Self, ConfigError> {
         let config: Self = relais_telemetry::process::load_toml(args.config.as_deref())?;
         config.validate()?;
-        config.grpc.resolve()?;
+        {
+            use relais_telemetry::secrets::{SecretKind, rule};
+            config
+                .grpc
+                .resolve()?
+                .check_tokens(rule("grpc.tokens_file", SecretKind::Token, args.profile))
+                .map_err(ConfigError::Invalid)?;
+        }
+        args.s3_credentials()?;
         Ok(config)
     }
 

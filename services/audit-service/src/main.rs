@@ -37,6 +37,7 @@ async fn main() -> ExitCode {
         &config.kafka.client,
         &args.kafka_bootstrap,
         needs,
+        args.profile,
     )
     .await
     {

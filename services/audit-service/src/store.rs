@@ -18,6 +18,8 @@ use crate::object::{self, Pending};
 /// Why the service cannot use the store; each message says what to check.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("{0}")]
+    Keys(String),
     #[error("invalid S3 settings (endpoint {endpoint}, bucket {bucket})")]
     Settings {
         endpoint: String,
@@ -103,9 +105,12 @@ impl Store {
             region: args.s3_region.clone(),
             endpoint: args.s3_endpoint.clone(),
         };
+        let keys = args
+            .s3_credentials()
+            .map_err(|error| StoreError::Keys(error.to_string()))?;
         let credentials = Credentials::new(
-            Some(&args.s3_access_key),
-            Some(&args.s3_secret_key),
+            Some(&keys.access_key),
+            Some(&keys.secret_key),
             None,
             None,
             None,

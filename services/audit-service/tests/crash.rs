@@ -39,6 +39,8 @@ fn spawn(
         .env("RELAIS_AUDIT_CONFIG", config)
         .env("RELAIS_KAFKA_BOOTSTRAP", endpoints.kafka_bootstrap)
         .env("RELAIS_S3_ENDPOINT", endpoints.s3_endpoint)
+        .env("RELAIS_S3_ACCESS_KEY", endpoints.s3_access_key)
+        .env("RELAIS_S3_SECRET_KEY", endpoints.s3_secret_key)
         .env("RELAIS_S3_BUCKET", bucket)
         .env("RELAIS_ADMIN_ADDR", admin.to_string())
         .env(

@@ -29,6 +29,7 @@ async fn main() -> ExitCode {
         &config.kafka.client,
         &args.kafka_bootstrap,
         config.kafka_needs(),
+        args.profile,
     )
     .await
     {

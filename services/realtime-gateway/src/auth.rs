@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use relais_telemetry::secrets::{self, Profile, SecretKind};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -65,6 +66,8 @@ pub enum TokenError {
     Malformed(usize),
     #[error("token {name:?}: a secret must be at least 16 characters")]
     TooShort { name: String },
+    #[error("{0}")]
+    Refused(String),
     #[error("token {name:?}: give exactly one of `secret` and `sha256`")]
     SecretOrDigest { name: String },
     #[error("token {name:?}: `sha256` must be 64 hex digits")]
@@ -99,11 +102,29 @@ impl Tokens {
         self.entries.extend(other.entries);
     }
 
-    /// Adds one token (tests and the list form use this).
+    /// Adds one token under the development rules (tests use this).
     pub fn add(&mut self, name: &str, role: Role, secret: &str) -> Result<(), TokenError> {
+        self.add_checked(name, role, secret, Profile::Development)
+    }
+
+    /// Adds one token; `profile` says whether placeholders and short tokens are refused.
+    fn add_checked(
+        &mut self,
+        name: &str,
+        role: Role,
+        secret: &str,
+        profile: Profile,
+    ) -> Result<(), TokenError> {
         if secret.len() < MIN_SECRET_LEN {
             return Err(TokenError::TooShort { name: name.into() });
         }
+        secrets::check(
+            &format!("token {name:?}"),
+            secret,
+            SecretKind::Token,
+            profile,
+        )
+        .map_err(TokenError::Refused)?;
         self.entries.push(Entry {
             digest: Sha256::digest(secret.as_bytes()).into(),
             principal: Principal {
@@ -115,7 +136,7 @@ impl Tokens {
     }
 
     /// `role:name:secret,role:name:secret`.
-    pub fn from_list(list: &str) -> Result<Self, TokenError> {
+    pub fn from_list(list: &str, profile: Profile) -> Result<Self, TokenError> {
         let mut tokens = Self::default();
         for (index, entry) in list.split(',').map(str::trim).enumerate() {
             if entry.is_empty() {
@@ -131,12 +152,12 @@ impl Tokens {
                 "admin" => Role::Admin,
                 _ => return Err(TokenError::Malformed(index + 1)),
             };
-            tokens.add(name, role, secret)?;
+            tokens.add_checked(name, role, secret, profile)?;
         }
         Ok(tokens)
     }
 
-    pub fn from_file(path: &Path) -> Result<Self, TokenError> {
+    pub fn from_file(path: &Path, profile: Profile) -> Result<Self, TokenError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
             path: shown.clone(),
@@ -149,7 +170,9 @@ impl Tokens {
         let mut tokens = Self::default();
         for entry in file.token {
             match (entry.secret, entry.sha256) {
-                (Some(secret), None) => tokens.add(&entry.name, entry.role, &secret)?,
+                (Some(secret), None) => {
+                    tokens.add_checked(&entry.name, entry.role, &secret, profile)?;
+                }
                 (None, Some(hex)) => {
                     let digest = parse_digest(&hex).ok_or_else(|| TokenError::BadDigest {
                         name: entry.name.clone(),
@@ -249,9 +272,11 @@ mod tests {
 
     #[test]
     fn tokens_authenticate_by_secret_and_by_digest() {
-        let mut tokens =
-            Tokens::from_list("viewer:dash:0123456789abcdef0123, admin:ops:fedcba9876543210fedc")
-                .unwrap();
+        let mut tokens = Tokens::from_list(
+            "viewer:dash:0123456789abcdef0123, admin:ops:fedcba9876543210fedc",
+            Profile::Development,
+        )
+        .unwrap();
         let digest: [u8; 32] = Sha256::digest(b"another-secret-of-length").into();
         let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
         let dir = std::env::temp_dir().join(relais_test_support::unique_name("tokens"));
@@ -262,7 +287,7 @@ mod tests {
             format!("[[token]]\nname = \"ci\"\nrole = \"viewer\"\nsha256 = \"{hex}\"\n"),
         )
         .unwrap();
-        tokens.extend(Tokens::from_file(&file).unwrap());
+        tokens.extend(Tokens::from_file(&file, Profile::Development).unwrap());
 
         let viewer = tokens.authenticate("0123456789abcdef0123").unwrap();
         assert_eq!((&*viewer.name, viewer.role), ("dash", Role::Viewer));
@@ -282,15 +307,15 @@ mod tests {
     #[test]
     fn malformed_and_short_tokens_are_refused() {
         assert!(matches!(
-            Tokens::from_list("root:x:0123456789abcdef"),
+            Tokens::from_list("root:x:0123456789abcdef", Profile::Development),
             Err(TokenError::Malformed(1))
         ));
         assert!(matches!(
-            Tokens::from_list("viewer:x:short"),
+            Tokens::from_list("viewer:x:short", Profile::Development),
             Err(TokenError::TooShort { .. })
         ));
         assert!(matches!(
-            Tokens::from_list("viewer-no-colons"),
+            Tokens::from_list("viewer-no-colons", Profile::Development),
             Err(TokenError::Malformed(1))
         ));
     }

@@ -40,6 +40,10 @@ pub struct Args {
     /// API tokens as `role:name:secret` entries separated by commas (role: viewer or admin).
     #[arg(long, env = "RELAIS_TOKENS", hide_env_values = true)]
     pub tokens: Option<String>,
+    /// `production` refuses placeholder and development secrets and tokens shorter than 32
+    /// characters (exit 64).
+    #[arg(long, env = "RELAIS_PROFILE", value_enum, default_value_t)]
+    pub profile: relais_telemetry::secrets::Profile,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
@@ -278,11 +282,24 @@ impl GatewayConfig {
     pub fn load(args: &Args) -> Result<Self, ConfigError> {
         let config: Self = relais_telemetry::process::load_toml(args.config.as_deref())?;
         config.validate()?;
-        config.grpc.resolve()?;
+        use relais_telemetry::secrets::{SecretKind, rule};
         config
-            .audit
-            .client
-            .endpoint("audit.client", AUDIT_CLIENT_ENV_PREFIX, &args.audit_url)?;
+            .grpc
+            .resolve()?
+            .check_tokens(rule("grpc.tokens_file", SecretKind::Token, args.profile))
+            .map_err(ConfigError::Invalid)?;
+        let (_, audit_token) = config.audit.client.endpoint(
+            "audit.client",
+            AUDIT_CLIENT_ENV_PREFIX,
+            &args.audit_url,
+        )?;
+        audit_token
+            .check(rule(
+                "audit.client.token_file",
+                SecretKind::Token,
+                args.profile,
+            ))
+            .map_err(ConfigError::Invalid)?;
         Ok(config)
     }
 
@@ -319,10 +336,10 @@ impl GatewayConfig {
 pub fn load_tokens(args: &Args) -> Result<Tokens, ConfigError> {
     let mut tokens = Tokens::default();
     if let Some(path) = &args.tokens_file {
-        tokens.extend(Tokens::from_file(path)?);
+        tokens.extend(Tokens::from_file(path, args.profile)?);
     }
     if let Some(list) = &args.tokens {
-        tokens.extend(Tokens::from_list(list)?);
+        tokens.extend(Tokens::from_list(list, args.profile)?);
     }
     if tokens.is_empty() {
         return Err(TokenError::None.into());

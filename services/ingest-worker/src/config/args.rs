@@ -31,6 +31,17 @@ pub struct Args {
     #[arg(long, env = "RELAIS_GATEWAY_GRPC")]
     pub gateway: Option<String>,
 
+    /// `production` refuses placeholder and development secrets and tokens shorter than 32
+    /// characters (exit 64).
+    #[arg(
+        long,
+        env = "RELAIS_PROFILE",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
+    pub profile: relais_telemetry::secrets::Profile,
+
     /// Base URL of the `default` upstream when no configuration file names upstreams.
     #[arg(
         long,

@@ -392,7 +392,17 @@ impl WorkerConfig {
             config.status.gateway = args.gateway.clone();
         }
         config.validate()?;
-        config.status_gateway()?;
+        if let Some(gateway) = config.status_gateway()? {
+            use relais_telemetry::secrets::{SecretKind, rule};
+            gateway
+                .token
+                .check(rule(
+                    "status.client.token_file",
+                    SecretKind::Token,
+                    args.profile,
+                ))
+                .map_err(ConfigError::Invalid)?;
+        }
         Ok(config)
     }
 

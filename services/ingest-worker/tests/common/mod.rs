@@ -179,6 +179,7 @@ impl Worker {
             admin_addr: admin,
             upstream_url,
             gateway: None,
+            profile: Default::default(),
             command: None,
         };
         config.validate().unwrap();

@@ -63,6 +63,7 @@ impl Gateway {
             audit_url: audit_url.to_owned(),
             tokens_file: None,
             tokens: None,
+            profile: Default::default(),
         };
         let mut tokens = Tokens::default();
         tokens

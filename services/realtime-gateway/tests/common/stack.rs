@@ -74,8 +74,10 @@ impl Stack {
             kafka_bootstrap: kafka.bootstrap().to_owned(),
             s3_endpoint: endpoints.s3_endpoint,
             s3_region: endpoints.s3_region,
-            s3_access_key: endpoints.s3_access_key,
-            s3_secret_key: endpoints.s3_secret_key,
+            s3_access_key: Some(endpoints.s3_access_key),
+            s3_secret_key: Some(endpoints.s3_secret_key),
+            s3_secret_key_file: None,
+            profile: Default::default(),
             bucket: bucket.name.clone(),
             admin_addr: free_port(),
             grpc_addr: audit_grpc,
@@ -124,6 +126,7 @@ impl Stack {
             admin_addr: free_port(),
             upstream_url: format!("http://{}", sim.api),
             gateway: None,
+            profile: Default::default(),
             command: None,
         };
         let worker_config = relais_ingest_worker::config::WorkerConfig {
