@@ -15,6 +15,8 @@
 #   RELAIS_CEPH_MEMSTORE_BYTES memstore capacity (default 4 GiB)
 #   RELAIS_CEPH_BLUESTORE_SIZE bluestore file size (default 10G, sparse)
 #   RELAIS_RGW_PORT, RELAIS_CEPH_MON_PORT, RELAIS_BIND_HOST (the daemons' address)
+#   RELAIS_RGW_TLS_PORT (unset: none): radosgw also serves HTTPS there, with a certificate of
+#     the native CA (deploy/native/pki.sh; the native stack sets 7443)
 #   RELAIS_RGW_LISTEN          address radosgw listens on (default RELAIS_BIND_HOST; a container
 #                              sets 0.0.0.0 so other containers reach S3 while mon and OSD stay
 #                              on loopback)
@@ -33,6 +35,7 @@ CONF="$CEPH_DIR/ceph.conf"
 RGW_NAME="client.rgw.relais"
 HOST="$RELAIS_BIND_HOST"
 RGW_LISTEN="${RELAIS_RGW_LISTEN:-$HOST}"
+RGW_TLS_PORT="${RELAIS_RGW_TLS_PORT:-}"
 # Every `ceph` CLI call is bounded: without a mgr some commands wait forever.
 CEPH=(timeout 30 ceph -c "$CONF")
 
@@ -130,13 +133,34 @@ start_osd() {
 
 osd_up() { "${CEPH[@]}" osd dump 2>/dev/null | grep -q '^osd.0 up'; }
 
+# The frontends line, rewritten at every start so that an existing cluster gains (or loses)
+# the HTTPS endpoint with the setting.
+rgw_frontends() {
+    local line="beast endpoint=$RGW_LISTEN:$RELAIS_RGW_PORT"
+    if [ -n "$RGW_TLS_PORT" ]; then
+        # shellcheck source=../native/pki.sh
+        . "$(dirname "${BASH_SOURCE[0]}")/../native/pki.sh"
+        pki_issue relais-ca rgw-server localhost serverAuth "IP:$HOST,IP:127.0.0.1,DNS:localhost"
+        line+=" ssl_endpoint=$RGW_LISTEN:$RGW_TLS_PORT"
+        line+=" ssl_certificate=$PKI_DIR/rgw-server.pem ssl_private_key=$PKI_DIR/rgw-server.key"
+    fi
+    sed -i "s|^rgw frontends = .*|rgw frontends = $line|" "$CONF"
+}
+
 start_rgw() {
     if running_pid "$(daemon_pidfile rgw)" >/dev/null; then return 0; fi
     require_free_port "$RELAIS_RGW_PORT" "radosgw"
+    [ -z "$RGW_TLS_PORT" ] || require_free_port "$RGW_TLS_PORT" "radosgw (HTTPS)"
+    rgw_frontends
     spawn "$(daemon_pidfile rgw)" "$CEPH_DIR/log/rgw.out" radosgw -f -c "$CONF" -n "$RGW_NAME"
     wait_until 90 "radosgw to answer HTTP on $RELAIS_RGW_PORT" "$CEPH_DIR/log/$RGW_NAME.log" \
         curl -fsS -o /dev/null "http://$HOST:$RELAIS_RGW_PORT/" \
         || die "radosgw did not start (logs in $CEPH_DIR/log)"
+    if [ -n "$RGW_TLS_PORT" ]; then
+        wait_until 30 "radosgw to answer HTTPS on $RGW_TLS_PORT" "$CEPH_DIR/log/$RGW_NAME.log" \
+            curl -fsS -o /dev/null --cacert "$PKI_DIR/relais-ca.pem" "https://$HOST:$RGW_TLS_PORT/" \
+            || die "radosgw does not serve HTTPS on $RGW_TLS_PORT (logs in $CEPH_DIR/log)"
+    fi
 }
 
 # First start only: monitor store, OSD store.
@@ -198,7 +222,7 @@ cmd_start() {
     start_osd
     start_rgw
     ensure_user_and_bucket
-    log "RGW ready on http://$HOST:$RELAIS_RGW_PORT (bucket $RELAIS_S3_BUCKET, $OBJECTSTORE)"
+    log "RGW ready on http://$HOST:$RELAIS_RGW_PORT${RGW_TLS_PORT:+ and https://$HOST:$RGW_TLS_PORT} (bucket $RELAIS_S3_BUCKET, $OBJECTSTORE)"
 }
 
 cmd_stop() {

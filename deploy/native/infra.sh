@@ -17,7 +17,7 @@ ALL=(kafka ceph prometheus)
 component_script() {
     case "$1" in
     kafka) echo "$HERE/kafka.sh" ;;
-    ceph) echo "$HERE/../ceph/ceph-single-node.sh" ;;
+    ceph) echo "$HERE/ceph.sh" ;;
     prometheus) echo "$HERE/prometheus.sh" ;;
     *) die "unknown component '$1' (expected: ${ALL[*]})" ;;
     esac

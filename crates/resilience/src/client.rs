@@ -111,6 +111,8 @@ pub struct UpstreamClient {
     policy: Arc<UpstreamPolicy>,
     /// This upstream's `throttled_calls` series, resolved once.
     throttled: Arc<ThrottledCounters>,
+    /// Standard Webhooks signatures on every delivery, when the upstream checks them.
+    signer: Option<Arc<relais_webhooks::Signer>>,
 }
 
 /// The `throttled_calls` series of one upstream, by reason.
@@ -232,7 +234,15 @@ impl UpstreamClient {
                 rate_limit: metrics.throttled_calls(name, "rate_limit"),
                 retry_after: metrics.throttled_calls(name, "retry_after"),
             }),
+            signer: None,
         })
+    }
+
+    /// Signs every delivery (`webhook-id`, `webhook-timestamp`, `webhook-signature`) with
+    /// `signer`'s keys.
+    pub fn with_signer(mut self, signer: Arc<relais_webhooks::Signer>) -> Self {
+        self.signer = Some(signer);
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -268,13 +278,24 @@ impl UpstreamClient {
         idempotency_key: &str,
     ) -> Delivery {
         let started = Instant::now();
-        let request = self
+        let mut builder = self
             .client
             .post(endpoint.url.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
-            .header("idempotency-key", idempotency_key)
-            .body(body)
-            .build();
+            .header("idempotency-key", idempotency_key);
+        if let Some(signer) = &self.signer {
+            // The time of this call: retries inside it keep it (they end within the call's
+            // deadline); a retry tier hours later is a new call with a fresh timestamp.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| {
+                    i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+                });
+            for (name, value) in signer.headers(idempotency_key, now, &body) {
+                builder = builder.header(name, value);
+            }
+        }
+        let request = builder.body(body).build();
         let request = match request {
             Ok(request) => request,
             Err(error) => {

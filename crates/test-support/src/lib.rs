@@ -13,6 +13,7 @@
 //! | `RELAIS_KAFKA_SASL_SSL_BOOTSTRAP` | `127.0.0.1:9094` (TLS + SASL) |
 //! | `RELAIS_KAFKA_MTLS_BOOTSTRAP` | `127.0.0.1:9095` (mutual TLS) |
 //! | `RELAIS_S3_ENDPOINT` | `http://127.0.0.1:7480` |
+//! | `RELAIS_S3_TLS_ENDPOINT` | `https://127.0.0.1:7443` (the native CA's certificate) |
 //! | `RELAIS_S3_REGION` | `default` |
 //! | `RELAIS_S3_ACCESS_KEY` / `RELAIS_S3_SECRET_KEY` | the native stack's development user |
 //! | `RELAIS_S3_BUCKET` | `relais-audit` |
@@ -91,6 +92,8 @@ pub struct Endpoints {
     pub kafka_sasl_ssl_bootstrap: String,
     pub kafka_mtls_bootstrap: String,
     pub s3_endpoint: String,
+    /// RGW over HTTPS, with a certificate of the native CA (`state_dir/pki/relais-ca.pem`).
+    pub s3_tls_endpoint: String,
     pub s3_region: String,
     pub s3_access_key: String,
     pub s3_secret_key: String,
@@ -117,6 +120,7 @@ impl Endpoints {
             kafka_sasl_ssl_bootstrap: var("RELAIS_KAFKA_SASL_SSL_BOOTSTRAP", "127.0.0.1:9094"),
             kafka_mtls_bootstrap: var("RELAIS_KAFKA_MTLS_BOOTSTRAP", "127.0.0.1:9095"),
             s3_endpoint: var("RELAIS_S3_ENDPOINT", "http://127.0.0.1:7480"),
+            s3_tls_endpoint: var("RELAIS_S3_TLS_ENDPOINT", "https://127.0.0.1:7443"),
             s3_region: var("RELAIS_S3_REGION", "default"),
             s3_access_key: var("RELAIS_S3_ACCESS_KEY", "relais-dev"),
             s3_secret_key: var("RELAIS_S3_SECRET_KEY", "relais-dev-secret"),

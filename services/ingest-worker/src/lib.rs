@@ -98,13 +98,19 @@ pub async fn run(
 
     let mut upstreams = BTreeMap::new();
     for (name, upstream) in &config.upstreams {
-        let client = UpstreamClient::new(
+        let mut client = UpstreamClient::new(
             name,
             &upstream.url,
             upstream.policy.clone(),
             &resilience_metrics,
         )
         .with_context(|| format!("upstream {name}"))?;
+        if let Some(signer) = upstream
+            .signer()
+            .map_err(|reason| anyhow::anyhow!("upstream {name}: {reason}"))?
+        {
+            client = client.with_signer(Arc::new(signer));
+        }
         let endpoint = client
             .endpoint(&upstream.path)
             .with_context(|| format!("upstream {name}"))?;

@@ -110,3 +110,97 @@ async fn an_upstream_answering_401_is_held_and_its_messages_wait() {
 async fn an_upstream_answering_403_is_held_and_its_messages_wait() {
     held_then_delivered(403, "unauthorized").await;
 }
+
+/// A key file in the temporary folder.
+fn key_file(key: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(unique_name("webhook-key"));
+    std::fs::write(&path, format!("{key}\n")).unwrap();
+    path
+}
+
+fn random_key(prefix: &str) -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 32] = rand::random();
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn signed_deliveries_pass_a_verifying_upstream_and_a_wrong_key_is_held_not_failed() {
+    init_telemetry();
+    let kafka = relais_test_support::kafka().await;
+    // The worker signs with the current HMAC secret and the next Ed25519 key; the upstream
+    // has already moved to the Ed25519 key only.
+    let current = random_key("whsec_");
+    let next = random_key("whsk_");
+    let next_public = relais_webhooks::Signer::new([next.as_str()])
+        .unwrap()
+        .public_keys();
+    let verifier =
+        relais_webhooks::Verifier::new(next_public.iter().map(String::as_str), 300).unwrap();
+    let sim = Sim::start_verifying(verifier).await;
+    let topics = Topics::create(&kafka, 2).await;
+    let mut config = worker_config(
+        &topics,
+        &unique_name("it-group"),
+        sim.api,
+        UpstreamPolicy::default(),
+        PipelineConfig::default(),
+        None,
+    );
+    for upstream in config.upstreams.values_mut() {
+        upstream.signing_key_files = vec![key_file(&current), key_file(&next)];
+    }
+    let worker = Worker::start_config(&kafka, config);
+    let total = 20;
+    produce(&kafka, &topics.ingress, &valid_events("signed", total, 5)).await;
+    let audit = read_outcomes(&kafka, &topics.audit, total, Duration::from_secs(30)).await;
+    assert_exactly_once(&audit, total);
+    assert!(audit.iter().all(|r| r.outcome == Outcome::Delivered as i32));
+    worker.stop().await;
+
+    // Signed with a key the upstream does not know: 401, the upstream is held, nothing fails.
+    let topics = Topics::create(&kafka, 1).await;
+    let mut config = worker_config(
+        &topics,
+        &unique_name("it-group"),
+        sim.api,
+        UpstreamPolicy::default(),
+        PipelineConfig::default(),
+        None,
+    );
+    for upstream in config.upstreams.values_mut() {
+        upstream.signing_key_files = vec![key_file(&random_key("whsec_"))];
+        upstream.pause_on_unauthorized = Duration::from_secs(2);
+    }
+    let worker = Worker::start_config(&kafka, config);
+    produce(&kafka, &topics.ingress, &valid_events("wrong-key", 5, 5)).await;
+    let held = "relais_worker_upstream_held{upstream=\"default\",reason=\"unauthorized\"}";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while worker.metric(held).await != 1.0 {
+        assert!(Instant::now() < deadline, "{held} never became 1");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        worker
+            .metric("relais_worker_messages_total{outcome=\"failed\"}")
+            .await,
+        0.0
+    );
+    let refused = reqwest::get(format!("http://{}/metrics", sim.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        refused.lines().any(
+            |line| line.starts_with("upstream_sim_signatures_refused_total ")
+                && !line.ends_with(" 0")
+        ),
+        "the upstream counted the refused signatures"
+    );
+    worker.stop().await;
+}

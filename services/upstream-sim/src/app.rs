@@ -55,6 +55,28 @@ async fn deliver(State(state): State<Arc<SimState>>, headers: HeaderMap, body: B
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
     state.store.received(key.as_deref());
+    if let Some(verifier) = &state.verifier {
+        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+            });
+        if let Err(refusal) = verifier.verify(
+            header(relais_webhooks::ID_HEADER),
+            header(relais_webhooks::TIMESTAMP_HEADER),
+            header(relais_webhooks::SIGNATURE_HEADER),
+            &body,
+            now,
+        ) {
+            state.metrics.signatures_refused.inc();
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({ "error": refusal.to_string() })),
+            )
+                .into_response();
+        }
+    }
     let in_progress = state.enter();
     if let Some(limit) = state.concurrency_limit()
         && in_progress.count > limit.max

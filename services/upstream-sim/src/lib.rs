@@ -36,8 +36,20 @@ pub async fn start(
     key_capacity: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningSim> {
+    start_verifying(api, admin, key_capacity, None, shutdown).await
+}
+
+/// [`start`], refusing with 401 every delivery without a valid Standard Webhooks signature
+/// when `verifier` is given.
+pub async fn start_verifying(
+    api: SocketAddr,
+    admin: SocketAddr,
+    key_capacity: usize,
+    verifier: Option<relais_webhooks::Verifier>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningSim> {
     let mut registry = Registry::default();
-    let state = Arc::new(state::SimState::new(&mut registry, key_capacity));
+    let state = Arc::new(state::SimState::new(&mut registry, key_capacity, verifier));
     let readiness = Readiness::default();
     let serving = readiness.register("api_listening");
     let admin_server = AdminServer::start_with_routes(

@@ -24,6 +24,15 @@ struct Config {
     #[arg(long, env = "RELAIS_SIM_KEY_CAPACITY", default_value_t = 2_000_000)]
     key_capacity: usize,
 
+    /// Standard Webhooks keys every delivery's signature must match, separated by commas:
+    /// `whsec_…` (HMAC) or `whpk_…` (Ed25519 public keys). Unset: signatures are not checked.
+    #[arg(long, env = "RELAIS_SIM_WEBHOOK_KEYS", hide_env_values = true)]
+    webhook_keys: Option<String>,
+
+    /// How far a delivery's `webhook-timestamp` may be from now, in seconds.
+    #[arg(long, env = "RELAIS_SIM_WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
+    webhook_tolerance_secs: i64,
+
     /// How long shutdown may take, in seconds.
     #[arg(long, env = "RELAIS_DRAIN_TIMEOUT_SECS", default_value_t = 5)]
     drain_timeout_secs: u64,
@@ -44,10 +53,22 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    relais_upstream_sim::start(
+    let verifier = config
+        .webhook_keys
+        .as_deref()
+        .map(|keys| {
+            relais_webhooks::Verifier::new(
+                keys.split(',').filter(|key| !key.trim().is_empty()),
+                config.webhook_tolerance_secs,
+            )
+        })
+        .transpose()
+        .map_err(|error| anyhow::anyhow!("--webhook-keys: {error}"))?;
+    relais_upstream_sim::start_verifying(
         config.listen,
         config.admin_addr,
         config.key_capacity,
+        verifier,
         shutdown,
     )
     .await?

@@ -24,6 +24,8 @@ pub struct SimState {
     outage: watch::Sender<bool>,
     pub(crate) store: DeliveryStore,
     pub(crate) metrics: SimMetrics,
+    /// When set, every delivery must carry a valid Standard Webhooks signature.
+    pub(crate) verifier: Option<relais_webhooks::Verifier>,
     /// Requests in progress now, and the most at once since the last reset.
     in_progress: AtomicUsize,
     pub(crate) peak_in_progress: AtomicUsize,
@@ -44,8 +46,13 @@ impl Drop for InProgress<'_> {
 }
 
 impl SimState {
-    pub fn new(registry: &mut Registry, key_capacity: usize) -> Self {
+    pub fn new(
+        registry: &mut Registry,
+        key_capacity: usize,
+        verifier: Option<relais_webhooks::Verifier>,
+    ) -> Self {
         Self {
+            verifier,
             faults: Mutex::new(Faults::default()),
             rng: Mutex::new(SmallRng::from_os_rng()),
             outage: watch::Sender::new(false),
@@ -112,6 +119,7 @@ pub(crate) struct SimMetrics {
     duration: Family<ActionLabels, Histogram>,
     pub(crate) duplicates: Counter,
     pub(crate) order_violations: Counter,
+    pub(crate) signatures_refused: Counter,
 }
 
 impl SimMetrics {
@@ -125,6 +133,7 @@ impl SimMetrics {
             }),
             duplicates: Counter::default(),
             order_violations: Counter::default(),
+            signatures_refused: Counter::default(),
         };
         let sim = registry.sub_registry_with_prefix("upstream_sim");
         sim.register(
@@ -142,6 +151,11 @@ impl SimMetrics {
             "duplicate_deliveries",
             "Accepted deliveries whose Idempotency-Key had been accepted before",
             metrics.duplicates.clone(),
+        );
+        sim.register(
+            "signatures_refused",
+            "Deliveries answered 401 because their Standard Webhooks signature was missing, stale or wrong (only with --webhook-keys)",
+            metrics.signatures_refused.clone(),
         );
         sim.register(
             "order_violations",

@@ -392,6 +392,11 @@ impl WorkerConfig {
             config.status.gateway = args.gateway.clone();
         }
         config.validate()?;
+        for (name, upstream) in &config.upstreams {
+            upstream
+                .signer()
+                .map_err(|reason| ConfigError::Invalid(format!("upstream {name}: {reason}")))?;
+        }
         if let Some(gateway) = config.status_gateway()? {
             use relais_telemetry::secrets::{SecretKind, rule};
             gateway

@@ -49,6 +49,12 @@ pub struct UpstreamConfig {
     #[serde(default = "default_retry_tiers")]
     #[schemars(with = "Vec<String>")]
     pub retry_tiers: Vec<humantime_serde::Serde<Duration>>,
+    /// Standard Webhooks signing: files each holding one key, `whsec_…` (HMAC-SHA256, `v1`)
+    /// or `whsk_…` (an Ed25519 seed, `v1a`). Every delivery then carries `webhook-id` (the
+    /// message id), `webhook-timestamp` and a signature per key: list the old and the new key
+    /// while receivers move from one to the other. Empty: unsigned.
+    #[serde(default)]
+    pub signing_key_files: Vec<std::path::PathBuf>,
 }
 
 fn default_retry_tiers() -> Vec<humantime_serde::Serde<Duration>> {
@@ -84,7 +90,24 @@ impl UpstreamConfig {
             max_in_flight: None,
             adaptive_concurrency: default_adaptive_concurrency(),
             retry_tiers: default_retry_tiers(),
+            signing_key_files: Vec::new(),
         }
+    }
+
+    /// The signer of this upstream's deliveries, its keys read from `signing_key_files`; none
+    /// when the list is empty. Errors name the file or the key's position, never a key.
+    pub fn signer(&self) -> Result<Option<relais_webhooks::Signer>, String> {
+        if self.signing_key_files.is_empty() {
+            return Ok(None);
+        }
+        let keys = self
+            .signing_key_files
+            .iter()
+            .map(|path| relais_telemetry::secrets::read_file("signing_key_files", path))
+            .collect::<Result<Vec<_>, _>>()?;
+        relais_webhooks::Signer::new(keys.iter().map(String::as_str))
+            .map(Some)
+            .map_err(|error| format!("signing_key_files: {error}"))
     }
 
     /// The delays of the retry tiers (see `retry_tiers`).

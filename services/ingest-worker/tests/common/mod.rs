@@ -38,11 +38,21 @@ impl Sim {
 
     /// A simulator whose API listens on `api` (an address the test kept free until now).
     pub async fn start_at(api: SocketAddr) -> Self {
+        Self::start_with(api, None).await
+    }
+
+    /// A simulator that answers 401 to deliveries without a signature `verifier` accepts.
+    pub async fn start_verifying(verifier: relais_webhooks::Verifier) -> Self {
+        Self::start_with("127.0.0.1:0".parse().unwrap(), Some(verifier)).await
+    }
+
+    async fn start_with(api: SocketAddr, verifier: Option<relais_webhooks::Verifier>) -> Self {
         let shutdown = CancellationToken::new();
         let any = "127.0.0.1:0".parse().unwrap();
-        let running = relais_upstream_sim::start(api, any, 1_000_000, shutdown.clone())
-            .await
-            .unwrap();
+        let running =
+            relais_upstream_sim::start_verifying(api, any, 1_000_000, verifier, shutdown.clone())
+                .await
+                .unwrap();
         Self {
             api: running.api,
             admin: running.admin,
