@@ -61,6 +61,7 @@ fn upstream_section(name: &str, api: SocketAddr) -> String {
         r#"[upstreams.{name}]
 url = "http://{api}"
 path = "/events"
+allowed_networks = ["loopback"]
 retry_tiers = {RETRY_TIERS:?}
 
 [upstreams.{name}.policy]

@@ -389,7 +389,7 @@ def worker_benchmark(args, out, stamp):
         config.write_text(
             f'[kafka]\ngroup_id = "bench-{stamp}"\n'
             + "".join(f'{name}_topic = "{topic}"\n' for name, topic in topics.items())
-            + f'[upstreams.default]\nurl = "http://{SIM_API}"\nretry_tiers = []\n'
+            + f'[upstreams.default]\nurl = "http://{SIM_API}"\nretry_tiers = []\nallowed_networks = ["loopback"]\n'
             + f'[upstreams.default.policy.bulkhead]\nmax_concurrent = {args.worker_in_flight}\n')
         worker = start("ingest-worker", {"RELAIS_WORKER_CONFIG": str(config), "RELAIS_ADMIN_ADDR": WORKER_ADMIN,
                                          "RELAIS_WORKER_ID": f"bench-{stamp}", "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP},
@@ -508,7 +508,7 @@ def slow_upstream_benchmark(args, out, stamp):
         config.write_text(
             f'[kafka]\ngroup_id = "bench-slow-{stamp}"\n'
             + "".join(f'{name}_topic = "{topic}"\n' for name, topic in topics.items())
-            + f'[upstreams.default]\nurl = "http://{SIM_API}"\nretry_tiers = []\n'
+            + f'[upstreams.default]\nurl = "http://{SIM_API}"\nretry_tiers = []\nallowed_networks = ["loopback"]\n'
             + f'max_in_flight = {args.slow_in_flight}\nordering = "key"\n'
             + (f'[pipeline]\nmax_queued_per_upstream = {args.slow_queued}\n' if args.slow_queued else '')
             + f'[upstreams.default.policy.bulkhead]\nmax_concurrent = {args.slow_in_flight}\n')
@@ -799,7 +799,7 @@ def outage_benchmark(args, out, stamp):
     worker_config = out / "outage-worker.toml"
     worker_config.write_text(f'[kafka]\ngroup_id = "bench-outage-{stamp}"\n'
                              + "".join(f'{name}_topic = "{topic}"\n' for name, topic in topics.items())
-                             + f'[upstreams.default]\nurl = "http://{SIM_API}"\nretry_tiers = []\n')
+                             + f'[upstreams.default]\nurl = "http://{SIM_API}"\nretry_tiers = []\nallowed_networks = ["loopback"]\n')
     audit_config = out / "outage-audit.toml"
     audit_config.write_text(f'[kafka]\ngroup_id = "bench-outage-audit-{stamp}"\naudit_topic = "{topics["audit"]}"\n')
     gateway_config = out / "outage-gateway.toml"

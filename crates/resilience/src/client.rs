@@ -14,6 +14,7 @@ use crate::attempt::{AttemptLog, AttemptRecord};
 use crate::budget::RetryBudget;
 use crate::circuit::{CircuitBreaker, CircuitState};
 use crate::classify::{RetryClassifier, RetryStop, StatusClassifier, TransportError};
+use crate::destination::{AllowedNetworks, GuardedResolver};
 use crate::error::{ResilienceError, refusal, transport_error};
 use crate::layers::{AttemptTimeout, Bulkhead, CircuitGate, Deadline, Retry, RetryStopped};
 use crate::metrics::ResilienceMetrics;
@@ -83,6 +84,8 @@ pub enum BuildError {
     },
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
+    #[error("{0}")]
+    Destination(String),
 }
 
 /// A URL under an upstream's base URL, resolved once when the caller is set up: a bad path
@@ -123,12 +126,36 @@ struct ThrottledCounters {
 }
 
 impl UpstreamClient {
-    /// Builds the stack for one upstream. The policy is validated first.
+    /// Builds the stack for one upstream, to any address (tools and tests; the worker uses
+    /// [`Self::guarded`]). The policy is validated first.
     pub fn new(
         name: &str,
         base_url: &str,
         policy: UpstreamPolicy,
         metrics: &ResilienceMetrics,
+    ) -> Result<Self, BuildError> {
+        Self::build(name, base_url, policy, metrics, None)
+    }
+
+    /// Builds the stack for one upstream whose addresses must be public unless `allowed`
+    /// names their range (`destination`): an address literal in the URL is checked here, a
+    /// host name at every resolution, before any connection.
+    pub fn guarded(
+        name: &str,
+        base_url: &str,
+        policy: UpstreamPolicy,
+        metrics: &ResilienceMetrics,
+        allowed: AllowedNetworks,
+    ) -> Result<Self, BuildError> {
+        Self::build(name, base_url, policy, metrics, Some(allowed))
+    }
+
+    fn build(
+        name: &str,
+        base_url: &str,
+        policy: UpstreamPolicy,
+        metrics: &ResilienceMetrics,
+        allowed: Option<AllowedNetworks>,
     ) -> Result<Self, BuildError> {
         policy.validate()?;
         let base_url = Url::parse(base_url).map_err(|source| BuildError::BaseUrl {
@@ -137,6 +164,17 @@ impl UpstreamClient {
             source,
         })?;
         let upstream: Arc<str> = Arc::from(name);
+        let guard = match allowed {
+            Some(allowed) => {
+                crate::destination::check_url(name, &base_url, &allowed)
+                    .map_err(BuildError::Destination)?;
+                Some(GuardedResolver {
+                    upstream: Arc::clone(&upstream),
+                    allowed: Arc::new(allowed),
+                })
+            }
+            None => None,
+        };
 
         let transition_metrics = metrics.clone();
         let transition_upstream = Arc::clone(&upstream);
@@ -161,7 +199,7 @@ impl UpstreamClient {
         // ring once per process. A provider installed earlier by the binary wins.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
-            .dns_resolver(Arc::new(TimedResolver))
+            .dns_resolver(Arc::new(TimedResolver { guard }))
             .connector_layer(ConnectTimingLayer)
             .connect_timeout(policy.connect_timeout)
             .pool_max_idle_per_host(policy.bulkhead.max_concurrent)

@@ -47,11 +47,15 @@ fn micros(duration: Duration) -> u64 {
 }
 
 /// A DNS resolver that reports how long resolution took.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct TimedResolver;
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TimedResolver {
+    /// The addresses a guarded upstream may be connected to (see `destination`).
+    pub(crate) guard: Option<crate::destination::GuardedResolver>,
+}
 
 impl reqwest::dns::Resolve for TimedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let guard = self.guard.clone();
         Box::pin(async move {
             let started = Instant::now();
             let addresses: Vec<SocketAddr> =
@@ -61,6 +65,10 @@ impl reqwest::dns::Resolve for TimedResolver {
                     .dns_micros
                     .store(micros(started.elapsed()), Ordering::Relaxed);
             });
+            let addresses = match &guard {
+                Some(guard) => guard.filter(addresses)?,
+                None => addresses,
+            };
             let addresses: reqwest::dns::Addrs = Box::new(addresses.into_iter());
             Ok(addresses)
         })

@@ -98,11 +98,15 @@ pub async fn run(
 
     let mut upstreams = BTreeMap::new();
     for (name, upstream) in &config.upstreams {
-        let mut client = UpstreamClient::new(
+        let allowed = upstream
+            .allowed()
+            .map_err(|reason| anyhow::anyhow!("upstream {name}: {reason}"))?;
+        let mut client = UpstreamClient::guarded(
             name,
             &upstream.url,
             upstream.policy.clone(),
             &resilience_metrics,
+            allowed,
         )
         .with_context(|| format!("upstream {name}"))?;
         if let Some(signer) = upstream

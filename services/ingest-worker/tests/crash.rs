@@ -69,6 +69,7 @@ impl WorkerProcess {
                 in_memory_wait = "1s"
                 [upstreams.default]
                 url = "http://{upstream}"
+                allowed_networks = ["loopback"]
                 {upstream_settings}
                 "#,
                 topics.ingress,

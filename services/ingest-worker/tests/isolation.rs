@@ -55,6 +55,7 @@ async fn a_healthy_upstream_is_delivered_while_another_refuses_connections() {
         "a".to_owned(),
         UpstreamConfig {
             policy: policy.clone(),
+            allowed_networks: vec!["loopback".into()],
             ..UpstreamConfig::at(format!("http://{}", healthy.api))
         }
         .with_retry_tiers(&[]),
@@ -63,6 +64,7 @@ async fn a_healthy_upstream_is_delivered_while_another_refuses_connections() {
         "b".to_owned(),
         UpstreamConfig {
             policy,
+            allowed_networks: vec!["loopback".into()],
             ..UpstreamConfig::at(format!("http://{sick_address}"))
         }
         .with_retry_tiers(&[]),

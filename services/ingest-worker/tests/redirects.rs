@@ -157,3 +157,73 @@ async fn an_opted_in_upstream_follows_307_within_its_origin_only() {
     }
     assert_eq!(elsewhere_hits.landing.load(Ordering::SeqCst), 0);
 }
+
+/// A plain listener that counts the connections it accepts (none may come).
+async fn counting_listener() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (address, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_name_resolving_to_loopback_is_refused_before_any_connection() {
+    init_telemetry();
+    let kafka = relais_test_support::kafka().await;
+    let (address, accepted) = counting_listener().await;
+    let topics = Topics::create(&kafka, 1).await;
+    let mut config = worker_config(
+        &topics,
+        &unique_name("it-group"),
+        address,
+        UpstreamPolicy::default(),
+        PipelineConfig::default(),
+        None,
+    );
+    for upstream in config.upstreams.values_mut() {
+        // `localhost` resolves to 127.0.0.1, which this upstream's configuration no longer
+        // allows: the resolution is refused, so nothing may connect.
+        upstream.url = format!("http://localhost:{}", address.port());
+        upstream.allowed_networks.clear();
+    }
+    let worker = Worker::start_config(&kafka, config);
+    produce(&kafka, &topics.ingress, &valid_events("ssrf", 5, 5)).await;
+    // Attempts are made (and end in errors) without a connection.
+    let attempts = || async {
+        let text = reqwest::get(format!("http://{}/metrics", worker.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|line| line.starts_with("http_client_request_duration_seconds_count{"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while attempts().await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "no attempt was made");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "a connection reached the listener"
+    );
+    assert_eq!(
+        worker
+            .metric("relais_worker_messages_total{outcome=\"delivered\"}")
+            .await,
+        0.0
+    );
+    worker.stop().await;
+}

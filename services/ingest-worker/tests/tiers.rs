@@ -78,6 +78,7 @@ async fn a_sick_upstreams_messages_leave_the_partitions_and_return_through_the_t
             "a".to_owned(),
             UpstreamConfig {
                 policy: quick_policy(),
+                allowed_networks: vec!["loopback".into()],
                 ..UpstreamConfig::at(format!("http://{}", healthy.api))
             }
             .with_retry_tiers(&tiers),
@@ -86,6 +87,7 @@ async fn a_sick_upstreams_messages_leave_the_partitions_and_return_through_the_t
             "b".to_owned(),
             UpstreamConfig {
                 policy: quick_policy(),
+                allowed_networks: vec!["loopback".into()],
                 ..UpstreamConfig::at(format!("http://{sick_address}"))
             }
             .with_retry_tiers(&tiers),

@@ -384,9 +384,12 @@ impl WorkerConfig {
     pub fn load(args: &Args) -> Result<Self, ConfigError> {
         let mut config: Self = relais_telemetry::process::load_toml(args.config.as_deref())?;
         if config.upstreams.is_empty() {
-            config
-                .upstreams
-                .insert("default".into(), UpstreamConfig::at(&args.upstream_url));
+            // The flag is the development path (the native stack, Compose): its upstream may
+            // be on this machine or the deployment's own network. A configured upstream is
+            // public unless its allowed_networks says otherwise.
+            let mut upstream = UpstreamConfig::at(&args.upstream_url);
+            upstream.allowed_networks = vec!["loopback".into(), "private".into()];
+            config.upstreams.insert("default".into(), upstream);
         }
         if args.gateway.is_some() {
             config.status.gateway = args.gateway.clone();
@@ -446,6 +449,9 @@ impl WorkerConfig {
             if upstream.max_in_flight == Some(0) {
                 return invalid(format!("upstream {name}: max_in_flight must be at least 1"));
             }
+            upstream
+                .check_destination(name)
+                .map_err(ConfigError::Invalid)?;
             if let Err(reason) = crate::retry::validate_schedule(&upstream.retry_tiers()) {
                 return invalid(format!("upstream {name}: retry_tiers: {reason}"));
             }
@@ -549,9 +555,10 @@ mod tests {
             default_upstream = "orders"
             rules = [{ type_prefix = "billing.", upstream = "billing" }]
             [upstreams.orders]
-            url = "http://127.0.0.1:8090"
+            url = "https://orders.example.com"
             [upstreams.billing]
             url = "http://127.0.0.1:8091"
+            allowed_networks = ["loopback"]
             path = "/ingest"
             [upstreams.billing.policy]
             attempt_timeout = "1s"
@@ -584,11 +591,49 @@ mod tests {
     }
 
     #[test]
+    fn internal_addresses_need_their_range_allowed() {
+        let config = |url: &str, allowed: &str| -> WorkerConfig {
+            toml::from_str(&format!(
+                "[routing]\ndefault_upstream = \"a\"\n[upstreams.a]\nurl = \"{url}\"\nallowed_networks = [{allowed}]\n"
+            ))
+            .expect("parses")
+        };
+        let error = config("http://127.0.0.1:8090", "")
+            .validate()
+            .expect_err("loopback");
+        assert!(
+            error
+                .to_string()
+                .contains("127.0.0.1 is a loopback address"),
+            "{error}"
+        );
+        let error = config("http://169.254.169.254/latest", "\"private\"")
+            .validate()
+            .expect_err("metadata service");
+        assert!(error.to_string().contains("link-local"), "{error}");
+        config("http://127.0.0.1:8090", "\"loopback\"")
+            .validate()
+            .expect("allowed");
+        config("http://10.1.2.3", "\"10.1.0.0/16\"")
+            .validate()
+            .expect("allowed by CIDR");
+        // Host names are checked when they are resolved, not here.
+        config("http://upstream.internal", "")
+            .validate()
+            .expect("resolved later");
+        let error = config("http://127.0.0.1", "\"intranet\"")
+            .validate()
+            .expect_err("unknown range");
+        assert!(error.to_string().contains("intranet"), "{error}");
+    }
+
+    #[test]
     fn contradictions_are_reported() {
         let mut config: WorkerConfig = toml::from_str(
             r#"
             [upstreams.a]
             url = "http://127.0.0.1:1"
+            allowed_networks = ["loopback"]
             "#,
         )
         .expect("parses");
@@ -632,7 +677,7 @@ mod tests {
             [routing]
             default_upstream = "a"
             [upstreams.a]
-            url = "http://127.0.0.1:1"
+            url = "https://a.example.com"
             retry_tiers = ["5m", "5s"]
             "#,
         )

@@ -55,6 +55,12 @@ pub struct UpstreamConfig {
     /// while receivers move from one to the other. Empty: unsigned.
     #[serde(default)]
     pub signing_key_files: Vec<std::path::PathBuf>,
+    /// Internal addresses this upstream may be reached at: `loopback`, `private` (RFC 1918,
+    /// 100.64/10, fc00::/7), `link-local` (cloud metadata included) or CIDR ranges. Empty:
+    /// public addresses only; an address literal in `url` or a DNS answer in a range not named
+    /// here is refused before any connection (server-side request forgery).
+    #[serde(default)]
+    pub allowed_networks: Vec<String>,
 }
 
 fn default_retry_tiers() -> Vec<humantime_serde::Serde<Duration>> {
@@ -91,6 +97,27 @@ impl UpstreamConfig {
             adaptive_concurrency: default_adaptive_concurrency(),
             retry_tiers: default_retry_tiers(),
             signing_key_files: Vec::new(),
+            allowed_networks: Vec::new(),
+        }
+    }
+
+    /// `allowed_networks` parsed.
+    pub fn allowed(&self) -> Result<relais_resilience::destination::AllowedNetworks, String> {
+        relais_resilience::destination::AllowedNetworks::parse(
+            self.allowed_networks.iter().map(String::as_str),
+        )
+    }
+
+    /// Refuses at start an address literal in `url` that `allowed_networks` does not permit
+    /// (host names are checked at each resolution).
+    pub fn check_destination(&self, name: &str) -> Result<(), String> {
+        let allowed = self
+            .allowed()
+            .map_err(|reason| format!("upstream {name}: {reason}"))?;
+        // An unparsable URL is reported when the client is built.
+        match relais_resilience::Url::parse(&self.url) {
+            Ok(url) => relais_resilience::destination::check_url(name, &url, &allowed),
+            Err(_) => Ok(()),
         }
     }
 

@@ -251,6 +251,8 @@ pub fn worker_config(
             "default".to_owned(),
             UpstreamConfig {
                 policy,
+                // The upstream-sim of a test is on this machine.
+                allowed_networks: vec!["loopback".into()],
                 ..UpstreamConfig::at(format!("http://{upstream}"))
             }
             .with_retry_tiers(&[]),

@@ -144,6 +144,7 @@ impl Stack {
                 "default".to_owned(),
                 relais_ingest_worker::config::UpstreamConfig {
                     policy,
+                    allowed_networks: vec!["loopback".into()],
                     ..relais_ingest_worker::config::UpstreamConfig::at(format!(
                         "http://{}",
                         sim.api
