@@ -42,8 +42,9 @@ fn spawn(
         .env_remove("SSL_CERT_DIR")
         .envs(extra.iter().map(|(name, value)| (*name, value.as_str())))
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
+        // Logs go to stdout, a start refused to both.
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap())
         .spawn()
         .unwrap();
     (child, log)
@@ -53,7 +54,7 @@ fn spawn(
 async fn the_trail_is_stored_over_https_when_the_private_ca_is_trusted() {
     let kafka = relais_test_support::kafka().await;
     let rgw = relais_test_support::rgw().await;
-    let bucket = unique_name("it-audit-tls");
+    let bucket = rgw.create_bucket("it-audit-tls").await.name.clone();
     let topic = kafka.create_topic("it-audit-tls", 1).await;
     let total = 500;
     let producer: FutureProducer = kafka.client_config().create().unwrap();
