@@ -14,6 +14,7 @@ use crate::attempt::{AttemptLog, AttemptRecord};
 use crate::budget::RetryBudget;
 use crate::circuit::{CircuitBreaker, CircuitState};
 use crate::classify::{RetryClassifier, RetryStop, StatusClassifier, TransportError};
+use crate::credentials::{Credentials, OAuth2};
 use crate::destination::{AllowedNetworks, GuardedResolver};
 use crate::error::{ResilienceError, refusal, transport_error};
 use crate::layers::{AttemptTimeout, Bulkhead, CircuitGate, Deadline, Retry, RetryStopped};
@@ -86,6 +87,34 @@ pub enum BuildError {
     Client(#[source] reqwest::Error),
     #[error("{0}")]
     Destination(String),
+    #[error("{0}")]
+    Credentials(String),
+}
+
+/// How one upstream's client is built beyond its policy.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// Internal ranges the upstream may be at; `None`: any address (tools and tests).
+    pub allowed: Option<AllowedNetworks>,
+    pub tls: UpstreamTls,
+}
+
+/// TLS towards one upstream: CAs trusted besides the system's, and a client certificate for
+/// upstreams that require one (mutual TLS). PEM contents, read by the caller.
+#[derive(Clone, Default)]
+pub struct UpstreamTls {
+    pub ca_pem: Option<Vec<u8>>,
+    /// Certificate chain and private key, PEM, one after the other.
+    pub identity_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.identity_pem.is_some())
+            .finish()
+    }
 }
 
 /// A URL under an upstream's base URL, resolved once when the caller is set up: a bad path
@@ -116,6 +145,10 @@ pub struct UpstreamClient {
     throttled: Arc<ThrottledCounters>,
     /// Standard Webhooks signatures on every delivery, when the upstream checks them.
     signer: Option<Arc<relais_webhooks::Signer>>,
+    /// How deliveries authenticate (fixed secret headers, or an OAuth2 token).
+    credentials: Option<Credentials>,
+    /// The bare HTTP client under the stack (for the OAuth2 token endpoint).
+    http: reqwest::Client,
 }
 
 /// The `throttled_calls` series of one upstream, by reason.
@@ -134,20 +167,20 @@ impl UpstreamClient {
         policy: UpstreamPolicy,
         metrics: &ResilienceMetrics,
     ) -> Result<Self, BuildError> {
-        Self::build(name, base_url, policy, metrics, None)
+        Self::build(name, base_url, policy, metrics, ClientOptions::default())
     }
 
-    /// Builds the stack for one upstream whose addresses must be public unless `allowed`
-    /// names their range (`destination`): an address literal in the URL is checked here, a
-    /// host name at every resolution, before any connection.
-    pub fn guarded(
+    /// Builds the stack for one upstream with `options`: its addresses public unless
+    /// `options.allowed` names their range (`destination`: an address literal in the URL is
+    /// checked here, a host name at every resolution, before any connection), and its TLS.
+    pub fn with_options(
         name: &str,
         base_url: &str,
         policy: UpstreamPolicy,
         metrics: &ResilienceMetrics,
-        allowed: AllowedNetworks,
+        options: ClientOptions,
     ) -> Result<Self, BuildError> {
-        Self::build(name, base_url, policy, metrics, Some(allowed))
+        Self::build(name, base_url, policy, metrics, options)
     }
 
     fn build(
@@ -155,8 +188,9 @@ impl UpstreamClient {
         base_url: &str,
         policy: UpstreamPolicy,
         metrics: &ResilienceMetrics,
-        allowed: Option<AllowedNetworks>,
+        options: ClientOptions,
     ) -> Result<Self, BuildError> {
+        let ClientOptions { allowed, tls } = options;
         policy.validate()?;
         let base_url = Url::parse(base_url).map_err(|source| BuildError::BaseUrl {
             upstream: name.to_owned(),
@@ -198,7 +232,19 @@ impl UpstreamClient {
         // reqwest is built without a default TLS provider (so aws-lc is not compiled); pick
         // ring once per process. A provider installed earlier by the binary wins.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder();
+        if let Some(ca) = &tls.ca_pem {
+            for certificate in
+                reqwest::Certificate::from_pem_bundle(ca).map_err(BuildError::Client)?
+            {
+                http = http.add_root_certificate(certificate);
+            }
+        }
+        if let Some(identity) = &tls.identity_pem {
+            http =
+                http.identity(reqwest::Identity::from_pem(identity).map_err(BuildError::Client)?);
+        }
+        let http = http
             .dns_resolver(Arc::new(TimedResolver { guard }))
             .connector_layer(ConnectTimingLayer)
             .connect_timeout(policy.connect_timeout)
@@ -210,7 +256,7 @@ impl UpstreamClient {
             .map_err(BuildError::Client)?;
 
         // The order is the design (outermost first); each layer says why it is where it is.
-        let client = reqwest_middleware::ClientBuilder::new(http)
+        let client = reqwest_middleware::ClientBuilder::new(http.clone())
             // 1. The caller's time limit covers everything below, waits included.
             .with(Deadline {
                 deadline: policy.deadline,
@@ -273,7 +319,42 @@ impl UpstreamClient {
                 retry_after: metrics.throttled_calls(name, "retry_after"),
             }),
             signer: None,
+            credentials: None,
+            http,
         })
+    }
+
+    /// Sends these headers, whose values are secrets, with every delivery.
+    pub fn with_headers(mut self, headers: Vec<(String, String)>) -> Result<Self, BuildError> {
+        let credentials = Credentials::headers(headers).map_err(|reason| {
+            BuildError::Credentials(format!("upstream {}: {reason}", self.name))
+        })?;
+        self.credentials = Some(credentials);
+        Ok(self)
+    }
+
+    /// Authenticates every delivery with an OAuth2 client-credentials token from `token_url`
+    /// (reached by the same client, so under the same TLS and destination rules).
+    pub fn with_oauth2(
+        mut self,
+        token_url: &str,
+        client_id: String,
+        client_secret: String,
+        scope: Option<String>,
+    ) -> Result<Self, BuildError> {
+        let url = Url::parse(token_url).map_err(|source| BuildError::BaseUrl {
+            upstream: self.name.to_string(),
+            url: token_url.to_owned(),
+            source,
+        })?;
+        self.credentials = Some(Credentials::OAuth2(Arc::new(OAuth2::new(
+            url,
+            client_id,
+            client_secret,
+            scope,
+            self.http.clone(),
+        ))));
+        Ok(self)
     }
 
     /// Signs every delivery (`webhook-id`, `webhook-timestamp`, `webhook-signature`) with
@@ -308,7 +389,9 @@ impl UpstreamClient {
             })
     }
 
-    /// POSTs a JSON body to `endpoint` with `Idempotency-Key`, through the whole stack.
+    /// POSTs a JSON body to `endpoint` with `Idempotency-Key`, through the whole stack. With
+    /// an OAuth2 token that the upstream refuses (401), the token is fetched again and the
+    /// call made once more; the delivery then holds the attempts of both.
     pub async fn post_json(
         &self,
         endpoint: &Endpoint,
@@ -316,6 +399,34 @@ impl UpstreamClient {
         idempotency_key: &str,
     ) -> Delivery {
         let started = Instant::now();
+        let (first, used) = self
+            .post_once(endpoint, body.clone(), idempotency_key, started)
+            .await;
+        let refused = matches!(first.outcome, CallOutcome::Response { status: 401 });
+        match (&self.credentials, used) {
+            (Some(Credentials::OAuth2(oauth)), Some(used)) if refused => {
+                oauth.forget(&used).await;
+                let (mut second, _) = self
+                    .post_once(endpoint, body, idempotency_key, started)
+                    .await;
+                let mut attempts = first.attempts;
+                attempts.append(&mut second.attempts);
+                second.attempts = attempts;
+                second
+            }
+            _ => first,
+        }
+    }
+
+    /// One call through the stack, and the OAuth2 authorization it carried.
+    async fn post_once(
+        &self,
+        endpoint: &Endpoint,
+        body: Bytes,
+        idempotency_key: &str,
+        started: Instant,
+    ) -> (Delivery, Option<http::HeaderValue>) {
+        let mut used = None;
         let mut builder = self
             .client
             .post(endpoint.url.clone())
@@ -333,17 +444,33 @@ impl UpstreamClient {
                 builder = builder.header(name, value);
             }
         }
+        match &self.credentials {
+            Some(Credentials::Headers(headers)) => {
+                for (name, value) in headers.iter() {
+                    builder = builder.header(name.clone(), value.clone());
+                }
+            }
+            Some(Credentials::OAuth2(oauth)) => match oauth.authorization().await {
+                Ok(authorization) => {
+                    builder = builder.header(http::header::AUTHORIZATION, authorization.clone());
+                    used = Some(authorization);
+                }
+                Err(reason) => {
+                    // No token, so no request: like a connection that could not be made.
+                    tracing::warn!(upstream = %self.name, %reason, "no OAuth2 token; the delivery waits");
+                    let failed = CallOutcome::Failed(TransportError::Connect);
+                    return (self.finish(failed, Vec::new(), None, started), None);
+                }
+            },
+            None => {}
+        }
         let request = builder.body(body).build();
         let request = match request {
             Ok(request) => request,
             Err(error) => {
                 tracing::error!(%error, "cannot build the request");
-                return self.finish(
-                    CallOutcome::Failed(TransportError::Other),
-                    Vec::new(),
-                    None,
-                    started,
-                );
+                let failed = CallOutcome::Failed(TransportError::Other);
+                return (self.finish(failed, Vec::new(), None, started), used);
             }
         };
 
@@ -354,14 +481,10 @@ impl UpstreamClient {
                 Wait::Rate(_) => self.throttled.rate_limit.inc(),
                 Wait::Paused(_) => self.throttled.retry_after.inc(),
             };
-            return self.finish(
-                CallOutcome::Refused(Refusal::Throttled {
-                    retry_in: wait.duration(),
-                }),
-                Vec::new(),
-                None,
-                started,
-            );
+            let throttled = CallOutcome::Refused(Refusal::Throttled {
+                retry_in: wait.duration(),
+            });
+            return (self.finish(throttled, Vec::new(), None, started), used);
         }
         let log = AttemptLog::default();
         let mut extensions = Extensions::new();
@@ -385,7 +508,7 @@ impl UpstreamClient {
                 None => CallOutcome::Failed(transport_error(error)),
             },
         };
-        self.finish(outcome, log.take(), stop, started)
+        (self.finish(outcome, log.take(), stop, started), used)
     }
 
     fn finish(

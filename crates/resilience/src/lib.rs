@@ -21,6 +21,7 @@ pub mod budget;
 pub mod circuit;
 pub mod classify;
 mod client;
+pub mod credentials;
 pub mod destination;
 mod error;
 mod excerpt;
@@ -38,7 +39,10 @@ pub use classify::{
     AttemptResult, Decision, RetryClassifier, RetryStop, StatusClassifier, TimeoutKind,
     TransportError,
 };
-pub use client::{BuildError, CallOutcome, Delivery, Endpoint, Refusal, UpstreamClient};
+pub use client::{
+    BuildError, CallOutcome, ClientOptions, Delivery, Endpoint, Refusal, UpstreamClient,
+    UpstreamTls,
+};
 pub use error::ResilienceError;
 pub use excerpt::ResponseExcerpt;
 pub use metrics::ResilienceMetrics;

@@ -98,17 +98,34 @@ pub async fn run(
 
     let mut upstreams = BTreeMap::new();
     for (name, upstream) in &config.upstreams {
-        let allowed = upstream
-            .allowed()
+        let options = upstream
+            .client_options()
             .map_err(|reason| anyhow::anyhow!("upstream {name}: {reason}"))?;
-        let mut client = UpstreamClient::guarded(
+        let mut client = UpstreamClient::with_options(
             name,
             &upstream.url,
             upstream.policy.clone(),
             &resilience_metrics,
-            allowed,
+            options,
         )
         .with_context(|| format!("upstream {name}"))?;
+        match upstream
+            .credentials(args.profile)
+            .map_err(|reason| anyhow::anyhow!("upstream {name}: {reason}"))?
+        {
+            Some(config::Credentials::Headers(headers)) => {
+                client = client.with_headers(headers)?;
+            }
+            Some(config::Credentials::OAuth2 {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+            }) => {
+                client = client.with_oauth2(&token_url, client_id, client_secret, scope)?;
+            }
+            None => {}
+        }
         if let Some(signer) = upstream
             .signer()
             .map_err(|reason| anyhow::anyhow!("upstream {name}: {reason}"))?

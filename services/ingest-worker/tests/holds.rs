@@ -140,7 +140,11 @@ async fn signed_deliveries_pass_a_verifying_upstream_and_a_wrong_key_is_held_not
         .public_keys();
     let verifier =
         relais_webhooks::Verifier::new(next_public.iter().map(String::as_str), 300).unwrap();
-    let sim = Sim::start_verifying(verifier).await;
+    let sim = Sim::start_checking(relais_upstream_sim::auth::AuthChecks {
+        verifier: Some(verifier),
+        ..Default::default()
+    })
+    .await;
     let topics = Topics::create(&kafka, 2).await;
     let mut config = worker_config(
         &topics,
@@ -201,6 +205,102 @@ async fn signed_deliveries_pass_a_verifying_upstream_and_a_wrong_key_is_held_not
                 && !line.ends_with(" 0")
         ),
         "the upstream counted the refused signatures"
+    );
+    worker.stop().await;
+}
+
+async fn oauth_issued(sim: &Sim) -> u64 {
+    let state: serde_json::Value = reqwest::get(format!("http://{}/admin/oauth", sim.admin))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    state["issued"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_api_key_from_a_file_and_an_oauth2_token_reach_an_upstream_that_checks_them() {
+    init_telemetry();
+    let kafka = relais_test_support::kafka().await;
+
+    // A fixed header whose value is a secret file's content.
+    let api_key = unique_name("api-key");
+    let sim = Sim::start_checking(relais_upstream_sim::auth::AuthChecks {
+        required_header: Some(("x-api-key".into(), api_key.clone())),
+        ..Default::default()
+    })
+    .await;
+    let topics = Topics::create(&kafka, 1).await;
+    let mut config = worker_config(
+        &topics,
+        &unique_name("it-group"),
+        sim.api,
+        UpstreamPolicy::default(),
+        PipelineConfig::default(),
+        None,
+    );
+    for upstream in config.upstreams.values_mut() {
+        upstream.auth.header_files = [("x-api-key".to_owned(), key_file(&api_key))].into();
+    }
+    let worker = Worker::start_config(&kafka, config);
+    produce(&kafka, &topics.ingress, &valid_events("keyed", 10, 5)).await;
+    let audit = read_outcomes(&kafka, &topics.audit, 10, Duration::from_secs(30)).await;
+    assert!(audit.iter().all(|r| r.outcome == Outcome::Delivered as i32));
+    worker.stop().await;
+
+    // OAuth2 client credentials: one token for many deliveries; after the upstream revokes
+    // it, the next delivery's 401 fetches a new one and the call goes through.
+    let secret = unique_name("client-secret");
+    let sim = Sim::start_checking(relais_upstream_sim::auth::AuthChecks {
+        oauth: Some(relais_upstream_sim::auth::TokenIssuer::new(
+            "relais".into(),
+            secret.clone(),
+            Duration::from_secs(3600),
+        )),
+        ..Default::default()
+    })
+    .await;
+    let topics = Topics::create(&kafka, 1).await;
+    let mut config = worker_config(
+        &topics,
+        &unique_name("it-group"),
+        sim.api,
+        UpstreamPolicy::default(),
+        PipelineConfig::default(),
+        None,
+    );
+    for upstream in config.upstreams.values_mut() {
+        upstream.auth.oauth2 = Some(relais_ingest_worker::config::OAuth2Config {
+            token_url: format!("http://{}/oauth/token", sim.api),
+            client_id: "relais".into(),
+            client_secret_file: key_file(&secret),
+            scope: Some("events:write".into()),
+        });
+    }
+    let worker = Worker::start_config(&kafka, config);
+    produce(&kafka, &topics.ingress, &valid_events("oauth-a", 10, 5)).await;
+    let audit = read_outcomes(&kafka, &topics.audit, 10, Duration::from_secs(30)).await;
+    assert!(audit.iter().all(|r| r.outcome == Outcome::Delivered as i32));
+    assert_eq!(oauth_issued(&sim).await, 1, "the token is cached");
+
+    let revoked = reqwest::Client::new()
+        .post(format!("http://{}/admin/oauth/revoke", sim.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+    produce(&kafka, &topics.ingress, &valid_events("oauth-b", 10, 5)).await;
+    let audit = read_outcomes(&kafka, &topics.audit, 20, Duration::from_secs(30)).await;
+    assert_exactly_once(&audit, 20);
+    assert!(audit.iter().all(|r| r.outcome == Outcome::Delivered as i32));
+    assert_eq!(oauth_issued(&sim).await, 2, "one new token after the 401");
+    assert_eq!(
+        worker
+            .metric("relais_worker_upstream_held{upstream=\"default\",reason=\"unauthorized\"}")
+            .await,
+        0.0,
+        "a refreshed token is not a held upstream"
     );
     worker.stop().await;
 }

@@ -227,3 +227,75 @@ async fn an_upstream_name_resolving_to_loopback_is_refused_before_any_connection
     );
     worker.stop().await;
 }
+
+/// An HTTPS upstream that requires a client certificate of `pki` and answers 200 to POST
+/// /events, counting the deliveries.
+async fn mutual_tls_upstream(pki: &relais_test_support::TestPki) -> (SocketAddr, Arc<AtomicUsize>) {
+    let server = pki.server("upstream");
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            std::fs::read(&server.certificate).unwrap(),
+            std::fs::read(&server.key).unwrap(),
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(
+            std::fs::read(pki.ca_file()).unwrap(),
+        ));
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&delivered);
+    let app = Router::new().route(
+        "/events",
+        post(move || {
+            let counter = Arc::clone(&counter);
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                (StatusCode::OK, "{\"accepted\":true}")
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let mut builder = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .unwrap()
+        .accept_http1(true);
+    let router = builder.add_routes(tonic::service::Routes::from(app));
+    tokio::spawn(router.serve_with_incoming(incoming));
+    (address, delivered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_that_requires_a_client_certificate_gets_the_configured_one() {
+    init_telemetry();
+    relais_test_support::install_crypto_provider();
+    let kafka = relais_test_support::kafka().await;
+    let pki = relais_test_support::TestPki::new("upstream-ca");
+    let client = pki.client("relais-worker");
+    let (address, delivered) = mutual_tls_upstream(&pki).await;
+    let topics = Topics::create(&kafka, 1).await;
+    let mut config = worker_config(
+        &topics,
+        &unique_name("it-group"),
+        address,
+        UpstreamPolicy::default(),
+        PipelineConfig::default(),
+        None,
+    );
+    for upstream in config.upstreams.values_mut() {
+        upstream.url = format!("https://127.0.0.1:{}", address.port());
+        upstream.tls = relais_ingest_worker::config::UpstreamTlsConfig {
+            ca_file: Some(pki.ca_file()),
+            certificate_file: Some(client.certificate.clone()),
+            key_file: Some(client.key.clone()),
+        };
+    }
+    let worker = Worker::start_config(&kafka, config);
+    produce(&kafka, &topics.ingress, &valid_events("mtls", 10, 5)).await;
+    let audit = read_outcomes(&kafka, &topics.audit, 10, Duration::from_secs(30)).await;
+    assert!(
+        audit.iter().all(|r| r.outcome == Outcome::Delivered as i32),
+        "{audit:?}"
+    );
+    assert_eq!(delivered.load(Ordering::SeqCst), 10);
+    worker.stop().await;
+}

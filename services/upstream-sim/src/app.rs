@@ -9,6 +9,8 @@
 //! | admin | `GET /admin/deliveries` | totals, duplicates and order violations included |
 //! | admin | `GET /admin/deliveries/{key}` | counts for one key |
 //! | admin | `POST /admin/reset` | healthy again, counters cleared |
+//! | API | `POST /oauth/token` | with `--oauth-client`: an OAuth2 client-credentials token |
+//! | admin | `GET /admin/oauth` · `POST /admin/oauth/revoke` | tokens issued; revoke every token |
 
 use std::sync::Arc;
 
@@ -33,6 +35,7 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// The simulated upstream API.
 pub fn api_router(state: Arc<SimState>) -> Router {
     Router::new()
+        .route("/oauth/token", post(issue_token))
         .route("/{*path}", post(deliver))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -45,6 +48,8 @@ pub fn admin_router(state: Arc<SimState>) -> Router {
         .route("/admin/deliveries", get(deliveries))
         .route("/admin/deliveries/{key}", get(delivery))
         .route("/admin/reset", post(reset))
+        .route("/admin/oauth", get(oauth_state))
+        .route("/admin/oauth/revoke", post(revoke_tokens))
         .with_state(state)
 }
 
@@ -55,27 +60,18 @@ async fn deliver(State(state): State<Arc<SimState>>, headers: HeaderMap, body: B
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
     state.store.received(key.as_deref());
-    if let Some(verifier) = &state.verifier {
-        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| {
-                i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
-            });
-        if let Err(refusal) = verifier.verify(
-            header(relais_webhooks::ID_HEADER),
-            header(relais_webhooks::TIMESTAMP_HEADER),
-            header(relais_webhooks::SIGNATURE_HEADER),
-            &body,
-            now,
-        ) {
-            state.metrics.signatures_refused.inc();
-            return (
-                StatusCode::UNAUTHORIZED,
-                Json(json!({ "error": refusal.to_string() })),
-            )
-                .into_response();
-        }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        });
+    if let Err(refusal) = state.auth.check(&headers, &body, now) {
+        state.metrics.signatures_refused.inc();
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": refusal.to_string() })),
+        )
+            .into_response();
     }
     let in_progress = state.enter();
     if let Some(limit) = state.concurrency_limit()
@@ -146,6 +142,47 @@ async fn deliver(State(state): State<Arc<SimState>>, headers: HeaderMap, body: B
     };
     state.metrics.observe(action, started.elapsed());
     response
+}
+
+async fn issue_token(
+    State(state): State<Arc<SimState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(issuer) = &state.auth.oauth else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let form = String::from_utf8_lossy(&body);
+    match issuer.issue(&headers, &form, std::time::Instant::now()) {
+        Ok((token, expires_in)) => Json(json!({
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": expires_in,
+        }))
+        .into_response(),
+        Err((status, error)) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            Json(json!({ "error": error })),
+        )
+            .into_response(),
+    }
+}
+
+async fn oauth_state(State(state): State<Arc<SimState>>) -> Response {
+    match &state.auth.oauth {
+        Some(issuer) => Json(json!({ "issued": issuer.issued() })).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn revoke_tokens(State(state): State<Arc<SimState>>) -> StatusCode {
+    match &state.auth.oauth {
+        Some(issuer) => {
+            issuer.revoke_all();
+            StatusCode::NO_CONTENT
+        }
+        None => StatusCode::NOT_FOUND,
+    }
 }
 
 async fn get_faults(State(state): State<Arc<SimState>>) -> Json<Faults> {

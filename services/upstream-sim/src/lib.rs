@@ -6,6 +6,7 @@
 //! API; see [`app`] for the routes and [`faults::Faults`] for the configuration.
 
 pub mod app;
+pub mod auth;
 pub mod faults;
 pub mod server;
 pub mod state;
@@ -36,20 +37,27 @@ pub async fn start(
     key_capacity: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningSim> {
-    start_verifying(api, admin, key_capacity, None, shutdown).await
+    start_checking(
+        api,
+        admin,
+        key_capacity,
+        auth::AuthChecks::default(),
+        shutdown,
+    )
+    .await
 }
 
-/// [`start`], refusing with 401 every delivery without a valid Standard Webhooks signature
-/// when `verifier` is given.
-pub async fn start_verifying(
+/// [`start`], answering 401 to every delivery that fails `auth` (a required header, an OAuth2
+/// token of its own token endpoint, a Standard Webhooks signature).
+pub async fn start_checking(
     api: SocketAddr,
     admin: SocketAddr,
     key_capacity: usize,
-    verifier: Option<relais_webhooks::Verifier>,
+    auth: auth::AuthChecks,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningSim> {
     let mut registry = Registry::default();
-    let state = Arc::new(state::SimState::new(&mut registry, key_capacity, verifier));
+    let state = Arc::new(state::SimState::new(&mut registry, key_capacity, auth));
     let readiness = Readiness::default();
     let serving = readiness.register("api_listening");
     let admin_server = AdminServer::start_with_routes(

@@ -29,6 +29,19 @@ struct Config {
     #[arg(long, env = "RELAIS_SIM_WEBHOOK_KEYS", hide_env_values = true)]
     webhook_keys: Option<String>,
 
+    /// A header every delivery must carry, as `name=value` (an API key, say).
+    #[arg(long, env = "RELAIS_SIM_REQUIRE_HEADER", hide_env_values = true)]
+    require_header: Option<String>,
+
+    /// `client_id:client_secret` of the one OAuth2 client: turns on `POST /oauth/token`
+    /// (client-credentials grant) and requires its bearer tokens on every delivery.
+    #[arg(long, env = "RELAIS_SIM_OAUTH_CLIENT", hide_env_values = true)]
+    oauth_client: Option<String>,
+
+    /// Lifetime of the tokens issued, in seconds.
+    #[arg(long, env = "RELAIS_SIM_OAUTH_TOKEN_TTL_SECS", default_value_t = 3600)]
+    oauth_token_ttl_secs: u64,
+
     /// How far a delivery's `webhook-timestamp` may be from now, in seconds.
     #[arg(long, env = "RELAIS_SIM_WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
     webhook_tolerance_secs: i64,
@@ -64,11 +77,40 @@ async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> 
         })
         .transpose()
         .map_err(|error| anyhow::anyhow!("--webhook-keys: {error}"))?;
-    relais_upstream_sim::start_verifying(
+    let required_header = config
+        .require_header
+        .as_deref()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.to_owned()))
+                .ok_or_else(|| anyhow::anyhow!("--require-header takes name=value"))
+        })
+        .transpose()?;
+    let oauth = config
+        .oauth_client
+        .as_deref()
+        .map(|pair| {
+            pair.split_once(':')
+                .map(|(id, secret)| {
+                    relais_upstream_sim::auth::TokenIssuer::new(
+                        id.to_owned(),
+                        secret.to_owned(),
+                        Duration::from_secs(config.oauth_token_ttl_secs),
+                    )
+                })
+                .ok_or_else(|| anyhow::anyhow!("--oauth-client takes client_id:client_secret"))
+        })
+        .transpose()?;
+    let auth = relais_upstream_sim::auth::AuthChecks {
+        required_header,
+        verifier,
+        oauth,
+    };
+    relais_upstream_sim::start_checking(
         config.listen,
         config.admin_addr,
         config.key_capacity,
-        verifier,
+        auth,
         shutdown,
     )
     .await?

@@ -24,8 +24,8 @@ pub struct SimState {
     outage: watch::Sender<bool>,
     pub(crate) store: DeliveryStore,
     pub(crate) metrics: SimMetrics,
-    /// When set, every delivery must carry a valid Standard Webhooks signature.
-    pub(crate) verifier: Option<relais_webhooks::Verifier>,
+    /// What every delivery must carry (none by default).
+    pub(crate) auth: crate::auth::AuthChecks,
     /// Requests in progress now, and the most at once since the last reset.
     in_progress: AtomicUsize,
     pub(crate) peak_in_progress: AtomicUsize,
@@ -49,10 +49,10 @@ impl SimState {
     pub fn new(
         registry: &mut Registry,
         key_capacity: usize,
-        verifier: Option<relais_webhooks::Verifier>,
+        auth: crate::auth::AuthChecks,
     ) -> Self {
         Self {
-            verifier,
+            auth,
             faults: Mutex::new(Faults::default()),
             rng: Mutex::new(SmallRng::from_os_rng()),
             outage: watch::Sender::new(false),
@@ -154,7 +154,7 @@ impl SimMetrics {
         );
         sim.register(
             "signatures_refused",
-            "Deliveries answered 401 because their Standard Webhooks signature was missing, stale or wrong (only with --webhook-keys)",
+            "Deliveries answered 401 by the authentication checks (--require-header, --oauth-client, --webhook-keys): a missing or wrong header, token or signature",
             metrics.signatures_refused.clone(),
         );
         sim.register(

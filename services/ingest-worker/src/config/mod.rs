@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use args::{Args, Command};
-pub use upstream::UpstreamConfig;
+pub use upstream::{Credentials, OAuth2Config, UpstreamAuth, UpstreamConfig, UpstreamTlsConfig};
 
 /// The configuration file.
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
@@ -398,6 +398,12 @@ impl WorkerConfig {
         for (name, upstream) in &config.upstreams {
             upstream
                 .signer()
+                .map_err(|reason| ConfigError::Invalid(format!("upstream {name}: {reason}")))?;
+            upstream
+                .credentials(args.profile)
+                .map_err(|reason| ConfigError::Invalid(format!("upstream {name}: {reason}")))?;
+            upstream
+                .client_options()
                 .map_err(|reason| ConfigError::Invalid(format!("upstream {name}: {reason}")))?;
         }
         if let Some(gateway) = config.status_gateway()? {

@@ -1,6 +1,8 @@
 //! One upstream's section of the configuration file: where it is, its resilience policy, and
 //! how its deliveries are scheduled, held and retried.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use relais_resilience::UpstreamPolicy;
@@ -61,6 +63,14 @@ pub struct UpstreamConfig {
     /// here is refused before any connection (server-side request forgery).
     #[serde(default)]
     pub allowed_networks: Vec<String>,
+    /// How deliveries authenticate: fixed headers whose values are read from files, or an
+    /// OAuth2 client-credentials token.
+    #[serde(default)]
+    pub auth: UpstreamAuth,
+    /// TLS towards this upstream: CAs to trust besides the system's, and a client certificate
+    /// for upstreams that require one (mutual TLS).
+    #[serde(default)]
+    pub tls: UpstreamTlsConfig,
 }
 
 fn default_retry_tiers() -> Vec<humantime_serde::Serde<Duration>> {
@@ -98,6 +108,80 @@ impl UpstreamConfig {
             retry_tiers: default_retry_tiers(),
             signing_key_files: Vec::new(),
             allowed_networks: Vec::new(),
+            auth: UpstreamAuth::default(),
+            tls: UpstreamTlsConfig::default(),
+        }
+    }
+
+    /// How this upstream's client is built: its allowed networks and its TLS files read.
+    pub fn client_options(&self) -> Result<relais_resilience::ClientOptions, String> {
+        let read = |key: &str, path: &PathBuf| {
+            std::fs::read(path)
+                .map_err(|error| format!("tls.{key}: cannot read {}: {error}", path.display()))
+        };
+        let tls = &self.tls;
+        let identity_pem = match (&tls.certificate_file, &tls.key_file) {
+            (Some(certificate), Some(key)) => {
+                let mut pem = read("certificate_file", certificate)?;
+                pem.push(b'\n');
+                pem.extend(read("key_file", key)?);
+                Some(pem)
+            }
+            (None, None) => None,
+            _ => return Err("tls.certificate_file and tls.key_file go together".into()),
+        };
+        let ca_pem = tls
+            .ca_file
+            .as_ref()
+            .map(|path| read("ca_file", path))
+            .transpose()?;
+        Ok(relais_resilience::ClientOptions {
+            allowed: Some(self.allowed()?),
+            tls: relais_resilience::UpstreamTls {
+                ca_pem,
+                identity_pem,
+            },
+        })
+    }
+
+    /// The credentials of `auth` with their secret files read, checked against `profile`.
+    pub fn credentials(
+        &self,
+        profile: relais_telemetry::secrets::Profile,
+    ) -> Result<Option<Credentials>, String> {
+        use relais_telemetry::secrets::{self, SecretKind};
+        let auth = &self.auth;
+        match (&auth.oauth2, auth.header_files.is_empty()) {
+            (Some(_), false) => Err("auth: give header_files or oauth2, not both".into()),
+            (None, true) => Ok(None),
+            (None, false) => {
+                let mut headers = Vec::new();
+                for (name, path) in &auth.header_files {
+                    let what = format!("auth.header_files.{name}");
+                    let value = secrets::read_file(&what, path)?;
+                    secrets::check(&what, &value, SecretKind::Credential, profile)?;
+                    headers.push((name.clone(), value));
+                }
+                Ok(Some(Credentials::Headers(headers)))
+            }
+            (Some(oauth2), true) => {
+                let secret = secrets::read_file(
+                    "auth.oauth2.client_secret_file",
+                    &oauth2.client_secret_file,
+                )?;
+                secrets::check(
+                    "auth.oauth2.client_secret_file",
+                    &secret,
+                    SecretKind::Credential,
+                    profile,
+                )?;
+                Ok(Some(Credentials::OAuth2 {
+                    token_url: oauth2.token_url.clone(),
+                    client_id: oauth2.client_id.clone(),
+                    client_secret: secret,
+                    scope: oauth2.scope.clone(),
+                }))
+            }
         }
     }
 
@@ -158,6 +242,73 @@ impl UpstreamConfig {
         crate::hold::HoldPolicy {
             pause_on_unauthorized: self.pause_on_unauthorized,
             disable_on_gone: self.disable_on_gone,
+        }
+    }
+}
+
+/// TLS towards one upstream (`upstreams.<name>.tls`), files in PEM.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// CAs trusted besides the system's (a private CA of the upstream).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The client certificate presented to upstreams that require one.
+    #[serde(default)]
+    pub certificate_file: Option<PathBuf>,
+    /// Its private key.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// An upstream's authentication (`upstreams.<name>.auth`).
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamAuth {
+    /// Headers sent with every delivery, by name, each value read from a file at start
+    /// (`{ "x-api-key" = "/run/secrets/orders-api-key" }`, or an `authorization` header).
+    #[serde(default)]
+    pub header_files: BTreeMap<String, PathBuf>,
+    /// An OAuth2 client-credentials grant: the token is fetched from `token_url`, used until
+    /// 80 % of its lifetime, and fetched again at once when the upstream answers 401.
+    #[serde(default)]
+    pub oauth2: Option<OAuth2Config>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Config {
+    pub token_url: String,
+    pub client_id: String,
+    /// File holding the client secret (sent with HTTP Basic authentication).
+    pub client_secret_file: PathBuf,
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+/// An upstream's credentials with their secrets read (never printed).
+pub enum Credentials {
+    Headers(Vec<(String, String)>),
+    OAuth2 {
+        token_url: String,
+        client_id: String,
+        client_secret: String,
+        scope: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Headers(headers) => {
+                let names: Vec<&str> = headers.iter().map(|(name, _)| name.as_str()).collect();
+                write!(f, "Credentials::Headers({names:?})")
+            }
+            Self::OAuth2 {
+                token_url,
+                client_id,
+                ..
+            } => write!(f, "Credentials::OAuth2({token_url}, {client_id})"),
         }
     }
 }

@@ -38,19 +38,19 @@ impl Sim {
 
     /// A simulator whose API listens on `api` (an address the test kept free until now).
     pub async fn start_at(api: SocketAddr) -> Self {
-        Self::start_with(api, None).await
+        Self::start_with(api, relais_upstream_sim::auth::AuthChecks::default()).await
     }
 
-    /// A simulator that answers 401 to deliveries without a signature `verifier` accepts.
-    pub async fn start_verifying(verifier: relais_webhooks::Verifier) -> Self {
-        Self::start_with("127.0.0.1:0".parse().unwrap(), Some(verifier)).await
+    /// A simulator that answers 401 to deliveries that fail `auth`.
+    pub async fn start_checking(auth: relais_upstream_sim::auth::AuthChecks) -> Self {
+        Self::start_with("127.0.0.1:0".parse().unwrap(), auth).await
     }
 
-    async fn start_with(api: SocketAddr, verifier: Option<relais_webhooks::Verifier>) -> Self {
+    async fn start_with(api: SocketAddr, auth: relais_upstream_sim::auth::AuthChecks) -> Self {
         let shutdown = CancellationToken::new();
         let any = "127.0.0.1:0".parse().unwrap();
         let running =
-            relais_upstream_sim::start_verifying(api, any, 1_000_000, verifier, shutdown.clone())
+            relais_upstream_sim::start_checking(api, any, 1_000_000, auth, shutdown.clone())
                 .await
                 .unwrap();
         Self {
