@@ -167,23 +167,13 @@ impl UpstreamClient {
         policy: UpstreamPolicy,
         metrics: &ResilienceMetrics,
     ) -> Result<Self, BuildError> {
-        Self::build(name, base_url, policy, metrics, ClientOptions::default())
+        Self::with_options(name, base_url, policy, metrics, ClientOptions::default())
     }
 
     /// Builds the stack for one upstream with `options`: its addresses public unless
     /// `options.allowed` names their range (`destination`: an address literal in the URL is
     /// checked here, a host name at every resolution, before any connection), and its TLS.
     pub fn with_options(
-        name: &str,
-        base_url: &str,
-        policy: UpstreamPolicy,
-        metrics: &ResilienceMetrics,
-        options: ClientOptions,
-    ) -> Result<Self, BuildError> {
-        Self::build(name, base_url, policy, metrics, options)
-    }
-
-    fn build(
         name: &str,
         base_url: &str,
         policy: UpstreamPolicy,

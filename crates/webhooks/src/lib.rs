@@ -57,6 +57,15 @@ fn decode(index: usize, text: &str) -> Result<Vec<u8>, KeyError> {
         .map_err(|_| KeyError::Base64 { index })
 }
 
+/// The HMAC key of a `whsec_` secret (its base64 part).
+fn hmac_key(index: usize, secret: &str) -> Result<ring::hmac::Key, KeyError> {
+    let bytes = decode(index, secret)?;
+    if bytes.len() < MIN_SECRET_BYTES {
+        return Err(KeyError::ShortSecret { index });
+    }
+    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes))
+}
+
 impl Signer {
     /// Keys as `whsec_...` (HMAC) or `whsk_...` (Ed25519), in any mix.
     pub fn new<'a>(keys: impl IntoIterator<Item = &'a str>) -> Result<Self, KeyError> {
@@ -65,14 +74,7 @@ impl Signer {
             let index = index + 1;
             let key = key.trim();
             if let Some(secret) = key.strip_prefix("whsec_") {
-                let bytes = decode(index, secret)?;
-                if bytes.len() < MIN_SECRET_BYTES {
-                    return Err(KeyError::ShortSecret { index });
-                }
-                parsed.push(SigningKey::Hmac(ring::hmac::Key::new(
-                    ring::hmac::HMAC_SHA256,
-                    &bytes,
-                )));
+                parsed.push(SigningKey::Hmac(hmac_key(index, secret)?));
             } else if let Some(seed) = key.strip_prefix("whsk_") {
                 let bytes = decode(index, seed)?;
                 let pair = Ed25519KeyPair::from_seed_unchecked(&bytes)
@@ -173,14 +175,7 @@ impl Verifier {
             let index = index + 1;
             let key = key.trim();
             if let Some(secret) = key.strip_prefix("whsec_") {
-                let bytes = decode(index, secret)?;
-                if bytes.len() < MIN_SECRET_BYTES {
-                    return Err(KeyError::ShortSecret { index });
-                }
-                parsed.push(VerifyingKey::Hmac(ring::hmac::Key::new(
-                    ring::hmac::HMAC_SHA256,
-                    &bytes,
-                )));
+                parsed.push(VerifyingKey::Hmac(hmac_key(index, secret)?));
             } else if let Some(public) = key.strip_prefix("whpk_") {
                 let bytes = decode(index, public)?;
                 if bytes.len() != 32 {

@@ -22,19 +22,10 @@ async fn held_then_delivered(status: u16, reason: &str) {
     let sim = Sim::start().await;
     sim.set_faults(json!({"errors": {status.to_string(): 1.0}}))
         .await;
-    let topics = Topics::create(&kafka, 3).await;
-    let mut config = worker_config(
-        &topics,
-        &unique_name("it-group"),
-        sim.api,
-        UpstreamPolicy::default(),
-        PipelineConfig::default(),
-        None,
-    );
-    for upstream in config.upstreams.values_mut() {
+    let (topics, worker) = worker_for(&kafka, &sim, 3, |upstream| {
         upstream.pause_on_unauthorized = Duration::from_secs(2);
-    }
-    let worker = Worker::start_config(&kafka, config);
+    })
+    .await;
     let total = 30;
     produce(&kafka, &topics.ingress, &valid_events("h", total, 10)).await;
 
@@ -111,6 +102,28 @@ async fn an_upstream_answering_403_is_held_and_its_messages_wait() {
     held_then_delivered(403, "unauthorized").await;
 }
 
+/// A worker on new topics (`partitions` for the ingress) delivering to `sim`, its upstream
+/// changed by `adjust`.
+async fn worker_for(
+    kafka: &relais_test_support::KafkaTestEnv,
+    sim: &Sim,
+    partitions: i32,
+    adjust: impl Fn(&mut relais_ingest_worker::config::UpstreamConfig),
+) -> (Topics, Worker) {
+    let topics = Topics::create(kafka, partitions).await;
+    let mut config = worker_config(
+        &topics,
+        &unique_name("it-group"),
+        sim.api,
+        UpstreamPolicy::default(),
+        PipelineConfig::default(),
+        None,
+    );
+    config.upstreams.values_mut().for_each(adjust);
+    let worker = Worker::start_config(kafka, config);
+    (topics, worker)
+}
+
 /// A key file in the temporary folder.
 fn key_file(key: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(unique_name("webhook-key"));
@@ -145,19 +158,10 @@ async fn signed_deliveries_pass_a_verifying_upstream_and_a_wrong_key_is_held_not
         ..Default::default()
     })
     .await;
-    let topics = Topics::create(&kafka, 2).await;
-    let mut config = worker_config(
-        &topics,
-        &unique_name("it-group"),
-        sim.api,
-        UpstreamPolicy::default(),
-        PipelineConfig::default(),
-        None,
-    );
-    for upstream in config.upstreams.values_mut() {
+    let (topics, worker) = worker_for(&kafka, &sim, 2, |upstream| {
         upstream.signing_key_files = vec![key_file(&current), key_file(&next)];
-    }
-    let worker = Worker::start_config(&kafka, config);
+    })
+    .await;
     let total = 20;
     produce(&kafka, &topics.ingress, &valid_events("signed", total, 5)).await;
     let audit = read_outcomes(&kafka, &topics.audit, total, Duration::from_secs(30)).await;
@@ -166,20 +170,11 @@ async fn signed_deliveries_pass_a_verifying_upstream_and_a_wrong_key_is_held_not
     worker.stop().await;
 
     // Signed with a key the upstream does not know: 401, the upstream is held, nothing fails.
-    let topics = Topics::create(&kafka, 1).await;
-    let mut config = worker_config(
-        &topics,
-        &unique_name("it-group"),
-        sim.api,
-        UpstreamPolicy::default(),
-        PipelineConfig::default(),
-        None,
-    );
-    for upstream in config.upstreams.values_mut() {
+    let (topics, worker) = worker_for(&kafka, &sim, 1, |upstream| {
         upstream.signing_key_files = vec![key_file(&random_key("whsec_"))];
         upstream.pause_on_unauthorized = Duration::from_secs(2);
-    }
-    let worker = Worker::start_config(&kafka, config);
+    })
+    .await;
     produce(&kafka, &topics.ingress, &valid_events("wrong-key", 5, 5)).await;
     let held = "relais_worker_upstream_held{upstream=\"default\",reason=\"unauthorized\"}";
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -231,19 +226,10 @@ async fn an_api_key_from_a_file_and_an_oauth2_token_reach_an_upstream_that_check
         ..Default::default()
     })
     .await;
-    let topics = Topics::create(&kafka, 1).await;
-    let mut config = worker_config(
-        &topics,
-        &unique_name("it-group"),
-        sim.api,
-        UpstreamPolicy::default(),
-        PipelineConfig::default(),
-        None,
-    );
-    for upstream in config.upstreams.values_mut() {
+    let (topics, worker) = worker_for(&kafka, &sim, 1, |upstream| {
         upstream.auth.header_files = [("x-api-key".to_owned(), key_file(&api_key))].into();
-    }
-    let worker = Worker::start_config(&kafka, config);
+    })
+    .await;
     produce(&kafka, &topics.ingress, &valid_events("keyed", 10, 5)).await;
     let audit = read_outcomes(&kafka, &topics.audit, 10, Duration::from_secs(30)).await;
     assert!(audit.iter().all(|r| r.outcome == Outcome::Delivered as i32));
@@ -261,24 +247,15 @@ async fn an_api_key_from_a_file_and_an_oauth2_token_reach_an_upstream_that_check
         ..Default::default()
     })
     .await;
-    let topics = Topics::create(&kafka, 1).await;
-    let mut config = worker_config(
-        &topics,
-        &unique_name("it-group"),
-        sim.api,
-        UpstreamPolicy::default(),
-        PipelineConfig::default(),
-        None,
-    );
-    for upstream in config.upstreams.values_mut() {
+    let (topics, worker) = worker_for(&kafka, &sim, 1, |upstream| {
         upstream.auth.oauth2 = Some(relais_ingest_worker::config::OAuth2Config {
             token_url: format!("http://{}/oauth/token", sim.api),
             client_id: "relais".into(),
             client_secret_file: key_file(&secret),
             scope: Some("events:write".into()),
         });
-    }
-    let worker = Worker::start_config(&kafka, config);
+    })
+    .await;
     produce(&kafka, &topics.ingress, &valid_events("oauth-a", 10, 5)).await;
     let audit = read_outcomes(&kafka, &topics.audit, 10, Duration::from_secs(30)).await;
     assert!(audit.iter().all(|r| r.outcome == Outcome::Delivered as i32));
