@@ -132,16 +132,17 @@ impl RgwTestEnv {
         }
     }
 
-    /// Starts radosgw again through the native stack's script (waits until S3 answers).
+    /// Starts radosgw again through the native stack's script, HTTPS endpoint included
+    /// (waits until S3 answers).
     fn start_gateway(&self) {
         let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../deploy/ceph/ceph-single-node.sh");
+            .join("../../deploy/native/ceph.sh");
         let status = std::process::Command::new("bash")
             .arg(script)
             .arg("start")
             .env("RELAIS_STATE_DIR", &self.endpoints.state_dir)
             .status()
-            .expect("ceph-single-node.sh");
+            .expect("deploy/native/ceph.sh");
         assert!(status.success(), "radosgw did not start again");
     }
 }
