@@ -343,6 +343,7 @@ impl UpstreamClient {
             client_secret,
             scope,
             self.http.clone(),
+            self.policy.attempt_timeout,
         ))));
         Ok(self)
     }

@@ -55,6 +55,9 @@ pub struct OAuth2 {
     /// The token endpoint's client: the upstream's (same TLS and destination rules), without
     /// its resilience stack, which belongs to deliveries.
     http: reqwest::Client,
+    /// Limit of one token request: deliveries wait behind it (one fetch at a time), so a
+    /// token endpoint that hangs must not hold them longer than an attempt would.
+    fetch_timeout: Duration,
     token: Mutex<Option<Token>>,
 }
 
@@ -98,6 +101,7 @@ impl OAuth2 {
         client_secret: String,
         scope: Option<String>,
         http: reqwest::Client,
+        fetch_timeout: Duration,
     ) -> Self {
         Self {
             token_url,
@@ -105,6 +109,7 @@ impl OAuth2 {
             client_secret,
             scope,
             http,
+            fetch_timeout,
             token: Mutex::new(None),
         }
     }
@@ -156,6 +161,7 @@ impl OAuth2 {
                 "application/x-www-form-urlencoded",
             )
             .body(form)
+            .timeout(self.fetch_timeout)
             .send()
             .await
             .map_err(|error| format!("token endpoint {}: {error}", self.token_url))?;
