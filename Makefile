@@ -70,6 +70,20 @@ chaos: ## Set upstream-sim faults (`make chaos FAULTS='{"errors":{"503":0.3}}'`;
 urls: ## Where to look: dashboard, REST API, Grafana, Jaeger, Prometheus
 	@deploy/urls.sh
 
+## --- the project's images with podman (no Docker engine, no registry) ----------------------
+
+.PHONY: images
+images: ## Build every image from the project's Dockerfiles with podman (bases made locally; docs/containers.md)
+	@deploy/podman/images.sh build
+
+.PHONY: images-clean
+images-clean: ## Delete the images and all of podman's state under .state/podman
+	@deploy/podman/images.sh clean
+
+.PHONY: test-containers
+test-containers: prerequisites infra-up test-tools images ## Only the container test: the images run as Compose runs them
+	$(CARGO) test -p relais-e2e --test containers -- --nocapture
+
 ## --- the same topology natively (no Docker) -------------------------------------------------
 
 .PHONY: dev
@@ -122,7 +136,7 @@ test-tools: ## Install the browser and API-conformance tools the tests drive (ch
 	@deploy/native/test-tools.sh
 
 .PHONY: test
-test: prerequisites infra-up test-tools ## Bring the native infrastructure up if needed, then run the whole test suite
+test: prerequisites infra-up test-tools images ## Bring the native infrastructure up if needed, build the images, then run the whole test suite
 	@$(KAFKA) prune '^it-'
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets --no-fail-fast

@@ -4,8 +4,10 @@
 //! from the workspace's built binaries, on free ports, with topics and a bucket of their own
 //! on the native stack, registers every admin endpoint with the real Prometheus, and stops
 //! (or kills) them on demand. Tests that need a binary that was not built fail with the
-//! command that builds it.
+//! command that builds it. [`containers`] runs the project's images the way Compose runs them.
 
+pub mod compose;
+pub mod containers;
 pub mod scenario;
 mod secured;
 mod service;
@@ -39,6 +41,38 @@ pub struct Topics {
     pub ledger: String,
     /// The prefix of the stack's retry topics (one per delay of [`RETRY_TIERS`]).
     pub retry_prefix: String,
+}
+
+impl Topics {
+    /// New topics for one stack (the retry tiers' topics are made by [`Self::create_retry_topics`],
+    /// once the tiers are known).
+    pub async fn create(kafka: &KafkaTestEnv, ingress_partitions: i32) -> Self {
+        Self {
+            ingress: kafka.create_topic("e2e-ingress", ingress_partitions).await,
+            audit: kafka.create_topic("e2e-audit", 6).await,
+            events: kafka.create_topic("e2e-events", 6).await,
+            dlq: kafka.create_topic("e2e-dlq", 1).await,
+            control: kafka
+                .create_topic_with("e2e-control", 1, &[("cleanup.policy", "compact")])
+                .await,
+            ledger: kafka
+                .create_topic_with("e2e-replays", 1, &[("cleanup.policy", "compact")])
+                .await,
+            retry_prefix: unique_name("e2e-retry"),
+        }
+    }
+
+    /// The retry tiers' topics (`{retry_prefix}.{delay}` each), as partitioned as the ingress.
+    pub async fn create_retry_topics(
+        &self,
+        kafka: &KafkaTestEnv,
+        names: impl IntoIterator<Item = String>,
+        partitions: i32,
+    ) {
+        for name in names {
+            kafka.create_named_topic(&name, partitions, &[]).await;
+        }
+    }
 }
 
 /// What a stack is started with.
@@ -113,30 +147,14 @@ impl ProcessStack {
             .join("e2e")
             .join(unique_name("stack"));
         std::fs::create_dir_all(&dir).expect("stack directory");
-        let topics = Topics {
-            ingress: kafka
-                .create_topic("e2e-ingress", options.ingress_partitions)
-                .await,
-            audit: kafka.create_topic("e2e-audit", 6).await,
-            events: kafka.create_topic("e2e-events", 6).await,
-            dlq: kafka.create_topic("e2e-dlq", 1).await,
-            control: kafka
-                .create_topic_with("e2e-control", 1, &[("cleanup.policy", "compact")])
-                .await,
-            ledger: kafka
-                .create_topic_with("e2e-replays", 1, &[("cleanup.policy", "compact")])
-                .await,
-            retry_prefix: unique_name("e2e-retry"),
-        };
-        for delay in RETRY_TIERS {
-            kafka
-                .create_named_topic(
-                    &format!("{}.{delay}", topics.retry_prefix),
-                    options.ingress_partitions,
-                    &[],
-                )
-                .await;
-        }
+        let topics = Topics::create(kafka, options.ingress_partitions).await;
+        topics
+            .create_retry_topics(
+                kafka,
+                RETRY_TIERS.map(|delay| format!("{}.{delay}", topics.retry_prefix)),
+                options.ingress_partitions,
+            )
+            .await;
         let bucket = rgw.create_bucket("e2e").await.name.clone();
         let endpoints = Endpoints::from_env();
         let mut common = vec![(

@@ -1,6 +1,11 @@
 //! The deployment files, checked without Docker or a cluster:
 //! - compose/ with a real Compose implementation (`docker-compose config`): valid, and the
 //!   scalable worker has neither a host port nor a container name;
+//! - what Compose mounts into third-party images, by those projects' own parsers where this
+//!   machine has them: Prometheus' configuration with `promtool`, the OpenTelemetry collector's
+//!   with an OpenTelemetry collector distribution (Jaeger v2, `validate`), Grafana's
+//!   provisioning files read as Grafana reads them (the data sources every dashboard names,
+//!   the dashboards folder where Compose mounts it);
 //! - deploy/k8s/ rendered by kustomize and validated against the Kubernetes schemas and the
 //!   operators' CRD schemas (kubeconform, strict; Strimzi through its generated validators).
 #![allow(clippy::unwrap_used)]
@@ -27,23 +32,8 @@ fn run(command: &mut Command) -> String {
 
 #[test]
 fn the_compose_file_is_valid_and_the_worker_scales() {
-    assert!(
-        Command::new("docker-compose")
-            .arg("version")
-            .output()
-            .is_ok(),
-        "docker-compose is required by this test: install it with deploy/native/test-tools.sh"
-    );
     let root = repository_root();
-    let rendered = run(Command::new("docker-compose")
-        .args([
-            "--project-directory",
-            "compose",
-            "-f",
-            "compose/compose.yaml",
-            "config",
-        ])
-        .current_dir(&root));
+    let rendered = relais_e2e::compose::render_text(&root);
     let config: Value = serde_yaml::from_str(&rendered).unwrap();
     let services = config["services"].as_mapping().unwrap();
     let worker = &config["services"]["ingest-worker"];
@@ -176,4 +166,143 @@ fn the_kubernetes_manifests_validate_against_their_schemas() {
             "{overlay}: {strimzi}"
         );
     }
+}
+
+#[test]
+fn what_compose_mounts_into_third_party_images_passes_their_own_checks() {
+    let root = repository_root();
+    let compose = relais_e2e::compose::ComposeFile::render(&root);
+    // Every bind mount of the Compose file names something in the repository.
+    let mounts: Vec<(String, String)> = compose
+        .services
+        .values()
+        .flat_map(|service| service.volumes.iter())
+        .filter(|volume| volume.starts_with('/'))
+        .map(|volume| {
+            let mut parts = volume.split(':');
+            (
+                parts.next().unwrap().to_owned(),
+                parts.next().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for (source, target) in &mounts {
+        assert!(
+            std::path::Path::new(source).exists(),
+            "Compose mounts {source} at {target}, and it does not exist"
+        );
+    }
+    let mounted_at = |target: &str| {
+        mounts
+            .iter()
+            .find(|(_, mounted)| mounted == target)
+            .map(|(source, _)| std::path::PathBuf::from(source))
+            .unwrap_or_else(|| panic!("Compose mounts nothing at {target}"))
+    };
+
+    // Prometheus' own checker.
+    let prometheus_config = mounted_at("/etc/prometheus/prometheus.yml");
+    let promtool = run(Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&prometheus_config));
+    assert!(promtool.contains("SUCCESS"), "{promtool}");
+
+    // The collector's configuration, validated by a collector built on the OpenTelemetry
+    // Collector (Jaeger v2): unknown components or malformed settings are refused.
+    let collector_config = mounted_at("/etc/otelcol/config.yaml");
+    let jaeger = relais_test_support::tool("go/bin/jaeger");
+    run(Command::new(&jaeger)
+        .arg("validate")
+        .arg(format!("--config=file:{}", collector_config.display())));
+    let broken = std::env::temp_dir().join(relais_test_support::unique_name("collector.yaml"));
+    std::fs::write(
+        &broken,
+        std::fs::read_to_string(&collector_config).unwrap().replace(
+            "[memory_limiter, batch]",
+            "[memory_limiter, no_such_processor]",
+        ),
+    )
+    .unwrap();
+    let refused = Command::new(&jaeger)
+        .arg("validate")
+        .arg(format!("--config=file:{}", broken.display()))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&broken);
+    assert!(
+        !refused.status.success(),
+        "the validator accepts a pipeline with an unknown processor, so it proves nothing"
+    );
+
+    // Grafana's provisioning: data sources and the dashboards provider.
+    let provisioning = mounted_at("/etc/grafana/provisioning");
+    let dashboards_dir = mounted_at("/var/lib/grafana/dashboards");
+    let read_yaml = |path: std::path::PathBuf| -> Value {
+        serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+    };
+    let mut datasource_uids = BTreeSet::new();
+    for entry in std::fs::read_dir(provisioning.join("datasources")).unwrap() {
+        let file = read_yaml(entry.unwrap().path());
+        assert_eq!(file["apiVersion"].as_u64(), Some(1));
+        for source in file["datasources"].as_sequence().unwrap() {
+            datasource_uids.insert(source["uid"].as_str().unwrap().to_owned());
+            // Its URL names a Compose service and a port that service serves.
+            let url = source["url"].as_str().unwrap();
+            let authority = url.split("://").nth(1).unwrap().split('/').next().unwrap();
+            let (host, port) = authority.split_once(':').unwrap();
+            let service = compose.service(host);
+            assert!(
+                service.published_ports().contains(&port.parse().unwrap()),
+                "data source {url}: {host} does not serve port {port}"
+            );
+        }
+    }
+    let mut providers = 0;
+    for entry in std::fs::read_dir(provisioning.join("dashboards")).unwrap() {
+        let file = read_yaml(entry.unwrap().path());
+        assert_eq!(file["apiVersion"].as_u64(), Some(1));
+        for provider in file["providers"].as_sequence().unwrap() {
+            providers += 1;
+            assert_eq!(provider["type"].as_str(), Some("file"));
+            assert_eq!(
+                provider["options"]["path"].as_str(),
+                Some("/var/lib/grafana/dashboards"),
+                "the provider reads where Compose mounts the dashboards"
+            );
+        }
+    }
+    assert!(providers > 0, "no dashboards provider");
+    let datasource_reference =
+        regex::Regex::new(r#""datasource":\s*\{[^}]*"uid":\s*"([^"$]+)""#).unwrap();
+    let (mut dashboards, mut references) = (0, 0);
+    for entry in std::fs::read_dir(&dashboards_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        dashboards += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let dashboard: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        assert!(dashboard["uid"].is_string() && dashboard["title"].is_string());
+        for uid in datasource_reference.captures_iter(&text) {
+            references += 1;
+            assert!(
+                datasource_uids.contains(&uid[1]),
+                "{} names data source {} that Grafana is not given",
+                path.display(),
+                &uid[1]
+            );
+        }
+    }
+    assert!(
+        dashboards > 0,
+        "no dashboards in {}",
+        dashboards_dir.display()
+    );
+    assert!(
+        references > 0,
+        "no data source reference found in the dashboards"
+    );
 }

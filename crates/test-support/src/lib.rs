@@ -60,6 +60,13 @@ pub async fn rgw() -> RgwTestEnv {
         .unwrap_or_else(|error| unavailable("Ceph RGW", &error))
 }
 
+/// Returns the RGW at `endpoints` (one the test started itself, in a container), or panics.
+pub async fn rgw_at(endpoints: &Endpoints) -> RgwTestEnv {
+    RgwTestEnv::connect(endpoints)
+        .await
+        .unwrap_or_else(|error| unavailable("Ceph RGW", &error))
+}
+
 /// Returns Prometheus of the native stack, or panics saying how to start it.
 pub async fn prometheus() -> PrometheusTestEnv {
     PrometheusTestEnv::connect(&Endpoints::from_env())
