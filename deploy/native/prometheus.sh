@@ -28,6 +28,9 @@ global:
   external_labels:
     stack: native
 
+# The alerts of the Compose stack, so that they are evaluated against the real series here too.
+rule_files: ["$RELAIS_ROOT/compose/prometheus/alerts.yml"]
+
 scrape_configs:
   - job_name: prometheus
     static_configs:

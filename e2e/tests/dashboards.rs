@@ -227,5 +227,32 @@ async fn every_dashboard_panel_returns_data_from_its_own_service() {
     );
     assert!(dead.is_empty(), "panels without data:\n{}", dead.join("\n"));
     reader.abort();
+    // The alert rules are loaded and evaluate without error against these series.
+    let evaluated = std::time::Instant::now();
+    loop {
+        let rules: Vec<_> = prometheus
+            .rules()
+            .await
+            .into_iter()
+            .filter(|rule| rule.group.starts_with("relais-"))
+            .collect();
+        assert!(
+            !rules.is_empty(),
+            "Prometheus has not loaded compose/prometheus/alerts.yml"
+        );
+        let failing: Vec<_> = rules.iter().filter(|rule| rule.health == "err").collect();
+        assert!(
+            failing.is_empty(),
+            "alert rules fail to evaluate: {failing:?}"
+        );
+        if rules.iter().all(|rule| rule.health == "ok") {
+            break;
+        }
+        assert!(
+            evaluated.elapsed() < Duration::from_secs(60),
+            "alert rules not evaluated within 60 s: {rules:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     stack.stop();
 }

@@ -207,6 +207,48 @@ fn what_compose_mounts_into_third_party_images_passes_their_own_checks() {
         .arg(&prometheus_config));
     assert!(promtool.contains("SUCCESS"), "{promtool}");
 
+    // Its alert rules: each rule file has unit tests beside it (`promtool test rules`), and
+    // every metric an alert reads is one the services export (the generated reference).
+    let config: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&prometheus_config).unwrap()).unwrap();
+    let rule_files = config["rule_files"]
+        .as_sequence()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !rule_files.is_empty(),
+        "Compose's Prometheus loads no alert rules"
+    );
+    let reference = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
+    let metric_name = regex::Regex::new(r"\brelais_[a-z_]+").unwrap();
+    for rule_file in rule_files {
+        let rules = prometheus_config
+            .parent()
+            .unwrap()
+            .join(rule_file.as_str().unwrap());
+        let tests = rules.with_extension("test.yml");
+        assert!(
+            tests.exists(),
+            "{} has no unit tests at {}",
+            rules.display(),
+            tests.display()
+        );
+        let tested = run(Command::new("promtool").args(["test", "rules"]).arg(&tests));
+        assert!(tested.contains("SUCCESS"), "{tested}");
+        let text = std::fs::read_to_string(&rules).unwrap();
+        let mut names = 0;
+        for found in metric_name.find_iter(&text) {
+            names += 1;
+            let name = found.as_str();
+            assert!(
+                reference.contains(&format!("`{name}`")),
+                "{} reads {name}, which no service exports (docs/metrics.md)",
+                rules.display()
+            );
+        }
+        assert!(names > 0, "{} reads no Relais metric", rules.display());
+    }
+
     // The collector's configuration, validated by a collector built on the OpenTelemetry
     // Collector (Jaeger v2): unknown components or malformed settings are refused.
     let collector_config = mounted_at("/etc/otelcol/config.yaml");

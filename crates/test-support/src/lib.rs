@@ -33,7 +33,7 @@ use std::path::PathBuf;
 pub use kafka::KafkaTestEnv;
 pub use metrics::{AdminMetrics, Exposition, wait_until};
 pub use pki::{Issued, TestPki};
-pub use prometheus::{PrometheusTestEnv, ScrapeTarget};
+pub use prometheus::{PrometheusTestEnv, RuleState, ScrapeTarget};
 pub use proxy::TcpProxy;
 pub use rgw::{GatewayOutage, RgwTestEnv, install_crypto_provider};
 pub use secured_kafka::SecuredKafka;

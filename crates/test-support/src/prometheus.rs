@@ -43,6 +43,15 @@ pub struct Sample {
     pub value: (f64, String),
 }
 
+/// One loaded rule and how its last evaluation went (`health`: ok, err or unknown).
+#[derive(Debug, Clone)]
+pub struct RuleState {
+    pub group: String,
+    pub name: String,
+    pub health: String,
+    pub last_error: String,
+}
+
 #[derive(Deserialize)]
 struct QueryResponse {
     status: String,
@@ -165,6 +174,38 @@ impl PrometheusTestEnv {
             response.error.unwrap_or_default()
         );
         response.data.map(|data| data.result).unwrap_or_default()
+    }
+
+    /// Every loaded rule as (group, name, health, last error), from `/api/v1/rules`.
+    pub async fn rules(&self) -> Vec<RuleState> {
+        let response: serde_json::Value = self
+            .http
+            .get(format!("{}/api/v1/rules", self.url))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .unwrap_or_else(|error| panic!("GET /api/v1/rules failed: {error}"))
+            .json()
+            .await
+            .unwrap_or_else(|error| panic!("/api/v1/rules answered non-JSON: {error}"));
+        let text = |value: &serde_json::Value| value.as_str().unwrap_or_default().to_owned();
+        response["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|group| {
+                group["rules"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|rule| RuleState {
+                        group: text(&group["name"]),
+                        name: text(&rule["name"]),
+                        health: text(&rule["health"]),
+                        last_error: text(&rule["lastError"]),
+                    })
+            })
+            .collect()
     }
 
     /// Polls `expression` until it returns at least one sample, or panics after `timeout`.
