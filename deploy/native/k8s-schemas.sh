@@ -17,10 +17,12 @@ ROOK_VERSION=v1.18.6
 KEDA_VERSION=v2.21.0
 PROMETHEUS_OPERATOR_VERSION=v0.85.0
 STRIMZI_MODELS_VERSION=1.0.1
+# The KEDA kinds deploy/k8s uses.
+KEDA_KINDS="scaledobjects triggerauthentications"
 
 TOOLS="$RELAIS_STATE_DIR/tools"
 OUT="$TOOLS/k8s-schemas"
-WANTED="$KUBERNETES_SCHEMA_VERSION $KUBERNETES_VALIDATE_VERSION $ROOK_VERSION $KEDA_VERSION $PROMETHEUS_OPERATOR_VERSION $STRIMZI_MODELS_VERSION"
+WANTED="$KUBERNETES_SCHEMA_VERSION $KUBERNETES_VALIDATE_VERSION $ROOK_VERSION $KEDA_VERSION ($KEDA_KINDS) $PROMETHEUS_OPERATOR_VERSION $STRIMZI_MODELS_VERSION"
 if [ "$(cat "$OUT/.versions" 2>/dev/null)" = "$WANTED" ]; then
     exit 0
 fi
@@ -45,9 +47,11 @@ module_dir() {
 rook="$(module_dir "github.com/rook/rook@$ROOK_VERSION")"
 keda="$(module_dir "github.com/kedacore/keda/v2@$KEDA_VERSION")"
 prometheus_operator="$(module_dir "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION")"
+keda_crds=()
+for kind in $KEDA_KINDS; do keda_crds+=("$keda/config/crd/bases/keda.sh_$kind.yaml"); done
 "$venv/bin/python" "$RELAIS_ROOT/deploy/k8s/crd-to-jsonschema.py" "$OUT/crds" \
     "$rook/deploy/examples/crds.yaml" \
-    "$keda/config/crd/bases/keda.sh_scaledobjects.yaml" \
+    "${keda_crds[@]}" \
     "$prometheus_operator/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" >&2
 
 npm install --prefix "$TOOLS/node-k8s" --no-save --no-package-lock --no-audit --no-fund \
