@@ -55,6 +55,9 @@ pub struct Plan {
     pub fault: Fault,
     pub rate: u64,
     pub seconds: u64,
+    /// Everything secured: Kafka through the TLS listeners (SCRAM-SHA-512, mutual TLS, PLAIN
+    /// over TLS), gRPC with TLS and tokens (see `StackOptions::secured`).
+    pub secured: bool,
 }
 
 /// What a scenario measured.
@@ -225,6 +228,11 @@ pub async fn run(kafka: &KafkaTestEnv, rgw: &RgwTestEnv, plan: Plan) -> Outcome 
         audit_instances: match plan.fault {
             Fault::AuditFrozenDuringRgwOutage { .. } => 2,
             _ => 1,
+        },
+        secured: if plan.secured {
+            Some(relais_test_support::secured_kafka().await)
+        } else {
+            None
         },
         ..StackOptions::default()
     };
@@ -479,6 +487,7 @@ pub fn plans(full: bool) -> Vec<Plan> {
         fault,
         rate,
         seconds,
+        secured: false,
     };
     if full {
         vec![
@@ -529,6 +538,15 @@ pub fn plans(full: bool) -> Vec<Plan> {
                 300,
                 90,
             ),
+            Plan {
+                secured: true,
+                ..plan(
+                    "everything secured (SCRAM, mTLS, gRPC TLS + tokens), kill -9 each service",
+                    Fault::KillEach { rounds: 1 },
+                    300,
+                    90,
+                )
+            },
         ]
     } else {
         vec![
