@@ -33,9 +33,9 @@ pub struct AttemptRecord {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PhaseTimings {
     pub dns: Duration,
-    /// TCP connect, and for `https` the TLS handshake too: reqwest does not expose the split,
-    /// so `tls` stays zero and this phase includes it.
+    /// TCP connect (DNS excluded).
     pub connect: Duration,
+    /// The TLS handshake of an `https` connection made for this attempt.
     pub tls: Duration,
     /// Request start until the response head arrived.
     pub time_to_first_byte: Duration,

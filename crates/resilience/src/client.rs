@@ -85,6 +85,8 @@ pub enum BuildError {
     },
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
+    #[error("upstream {upstream}: TLS: {reason}")]
+    Tls { upstream: String, reason: String },
     #[error("{0}")]
     Destination(String),
     #[error("{0}")]
@@ -222,18 +224,11 @@ impl UpstreamClient {
         // reqwest is built without a default TLS provider (so aws-lc is not compiled); pick
         // ring once per process. A provider installed earlier by the binary wins.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut http = reqwest::Client::builder();
-        if let Some(ca) = &tls.ca_pem {
-            for certificate in
-                reqwest::Certificate::from_pem_bundle(ca).map_err(BuildError::Client)?
-            {
-                http = http.add_root_certificate(certificate);
-            }
-        }
-        if let Some(identity) = &tls.identity_pem {
-            http =
-                http.identity(reqwest::Identity::from_pem(identity).map_err(BuildError::Client)?);
-        }
+        let tls_config = crate::tls::client_config(&tls).map_err(|reason| BuildError::Tls {
+            upstream: name.to_owned(),
+            reason,
+        })?;
+        let http = reqwest::Client::builder().tls_backend_preconfigured(tls_config);
         let http = http
             .dns_resolver(Arc::new(TimedResolver { guard }))
             .connector_layer(ConnectTimingLayer)

@@ -32,6 +32,7 @@ pub mod pace;
 pub mod policy;
 mod probe;
 mod redirect;
+mod tls;
 
 pub use attempt::{AttemptRecord, PhaseTimings, prost_timestamp};
 pub use circuit::{CircuitBreaker, CircuitOpen, CircuitState};

@@ -2,7 +2,8 @@
 //!
 //! Per attempt it measures DNS resolution (through [`TimedResolver`], installed as the client's
 //! resolver), connection set-up (through [`ConnectTimingLayer`], wrapped around the client's
-//! connector), time to the response head, and the body transfer, which it reads here (bounded)
+//! connector), split into TCP connect and the TLS handshake at the moment rustls starts the
+//! handshake (marked by the client's session cache, `tls`), time to the response head, and the body transfer, which it reads here (bounded)
 //! so the per-attempt timeout covers the whole exchange. It opens the attempt's client span,
 //! sends `traceparent` upstream, and writes everything into the attempt's progress record.
 //!
@@ -36,10 +37,67 @@ tokio::task_local! {
     static CONNECT_TIMINGS: Arc<ConnectTimings>;
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ConnectTimings {
+    /// The moment the others are measured from.
+    epoch: Instant,
     dns_micros: AtomicU64,
+    /// Connection set-up, DNS and the TLS handshake included.
     connect_micros: AtomicU64,
+    /// Since `epoch`; zero until each happened.
+    connect_started_micros: AtomicU64,
+    handshake_started_micros: AtomicU64,
+}
+
+impl ConnectTimings {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            dns_micros: AtomicU64::new(0),
+            connect_micros: AtomicU64::new(0),
+            connect_started_micros: AtomicU64::new(0),
+            handshake_started_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Microseconds since the epoch, at least 1 so that zero keeps meaning "not yet".
+    fn now_micros(&self) -> u64 {
+        micros(self.epoch.elapsed()).max(1)
+    }
+
+    /// (TCP connect, TLS handshake) of the connection made for this attempt, DNS excluded.
+    fn split(&self) -> (Duration, Duration) {
+        let dns = self.dns_micros.load(Ordering::Relaxed);
+        let total = self.connect_micros.load(Ordering::Relaxed);
+        let started = self.connect_started_micros.load(Ordering::Relaxed);
+        let handshake = self.handshake_started_micros.load(Ordering::Relaxed);
+        let (connect, tls) = split_connect(dns, total, started, handshake);
+        (Duration::from_micros(connect), Duration::from_micros(tls))
+    }
+}
+
+/// Splits connection set-up (`total` µs from `started`, DNS included) at the handshake's
+/// start (`handshake`, on the same clock; zero without TLS): (TCP connect without DNS, TLS).
+fn split_connect(dns: u64, total: u64, started: u64, handshake: u64) -> (u64, u64) {
+    if handshake == 0 || handshake < started || handshake - started > total {
+        return (total.saturating_sub(dns), 0);
+    }
+    let until_handshake = handshake - started;
+    (until_handshake.saturating_sub(dns), total - until_handshake)
+}
+
+/// Called by the client's TLS session cache when rustls starts a handshake; the first call of
+/// an attempt's connection counts.
+pub(crate) fn mark_handshake_start() {
+    let _ = CONNECT_TIMINGS.try_with(|timings| {
+        let now = timings.now_micros();
+        let _ = timings.handshake_started_micros.compare_exchange(
+            0,
+            now,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    });
 }
 
 fn micros(duration: Duration) -> u64 {
@@ -110,6 +168,11 @@ where
         let connecting = self.inner.call(request);
         Box::pin(async move {
             let started = Instant::now();
+            let _ = CONNECT_TIMINGS.try_with(|timings| {
+                timings
+                    .connect_started_micros
+                    .store(timings.now_micros(), Ordering::Relaxed);
+            });
             let result = connecting.await;
             let _ = CONNECT_TIMINGS.try_with(|timings| {
                 timings
@@ -184,7 +247,7 @@ impl Middleware for Probe {
             progress.trace_id = Some(trace_id.to_string());
         }
 
-        let connect = Arc::new(ConnectTimings::default());
+        let connect = Arc::new(ConnectTimings::new());
         let started = Instant::now();
         let limits = BodyLimits {
             max: self.max_response_bytes,
@@ -219,10 +282,29 @@ impl Middleware for Probe {
 
 fn record_connect(progress: &CurrentAttempt, connect: &ConnectTimings) {
     let dns = Duration::from_micros(connect.dns_micros.load(Ordering::Relaxed));
-    let connect_total = Duration::from_micros(connect.connect_micros.load(Ordering::Relaxed));
+    let (tcp, tls) = connect.split();
     let mut progress = progress.lock();
     progress.timings.dns = dns;
-    progress.timings.connect = connect_total.saturating_sub(dns);
+    progress.timings.connect = tcp;
+    progress.timings.tls = tls;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_connect;
+
+    #[test]
+    fn connection_set_up_splits_at_the_handshake() {
+        // Connect started at 100 µs, DNS took 20, the handshake began at 400, all done 900 µs
+        // after the start: TCP 280 µs, TLS 600 µs.
+        assert_eq!(split_connect(20, 900, 100, 400), (280, 600));
+        // No handshake (plain HTTP): all of it is connect.
+        assert_eq!(split_connect(20, 900, 100, 0), (880, 0));
+        // A mark from another connection (before this one started, or after it ended) is not
+        // this connection's handshake.
+        assert_eq!(split_connect(0, 900, 100, 50), (900, 0));
+        assert_eq!(split_connect(0, 900, 100, 2000), (900, 0));
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

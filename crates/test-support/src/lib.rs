@@ -20,6 +20,7 @@
 //! | `RELAIS_PROMETHEUS_URL` | `http://127.0.0.1:9090` |
 //! | `RELAIS_STATE_DIR` | `.state` at the repository root |
 
+mod https;
 mod kafka;
 mod metrics;
 mod pki;
@@ -30,6 +31,7 @@ mod secured_kafka;
 
 use std::path::PathBuf;
 
+pub use https::serve_https;
 pub use kafka::KafkaTestEnv;
 pub use metrics::{AdminMetrics, Exposition, wait_until};
 pub use pki::{Issued, TestPki};

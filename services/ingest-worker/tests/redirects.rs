@@ -231,15 +231,6 @@ async fn an_upstream_name_resolving_to_loopback_is_refused_before_any_connection
 /// An HTTPS upstream that requires a client certificate of `pki` and answers 200 to POST
 /// /events, counting the deliveries.
 async fn mutual_tls_upstream(pki: &relais_test_support::TestPki) -> (SocketAddr, Arc<AtomicUsize>) {
-    let server = pki.server("upstream");
-    let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(
-            std::fs::read(&server.certificate).unwrap(),
-            std::fs::read(&server.key).unwrap(),
-        ))
-        .client_ca_root(tonic::transport::Certificate::from_pem(
-            std::fs::read(pki.ca_file()).unwrap(),
-        ));
     let delivered = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&delivered);
     let app = Router::new().route(
@@ -252,15 +243,7 @@ async fn mutual_tls_upstream(pki: &relais_test_support::TestPki) -> (SocketAddr,
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let mut builder = tonic::transport::Server::builder()
-        .tls_config(tls)
-        .unwrap()
-        .accept_http1(true);
-    let router = builder.add_routes(tonic::service::Routes::from(app));
-    tokio::spawn(router.serve_with_incoming(incoming));
+    let address = relais_test_support::serve_https(pki, app, true).await;
     (address, delivered)
 }
 
