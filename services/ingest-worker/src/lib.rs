@@ -15,6 +15,7 @@
 //! - [`records`]: the records an outcome produces;
 //! - [`dlq`]: dead-letter copies bounded whatever was read;
 //! - [`tracker`]: which outcomes may be committed (the contiguous prefix per partition);
+//! - `lag`: the lag published as metrics and to the gateway;
 //! - [`committer`]: the transaction itself.
 //!
 //! Replaying dead letters (`ingest-worker replay-dlq`) lives in [`relais_operator::replay`],
@@ -28,6 +29,7 @@ pub mod control;
 pub mod dispatch;
 pub mod dlq;
 pub mod hold;
+mod lag;
 pub mod metrics;
 pub mod parked;
 pub mod pipeline;
@@ -45,7 +47,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::{FutureProducer, Producer};
 use relais_resilience::{ResilienceMetrics, UpstreamClient};
 use relais_telemetry::admin::{AdminServer, Readiness};
@@ -53,14 +55,14 @@ use relais_telemetry::shutdown::{self, CancellationToken, TaskTracker};
 use relais_telemetry::tasks::TaskDied;
 
 use crate::committer::Committer;
-use crate::config::{Args, ConfigError, WorkerConfig};
+use crate::config::{Args, WorkerConfig};
 use crate::consumer::{WorkerConsumer, WorkerContext};
 use crate::metrics::WorkerMetrics;
 use crate::parked::ParkedKeys;
 use crate::process::{Processor, RetryTiers, Upstream};
 use crate::records::OutputTopics;
 use crate::records::Tracker;
-use crate::retry::TierTopics;
+pub use crate::tiers::check_retry_topics;
 use crate::tiers::{TierAssignment, TierConsumer, WaitingReader};
 
 /// This replica's identity: the flag, or host name and admin port.
@@ -374,7 +376,7 @@ pub async fn run(
         deliveries_done.clone(),
     ));
     let lags = status::LagSnapshot::default();
-    let lag_reporter = tokio::spawn(report_lag(
+    let lag_reporter = tokio::spawn(lag::report_lag(
         Arc::clone(&consumer),
         Arc::clone(&tier_consumer),
         kept,
@@ -455,165 +457,4 @@ pub async fn run(
         Ok(Err(error)) => Err(error.into()),
         Err(error) => Err(error.into()),
     }
-}
-
-/// Publishes each assigned partition's lag, and what waits in each retry topic, every few
-/// seconds.
-async fn report_lag(
-    consumer: Arc<WorkerConsumer>,
-    tier_consumer: Arc<TierConsumer>,
-    kept: tiers::KeptRecords,
-    metrics: WorkerMetrics,
-    lags: status::LagSnapshot,
-    shutdown: CancellationToken,
-) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let consumer = Arc::clone(&consumer);
-        let current = tokio::task::spawn_blocking(move || partition_lags(&consumer))
-            .await
-            .unwrap_or_default();
-        let tier_consumer = Arc::clone(&tier_consumer);
-        let waiting = tokio::task::spawn_blocking(move || tier_waiting(&tier_consumer))
-            .await
-            .unwrap_or_default();
-        let kept = kept
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        metrics.retry_waiting.clear();
-        for (topic, unread) in waiting {
-            let count = unread + kept.get(&topic).copied().unwrap_or(0);
-            metrics
-                .retry_waiting
-                .get_or_create(&metrics::TopicLabels { topic })
-                .set(count);
-        }
-        metrics.consumer_lag.clear();
-        for (partition, committed, high) in &current {
-            metrics
-                .consumer_lag
-                .get_or_create(&metrics::PartitionLabels {
-                    partition: *partition,
-                })
-                .set((high - committed).max(0));
-        }
-        *lags
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = current;
-    }
-}
-
-/// Records not yet read in each retry topic, over the assigned partitions: from the consumer's
-/// position, which passes the transactions' commit markers (from the committed offset, a
-/// partition written in transactions never looks empty).
-fn tier_waiting(consumer: &TierConsumer) -> BTreeMap<String, i64> {
-    let Ok(assignment) = consumer.assignment() else {
-        return BTreeMap::new();
-    };
-    let committed = consumer
-        .committed_offsets(assignment.clone(), Duration::from_secs(2))
-        .unwrap_or(assignment);
-    let positions = consumer.position().ok();
-    let mut waiting = BTreeMap::new();
-    for element in committed.elements() {
-        let read_to = positions
-            .as_ref()
-            .and_then(|positions| positions.find_partition(element.topic(), element.partition()))
-            .and_then(|position| position.offset().to_raw())
-            .filter(|offset| *offset >= 0);
-        let Ok((low, high)) =
-            consumer.fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(2))
-        else {
-            continue;
-        };
-        let position = read_to
-            .or_else(|| element.offset().to_raw().filter(|offset| *offset >= 0))
-            .unwrap_or(low);
-        *waiting.entry(element.topic().to_owned()).or_insert(0) += (high - position).max(0);
-    }
-    waiting
-}
-
-/// Checks that every retry topic exists with at least the ingress topic's partitions (a move
-/// is written to the partition its message was read from). A broker that cannot be asked is
-/// not a configuration error: the worker starts and fails, or not, as it would without tiers.
-pub fn check_retry_topics(
-    kafka: &relais_kafka::KafkaClient,
-    config: &WorkerConfig,
-) -> Result<(), ConfigError> {
-    let topics = config.tier_topics();
-    if topics.is_empty() {
-        return Ok(());
-    }
-    let consumer: rdkafka::consumer::BaseConsumer = match kafka.config().create() {
-        Ok(consumer) => consumer,
-        Err(_) => return Ok(()),
-    };
-    let Ok(metadata) = consumer.fetch_metadata(None, Duration::from_secs(10)) else {
-        return Ok(());
-    };
-    let partitions = |name: &str| {
-        metadata
-            .topics()
-            .iter()
-            .find(|topic| topic.name() == name && topic.error().is_none())
-            .map(|topic| topic.partitions().len())
-    };
-    let Some(ingress) = partitions(&config.kafka.ingress_topic) else {
-        return Ok(());
-    };
-    check_tier_partitions(&topics, ingress, partitions)
-}
-
-fn check_tier_partitions(
-    topics: &TierTopics,
-    ingress: usize,
-    partitions: impl Fn(&str) -> Option<usize>,
-) -> Result<(), ConfigError> {
-    for (_, topic, _) in topics.tiers() {
-        match partitions(topic) {
-            None => {
-                return Err(ConfigError::Invalid(format!(
-                    "retry topic {topic} does not exist: create it with the ingress topic's {ingress} partitions (deploy/native/kafka/topics.txt lists the defaults), or set the upstreams' retry_tiers"
-                )));
-            }
-            Some(count) if count < ingress => {
-                return Err(ConfigError::Invalid(format!(
-                    "retry topic {topic} has {count} partitions, fewer than the ingress topic's {ingress}: a message waits in the partition number it was read from"
-                )));
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
-}
-
-/// (partition, committed offset, high watermark) of each assigned partition.
-fn partition_lags(consumer: &StreamConsumer<WorkerContext>) -> Vec<(i32, i64, i64)> {
-    let Ok(assignment) = consumer.assignment() else {
-        return Vec::new();
-    };
-    let committed = consumer
-        .committed_offsets(assignment.clone(), Duration::from_secs(2))
-        .unwrap_or(assignment);
-    committed
-        .elements()
-        .iter()
-        .filter_map(|element| {
-            let (low, high) = consumer
-                .fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(2))
-                .ok()?;
-            let position = element
-                .offset()
-                .to_raw()
-                .filter(|offset| *offset >= 0)
-                .unwrap_or(low);
-            Some((element.partition(), position, high))
-        })
-        .collect()
 }

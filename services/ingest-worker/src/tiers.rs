@@ -23,6 +23,7 @@ use relais_telemetry::shutdown::CancellationToken;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::config::{ConfigError, WorkerConfig};
 use crate::parked::ParkedKeys;
 use crate::records::Inbound;
 use crate::records::Tracker;
@@ -390,5 +391,106 @@ impl WaitingReader {
             }
         }
         Ok(waiting)
+    }
+}
+
+/// Checks that every retry topic exists with at least the ingress topic's partitions (a move
+/// is written to the partition its message was read from). A broker that cannot be asked is
+/// not a configuration error: the worker starts and fails, or not, as it would without tiers.
+pub fn check_retry_topics(
+    kafka: &relais_kafka::KafkaClient,
+    config: &WorkerConfig,
+) -> Result<(), ConfigError> {
+    let topics = config.tier_topics();
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let consumer: BaseConsumer = match kafka.config().create() {
+        Ok(consumer) => consumer,
+        Err(_) => return Ok(()),
+    };
+    let Ok(metadata) = consumer.fetch_metadata(None, Duration::from_secs(10)) else {
+        return Ok(());
+    };
+    let partitions = |name: &str| {
+        metadata
+            .topics()
+            .iter()
+            .find(|topic| topic.name() == name && topic.error().is_none())
+            .map(|topic| topic.partitions().len())
+    };
+    let Some(ingress) = partitions(&config.kafka.ingress_topic) else {
+        return Ok(());
+    };
+    check_tier_partitions(&topics, ingress, partitions)
+}
+
+fn check_tier_partitions(
+    topics: &TierTopics,
+    ingress: usize,
+    partitions: impl Fn(&str) -> Option<usize>,
+) -> Result<(), ConfigError> {
+    for (_, topic, _) in topics.tiers() {
+        match partitions(topic) {
+            None => {
+                return Err(ConfigError::Invalid(format!(
+                    "retry topic {topic} does not exist: create it with the ingress topic's {ingress} partitions (deploy/native/kafka/topics.txt lists the defaults), or set the upstreams' retry_tiers"
+                )));
+            }
+            Some(count) if count < ingress => {
+                return Err(ConfigError::Invalid(format!(
+                    "retry topic {topic} has {count} partitions, fewer than the ingress topic's {ingress}: a message waits in the partition number it was read from"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn every_retry_topic_must_exist_with_the_ingress_partitions() {
+        let schedule = [Duration::from_secs(5), Duration::from_secs(300)];
+        let topics = TierTopics::new("relais.ingress", "relais.retry", [&schedule[..]]);
+        let with = |counts: &'static [(&'static str, usize)]| {
+            move |name: &str| {
+                counts
+                    .iter()
+                    .find(|(topic, _)| *topic == name)
+                    .map(|(_, count)| *count)
+            }
+        };
+        assert!(
+            check_tier_partitions(
+                &topics,
+                3,
+                with(&[("relais.retry.5s", 3), ("relais.retry.5m", 6)])
+            )
+            .is_ok()
+        );
+        let missing = check_tier_partitions(&topics, 3, with(&[("relais.retry.5s", 3)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("relais.retry.5m does not exist"),
+            "{missing}"
+        );
+        let fewer = check_tier_partitions(
+            &topics,
+            3,
+            with(&[("relais.retry.5s", 2), ("relais.retry.5m", 3)]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            fewer.contains("has 2 partitions, fewer than the ingress topic's 3"),
+            "{fewer}"
+        );
     }
 }
