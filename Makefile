@@ -12,7 +12,8 @@ NATIVE := deploy/native/infra.sh
 KAFKA := deploy/native/kafka.sh
 COMPOSE ?= docker compose
 COMPOSE_FILE := compose/compose.yaml
-DC := $(COMPOSE) -f $(COMPOSE_FILE) --project-directory compose
+# SECURE=1: compose/secure.yaml over it (Kafka TLS + SCRAM, gRPC TLS + tokens, RGW over HTTPS).
+DC := $(COMPOSE) -f $(COMPOSE_FILE) $(if $(SECURE),-f compose/secure.yaml,) --project-directory compose
 N ?= 3
 SCENARIO ?= steady
 WORKERS ?= 1
@@ -24,7 +25,8 @@ help: ## Show this list
 ## --- the whole system in Docker Compose ----------------------------------------------------
 
 .PHONY: up
-up: ## Build and start everything in Compose, wait until healthy, print where to look
+up: ## Build and start everything in Compose, wait until healthy, print where to look (SECURE=1: secured)
+	@$(if $(SECURE),deploy/compose-secure.sh,true)
 	@$(DC) up -d --build --remove-orphans
 	@deploy/compose-wait.sh $(DC)
 	@$(MAKE) --no-print-directory urls

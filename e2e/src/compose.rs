@@ -76,7 +76,14 @@ where
 impl ComposeFile {
     /// The file as `docker-compose config` renders it (see [`render_text`]).
     pub fn render(repository_root: &Path) -> Self {
-        Self::parse(&render_text(repository_root))
+        Self::parse(&render_text(repository_root, &[COMPOSE_FILE]))
+    }
+
+    /// `compose/compose.yaml` with the overrides in `files` (`compose/secure.yaml`), rendered.
+    pub fn render_with(repository_root: &Path, overrides: &[&str]) -> Self {
+        let mut files = vec![COMPOSE_FILE];
+        files.extend_from_slice(overrides);
+        Self::parse(&render_text(repository_root, &files))
     }
 
     pub fn parse(rendered: &str) -> Self {
@@ -91,17 +98,19 @@ impl ComposeFile {
     }
 }
 
-/// Runs `docker-compose config` on `compose/compose.yaml` (with `compose/.env`): Compose's own
-/// validation, anchors merged and variables substituted.
-pub fn render_text(repository_root: &Path) -> String {
-    let output = Command::new("docker-compose")
-        .args([
-            "--project-directory",
-            "compose",
-            "-f",
-            "compose/compose.yaml",
-            "config",
-        ])
+/// The Compose file of the stack, from the repository root.
+pub const COMPOSE_FILE: &str = "compose/compose.yaml";
+
+/// Runs `docker-compose config` on `files` (the Compose file first, then overrides; with
+/// `compose/.env`): Compose's own validation, anchors merged and variables substituted.
+pub fn render_text(repository_root: &Path, files: &[&str]) -> String {
+    let mut command = Command::new("docker-compose");
+    command.args(["--project-directory", "compose"]);
+    for file in files {
+        command.args(["-f", file]);
+    }
+    let output = command
+        .arg("config")
         .current_dir(repository_root)
         .output()
         .unwrap_or_else(|error| {

@@ -11,6 +11,11 @@
 //! container, and each Relais container runs as the image's unprivileged user on a read-only
 //! root file system, as Compose says.
 //!
+//! The second test runs the same with `compose/secure.yaml` over it: every Relais service on
+//! the broker's TLS and SCRAM listener (the native one), gRPC over TLS with tokens and the
+//! gateway's client certificate, the audit-service writing to RGW over HTTPS; the certificates
+//! come from `deploy/compose-secure.sh`, issued by the native broker's CA.
+//!
 //! What differs from Compose, and why (see `relais_e2e::compose`): every container is on the
 //! host network, so ports move to free ones; the pipeline's topics and groups are this run's
 //! own (the native Kafka is shared with other suites), given to each service as a mounted
@@ -160,12 +165,69 @@ fn retry_topic_names(config_dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Which Compose files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// `compose/compose.yaml`.
+    Plain,
+    /// With `compose/secure.yaml` over it.
+    Secured,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_images_run_the_pipeline_as_compose_runs_them() {
+    run_as_compose(Variant::Plain).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_images_run_the_pipeline_secured_as_compose_secure_says() {
+    run_as_compose(Variant::Secured).await;
+}
+
+/// The certificates and secrets `compose/secure.yaml` mounts, for the native broker: its CA
+/// and the password of its SCRAM user relais, then the rest issued by `deploy/compose-secure.sh`
+/// with that CA.
+fn secure_dir(dir: &Path) -> PathBuf {
+    let native = Endpoints::from_env().state_dir.join("pki");
+    let secure = dir.join("secure");
+    std::fs::create_dir_all(&secure).unwrap();
+    for file in ["relais-ca.pem", "relais-ca.key", "kafka-relais.secret"] {
+        std::fs::copy(native.join(file), secure.join(file)).unwrap_or_else(|error| {
+            panic!(
+                "{} is missing ({error}): the native Kafka makes it (make infra-up)",
+                native.join(file).display()
+            )
+        });
+    }
+    let output = std::process::Command::new(repository_root().join("deploy/compose-secure.sh"))
+        .arg(&secure)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "deploy/compose-secure.sh failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    secure
+}
+
+/// One container stack at a time: two Ceph clusters and two pipelines at once would leave too
+/// little of two cores to each.
+static ONE_STACK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn run_as_compose(variant: Variant) {
+    let _turn = ONE_STACK_AT_A_TIME.lock().await;
     let kafka = relais_test_support::kafka().await;
     let prometheus = relais_test_support::prometheus().await;
     let podman = Podman::connect();
-    let compose = ComposeFile::render(&repository_root());
+    let compose = match variant {
+        Variant::Plain => ComposeFile::render(&repository_root()),
+        Variant::Secured => {
+            // Fails loudly unless the broker's TLS and SCRAM listener serves.
+            let _ = relais_test_support::secured_kafka().await;
+            ComposeFile::render_with(&repository_root(), &["compose/secure.yaml"])
+        }
+    };
 
     let dir = repository_root()
         .join("artifacts")
@@ -177,12 +239,20 @@ async fn the_images_run_the_pipeline_as_compose_runs_them() {
     let ceph_data = dir.join("ceph-data");
     std::fs::create_dir_all(&ceph_data).unwrap();
     volume_dirs.insert("ceph-data".to_owned(), ceph_data);
+    if variant == Variant::Secured {
+        let compose_secure = repository_root().join("compose/secure");
+        volume_dirs.insert(compose_secure.display().to_string(), secure_dir(&dir));
+    }
 
     // Every port a container listens on (published in the Compose file or exposed by its
     // image) moves to a free one; Kafka is the native broker.
     let mut images = BTreeMap::new();
     let mut placement = Placement::default();
     placement.outside("kafka:19092", kafka.bootstrap());
+    placement.outside(
+        "kafka:19094",
+        &Endpoints::from_env().kafka_sasl_ssl_bootstrap,
+    );
     let instances: Vec<(String, &str)> = std::iter::once(("ceph".to_owned(), "ceph"))
         .chain(
             SERVICES
@@ -390,6 +460,56 @@ async fn the_images_run_the_pipeline_as_compose_runs_them() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
+    // One message's trace through the gateway: its event, and its audit record found by the
+    // audit-service in RGW over AuditQuery (gRPC; TLS, a client certificate and a token when
+    // secured).
+    let events: serde_json::Value = http
+        .get(format!("http://{gateway_http}/api/v1/events?limit=20"))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let trace_id = events["events"][0]["trace_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the gateway saw no event: {events}"))
+        .to_owned();
+    let trace: serde_json::Value = http
+        .get(format!("http://{gateway_http}/api/v1/traces/{trace_id}"))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(trace["partial"], false, "the audit lookup failed: {trace}");
+    assert!(
+        trace["audit"]
+            .as_array()
+            .is_some_and(|records| !records.is_empty()),
+        "no audit record for trace {trace_id}: {trace}"
+    );
+
+    if variant == Variant::Secured {
+        for (instance, _, index) in &service_containers {
+            if instance == "upstream-sim" {
+                continue;
+            }
+            let log = run.containers[*index].log();
+            assert!(
+                log.contains("\"security_protocol\":\"sasl_ssl\"")
+                    && log.contains("\"sasl_user\":\"relais\""),
+                "{instance} did not reach Kafka through TLS and SCRAM: {}",
+                run.containers[*index].log_tail(20)
+            );
+        }
+    }
+
     // Prometheus has scraped every container; the workers' counters add up to the run.
     for (_, target) in &targets {
         prometheus
@@ -439,7 +559,7 @@ async fn the_images_run_the_pipeline_as_compose_runs_them() {
         );
     }
     eprintln!(
-        "containers: Ceph healthy after {:.0?}, every service after {:.0?}, {sent} messages with one outcome each after {:.0?}",
+        "containers ({variant:?}): Ceph healthy after {:.0?}, every service after {:.0?}, {sent} messages with one outcome each after {:.0?}",
         ceph_ready,
         services_ready,
         started.elapsed()

@@ -33,7 +33,7 @@ fn run(command: &mut Command) -> String {
 #[test]
 fn the_compose_file_is_valid_and_the_worker_scales() {
     let root = repository_root();
-    let rendered = relais_e2e::compose::render_text(&root);
+    let rendered = relais_e2e::compose::render_text(&root, &[relais_e2e::compose::COMPOSE_FILE]);
     let config: Value = serde_yaml::from_str(&rendered).unwrap();
     let services = config["services"].as_mapping().unwrap();
     let worker = &config["services"]["ingest-worker"];
@@ -363,4 +363,49 @@ fn what_compose_mounts_into_third_party_images_passes_their_own_checks() {
         references > 0,
         "no data source reference found in the dashboards"
     );
+}
+
+#[test]
+fn the_secured_compose_override_is_valid_and_secures_every_relais_service() {
+    let root = repository_root();
+    let compose = relais_e2e::compose::ComposeFile::render_with(&root, &["compose/secure.yaml"]);
+    for name in [
+        "audit-service",
+        "realtime-gateway",
+        "ingest-worker",
+        "loadgen",
+    ] {
+        let service = compose.service(name);
+        assert_eq!(
+            service.environment["RELAIS_KAFKA_BOOTSTRAP"], "kafka:19094",
+            "{name} uses the secured listener"
+        );
+        assert_eq!(
+            service.environment["RELAIS_KAFKA_SECURITY_PROTOCOL"],
+            "sasl_ssl"
+        );
+        assert!(
+            service
+                .volumes
+                .iter()
+                .any(|volume| volume.ends_with("/compose/secure:/run/relais:ro")),
+            "{name} mounts the secrets read-only: {:?}",
+            service.volumes
+        );
+    }
+    let gateway = compose.service("realtime-gateway");
+    assert!(gateway.environment["RELAIS_AUDIT_URL"].starts_with("https://"));
+    let worker = compose.service("ingest-worker");
+    assert!(worker.environment["RELAIS_GATEWAY_GRPC"].starts_with("https://"));
+    let kafka = compose.service("kafka");
+    assert!(
+        kafka.environment["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].contains("SECURE:SASL_SSL"),
+        "{:?}",
+        kafka.environment
+    );
+    assert!(
+        !kafka.environment["KAFKA_ADVERTISED_LISTENERS"].contains("SSL://"),
+        "the Kafka image's start script wants JKS keystores for a listener named *SSL"
+    );
+    assert!(compose.services.contains_key("init-users"));
 }

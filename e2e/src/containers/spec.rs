@@ -29,8 +29,8 @@ pub struct ContainerSpec {
 
 impl ContainerSpec {
     /// The container Compose would run for `service`, as instance `instance` (its key in the
-    /// placement: the service's name, or a replica's), with its addresses moved and its named
-    /// volumes at `volume_dirs`.
+    /// placement: the service's name, or a replica's), with its addresses moved, and its named
+    /// volumes, and bind mounts the test replaces, at `volume_dirs` (by name or source path).
     pub fn from_compose(
         instance: &str,
         service: &ComposeService,
@@ -39,37 +39,37 @@ impl ContainerSpec {
         volume_dirs: &BTreeMap<String, PathBuf>,
     ) -> Self {
         let rewrite = |value: &str| placement.rewrite(instance, &unescape_dollars(value));
+        // A setting that is one of the container's own ports (`RELAIS_RGW_PORT=7480`) moves
+        // with it.
+        let move_port = |value: &str| {
+            let port = value.parse::<u16>().ok()?;
+            let moved = placement.rewrite(instance, &format!("0.0.0.0:{port}"));
+            (moved != format!("0.0.0.0:{port}"))
+                .then(|| moved.rsplit(':').next().unwrap_or(value).to_owned())
+        };
         let mut environment = Vec::new();
         // The image's own settings that name a listening address or port: moved like the rest.
         for (name, value) in &image.environment {
-            let moved = match value.parse::<u16>() {
-                Ok(port) if image.exposed_ports.contains(&port) => placement
-                    .rewrite(instance, &format!("0.0.0.0:{port}"))
-                    .rsplit(':')
-                    .next()
-                    .unwrap_or(value)
-                    .to_owned(),
-                _ => placement.rewrite(instance, value),
-            };
+            let moved = move_port(value).unwrap_or_else(|| placement.rewrite(instance, value));
             if &moved != value {
                 environment.push((name.clone(), moved));
             }
         }
         for (name, value) in &service.environment {
-            environment.push((name.clone(), rewrite(value)));
+            environment.push((
+                name.clone(),
+                move_port(value).unwrap_or_else(|| rewrite(value)),
+            ));
         }
         let volumes = service
             .volumes
             .iter()
             .map(|volume| {
                 let (source, target) = volume.split_once(':').unwrap_or((volume, volume));
-                if source.starts_with('/') {
-                    volume.clone()
-                } else {
-                    let dir = volume_dirs.get(source).unwrap_or_else(|| {
-                        panic!("no directory given for the named volume {source:?}")
-                    });
-                    format!("{}:{target}", dir.display())
+                match volume_dirs.get(source) {
+                    Some(dir) => format!("{}:{target}", dir.display()),
+                    None if source.starts_with('/') => volume.clone(),
+                    None => panic!("no directory given for the named volume {source:?}"),
                 }
             })
             .collect();
