@@ -113,7 +113,9 @@ list)
     ;;
 clean)
     ensure_podman
-    pm rmi --all --force >/dev/null 2>&1 || true
+    # Containers first: their layers are mounted while they exist.
+    pm rm --all --force --time 0 >/dev/null 2>&1 || true
+    pm system reset --force >/dev/null 2>&1 || true
     rm -rf "$PODMAN_DIR"
     log "removed every image and podman's state under $PODMAN_DIR"
     ;;

@@ -228,25 +228,6 @@ async fn an_upstream_name_resolving_to_loopback_is_refused_before_any_connection
     worker.stop().await;
 }
 
-/// An HTTPS upstream that requires a client certificate of `pki` and answers 200 to POST
-/// /events, counting the deliveries.
-async fn mutual_tls_upstream(pki: &relais_test_support::TestPki) -> (SocketAddr, Arc<AtomicUsize>) {
-    let delivered = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&delivered);
-    let app = Router::new().route(
-        "/events",
-        post(move || {
-            let counter = Arc::clone(&counter);
-            async move {
-                counter.fetch_add(1, Ordering::SeqCst);
-                (StatusCode::OK, "{\"accepted\":true}")
-            }
-        }),
-    );
-    let address = relais_test_support::serve_https(pki, app, true).await;
-    (address, delivered)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upstream_that_requires_a_client_certificate_gets_the_configured_one() {
     init_telemetry();
@@ -254,7 +235,15 @@ async fn an_upstream_that_requires_a_client_certificate_gets_the_configured_one(
     let kafka = relais_test_support::kafka().await;
     let pki = relais_test_support::TestPki::new("upstream-ca");
     let client = pki.client("relais-worker");
-    let (address, delivered) = mutual_tls_upstream(&pki).await;
+    let server = pki.server("upstream");
+    // upstream-sim over HTTPS, requiring a client certificate of the test CA.
+    let sim = Sim::start_tls(relais_upstream_sim::tls::ApiTls {
+        certificate_file: server.certificate.clone(),
+        key_file: server.key.clone(),
+        client_ca_file: Some(pki.ca_file()),
+    })
+    .await;
+    let address = sim.api;
     let topics = Topics::create(&kafka, 1).await;
     let mut config = worker_config(
         &topics,
@@ -279,6 +268,6 @@ async fn an_upstream_that_requires_a_client_certificate_gets_the_configured_one(
         audit.iter().all(|r| r.outcome == Outcome::Delivered as i32),
         "{audit:?}"
     );
-    assert_eq!(delivered.load(Ordering::SeqCst), 10);
+    assert_eq!(sim.deliveries().await["accepted"], 10);
     worker.stop().await;
 }

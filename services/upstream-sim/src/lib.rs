@@ -11,6 +11,7 @@ pub mod faults;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,6 +57,45 @@ pub async fn start_checking(
     auth: auth::AuthChecks,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningSim> {
+    start_with(
+        api,
+        admin,
+        SimOptions {
+            key_capacity,
+            auth,
+            tls: None,
+        },
+        shutdown,
+    )
+    .await
+}
+
+/// How the simulated API checks its callers.
+#[derive(Debug, Default)]
+pub struct SimOptions {
+    /// Idempotency keys remembered for duplicate counts.
+    pub key_capacity: usize,
+    pub auth: auth::AuthChecks,
+    /// HTTPS, and with a client CA, mutual TLS.
+    pub tls: Option<tls::ApiTls>,
+}
+
+/// Binds both ports (port 0 picks free ones) and serves until `shutdown`, as `options` says.
+pub async fn start_with(
+    api: SocketAddr,
+    admin: SocketAddr,
+    options: SimOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningSim> {
+    let SimOptions {
+        key_capacity,
+        auth,
+        tls,
+    } = options;
+    let acceptor = tls
+        .map(|tls| tls.server_config().map(tokio_rustls::TlsAcceptor::from))
+        .transpose()
+        .map_err(|error| anyhow::anyhow!("TLS: {error}"))?;
     let mut registry = Registry::default();
     let state = Arc::new(state::SimState::new(&mut registry, key_capacity, auth));
     let readiness = Readiness::default();
@@ -76,6 +116,7 @@ pub async fn start_checking(
         listener,
         app::api_router(Arc::clone(&state)),
         state,
+        acceptor,
         shutdown,
     ));
     serving.set_ready();

@@ -47,6 +47,19 @@ struct Config {
     webhook_tolerance_secs: i64,
 
     /// How long shutdown may take, in seconds.
+    /// Serve the API over HTTPS with this certificate (PEM chain)...
+    #[arg(long, env = "RELAIS_SIM_TLS_CERTIFICATE_FILE", requires = "tls_key")]
+    tls_certificate: Option<std::path::PathBuf>,
+    /// ...and this private key (PEM).
+    #[arg(long, env = "RELAIS_SIM_TLS_KEY_FILE", requires = "tls_certificate")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Require a client certificate of this CA (PEM) from every caller: mutual TLS.
+    #[arg(
+        long,
+        env = "RELAIS_SIM_TLS_CLIENT_CA_FILE",
+        requires = "tls_certificate"
+    )]
+    tls_client_ca: Option<std::path::PathBuf>,
     #[arg(long, env = "RELAIS_DRAIN_TIMEOUT_SECS", default_value_t = 5)]
     drain_timeout_secs: u64,
 }
@@ -106,11 +119,22 @@ async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> 
         verifier,
         oauth,
     };
-    relais_upstream_sim::start_checking(
+    let tls = match (config.tls_certificate, config.tls_key) {
+        (Some(certificate_file), Some(key_file)) => Some(relais_upstream_sim::tls::ApiTls {
+            certificate_file,
+            key_file,
+            client_ca_file: config.tls_client_ca,
+        }),
+        _ => None,
+    };
+    relais_upstream_sim::start_with(
         config.listen,
         config.admin_addr,
-        config.key_capacity,
-        auth,
+        relais_upstream_sim::SimOptions {
+            key_capacity: config.key_capacity,
+            auth,
+            tls,
+        },
         shutdown,
     )
     .await?

@@ -1,6 +1,8 @@
 //! The API listener. It is a hand-written accept loop rather than `axum::serve` for two faults
 //! that need the socket: an outage closes the listening port (clients see "connection
-//! refused") and drops open connections; a reset closes a connection without an answer.
+//! refused") and drops open connections; a reset closes a connection without an answer. With
+//! TLS each accepted connection first completes its handshake (bounded); one that fails it, a
+//! client without an acceptable certificate for instance, is closed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +16,9 @@ use tower::ServiceExt;
 
 use crate::app::ResetConnection;
 use crate::state::SimState;
+
+/// Time a client gets to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The connection was dropped on purpose (an injected reset).
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +38,7 @@ pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     state: Arc<SimState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let address = listener.local_addr()?;
@@ -71,9 +77,23 @@ pub async fn serve(
             }
             accepted = active.accept() => {
                 match accepted {
-                    Ok((stream, _)) => {
+                    Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        tokio::spawn(serve_connection(stream, router.clone(), state.outage(), shutdown.clone()));
+                        let (router, outage, shutdown) = (router.clone(), state.outage(), shutdown.clone());
+                        match tls.clone() {
+                            None => {
+                                tokio::spawn(serve_connection(stream, router, outage, shutdown));
+                            }
+                            Some(acceptor) => {
+                                tokio::spawn(async move {
+                                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                        Ok(Ok(stream)) => serve_connection(stream, router, outage, shutdown).await,
+                                        Ok(Err(error)) => tracing::info!(%peer, %error, "TLS handshake refused"),
+                                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                                    }
+                                });
+                            }
+                        }
                     }
                     Err(error) => tracing::warn!(%error, "accept failed"),
                 }
@@ -83,12 +103,14 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     router: axum::Router,
     mut outage: tokio::sync::watch::Receiver<bool>,
     shutdown: CancellationToken,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service =
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let router = router.clone();

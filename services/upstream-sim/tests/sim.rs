@@ -183,3 +183,97 @@ async fn an_outage_refuses_connections_until_it_ends() {
         "same port again"
     );
 }
+
+#[tokio::test]
+async fn with_a_client_ca_only_callers_with_its_certificates_get_through() {
+    relais_test_support::install_crypto_provider();
+    let pki = relais_test_support::TestPki::new("sim-tls");
+    let server = pki.server("upstream");
+    let shutdown = CancellationToken::new();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let running = relais_upstream_sim::start_with(
+        any,
+        any,
+        relais_upstream_sim::SimOptions {
+            key_capacity: 1000,
+            tls: Some(relais_upstream_sim::tls::ApiTls {
+                certificate_file: server.certificate.clone(),
+                key_file: server.key.clone(),
+                client_ca_file: Some(pki.ca_file()),
+            }),
+            ..relais_upstream_sim::SimOptions::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let url = format!("https://127.0.0.1:{}/events", running.api.port());
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.ca_file()).unwrap()).unwrap();
+    let client = |identity: Option<reqwest::Identity>| {
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .add_root_certificate(ca.clone());
+        if let Some(identity) = identity {
+            builder = builder.identity(identity);
+        }
+        builder.build().unwrap()
+    };
+    let issued = pki.client("relais-worker");
+    let mut pem = std::fs::read(&issued.certificate).unwrap();
+    pem.extend(std::fs::read(&issued.key).unwrap());
+    let accepted = client(Some(reqwest::Identity::from_pem(&pem).unwrap()))
+        .post(&url)
+        .header("Idempotency-Key", "with-certificate")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 200);
+
+    let refused = client(None)
+        .post(&url)
+        .header("Idempotency-Key", "without")
+        .body("{}")
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "no client certificate, no answer: {refused:?}"
+    );
+
+    let rogue = relais_test_support::TestPki::new("sim-tls-rogue").client("intruder");
+    let mut rogue_pem = std::fs::read(&rogue.certificate).unwrap();
+    rogue_pem.extend(std::fs::read(&rogue.key).unwrap());
+    let rogue_answer = client(Some(reqwest::Identity::from_pem(&rogue_pem).unwrap()))
+        .post(&url)
+        .header("Idempotency-Key", "rogue")
+        .body("{}")
+        .send()
+        .await;
+    assert!(
+        rogue_answer.is_err(),
+        "a certificate of another CA: {rogue_answer:?}"
+    );
+
+    let plain = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/events", running.api.port()))
+        .body("{}")
+        .send()
+        .await;
+    assert!(
+        plain.is_err() || !plain.unwrap().status().is_success(),
+        "plain HTTP on the TLS port"
+    );
+
+    let deliveries: Value = reqwest::get(format!("http://{}/admin/deliveries", running.admin))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        deliveries["requests"], 1,
+        "only the caller with a certificate reached the API: {deliveries}"
+    );
+    shutdown.cancel();
+}

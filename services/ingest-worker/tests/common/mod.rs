@@ -46,13 +46,37 @@ impl Sim {
         Self::start_with("127.0.0.1:0".parse().unwrap(), auth).await
     }
 
+    /// A simulator whose API is HTTPS, with mutual TLS when `tls` names a client CA.
+    pub async fn start_tls(tls: relais_upstream_sim::tls::ApiTls) -> Self {
+        Self::start_options(
+            "127.0.0.1:0".parse().unwrap(),
+            relais_upstream_sim::SimOptions {
+                key_capacity: 1_000_000,
+                tls: Some(tls),
+                ..relais_upstream_sim::SimOptions::default()
+            },
+        )
+        .await
+    }
+
     async fn start_with(api: SocketAddr, auth: relais_upstream_sim::auth::AuthChecks) -> Self {
+        Self::start_options(
+            api,
+            relais_upstream_sim::SimOptions {
+                key_capacity: 1_000_000,
+                auth,
+                tls: None,
+            },
+        )
+        .await
+    }
+
+    async fn start_options(api: SocketAddr, options: relais_upstream_sim::SimOptions) -> Self {
         let shutdown = CancellationToken::new();
         let any = "127.0.0.1:0".parse().unwrap();
-        let running =
-            relais_upstream_sim::start_checking(api, any, 1_000_000, auth, shutdown.clone())
-                .await
-                .unwrap();
+        let running = relais_upstream_sim::start_with(api, any, options, shutdown.clone())
+            .await
+            .unwrap();
         Self {
             api: running.api,
             admin: running.admin,
