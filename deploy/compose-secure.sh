@@ -16,7 +16,9 @@ COMPONENT=compose-secure
 . "$(dirname "${BASH_SOURCE[0]}")/native/lib.sh"
 # shellcheck source=native/pki.sh
 . "$(dirname "${BASH_SOURCE[0]}")/native/pki.sh"
-PKI_DIR="$(mkdir -p "${1:-$RELAIS_ROOT/compose/secure}" && cd "${1:-$RELAIS_ROOT/compose/secure}" && pwd)"
+PKI_DIR="${1:-$RELAIS_ROOT/compose/secure}"
+mkdir -p "$PKI_DIR"
+PKI_DIR="$(cd "$PKI_DIR" && pwd)"
 
 local_names="DNS:localhost,IP:127.0.0.1"
 pki_ca relais-ca

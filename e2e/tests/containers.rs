@@ -114,6 +114,19 @@ impl Drop for Run {
     }
 }
 
+/// GET on the gateway's REST API with `token`; a refusal fails the test.
+async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> serde_json::Value {
+    http.get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .unwrap_or_else(|error| panic!("GET {url}: {error}"))
+        .json()
+        .await
+        .unwrap_or_else(|error| panic!("GET {url} answered non-JSON: {error}"))
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
 }
@@ -439,16 +452,12 @@ async fn run_as_compose(variant: Variant) {
     assert_eq!(stats.status(), 401, "the REST API answers without a token");
     let workers_seen = Instant::now();
     loop {
-        let workers: serde_json::Value = http
-            .get(format!("http://{gateway_http}/api/v1/workers"))
-            .bearer_auth(&viewer)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .expect("the REST API answers with the viewer token")
-            .json()
-            .await
-            .unwrap();
+        let workers = get_json(
+            &http,
+            &format!("http://{gateway_http}/api/v1/workers"),
+            &viewer,
+        )
+        .await;
         let reported = workers["workers"].as_array().map_or(0, Vec::len);
         if reported >= WORKERS {
             break;
@@ -463,30 +472,22 @@ async fn run_as_compose(variant: Variant) {
     // One message's trace through the gateway: its event, and its audit record found by the
     // audit-service in RGW over AuditQuery (gRPC; TLS, a client certificate and a token when
     // secured).
-    let events: serde_json::Value = http
-        .get(format!("http://{gateway_http}/api/v1/events?limit=20"))
-        .bearer_auth(&viewer)
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events = get_json(
+        &http,
+        &format!("http://{gateway_http}/api/v1/events?limit=20"),
+        &viewer,
+    )
+    .await;
     let trace_id = events["events"][0]["trace_id"]
         .as_str()
         .unwrap_or_else(|| panic!("the gateway saw no event: {events}"))
         .to_owned();
-    let trace: serde_json::Value = http
-        .get(format!("http://{gateway_http}/api/v1/traces/{trace_id}"))
-        .bearer_auth(&viewer)
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let trace = get_json(
+        &http,
+        &format!("http://{gateway_http}/api/v1/traces/{trace_id}"),
+        &viewer,
+    )
+    .await;
     assert_eq!(trace["partial"], false, "the audit lookup failed: {trace}");
     assert!(
         trace["audit"]

@@ -165,17 +165,17 @@ fn json(words: &[String]) -> String {
 pub fn health_shell_command(test: &[String]) -> String {
     match test.split_first() {
         Some((kind, script)) if kind == "CMD-SHELL" => script.join(" "),
-        Some((kind, words)) if kind == "CMD" => words
-            .iter()
-            .map(|word| shell_quote(word))
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => test
-            .iter()
-            .map(|word| shell_quote(word))
-            .collect::<Vec<_>>()
-            .join(" "),
+        Some((kind, words)) if kind == "CMD" => shell_words(words),
+        _ => shell_words(test),
     }
+}
+
+fn shell_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|word| shell_quote(word))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn shell_quote(word: &str) -> String {
