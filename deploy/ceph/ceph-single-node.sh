@@ -36,6 +36,8 @@ RGW_NAME="client.rgw.relais"
 HOST="$RELAIS_BIND_HOST"
 RGW_LISTEN="${RELAIS_RGW_LISTEN:-$HOST}"
 RGW_TLS_PORT="${RELAIS_RGW_TLS_PORT:-}"
+# Written by `run` once the S3 user and the bucket exist (read by the container's health check).
+S3_READY="$CEPH_DIR/s3-ready"
 # Every `ceph` CLI call is bounded: without a mgr some commands wait forever.
 CEPH=(timeout 30 ceph -c "$CONF")
 
@@ -246,7 +248,11 @@ cmd_status() {
 
 cmd_run() {
     trap 'cmd_stop; exit 0' TERM INT
+    # The container's health check wants this marker as well as an answer on the S3 port:
+    # radosgw answers before the S3 user exists, and a client let in then is refused (403).
+    rm -f "$S3_READY"
     cmd_start
+    touch "$S3_READY"
     # Stay alive while all three daemons are; exit non-zero if one dies, so the container
     # runtime restarts the whole set.
     while running_pid "$(daemon_pidfile mon)" >/dev/null &&
