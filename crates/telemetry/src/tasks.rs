@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -41,7 +42,7 @@ pub struct EssentialTasks {
 
 impl EssentialTasks {
     pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
-        let handle = self.set.spawn(task);
+        let handle = self.set.spawn(essential(name, task));
         self.names.insert(handle.id(), name);
     }
 
@@ -85,6 +86,51 @@ impl EssentialTasks {
             self.set.abort_all();
         }
     }
+}
+
+/// Debug builds only: names an essential task that is to panic a while after it starts,
+/// `<task>` or `<task>@<milliseconds>`, so that tests can show, on the real binaries, what a
+/// service does when one of its tasks dies. Release builds never read it.
+pub const KILL_TASK_ENV: &str = "RELAIS_DEBUG_KILL_TASK";
+
+const DEFAULT_KILL_AFTER: Duration = Duration::from_secs(2);
+
+/// Runs the essential task `name`: the task itself, unless a debug build was asked to kill it
+/// (see [`KILL_TASK_ENV`]). Tasks a service supervises on its own go through this too.
+pub async fn essential(name: &'static str, task: impl Future<Output = ()>) {
+    dying_after(injected_death(name), name, task).await;
+}
+
+/// `task`, cut short by a panic after `after` when there is one.
+async fn dying_after(after: Option<Duration>, name: &str, task: impl Future<Output = ()>) {
+    match after {
+        Some(after) => tokio::select! {
+            () = task => {}
+            () = tokio::time::sleep(after) => panic!("{KILL_TASK_ENV} killed task {name}"),
+        },
+        None => task.await,
+    }
+}
+
+#[cfg(debug_assertions)]
+fn injected_death(name: &str) -> Option<Duration> {
+    kill_after(&std::env::var(KILL_TASK_ENV).ok()?, name)
+}
+
+#[cfg(not(debug_assertions))]
+fn injected_death(_name: &str) -> Option<Duration> {
+    None
+}
+
+/// When `spec` (see [`KILL_TASK_ENV`]) asks the task `name` to die; `None` when it names
+/// another task or cannot be read.
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
+fn kill_after(spec: &str, name: &str) -> Option<Duration> {
+    let (task, after) = match spec.trim().split_once('@') {
+        Some((task, millis)) => (task, Duration::from_millis(millis.parse().ok()?)),
+        None => (spec.trim(), DEFAULT_KILL_AFTER),
+    };
+    (task == name).then_some(after)
 }
 
 fn describe(error: JoinError) -> String {
@@ -141,6 +187,39 @@ mod tests {
         tasks.spawn("index", async {});
         let died = tasks.watch(&shutdown, &ready).await.expect_err("returned");
         assert_eq!(died.how, "it returned");
+    }
+
+    #[test]
+    fn a_kill_names_one_task_and_when() {
+        assert_eq!(kill_after("index", "index"), Some(DEFAULT_KILL_AFTER));
+        assert_eq!(
+            kill_after("dispatcher@1500", "dispatcher"),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(kill_after("dispatcher@1500", "index"), None);
+        assert_eq!(kill_after("dispatcher@soon", "dispatcher"), None);
+        assert_eq!(kill_after("", "index"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_injected_death_is_a_panic_after_the_delay() {
+        let forever = std::future::pending::<()>;
+        let after = kill_after("grpc@50", "grpc");
+        let ended = tokio::spawn(dying_after(after, "grpc", forever())).await;
+        let died = TaskDied::of("grpc", ended);
+        assert!(died.how.contains("killed task grpc"), "{}", died.how);
+
+        let finished = tokio::spawn(dying_after(after, "grpc", async {})).await;
+        assert!(finished.is_ok(), "a task that ends first is not killed");
+        let untouched = tokio::spawn(dying_after(
+            None,
+            "grpc",
+            tokio::time::sleep(Duration::from_secs(3600)),
+        ));
+        assert!(
+            untouched.await.is_ok(),
+            "no kill asked, the task runs to its end"
+        );
     }
 
     #[tokio::test]

@@ -145,6 +145,26 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// Waits for a child process to end, at most `within` (the test fails after that): how it
+/// ended.
+pub async fn wait_for_exit(
+    child: &mut std::process::Child,
+    within: std::time::Duration,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("cannot wait for the child process") {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {} still runs after {within:?}",
+            child.id()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// A tool installed by `deploy/native/test-tools.sh` (chromium's driver, schemathesis, ...),
 /// by its path under `$RELAIS_STATE_DIR/tools`. Panics with the fix when it is missing: a test
 /// that needs a tool never skips silently.

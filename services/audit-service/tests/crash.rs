@@ -19,6 +19,7 @@ fn spawn(
     group: &str,
     config: &std::path::Path,
     log: &std::path::Path,
+    env: &[(&str, &str)],
 ) -> (std::process::Child, std::net::SocketAddr) {
     let endpoints = relais_test_support::Endpoints::from_env();
     let admin = std::net::TcpListener::bind("127.0.0.1:0")
@@ -52,6 +53,7 @@ fn spawn(
                 .to_string(),
         )
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -72,17 +74,8 @@ async fn objects_written(admin: std::net::SocketAddr) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kill_minus_nine_at_random_points_keeps_the_trail_exact() {
-    let kafka = relais_test_support::kafka().await;
-    let rgw = relais_test_support::rgw().await;
-    let bucket = unique_name("it-audit-crash");
-    let topic = kafka.create_topic("it-audit-crash", 3).await;
-    let group = unique_name("it-audit-crash");
-    let config = std::env::temp_dir().join(format!("{group}.toml"));
-    let log = std::env::temp_dir().join(format!("{group}.log"));
-
-    let total = 40_000usize;
+/// `total` audit records, `msg-0` onwards, on `topic`.
+async fn produce_records(kafka: &relais_test_support::KafkaTestEnv, topic: &str, total: usize) {
     let producer: FutureProducer = kafka
         .client_config()
         .set("linger.ms", "20")
@@ -103,7 +96,7 @@ async fn kill_minus_nine_at_random_points_keeps_the_trail_exact() {
         pending.push(
             producer
                 .send_result(
-                    FutureRecord::to(&topic)
+                    FutureRecord::to(topic)
                         .key(&record.message_id)
                         .payload(&payload),
                 )
@@ -114,12 +107,63 @@ async fn kill_minus_nine_at_random_points_keeps_the_trail_exact() {
         delivery.await.unwrap().unwrap();
     }
     producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// Waits until every one of `total` records is in `bucket`, at most `within`; the ids seen.
+async fn wait_for_trail(
+    rgw: &relais_test_support::RgwTestEnv,
+    bucket: &str,
+    total: usize,
+    within: Duration,
+) -> std::collections::BTreeMap<String, usize> {
+    let deadline = Instant::now() + within;
+    loop {
+        let seen = common::stored_message_ids(rgw, bucket).await;
+        if seen.len() == total || Instant::now() > deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Exactly the `total` records, none twice.
+fn assert_trail_exact(
+    seen: &std::collections::BTreeMap<String, usize>,
+    total: usize,
+    log: &std::path::Path,
+) {
+    assert_eq!(
+        seen.len(),
+        total,
+        "every record stored (log: {})",
+        log.display()
+    );
+    let twice: Vec<_> = seen
+        .iter()
+        .filter(|(_, count)| **count > 1)
+        .take(5)
+        .collect();
+    assert!(twice.is_empty(), "records stored twice: {twice:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_minus_nine_at_random_points_keeps_the_trail_exact() {
+    let kafka = relais_test_support::kafka().await;
+    let rgw = relais_test_support::rgw().await;
+    let bucket = unique_name("it-audit-crash");
+    let topic = kafka.create_topic("it-audit-crash", 3).await;
+    let group = unique_name("it-audit-crash");
+    let config = std::env::temp_dir().join(format!("{group}.toml"));
+    let log = std::env::temp_dir().join(format!("{group}.log"));
+
+    let total = 40_000usize;
+    produce_records(&kafka, &topic, total).await;
 
     let mut killed_mid_write = 0;
     // Each round waits until its process has written an object (a restarted one first waits
     // for the killed member's session to expire), then kills it a random moment later.
     for round in 0..5 {
-        let (mut child, admin) = spawn(&topic, &bucket, &group, &config, &log);
+        let (mut child, admin) = spawn(&topic, &bucket, &group, &config, &log, &[]);
         let started = Instant::now();
         while objects_written(admin).await < 1.0 && started.elapsed() < Duration::from_secs(40) {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -146,27 +190,42 @@ async fn kill_minus_nine_at_random_points_keeps_the_trail_exact() {
     );
 
     // A last instance runs to the end.
-    let (mut last, _) = spawn(&topic, &bucket, &group, &config, &log);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let seen = loop {
-        let seen = common::stored_message_ids(&rgw, &bucket).await;
-        if seen.len() == total || Instant::now() > deadline {
-            break seen;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    };
+    let (mut last, _) = spawn(&topic, &bucket, &group, &config, &log, &[]);
+    let seen = wait_for_trail(&rgw, &bucket, total, Duration::from_secs(180)).await;
     let _ = last.kill();
     let _ = last.wait();
-    assert_eq!(
-        seen.len(),
-        total,
-        "every record stored (log: {})",
-        log.display()
+    assert_trail_exact(&seen, total, &log);
+}
+
+/// The pipeline task dies (a debug build's injected panic): the service exits non-zero with the
+/// reason instead of lingering, and a restarted one completes the trail exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_pipeline_task_stops_the_service_non_zero_and_the_trail_stays_exact() {
+    let kafka = relais_test_support::kafka().await;
+    let rgw = relais_test_support::rgw().await;
+    let bucket = unique_name("it-audit-dying");
+    let topic = kafka.create_topic("it-audit-dying", 3).await;
+    let group = unique_name("it-audit-dying");
+    let config = std::env::temp_dir().join(format!("{group}.toml"));
+    let log = std::env::temp_dir().join(format!("{group}.log"));
+    let total = 40_000usize;
+    produce_records(&kafka, &topic, total).await;
+
+    let kill = (relais_telemetry::tasks::KILL_TASK_ENV, "pipeline@1000");
+    let (mut dying, _) = spawn(&topic, &bucket, &group, &config, &log, &[kill]);
+    let status = relais_test_support::wait_for_exit(&mut dying, Duration::from_secs(60)).await;
+    assert!(!status.success(), "exit status {status}");
+    let written = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        written.contains("task pipeline stopped before shutdown"),
+        "the reason is logged: {written}"
     );
-    let twice: Vec<_> = seen
-        .iter()
-        .filter(|(_, count)| **count > 1)
-        .take(5)
-        .collect();
-    assert!(twice.is_empty(), "records stored twice: {twice:?}");
+    let stored = common::stored_message_ids(&rgw, &bucket).await.len();
+    eprintln!("the pipeline died with {stored} of {total} records stored");
+
+    let (mut next, _) = spawn(&topic, &bucket, &group, &config, &log, &[]);
+    let seen = wait_for_trail(&rgw, &bucket, total, Duration::from_secs(180)).await;
+    let _ = next.kill();
+    let _ = next.wait();
+    assert_trail_exact(&seen, total, &log);
 }

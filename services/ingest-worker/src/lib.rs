@@ -52,7 +52,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use relais_resilience::{ResilienceMetrics, UpstreamClient};
 use relais_telemetry::admin::{AdminServer, Readiness};
 use relais_telemetry::shutdown::{self, CancellationToken, TaskTracker};
-use relais_telemetry::tasks::TaskDied;
+use relais_telemetry::tasks::{TaskDied, essential};
 
 use crate::committer::Committer;
 use crate::config::{Args, WorkerConfig};
@@ -353,10 +353,9 @@ pub async fn run(
             total: config.pipeline.max_uncommitted,
         },
     );
-    let dispatcher = tokio::spawn(dispatch::dispatch(
-        dispatcher,
-        delivery_reports,
-        shutdown.clone(),
+    let dispatcher = tokio::spawn(essential(
+        "dispatcher",
+        dispatch::dispatch(dispatcher, delivery_reports, shutdown.clone()),
     ));
     let deliveries_done = CancellationToken::new();
     let committer = Committer {

@@ -38,10 +38,13 @@ impl WorkerProcess {
             upstream,
             log,
             "retry_tiers = []",
+            &[],
         )
     }
 
-    /// Like [`Self::spawn`], with `upstream_settings` in the upstream's section.
+    /// Like [`Self::spawn`], with `upstream_settings` in the upstream's section and `env` added
+    /// to the process's environment.
+    #[allow(clippy::too_many_arguments)]
     fn spawn_with(
         kafka: &KafkaTestEnv,
         topics: &Topics,
@@ -50,6 +53,7 @@ impl WorkerProcess {
         upstream: SocketAddr,
         log: &std::path::Path,
         upstream_settings: &str,
+        env: &[(&str, &str)],
     ) -> Self {
         let admin = free_port();
         let config = std::env::temp_dir().join(format!("{}.toml", unique_name("worker-config")));
@@ -92,6 +96,7 @@ impl WorkerProcess {
             .env("RELAIS_WORKER_ID", worker_id)
             .env("RELAIS_ADMIN_ADDR", admin.to_string())
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -173,6 +178,61 @@ async fn kill_minus_nine_under_load_then_restart_keeps_exactly_one_outcome() {
     );
     eprintln!(
         "kill -9: {before_restart} accepted before the restart, {duplicates} duplicate deliveries upstream"
+    );
+    drop(second);
+}
+
+/// The dispatcher, an essential task, dies under load (a debug build's injected panic): the
+/// worker must not linger half-alive. It exits non-zero with the reason, having committed only
+/// what it handled, and the restarted worker finishes with exactly one outcome per message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_dispatcher_stops_the_worker_non_zero_and_loses_nothing() {
+    init_telemetry();
+    let kafka = relais_test_support::kafka().await;
+    let sim = Sim::start().await;
+    // About 2,000 messages/s: still busy when the dispatcher dies.
+    sim.set_faults(json!({"latency": {"kind": "uniform", "min_ms": 20, "max_ms": 40}}))
+        .await;
+    let topics = Topics::create(&kafka, 6).await;
+    let total = 20_000;
+    produce(&kafka, &topics.ingress, &valid_events("d", total, 2000)).await;
+
+    let group = unique_name("it-group");
+    let id = unique_name("dying-worker");
+    let log = std::env::temp_dir().join(format!("{id}.log"));
+    let mut first = WorkerProcess::spawn_with(
+        &kafka,
+        &topics,
+        &group,
+        &id,
+        sim.api,
+        &log,
+        "retry_tiers = []",
+        &[(relais_telemetry::tasks::KILL_TASK_ENV, "dispatcher@4000")],
+    );
+    // It runs until the dispatcher dies, then drains and stops.
+    let status =
+        relais_test_support::wait_for_exit(&mut first.child, Duration::from_secs(90)).await;
+    assert!(!status.success(), "exit status {status}");
+    let written = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        written.contains("task dispatcher stopped before shutdown"),
+        "the reason is logged: {written}"
+    );
+    let delivered_before = sim.deliveries().await["distinct_keys"].as_u64().unwrap();
+    assert!(
+        delivered_before > 0 && delivered_before < total as u64,
+        "it died under load: {delivered_before} of {total} delivered"
+    );
+
+    let second = WorkerProcess::spawn(&kafka, &topics, &group, &id, sim.api, &log);
+    let audit = read_outcomes(&kafka, &topics.audit, total, Duration::from_secs(120)).await;
+    assert_exactly_once(&audit, total);
+    assert!(audit.iter().all(|r| r.outcome == Outcome::Delivered as i32));
+    assert_eq!(
+        sim.deliveries().await["distinct_keys"].as_u64().unwrap() as usize,
+        total,
+        "nothing lost upstream"
     );
     drop(second);
 }
@@ -308,6 +368,7 @@ async fn kill_minus_nine_while_messages_wait_in_retry_tiers_loses_nothing_and_ke
         upstream,
         &log,
         upstream_settings,
+        &[],
     );
     // Every message has moved at least once, and some have moved up a tier.
     retry_events_until(&kafka, &topics.events, Duration::from_secs(60), |events| {
@@ -333,6 +394,7 @@ async fn kill_minus_nine_while_messages_wait_in_retry_tiers_loses_nothing_and_ke
         upstream,
         &log,
         upstream_settings,
+        &[],
     );
     let audit = read_outcomes(&kafka, &topics.audit, total, Duration::from_secs(90)).await;
     assert_exactly_once(&audit, total);
