@@ -197,8 +197,10 @@ pub async fn run(
             "session.timeout.ms",
             config.kafka.session_timeout.as_millis().to_string(),
         )
-        // A small prefetch keeps memory flat while paused for backpressure.
-        .set("queued.max.messages.kbytes", "8192")
+        .set(
+            "queued.max.messages.kbytes",
+            config.kafka.prefetch_kbytes.to_string(),
+        )
         .create_with_context(WorkerContext {
             tracker: Arc::clone(&tracker),
             tiers: TierAssignment {

@@ -130,7 +130,9 @@ struct UpstreamQueue {
     name: Arc<str>,
     schedule: UpstreamSchedule,
     in_flight: usize,
-    waiting: KeyedQueue<Prepared>,
+    /// Boxed: a queue's deques grow by whole slots, and a key with one message waiting
+    /// would otherwise hold room for four prepared messages.
+    waiting: KeyedQueue<Box<Prepared>>,
     adaptive: Option<AdaptiveLimit>,
 }
 
@@ -146,7 +148,7 @@ impl UpstreamQueue {
             Ordering::Key => prepared.inbound.key.clone(),
             Ordering::None => None,
         };
-        self.waiting.push(key, prepared);
+        self.waiting.push(key, Box::new(prepared));
     }
 
     fn release(&mut self, key: Option<Vec<u8>>) {
@@ -290,7 +292,7 @@ impl Scheduler {
                 self.done.clone(),
             );
             self.tasks.spawn(async move {
-                let (output, feedback) = processor.finish_with_feedback(prepared).await;
+                let (output, feedback) = processor.finish_with_feedback(*prepared).await;
                 if let Some(output) = output {
                     tracker.finished(source, generation, Finished { offset, output });
                 }

@@ -223,6 +223,10 @@ impl WorkerConfig {
                 return invalid(format!("upstream {name}: retry_tiers: {reason}"));
             }
         }
+        if !(1..=2_097_151).contains(&self.kafka.prefetch_kbytes) {
+            // librdkafka's range for queued.max.messages.kbytes.
+            return invalid("kafka.prefetch_kbytes must be between 1 and 2097151".into());
+        }
         let pipeline = &self.pipeline;
         if pipeline.max_queued_per_upstream == Some(0) || pipeline.max_batch == 0 {
             return invalid(
@@ -439,6 +443,10 @@ mod tests {
             .settings
             .insert("message.max.bytes".into(), "4000000".into());
         config.validate().expect("a producer limit that fits");
+        config.kafka.prefetch_kbytes = 0;
+        let error = config.validate().expect_err("no prefetch at all");
+        assert!(error.to_string().contains("prefetch_kbytes"), "{error}");
+        config.kafka.prefetch_kbytes = 4096;
         let mut bad: WorkerConfig = toml::from_str(
             r#"
             [routing]

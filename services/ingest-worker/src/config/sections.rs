@@ -128,6 +128,12 @@ pub struct KafkaConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub transaction_call_timeout: Duration,
+    /// Ingress records fetched ahead of the dispatcher, in KiB (librdkafka's
+    /// `queued.max.messages.kbytes`, counted compressed). librdkafka keeps each fetched batch
+    /// decompressed until its last record is read, so this is the largest share of the
+    /// worker's memory that is not messages in progress; too small, and the upstreams' queues
+    /// run dry while paused partitions are fetched again (docs/performance.md).
+    pub prefetch_kbytes: u32,
     /// How every Kafka client of the worker reaches the brokers (TLS, SASL, further
     /// librdkafka settings), the same section in every service.
     pub client: relais_kafka::KafkaClientConfig,
@@ -146,6 +152,7 @@ impl Default for KafkaConfig {
             session_timeout: Duration::from_secs(10),
             transaction_timeout: Duration::from_secs(30),
             transaction_call_timeout: Duration::from_secs(10),
+            prefetch_kbytes: 4096,
             client: relais_kafka::KafkaClientConfig::default(),
         }
     }
