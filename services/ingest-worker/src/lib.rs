@@ -220,6 +220,10 @@ pub async fn run(
             "transaction.timeout.ms",
             config.kafka.transaction_timeout.as_millis().to_string(),
         )
+        .set(
+            "message.timeout.ms",
+            config.kafka.delivery_timeout().as_millis().to_string(),
+        )
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
         .create()

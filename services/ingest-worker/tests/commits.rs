@@ -89,7 +89,7 @@ async fn failing_commits_pause_consumption_at_the_limit_and_readiness_follows() 
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // The limits stop the dispatching; what the consumer had fetched before each pause
-    // (bounded by its 8 MiB prefetch) is held, not delivered. Here: about 770 of 3,000.
+    // (bounded by its prefetch, kafka.prefetch_kbytes) is held, not delivered.
     let uncommitted = worker.metric("relais_worker_uncommitted_messages").await;
     assert!(
         (250.0..1_000.0).contains(&uncommitted),

@@ -447,6 +447,10 @@ mod tests {
         let error = config.validate().expect_err("no prefetch at all");
         assert!(error.to_string().contains("prefetch_kbytes"), "{error}");
         config.kafka.prefetch_kbytes = 4096;
+        assert!(
+            config.kafka.delivery_timeout() < config.kafka.transaction_timeout,
+            "a round's records fail before its transaction times out on the broker"
+        );
         let mut bad: WorkerConfig = toml::from_str(
             r#"
             [routing]

@@ -139,6 +139,18 @@ pub struct KafkaConfig {
     pub client: relais_kafka::KafkaClientConfig,
 }
 
+impl KafkaConfig {
+    /// How long the producer tries to deliver a record of a transaction (librdkafka's
+    /// `message.timeout.ms`, which otherwise equals `transaction_timeout`). Shorter, so that
+    /// records that cannot be delivered (a missing topic, a partition without a leader) fail
+    /// the round on the worker's side, which aborts it and tries again, before the
+    /// coordinator's own timeout aborts the transaction: librdkafka reports that one as
+    /// fencing, which is fatal and would stop the worker.
+    pub fn delivery_timeout(&self) -> Duration {
+        self.transaction_timeout * 3 / 4
+    }
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         Self {
