@@ -143,10 +143,12 @@ test: prerequisites infra-up test-tools images ## Bring the native infrastructur
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
+	python3 -m unittest discover -s loadtest/bench -p 'test_*.py'
 
 .PHONY: test-fast
 test-fast: prerequisites ## Unit tests only (decisions, codecs, the gateway's HTTP and gRPC surface in process): no infrastructure
 	$(CARGO) test --workspace --lib --bins --no-fail-fast
+	python3 -m unittest discover -s loadtest/bench -p 'test_*.py'
 
 .PHONY: e2e
 e2e: prerequisites infra-up test-tools ## Fault scenarios under load with the verifier (kill -9, RGW down, broker restart, ...); report in artifacts/e2e/
