@@ -6,8 +6,10 @@
 //! window:
 //!
 //! - **decrease** to `limit × 0.9` (at least 1) when the window saw back-pressure (a 429 or 503
-//!   answer, or a timeout) or its mean round trip was more than twice the long-run mean: the
-//!   upstream is saturated or failing;
+//!   answer, or a timeout) or its mean round trip was more than twice the long-run mean, as
+//!   was the window before: the upstream is saturated or failing. One window's rise alone is
+//!   not enough: windows are short (a round trip, at least 20 ms), and on a busy host a
+//!   scheduling hiccup doubles one window's mean;
 //! - **increase** by 1 when the window reached the limit (the limit was what held deliveries
 //!   back) and its mean round trip stayed within 1.25 × the long-run mean: more would be taken;
 //!   until the first decrease the increase is by half the limit instead (slow start, after
@@ -56,6 +58,8 @@ pub struct AdaptiveLimit {
     long_rtt: Option<f64>,
     /// True until the first decrease: increases double the limit.
     slow_start: bool,
+    /// Whether the last window's round trip rose (see the module docs).
+    rose_before: bool,
     window: Window,
 }
 
@@ -87,6 +91,7 @@ impl AdaptiveLimit {
             max: max.max(1),
             long_rtt: None,
             slow_start: true,
+            rose_before: false,
             window: Window::new(now),
         }
     }
@@ -122,8 +127,10 @@ impl AdaptiveLimit {
     fn close_window(&mut self, now: Instant) {
         let window = std::mem::replace(&mut self.window, Window::new(now));
         let mean = (window.rtt_count > 0).then(|| window.rtt_sum / f64::from(window.rtt_count));
-        let rose =
+        let rose_now =
             matches!((mean, self.long_rtt), (Some(mean), Some(long)) if mean > long * RTT_RISE);
+        let rose = rose_now && self.rose_before;
+        self.rose_before = rose_now;
         let holds = match (mean, self.long_rtt) {
             (Some(mean), Some(long)) => mean <= long * RTT_HOLDS,
             (_, None) => true,
@@ -209,6 +216,46 @@ mod tests {
             (640..=801).contains(&settled),
             "then AIMD near 800: {settled}"
         );
+    }
+
+    /// One window of `count` deliveries that took `rtt` each, their answers spread over one
+    /// normal round trip.
+    fn window(limit: &mut AdaptiveLimit, now: &mut Instant, count: usize, rtt: Duration) {
+        for index in 0..count {
+            limit.started(index);
+        }
+        let begun = *now;
+        for answered in 1..=count {
+            *now = begun + RTT * answered as u32 / count as u32;
+            limit.finished(
+                Feedback {
+                    rtt: Some(rtt),
+                    backpressure: false,
+                },
+                *now,
+            );
+        }
+    }
+
+    #[test]
+    fn a_single_window_of_slow_answers_is_not_a_latency_rise() {
+        let start = Instant::now();
+        let mut limit = AdaptiveLimit::new(256, start);
+        let mut now = start;
+        for _ in 0..60 {
+            let count = limit.limit();
+            window(&mut limit, &mut now, count, RTT);
+        }
+        let before = limit.limit();
+        // One window three times slower: a hiccup of the host, not a saturated upstream.
+        window(&mut limit, &mut now, before, RTT * 3);
+        assert!(limit.limit() >= before, "{} after {before}", limit.limit());
+        // Slow answers window after window are a rise.
+        let kept = limit.limit();
+        for _ in 0..3 {
+            window(&mut limit, &mut now, kept, RTT * 3);
+        }
+        assert!(limit.limit() < kept, "{} after {kept}", limit.limit());
     }
 
     #[test]
