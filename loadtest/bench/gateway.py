@@ -179,8 +179,8 @@ def fanout_benchmark(args, out, stamp):
 
 
 def median_round_by_p99(results):
-    """The round whose p99 at the highest rate is the median one."""
-    measured = [result for result in results if "runs" in result]
-    for result in measured:
-        result["p99_at_top_rate"] = result["runs"][-1]["latency_p99_ms"]
-    return median_round(measured, "p99_at_top_rate")
+    """The round whose p99 at the highest rate is the median one (the lower middle for an even
+    count); None when no round ran."""
+    measured = sorted((result for result in results if "runs" in result),
+                      key=lambda result: result["runs"][-1]["latency_p99_ms"])
+    return measured[(len(measured) - 1) // 2] if measured else None
