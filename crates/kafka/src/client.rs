@@ -93,3 +93,16 @@ impl KafkaClient {
         config
     }
 }
+
+/// How long librdkafka waits before fetching again for a partition whose prefetch was full.
+/// Its default, a second, suits its own 64 MiB prefetch; a prefetch of a few MiB empties in a
+/// fraction of that, and the partition would then sit idle for the rest of the second.
+const FETCH_QUEUE_BACKOFF_MS: &str = "20";
+
+/// Bounds a consumer's prefetch to `kbytes` (librdkafka's `queued.max.messages.kbytes`,
+/// counted as fetched, so compressed) and refills it as soon as it has room.
+pub fn bounded_prefetch(config: &mut ClientConfig, kbytes: u32) -> &mut ClientConfig {
+    config
+        .set("queued.max.messages.kbytes", kbytes.to_string())
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+}

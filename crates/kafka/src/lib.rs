@@ -17,7 +17,7 @@ pub mod access;
 mod client;
 mod config;
 
-pub use client::KafkaClient;
+pub use client::{KafkaClient, bounded_prefetch};
 pub use config::{
     KafkaClientConfig, KafkaConfigError, KafkaSasl, KafkaTls, SaslMechanism, SecurityProtocol,
 };

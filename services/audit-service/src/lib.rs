@@ -102,8 +102,8 @@ pub async fn run_with_commit_faults(
         .client
         .resolve(&args.kafka_bootstrap)
         .context("kafka.client")?;
-    let consumer: AuditConsumer = kafka
-        .config()
+    let mut consumer_config = kafka.config();
+    consumer_config
         .set("group.id", &config.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -117,16 +117,14 @@ pub async fn run_with_commit_faults(
         )
         // 2 MiB per partition and fetch: with librdkafka's 1 MiB the pipeline waited for
         // fetches at about 240k records/s in `make bench`, against about 285k.
-        .set("max.partition.fetch.bytes", "2097152")
-        // The prefetch is most of the service's memory; see `kafka.prefetch_kbytes`.
-        .set(
-            "queued.max.messages.kbytes",
-            config.kafka.prefetch_kbytes.to_string(),
-        )
-        .create_with_context(AuditContext {
-            assignment: Arc::clone(&assignment),
-        })
-        .context("cannot create the Kafka consumer")?;
+        .set("max.partition.fetch.bytes", "2097152");
+    // The prefetch is most of the service's memory; see `kafka.prefetch_kbytes`.
+    let consumer: AuditConsumer =
+        relais_kafka::bounded_prefetch(&mut consumer_config, config.kafka.prefetch_kbytes)
+            .create_with_context(AuditContext {
+                assignment: Arc::clone(&assignment),
+            })
+            .context("cannot create the Kafka consumer")?;
     consumer
         .subscribe(&[&config.kafka.audit_topic])
         .context("cannot subscribe to the audit topic")?;

@@ -185,33 +185,32 @@ pub async fn run(
         Arc::clone(&parked),
         shutdown.clone(),
     ));
-    let consumer: WorkerConsumer = client_config()
-        .set("group.id", &config.kafka.group_id)
-        .set("client.id", &worker_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set(
-            "session.timeout.ms",
-            config.kafka.session_timeout.as_millis().to_string(),
-        )
-        .set(
-            "queued.max.messages.kbytes",
-            config.kafka.prefetch_kbytes.to_string(),
-        )
-        .create_with_context(WorkerContext {
-            tracker: Arc::clone(&tracker),
-            tiers: TierAssignment {
-                consumer: Arc::clone(&tier_consumer),
-                topics: tier_topics.clone(),
-                parked: Arc::clone(&parked),
-                loads: load_requests,
-            },
-            metrics: metrics.clone(),
-        })
-        .context("cannot create the Kafka consumer")?;
+    let consumer: WorkerConsumer = relais_kafka::bounded_prefetch(
+        client_config()
+            .set("group.id", &config.kafka.group_id)
+            .set("client.id", &worker_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set(
+                "session.timeout.ms",
+                config.kafka.session_timeout.as_millis().to_string(),
+            ),
+        config.kafka.prefetch_kbytes,
+    )
+    .create_with_context(WorkerContext {
+        tracker: Arc::clone(&tracker),
+        tiers: TierAssignment {
+            consumer: Arc::clone(&tier_consumer),
+            topics: tier_topics.clone(),
+            parked: Arc::clone(&parked),
+            loads: load_requests,
+        },
+        metrics: metrics.clone(),
+    })
+    .context("cannot create the Kafka consumer")?;
     let consumer = Arc::new(consumer);
 
     let producer: FutureProducer = client_config()

@@ -105,6 +105,9 @@ impl TierAssignment {
     }
 }
 
+/// Tier records fetched ahead, in KiB: they are read at their due times, a few at a time.
+const TIER_PREFETCH_KBYTES: u32 = 1024;
+
 /// A consumer for the tier topics: assigned by hand (no group membership), reading committed
 /// records only, its positions taken from the group's committed offsets.
 pub fn tier_consumer(
@@ -118,8 +121,8 @@ pub fn tier_consumer(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set("queued.max.messages.kbytes", "4096")
+        .set("isolation.level", "read_committed");
+    relais_kafka::bounded_prefetch(&mut client, TIER_PREFETCH_KBYTES)
         .create()
         .context("cannot create the retry tier consumer")
 }

@@ -79,14 +79,14 @@ impl Intake {
         metadata_refresh: Duration,
         sinks: Sinks,
     ) -> anyhow::Result<Self> {
-        let consumer: StreamConsumer = kafka
-            .config()
+        let mut config = kafka.config();
+        config
             // Required by the client library; never used to commit or to join a group.
             .set("group.id", "relais-gateway")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("isolation.level", "read_committed")
-            .set("queued.max.messages.kbytes", "16384")
+            .set("isolation.level", "read_committed");
+        let consumer: StreamConsumer = relais_kafka::bounded_prefetch(&mut config, 16384)
             .create()
             .context("cannot create the Kafka consumer")?;
         Ok(Self {

@@ -164,7 +164,7 @@ impl Default for KafkaConfig {
             session_timeout: Duration::from_secs(10),
             transaction_timeout: Duration::from_secs(30),
             transaction_call_timeout: Duration::from_secs(10),
-            prefetch_kbytes: 4096,
+            prefetch_kbytes: 1024,
             client: relais_kafka::KafkaClientConfig::default(),
         }
     }
