@@ -163,7 +163,7 @@ impl Default for KafkaConfig {
             group_id: "relais-audit".into(),
             audit_topic: "relais.audit".into(),
             session_timeout: Duration::from_secs(10),
-            prefetch_kbytes: 16 * 1024,
+            prefetch_kbytes: 4 * 1024,
             client: relais_kafka::KafkaClientConfig::default(),
         }
     }
