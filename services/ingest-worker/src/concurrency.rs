@@ -10,14 +10,18 @@
 //!   was the window before: the upstream is saturated or failing. One window's rise alone is
 //!   not enough: windows are short (a round trip, at least 20 ms), and on a busy host a
 //!   scheduling hiccup doubles one window's mean;
-//! - **increase** by 1 when the window reached the limit (the limit was what held deliveries
-//!   back) and its mean round trip stayed within 1.25 × the long-run mean: more would be taken;
-//!   until the first decrease the increase is by half the limit instead (slow start, after
-//!   TCP's, gentler than its doubling so the overshoot costs fewer refusals), so an upstream
-//!   that takes hundreds at once (100 ms answers at thousands a second) is reached in about ten
-//!   round trips rather than hundreds; that first decrease halves the limit, since the last
-//!   increase overshot;
-//! - otherwise keep it.
+//! - **increase** when the window reached the limit (the limit was what held deliveries back)
+//!   and its mean round trip stayed within 1.25 × the long-run mean: more would be taken. Up
+//!   to 10 % above the limit at which the last decrease came, by 1: near what the upstream
+//!   takes the sawtooth stays small and costs few refusals. Beyond it, by the number of such
+//!   windows in a row (1, 2, 3, …, at most half the limit): a limit far below what the upstream
+//!   takes (the decrease came from a hiccup, or the upstream grew) closes a gap of `g` in about
+//!   `√(2g)` windows instead of `g`, as CUBIC probes fast only away from its last loss. Until
+//!   the first decrease the increase is by half the limit instead (slow start, after TCP's,
+//!   gentler than its doubling so the overshoot costs fewer refusals), so an upstream that
+//!   takes hundreds at once (100 ms answers at thousands a second) is reached in about ten
+//!   round trips; that first decrease halves the limit, since the last increase overshot;
+//! - otherwise keep it; a faster increase starts again at 1.
 //!
 //! The long-run mean is an exponentially weighted mean of the windows' means (weight 0.2) over
 //! windows without back-pressure. The limit stays within `1..=max_in_flight` and starts at
@@ -60,6 +64,10 @@ pub struct AdaptiveLimit {
     slow_start: bool,
     /// Whether the last window's round trip rose (see the module docs).
     rose_before: bool,
+    /// The limit when the last decrease came: the upstream pushed back there.
+    pushed_back_at: usize,
+    /// Windows in a row that raised the limit beyond `pushed_back_at`: the next step.
+    growing_for: usize,
     window: Window,
 }
 
@@ -92,6 +100,8 @@ impl AdaptiveLimit {
             long_rtt: None,
             slow_start: true,
             rose_before: false,
+            pushed_back_at: 0,
+            growing_for: 0,
             window: Window::new(now),
         }
     }
@@ -139,15 +149,23 @@ impl AdaptiveLimit {
         if window.backpressure || rose {
             // The decrease that ends slow start halves the limit: its last doubling overshot.
             let factor = if self.slow_start { 0.5 } else { DECREASE };
+            self.pushed_back_at = self.limit;
             self.limit = ((self.limit as f64 * factor) as usize).max(1);
             self.slow_start = false;
+            self.growing_for = 0;
         } else if window.reached_limit && holds {
+            let half = (self.limit / 2).max(1);
             let step = if self.slow_start {
-                (self.limit / 2).max(1)
-            } else {
+                half
+            } else if self.limit * 10 < self.pushed_back_at * 11 {
                 1
+            } else {
+                self.growing_for += 1;
+                self.growing_for.min(half)
             };
             self.limit = (self.limit + step).min(self.max);
+        } else {
+            self.growing_for = 0;
         }
         if !window.backpressure
             && let Some(mean) = mean
@@ -216,6 +234,40 @@ mod tests {
             (640..=801).contains(&settled),
             "then AIMD near 800: {settled}"
         );
+    }
+
+    #[test]
+    fn after_a_decrease_the_limit_grows_faster_while_the_upstream_keeps_taking_more() {
+        let start = Instant::now();
+        let mut limit = AdaptiveLimit::new(1000, start);
+        // Slow start against an upstream that takes 200 ends near it.
+        let now = run(&mut limit, 200, 40, start);
+        let settled = limit.limit();
+        assert!((160..=220).contains(&settled), "near 200: {settled}");
+        // The upstream now takes 800: one by one it would take 600 windows; growing by the
+        // windows in a row, about 35.
+        run(&mut limit, 800, 40, now);
+        assert!(
+            limit.limit() >= 700,
+            "{} after 40 windows from {settled}",
+            limit.limit()
+        );
+    }
+
+    #[test]
+    fn near_a_capacity_few_calls_are_refused() {
+        let start = Instant::now();
+        let mut limit = AdaptiveLimit::new(256, start);
+        let mut now = run(&mut limit, 20, 100, start);
+        let (mut calls, mut refused) = (0, 0);
+        for _ in 0..500 {
+            let in_flight = limit.limit();
+            calls += in_flight;
+            refused += in_flight.saturating_sub(20);
+            now = run(&mut limit, 20, 1, now);
+        }
+        let share = refused as f64 / calls as f64;
+        assert!(share <= 0.05, "{refused} of {calls} calls refused");
     }
 
     /// One window of `count` deliveries that took `rtt` each, their answers spread over one
