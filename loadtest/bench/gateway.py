@@ -88,13 +88,13 @@ def outage_benchmark(args, out, stamp):
 GATEWAY_HTTP, GATEWAY_GRPC, GATEWAY_ADMIN = "127.0.0.1:18080", "127.0.0.1:50152", "127.0.0.1:19103"
 
 
-def fanout_runs(args, topic, target, address, env):
+def fanout_runs(args, scale, topic, target, address, env):
     runs = []
-    for rate in args.fanout_rates:
-        log(f"fan-out ({target}): {args.fanout_clients} clients, {rate} events/s for {args.fanout_seconds} s")
+    for rate in scale.rates:
+        log(f"fan-out ({target}): {scale.clients} clients, {rate} events/s for {args.fanout_seconds} s")
         result = subprocess.run(
             [str(RELEASE / "loadgen"), "--kafka-bootstrap", BOOTSTRAP, "ws-fanout", "--target", target,
-             "--gateway", address, "--topic", topic, "--clients", str(args.fanout_clients), "--rate", str(rate),
+             "--gateway", address, "--topic", topic, "--clients", str(scale.clients), "--rate", str(rate),
              "--seconds", str(args.fanout_seconds)],
             capture_output=True, text=True, check=True, env={**os.environ, **env})
         run = json.loads(result.stdout.strip().splitlines()[-1])
@@ -103,12 +103,27 @@ def fanout_runs(args, topic, target, address, env):
     return runs
 
 
-def centrifugo_round(args, out, stamp, index, binary):
+class FanoutScale:
+    """How many clients a fan-out round connects, and the event rates it produces in turn."""
+
+    def __init__(self, name, clients, rates):
+        self.name, self.clients, self.rates = name, clients, rates
+
+
+def server_memory(pid, before, clients):
+    """Peak RSS of a fan-out server, and what each connected client added to it: the peak during
+    the round less the RSS once ready, before any client connected."""
+    peak = peak_rss_bytes(pid)
+    return {"peak_rss_bytes": peak, "rss_before_clients_bytes": before,
+            "bytes_per_client": max(peak - before, 0) / max(clients, 1)}
+
+
+def centrifugo_round(args, scale, out, stamp, index, binary):
     """The same clients and rates against Centrifugo consuming its own topic from the same broker."""
-    topic = f"bench.{stamp}.centrifugo-r{index}"
+    topic = f"bench.{stamp}.centrifugo-{scale.name}-r{index}"
     create_topic(topic, 6)
     host, port = CENTRIFUGO_HTTP.rsplit(":", 1)
-    config = out / f"centrifugo-r{index}.json"
+    config = out / f"centrifugo-{scale.name}-r{index}.json"
     config.write_text(json.dumps({
         "http_server": {"address": host, "port": int(port)},
         # Anonymous clients may subscribe: the gateway's token check has no counterpart here.
@@ -118,49 +133,64 @@ def centrifugo_round(args, out, stamp, index, binary):
             "brokers": [BOOTSTRAP], "topics": [topic], "consumer_group": f"centrifugo-{stamp}-r{index}",
             "publication_data_mode": {"enabled": True, "channels_header": "centrifugo-channels"}}}],
     }, indent=2))
-    handle = open(out / f"centrifugo-r{index}.log", "ab")
+    handle = open(out / f"centrifugo-{scale.name}-r{index}.log", "ab")
     process = subprocess.Popen([binary, "--config", str(config)], stdout=handle, stderr=handle,
                                stdin=subprocess.DEVNULL)
     try:
         wait_http(f"http://{CENTRIFUGO_HTTP}/health")
-        runs = fanout_runs(args, topic, "centrifugo", CENTRIFUGO_HTTP, {})
-        peak = peak_rss_bytes(process.pid)
+        before = status_bytes(process.pid, "VmRSS")
+        runs = fanout_runs(args, scale, topic, "centrifugo", CENTRIFUGO_HTTP, {})
+        memory = server_memory(process.pid, before, scale.clients)
     finally:
         stop(process)
-    return {"runs": runs, "peak_rss_bytes": peak}
+    return {"runs": runs, **memory}
 
 
-def gateway_round(args, out, stamp, index):
-    topic = f"bench.{stamp}.fanout-r{index}"
+def gateway_round(args, scale, out, stamp, index):
+    topic = f"bench.{stamp}.fanout-{scale.name}-r{index}"
     create_topic(topic, 6)
     token = f"bench-viewer-{stamp}"
-    config = out / f"gateway-r{index}.toml"
+    config = out / f"gateway-{scale.name}-r{index}.toml"
     # One token opens all the connections: its rate limit and connection cap must allow them.
-    config.write_text(f'[kafka]\nevents_topic = "{topic}"\n[http]\nrate_limit_per_second = 5000.0\n'
-                      f'rate_limit_burst = 5000.0\n[websocket]\nmax_connections_per_token = {args.fanout_clients}\n')
+    opens = float(max(5000, scale.clients))
+    config.write_text(f'[kafka]\nevents_topic = "{topic}"\n[http]\nrate_limit_per_second = {opens}\n'
+                      f'rate_limit_burst = {opens}\n[websocket]\nmax_connections_per_token = {scale.clients}\n')
     gateway = start("realtime-gateway", {"RELAIS_GATEWAY_CONFIG": str(config), "RELAIS_HTTP_ADDR": GATEWAY_HTTP,
                                          "RELAIS_GRPC_ADDR": GATEWAY_GRPC, "RELAIS_ADMIN_ADDR": GATEWAY_ADMIN,
                                          "RELAIS_TOKENS": f"viewer:bench:{token}",
-                                         "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP}, out / f"gateway-r{index}.log")
+                                         "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP},
+                    out / f"gateway-{scale.name}-r{index}.log")
     try:
         wait_http(f"http://{GATEWAY_HTTP}/readyz")
-        runs = fanout_runs(args, topic, "relais", GATEWAY_HTTP, {"RELAIS_TOKEN": token})
-        peak = peak_rss_bytes(gateway.pid)
+        before = status_bytes(gateway.pid, "VmRSS")
+        runs = fanout_runs(args, scale, topic, "relais", GATEWAY_HTTP, {"RELAIS_TOKEN": token})
+        memory = server_memory(gateway.pid, before, scale.clients)
     finally:
         stop(gateway)
-    return {"runs": runs, "peak_rss_bytes": peak}
+    return {"runs": runs, **memory}
 
 
 def fanout_benchmark(args, out, stamp):
-    """The gateway and Centrifugo, in alternating rounds, each round all the rates."""
+    """The gateway and Centrifugo, in alternating rounds, each round all the rates; then, when
+    asked, the same with many more clients at the lowest rate, for the memory per connection."""
     binary, why_not = (None, "skipped (--no-peers)") if args.no_peers else build_centrifugo()
+    result = fanout_comparison(args, FanoutScale("main", args.fanout_clients, args.fanout_rates),
+                               out, stamp, binary, why_not)
+    if args.fanout_scale_clients:
+        result["scale"] = fanout_comparison(
+            args, FanoutScale("scale", args.fanout_scale_clients, [min(args.fanout_rates)]),
+            out, stamp, binary, why_not)
+    return result
+
+
+def fanout_comparison(args, scale, out, stamp, binary, why_not):
     sides = alternate(args.rounds, [
-        ("relais", lambda index: gateway_round(args, out, stamp, index)),
+        ("relais", lambda index: gateway_round(args, scale, out, stamp, index)),
         ("centrifugo", lambda index: {"skipped": why_not} if binary is None
-         else centrifugo_round(args, out, stamp, index, binary)),
+         else centrifugo_round(args, scale, out, stamp, index, binary)),
     ], log)
     by_rate = {}
-    for rate_index, rate in enumerate(args.fanout_rates):
+    for rate_index, rate in enumerate(scale.rates):
         per_side = {}
         for name, results in sides.items():
             rounds_at_rate = [result["runs"][rate_index] for result in results if "runs" in result]
@@ -169,12 +199,15 @@ def fanout_benchmark(args, out, stamp):
         per_side["p99_comparison"] = compare(per_side["relais"]["p99"], per_side["centrifugo"]["p99"],
                                              higher_is_better=False)
         by_rate[rate] = per_side
+    memory = {name: {key: spread([result for result in results if "runs" in result], key)
+                     for key in ("peak_rss_bytes", "bytes_per_client")}
+              for name, results in sides.items()}
     relais = median_round_by_p99(sides["relais"])
     centrifugo = median_round_by_p99(sides["centrifugo"]) or sides["centrifugo"][0]
     if "runs" in centrifugo:
         centrifugo = {**centrifugo, "version": "v6.9.1"}
-    return {"clients": args.fanout_clients, "seconds": args.fanout_seconds, "rounds": sides, "by_rate": by_rate,
-            "runs": relais["runs"], "gateway_peak_rss_bytes": relais["peak_rss_bytes"],
+    return {"clients": scale.clients, "seconds": args.fanout_seconds, "rounds": sides, "by_rate": by_rate,
+            "memory": memory, "runs": relais["runs"], "gateway_peak_rss_bytes": relais["peak_rss_bytes"],
             "centrifugo": centrifugo}
 
 

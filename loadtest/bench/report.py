@@ -75,7 +75,34 @@ client, through Kafka and the gateway (quantiles within 9 % histogram buckets).
 
 Gateway peak RSS: {mib(fanout['gateway_peak_rss_bytes'])}.
 
-{peer}"""
+{peer}
+{fanout_scale_section(fanout.get("scale"))}"""
+
+
+def fanout_scale_section(scale):
+    """Many clients at the lowest rate: latency, and the memory each connection costs."""
+    if not scale:
+        return ""
+    rate, sides = next(iter(scale["by_rate"].items()))
+    rows = "\n".join(
+        f"| {label} | {cell(sides[name]['p50'], 1)} | {cell(sides[name]['p99'], 1)} | "
+        f"{cell(sides[name]['delivered_ratio'], 4)} | "
+        f"{cell(scale['memory'][name]['peak_rss_bytes'], 1, 1 / 2**20)} | "
+        f"{cell(scale['memory'][name]['bytes_per_client'], 1, 1 / 2**10)} |"
+        for name, label in (("relais", "realtime-gateway"), ("centrifugo", "Centrifugo")))
+    return f"""### {scale['clients']:,} clients at {rate} events/s
+
+The same comparison with {scale['clients']:,} clients for {scale['seconds']} s. Memory per connection
+is the server's peak RSS during the round less its RSS once ready, before any client connected,
+over the clients: what a connection costs while it receives the feed, its buffers included.
+
+| system | p50 ms | p99 ms | delivered / expected | peak RSS MiB | KiB per connection |
+| --- | --- | --- | --- | --- | --- |
+{rows}
+
+p99 Relais / Centrifugo (lower is better): {ratio_cell(sides['p99_comparison'])}.
+{rounds_note(len(scale["rounds"]["relais"]))}
+"""
 
 
 def outage_section(outage):

@@ -17,7 +17,8 @@ while the service stores a second batch as fast as it can.
 
 Fan-out benchmark: 1,000 WebSocket clients on realtime-gateway while events are produced to its
 topic at a fixed rate (loadgen ws-fanout): frames delivered per second, p99 latency from
-produce to receipt, and the gateway's peak RSS.
+produce to receipt, and the gateway's peak RSS; then 5,000 clients at the lowest rate, for
+the memory each connection costs (`--fanout-scale-clients`).
 
 Every comparison with a peer runs in alternating rounds (Relais, peer, Relais, peer, ...; three
 by default) and reports each side's median and spread and whether the spreads overlap.
@@ -61,6 +62,9 @@ def main():
     parser.add_argument("--fanout-clients", type=int, default=1000)
     parser.add_argument("--fanout-rates", type=lambda text: [int(x) for x in text.split(",")], default=[100, 500])
     parser.add_argument("--fanout-seconds", type=int, default=20)
+    parser.add_argument("--fanout-scale-clients", type=int, default=5000,
+                        help="clients of the second fan-out comparison, at the lowest rate, for the memory "
+                             "per connection (0: skip it)")
     parser.add_argument("--outage-seconds", type=int, default=300)
     parser.add_argument("--outage-rate", type=int, default=300, help="messages per second during the outage run")
     parser.add_argument("--slow-messages", type=int, default=200_000,

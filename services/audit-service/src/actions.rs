@@ -5,7 +5,7 @@ use relais_proto::v1::OperatorAction;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
-use crate::encode::{AuditPosition, parse_time, rfc3339};
+use crate::encode::{AuditPosition, Rfc3339, parse_time};
 
 /// The value of `kind` on an operator action's line (message outcomes have no `kind`).
 pub const KIND: &str = "operator_action";
@@ -34,7 +34,7 @@ impl Serialize for ActionLine<'_> {
         line.serialize_entry("subject", &action.subject)?;
         line.serialize_entry("actor", &action.actor)?;
         line.serialize_entry("detail", &action.detail)?;
-        line.serialize_entry("at", &rfc3339(action.at.as_ref()))?;
+        line.serialize_entry("at", &Rfc3339(action.at.as_ref()))?;
         line.serialize_entry("trace_id", &action.trace_id)?;
         line.serialize_entry("audit", &self.position)?;
         line.end()

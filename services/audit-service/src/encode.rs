@@ -24,9 +24,60 @@ pub fn timestamp(value: Option<&relais_proto::Timestamp>) -> Option<DateTime<Utc
     DateTime::from_timestamp(value.seconds, u32::try_from(value.nanos).ok()?)
 }
 
-/// RFC 3339 with microseconds, or null when absent.
-pub(crate) fn rfc3339(value: Option<&relais_proto::Timestamp>) -> Option<String> {
-    timestamp(value).map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+/// A timestamp as RFC 3339 in UTC with microseconds (chrono's spelling), or null when absent;
+/// written without building a `String`: a line has a few timestamps and the service writes
+/// hundreds of thousands of lines a second.
+pub(crate) struct Rfc3339<'a>(pub Option<&'a relais_proto::Timestamp>);
+
+impl Serialize for Rfc3339<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Some(time) = timestamp(self.0) else {
+            return serializer.serialize_none();
+        };
+        match micros_utc(&time) {
+            Some(text) => serializer.serialize_str(text.as_str()),
+            // Years beyond four digits and leap seconds: chrono's own spelling.
+            None => {
+                serializer.serialize_str(&time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+            }
+        }
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` in a buffer, for years 0 to 9999 outside leap seconds.
+fn micros_utc(time: &DateTime<Utc>) -> Option<MicrosText> {
+    use chrono::{Datelike as _, Timelike as _};
+    let year = u32::try_from(time.year())
+        .ok()
+        .filter(|year| *year <= 9999)?;
+    let nanos = time.nanosecond();
+    if nanos >= 1_000_000_000 {
+        return None;
+    }
+    let mut text = MicrosText(*b"0000-00-00T00:00:00.000000Z");
+    let mut put = |at: usize, width: usize, mut value: u32| {
+        for index in (at..at + width).rev() {
+            text.0[index] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, time.month());
+    put(8, 2, time.day());
+    put(11, 2, time.hour());
+    put(14, 2, time.minute());
+    put(17, 2, time.second());
+    put(20, 6, nanos / 1_000);
+    Some(text)
+}
+
+struct MicrosText([u8; 27]);
+
+impl MicrosText {
+    fn as_str(&self) -> &str {
+        // Only ASCII digits and separators are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 fn outcome_name(value: i32) -> &'static str {
@@ -89,9 +140,9 @@ impl Serialize for RecordLine<'_> {
         line.serialize_entry("event_type", &record.event_type)?;
         line.serialize_entry("source", &record.source)?;
         line.serialize_entry("upstream", &record.upstream)?;
-        line.serialize_entry("occurred_at", &rfc3339(record.occurred_at.as_ref()))?;
-        line.serialize_entry("received_at", &rfc3339(record.received_at.as_ref()))?;
-        line.serialize_entry("decided_at", &rfc3339(record.decided_at.as_ref()))?;
+        line.serialize_entry("occurred_at", &Rfc3339(record.occurred_at.as_ref()))?;
+        line.serialize_entry("received_at", &Rfc3339(record.received_at.as_ref()))?;
+        line.serialize_entry("decided_at", &Rfc3339(record.decided_at.as_ref()))?;
         line.serialize_entry("worker_id", &record.worker_id)?;
         line.serialize_entry(
             "ingress",
@@ -164,7 +215,7 @@ impl Serialize for AttemptLine<'_> {
         let timings = attempt.timings.unwrap_or_default();
         let mut map = serializer.serialize_map(Some(14))?;
         map.serialize_entry("number", &attempt.number)?;
-        map.serialize_entry("started_at", &rfc3339(attempt.started_at.as_ref()))?;
+        map.serialize_entry("started_at", &Rfc3339(attempt.started_at.as_ref()))?;
         map.serialize_entry("status_code", &attempt.status_code)?;
         map.serialize_entry("error_type", &attempt.error_type)?;
         map.serialize_entry("timeout", timeout_name(attempt.timeout))?;
@@ -367,6 +418,36 @@ mod tests {
                 prop_assert_eq!(back.attempts.len(), record.attempts.len());
             }
         }
+    }
+
+    #[test]
+    fn timestamps_are_written_as_chrono_spells_them() {
+        let seconds = [
+            -62_167_219_200, // 0000-01-01
+            -1,
+            0,
+            951_782_400, // 2000-02-29
+            1_764_720_000,
+            4_102_444_799,
+            253_402_300_799, // 9999-12-31T23:59:59
+            253_402_300_800, // 10000-01-01: chrono's spelling
+            -62_167_219_201, // before year 0
+            1_483_228_799,   // a leap second's second, with nanos beyond a second below
+        ];
+        let nanos = [0, 1, 999, 1_000, 123_456_789, 999_999_999, 1_500_000_000];
+        for seconds in seconds {
+            for nanos in nanos {
+                let value = relais_proto::Timestamp { seconds, nanos };
+                let expected = serde_json::to_string(
+                    &timestamp(Some(&value))
+                        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+                )
+                .unwrap();
+                let written = serde_json::to_string(&Rfc3339(Some(&value))).unwrap();
+                assert_eq!(written, expected, "{seconds} s {nanos} ns");
+            }
+        }
+        assert_eq!(serde_json::to_string(&Rfc3339(None)).unwrap(), "null");
     }
 
     #[test]
