@@ -11,17 +11,18 @@
 //!   not enough: windows are short (a round trip, at least 20 ms), and on a busy host a
 //!   scheduling hiccup doubles one window's mean;
 //! - **increase** when the window reached the limit (the limit was what held deliveries back)
-//!   and its mean round trip stayed within 1.25 × the long-run mean: more would be taken. Up
-//!   to 10 % above the limit at which the last decrease came, by 1: near what the upstream
-//!   takes the sawtooth stays small and costs few refusals. Beyond it, by the number of such
-//!   windows in a row (1, 2, 3, …, at most half the limit): a limit far below what the upstream
-//!   takes (the decrease came from a hiccup, or the upstream grew) closes a gap of `g` in about
-//!   `√(2g)` windows instead of `g`, as CUBIC probes fast only away from its last loss. Until
-//!   the first decrease the increase is by half the limit instead (slow start, after TCP's,
-//!   gentler than its doubling so the overshoot costs fewer refusals), so an upstream that
-//!   takes hundreds at once (100 ms answers at thousands a second) is reached in about ten
-//!   round trips; that first decrease halves the limit, since the last increase overshot;
-//! - otherwise keep it; a faster increase starts again at 1.
+//!   and its mean round trip stayed within 1.25 × the long-run mean: more would be taken. For
+//!   the first sixteen such windows in a row by 1: near what the upstream takes, where a
+//!   decrease comes every few windows, the sawtooth stays small and costs few refusals. From
+//!   the seventeenth on by one more each window (1, 2, 3, …, at most half the limit): a limit that
+//!   keeps growing is far below what the upstream takes (the decrease came from a hiccup, or
+//!   the upstream grew), and closes a gap of `g` in about `16 + √(2g)` windows instead of `g`.
+//!   Until the first decrease the increase is by half the limit instead (slow start, after
+//!   TCP's, gentler than its doubling so the overshoot costs fewer refusals), so an upstream
+//!   that takes hundreds at once (100 ms answers at thousands a second) is reached in about
+//!   ten round trips; that first decrease halves the limit, since the last increase
+//!   overshot;
+//! - otherwise keep it; the count of growing windows starts again.
 //!
 //! The long-run mean is an exponentially weighted mean of the windows' means (weight 0.2) over
 //! windows without back-pressure. The limit stays within `1..=max_in_flight` and starts at
@@ -39,6 +40,8 @@ const DECREASE: f64 = 0.9;
 const RTT_RISE: f64 = 2.0;
 /// A window mean at most `long-run mean × RTT_HOLDS` lets the limit grow.
 const RTT_HOLDS: f64 = 1.25;
+/// Growing windows in a row after which each grows the limit by one more than the last.
+const STEADY_GROWTH_WINDOWS: usize = 16;
 /// Weight of a new window in the long-run mean.
 const EWMA_WEIGHT: f64 = 0.2;
 /// Shortest window, so a very fast upstream is not judged on a handful of calls.
@@ -64,9 +67,7 @@ pub struct AdaptiveLimit {
     slow_start: bool,
     /// Whether the last window's round trip rose (see the module docs).
     rose_before: bool,
-    /// The limit when the last decrease came: the upstream pushed back there.
-    pushed_back_at: usize,
-    /// Windows in a row that raised the limit beyond `pushed_back_at`: the next step.
+    /// Windows in a row that raised the limit (see the module docs).
     growing_for: usize,
     window: Window,
 }
@@ -100,7 +101,6 @@ impl AdaptiveLimit {
             long_rtt: None,
             slow_start: true,
             rose_before: false,
-            pushed_back_at: 0,
             growing_for: 0,
             window: Window::new(now),
         }
@@ -149,19 +149,18 @@ impl AdaptiveLimit {
         if window.backpressure || rose {
             // The decrease that ends slow start halves the limit: its last doubling overshot.
             let factor = if self.slow_start { 0.5 } else { DECREASE };
-            self.pushed_back_at = self.limit;
             self.limit = ((self.limit as f64 * factor) as usize).max(1);
             self.slow_start = false;
             self.growing_for = 0;
         } else if window.reached_limit && holds {
+            self.growing_for += 1;
             let half = (self.limit / 2).max(1);
             let step = if self.slow_start {
                 half
-            } else if self.limit * 10 < self.pushed_back_at * 11 {
-                1
             } else {
-                self.growing_for += 1;
-                self.growing_for.min(half)
+                self.growing_for
+                    .saturating_sub(STEADY_GROWTH_WINDOWS)
+                    .clamp(1, half)
             };
             self.limit = (self.limit + step).min(self.max);
         } else {
@@ -244,12 +243,12 @@ mod tests {
         let now = run(&mut limit, 200, 40, start);
         let settled = limit.limit();
         assert!((160..=220).contains(&settled), "near 200: {settled}");
-        // The upstream now takes 800: one by one it would take 600 windows; growing by the
-        // windows in a row, about 35.
-        run(&mut limit, 800, 40, now);
+        // The upstream now takes 800: one by one it would take 500 windows and more; growing
+        // faster after sixteen windows in a row, about 60.
+        run(&mut limit, 800, 70, now);
         assert!(
             limit.limit() >= 700,
-            "{} after 40 windows from {settled}",
+            "{} after 70 windows from {settled}",
             limit.limit()
         );
     }
