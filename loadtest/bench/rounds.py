@@ -50,7 +50,9 @@ def compare(ours, theirs, higher_is_better=True):
         return None
     ratio = ours["median"] / theirs["median"]
     overlap = max(ours["min"], theirs["min"]) <= min(ours["max"], theirs["max"])
-    if overlap:
+    if min(ours["rounds"], theirs["rounds"]) < 2:
+        verdict = "no claim (one round: no spread to compare)"
+    elif overlap:
         verdict = "no difference shown (the spreads overlap)"
     else:
         ahead = (ours["median"] > theirs["median"]) == higher_is_better

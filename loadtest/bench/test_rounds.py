@@ -54,6 +54,11 @@ class Compare(unittest.TestCase):
                                                  higher_is_better=False)
         self.assertEqual(lower_latency_is_better["verdict"], "the peer ahead in every round")
 
+    def test_one_round_claims_nothing(self):
+        single = rounds.compare(self.summary(8000), self.summary(4000))
+        self.assertAlmostEqual(single["ratio"], 2.0)
+        self.assertIn("no claim", single["verdict"])
+
     def test_a_missing_side_is_no_comparison(self):
         self.assertIsNone(rounds.compare(self.summary(1, 2), None))
 
