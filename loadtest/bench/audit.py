@@ -254,7 +254,7 @@ def lookup_benchmark(args, out, stamp):
         capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
     config = out / "lookup.toml"
     config.write_text(f'[kafka]\ngroup_id = "bench-lookup-{stamp}"\naudit_topic = "{topic}"\n[objects]\nidle = "1s"\n')
-    grpc = "127.0.0.1:50151"
+    grpc = "127.0.0.1:19151"
     service = start("audit-service", {"RELAIS_AUDIT_CONFIG": str(config), "RELAIS_ADMIN_ADDR": AUDIT_ADMIN,
                                       "RELAIS_GRPC_ADDR": grpc, "RELAIS_S3_BUCKET": f"bench-lookup-{stamp}",
                                       "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP}, out / "audit-lookup.log")

@@ -84,13 +84,15 @@ def metric(text, name):
 
 def wait_http(url, seconds=30):
     deadline = time.time() + seconds
+    last_error = None
     while time.time() < deadline:
         try:
             http_get(url)
             return
-        except OSError:
+        except OSError as error:
+            last_error = error
             time.sleep(0.1)
-    sys.exit(f"{url} did not answer within {seconds}s")
+    sys.exit(f"{url} did not answer within {seconds}s (last: {last_error})")
 
 
 def status_bytes(pid, field):

@@ -85,7 +85,9 @@ def outage_benchmark(args, out, stamp):
             "peak_rss_bytes": peaks, "samples": samples}
 
 
-GATEWAY_HTTP, GATEWAY_GRPC, GATEWAY_ADMIN = "127.0.0.1:18080", "127.0.0.1:50152", "127.0.0.1:19103"
+# Below Linux's ephemeral port range (32768–60999): the thousands of client connections of a
+# fan-out round take ports from it, and a listener started after them could find its port taken.
+GATEWAY_HTTP, GATEWAY_GRPC, GATEWAY_ADMIN = "127.0.0.1:18080", "127.0.0.1:19152", "127.0.0.1:19103"
 
 
 def fanout_runs(args, scale, topic, target, address, env):
