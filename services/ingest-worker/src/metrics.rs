@@ -144,7 +144,7 @@ impl WorkerMetrics {
         );
         worker.register_with_unit(
             "processing_duration",
-            "Time from taking a message off its lane to its outcome",
+            "Time from routing a message, once read, to its outcome (its wait in its upstream's queue included)",
             Unit::Seconds,
             metrics.processing.clone(),
         );
@@ -186,7 +186,7 @@ impl WorkerMetrics {
         );
         worker.register(
             "paused_partitions",
-            "Ingress partitions paused for backpressure: their messages found a full lane, or the uncommitted limit was reached",
+            "Ingress partitions paused for backpressure: their messages found their upstream's queue full, or the uncommitted limit was reached",
             metrics.paused_partitions.clone(),
         );
         worker.register(
@@ -237,7 +237,7 @@ impl WorkerMetrics {
         );
         worker.register(
             "uncommitted_messages",
-            "Messages read and not yet committed (in the lanes, in delivery, or waiting for their transaction)",
+            "Messages read and not yet committed (queued for their upstream, in delivery, or waiting for their transaction)",
             metrics.uncommitted.clone(),
         );
         worker.register(
