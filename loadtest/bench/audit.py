@@ -11,7 +11,8 @@ import time
 
 from common import (
     AUDIT_ADMIN, BOOTSTRAP, consumer_ceiling, CpuMeter, create_topic, follow_until, http_get, infra_pids,
-    log, metric, peak_rss_bytes, RELEASE, S3_ACCESS, S3_ENDPOINT, S3_REGION, S3_SECRET, start, stop)
+    log, metric, peak_rss_bytes, RELEASE, S3_ACCESS, S3_ENDPOINT, S3_REGION, S3_SECRET, start, stop,
+    sustained_rate)
 from peers import run_camel
 from rounds import alternate, compare, median_round, spread
 
@@ -146,14 +147,6 @@ def store_audit_records(out, name, topic, group, bucket, records):
         "cpu": cpu,
         "peak_rss_bytes": rss,
     }
-
-
-def sustained_rate(samples, total):
-    """Units per second between the samples where 10 % and 90 % of `total` were reached."""
-    def first_at(share):
-        return next(sample for sample in samples if sample[1] >= share * total)
-    (t0, v0), (t1, v1) = first_at(0.1), first_at(0.9)
-    return (v1 - v0) / max(t1 - t0, 1e-6)
 
 
 def audit_benchmark(args, out, stamp, audit_topic, records):

@@ -60,6 +60,19 @@ def create_topic(name, partitions):
                "--topic", name, "--partitions", str(partitions), "--replication-factor", "1")
 
 
+def committed_lag(group, topic):
+    """Records of `topic` past the offsets `group` has committed (a partition without a committed
+    offset counts whole), by Kafka's own consumer-group tool; None while the group has none."""
+    output = kafka_tool("org.apache.kafka.tools.consumer.group.ConsumerGroupCommand", "--bootstrap-server",
+                        BOOTSTRAP, "--describe", "--group", group)
+    rows = [line.split() for line in output.splitlines()]
+    rows = [fields for fields in rows if len(fields) >= 6 and fields[0] == group and fields[1] == topic]
+    if not rows:
+        return None
+    # GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG ...
+    return sum(int(fields[5]) if fields[5].isdigit() else int(fields[4]) for fields in rows)
+
+
 def http_get(url, timeout=2.0):
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return response.read().decode()
@@ -80,6 +93,21 @@ def metric(text, name):
             except ValueError:
                 continue
     return 0.0
+
+
+def metric_sum(text, name, **labels):
+    """The sum of a metric's samples whose labels include `labels`."""
+    total = 0.0
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    for line in text.splitlines():
+        if not (line.startswith(name + " ") or line.startswith(name + "{")):
+            continue
+        if all(label in line for label in wanted):
+            try:
+                total += float(line.split("#")[0].split()[-1])
+            except ValueError:
+                continue
+    return total
 
 
 def wait_http(url, seconds=30):
@@ -236,6 +264,15 @@ def follow_until(process, name, admin, counter, target, meter):
             sys.exit(f"{name} exited early; see its log in the output directory")
         time.sleep(0.25)
     sys.exit(f"{name} did not finish within 600 s")
+
+
+def sustained_rate(samples, total):
+    """Units per second between the samples where 10 % and 90 % of `total` were reached: the
+    steady rate, without the start (a group join) and the last stragglers at the end."""
+    def first_at(share):
+        return next(sample for sample in samples if sample[1] >= share * total)
+    (t0, v0), (t1, v1) = first_at(0.1), first_at(0.9)
+    return (v1 - v0) / max(t1 - t0, 1e-6)
 
 
 def consumer_ceiling(topic, messages):

@@ -217,6 +217,40 @@ worker, RSS under 250 MiB, no order violation.
 """
 
 
+def isolation_section(isolation):
+    runs = isolation["rounds"]
+
+    def row(name, label):
+        run = isolation[name]
+        return (f"| {label} | {cell(isolation['rates'][name])} | "
+                f"{cell(isolation['ingress_committed_after_seconds'][name], 1)} | "
+                f"{cell(isolation['cpu_us_per_message'][name], 1)} | "
+                f"{cell(isolation['machine_cores_busy'][name], 2)} | "
+                f"{cell(isolation['peak_rss'][name], 1, 1 / 2**20)} | {run['order_violations']} | "
+                f"{run['duplicate_deliveries']} | {run['dead_lettered']:.0f} |\n")
+    moved = isolation["b_down"]["retries_scheduled_b"]
+    return f"""## Isolation: a healthy upstream beside one that refuses connections
+
+Upstream `a` (upstream-sim answering in {isolation['upstream']}; {isolation['in_flight']} in flight at
+most) and upstream `b` (nothing listening: every connection refused), both with the default retry
+tiers and key ordering. Alone: {isolation['messages_a']:,} messages for `a` over {isolation['keys']:,} keys.
+With `b` down: as many for `a` ({isolation['messages_a_with_b']:,}) with {isolation['messages_b']:,} for `b`
+interleaved on every partition. The rate is upstream-sim's own count of `a`'s deliveries, between
+10 % and 90 % of them. "Ingress committed" is from `a`'s last delivery until Kafka's consumer-group
+tool shows no ingress record past the group's committed offsets (with `b` down, `b`'s messages
+included: moved to a retry tier; {moved:,.0f} moves between tiers in the median round). Cores busy:
+the whole machine's, of {os.cpu_count()}, while `a` was delivered.
+
+| ingress | `a` delivered/s | ingress committed after s | worker CPU µs per `a` message | machine cores busy | peak RSS MiB | order violations (worst round) | duplicates (worst round) | dead-lettered |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+{row("alone", "`a` alone")}{row("b_down", "`a` with `b` down")}
+{rounds_note(len(runs["alone"]))}
+
+**`a`'s rate with `b` down / alone: {isolation['ratio']:.2f}** ({ratio_cell(isolation['comparison'])};
+target at least 0.9).
+"""
+
+
 def audit_section(audit):
     runs = audit["rounds"]
     worker_run, steady = audit["worker_records"], audit["steady"]

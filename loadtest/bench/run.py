@@ -20,10 +20,13 @@ topic at a fixed rate (loadgen ws-fanout): frames delivered per second, p99 late
 produce to receipt, and the gateway's peak RSS; then 5,000 clients at the lowest rate, for
 the memory each connection costs (`--fanout-scale-clients`).
 
+Isolation benchmark: a healthy upstream's delivery rate alone and with a second upstream,
+which a third of the ingress is routed to, refusing connections.
+
 Every comparison with a peer runs in alternating rounds (Relais, peer, Relais, peer, ...; three
 by default) and reports each side's median and spread and whether the spreads overlap.
 
-Usage: run.py [--only worker,slow,audit,lookup,fanout,outage] [--rounds N | --quick] [--out DIR]
+Usage: run.py [--only worker,slow,isolation,audit,lookup,fanout,outage] [--rounds N | --quick] [--out DIR]
 Needs the native infrastructure (`make infra-up`) and release binaries (`make release`).
 """
 import argparse
@@ -38,8 +41,10 @@ from audit import audit_benchmark, lookup_benchmark
 import charts
 from common import raise_open_files_limit, RELEASE, ROOT
 from gateway import fanout_benchmark, outage_benchmark
+from isolation import isolation_benchmark
 from peers import build_camel, build_parallel_consumer
-from report import audit_section, fanout_section, lookup_section, outage_section, slow_section, worker_section
+from report import (audit_section, fanout_section, isolation_section, lookup_section, outage_section, slow_section,
+                    worker_section)
 from worker import slow_upstream_benchmark, worker_benchmark
 
 
@@ -74,8 +79,15 @@ def main():
                         help="the worker's pipeline.max_queued_per_upstream in the slow-upstream run (default: its own)")
     parser.add_argument("--slow-in-flight", type=int, default=1000,
                         help="deliveries in flight in the slow-upstream run (worker and peers alike)")
+    parser.add_argument("--isolation-messages", type=int, default=60_000,
+                        help="messages for the healthy upstream in the isolation run (half as many for the other)")
+    parser.add_argument("--isolation-keys", type=int, default=10_000)
+    parser.add_argument("--isolation-in-flight", type=int, default=100,
+                        help="each upstream's max_in_flight in the isolation run")
+    parser.add_argument("--isolation-latency-ms", type=int, default=50,
+                        help="the healthy upstream's median latency in the isolation run")
     parser.add_argument("--only", type=lambda text: set(text.split(",")),
-                        default={"worker", "slow", "audit", "lookup", "fanout", "outage"})
+                        default={"worker", "slow", "isolation", "audit", "lookup", "fanout", "outage"})
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench")
     args = parser.parse_args()
     if args.quick:
@@ -100,6 +112,7 @@ def main():
     benchmarks = [
         ("worker", lambda: worker_benchmark(args, args.out, stamp)),
         ("slow", lambda: slow_upstream_benchmark(args, args.out, stamp)),
+        ("isolation", lambda: isolation_benchmark(args, args.out, stamp)),
         ("audit", lambda: audit_benchmark(args, args.out, stamp, results["worker"]["audit_topic"], args.messages)),
         ("lookup", lambda: lookup_benchmark(args, args.out, stamp)),
         ("fanout", lambda: fanout_benchmark(args, args.out, stamp)),
@@ -122,6 +135,8 @@ The peers (Apache Camel 4.18, Centrifugo v6.9.1), why they were chosen and what 
         sections.append(worker_section(results["worker"]))
     if "slow" in results:
         sections.append(slow_section(results["slow"]))
+    if "isolation" in results:
+        sections.append(isolation_section(results["isolation"]))
     if "audit" in results:
         sections.append(audit_section(results["audit"]))
     if "lookup" in results:
