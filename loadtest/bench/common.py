@@ -1,6 +1,7 @@
 """What every benchmark shares: the native stack's addresses, starting and stopping the
 services, reading their metrics, and where the CPU went (CpuMeter)."""
 
+import json
 import os
 from pathlib import Path
 import resource
@@ -71,6 +72,22 @@ def committed_lag(group, topic):
         return None
     # GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG ...
     return sum(int(fields[5]) if fields[5].isdigit() else int(fields[4]) for fields in rows)
+
+
+def produce_sequenced(topic, count, keys, seconds, scenario_path, event_type="order.created", id_prefix=None,
+                      admin_port=19105):
+    """`count` valid events of one type over `keys` keys, with their per-key sequence in `data`,
+    spread over `seconds` by loadgen; returns how many the broker acknowledged."""
+    scenario_path.write_text(f'name = "{scenario_path.stem}"\nseed = 7\nkeys = {keys}\nsequence = true\n'
+                             f'payload_bytes = [40, 80]\n[types]\n"{event_type}" = 1.0\n[mix]\nvalid = 1.0\n'
+                             f'[[phase]]\nname = "fill"\nseconds = {seconds}\nrate = {max(1, count // seconds)}\n')
+    command = [str(RELEASE / "loadgen"), "--kafka-bootstrap", BOOTSTRAP, "ingress", "--scenario", str(scenario_path),
+               "--topic", topic, "--admin-addr", f"127.0.0.1:{admin_port}"]
+    if id_prefix:
+        command += ["--id-prefix", id_prefix]
+    output = subprocess.run(command, capture_output=True, text=True, check=True,
+                            env={**os.environ, "RUST_LOG": "warn"}).stdout
+    return json.loads(output.strip().splitlines()[-1])["sent"]
 
 
 def http_get(url, timeout=2.0):

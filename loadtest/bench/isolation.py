@@ -7,15 +7,13 @@ the default retry tiers) over the same `a` messages; the second side's ingress a
 rate is what upstream-sim (upstream `a`) accepted, so it counts deliveries, not decisions."""
 
 import json
-import os
 import socket
-import subprocess
 import threading
 import time
 
 from common import (
     BOOTSTRAP, committed_lag, CpuMeter, create_topic, http_get, http_post, infra_pids, log, metric_sum,
-    peak_rss_bytes, RELEASE, SIM_ADMIN, SIM_API, start, stop, sustained_rate, wait_http, WORKER_ADMIN)
+    peak_rss_bytes, produce_sequenced, SIM_ADMIN, SIM_API, start, stop, sustained_rate, wait_http, WORKER_ADMIN)
 from rounds import alternate, compare, median_round, spread
 
 # The default schedule (docs/configuration.md); each distinct delay has a topic of its own.
@@ -36,17 +34,8 @@ def refusing_address():
 
 
 def produce(topic, count, event_type, id_prefix, keys, seconds, admin_port, out):
-    """`count` valid events of one type over `keys` keys, with their per-key sequence in `data`,
-    spread over `seconds`; returns how many the broker acknowledged."""
-    scenario = out / f"isolation-{id_prefix}.toml"
-    scenario.write_text(f'name = "isolation-{id_prefix}"\nseed = 7\nkeys = {keys}\nsequence = true\n'
-                        f'payload_bytes = [40, 80]\n[types]\n"{event_type}" = 1.0\n[mix]\nvalid = 1.0\n'
-                        f'[[phase]]\nname = "fill"\nseconds = {seconds}\nrate = {max(1, count // seconds)}\n')
-    output = subprocess.run(
-        [str(RELEASE / "loadgen"), "--kafka-bootstrap", BOOTSTRAP, "ingress", "--scenario", str(scenario),
-         "--topic", topic, "--id-prefix", id_prefix, "--admin-addr", f"127.0.0.1:{admin_port}"],
-        capture_output=True, text=True, check=True, env={**os.environ, "RUST_LOG": "warn"}).stdout
-    return json.loads(output.strip().splitlines()[-1])["sent"]
+    return produce_sequenced(topic, count, keys, seconds, out / f"isolation-{id_prefix}.toml", event_type,
+                             id_prefix, admin_port)
 
 
 def produce_both(alone, mixed, healthy, sick, keys, out):
@@ -193,5 +182,4 @@ def isolation_benchmark(args, out, stamp):
         # Correctness holds in every round or not at all: the worst round is reported.
         for count in ("order_violations", "duplicate_deliveries", "dead_lettered"):
             results[name][count] = max(result.get(count) or 0 for result in side)
-        results[name]["retries_scheduled_b"] = min(result["retries_scheduled_b"] for result in side)
     return results

@@ -13,7 +13,7 @@ import time
 
 from common import (
     BOOTSTRAP, consumer_ceiling, CpuMeter, create_topic, follow_until, http_get, http_post, infra_pids,
-    kafka_tool, log, peak_rss_bytes, RELEASE, ROOT, SIM_ADMIN, SIM_API, start, stop, wait_http, WORKER_ADMIN)
+    kafka_tool, log, peak_rss_bytes, produce_sequenced, RELEASE, ROOT, SIM_ADMIN, SIM_API, start, stop, wait_http, WORKER_ADMIN)
 from peers import PC_COUNT, PC_DIR, run_camel, run_java_peer
 from rounds import alternate, compare, median_round, spread
 
@@ -192,16 +192,7 @@ def worker_benchmark(args, out, stamp):
 def produce_keyed(topic, count, keys, out):
     """`count` valid events over `keys` keys with their per-key sequence in `data`, as fast as
     loadgen writes them; returns the number sent."""
-    scenario = out / "slow-upstream-load.toml"
-    rate = 40_000
-    seconds = max(1, count // rate)
-    scenario.write_text(f'name = "slow-upstream"\nkeys = {keys}\nsequence = true\npayload_bytes = [40, 80]\n'
-                        f'[mix]\nvalid = 1.0\n[[phase]]\nname = "fill"\nseconds = {seconds}\nrate = {rate}\n')
-    output = subprocess.run(
-        [str(RELEASE / "loadgen"), "--kafka-bootstrap", BOOTSTRAP, "ingress", "--scenario", str(scenario),
-         "--topic", topic, "--admin-addr", "127.0.0.1:19105"],
-        capture_output=True, text=True, check=True, env={**os.environ, "RUST_LOG": "warn"}).stdout
-    return json.loads(output.strip().splitlines()[-1])["sent"]
+    return produce_sequenced(topic, count, keys, max(1, count // 40_000), out / "slow-upstream-load.toml")
 
 
 def slow_upstream_benchmark(args, out, stamp):
