@@ -14,8 +14,9 @@ mod service;
 pub mod verify;
 mod worker_config;
 
+pub use relais_test_support::free_port;
 use service::{Launcher, worker_service};
-pub use service::{Service, binary, free_port, repository_root};
+pub use service::{Service, binary, repository_root};
 pub use worker_config::RETRY_TIERS;
 use worker_config::worker_config_text;
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use relais_test_support::{PrometheusTestEnv, ScrapeTarget};
+use relais_test_support::{PrometheusTestEnv, ScrapeTarget, free_port};
 
 /// The repository root.
 pub fn repository_root() -> PathBuf {
@@ -29,12 +29,6 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-pub fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
 }
 
 /// One service process.

@@ -22,10 +22,7 @@ fn spawn(
     env: &[(&str, &str)],
 ) -> (std::process::Child, std::net::SocketAddr) {
     let endpoints = relais_test_support::Endpoints::from_env();
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let admin = relais_test_support::free_port();
     std::fs::write(
         config,
         format!("[kafka]\ngroup_id = \"{group}\"\naudit_topic = \"{topic}\"\n[objects]\nmax_records = 500\nidle = \"300ms\"\n"),
@@ -46,11 +43,7 @@ fn spawn(
         .env("RELAIS_ADMIN_ADDR", admin.to_string())
         .env(
             "RELAIS_GRPC_ADDR",
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .to_string(),
+            relais_test_support::free_port().to_string(),
         )
         .env("RUST_LOG", "warn")
         .envs(env.iter().copied())

@@ -3,18 +3,10 @@
 //! feed that no longer moves.
 #![allow(clippy::unwrap_used)]
 
-use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use relais_test_support::unique_name;
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+use relais_test_support::{free_port, unique_name};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_intake_task_stops_the_gateway_non_zero() {

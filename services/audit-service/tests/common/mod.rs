@@ -12,12 +12,7 @@ use relais_telemetry::shutdown::CancellationToken;
 use relais_test_support::{AdminMetrics, KafkaTestEnv};
 use tokio::task::JoinHandle;
 
-pub fn free_address() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+pub use relais_test_support::free_port;
 
 /// Arguments for one instance: the test's Kafka, RGW at `s3_endpoint`, free local ports.
 pub fn args(kafka: &KafkaTestEnv, bucket: &str, s3_endpoint: String) -> Args {
@@ -32,8 +27,8 @@ pub fn args(kafka: &KafkaTestEnv, bucket: &str, s3_endpoint: String) -> Args {
         s3_secret_key_file: None,
         profile: Default::default(),
         bucket: bucket.to_owned(),
-        admin_addr: free_address(),
-        grpc_addr: free_address(),
+        admin_addr: free_port(),
+        grpc_addr: free_port(),
         command: None,
     }
 }

@@ -144,12 +144,7 @@ pub async fn create_retry_topics(kafka: &KafkaTestEnv, topics: &Topics, config: 
     }
 }
 
-pub fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+pub use relais_test_support::free_port;
 
 pub fn init_telemetry() {
     relais_test_support::install_crypto_provider();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use relais_resilience::UpstreamPolicy;
 use relais_resilience::policy::{CircuitPolicy, RetryPolicyConfig};
 use relais_telemetry::shutdown::CancellationToken;
-use relais_test_support::{Endpoints, KafkaTestEnv, RgwTestEnv, unique_name};
+use relais_test_support::{Endpoints, KafkaTestEnv, RgwTestEnv, free_port, unique_name};
 use serde_json::Value;
 
 use super::{Gateway, test_config};
@@ -35,13 +35,6 @@ pub struct Stack {
     _stop_on_drop: tokio_util::sync::DropGuard,
     worker: tokio::task::JoinHandle<anyhow::Result<()>>,
     audit: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 impl Stack {
