@@ -87,6 +87,16 @@ mod tests {
             },
         }
         .to_vec();
+        assert_eq!(
+            String::from_utf8(line.clone()).unwrap(),
+            concat!(
+                "{\"kind\":\"operator_action\",\"action_id\":\"a-1\",\"action\":\"upstream.enabled\",",
+                "\"subject\":\"upstream/billing\",\"actor\":\"token:alice\",",
+                "\"detail\":\"endpoint restored\",\"at\":\"2026-12-02T08:00:00.000005Z\",",
+                "\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\",",
+                "\"audit\":{\"topic\":\"relais.audit\",\"partition\":2,\"offset\":7}}",
+            )
+        );
         let value: Value = serde_json::from_slice(&line).unwrap();
         let names: Vec<&str> = value
             .as_object()

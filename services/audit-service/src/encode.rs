@@ -456,6 +456,110 @@ mod tests {
         assert_eq!(serde_json::to_string(&Rfc3339(None)).unwrap(), "null");
     }
 
+    /// A record with every field set, strings that need escaping among them.
+    fn every_field_set() -> AuditRecord {
+        AuditRecord {
+            message_id: "m-\u{e9}t\u{e9}-\u{1f680}".into(),
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            span_id: "00f067aa0ba902b7".into(),
+            outcome: v1::Outcome::Failed as i32,
+            reason_code: "upstream_4xx".into(),
+            reason_detail:
+                "quote \" backslash \\ slash / newline \n tab \t nul \u{0} bell \u{7} del \u{7f}"
+                    .into(),
+            event_type: "order.created".into(),
+            source: "shop".into(),
+            upstream: "billing".into(),
+            occurred_at: Some(relais_proto::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 123_456_789,
+            }),
+            received_at: Some(relais_proto::Timestamp {
+                seconds: 1_700_000_001,
+                nanos: 0,
+            }),
+            decided_at: None,
+            worker_id: "worker-1".into(),
+            position: Some(v1::SourcePosition {
+                topic: "relais.ingress".into(),
+                partition: 7,
+                offset: 9_007_199_254_740_993,
+            }),
+            attempts: vec![v1::Attempt {
+                number: 1,
+                started_at: Some(relais_proto::Timestamp {
+                    seconds: -1,
+                    nanos: 999_999_999,
+                }),
+                status_code: 422,
+                error_type: "status".into(),
+                timeout: v1::TimeoutKind::Attempt as i32,
+                timings: Some(v1::ProbeTimings {
+                    dns_us: 1,
+                    connect_us: 2,
+                    tls_us: 3,
+                    time_to_first_byte_us: 4,
+                    transfer_us: 5,
+                    total_us: u64::MAX,
+                }),
+                request_bytes: 100,
+                response_bytes: 200,
+                backoff_ms: 300,
+                response: Some(v1::ResponseExcerpt {
+                    headers: vec![
+                        v1::HeaderValue {
+                            name: "content-type".into(),
+                            value: "application/json".into(),
+                        },
+                        v1::HeaderValue {
+                            name: "x-\"odd\"".into(),
+                            value: "\r\u{1f}".into(),
+                        },
+                    ],
+                    body: "{\"error\":\"bad\"}".into(),
+                    body_truncated: true,
+                }),
+            }],
+            circuit_state: v1::CircuitState::HalfOpen as i32,
+            payload_bytes: 512,
+        }
+    }
+
+    #[test]
+    fn the_stored_line_never_changes() {
+        let line = RecordLine {
+            record: &every_field_set(),
+            position: AuditPosition {
+                topic: "relais.audit",
+                partition: -1,
+                offset: i64::MIN,
+            },
+        }
+        .to_vec();
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            concat!(
+                "{\"message_id\":\"m-\u{e9}t\u{e9}-\u{1f680}\",",
+                "\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\",\"span_id\":\"00f067aa0ba902b7\",",
+                "\"outcome\":\"FAILED\",\"reason_code\":\"upstream_4xx\",",
+                "\"reason_detail\":\"quote \\\" backslash \\\\ slash / newline \\n tab \\t nul \\u0000 bell \\u0007 del \u{7f}\",",
+                "\"event_type\":\"order.created\",\"source\":\"shop\",\"upstream\":\"billing\",",
+                "\"occurred_at\":\"2023-11-14T22:13:20.123456Z\",",
+                "\"received_at\":\"2023-11-14T22:13:21.000000Z\",\"decided_at\":null,",
+                "\"worker_id\":\"worker-1\",\"ingress\":{\"topic\":\"relais.ingress\",\"partition\":7,",
+                "\"offset\":9007199254740993},\"attempts\":[{\"number\":1,",
+                "\"started_at\":\"1969-12-31T23:59:59.999999Z\",\"status_code\":422,",
+                "\"error_type\":\"status\",\"timeout\":\"ATTEMPT\",\"dns_us\":1,\"connect_us\":2,",
+                "\"tls_us\":3,\"time_to_first_byte_us\":4,\"transfer_us\":5,",
+                "\"total_us\":18446744073709551615,\"request_bytes\":100,\"response_bytes\":200,",
+                "\"backoff_ms\":300,\"response\":{\"headers\":{\"content-type\":\"application/json\",",
+                "\"x-\\\"odd\\\"\":\"\\r\\u001f\"},\"body\":\"{\\\"error\\\":\\\"bad\\\"}\",",
+                "\"body_truncated\":true}}],\"circuit_state\":\"HALF_OPEN\",\"payload_bytes\":512,",
+                "\"audit\":{\"topic\":\"relais.audit\",\"partition\":-1,\"offset\":-9223372036854775808}}",
+            )
+        );
+    }
+
     #[test]
     fn lines_have_the_documented_names() {
         let record = AuditRecord {
