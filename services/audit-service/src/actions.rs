@@ -2,10 +2,9 @@
 //! message outcomes, told apart by `"kind": "operator_action"` (see docs/audit-objects.md).
 
 use relais_proto::v1::OperatorAction;
-use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
-use crate::encode::{AuditPosition, Rfc3339, parse_time};
+use crate::encode::{AuditPosition, JsonObject, parse_time};
 
 /// The value of `kind` on an operator action's line (message outcomes have no `kind`).
 pub const KIND: &str = "operator_action";
@@ -20,24 +19,20 @@ pub struct ActionLine<'a> {
 impl ActionLine<'_> {
     /// The line as JSON bytes (without the newline).
     pub fn to_vec(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-}
-
-impl Serialize for ActionLine<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let action = self.action;
-        let mut line = serializer.serialize_map(Some(9))?;
-        line.serialize_entry("kind", KIND)?;
-        line.serialize_entry("action_id", &action.action_id)?;
-        line.serialize_entry("action", &action.action)?;
-        line.serialize_entry("subject", &action.subject)?;
-        line.serialize_entry("actor", &action.actor)?;
-        line.serialize_entry("detail", &action.detail)?;
-        line.serialize_entry("at", &Rfc3339(action.at.as_ref()))?;
-        line.serialize_entry("trace_id", &action.trace_id)?;
-        line.serialize_entry("audit", &self.position)?;
-        line.end()
+        let mut out = Vec::new();
+        let mut line = JsonObject::begin(&mut out);
+        line.raw("kind", KIND);
+        line.str("action_id", &action.action_id);
+        line.str("action", &action.action);
+        line.str("subject", &action.subject);
+        line.str("actor", &action.actor);
+        line.str("detail", &action.detail);
+        line.time("at", action.at.as_ref());
+        line.str("trace_id", &action.trace_id);
+        self.position.write("audit", &mut line);
+        line.end();
+        out
     }
 }
 
