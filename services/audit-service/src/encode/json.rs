@@ -15,15 +15,18 @@ pub(crate) struct JsonObject<'a> {
 }
 
 impl<'a> JsonObject<'a> {
+    #[inline]
     pub(crate) fn begin(out: &'a mut Vec<u8>) -> Self {
         out.push(b'{');
         Self { out, empty: true }
     }
 
+    #[inline]
     pub(crate) fn str(&mut self, name: &'static str, value: &str) {
         write_str(self.name(name), value);
     }
 
+    #[inline]
     pub(crate) fn raw(&mut self, name: &'static str, value: &'static str) {
         debug_assert!(needs_no_escape(value.as_bytes()), "{value}");
         let out = self.name(name);
@@ -32,21 +35,28 @@ impl<'a> JsonObject<'a> {
         out.push(b'"');
     }
 
+    #[inline]
     pub(crate) fn int(&mut self, name: &'static str, value: impl itoa::Integer) {
         let out = self.name(name);
         out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
+    #[inline]
     pub(crate) fn bool(&mut self, name: &'static str, value: bool) {
         let literal: &[u8] = if value { b"true" } else { b"false" };
         self.name(name).extend_from_slice(literal);
     }
 
     /// RFC 3339 in UTC with microseconds, or `null` when absent.
+    #[inline]
     pub(crate) fn time(&mut self, name: &'static str, value: Option<&Timestamp>) {
         let out = self.name(name);
         match Rfc3339::of(value) {
-            Some(text) => write_str(out, text.as_str()),
+            Some(text) => {
+                out.push(b'"');
+                out.extend_from_slice(text.as_bytes());
+                out.push(b'"');
+            }
             None => out.extend_from_slice(b"null"),
         }
     }
@@ -97,11 +107,13 @@ impl<'a> JsonObject<'a> {
         out.push(b']');
     }
 
+    #[inline]
     pub(crate) fn end(self) {
         self.out.push(b'}');
     }
 
     /// Writes the separator and `"name":`, and returns the output for the value.
+    #[inline]
     fn name(&mut self, name: &'static str) -> &mut Vec<u8> {
         debug_assert!(needs_no_escape(name.as_bytes()), "{name}");
         if !std::mem::take(&mut self.empty) {
@@ -116,6 +128,7 @@ impl<'a> JsonObject<'a> {
 
 /// `value` as a JSON string: most values (ids, names, topics) need no escaping and are copied
 /// whole; the rest go byte by byte.
+#[inline]
 fn write_str(out: &mut Vec<u8>, value: &str) {
     let bytes = value.as_bytes();
     out.reserve(bytes.len() + 2);
@@ -158,6 +171,7 @@ fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// Whether no byte is a control character, a quote or a backslash: eight bytes at a time,
 /// with the usual bit tricks for "some byte is below n" and "some byte is zero".
+#[inline]
 fn needs_no_escape(bytes: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);

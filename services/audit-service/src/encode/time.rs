@@ -21,31 +21,36 @@ pub(crate) enum Rfc3339 {
 impl Rfc3339 {
     /// The text of `value`, or None when it is absent or out of range.
     pub(crate) fn of(value: Option<&Timestamp>) -> Option<Self> {
-        let time = timestamp(value)?;
-        Some(fixed(&time).map_or_else(
-            || Self::Other(time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
-            Self::Fixed,
+        let value = value?;
+        if let Some(text) = fixed(value) {
+            return Some(Self::Fixed(text));
+        }
+        let time = timestamp(Some(value))?;
+        Some(Self::Other(
+            time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         ))
     }
 
-    pub(crate) fn as_str(&self) -> &str {
+    /// The text, plain ASCII.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         match self {
-            // Only ASCII digits and separators are ever written.
-            Self::Fixed(text) => std::str::from_utf8(text).unwrap_or_default(),
-            Self::Other(text) => text,
+            Self::Fixed(text) => text,
+            Self::Other(text) => text.as_bytes(),
         }
     }
 }
 
-fn fixed(time: &DateTime<Utc>) -> Option<[u8; 27]> {
-    use chrono::{Datelike as _, Timelike as _};
-    let year = u32::try_from(time.year())
+/// The fixed-width text, computed from the seconds directly (days to a civil date with the
+/// usual era arithmetic) rather than through chrono's calendar types.
+fn fixed(value: &Timestamp) -> Option<[u8; 27]> {
+    const SECONDS_PER_DAY: i64 = 86_400;
+    let nanos = u32::try_from(value.nanos)
         .ok()
-        .filter(|year| *year <= 9999)?;
-    let nanos = time.nanosecond();
-    if nanos >= 1_000_000_000 {
-        return None;
-    }
+        .filter(|nanos| *nanos < 1_000_000_000)?;
+    let days = value.seconds.div_euclid(SECONDS_PER_DAY);
+    let second_of_day = value.seconds.rem_euclid(SECONDS_PER_DAY) as u32;
+    let (year, month, day) = civil_date(days);
+    let year = u32::try_from(year).ok().filter(|year| *year <= 9999)?;
     let mut text = *b"0000-00-00T00:00:00.000000Z";
     let mut put = |at: usize, width: usize, mut value: u32| {
         for index in (at..at + width).rev() {
@@ -54,13 +59,33 @@ fn fixed(time: &DateTime<Utc>) -> Option<[u8; 27]> {
         }
     };
     put(0, 4, year);
-    put(5, 2, time.month());
-    put(8, 2, time.day());
-    put(11, 2, time.hour());
-    put(14, 2, time.minute());
-    put(17, 2, time.second());
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, second_of_day / 3600);
+    put(14, 2, second_of_day / 60 % 60);
+    put(17, 2, second_of_day % 60);
     put(20, 6, nanos / 1_000);
     Some(text)
+}
+
+/// Year, month and day of the proleptic Gregorian calendar `days` after 1970-01-01, counted
+/// in 400-year eras of 146,097 days that start on March 1st (so the leap day ends a year).
+fn civil_date(days: i64) -> (i64, u32, u32) {
+    let days = days + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u32;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 #[cfg(test)]
@@ -99,12 +124,44 @@ mod tests {
                     .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
                 let written = Rfc3339::of(Some(&value));
                 assert_eq!(
-                    written.as_ref().map(Rfc3339::as_str),
-                    expected.as_deref(),
+                    written.as_ref().map(Rfc3339::as_bytes),
+                    expected.as_ref().map(String::as_bytes),
                     "{seconds} s {nanos} ns"
                 );
             }
         }
         assert!(Rfc3339::of(None).is_none());
+    }
+
+    #[test]
+    fn every_day_of_four_centuries_and_their_edges_has_chrono_s_date() {
+        use chrono::Datelike as _;
+        let eras = (-719_468 - 146_097..-719_468 + 146_097).chain(0..2 * 146_097);
+        for days in eras.chain([-1, 0, 1, 2_932_896, 2_932_897]) {
+            let date =
+                chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap() + chrono::Duration::days(days);
+            assert_eq!(
+                civil_date(days),
+                (i64::from(date.year()), date.month(), date.day()),
+                "{days}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_time_is_written_as_chrono_spells_it(
+            seconds in -70_000_000_000_i64..260_000_000_000,
+            nanos in -5_i32..2_000_000_000,
+        ) {
+            let value = Timestamp { seconds, nanos };
+            let expected = timestamp(Some(&value))
+                .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+            let written = Rfc3339::of(Some(&value));
+            proptest::prop_assert_eq!(
+                written.as_ref().map(Rfc3339::as_bytes),
+                expected.as_ref().map(String::as_bytes)
+            );
+        }
     }
 }
