@@ -1,8 +1,8 @@
 //! The few JSON shapes a stored line is made of, appended straight to its bytes.
 //!
-//! Field names are constants of this crate in plain ASCII, so they are copied as they are;
-//! serde's map serializer ran every name through the string escaper, once per field of every
-//! line. Values are escaped exactly as `serde_json` escapes them, so the bytes are the same.
+//! Field names are constants of this crate in plain ASCII, so they are copied as they are
+//! rather than escaped once per field of every line. Values are escaped exactly as
+//! `serde_json` escapes them, so the bytes are those a serde serializer would write.
 
 use relais_proto::Timestamp;
 
@@ -28,11 +28,7 @@ impl<'a> JsonObject<'a> {
 
     #[inline]
     pub(crate) fn raw(&mut self, name: &'static str, value: &'static str) {
-        debug_assert!(needs_no_escape(value.as_bytes()), "{value}");
-        let out = self.name(name);
-        out.push(b'"');
-        out.extend_from_slice(value.as_bytes());
-        out.push(b'"');
+        write_plain_str(self.name(name), value.as_bytes());
     }
 
     #[inline]
@@ -52,11 +48,7 @@ impl<'a> JsonObject<'a> {
     pub(crate) fn time(&mut self, name: &'static str, value: Option<&Timestamp>) {
         let out = self.name(name);
         match Rfc3339::of(value) {
-            Some(text) => {
-                out.push(b'"');
-                out.extend_from_slice(text.as_bytes());
-                out.push(b'"');
-            }
+            Some(text) => write_plain_str(out, text.as_bytes()),
             None => out.extend_from_slice(b"null"),
         }
     }
@@ -124,6 +116,15 @@ impl<'a> JsonObject<'a> {
         self.out.extend_from_slice(b"\":");
         self.out
     }
+}
+
+/// A JSON string of bytes known to need no escaping (constants, timestamps).
+#[inline]
+fn write_plain_str(out: &mut Vec<u8>, value: &[u8]) {
+    debug_assert!(needs_no_escape(value), "{value:?}");
+    out.push(b'"');
+    out.extend_from_slice(value);
+    out.push(b'"');
 }
 
 /// `value` as a JSON string: most values (ids, names, topics) need no escaping and are copied
