@@ -87,9 +87,10 @@ mon allow pool size one = true
 mon warn on pool no redundancy = false
 mon max pg per osd = 1000
 osd crush chooseleaf type = 0
-# The default 5 % free-space floor stops the mon on a busy shared disk.
-mon data avail warn = 2
-mon data avail crit = 1
+# The default 5 % free-space floor stops the mon on a busy shared disk, and so did 1 % on a
+# large one (1 % of 250 GB is room enough): only a full disk stops it.
+mon data avail warn = 1
+mon data avail crit = 0
 # Paxos defaults are tuned for multi-node quorums; these take start-up from ~18 s to ~3 s.
 paxos propose interval = 0.1
 paxos min wait = 0.01
@@ -121,15 +122,27 @@ daemon_pidfile() { echo "$CEPH_DIR/run/$1.daemon.pid"; }
 
 start_mon() {
     if running_pid "$(daemon_pidfile mon)" >/dev/null; then return 0; fi
-    spawn "$(daemon_pidfile mon)" "$CEPH_DIR/log/mon.out" ceph-mon -f -c "$CONF" -i a
-    wait_until 30 "the Ceph monitor" "$CEPH_DIR/log/mon.a.log" "${CEPH[@]}" --connect-timeout 5 mon stat \
-        || die "the Ceph monitor did not start (logs in $CEPH_DIR/log)"
+    require_free_port "$RELAIS_CEPH_MON_PORT" "the Ceph monitor"
+    # A monitor that has not answered in time is stopped and started once more before giving
+    # up: the rest of the cluster waits on it, and a second start costs seconds.
+    local attempt
+    for attempt in 1 2; do
+        spawn "$(daemon_pidfile mon)" "$CEPH_DIR/log/mon.out" ceph-mon -f -c "$CONF" -i a
+        if wait_for_spawned 45 "the Ceph monitor" "$(daemon_pidfile mon)" "$CEPH_DIR/log/mon.out" \
+            "$CEPH_DIR/log/mon.a.log" "${CEPH[@]}" --connect-timeout 5 mon stat; then
+            return 0
+        fi
+        stop_pidfile "$(daemon_pidfile mon)" "the Ceph monitor" 10
+        [ "$attempt" = 2 ] || log "starting the Ceph monitor once more"
+    done
+    die "the Ceph monitor did not start (logs in $CEPH_DIR/log)"
 }
 
 start_osd() {
     if running_pid "$(daemon_pidfile osd)" >/dev/null; then return 0; fi
     spawn "$(daemon_pidfile osd)" "$CEPH_DIR/log/osd.out" ceph-osd -f -c "$CONF" -i 0
-    wait_until 60 "the OSD to be up" "$CEPH_DIR/log/osd.0.log" osd_up \
+    wait_for_spawned 60 "the OSD to be up" "$(daemon_pidfile osd)" "$CEPH_DIR/log/osd.out" \
+        "$CEPH_DIR/log/osd.0.log" osd_up \
         || die "the OSD did not come up (logs in $CEPH_DIR/log)"
 }
 
@@ -155,8 +168,8 @@ start_rgw() {
     [ -z "$RGW_TLS_PORT" ] || require_free_port "$RGW_TLS_PORT" "radosgw (HTTPS)"
     rgw_frontends
     spawn "$(daemon_pidfile rgw)" "$CEPH_DIR/log/rgw.out" radosgw -f -c "$CONF" -n "$RGW_NAME"
-    wait_until 90 "radosgw to answer HTTP on $RELAIS_RGW_PORT" "$CEPH_DIR/log/$RGW_NAME.log" \
-        curl -fsS -o /dev/null "http://$HOST:$RELAIS_RGW_PORT/" \
+    wait_for_spawned 90 "radosgw to answer HTTP on $RELAIS_RGW_PORT" "$(daemon_pidfile rgw)" \
+        "$CEPH_DIR/log/rgw.out" "$CEPH_DIR/log/$RGW_NAME.log" curl -fsS -o /dev/null "http://$HOST:$RELAIS_RGW_PORT/" \
         || die "radosgw did not start (logs in $CEPH_DIR/log)"
     if [ -n "$RGW_TLS_PORT" ]; then
         wait_until 30 "radosgw to answer HTTPS on $RGW_TLS_PORT" "$CEPH_DIR/log/$RGW_NAME.log" \

@@ -44,7 +44,7 @@ start_service() {
     require_free_port "$admin_port" "$name"
     # shellcheck disable=SC2046 # one word per variable
     spawn "$DEV/$name.pid" "$DEV/logs/$name.log" env $(service_env) "$@"
-    wait_until 60 "$name to be ready" "$DEV/logs/$name.log" \
+    wait_for_spawned 60 "$name to be ready" "$DEV/$name.pid" "$DEV/logs/$name.log" "$DEV/logs/$name.log" \
         curl -fsS --max-time 2 "http://$HOST:$admin_port/readyz" \
         || die "$name did not become ready (log: $DEV/logs/$name.log)"
     log "$name ready (admin http://$HOST:$admin_port)"
@@ -80,7 +80,7 @@ run_jaeger() {
     require_free_port 16686 "Jaeger"
     # OTEL_TRACES_EXPORTER=none: Jaeger does not trace itself into itself.
     spawn "$DEV/jaeger.pid" "$DEV/logs/jaeger.log" env OTEL_TRACES_EXPORTER=none "$JAEGER_BIN" --config "$HERE/jaeger.yaml"
-    wait_until 60 "Jaeger" "$DEV/logs/jaeger.log" curl -fsS --max-time 2 "http://$HOST:16686/" \
+    wait_for_spawned 60 "Jaeger" "$DEV/jaeger.pid" "$DEV/logs/jaeger.log" "$DEV/logs/jaeger.log" curl -fsS --max-time 2 "http://$HOST:16686/" \
         || die "Jaeger did not start (log: $DEV/logs/jaeger.log)"
     log "Jaeger ready: http://$HOST:16686 (OTLP on $HOST:4317)"
 }

@@ -138,14 +138,53 @@ wait_until() {
     until "$@" >/dev/null 2>&1; do
         if [ "$SECONDS" -ge "$deadline" ]; then
             log "timed out after ${seconds}s waiting for $what"
-            if [ -f "$logfile" ]; then
-                log "last lines of $logfile:"
-                tail -n 25 "$logfile" >&2
-            fi
+            show_tail "$logfile"
             return 1
         fi
         sleep 0.2
     done
+}
+
+# wait_until for a process started with `spawn`: it also stops waiting as soon as that process
+# has exited, and on failure shows both the daemon's own log and the file its stdout and stderr
+# went to (where a daemon that dies before opening its log says why), and how full the disk is.
+# Usage: wait_for_spawned SECONDS DESCRIPTION PIDFILE OUTFILE LOGFILE CHECK...
+wait_for_spawned() {
+    local seconds="$1" what="$2" pidfile="$3" outfile="$4" logfile="$5"
+    shift 5
+    local deadline=$((SECONDS + seconds)) pid
+    pid="$(cat "$pidfile" 2>/dev/null)"
+    until "$@" >/dev/null 2>&1; do
+        if ! pid_alive "$pid"; then
+            log "$what: the process (pid ${pid:-none}) exited before it was ready"
+        elif [ "$SECONDS" -ge "$deadline" ]; then
+            log "timed out after ${seconds}s waiting for $what (pid $pid still runs)"
+        else
+            sleep 0.2
+            continue
+        fi
+        show_tail "$outfile"
+        [ "$logfile" = "$outfile" ] || show_tail "$logfile"
+        show_disk_space
+        return 1
+    done
+}
+
+show_tail() {
+    if [ -s "$1" ]; then
+        log "last lines of $1:"
+        tail -n 25 "$1" >&2
+    else
+        log "$1 is empty or missing"
+    fi
+}
+
+# Daemons that cannot write (or, like Ceph's monitor, refuse to start on a nearly full disk)
+# fail in ways that do not name the disk: say how much room is left.
+show_disk_space() {
+    local free
+    free="$(df -Ph "$RELAIS_STATE_DIR" 2>/dev/null | awk 'NR == 2 { print $4 " free of " $2 " (" $5 " used)" }')"
+    log "disk holding $RELAIS_STATE_DIR: ${free:-unknown}"
 }
 
 # Fails early, with the holder's name, when a port the component needs is taken by a process

@@ -78,7 +78,7 @@ cmd_start() {
             --web.enable-lifecycle \
             --enable-feature=exemplar-storage
     fi
-    wait_until 30 "Prometheus to be ready" "$LOGFILE" ready || die "Prometheus did not become ready (log: $LOGFILE)"
+    wait_for_spawned 30 "Prometheus to be ready" "$PIDFILE" "$LOGFILE" "$LOGFILE" ready || die "Prometheus did not become ready (log: $LOGFILE)"
     log "ready on $URL"
 }
 
