@@ -2,7 +2,6 @@
 
 use opentelemetry::trace::{TraceContextExt, TraceId, TracerProvider as _};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::LevelFilter;
@@ -65,7 +64,7 @@ impl TelemetryGuard {
 /// span ids: they appear in logs and are propagated downstream, so correlation never depends
 /// on a collector being present.
 pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    crate::propagation::install_w3c();
 
     let service_name =
         std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| config.service_name.to_owned());

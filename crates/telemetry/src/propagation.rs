@@ -21,24 +21,33 @@ pub fn inject_kafka(context: &Context, headers: OwnedHeaders) -> OwnedHeaders {
     injector.headers.unwrap_or_default()
 }
 
+/// Makes W3C Trace Context (`traceparent`, `tracestate`) the process's propagator, as every
+/// service does at start ([`crate::init`]); tests that read or write headers call it too.
+pub fn install_w3c() {
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+}
+
 /// Reads the trace context from a Kafka record's headers (an empty context when absent).
 pub fn extract_kafka<H: Headers + ?Sized>(headers: Option<&H>) -> Context {
     let Some(headers) = headers else {
         return Context::new();
     };
-    let extractor = KafkaExtractor::new(headers);
-    opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&extractor))
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&KafkaExtractor(headers))
+    })
 }
 
 /// Reads the trace context from headers already copied out of a Kafka record as
 /// (name, value) pairs.
 pub fn extract_kafka_pairs(headers: &[(String, Vec<u8>)]) -> Context {
-    let extractor = KafkaExtractor {
-        entries: headers
+    let extractor = PairsExtractor(
+        headers
             .iter()
             .filter_map(|(name, value)| Some((name.as_str(), std::str::from_utf8(value).ok()?)))
             .collect(),
-    };
+    );
     opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&extractor))
 }
 
@@ -106,28 +115,33 @@ impl Injector for KafkaInjector {
     }
 }
 
-struct KafkaExtractor<'a> {
-    // Header names and UTF-8 values; a record has few headers, so a list beats a map.
-    entries: Vec<(&'a str, &'a str)>,
-}
+struct KafkaExtractor<'a, H: ?Sized>(&'a H);
 
-impl<'a> KafkaExtractor<'a> {
-    fn new<H: Headers + ?Sized>(headers: &'a H) -> Self {
-        let entries = (0..headers.count())
-            .filter_map(|index| {
-                let header = headers.get(index);
-                let value = std::str::from_utf8(header.value?).ok()?;
-                Some((header.key, value))
-            })
-            .collect();
-        Self { entries }
+impl<H: Headers + ?Sized> Extractor for KafkaExtractor<'_, H> {
+    fn get(&self, key: &str) -> Option<&str> {
+        // Read in place: a record has few headers, and copying them out to look up one or
+        // two cost allocations on every record. The last one wins, like a map insert would,
+        // if a producer repeated a header.
+        let headers = self.0;
+        (0..headers.count())
+            .rev()
+            .map(|index| headers.get(index))
+            .find(|header| header.key.eq_ignore_ascii_case(key))
+            .and_then(|header| std::str::from_utf8(header.value?).ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        (0..self.0.count())
+            .map(|index| self.0.get(index).key)
+            .collect()
     }
 }
 
-impl Extractor for KafkaExtractor<'_> {
+struct PairsExtractor<'a>(Vec<(&'a str, &'a str)>);
+
+impl Extractor for PairsExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        // The last header wins, like a map insert would, if a producer repeated one.
-        self.entries
+        self.0
             .iter()
             .rev()
             .find(|(name, _)| name.eq_ignore_ascii_case(key))
@@ -135,7 +149,7 @@ impl Extractor for KafkaExtractor<'_> {
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.entries.iter().map(|(name, _)| *name).collect()
+        self.0.iter().map(|(name, _)| *name).collect()
     }
 }
 
@@ -202,13 +216,12 @@ mod tests {
     use opentelemetry::trace::{
         SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
     };
-    use opentelemetry_sdk::propagation::TraceContextPropagator;
     use rdkafka::message::OwnedHeaders;
 
     use super::*;
 
     fn sample_context() -> Context {
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        install_w3c();
         let span_context = SpanContext::new(
             TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("valid trace id"),
             SpanId::from_hex("00f067aa0ba902b7").expect("valid span id"),

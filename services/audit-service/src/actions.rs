@@ -19,9 +19,15 @@ pub struct ActionLine<'a> {
 impl ActionLine<'_> {
     /// The line as JSON bytes (without the newline).
     pub fn to_vec(&self) -> Vec<u8> {
-        let action = self.action;
         let mut out = Vec::new();
-        let mut line = JsonObject::begin(&mut out);
+        self.write_to(&mut out);
+        out
+    }
+
+    /// Appends the line (without the newline) to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let action = self.action;
+        let mut line = JsonObject::begin(out);
         line.raw("kind", KIND);
         line.str("action_id", &action.action_id);
         line.str("action", &action.action);
@@ -32,7 +38,6 @@ impl ActionLine<'_> {
         line.str("trace_id", &action.trace_id);
         self.position.write("audit", &mut line);
         line.end();
-        out
     }
 }
 

@@ -44,6 +44,8 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use tokio::time::Instant;
 
+use crate::index::IdHash;
+
 /// When to close an object.
 #[derive(Debug, Clone)]
 pub struct RotationPolicy {
@@ -64,9 +66,8 @@ pub struct DataObject {
     pub hour: DateTime<Utc>,
     pub records: usize,
     pub ndjson: Vec<u8>,
-    /// Trace and message ids in the object, for the lookup index.
-    pub trace_ids: Vec<String>,
-    pub message_ids: Vec<String>,
+    /// The trace and message id of each record, for the lookup index.
+    pub ids: Vec<IdHash>,
     /// Trace contexts of the first records, for the links of the span that stores the object.
     pub links: Vec<opentelemetry::trace::SpanContext>,
     /// When its first record arrived (for the oldest-unflushed-age metric).
@@ -126,12 +127,12 @@ impl Pending {
 
 /// One line to append: the encoded record and what the index needs.
 #[derive(Debug)]
-pub struct Line {
+pub struct Line<'a> {
     pub offset: i64,
     pub time: DateTime<Utc>,
-    pub json: Vec<u8>,
-    pub trace_id: String,
-    pub message_id: String,
+    pub json: &'a [u8],
+    /// The record's trace id and message id (an operator action's trace id and subject).
+    pub ids: [IdHash; 2],
     /// The record's own trace context (from its `traceparent` header), if valid.
     pub context: Option<opentelemetry::trace::SpanContext>,
 }
@@ -175,7 +176,7 @@ impl PartitionWriter {
     }
 
     /// Appends a line; returns the object it closed first, if the line did not fit.
-    pub fn push(&mut self, line: Line, now: Instant) -> Option<DataObject> {
+    pub fn push(&mut self, line: Line<'_>, now: Instant) -> Option<DataObject> {
         self.last_arrival = now;
         let hour = hour_of(line.time);
         let closed = match &self.open {
@@ -195,17 +196,15 @@ impl PartitionWriter {
             hour,
             records: 0,
             ndjson: Vec::with_capacity(64 * 1024),
-            trace_ids: Vec::new(),
-            message_ids: Vec::new(),
+            ids: Vec::new(),
             links: Vec::new(),
             first_arrival: now,
         });
         open.end_offset = line.offset;
         open.records += 1;
-        open.ndjson.extend_from_slice(&line.json);
+        open.ndjson.extend_from_slice(line.json);
         open.ndjson.push(b'\n');
-        open.trace_ids.push(line.trace_id);
-        open.message_ids.push(line.message_id);
+        open.ids.extend_from_slice(&line.ids);
         if open.links.len() < MAX_LINKS
             && let Some(context) = line.context
         {
@@ -279,13 +278,16 @@ mod tests {
         );
     }
 
-    fn line(offset: i64, hour: u32, minute: u32, size: usize) -> Line {
+    fn line(offset: i64, hour: u32, minute: u32, size: usize) -> Line<'static> {
+        const JSON: &[u8] = &[b'x'; 64];
         Line {
             offset,
             time: Utc.with_ymd_and_hms(2026, 11, 27, hour, minute, 0).unwrap(),
-            json: vec![b'x'; size],
-            trace_id: format!("t{offset}"),
-            message_id: format!("m{offset}"),
+            json: &JSON[..size],
+            ids: [
+                IdHash::of(&format!("t{offset}")),
+                IdHash::of(&format!("m{offset}")),
+            ],
             context: None,
         }
     }

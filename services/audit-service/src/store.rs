@@ -287,12 +287,7 @@ impl Store {
         // The index goes up after its data object: an index never points at a missing object.
         let index = match &*item {
             Pending::Data(object) => {
-                let entry = IndexEntry::build(
-                    key.clone(),
-                    object.hour,
-                    object.trace_ids.iter().chain(&object.message_ids),
-                    object.records * 2,
-                );
+                let entry = IndexEntry::build(key.clone(), object.hour, &object.ids);
                 let index_key = IndexEntry::index_key(&key);
                 let bytes = entry.to_bytes();
                 self.retry

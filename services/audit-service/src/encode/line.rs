@@ -5,10 +5,6 @@ use relais_proto::v1::{self, AuditRecord};
 use super::AuditPosition;
 use super::json::JsonObject;
 
-/// Room for a typical line (a record with one attempt takes about 800 bytes), so that most
-/// lines are written without the buffer growing and being copied on the way.
-const LINE_CAPACITY: usize = 1024;
-
 /// The stored line of one record, written straight into its bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordLine<'a> {
@@ -19,12 +15,13 @@ pub struct RecordLine<'a> {
 impl RecordLine<'_> {
     /// The line as JSON bytes (without the newline).
     pub fn to_vec(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(LINE_CAPACITY);
-        self.write(&mut out);
+        let mut out = Vec::new();
+        self.write_to(&mut out);
         out
     }
 
-    fn write(&self, out: &mut Vec<u8>) {
+    /// Appends the line (without the newline) to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
         let record = self.record;
         let ingress = record.position.as_ref();
         let mut line = JsonObject::begin(out);

@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use crate::config::AuditConfig;
 use crate::index::Index;
 use crate::metrics::AuditMetrics;
-use crate::object::{Pending, QuarantinedRecord, RotationPolicy};
+use crate::object::{Line, Pending, QuarantinedRecord, RotationPolicy};
 use crate::store::Store;
 
 pub use self::assignment::{Assignment, AuditConsumer, AuditContext};
@@ -52,7 +52,9 @@ pub use self::commits::CommitFaults;
 use self::commits::{Backoff, Commits};
 use self::health::Verdict;
 use self::partition::PartitionState;
-use self::prepare::{ENCODE_BATCH, ENCODING_BATCHES, Encoding, Prepared, Received};
+use self::prepare::{
+    ENCODE_BATCH, ENCODING_BATCHES, Encoding, Prepared, PreparedBatch, ReceivedBatch,
+};
 use self::storing::Uploaded;
 
 /// What the pipeline needs from the rest of the service.
@@ -146,8 +148,9 @@ impl Loop {
                     self.update_readiness();
                 }
                 prepared = self.encoding.oldest() => {
-                    for record in prepared {
-                        self.apply(record);
+                    let PreparedBatch { json, records } = prepared;
+                    for record in records {
+                        self.apply(record, &json);
                         accepted += 1;
                         // The buffer bound is enforced as records arrive, not only on ticks.
                         if accepted.is_multiple_of(128) {
@@ -179,8 +182,9 @@ impl Loop {
     /// the drain timeout; what is left is read again after a restart.
     async fn drain(&mut self) {
         while !self.encoding.is_empty() {
-            for record in self.encoding.oldest().await {
-                self.apply(record);
+            let PreparedBatch { json, records } = self.encoding.oldest().await;
+            for record in records {
+                self.apply(record, &json);
             }
         }
         for state in self.partitions.values_mut() {
@@ -213,13 +217,15 @@ impl Loop {
     /// The message just received and those already waiting behind it, up to `limit`, copied
     /// out of the consumer so the encoders can take them. Each carries its partition's
     /// assignment generation as it is now; records of a partition not assigned are dropped.
-    fn take_ready(&self, first: BorrowedMessage<'_>, limit: usize) -> Vec<Received> {
-        let mut batch = Vec::with_capacity(limit);
-        batch.extend(self.receive(&first));
+    fn take_ready(&self, first: BorrowedMessage<'_>, limit: usize) -> ReceivedBatch {
+        // Room for `limit` records the size of the first, so the buffer rarely grows.
+        let first_size = first.payload_len() + first.key_len();
+        let mut batch = ReceivedBatch::with_capacity(limit, limit * first_size);
+        self.receive(&first, &mut batch);
         drop(first);
         while batch.len() < limit {
             match self.pipeline.consumer.recv().now_or_never() {
-                Some(Ok(message)) => batch.extend(self.receive(&message)),
+                Some(Ok(message)) => self.receive(&message, &mut batch),
                 Some(Err(error)) => {
                     tracing::warn!(%error, "consume error");
                     break;
@@ -230,23 +236,16 @@ impl Loop {
         batch
     }
 
-    fn receive(&self, message: &BorrowedMessage<'_>) -> Option<Received> {
-        let generation = self.pipeline.assignment.generation(message.partition())?;
+    fn receive(&self, message: &BorrowedMessage<'_>, batch: &mut ReceivedBatch) {
+        let Some(generation) = self.pipeline.assignment.generation(message.partition()) else {
+            return;
+        };
         self.pipeline.metrics.records_consumed.inc();
-        Some(Received {
-            generation,
-            partition: message.partition(),
-            offset: message.offset(),
-            timestamp_millis: message.timestamp().to_millis(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().unwrap_or_default().to_vec(),
-            headers: message.headers().map(|headers| headers.detach()),
-            arrival: Instant::now(),
-        })
+        batch.push(message, generation);
     }
 
     /// Applies a prepared record to its partition's open object, in the order received.
-    fn apply(&mut self, record: Prepared) {
+    fn apply(&mut self, record: Prepared, json: &[u8]) {
         let Prepared {
             generation,
             partition,
@@ -267,7 +266,14 @@ impl Loop {
             return;
         }
         match content {
-            Ok(line) => {
+            Ok(encoded) => {
+                let line = Line {
+                    offset,
+                    time: encoded.time,
+                    json: &json[encoded.json],
+                    ids: encoded.ids,
+                    context: encoded.context,
+                };
                 if let Some(object) = state.writer.push(line, arrival) {
                     state.enqueue(Pending::Data(object));
                 }

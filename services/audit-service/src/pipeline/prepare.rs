@@ -3,23 +3,25 @@
 //! the order they were taken, so parallelism never changes which record lands in which object.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::Arc;
 
+use opentelemetry::trace::{SpanContext, TraceContextExt as _};
 use prost::Message as _;
-use rdkafka::message::OwnedHeaders;
+use rdkafka::Message;
 use relais_proto::v1::{AuditRecord, OperatorAction};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::actions;
 use crate::encode::{self, AuditPosition};
-use crate::object::Line;
+use crate::index::IdHash;
 
 /// Batches being decoded and encoded on the blocking pool, oldest first (they are applied in
 /// this order), with the records and payload bytes they carry.
 #[derive(Debug, Default)]
 pub(super) struct Encoding {
-    batches: VecDeque<(JoinHandle<Vec<Prepared>>, usize, usize)>,
+    batches: VecDeque<(JoinHandle<PreparedBatch>, usize, usize)>,
     pub(super) records: usize,
     pub(super) bytes: usize,
 }
@@ -34,28 +36,17 @@ impl Encoding {
         self.batches.is_empty()
     }
 
-    pub(super) fn start(&mut self, batch: Vec<Received>, topic: &Arc<str>) {
-        let (records, bytes) = (
-            batch.len(),
-            batch.iter().map(|record| record.payload.len()).sum(),
-        );
+    pub(super) fn start(&mut self, batch: ReceivedBatch, topic: &Arc<str>) {
+        let (records, bytes) = (batch.records.len(), batch.bytes.len());
         let topic = Arc::clone(topic);
-        let handle = tokio::task::spawn_blocking(move || {
-            // One record decoded into again and again: its strings keep their capacity, so
-            // a record costs copies of its text rather than a dozen allocations.
-            let mut decoded = AuditRecord::default();
-            batch
-                .into_iter()
-                .map(|record| prepare(&topic, record, &mut decoded))
-                .collect()
-        });
+        let handle = tokio::task::spawn_blocking(move || prepare_batch(&topic, batch));
         self.batches.push_back((handle, records, bytes));
         self.records += records;
         self.bytes += bytes;
     }
 
     /// The oldest batch once it is encoded; pending while there is none.
-    pub(super) async fn oldest(&mut self) -> Vec<Prepared> {
+    pub(super) async fn oldest(&mut self) -> PreparedBatch {
         let Some((handle, _, _)) = self.batches.front_mut() else {
             return std::future::pending().await;
         };
@@ -70,7 +61,7 @@ impl Encoding {
             Err(error) => match error.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
                 // Cancelled: only when the runtime shuts down, and nothing is applied then.
-                Err(_) => Vec::new(),
+                Err(_) => PreparedBatch::default(),
             },
         }
     }
@@ -85,17 +76,76 @@ pub(super) const ENCODE_BATCH: usize = 1024;
 /// service used about one of two cores in `make bench`.
 pub(super) const ENCODING_BATCHES: usize = 4;
 
-/// A record copied out of the consumer, as the encoders take it.
-pub(super) struct Received {
+/// Records copied out of the consumer for the encoders. Their keys and payloads share one
+/// buffer: a batch costs one allocation, not two per record, and the encoder that frees it is
+/// not the thread that allocated it.
+#[derive(Debug, Default)]
+pub(super) struct ReceivedBatch {
+    bytes: Vec<u8>,
+    records: Vec<Received>,
+}
+
+/// A record of a [`ReceivedBatch`].
+#[derive(Debug)]
+struct Received {
     /// The partition's assignment generation when the record was received.
-    pub(super) generation: u64,
-    pub(super) partition: i32,
-    pub(super) offset: i64,
-    pub(super) timestamp_millis: Option<i64>,
-    pub(super) key: Option<Vec<u8>>,
-    pub(super) payload: Vec<u8>,
-    pub(super) headers: Option<OwnedHeaders>,
-    pub(super) arrival: Instant,
+    generation: u64,
+    partition: i32,
+    offset: i64,
+    timestamp_millis: Option<i64>,
+    key: Option<Range<usize>>,
+    payload: Range<usize>,
+    operator_action: bool,
+    /// From the record's trace headers; invalid when it has none.
+    trace: SpanContext,
+    arrival: Instant,
+}
+
+impl ReceivedBatch {
+    pub(super) fn with_capacity(records: usize, bytes: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(bytes),
+            records: Vec::with_capacity(records),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Copies a record out of the consumer.
+    pub(super) fn push(&mut self, message: &impl Message, generation: u64) {
+        let key = message.key().map(|key| self.append(key));
+        let payload = self.append(message.payload().unwrap_or_default());
+        let headers = message.headers();
+        self.records.push(Received {
+            generation,
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp_millis: message.timestamp().to_millis(),
+            key,
+            payload,
+            operator_action: relais_operator::actions::is_operator_action(headers),
+            trace: relais_telemetry::propagation::extract_kafka(headers)
+                .span()
+                .span_context()
+                .clone(),
+            arrival: Instant::now(),
+        });
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Range<usize> {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(bytes);
+        start..self.bytes.len()
+    }
+}
+
+/// A batch after decoding, in the order received; its lines share one buffer.
+#[derive(Debug, Default)]
+pub(super) struct PreparedBatch {
+    pub(super) json: Vec<u8>,
+    pub(super) records: Vec<Prepared>,
 }
 
 /// A received record after decoding: its line, or what quarantines it.
@@ -105,7 +155,16 @@ pub(super) struct Prepared {
     pub(super) partition: i32,
     pub(super) offset: i64,
     pub(super) arrival: Instant,
-    pub(super) content: Result<Line, Undecodable>,
+    pub(super) content: Result<Encoded, Undecodable>,
+}
+
+/// A record's line (in the batch's `json`) and what its object and index need.
+#[derive(Debug)]
+pub(super) struct Encoded {
+    pub(super) time: chrono::DateTime<chrono::Utc>,
+    pub(super) json: Range<usize>,
+    pub(super) ids: [IdHash; 2],
+    pub(super) context: Option<SpanContext>,
 }
 
 /// A record that did not decode, as it came.
@@ -116,39 +175,51 @@ pub(super) struct Undecodable {
     pub(super) error: String,
 }
 
-/// Decodes a record and encodes its JSON line; runs on the blocking pool.
-fn prepare(topic: &str, received: Received, decoded: &mut AuditRecord) -> Prepared {
-    let Received {
-        generation,
-        partition,
-        offset,
-        timestamp_millis,
-        key,
-        payload,
-        headers,
-        arrival,
-    } = received;
+/// Decodes a batch and encodes its lines; runs on the blocking pool.
+fn prepare_batch(topic: &str, batch: ReceivedBatch) -> PreparedBatch {
+    let ReceivedBatch { bytes, records } = batch;
+    // JSON lines run about twice the size of their protobuf records.
+    let mut json = Vec::with_capacity(bytes.len() * 2);
+    // One record decoded into again and again: its strings keep their capacity, so a record
+    // costs copies of its text rather than a dozen allocations.
+    let mut decoded = AuditRecord::default();
+    let records = records
+        .into_iter()
+        .map(|received| prepare(topic, received, &bytes, &mut json, &mut decoded))
+        .collect();
+    PreparedBatch { json, records }
+}
+
+/// Decodes a record and appends its JSON line to `json`.
+fn prepare(
+    topic: &str,
+    received: Received,
+    bytes: &[u8],
+    json: &mut Vec<u8>,
+    decoded: &mut AuditRecord,
+) -> Prepared {
+    let payload = &bytes[received.payload.clone()];
     let position = AuditPosition {
         topic,
-        partition,
-        offset,
+        partition: received.partition,
+        offset: received.offset,
     };
-    let kafka_time = encode::kafka_time(timestamp_millis);
-    let content = if relais_operator::actions::is_operator_action(headers.as_ref()) {
-        action_line(&payload, position, kafka_time)
+    let kafka_time = encode::kafka_time(received.timestamp_millis);
+    let content = if received.operator_action {
+        action_line(payload, position, kafka_time, json)
     } else {
-        record_line(&payload, headers.as_ref(), position, kafka_time, decoded)
+        record_line(payload, received.trace, position, kafka_time, json, decoded)
     }
     .map_err(|error| Undecodable {
-        key,
-        payload,
+        key: received.key.map(|key| bytes[key].to_vec()),
+        payload: payload.to_vec(),
         error: error.to_string(),
     });
     Prepared {
-        generation,
-        partition,
-        offset,
-        arrival,
+        generation: received.generation,
+        partition: received.partition,
+        offset: received.offset,
+        arrival: received.arrival,
         content,
     }
 }
@@ -156,31 +227,28 @@ fn prepare(topic: &str, received: Received, decoded: &mut AuditRecord) -> Prepar
 /// The line of a message outcome (an `AuditRecord`), decoded into `record`.
 fn record_line(
     payload: &[u8],
-    headers: Option<&OwnedHeaders>,
+    trace: SpanContext,
     position: AuditPosition<'_>,
     kafka_time: Option<std::time::SystemTime>,
+    json: &mut Vec<u8>,
     record: &mut AuditRecord,
-) -> Result<Line, prost::DecodeError> {
+) -> Result<Encoded, prost::DecodeError> {
     record.clear();
     record.merge(payload)?;
     let record = &*record;
-    use opentelemetry::trace::TraceContextExt as _;
-    let context = relais_telemetry::propagation::extract_kafka(headers);
-    let span_context = context.span().span_context().clone();
-    if span_context.is_sampled() && relais_telemetry::spans_exported() {
+    if trace.is_sampled() && relais_telemetry::spans_exported() {
         // The message's own trace reaches the audit trail: one short consumer span per
         // sampled record (the object's span links the batch as a whole).
-        record_process_span(&context, &position, &record.message_id);
+        let parent = opentelemetry::Context::new().with_remote_span_context(trace.clone());
+        record_process_span(&parent, &position, &record.message_id);
     }
-    let time = encode::record_time(Some(record), kafka_time);
-    let json = encode::RecordLine { record, position }.to_vec();
-    Ok(Line {
-        offset: position.offset,
-        time,
-        json,
-        trace_id: record.trace_id.clone(),
-        message_id: record.message_id.clone(),
-        context: span_context.is_valid().then_some(span_context),
+    let start = json.len();
+    encode::RecordLine { record, position }.write_to(json);
+    Ok(Encoded {
+        time: encode::record_time(Some(record), kafka_time),
+        json: start..json.len(),
+        ids: [IdHash::of(&record.trace_id), IdHash::of(&record.message_id)],
+        context: trace.is_valid().then_some(trace),
     })
 }
 
@@ -190,22 +258,22 @@ fn action_line(
     payload: &[u8],
     position: AuditPosition<'_>,
     kafka_time: Option<std::time::SystemTime>,
-) -> Result<Line, prost::DecodeError> {
+    json: &mut Vec<u8>,
+) -> Result<Encoded, prost::DecodeError> {
     let action = OperatorAction::decode(payload)?;
     let time = encode::timestamp(action.at.as_ref())
         .or_else(|| kafka_time.map(chrono::DateTime::<chrono::Utc>::from))
         .unwrap_or(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH);
-    let json = actions::ActionLine {
+    let start = json.len();
+    actions::ActionLine {
         action: &action,
         position,
     }
-    .to_vec();
-    Ok(Line {
-        offset: position.offset,
+    .write_to(json);
+    Ok(Encoded {
         time,
-        json,
-        trace_id: action.trace_id,
-        message_id: action.subject,
+        json: start..json.len(),
+        ids: [IdHash::of(&action.trace_id), IdHash::of(&action.subject)],
         context: None,
     })
 }
@@ -234,25 +302,42 @@ fn record_process_span(
 
 #[cfg(test)]
 mod tests {
+    use rdkafka::Timestamp;
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
     use relais_proto::v1;
 
     use super::*;
 
-    fn received(offset: i64, payload: Vec<u8>) -> Received {
-        Received {
-            generation: 1,
-            partition: 0,
+    fn message(offset: i64, payload: Vec<u8>, headers: Option<OwnedHeaders>) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(payload),
+            Some(format!("key-{offset}").into_bytes()),
+            "relais.audit".into(),
+            Timestamp::CreateTime(1_700_000_000_000),
+            0,
             offset,
-            timestamp_millis: Some(1_700_000_000_000),
-            key: None,
-            payload,
-            headers: None,
-            arrival: Instant::now(),
+            headers,
+        )
+    }
+
+    fn prepared(messages: &[OwnedMessage]) -> PreparedBatch {
+        let mut batch = ReceivedBatch::with_capacity(messages.len(), 0);
+        for message in messages {
+            batch.push(message, 1);
         }
+        prepare_batch("relais.audit", batch)
+    }
+
+    fn lines(batch: &PreparedBatch) -> Vec<Option<&[u8]>> {
+        let lines = batch.records.iter().map(|record| {
+            let encoded = record.content.as_ref().ok()?;
+            Some(&batch.json[encoded.json.clone()])
+        });
+        lines.collect()
     }
 
     #[test]
-    fn a_record_decoded_into_a_used_one_keeps_nothing_of_it() {
+    fn a_batch_gives_each_record_the_line_it_gets_alone() {
         let full = AuditRecord {
             message_id: "m-1".into(),
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
@@ -273,32 +358,79 @@ mod tests {
             message_id: "m-2".into(),
             ..Default::default()
         };
-        let mut decoded = AuditRecord::default();
-        let batch = [
-            received(0, full.encode_to_vec()),
-            received(1, b"\xff not protobuf".to_vec()),
-            received(2, sparse.encode_to_vec()),
-        ];
-        let prepared: Vec<Prepared> = batch
-            .into_iter()
-            .map(|record| prepare("relais.audit", record, &mut decoded))
-            .collect();
-        assert!(prepared[1].content.is_err());
-        let line = |prepared: &Prepared| prepared.content.as_ref().unwrap().json.clone();
-        let alone = |offset: i64, record: &AuditRecord| {
-            let mut fresh = AuditRecord::default();
-            line(&prepare(
-                "relais.audit",
-                received(offset, record.encode_to_vec()),
-                &mut fresh,
-            ))
+        let action = OperatorAction {
+            action_id: "a-1".into(),
+            subject: "orders".into(),
+            ..Default::default()
         };
-        assert_eq!(line(&prepared[0]), alone(0, &full));
-        assert_eq!(line(&prepared[2]), alone(2, &sparse));
-        let last = prepared[2].content.as_ref().unwrap();
-        assert_eq!(
-            (last.message_id.as_str(), last.trace_id.as_str()),
-            ("m-2", "")
+        let action_headers = OwnedHeaders::new().insert(Header {
+            key: relais_operator::actions::SCHEMA_HEADER,
+            value: Some(relais_operator::actions::OPERATOR_ACTION_SCHEMA),
+        });
+        let batch = [
+            message(0, full.encode_to_vec(), None),
+            message(1, b"\xff not protobuf".to_vec(), None),
+            message(2, sparse.encode_to_vec(), None),
+            message(3, action.encode_to_vec(), Some(action_headers)),
+        ];
+        let together = prepared(&batch);
+        let alone: Vec<PreparedBatch> = batch
+            .iter()
+            .map(|message| prepared(std::slice::from_ref(message)))
+            .collect();
+        let alone: Vec<Option<&[u8]>> = alone.iter().flat_map(lines).collect();
+        assert_eq!(lines(&together), alone);
+        assert!(alone[1].is_none());
+        let action_line = String::from_utf8_lossy(alone[3].unwrap());
+        assert!(
+            action_line.contains(r#""kind":"operator_action""#),
+            "{action_line}"
         );
+
+        let undecodable = together.records[1].content.as_ref().unwrap_err();
+        assert_eq!(undecodable.payload, b"\xff not protobuf");
+        assert_eq!(undecodable.key.as_deref(), Some(&b"key-1"[..]));
+        let ids = |record: &Prepared| record.content.as_ref().unwrap().ids;
+        assert_eq!(
+            ids(&together.records[2]),
+            [IdHash::of(""), IdHash::of("m-2")]
+        );
+        assert_eq!(
+            ids(&together.records[3]),
+            [IdHash::of(""), IdHash::of("orders")]
+        );
+    }
+
+    #[test]
+    fn a_record_keeps_the_trace_context_of_its_headers() {
+        relais_telemetry::propagation::install_w3c();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "traceparent",
+            value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        });
+        let record = AuditRecord {
+            message_id: "m-1".into(),
+            ..Default::default()
+        };
+        let batch = prepared(&[
+            message(0, record.encode_to_vec(), Some(headers)),
+            message(1, record.encode_to_vec(), None),
+        ]);
+        let context = |index: usize| {
+            batch.records[index]
+                .content
+                .as_ref()
+                .unwrap()
+                .context
+                .clone()
+        };
+        let traced = context(0).expect("a valid context");
+        assert_eq!(
+            traced.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(traced.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(traced.is_sampled() && traced.is_remote());
+        assert_eq!(context(1), None);
     }
 }
