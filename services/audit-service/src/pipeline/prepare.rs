@@ -79,10 +79,12 @@ pub(super) const ENCODING_BATCHES: usize = 4;
 /// Records copied out of the consumer for the encoders. Their keys and payloads share one
 /// buffer: a batch costs one allocation, not two per record, and the encoder that frees it is
 /// not the thread that allocated it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct ReceivedBatch {
     bytes: Vec<u8>,
     records: Vec<Received>,
+    /// When the batch was taken: its records were waiting together in the consumer.
+    arrival: Instant,
 }
 
 /// A record of a [`ReceivedBatch`].
@@ -98,7 +100,6 @@ struct Received {
     operator_action: bool,
     /// From the record's trace headers; invalid when it has none.
     trace: SpanContext,
-    arrival: Instant,
 }
 
 impl ReceivedBatch {
@@ -106,6 +107,7 @@ impl ReceivedBatch {
         Self {
             bytes: Vec::with_capacity(bytes),
             records: Vec::with_capacity(records),
+            arrival: Instant::now(),
         }
     }
 
@@ -130,7 +132,6 @@ impl ReceivedBatch {
                 .span()
                 .span_context()
                 .clone(),
-            arrival: Instant::now(),
         });
     }
 
@@ -177,17 +178,32 @@ pub(super) struct Undecodable {
 
 /// Decodes a batch and encodes its lines; runs on the blocking pool.
 fn prepare_batch(topic: &str, batch: ReceivedBatch) -> PreparedBatch {
-    let ReceivedBatch { bytes, records } = batch;
-    // JSON lines run about twice the size of their protobuf records.
-    let mut json = Vec::with_capacity(bytes.len() * 2);
+    let ReceivedBatch {
+        bytes,
+        records,
+        arrival,
+    } = batch;
+    let count = records.len();
+    let mut json = Vec::new();
     // One record decoded into again and again: its strings keep their capacity, so a record
     // costs copies of its text rather than a dozen allocations.
     let mut decoded = AuditRecord::default();
-    let records = records
-        .into_iter()
-        .map(|received| prepare(topic, received, &bytes, &mut json, &mut decoded))
-        .collect();
-    PreparedBatch { json, records }
+    let mut records = records.into_iter();
+    let mut prepared = Vec::with_capacity(count);
+    prepared.extend(
+        records
+            .next()
+            .map(|first| prepare(topic, first, &bytes, &mut json, &mut decoded, arrival)),
+    );
+    // Room for the rest at the first line's size (and a little), so the buffer rarely grows.
+    json.reserve((json.len() + json.len() / 8) * count.saturating_sub(1));
+    prepared.extend(
+        records.map(|received| prepare(topic, received, &bytes, &mut json, &mut decoded, arrival)),
+    );
+    PreparedBatch {
+        json,
+        records: prepared,
+    }
 }
 
 /// Decodes a record and appends its JSON line to `json`.
@@ -197,6 +213,7 @@ fn prepare(
     bytes: &[u8],
     json: &mut Vec<u8>,
     decoded: &mut AuditRecord,
+    arrival: Instant,
 ) -> Prepared {
     let payload = &bytes[received.payload.clone()];
     let position = AuditPosition {
@@ -219,7 +236,7 @@ fn prepare(
         generation: received.generation,
         partition: received.partition,
         offset: received.offset,
-        arrival: received.arrival,
+        arrival,
         content,
     }
 }
