@@ -218,9 +218,9 @@ impl Loop {
     /// out of the consumer so the encoders can take them. Each carries its partition's
     /// assignment generation as it is now; records of a partition not assigned are dropped.
     fn take_ready(&self, first: BorrowedMessage<'_>, limit: usize) -> ReceivedBatch {
-        // Room for `limit` records the size of the first, so the buffer rarely grows.
         let first_size = first.payload_len() + first.key_len();
-        let mut batch = ReceivedBatch::with_capacity(limit, limit * first_size);
+        let mut batch =
+            ReceivedBatch::with_capacity(limit, prepare::batch_reserve(first_size, limit));
         self.receive(&first, &mut batch);
         drop(first);
         while batch.len() < limit {

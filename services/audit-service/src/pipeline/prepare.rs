@@ -71,6 +71,16 @@ impl Encoding {
 /// thread of the blocking pool.
 pub(super) const ENCODE_BATCH: usize = 1024;
 
+/// What a batch's buffer reserves for `records` more records the size of its first, so that it
+/// rarely grows; bounded, because a large first record (a long error detail) must not make a
+/// thousand-record batch reserve a thousand times its size.
+pub(super) fn batch_reserve(first_record_bytes: usize, records: usize) -> usize {
+    const MAX_RESERVE_BYTES: usize = 4 * 1024 * 1024;
+    first_record_bytes
+        .saturating_mul(records)
+        .min(MAX_RESERVE_BYTES)
+}
+
 /// Batches being encoded at once, at most. Several, so that every core encodes while the
 /// pipeline task goes on receiving: with one task doing both, or waiting for each batch, the
 /// service used about one of two cores in `make bench`.
@@ -195,8 +205,11 @@ fn prepare_batch(topic: &str, batch: ReceivedBatch) -> PreparedBatch {
             .next()
             .map(|first| prepare(topic, first, &bytes, &mut json, &mut decoded, arrival)),
     );
-    // Room for the rest at the first line's size (and a little), so the buffer rarely grows.
-    json.reserve((json.len() + json.len() / 8) * count.saturating_sub(1));
+    // Lines differ in size a little (ids, numbers): a little more than the first's per line.
+    json.reserve(batch_reserve(
+        json.len() + json.len() / 8,
+        count.saturating_sub(1),
+    ));
     prepared.extend(
         records.map(|received| prepare(topic, received, &bytes, &mut json, &mut decoded, arrival)),
     );
@@ -416,6 +429,14 @@ mod tests {
             ids(&together.records[3]),
             [IdHash::of(""), IdHash::of("orders")]
         );
+    }
+
+    #[test]
+    fn a_batch_reserves_for_records_like_its_first_within_a_bound() {
+        assert_eq!(batch_reserve(800, 1023), 818_400);
+        assert_eq!(batch_reserve(0, 1023), 0);
+        assert_eq!(batch_reserve(1024 * 1024, 1023), 4 * 1024 * 1024);
+        assert_eq!(batch_reserve(usize::MAX, 2), 4 * 1024 * 1024);
     }
 
     #[test]
