@@ -25,6 +25,7 @@ component_script() {
 
 up() {
     local started=$SECONDS component
+    warn_if_disk_low
     for component in "$@"; do
         "$(component_script "$component")" start
     done

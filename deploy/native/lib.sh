@@ -179,6 +179,17 @@ show_tail() {
     fi
 }
 
+# Kafka's logs, Ceph's store (memstore dumps itself to disk on a clean stop) and the services'
+# logs need room; on a nearly full disk they fail later in ways that do not name the disk.
+# Usage: warn_if_disk_low [MIN_GIB] (default 5)
+warn_if_disk_low() {
+    local min_gib="${1:-5}" free_kib
+    free_kib="$(df -Pk "$RELAIS_STATE_DIR" 2>/dev/null | awk 'NR == 2 { print $4 }')"
+    if [ -n "$free_kib" ] && [ "$free_kib" -lt $((min_gib * 1024 * 1024)) ]; then
+        log "WARNING: only $((free_kib / 1024)) MiB free on the disk holding $RELAIS_STATE_DIR (${min_gib} GiB or more advised): Kafka and Ceph may fail to start or to write"
+    fi
+}
+
 # Daemons that cannot write (or, like Ceph's monitor, refuse to start on a nearly full disk)
 # fail in ways that do not name the disk: say how much room is left.
 show_disk_space() {
