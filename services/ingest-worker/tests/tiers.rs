@@ -71,7 +71,10 @@ async fn a_sick_upstreams_messages_leave_the_partitions_and_return_through_the_t
     // Nothing listens here until the test starts b's simulator: connections are refused.
     let sick_address = free_port();
     let topics = Topics::create(&kafka, 3).await;
-    let tiers = [secs(1), secs(2), secs(5)];
+    // b comes back while its messages wait in the third tier. The fourth is the margin: a
+    // message due before b is up (or before its circuit has closed again) waits there, and
+    // is not dead-lettered however slow the machine.
+    let tiers = [secs(1), secs(2), secs(5), secs(30)];
     let mut config = config_with_tiers(&topics, healthy.api, &tiers);
     config.upstreams = BTreeMap::from([
         (

@@ -185,7 +185,10 @@ async fn a_slow_client_is_dropped_and_a_fast_one_keeps_its_latency() {
     let kafka = relais_test_support::kafka().await;
     let topic = kafka.create_topic("it-events", 3).await;
     let mut config = test_config(&topic);
-    config.websocket.client_queue = 256;
+    // Two seconds of events: the fast client (a debug build sharing a busy machine with the
+    // other tests) may stall for a moment without being taken for a slow one; the slow
+    // client, which reads nothing, is still cut off by the write timeout.
+    config.websocket.client_queue = 2048;
     config.websocket.write_timeout = Duration::from_secs(1);
     let gateway = Gateway::start(&kafka, config, "http://127.0.0.1:1").await;
     const TOTAL: u64 = 10_000;
