@@ -399,3 +399,47 @@ fn compress(ndjson: &[u8], compression: Compression, level: u32) -> Vec<u8> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(count: usize) -> Vec<u8> {
+        let lines =
+            (0..count).map(|index| format!("{{\"id\":\"m-{index}\",\"offset\":{index}}}\n"));
+        lines.collect::<String>().into_bytes()
+    }
+
+    #[test]
+    fn an_object_compresses_to_what_its_readers_decompress() {
+        let ndjson = lines(200_000);
+        let gzip = compress(&ndjson, Compression::Gzip, 2);
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(gzip.as_slice()),
+            &mut text,
+        )
+        .expect("gzip");
+        assert_eq!(text, ndjson);
+        let zstd = compress(&ndjson, Compression::Zstd, 3);
+        assert_eq!(
+            zstd::stream::decode_all(zstd.as_slice()).expect("zstd"),
+            ndjson
+        );
+        assert_eq!(
+            zstd::bulk::decompress(&zstd, ndjson.len()).expect("a frame with its size"),
+            ndjson
+        );
+    }
+
+    #[test]
+    fn the_same_lines_compress_to_the_same_bytes() {
+        // A rewritten object (after a crash) must be the same object.
+        for compression in [Compression::Gzip, Compression::Zstd] {
+            assert_eq!(
+                compress(&lines(50_000), compression, 3),
+                compress(&lines(50_000), compression, 3)
+            );
+        }
+    }
+}
