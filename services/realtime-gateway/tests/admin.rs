@@ -59,8 +59,15 @@ async fn read_audit(
     read
 }
 
+/// The upstream as the gateway lists it; `None` while it is not listed, or while the gateway
+/// has not read the control topic yet (503, on a slow start).
 async fn upstream(gateway: &Gateway, name: &str) -> Option<Value> {
-    let listed = gateway.get_json("/api/v1/upstreams").await;
+    let response = gateway.get("/api/v1/upstreams", Some(VIEWER_TOKEN)).await;
+    if response.status() == 503 {
+        return None;
+    }
+    assert_eq!(response.status(), 200, "GET /api/v1/upstreams");
+    let listed: Value = response.json().await.unwrap();
     listed["upstreams"]
         .as_array()
         .unwrap()

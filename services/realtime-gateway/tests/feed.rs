@@ -231,9 +231,10 @@ async fn a_slow_client_is_dropped_and_a_fast_one_keeps_its_latency() {
         TOTAL,
         "the fast client got everything"
     );
+    // Held back by the slow client, the fast one would wait for its write timeout (1 s).
     let p99 = p99(&mut client.latencies_ms);
     assert!(
-        p99 < 100.0,
+        p99 < 500.0,
         "fast client p99 {p99:.1} ms from produce to receipt"
     );
 
