@@ -125,12 +125,12 @@ impl Pending {
     }
 }
 
-/// One line to append: the encoded record and what the index needs.
+/// What an object needs of a record besides its encoded line: where it is, its hour, what the
+/// index and the object's span take of it.
 #[derive(Debug)]
-pub struct Line<'a> {
+pub struct Line {
     pub offset: i64,
     pub time: DateTime<Utc>,
-    pub json: &'a [u8],
     /// The record's trace id and message id (an operator action's trace id and subject).
     pub ids: [IdHash; 2],
     /// The record's own trace context (from its `traceparent` header), if valid.
@@ -176,14 +176,15 @@ impl PartitionWriter {
     }
 
     /// Appends a line; returns the object it closed first, if the line did not fit.
-    pub fn push(&mut self, line: Line<'_>, now: Instant) -> Option<DataObject> {
+    /// Appends a record's encoded line (`json`, without its newline).
+    pub fn push(&mut self, line: Line, json: &[u8], now: Instant) -> Option<DataObject> {
         self.last_arrival = now;
         let hour = hour_of(line.time);
         let closed = match &self.open {
             Some(open)
                 if open.hour != hour
                     || open.records >= self.policy.max_records
-                    || open.ndjson.len() + line.json.len() > self.policy.max_bytes =>
+                    || open.ndjson.len() + json.len() > self.policy.max_bytes =>
             {
                 self.open.take()
             }
@@ -202,7 +203,7 @@ impl PartitionWriter {
         });
         open.end_offset = line.offset;
         open.records += 1;
-        open.ndjson.extend_from_slice(line.json);
+        open.ndjson.extend_from_slice(json);
         open.ndjson.push(b'\n');
         open.ids.extend_from_slice(&line.ids);
         if open.links.len() < MAX_LINKS
@@ -278,18 +279,19 @@ mod tests {
         );
     }
 
-    fn line(offset: i64, hour: u32, minute: u32, size: usize) -> Line<'static> {
+    /// A record's line fields and `size` bytes of encoded line.
+    fn line(offset: i64, hour: u32, minute: u32, size: usize) -> (Line, &'static [u8]) {
         const JSON: &[u8] = &[b'x'; 64];
-        Line {
+        let line = Line {
             offset,
             time: Utc.with_ymd_and_hms(2026, 11, 27, hour, minute, 0).unwrap(),
-            json: &JSON[..size],
             ids: [
                 IdHash::of(&format!("t{offset}")),
                 IdHash::of(&format!("m{offset}")),
             ],
             context: None,
-        }
+        };
+        (line, &JSON[..size])
     }
 
     fn writer(max_records: usize, max_bytes: usize) -> PartitionWriter {
@@ -304,11 +306,11 @@ mod tests {
     }
 
     /// Runs lines through a writer and returns (start, end, records) of every object.
-    fn cut(writer: &mut PartitionWriter, lines: Vec<Line>) -> Vec<(i64, i64, usize)> {
+    fn cut(writer: &mut PartitionWriter, lines: Vec<(Line, &[u8])>) -> Vec<(i64, i64, usize)> {
         let now = Instant::now();
         let mut objects: Vec<DataObject> = lines
             .into_iter()
-            .filter_map(|l| writer.push(l, now))
+            .filter_map(|(line, json)| writer.push(line, json, now))
             .collect();
         objects.extend(writer.close());
         objects
@@ -355,7 +357,10 @@ mod tests {
         assert_eq!(first, second);
         let now = Instant::now();
         let mut w = writer(64, 500);
-        let object = make().into_iter().find_map(|l| w.push(l, now)).unwrap();
+        let object = make()
+            .into_iter()
+            .find_map(|(line, json)| w.push(line, json, now))
+            .unwrap();
         assert_eq!(
             data_key("audit", "relais.audit", &object, "ndjson.gz"),
             "audit/dt=2026-11-27/hour=10/relais.audit+3+00000000000000000100.ndjson.gz"
@@ -365,7 +370,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_partitions_close_their_object() {
         let mut w = writer(100, 1000);
-        assert!(w.push(line(0, 10, 0, 1), Instant::now()).is_none());
+        let (first, json) = line(0, 10, 0, 1);
+        assert!(w.push(first, json, Instant::now()).is_none());
         assert!(w.close_if_idle(Instant::now()).is_none());
         tokio::time::advance(Duration::from_secs(5)).await;
         let closed = w.close_if_idle(Instant::now()).expect("idle");

@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use crate::config::AuditConfig;
 use crate::index::Index;
 use crate::metrics::AuditMetrics;
-use crate::object::{Line, Pending, QuarantinedRecord, RotationPolicy};
+use crate::object::{Pending, QuarantinedRecord, RotationPolicy};
 use crate::store::Store;
 
 pub use self::assignment::{Assignment, AuditConsumer, AuditContext};
@@ -53,7 +53,7 @@ use self::commits::{Backoff, Commits};
 use self::health::Verdict;
 use self::partition::PartitionState;
 use self::prepare::{
-    ENCODE_BATCH, ENCODING_BATCHES, Encoding, Prepared, PreparedBatch, ReceivedBatch,
+    ENCODE_BATCH, ENCODING_BATCHES, Encoded, Encoding, Prepared, PreparedBatch, ReceivedBatch,
 };
 use self::storing::Uploaded;
 
@@ -266,15 +266,8 @@ impl Loop {
             return;
         }
         match content {
-            Ok(encoded) => {
-                let line = Line {
-                    offset,
-                    time: encoded.time,
-                    json: &json[encoded.json],
-                    ids: encoded.ids,
-                    context: encoded.context,
-                };
-                if let Some(object) = state.writer.push(line, arrival) {
+            Ok(Encoded { line, json: range }) => {
+                if let Some(object) = state.writer.push(line, &json[range], arrival) {
                     state.enqueue(Pending::Data(object));
                 }
             }

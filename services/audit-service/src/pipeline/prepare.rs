@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::actions;
 use crate::encode::{self, AuditPosition};
 use crate::index::IdHash;
+use crate::object::Line;
 
 /// Batches being decoded and encoded on the blocking pool, oldest first (they are applied in
 /// this order), with the records and payload bytes they carry.
@@ -169,13 +170,11 @@ pub(super) struct Prepared {
     pub(super) content: Result<Encoded, Undecodable>,
 }
 
-/// A record's line (in the batch's `json`) and what its object and index need.
+/// A record's line (a range of the batch's `json`) and what its object needs besides.
 #[derive(Debug)]
 pub(super) struct Encoded {
-    pub(super) time: chrono::DateTime<chrono::Utc>,
+    pub(super) line: Line,
     pub(super) json: Range<usize>,
-    pub(super) ids: [IdHash; 2],
-    pub(super) context: Option<SpanContext>,
 }
 
 /// A record that did not decode, as it came.
@@ -275,10 +274,13 @@ fn record_line(
     let start = json.len();
     encode::RecordLine { record, position }.write_to(json);
     Ok(Encoded {
-        time: encode::record_time(Some(record), kafka_time),
+        line: Line {
+            offset: position.offset,
+            time: encode::record_time(Some(record), kafka_time),
+            ids: [IdHash::of(&record.trace_id), IdHash::of(&record.message_id)],
+            context: trace.is_valid().then_some(trace),
+        },
         json: start..json.len(),
-        ids: [IdHash::of(&record.trace_id), IdHash::of(&record.message_id)],
-        context: trace.is_valid().then_some(trace),
     })
 }
 
@@ -301,10 +303,13 @@ fn action_line(
     }
     .write_to(json);
     Ok(Encoded {
-        time,
+        line: Line {
+            offset: position.offset,
+            time,
+            ids: [IdHash::of(&action.trace_id), IdHash::of(&action.subject)],
+            context: None,
+        },
         json: start..json.len(),
-        ids: [IdHash::of(&action.trace_id), IdHash::of(&action.subject)],
-        context: None,
     })
 }
 
@@ -420,7 +425,7 @@ mod tests {
         let undecodable = together.records[1].content.as_ref().unwrap_err();
         assert_eq!(undecodable.payload, b"\xff not protobuf");
         assert_eq!(undecodable.key.as_deref(), Some(&b"key-1"[..]));
-        let ids = |record: &Prepared| record.content.as_ref().unwrap().ids;
+        let ids = |record: &Prepared| record.content.as_ref().unwrap().line.ids;
         assert_eq!(
             ids(&together.records[2]),
             [IdHash::of(""), IdHash::of("m-2")]
@@ -459,6 +464,7 @@ mod tests {
                 .content
                 .as_ref()
                 .unwrap()
+                .line
                 .context
                 .clone()
         };
