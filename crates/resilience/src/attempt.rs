@@ -113,8 +113,8 @@ pub(crate) struct AttemptProgress {
     pub(crate) timings: PhaseTimings,
     pub(crate) request_bytes: u64,
     pub(crate) response_bytes: u64,
-    /// Trace id of the attempt's client span, for metric exemplars.
-    pub(crate) trace_id: Option<String>,
+    /// The attempt's trace, for metric exemplars (only while spans are exported).
+    pub(crate) exemplar: Option<relais_telemetry::exemplar::TraceExemplar>,
     pub(crate) response: Option<ResponseExcerpt>,
 }
 

@@ -17,7 +17,9 @@ use crate::classify::{RetryClassifier, RetryStop, StatusClassifier, TransportErr
 use crate::credentials::{Credentials, OAuth2};
 use crate::destination::{AllowedNetworks, GuardedResolver};
 use crate::error::{ResilienceError, refusal, transport_error};
-use crate::layers::{AttemptTimeout, Bulkhead, CircuitGate, Deadline, Retry, RetryStopped};
+use crate::layers::{
+    AttemptTimeout, Bulkhead, CircuitGate, Deadline, Retry, RetryStopped, ServerAddress,
+};
 use crate::metrics::ResilienceMetrics;
 use crate::pace::{Pacer, Wait};
 use crate::policy::{PolicyError, UpstreamPolicy};
@@ -246,6 +248,7 @@ impl UpstreamClient {
             .with(Deadline {
                 deadline: policy.deadline,
                 upstream: Arc::clone(&upstream),
+                server: ServerAddress::new(&base_url),
                 metrics: metrics.clone(),
             })
             // 2. Bound concurrency before anything else, so a slow upstream ties up at most
@@ -278,6 +281,7 @@ impl UpstreamClient {
                 breaker: Arc::clone(&breaker),
                 pacer: Arc::clone(&pacer),
                 upstream: Arc::clone(&upstream),
+                server: ServerAddress::new(&base_url),
                 metrics: metrics.clone(),
             })
             // 5. Each attempt gets its own limit, so one hang cannot eat the deadline.

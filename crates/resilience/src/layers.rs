@@ -39,6 +39,7 @@ pub(crate) struct RetryStopped(pub(crate) RetryStop);
 pub(crate) struct Deadline {
     pub(crate) deadline: Duration,
     pub(crate) upstream: Arc<str>,
+    pub(crate) server: ServerAddress,
     pub(crate) metrics: ResilienceMetrics,
 }
 
@@ -53,7 +54,7 @@ impl Middleware for Deadline {
         let deadline = Instant::now() + self.deadline;
         extensions.insert(CallDeadline(deadline));
         let method = method_label(request.method());
-        let server = server_address(&request);
+        let server = self.server.of(&request);
         match tokio::time::timeout_at(deadline, next.run(request, extensions)).await {
             Ok(result) => result,
             Err(_) => {
@@ -68,9 +69,9 @@ impl Middleware for Deadline {
                         Err(TransportError::Timeout(TimeoutKind::Deadline)),
                         Duration::ZERO,
                     );
-                    let trace_id = progress.lock().trace_id.clone();
+                    let exemplar = progress.lock().exemplar.clone();
                     self.metrics
-                        .record_attempt(&self.upstream, method, &server, &record, trace_id);
+                        .record_attempt(&self.upstream, method, &server, &record, exemplar);
                     log.push(record);
                     // Recorded once: a second deadline (none can happen) must not re-record.
                     progress.lock().started = None;
@@ -192,6 +193,7 @@ pub(crate) struct Retry {
     /// for its turn under the rate limit.
     pub(crate) pacer: Arc<Pacer>,
     pub(crate) upstream: Arc<str>,
+    pub(crate) server: ServerAddress,
     pub(crate) metrics: ResilienceMetrics,
 }
 
@@ -206,7 +208,7 @@ impl Middleware for Retry {
         let log = extensions.get::<AttemptLog>().cloned().unwrap_or_default();
         let deadline = extensions.get::<CallDeadline>().map(|d| d.0);
         let method = method_label(request.method());
-        let server = server_address(&request);
+        let server = self.server.of(&request);
         // A repeat is harmless when the method is idempotent or the upstream can deduplicate.
         let replayable =
             request.method().is_idempotent() || request.headers().contains_key("idempotency-key");
@@ -270,9 +272,9 @@ impl Middleware for Retry {
                 },
                 wait,
             );
-            let trace_id = progress.lock().trace_id.clone();
+            let exemplar = progress.lock().exemplar.clone();
             self.metrics
-                .record_attempt(&self.upstream, method, &server, &record, trace_id);
+                .record_attempt(&self.upstream, method, &server, &record, exemplar);
             log.push(record);
             // Closed: the deadline layer must not record this attempt a second time.
             progress.lock().started = None;
@@ -435,8 +437,26 @@ fn retry_cause(result: &AttemptResult) -> &'static str {
     }
 }
 
-fn server_address(request: &Request) -> Arc<str> {
-    Arc::from(request.url().host_str().unwrap_or_default())
+/// `server.address` of a request: the upstream's own host shared, any other host (an endpoint
+/// given as an absolute URL) allocated.
+#[derive(Debug, Clone)]
+pub(crate) struct ServerAddress {
+    usual: Arc<str>,
+}
+
+impl ServerAddress {
+    pub(crate) fn new(base_url: &reqwest::Url) -> Self {
+        Self {
+            usual: Arc::from(base_url.host_str().unwrap_or_default()),
+        }
+    }
+
+    fn of(&self, request: &Request) -> Arc<str> {
+        match request.url().host_str().unwrap_or_default() {
+            host if host == &*self.usual => Arc::clone(&self.usual),
+            host => Arc::from(host),
+        }
+    }
 }
 
 /// `http.request.method` as the OpenTelemetry conventions have it: the known methods by name,
@@ -459,6 +479,20 @@ fn method_label(method: &http::Method) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_upstreams_own_host_is_shared_and_any_other_is_its_own() {
+        let base = reqwest::Url::parse("https://api.example.test/v1/").unwrap();
+        let server = ServerAddress::new(&base);
+        let usual = Request::new(http::Method::POST, base.join("events").unwrap());
+        let elsewhere = Request::new(
+            http::Method::POST,
+            reqwest::Url::parse("https://other.example.test/hook").unwrap(),
+        );
+        assert!(Arc::ptr_eq(&server.of(&usual), &server.of(&usual)));
+        assert_eq!(&*server.of(&usual), "api.example.test");
+        assert_eq!(&*server.of(&elsewhere), "other.example.test");
+    }
 
     /// A call cancelled while it waits for its answer (as the deadline layer does) gives back
     /// its slot and its count.

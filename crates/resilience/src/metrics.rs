@@ -269,7 +269,7 @@ impl ResilienceMetrics {
         method: &'static str,
         server_address: &Arc<str>,
         attempt: &AttemptRecord,
-        trace_id: Option<String>,
+        exemplar: Option<TraceExemplar>,
     ) {
         let labels = HttpClientLabels {
             upstream: Arc::clone(upstream),
@@ -278,7 +278,6 @@ impl ResilienceMetrics {
             http_response_status_code: attempt.status,
             error_type: attempt.error_type(),
         };
-        let exemplar = trace_id.map(|trace_id| TraceExemplar { trace_id });
         self.request_duration.get_or_create(&labels).observe(
             attempt.timings.total.as_secs_f64(),
             exemplar.clone(),

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use bytes::BytesMut;
 use http::Extensions;
 use opentelemetry::trace::TraceContextExt;
-use reqwest::{Request, Response};
+use reqwest::{Request, Response, ResponseBuilderExt as _};
 use reqwest_middleware::{Middleware, Next};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -243,8 +243,7 @@ impl Middleware for Probe {
             progress.started = Some(Instant::now());
             progress.started_at = Some(SystemTime::now());
             progress.request_bytes = request_bytes;
-            let trace_id = context.span().span_context().trace_id();
-            progress.trace_id = Some(trace_id.to_string());
+            progress.exemplar = relais_telemetry::exemplar::of_span(context.span().span_context());
         }
 
         let connect = Arc::new(ConnectTimings::new());
@@ -353,9 +352,13 @@ async fn read_bounded(
         progress.timings.transfer = total.saturating_sub(head_at);
         progress.timings.total = total;
     }
-    let mut rebuilt = http::Response::new(body.freeze());
-    *rebuilt.status_mut() = response.status();
-    *rebuilt.version_mut() = response.version();
+    // With its URL: without one, reqwest parses a placeholder URL for every response.
+    let mut rebuilt = http::Response::builder()
+        .status(response.status())
+        .version(response.version())
+        .url(response.url().clone())
+        .body(body.freeze())
+        .map_err(|error| reqwest_middleware::Error::Middleware(error.into()))?;
     *rebuilt.headers_mut() = std::mem::take(response.headers_mut());
     Ok(Response::from(rebuilt))
 }

@@ -199,7 +199,9 @@ async fn retries_5xx_then_succeeds_with_one_idempotency_key_and_one_trace() {
         "{text}"
     );
     assert!(text.contains("http_response_status_code=\"503\""));
-    assert!(text.contains("# {trace_id=\""), "trace id exemplar: {text}");
+    // No span leaves this process, so no exemplar points at a trace nobody stored (the e2e
+    // traces test sees them while spans are exported).
+    assert!(!text.contains("# {trace_id=\""), "no exemplar: {text}");
     assert!(
         text.contains(
             "relais_http_client_retries_total{upstream=\"test\",reason=\"status_5xx\"} 2"

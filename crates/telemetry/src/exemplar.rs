@@ -26,10 +26,13 @@ pub fn current() -> Option<TraceExemplar> {
     use opentelemetry::trace::TraceContextExt as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let context = tracing::Span::current().context();
-    let span = context.span();
-    let span_context = span.span_context();
-    (span_context.is_valid() && span_context.is_sampled()).then(|| TraceExemplar {
-        trace_id: span_context.trace_id().to_string(),
+    of_span(context.span().span_context())
+}
+
+/// The trace of `span`, if it is sampled and spans are exported.
+pub fn of_span(span: &opentelemetry::trace::SpanContext) -> Option<TraceExemplar> {
+    (crate::spans_exported() && span.is_valid() && span.is_sampled()).then(|| TraceExemplar {
+        trace_id: span.trace_id().to_string(),
     })
 }
 
