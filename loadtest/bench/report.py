@@ -131,11 +131,13 @@ def client_rows(worker):
     names = {"reqwest": "bare reqwest client (the library under the worker's stack)",
              "resilience": "the worker's resilience stack (deadline, bulkhead, breaker, retry, timeout, probe)"}
     for kind, run in (worker.get("http_client_alone") or {}).items():
-        parts = run["cpu"]["components"]
-        own = next((part for name, part in parts.items() if name.startswith("loadgen")), {})
+        rate = run["requests_per_second"]
+        to_wrk = f"{rate['median'] / worker['wrk_requests_per_second']:.2f}" if rate else "not measured"
         rows += (f"| {names.get(kind, kind)} alone, {run['concurrency']} callers, no Kafka | "
-                 f"{run['requests_per_second']:.0f} requests/s, {own.get('cpu_us_per_unit', 0):.1f} CPU µs per request "
-                 f"(ratio to wrk {run['requests_per_second'] / worker['wrk_requests_per_second']:.2f}) |\n")
+                 f"{cell(rate)} requests/s, {cell(run['cpu_us_per_request'], digits=1)} CPU µs per request "
+                 f"(ratio to wrk {to_wrk}) |\n")
+    rows += ("| **worker's CPU per message / the bare client's CPU per request**, each round against the "
+             f"client's run beside it | **{cell(worker.get('worker_cpu_over_client_cpu'), digits=2)}** |\n")
     return rows
 
 

@@ -43,6 +43,17 @@ def spread(results, path):
             "values": values}
 
 
+def paired_ratio(ours, our_path, theirs, their_path):
+    """Round by round, ours over theirs (each pair ran one after the other, on the machine as
+    it was then), as a spread; None when no round measured both."""
+    ratios = [a / b for a, b in ((pick(x, our_path), pick(y, their_path)) for x, y in zip(ours, theirs))
+              if a is not None and b]
+    if not ratios:
+        return None
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "rounds": len(ratios),
+            "values": ratios}
+
+
 def compare(ours, theirs, higher_is_better=True):
     """Ours against theirs (two spreads): the ratio of the medians, whether the spreads overlap,
     and what that allows one to say."""

@@ -29,6 +29,15 @@ class Spread(unittest.TestCase):
         self.assertEqual((summary["median"], summary["min"], summary["max"], summary["rounds"]), (90.0, 80.0, 100.0, 3))
         self.assertIsNone(rounds.spread([{"skipped": "x"}], "cpu.us"))
 
+    def test_paired_ratios_divide_each_round_by_the_run_beside_it(self):
+        ours = [{"cpu": 100.0}, {"cpu": 300.0}, {"cpu": 50.0}, {"cpu": 80.0}]
+        theirs = [{"cpu": 50.0}, {"cpu": 100.0}, {"cpu": 0}, {}]
+        paired = rounds.paired_ratio(ours, "cpu", theirs, "cpu")
+        # The third pair has no divisor and the fourth no figure: two rounds count.
+        self.assertEqual(paired["values"], [2.0, 3.0])
+        self.assertEqual((paired["median"], paired["min"], paired["max"], paired["rounds"]), (2.5, 2.0, 3.0, 2))
+        self.assertIsNone(rounds.paired_ratio(ours, "cpu", [], "cpu"))
+
     def test_median_round_keeps_a_rounds_figures_together(self):
         results = [{"rate": 3, "id": "a"}, {"rate": 1, "id": "b"}, {"rate": 2, "id": "c"}, {"rate": 4, "id": "d"}]
         self.assertEqual(rounds.median_round(results, "rate")["id"], "c")

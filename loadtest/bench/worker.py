@@ -15,7 +15,7 @@ from common import (
     BOOTSTRAP, consumer_ceiling, CpuMeter, create_topic, follow_until, http_get, http_post, infra_pids,
     kafka_tool, log, peak_rss_bytes, produce_sequenced, RELEASE, ROOT, SIM_ADMIN, SIM_API, start, stop, wait_http, WORKER_ADMIN)
 from peers import PC_COUNT, PC_DIR, run_camel, run_java_peer
-from rounds import alternate, compare, median_round, spread
+from rounds import alternate, compare, median_round, paired_ratio, spread
 
 
 def run_wrk(seconds, sim_pid):
@@ -42,6 +42,8 @@ def run_http_post(kind, seconds, concurrency, sim_pid):
         capture_output=True, text=True, check=True, env={**os.environ, "RUST_LOG": "warn"}).stdout
     result = json.loads(output.strip().splitlines()[-1])
     result["cpu"] = meter.stop(result["requests"])
+    own = next((part for name, part in result["cpu"]["components"].items() if name.startswith("loadgen")), {})
+    result["cpu_us_per_request"] = own.get("cpu_us_per_unit")
     return result
 
 
@@ -123,11 +125,13 @@ def worker_benchmark(args, out, stamp):
         (out / "wrk.txt").write_text(wrk_output)
         http_post(f"http://{SIM_ADMIN}/admin/reset")
         log(f"wrk: {wrk_rate:.0f} requests/s")
-        clients = {}
-        for kind in ("reqwest", "resilience"):
-            clients[kind] = run_http_post(kind, args.wrk_seconds, args.worker_in_flight, sim.pid)
-            http_post(f"http://{SIM_ADMIN}/admin/reset")
-            log(f"loadgen http-post --client {kind}: {clients[kind]['requests_per_second']:.0f} requests/s")
+
+        def http_client(kind):
+            def run(index):
+                result = run_http_post(kind, args.wrk_seconds, args.worker_in_flight, sim.pid)
+                http_post(f"http://{SIM_ADMIN}/admin/reset")
+                return result
+            return run
 
         log(f"producing {args.messages} messages")
         produce_seconds = produce(ingress, args.messages)
@@ -139,7 +143,11 @@ def worker_benchmark(args, out, stamp):
             for topic in outcome_topics:
                 create_topic(topic, 12)
         skipped = {"skipped": args.camel_unavailable} if args.camel_unavailable else None
+        # The HTTP client alone runs in the same turns: the worker's CPU per message over the
+        # client's CPU per request, round by round, holds while the machine's speed drifts.
         runs = alternate(args.rounds, [
+            ("http_reqwest", http_client("reqwest")),
+            ("http_resilience", http_client("resilience")),
             ("worker", lambda index: worker_round(args, out, stamp, index, sim, ingress)),
             ("camel", lambda index: skipped or camel_round(args, out, stamp, index, ingress)),
             ("camel_with_outcomes",
@@ -180,7 +188,12 @@ def worker_benchmark(args, out, stamp):
                                 or runs["camel_with_outcomes"][0]),
         "target_ratio": 0.7,
         "wrk_cpu": wrk_cpu,
-        "http_client_alone": clients,
+        "http_client_alone": {kind: {"requests_per_second": spread(runs[f"http_{kind}"], "requests_per_second"),
+                                     "cpu_us_per_request": spread(runs[f"http_{kind}"], "cpu_us_per_request"),
+                                     "concurrency": args.worker_in_flight}
+                              for kind in ("reqwest", "resilience")},
+        "worker_cpu_over_client_cpu": paired_ratio(runs["worker"], "cpu_us_per_message",
+                                                   runs["http_reqwest"], "cpu_us_per_request"),
         "worker_cpu": median_worker["cpu"],
         "rate_if_worker_cost_nothing": round(bound, 1) if bound else None,
         "ratio_bound_if_worker_cost_nothing": round(bound / wrk_rate, 3) if bound else None,
