@@ -245,7 +245,7 @@ impl Processor {
                     "message not delivered"
                 );
             }
-            let records = records::build(&inbound, &decided, &this.topics, this.dlq_limits);
+            let records = records::build(&inbound, decided, &this.topics, this.dlq_limits);
             if records.iter().any(crate::dlq::is_truncated_dlq_copy) {
                 this.metrics.dlq_truncated.inc();
             }
