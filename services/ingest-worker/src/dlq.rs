@@ -206,8 +206,6 @@ pub fn shrink_refused(record: &mut OutRecord) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
-
     use super::*;
 
     const LIMITS: DlqLimits = DlqLimits {
@@ -216,24 +214,7 @@ mod tests {
         max_key_bytes: 8,
     };
 
-    fn inbound(payload: Vec<u8>, key: &[u8], headers: &[(&str, &[u8])]) -> Inbound {
-        Inbound {
-            topic: "relais.ingress".into(),
-            topic_index: crate::tracker::INGRESS,
-            partition: 3,
-            offset: 7,
-            generation: 1,
-            key: Some(key.to_vec()),
-            payload,
-            headers: headers
-                .iter()
-                .map(|(name, value)| ((*name).to_owned(), value.to_vec()))
-                .collect(),
-            timestamp: None,
-            received_at: SystemTime::now(),
-            retry: None,
-        }
-    }
+    use crate::records::fixtures::inbound;
 
     fn header<'a>(
         headers: &'a [(impl AsRef<str>, impl AsRef<[u8]>)],

@@ -278,19 +278,11 @@ mod tests {
     use super::*;
 
     fn inbound() -> Inbound {
-        Inbound {
-            topic: "relais.ingress".into(),
-            topic_index: crate::tracker::INGRESS,
-            partition: 3,
-            offset: 7,
-            generation: 1,
-            key: Some(b"k".to_vec()),
-            payload: br#"{"id":"m-1"}"#.to_vec(),
-            headers: vec![("traceparent".into(), b"00-producer".to_vec())],
-            timestamp: None,
-            received_at: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(100),
-            retry: None,
-        }
+        crate::records::fixtures::inbound(
+            br#"{"id":"m-1"}"#.to_vec(),
+            b"k",
+            &[("traceparent", b"00-producer")],
+        )
     }
 
     fn decided(outcome: Outcome) -> Decided {

@@ -196,5 +196,7 @@ pub struct Scheduled {
 }
 
 mod build;
+#[cfg(test)]
+pub(crate) mod fixtures;
 
 pub use build::{build, build_move};
