@@ -168,7 +168,7 @@ impl Normaliser {
             ));
         }
 
-        let event_type = required_string(&mut object, "type")?.to_lowercase();
+        let event_type = lower_case(required_string(&mut object, "type")?);
         self.check_length("type", &event_type, self.limits.max_type_chars)?;
         if !is_dotted_name(&event_type) {
             return Err(Rejection::new(
@@ -316,12 +316,25 @@ fn required_string(object: &mut Map<String, Value>, field: &str) -> Result<Strin
                     format!("{field} is empty"),
                 ));
             }
-            Ok(trimmed.to_owned())
+            if trimmed.len() == text.len() {
+                Ok(text)
+            } else {
+                Ok(trimmed.to_owned())
+            }
         }
         Some(other) => Err(Rejection::new(
             RejectReason::WrongType,
             format!("{field} must be a string, not {}", json_type(&other)),
         )),
+    }
+}
+
+/// `text` in lower case, reusing it when it is lower-case ASCII already.
+fn lower_case(text: String) -> String {
+    if text.is_ascii() && !text.bytes().any(|b| b.is_ascii_uppercase()) {
+        text
+    } else {
+        text.to_lowercase()
     }
 }
 
@@ -428,6 +441,13 @@ mod tests {
         assert_eq!(event.route.as_deref(), Some("orders"));
         assert!(event.data.is_empty(), "data defaults to an empty object");
         assert_eq!(event.schema_version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn lower_case_is_to_lowercase_without_the_copy() {
+        for text in ["order.created", "Order.Created", "\u{212A}elvin.x", "ǅ.x", "été", ""] {
+            assert_eq!(lower_case(text.to_owned()), text.to_lowercase(), "{text:?}");
+        }
     }
 
     #[test]

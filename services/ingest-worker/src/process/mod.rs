@@ -259,8 +259,10 @@ impl Processor {
     /// outcome is decided already: rejected input).
     fn route_message(&self, inbound: &Inbound) -> (Decided, Option<IngressEvent>) {
         let (trace_id, span_id, traceparent) = current_trace();
+        // The id of a message whose payload cannot be trusted is its position; a valid one's
+        // is its own, set below.
         let mut decided = Decided {
-            message_id: fallback_message_id(inbound),
+            message_id: String::new(),
             trace_id,
             span_id,
             traceparent,
@@ -275,6 +277,7 @@ impl Processor {
             circuit_state: None,
         };
         if let Some(Err(problem)) = &inbound.retry {
+            decided.message_id = fallback_message_id(inbound);
             self.metrics.record_rejection("bad_retry_record");
             decided.outcome = Outcome::Rejected {
                 reason: "bad_retry_record",
@@ -290,6 +293,7 @@ impl Processor {
         let event = match self.normaliser.normalise(&inbound.payload, now) {
             Ok(event) => event,
             Err(rejection) => {
+                decided.message_id = fallback_message_id(inbound);
                 self.metrics.record_rejection(rejection.reason.code());
                 decided.outcome = Outcome::Rejected {
                     reason: rejection.reason.code(),
