@@ -445,7 +445,14 @@ mod tests {
 
     #[test]
     fn lower_case_is_to_lowercase_without_the_copy() {
-        for text in ["order.created", "Order.Created", "\u{212A}elvin.x", "ǅ.x", "été", ""] {
+        for text in [
+            "order.created",
+            "Order.Created",
+            "\u{212A}elvin.x",
+            "ǅ.x",
+            "été",
+            "",
+        ] {
             assert_eq!(lower_case(text.to_owned()), text.to_lowercase(), "{text:?}");
         }
     }
