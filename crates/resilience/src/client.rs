@@ -242,13 +242,14 @@ impl UpstreamClient {
             .build()
             .map_err(BuildError::Client)?;
 
+        let server = ServerAddress::new(&base_url);
         // The order is the design (outermost first); each layer says why it is where it is.
         let client = reqwest_middleware::ClientBuilder::new(http.clone())
             // 1. The caller's time limit covers everything below, waits included.
             .with(Deadline {
                 deadline: policy.deadline,
                 upstream: Arc::clone(&upstream),
-                server: ServerAddress::new(&base_url),
+                server: server.clone(),
                 metrics: metrics.clone(),
             })
             // 2. Bound concurrency before anything else, so a slow upstream ties up at most
@@ -281,7 +282,7 @@ impl UpstreamClient {
                 breaker: Arc::clone(&breaker),
                 pacer: Arc::clone(&pacer),
                 upstream: Arc::clone(&upstream),
-                server: ServerAddress::new(&base_url),
+                server,
                 metrics: metrics.clone(),
             })
             // 5. Each attempt gets its own limit, so one hang cannot eat the deadline.

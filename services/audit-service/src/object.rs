@@ -175,8 +175,8 @@ impl PartitionWriter {
         self.open.as_ref().map(|object| object.first_arrival)
     }
 
-    /// Appends a line; returns the object it closed first, if the line did not fit.
-    /// Appends a record's encoded line (`json`, without its newline).
+    /// Appends a record's encoded line (`json`, without its newline); returns the object it
+    /// closed first, if the line did not fit.
     pub fn push(&mut self, line: Line, json: &[u8], now: Instant) -> Option<DataObject> {
         self.last_arrival = now;
         let hour = hour_of(line.time);
