@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::classify::{TimeoutKind, TransportError};
+use crate::classify::{RetryStop, TimeoutKind, TransportError};
 use crate::excerpt::ResponseExcerpt;
 
 /// One HTTP attempt of a delivery, as it ends up in the audit record.
@@ -100,11 +100,25 @@ pub fn prost_timestamp(time: SystemTime) -> relais_proto::Timestamp {
     }
 }
 
-/// Filled in while an attempt runs, by the layers that see each part of it; shared through
-/// the request extensions so a timeout that cancels the inner layers loses nothing measured.
+/// What the layers of one call record together: the deadline, the attempt in progress, the
+/// attempts done and why retries stopped. The caller puts it into the request extensions, one
+/// entry for the whole call; a timeout that cancels the inner layers loses nothing measured.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct CurrentAttempt(pub(crate) Arc<Mutex<AttemptProgress>>);
+pub(crate) struct CallRecord(Arc<Mutex<CallProgress>>);
 
+#[derive(Debug, Default)]
+pub(crate) struct CallProgress {
+    /// When the whole call must be over; set by the deadline layer, read by the retry layer so
+    /// it never sleeps past it.
+    pub(crate) deadline: Option<tokio::time::Instant>,
+    /// The attempt in progress; its `started` is `None` once it is recorded.
+    pub(crate) current: AttemptProgress,
+    pub(crate) attempts: Vec<AttemptRecord>,
+    /// Why retries stopped short of a success, if they did.
+    pub(crate) retry_stop: Option<RetryStop>,
+}
+
+/// Filled in while an attempt runs, by the layers that see each part of it.
 #[derive(Debug, Default)]
 pub(crate) struct AttemptProgress {
     pub(crate) number: u32,
@@ -118,32 +132,16 @@ pub(crate) struct AttemptProgress {
     pub(crate) response: Option<ResponseExcerpt>,
 }
 
-impl CurrentAttempt {
-    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, AttemptProgress> {
+impl CallRecord {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, CallProgress> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
 
-/// The attempts of one delivery, in order; put into the extensions by the caller.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct AttemptLog(pub(crate) Arc<Mutex<Vec<AttemptRecord>>>);
-
-impl AttemptLog {
-    pub(crate) fn push(&self, record: AttemptRecord) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(record);
-    }
-
-    pub(crate) fn take(&self) -> Vec<AttemptRecord> {
-        std::mem::take(
-            &mut *self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+    /// The call's attempts, in order, and why retries stopped, once the call is over.
+    pub(crate) fn take(&self) -> (Vec<AttemptRecord>, Option<RetryStop>) {
+        let mut progress = self.lock();
+        (std::mem::take(&mut progress.attempts), progress.retry_stop)
     }
 }

@@ -10,16 +10,14 @@ use reqwest_middleware::ClientWithMiddleware;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::attempt::{AttemptLog, AttemptRecord};
+use crate::attempt::{AttemptRecord, CallRecord};
 use crate::budget::RetryBudget;
 use crate::circuit::{CircuitBreaker, CircuitState};
 use crate::classify::{RetryClassifier, RetryStop, StatusClassifier, TransportError};
 use crate::credentials::{Credentials, OAuth2};
 use crate::destination::{AllowedNetworks, GuardedResolver};
 use crate::error::{ResilienceError, refusal, transport_error};
-use crate::layers::{
-    AttemptTimeout, Bulkhead, CircuitGate, Deadline, Retry, RetryStopped, ServerAddress,
-};
+use crate::layers::{Bulkhead, CircuitGate, Deadline, Retry, ServerAddress};
 use crate::metrics::ResilienceMetrics;
 use crate::pace::{Pacer, Wait};
 use crate::policy::{PolicyError, UpstreamPolicy};
@@ -266,8 +264,10 @@ impl UpstreamClient {
                 upstream: Arc::clone(&upstream),
                 metrics: metrics.clone(),
             })
-            // 4. Retries decide per attempt and feed the breaker per attempt.
+            // 4. Retries decide per attempt and feed the breaker per attempt; each attempt
+            //    gets its own time limit, so one hang cannot eat the deadline.
             .with(Retry {
+                attempt_timeout: policy.attempt_timeout,
                 budget_utilisation: metrics
                     .retry_budget_utilisation
                     .get_or_create(&labels)
@@ -285,11 +285,7 @@ impl UpstreamClient {
                 server,
                 metrics: metrics.clone(),
             })
-            // 5. Each attempt gets its own limit, so one hang cannot eat the deadline.
-            .with(AttemptTimeout {
-                timeout: policy.attempt_timeout,
-            })
-            // 6. Closest to the wire: measures exactly what the network did.
+            // 5. Closest to the wire: measures exactly what the network did.
             .with(Probe {
                 upstream: Arc::clone(&upstream),
                 max_response_bytes: policy.max_response_bytes,
@@ -477,14 +473,13 @@ impl UpstreamClient {
             });
             return (self.finish(throttled, Vec::new(), None, started), used);
         }
-        let log = AttemptLog::default();
+        let call = CallRecord::default();
         let mut extensions = Extensions::new();
-        extensions.insert(log.clone());
+        extensions.insert(call.clone());
         let result = self
             .client
             .execute_with_extensions(request, &mut extensions)
             .await;
-        let stop = extensions.get::<RetryStopped>().map(|stopped| stopped.0);
         let outcome = match &result {
             Ok(response) => CallOutcome::Response {
                 status: response.status().as_u16(),
@@ -499,7 +494,8 @@ impl UpstreamClient {
                 None => CallOutcome::Failed(transport_error(error)),
             },
         };
-        (self.finish(outcome, log.take(), stop, started), used)
+        let (attempts, stop) = call.take();
+        (self.finish(outcome, attempts, stop, started), used)
     }
 
     fn finish(

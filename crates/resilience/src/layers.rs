@@ -11,7 +11,7 @@ use reqwest_middleware::{Middleware, Next};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::attempt::{AttemptLog, AttemptRecord, CurrentAttempt};
+use crate::attempt::{AttemptProgress, AttemptRecord, CallRecord};
 use crate::backoff;
 use crate::budget::RetryBudget;
 use crate::circuit::CircuitBreaker;
@@ -23,15 +23,6 @@ use crate::metrics::ResilienceMetrics;
 use crate::metrics::{UpstreamLabels, UpstreamReasonLabels};
 use crate::pace::Pacer;
 use crate::policy::RetryPolicyConfig;
-
-/// When the whole call must be over; set by [`Deadline`], read by [`Retry`] so it never
-/// sleeps past it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CallDeadline(pub(crate) Instant);
-
-/// Written into the extensions when retries stopped short of a success.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RetryStopped(pub(crate) RetryStop);
 
 /// Outermost: the overall deadline of the call, attempts and backoff included. When it fires
 /// mid-attempt, that attempt is recorded with a deadline timeout.
@@ -52,31 +43,29 @@ impl Middleware for Deadline {
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
         let deadline = Instant::now() + self.deadline;
-        extensions.insert(CallDeadline(deadline));
+        let call = extensions.get::<CallRecord>().cloned().unwrap_or_default();
+        call.lock().deadline = Some(deadline);
         let method = method_label(request.method());
         let server = self.server.of(&request);
         match tokio::time::timeout_at(deadline, next.run(request, extensions)).await {
             Ok(result) => result,
             Err(_) => {
                 // The attempt in progress was cancelled with the inner layers; close its record.
-                if let (Some(progress), Some(log)) = (
-                    extensions.get::<CurrentAttempt>().cloned(),
-                    extensions.get::<AttemptLog>().cloned(),
-                ) && progress.lock().started.is_some()
-                {
+                let mut progress = call.lock();
+                if progress.current.started.is_some() {
                     let record = finish_attempt(
-                        &progress,
+                        &progress.current,
                         Err(TransportError::Timeout(TimeoutKind::Deadline)),
                         Duration::ZERO,
                     );
-                    let exemplar = progress.lock().exemplar.clone();
+                    let exemplar = progress.current.exemplar.clone();
                     self.metrics
                         .record_attempt(&self.upstream, method, &server, &record, exemplar);
-                    log.push(record);
+                    progress.attempts.push(record);
                     // Recorded once: a second deadline (none can happen) must not re-record.
-                    progress.lock().started = None;
+                    progress.current.started = None;
                 }
-                extensions.insert(RetryStopped(RetryStop::Deadline));
+                progress.retry_stop = Some(RetryStop::Deadline);
                 Err(ResilienceError::Timeout(TimeoutKind::Deadline).into_middleware())
             }
         }
@@ -175,14 +164,17 @@ impl Middleware for CircuitGate {
     }
 }
 
-/// The retry machinery: runs attempts, asks the classifier what each result means, waits with
-/// jittered backoff (never less than `Retry-After`), and stops at the first of: success, a
-/// final answer, `max_attempts`, an exhausted budget, a `Retry-After` beyond the cap, a
-/// deadline that the wait would cross, or a circuit that opened meanwhile. Every attempt is
-/// reported to the circuit breaker and recorded with its probe data.
+/// The retry machinery: runs attempts, each under its own time limit (so one hang cannot eat
+/// the deadline), asks the classifier what each result means, waits with jittered backoff
+/// (never less than `Retry-After`), and stops at the first of: success, a final answer,
+/// `max_attempts`, an exhausted budget, a `Retry-After` beyond the cap, a deadline that the
+/// wait would cross, or a circuit that opened meanwhile. Every attempt is reported to the
+/// circuit breaker and recorded with its probe data.
 #[derive(Debug)]
 pub(crate) struct Retry {
     pub(crate) policy: RetryPolicyConfig,
+    /// The limit of one attempt: connect, request, response and body.
+    pub(crate) attempt_timeout: Duration,
     /// This upstream's retry-budget gauge, resolved once rather than per call.
     pub(crate) budget_utilisation: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub(crate) backoff: reqwest_retry::policies::ExponentialBackoff,
@@ -205,8 +197,8 @@ impl Middleware for Retry {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let log = extensions.get::<AttemptLog>().cloned().unwrap_or_default();
-        let deadline = extensions.get::<CallDeadline>().map(|d| d.0);
+        let call = extensions.get::<CallRecord>().cloned().unwrap_or_default();
+        let deadline = call.lock().deadline;
         let method = method_label(request.method());
         let server = self.server.of(&request);
         // A repeat is harmless when the method is idempotent or the upstream can deduplicate.
@@ -223,12 +215,22 @@ impl Middleware for Retry {
             };
             // Kept for the next attempt; a streaming body cannot be cloned, then no retry.
             let spare = request.try_clone();
-            let progress = CurrentAttempt::default();
-            progress.lock().number = number;
-            extensions.insert(progress.clone());
+            call.lock().current = AttemptProgress {
+                number,
+                ..AttemptProgress::default()
+            };
 
             let started = Instant::now();
-            let result = next.clone().run(request, extensions).await;
+            // Each attempt gets its own limit, so one hang cannot eat the deadline.
+            let result = match tokio::time::timeout(
+                self.attempt_timeout,
+                next.clone().run(request, extensions),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(ResilienceError::Timeout(TimeoutKind::Attempt).into_middleware()),
+            };
             let elapsed = started.elapsed();
 
             let attempt_result = match &result {
@@ -264,20 +266,24 @@ impl Middleware for Retry {
             let succeeded =
                 stop.is_none() && matches!(&result, Ok(response) if response.status().is_success());
 
-            let record = finish_attempt(
-                &progress,
-                match &result {
-                    Ok(response) => Ok(response.status().as_u16()),
-                    Err(error) => Err(transport_error(error)),
-                },
-                wait,
-            );
-            let exemplar = progress.lock().exemplar.clone();
-            self.metrics
-                .record_attempt(&self.upstream, method, &server, &record, exemplar);
-            log.push(record);
-            // Closed: the deadline layer must not record this attempt a second time.
-            progress.lock().started = None;
+            {
+                let mut progress = call.lock();
+                let record = finish_attempt(
+                    &progress.current,
+                    match &result {
+                        Ok(response) => Ok(response.status().as_u16()),
+                        Err(error) => Err(transport_error(error)),
+                    },
+                    wait,
+                );
+                let exemplar = progress.current.exemplar.take();
+                self.metrics
+                    .record_attempt(&self.upstream, method, &server, &record, exemplar);
+                progress.attempts.push(record);
+                // Closed: the deadline layer must not record this attempt a second time.
+                progress.current.started = None;
+                progress.retry_stop = stop;
+            }
 
             if let Some(stop) = stop {
                 if stop != RetryStop::NotRetryable {
@@ -289,7 +295,6 @@ impl Middleware for Retry {
                         })
                         .inc();
                 }
-                extensions.insert(RetryStopped(stop));
                 return result;
             }
             if succeeded {
@@ -305,7 +310,7 @@ impl Middleware for Retry {
             drop(result);
             tokio::time::sleep(wait).await;
             if let Err(stop) = self.wait_for_turn(deadline).await {
-                extensions.insert(RetryStopped(stop));
+                call.lock().retry_stop = Some(stop);
                 return Err(ResilienceError::Timeout(TimeoutKind::Deadline).into_middleware());
             }
             pending = spare;
@@ -370,34 +375,12 @@ impl Retry {
     }
 }
 
-/// Per-attempt timeout, inside the retry layer so each attempt gets the full limit.
-#[derive(Debug)]
-pub(crate) struct AttemptTimeout {
-    pub(crate) timeout: Duration,
-}
-
-#[async_trait::async_trait]
-impl Middleware for AttemptTimeout {
-    async fn handle(
-        &self,
-        request: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<Response> {
-        match tokio::time::timeout(self.timeout, next.run(request, extensions)).await {
-            Ok(result) => result,
-            Err(_) => Err(ResilienceError::Timeout(TimeoutKind::Attempt).into_middleware()),
-        }
-    }
-}
-
 /// Turns an attempt's progress into its final record.
 fn finish_attempt(
-    progress: &CurrentAttempt,
+    progress: &AttemptProgress,
     result: Result<u16, TransportError>,
     backoff: Duration,
 ) -> AttemptRecord {
-    let progress = progress.lock();
     let mut timings = progress.timings;
     if let Some(started) = progress.started
         && timings.total.is_zero()

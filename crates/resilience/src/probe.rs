@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::attempt::CurrentAttempt;
+use crate::attempt::CallRecord;
 use crate::error::ResilienceError;
 use crate::excerpt::ResponseExcerpt;
 
@@ -201,11 +201,8 @@ impl Middleware for Probe {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let progress = extensions
-            .get::<CurrentAttempt>()
-            .cloned()
-            .unwrap_or_default();
-        let resend_count = progress.lock().number;
+        let call = extensions.get::<CallRecord>().cloned().unwrap_or_default();
+        let resend_count = call.lock().current.number;
         // A client span per attempt when spans leave the process. Without export nobody can
         // see it, and building it (attributes, URL formatting, the OpenTelemetry layer) cost
         // about a third of this stack's throughput (`loadgen http-post`): the attempt then
@@ -239,7 +236,8 @@ impl Middleware for Probe {
             .and_then(reqwest::Body::as_bytes)
             .map_or(0, |body| body.len() as u64);
         {
-            let mut progress = progress.lock();
+            let mut call = call.lock();
+            let progress = &mut call.current;
             progress.started = Some(Instant::now());
             progress.started_at = Some(SystemTime::now());
             progress.request_bytes = request_bytes;
@@ -254,11 +252,11 @@ impl Middleware for Probe {
         };
         let exchange = async {
             let response = next.run(request, extensions).await;
-            record_connect(&progress, &connect);
+            record_connect(&call, &connect);
             let response = response?;
             let head_at = started.elapsed();
-            progress.lock().timings.time_to_first_byte = head_at;
-            read_bounded(response, limits, &progress, started, head_at).await
+            call.lock().current.timings.time_to_first_byte = head_at;
+            read_bounded(response, limits, &call, started, head_at).await
         };
         let result = CONNECT_TIMINGS
             .scope(Arc::clone(&connect), exchange)
@@ -279,13 +277,13 @@ impl Middleware for Probe {
     }
 }
 
-fn record_connect(progress: &CurrentAttempt, connect: &ConnectTimings) {
+fn record_connect(call: &CallRecord, connect: &ConnectTimings) {
     let dns = Duration::from_micros(connect.dns_micros.load(Ordering::Relaxed));
     let (tcp, tls) = connect.split();
-    let mut progress = progress.lock();
-    progress.timings.dns = dns;
-    progress.timings.connect = tcp;
-    progress.timings.tls = tls;
+    let timings = &mut call.lock().current.timings;
+    timings.dns = dns;
+    timings.connect = tcp;
+    timings.tls = tls;
 }
 
 #[cfg(test)]
@@ -320,7 +318,7 @@ struct BodyLimits {
 async fn read_bounded(
     mut response: Response,
     limits: BodyLimits,
-    progress: &CurrentAttempt,
+    call: &CallRecord,
     started: Instant,
     head_at: Duration,
 ) -> reqwest_middleware::Result<Response> {
@@ -332,25 +330,25 @@ async fn read_bounded(
                 let mut excerpt =
                     ResponseExcerpt::capture(response.headers(), &body, limits.excerpt);
                 excerpt.body_truncated = true;
-                progress.lock().response = Some(excerpt);
+                call.lock().current.response = Some(excerpt);
             }
             return Err(ResilienceError::ResponseTooLarge { limit: limits.max }.into_middleware());
         }
         body.extend_from_slice(&chunk);
-        progress.lock().response_bytes = body.len() as u64;
+        call.lock().current.response_bytes = body.len() as u64;
     }
     if keep_excerpt {
-        progress.lock().response = Some(ResponseExcerpt::capture(
+        call.lock().current.response = Some(ResponseExcerpt::capture(
             response.headers(),
             &body,
             limits.excerpt,
         ));
     }
     {
-        let mut progress = progress.lock();
+        let timings = &mut call.lock().current.timings;
         let total = started.elapsed();
-        progress.timings.transfer = total.saturating_sub(head_at);
-        progress.timings.total = total;
+        timings.transfer = total.saturating_sub(head_at);
+        timings.total = total;
     }
     // With its URL: without one, reqwest parses a placeholder URL for every response.
     let mut rebuilt = http::Response::builder()
