@@ -91,18 +91,19 @@ impl Middleware for Bulkhead {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let permit = match tokio::time::timeout(
-            self.max_wait,
-            Arc::clone(&self.slots).acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(permit)) => permit,
-            // Closed semaphore (never happens: it is never closed) or no slot in time.
-            Ok(Err(_)) | Err(_) => {
-                self.rejected.inc();
-                return Err(ResilienceError::BulkheadFull(self.max_wait).into_middleware());
-            }
+        let permit = match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            // No free slot: queue for one as long as `max_wait` allows. Only a call that queues
+            // arms a timer.
+            Err(_) => tokio::time::timeout(self.max_wait, Arc::clone(&self.slots).acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok),
+        };
+        // No slot in time, or a closed semaphore (never happens: it is never closed).
+        let Some(permit) = permit else {
+            self.rejected.inc();
+            return Err(ResilienceError::BulkheadFull(self.max_wait).into_middleware());
         };
         // The outer deadline can cancel this future at the await: the guard, not a decrement
         // after it, keeps the gauge true.
@@ -477,20 +478,64 @@ mod tests {
         assert_eq!(&*server.of(&elsewhere), "other.example.test");
     }
 
-    /// A call cancelled while it waits for its answer (as the deadline layer does) gives back
-    /// its slot and its count.
-    #[tokio::test(start_paused = true)]
-    async fn a_cancelled_call_leaves_the_bulkhead_as_it_found_it() {
+    /// A loopback server that accepts connections and never answers.
+    async fn silent_server() -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        // Accepts and never answers.
-        let _server = tokio::spawn(async move {
+        tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((socket, _)) = listener.accept().await {
                 held.push(socket);
             }
         });
         let _ = rustls::crypto::ring::default_provider().install_default();
+        address
+    }
+
+    /// With every slot taken, a call queues for at most `max_wait`: refused and counted after
+    /// it, let through when a slot frees within it.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_bulkhead_queues_a_call_up_to_its_wait() {
+        let address = silent_server().await;
+        let url = format!("http://{address}/");
+        let slots = Arc::new(Semaphore::new(1));
+        let (in_flight, rejected) = (Gauge::default(), Counter::default());
+        let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+            .with(Bulkhead {
+                slots: Arc::clone(&slots),
+                max_wait: Duration::from_secs(1),
+                in_flight: in_flight.clone(),
+                rejected: rejected.clone(),
+            })
+            .build();
+        let holder = tokio::spawn(client.get(&url).send());
+        while slots.available_permits() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+
+        let queued_at = Instant::now();
+        let error = client.get(&url).send().await.unwrap_err();
+        assert!(matches!(
+            crate::error::refusal(&error),
+            Some(ResilienceError::BulkheadFull(_))
+        ));
+        assert!(queued_at.elapsed() >= Duration::from_secs(1));
+        assert_eq!(rejected.get(), 1);
+
+        let queued = tokio::spawn(client.get(&url).send());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        holder.abort();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(in_flight.get(), 1, "the queued call took the freed slot");
+        assert_eq!(rejected.get(), 1);
+        queued.abort();
+    }
+
+    /// A call cancelled while it waits for its answer (as the deadline layer does) gives back
+    /// its slot and its count.
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_call_leaves_the_bulkhead_as_it_found_it() {
+        let address = silent_server().await;
         let slots = Arc::new(Semaphore::new(2));
         let in_flight = Gauge::default();
         let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
