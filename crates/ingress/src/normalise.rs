@@ -6,6 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::fields::{self, Unread};
 use crate::{RejectReason, SCHEMA_VERSION};
 
 /// Size and time limits. The defaults suit events of up to a few kilobytes.
@@ -91,16 +92,6 @@ impl Rejection {
     }
 }
 
-const KNOWN_FIELDS: [&str; 7] = [
-    "id",
-    "type",
-    "occurred_at",
-    "source",
-    "route",
-    "data",
-    "schema_version",
-];
-
 /// Normalises and validates ingress events against [`Limits`] and the configured routes.
 #[derive(Debug, Clone)]
 pub struct Normaliser {
@@ -137,29 +128,25 @@ impl Normaliser {
         if payload.iter().all(u8::is_ascii_whitespace) {
             return Err(Rejection::new(RejectReason::Empty, "no content"));
         }
-        let value: Value = serde_json::from_slice(payload).map_err(|error| {
+        let fields = fields::read(payload).map_err(|unread| match unread {
             // serde_json's message names line and column, never the content.
-            Rejection::new(RejectReason::MalformedJson, error.to_string())
+            Unread::Malformed(error) => {
+                Rejection::new(RejectReason::MalformedJson, error.to_string())
+            }
+            Unread::NotAnObject(kind) => {
+                Rejection::new(RejectReason::NotAnObject, format!("top level is {kind}"))
+            }
         })?;
-        let Value::Object(mut object) = value else {
-            return Err(Rejection::new(
-                RejectReason::NotAnObject,
-                format!("top level is {}", json_type(&value)),
-            ));
-        };
 
-        if let Some(unknown) = object
-            .keys()
-            .find(|key| !KNOWN_FIELDS.contains(&key.as_str()))
-        {
+        if let Some(unknown) = &fields.unknown {
             return Err(Rejection::new(
                 RejectReason::UnknownField,
-                format!("field {:?}", truncate(unknown, 64)),
+                format!("field {unknown:?}"),
             ));
         }
-        self.check_schema_version(object.remove("schema_version"))?;
+        self.check_schema_version(fields.schema_version)?;
 
-        let id = required_string(&mut object, "id")?;
+        let id = required_string(fields.id, "id")?;
         self.check_length("id", &id, self.limits.max_id_chars)?;
         if id.chars().any(char::is_control) {
             return Err(Rejection::new(
@@ -168,7 +155,7 @@ impl Normaliser {
             ));
         }
 
-        let event_type = lower_case(required_string(&mut object, "type")?);
+        let event_type = lower_case(required_string(fields.event_type, "type")?);
         self.check_length("type", &event_type, self.limits.max_type_chars)?;
         if !is_dotted_name(&event_type) {
             return Err(Rejection::new(
@@ -177,14 +164,14 @@ impl Normaliser {
             ));
         }
 
-        let occurred_at = self.timestamp(&mut object, now)?;
+        let occurred_at = self.timestamp(fields.occurred_at, now)?;
 
-        let source = required_string(&mut object, "source")?;
+        let source = required_string(fields.source, "source")?;
         self.check_length("source", &source, self.limits.max_source_chars)?;
 
-        let route = self.route(&mut object)?;
+        let route = self.route(fields.route)?;
 
-        let data = match object.remove("data") {
+        let data = match fields.data {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(data)) => data,
             Some(other) => {
@@ -241,10 +228,10 @@ impl Normaliser {
 
     fn timestamp(
         &self,
-        object: &mut Map<String, Value>,
+        value: Option<Value>,
         now: DateTime<Utc>,
     ) -> Result<DateTime<Utc>, Rejection> {
-        let text = required_string(object, "occurred_at")?;
+        let text = required_string(value, "occurred_at")?;
         let parsed = DateTime::parse_from_rfc3339(&text).map_err(|error| {
             Rejection::new(
                 RejectReason::BadTimestamp,
@@ -273,8 +260,8 @@ impl Normaliser {
         Ok(utc)
     }
 
-    fn route(&self, object: &mut Map<String, Value>) -> Result<Option<String>, Rejection> {
-        let route = match object.remove("route") {
+    fn route(&self, value: Option<Value>) -> Result<Option<String>, Rejection> {
+        let route = match value {
             None | Some(Value::Null) => return Ok(None),
             Some(Value::String(route)) => route.trim().to_owned(),
             Some(other) => {
@@ -302,8 +289,8 @@ impl Normaliser {
     }
 }
 
-fn required_string(object: &mut Map<String, Value>, field: &str) -> Result<String, Rejection> {
-    match object.remove(field) {
+fn required_string(value: Option<Value>, field: &str) -> Result<String, Rejection> {
+    match value {
         None | Some(Value::Null) => Err(Rejection::new(
             RejectReason::MissingField,
             format!("{field} is required"),
@@ -592,5 +579,31 @@ mod tests {
             .normalise(format!("{{\"id\": \"{secret}\" oops").as_bytes(), now())
             .unwrap_err();
         assert!(!rejection.detail.contains(secret), "{}", rejection.detail);
+    }
+
+    #[test]
+    fn details_name_the_first_unknown_field_and_the_kind_of_a_top_level() {
+        let detail = |payload: &str| {
+            let rejection = normaliser()
+                .normalise(payload.as_bytes(), now())
+                .unwrap_err();
+            (rejection.reason, rejection.detail)
+        };
+        let mut event = valid().to_string();
+        event.insert_str(1, r#""zeta":1,"alpha":[2],"#);
+        assert_eq!(
+            detail(&event),
+            (RejectReason::UnknownField, r#"field "zeta""#.to_owned())
+        );
+        // A syntax error after the unknown field is what the payload is rejected for.
+        let (reason, _) = detail(&event[..event.len() - 1]);
+        assert_eq!(reason, RejectReason::MalformedJson);
+        assert_eq!(
+            detail(" [1, 2] "),
+            (
+                RejectReason::NotAnObject,
+                "top level is an array".to_owned()
+            )
+        );
     }
 }
