@@ -39,7 +39,8 @@ async fn the_in_flight_limit_settles_near_what_the_upstream_takes() {
     produce(&kafka, &topics.ingress, &valid_events("c", total, 1000)).await;
     // The limit saws around what the upstream takes (up by one a window until refusals, then
     // down to 90 %): one reading can fall anywhere on the saw, so it is sampled through the
-    // run and the median of the second half is what must be near `takes`.
+    // run, with the upstream's counts, and the second half is judged: the slow start's one
+    // overshoot is refused by design, the settled limit must cost few refusals.
     let delivered = std::sync::atomic::AtomicBool::new(false);
     let outcomes = async {
         let audit = read_outcomes(&kafka, &topics.audit, total, Duration::from_secs(120)).await;
@@ -50,11 +51,13 @@ async fn the_in_flight_limit_settles_near_what_the_upstream_takes() {
         let mut samples = Vec::new();
         while !delivered.load(std::sync::atomic::Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            samples.push(
-                worker
-                    .metric("relais_worker_upstream_concurrency_limit{upstream=\"default\"}")
-                    .await,
-            );
+            let limit = worker
+                .metric("relais_worker_upstream_concurrency_limit{upstream=\"default\"}")
+                .await;
+            let seen = sim.deliveries().await;
+            let requests = seen["requests"].as_u64().unwrap();
+            let refused = requests - seen["accepted"].as_u64().unwrap();
+            samples.push((limit, requests, refused));
         }
         samples
     };
@@ -62,20 +65,24 @@ async fn the_in_flight_limit_settles_near_what_the_upstream_takes() {
     assert_exactly_once(&audit, total);
     assert!(audit.iter().all(|r| r.outcome == Outcome::Delivered as i32));
 
-    let mut settled = samples[samples.len() / 2..].to_vec();
+    let second_half = &samples[samples.len() / 2..];
+    let mut settled: Vec<f64> = second_half.iter().map(|(limit, ..)| *limit).collect();
     settled.sort_by(f64::total_cmp);
     let limit = settled[settled.len() / 2];
     assert!(
-        (f64::from(takes) / 2.0..=f64::from(takes) + 2.0).contains(&limit),
+        (f64::from(takes) / 2.0..=f64::from(takes) * 1.2).contains(&limit),
         "median limit {limit} for an upstream that takes {takes} (samples {samples:?})"
     );
+    let (_, requests_before, refused_before) = second_half[0];
     let seen = sim.deliveries().await;
-    let requests = seen["requests"].as_u64().unwrap();
-    let refused = requests - seen["accepted"].as_u64().unwrap();
+    let requests = seen["requests"].as_u64().unwrap() - requests_before;
+    let refused = requests + requests_before - seen["accepted"].as_u64().unwrap() - refused_before;
+    // Each tooth of the saw is refused for a window or so: a few per cent by design, with room
+    // for a busy host stretching the windows.
     assert!(
-        refused * 100 <= requests * 5,
-        "{refused} of {requests} calls refused"
+        refused * 100 <= requests * 8,
+        "{refused} of {requests} calls refused in the second half (samples {samples:?})"
     );
-    eprintln!("adaptive limit {limit}; {refused} of {requests} calls refused");
+    eprintln!("adaptive limit {limit}; {refused} of {requests} calls refused in the second half");
     worker.stop().await;
 }
