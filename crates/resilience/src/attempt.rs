@@ -133,6 +133,12 @@ pub(crate) struct AttemptProgress {
 }
 
 impl CallRecord {
+    /// The call's record in `extensions`, put there if the caller did not (a layer used on its
+    /// own), so every layer of the call shares the same one.
+    pub(crate) fn of(extensions: &mut http::Extensions) -> Self {
+        extensions.get_or_insert_default::<Self>().clone()
+    }
+
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, CallProgress> {
         self.0
             .lock()

@@ -11,7 +11,7 @@ use reqwest_middleware::{Middleware, Next};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::attempt::{AttemptProgress, AttemptRecord, CallRecord};
+use crate::attempt::{AttemptProgress, AttemptRecord, CallProgress, CallRecord};
 use crate::backoff;
 use crate::budget::RetryBudget;
 use crate::circuit::CircuitBreaker;
@@ -43,7 +43,7 @@ impl Middleware for Deadline {
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
         let deadline = Instant::now() + self.deadline;
-        let call = extensions.get::<CallRecord>().cloned().unwrap_or_default();
+        let call = CallRecord::of(extensions);
         call.lock().deadline = Some(deadline);
         let method = method_label(request.method());
         let server = self.server.of(&request);
@@ -53,17 +53,9 @@ impl Middleware for Deadline {
                 // The attempt in progress was cancelled with the inner layers; close its record.
                 let mut progress = call.lock();
                 if progress.current.started.is_some() {
-                    let record = finish_attempt(
-                        &progress.current,
-                        Err(TransportError::Timeout(TimeoutKind::Deadline)),
-                        Duration::ZERO,
-                    );
-                    let exemplar = progress.current.exemplar.clone();
-                    self.metrics
-                        .record_attempt(&self.upstream, method, &server, &record, exemplar);
-                    progress.attempts.push(record);
-                    // Recorded once: a second deadline (none can happen) must not re-record.
-                    progress.current.started = None;
+                    let cut = Err(TransportError::Timeout(TimeoutKind::Deadline));
+                    let labels = (&self.upstream, method, &server);
+                    close_attempt(&mut progress, cut, Duration::ZERO, &self.metrics, labels);
                 }
                 progress.retry_stop = Some(RetryStop::Deadline);
                 Err(ResilienceError::Timeout(TimeoutKind::Deadline).into_middleware())
@@ -198,7 +190,7 @@ impl Middleware for Retry {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let call = extensions.get::<CallRecord>().cloned().unwrap_or_default();
+        let call = CallRecord::of(extensions);
         let deadline = call.lock().deadline;
         let method = method_label(request.method());
         let server = self.server.of(&request);
@@ -269,20 +261,12 @@ impl Middleware for Retry {
 
             {
                 let mut progress = call.lock();
-                let record = finish_attempt(
-                    &progress.current,
-                    match &result {
-                        Ok(response) => Ok(response.status().as_u16()),
-                        Err(error) => Err(transport_error(error)),
-                    },
-                    wait,
-                );
-                let exemplar = progress.current.exemplar.take();
-                self.metrics
-                    .record_attempt(&self.upstream, method, &server, &record, exemplar);
-                progress.attempts.push(record);
-                // Closed: the deadline layer must not record this attempt a second time.
-                progress.current.started = None;
+                let ended = match &result {
+                    Ok(response) => Ok(response.status().as_u16()),
+                    Err(error) => Err(transport_error(error)),
+                };
+                let labels = (&self.upstream, method, &server);
+                close_attempt(&mut progress, ended, wait, &self.metrics, labels);
                 progress.retry_stop = stop;
             }
 
@@ -374,6 +358,23 @@ impl Retry {
         }
         Ok(delay)
     }
+}
+
+/// Closes the attempt in progress: its record is counted in the metrics (labelled by upstream,
+/// method and server address) and kept in the call's record, and it is closed once only (the
+/// deadline layer closes it when it cuts the attempt, the retry layer otherwise).
+fn close_attempt(
+    progress: &mut CallProgress,
+    result: Result<u16, TransportError>,
+    backoff: Duration,
+    metrics: &ResilienceMetrics,
+    (upstream, method, server): (&Arc<str>, &'static str, &Arc<str>),
+) {
+    let record = finish_attempt(&progress.current, result, backoff);
+    let exemplar = progress.current.exemplar.take();
+    metrics.record_attempt(upstream, method, server, &record, exemplar);
+    progress.attempts.push(record);
+    progress.current.started = None;
 }
 
 /// Turns an attempt's progress into its final record.

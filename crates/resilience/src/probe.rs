@@ -201,7 +201,7 @@ impl Middleware for Probe {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let call = extensions.get::<CallRecord>().cloned().unwrap_or_default();
+        let call = CallRecord::of(extensions);
         let resend_count = call.lock().current.number;
         // A client span per attempt when spans leave the process. Without export nobody can
         // see it, and building it (attributes, URL formatting, the OpenTelemetry layer) cost
