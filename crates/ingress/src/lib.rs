@@ -16,6 +16,7 @@
 //! No input can make it panic (property tests and a fuzz target check that); it allocates in
 //! proportion to the input, which is bounded by [`Limits::max_payload_bytes`] before parsing.
 
+mod checks;
 mod fields;
 mod normalise;
 mod reason;
