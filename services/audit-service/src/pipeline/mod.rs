@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::BorrowedMessage;
@@ -223,8 +223,10 @@ impl Loop {
             ReceivedBatch::with_capacity(limit, prepare::batch_reserve(first_size, limit));
         self.receive(&first, &mut batch);
         drop(first);
+        // One stream for the whole batch: each `recv` registers and unregisters a waker.
+        let mut waiting = self.pipeline.consumer.stream();
         while batch.len() < limit {
-            match self.pipeline.consumer.recv().now_or_never() {
+            match waiting.next().now_or_never().flatten() {
                 Some(Ok(message)) => self.receive(&message, &mut batch),
                 Some(Err(error)) => {
                     tracing::warn!(%error, "consume error");
