@@ -10,6 +10,7 @@ use reqwest_middleware::ClientWithMiddleware;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use crate::admission::{Admission, Bulkhead, CircuitGate, Deadline};
 use crate::attempt::{AttemptRecord, CallRecord};
 use crate::budget::RetryBudget;
 use crate::circuit::{CircuitBreaker, CircuitState};
@@ -17,7 +18,7 @@ use crate::classify::{RetryClassifier, RetryStop, StatusClassifier, TransportErr
 use crate::credentials::{Credentials, OAuth2};
 use crate::destination::{AllowedNetworks, GuardedResolver};
 use crate::error::{ResilienceError, refusal, transport_error};
-use crate::layers::{Bulkhead, CircuitGate, Deadline, Retry, ServerAddress};
+use crate::layers::{Retry, ServerAddress};
 use crate::metrics::ResilienceMetrics;
 use crate::pace::{Pacer, Wait};
 use crate::policy::{PolicyError, UpstreamPolicy};
@@ -243,26 +244,29 @@ impl UpstreamClient {
         let server = ServerAddress::new(&base_url);
         // The order is the design (outermost first); each layer says why it is where it is.
         let client = reqwest_middleware::ClientBuilder::new(http.clone())
-            // 1. The caller's time limit covers everything below, waits included.
-            .with(Deadline {
-                deadline: policy.deadline,
-                upstream: Arc::clone(&upstream),
-                server: server.clone(),
-                metrics: metrics.clone(),
-            })
-            // 2. Bound concurrency before anything else, so a slow upstream ties up at most
-            //    max_concurrent callers, whatever the breaker and retries do.
-            .with(Bulkhead {
-                slots: Arc::new(Semaphore::new(policy.bulkhead.max_concurrent)),
-                max_wait: policy.bulkhead.max_wait,
-                in_flight: metrics.bulkhead_in_flight.get_or_create(&labels).clone(),
-                rejected: metrics.bulkhead_rejected.get_or_create(&labels).clone(),
-            })
-            // 3. An open circuit refuses the whole call, retries included.
-            .with(CircuitGate {
-                breaker: Arc::clone(&breaker),
-                upstream: Arc::clone(&upstream),
-                metrics: metrics.clone(),
+            // 1-3. Admission, one middleware in three parts. The caller's time limit covers
+            //    everything below, waits included; then concurrency is bounded before anything
+            //    else, so a slow upstream ties up at most max_concurrent callers, whatever the
+            //    breaker and retries do; then an open circuit refuses the whole call, retries
+            //    included.
+            .with(Admission {
+                deadline: Deadline {
+                    deadline: policy.deadline,
+                    upstream: Arc::clone(&upstream),
+                    server: server.clone(),
+                    metrics: metrics.clone(),
+                },
+                bulkhead: Bulkhead {
+                    slots: Arc::new(Semaphore::new(policy.bulkhead.max_concurrent)),
+                    max_wait: policy.bulkhead.max_wait,
+                    in_flight: metrics.bulkhead_in_flight.get_or_create(&labels).clone(),
+                    rejected: metrics.bulkhead_rejected.get_or_create(&labels).clone(),
+                },
+                circuit: CircuitGate {
+                    breaker: Arc::clone(&breaker),
+                    upstream: Arc::clone(&upstream),
+                    metrics: metrics.clone(),
+                },
             })
             // 4. Retries decide per attempt and feed the breaker per attempt; each attempt
             //    gets its own time limit, so one hang cannot eat the deadline.

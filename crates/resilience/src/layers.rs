@@ -1,14 +1,13 @@
-//! The middleware layers of the outbound stack, outermost first. `client.rs` composes them.
+//! The retry layer of the outbound stack, and what it shares with admission (`admission.rs`).
+//! `client.rs` composes them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::Extensions;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::attempt::{AttemptProgress, AttemptRecord, CallProgress, CallRecord};
@@ -20,142 +19,9 @@ use crate::classify::{
 };
 use crate::error::{ResilienceError, transport_error};
 use crate::metrics::ResilienceMetrics;
-use crate::metrics::{UpstreamLabels, UpstreamReasonLabels};
+use crate::metrics::UpstreamReasonLabels;
 use crate::pace::Pacer;
 use crate::policy::RetryPolicyConfig;
-
-/// Outermost: the overall deadline of the call, attempts and backoff included. When it fires
-/// mid-attempt, that attempt is recorded with a deadline timeout.
-#[derive(Debug)]
-pub(crate) struct Deadline {
-    pub(crate) deadline: Duration,
-    pub(crate) upstream: Arc<str>,
-    pub(crate) server: ServerAddress,
-    pub(crate) metrics: ResilienceMetrics,
-}
-
-#[async_trait::async_trait]
-impl Middleware for Deadline {
-    async fn handle(
-        &self,
-        request: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<Response> {
-        let deadline = Instant::now() + self.deadline;
-        let call = CallRecord::of(extensions);
-        call.lock().deadline = Some(deadline);
-        let method = method_label(request.method());
-        let server = self.server.of(&request);
-        match tokio::time::timeout_at(deadline, next.run(request, extensions)).await {
-            Ok(result) => result,
-            Err(_) => {
-                // The attempt in progress was cancelled with the inner layers; close its record.
-                let mut progress = call.lock();
-                if progress.current.started.is_some() {
-                    let cut = Err(TransportError::Timeout(TimeoutKind::Deadline));
-                    let labels = (&self.upstream, method, &server);
-                    close_attempt(&mut progress, cut, Duration::ZERO, &self.metrics, labels);
-                }
-                progress.retry_stop = Some(RetryStop::Deadline);
-                Err(ResilienceError::Timeout(TimeoutKind::Deadline).into_middleware())
-            }
-        }
-    }
-}
-
-/// The bulkhead: a bounded number of calls in flight to this upstream. Waiting for a slot is
-/// bounded too, by `max_wait` and by the deadline.
-#[derive(Debug)]
-pub(crate) struct Bulkhead {
-    pub(crate) slots: Arc<Semaphore>,
-    pub(crate) max_wait: Duration,
-    /// This upstream's series, resolved once here rather than looked up on every call.
-    pub(crate) in_flight: Gauge,
-    pub(crate) rejected: Counter,
-}
-
-#[async_trait::async_trait]
-impl Middleware for Bulkhead {
-    async fn handle(
-        &self,
-        request: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<Response> {
-        let permit = match Arc::clone(&self.slots).try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            // No free slot: queue for one as long as `max_wait` allows. Only a call that queues
-            // arms a timer.
-            Err(_) => tokio::time::timeout(self.max_wait, Arc::clone(&self.slots).acquire_owned())
-                .await
-                .ok()
-                .and_then(Result::ok),
-        };
-        // No slot in time, or a closed semaphore (never happens: it is never closed).
-        let Some(permit) = permit else {
-            self.rejected.inc();
-            return Err(ResilienceError::BulkheadFull(self.max_wait).into_middleware());
-        };
-        // The outer deadline can cancel this future at the await: the guard, not a decrement
-        // after it, keeps the gauge true.
-        let _in_flight = InFlight::enter(&self.in_flight);
-        let result = next.run(request, extensions).await;
-        drop(permit);
-        result
-    }
-}
-
-/// Counts one call in flight on a gauge for as long as it lives.
-#[derive(Debug)]
-struct InFlight<'a>(&'a Gauge);
-
-impl<'a> InFlight<'a> {
-    fn enter(gauge: &'a Gauge) -> Self {
-        gauge.inc();
-        Self(gauge)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-/// The circuit breaker gate: an open circuit refuses the call before anything is sent.
-#[derive(Debug)]
-pub(crate) struct CircuitGate {
-    pub(crate) breaker: Arc<CircuitBreaker>,
-    pub(crate) upstream: Arc<str>,
-    pub(crate) metrics: ResilienceMetrics,
-}
-
-#[async_trait::async_trait]
-impl Middleware for CircuitGate {
-    async fn handle(
-        &self,
-        request: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<Response> {
-        let permit = match self.breaker.try_acquire() {
-            Ok(permit) => permit,
-            Err(open) => {
-                self.metrics
-                    .circuit_rejected
-                    .get_or_create(&UpstreamLabels {
-                        upstream: self.upstream.to_string(),
-                    })
-                    .inc();
-                return Err(ResilienceError::CircuitOpen(open).into_middleware());
-            }
-        };
-        let result = next.run(request, extensions).await;
-        drop(permit);
-        result
-    }
-}
 
 /// The retry machinery: runs attempts, each under its own time limit (so one hang cannot eat
 /// the deadline), asks the classifier what each result means, waits with jittered backoff
@@ -363,7 +229,7 @@ impl Retry {
 /// Closes the attempt in progress: its record is counted in the metrics (labelled by upstream,
 /// method and server address) and kept in the call's record, and it is closed once only (the
 /// deadline layer closes it when it cuts the attempt, the retry layer otherwise).
-fn close_attempt(
+pub(crate) fn close_attempt(
     progress: &mut CallProgress,
     result: Result<u16, TransportError>,
     backoff: Duration,
@@ -436,7 +302,7 @@ impl ServerAddress {
         }
     }
 
-    fn of(&self, request: &Request) -> Arc<str> {
+    pub(crate) fn of(&self, request: &Request) -> Arc<str> {
         match request.url().host_str().unwrap_or_default() {
             host if host == &*self.usual => Arc::clone(&self.usual),
             host => Arc::from(host),
@@ -446,7 +312,7 @@ impl ServerAddress {
 
 /// `http.request.method` as the OpenTelemetry conventions have it: the known methods by name,
 /// anything else as `_OTHER` (which also keeps the label's values a small fixed set).
-fn method_label(method: &http::Method) -> &'static str {
+pub(crate) fn method_label(method: &http::Method) -> &'static str {
     match *method {
         http::Method::GET => "GET",
         http::Method::POST => "POST",
@@ -477,85 +343,5 @@ mod tests {
         assert!(Arc::ptr_eq(&server.of(&usual), &server.of(&usual)));
         assert_eq!(&*server.of(&usual), "api.example.test");
         assert_eq!(&*server.of(&elsewhere), "other.example.test");
-    }
-
-    /// A loopback server that accepts connections and never answers.
-    async fn silent_server() -> std::net::SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
-            }
-        });
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        address
-    }
-
-    /// With every slot taken, a call queues for at most `max_wait`: refused and counted after
-    /// it, let through when a slot frees within it.
-    #[tokio::test(start_paused = true)]
-    async fn a_full_bulkhead_queues_a_call_up_to_its_wait() {
-        let address = silent_server().await;
-        let url = format!("http://{address}/");
-        let slots = Arc::new(Semaphore::new(1));
-        let (in_flight, rejected) = (Gauge::default(), Counter::default());
-        let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-            .with(Bulkhead {
-                slots: Arc::clone(&slots),
-                max_wait: Duration::from_secs(1),
-                in_flight: in_flight.clone(),
-                rejected: rejected.clone(),
-            })
-            .build();
-        let holder = tokio::spawn(client.get(&url).send());
-        while slots.available_permits() > 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-
-        let queued_at = Instant::now();
-        let error = client.get(&url).send().await.unwrap_err();
-        assert!(matches!(
-            crate::error::refusal(&error),
-            Some(ResilienceError::BulkheadFull(_))
-        ));
-        assert!(queued_at.elapsed() >= Duration::from_secs(1));
-        assert_eq!(rejected.get(), 1);
-
-        let queued = tokio::spawn(client.get(&url).send());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        holder.abort();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(in_flight.get(), 1, "the queued call took the freed slot");
-        assert_eq!(rejected.get(), 1);
-        queued.abort();
-    }
-
-    /// A call cancelled while it waits for its answer (as the deadline layer does) gives back
-    /// its slot and its count.
-    #[tokio::test(start_paused = true)]
-    async fn a_cancelled_call_leaves_the_bulkhead_as_it_found_it() {
-        let address = silent_server().await;
-        let slots = Arc::new(Semaphore::new(2));
-        let in_flight = Gauge::default();
-        let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-            .with(Bulkhead {
-                slots: Arc::clone(&slots),
-                max_wait: Duration::from_secs(1),
-                in_flight: in_flight.clone(),
-                rejected: Counter::default(),
-            })
-            .build();
-        for _ in 0..3 {
-            let call = client.get(format!("http://{address}/")).send();
-            let cancelled = tokio::time::timeout(Duration::from_secs(5), call).await;
-            assert!(
-                cancelled.is_err(),
-                "the call was cancelled by the outer timeout"
-            );
-            assert_eq!(in_flight.get(), 0);
-            assert_eq!(slots.available_permits(), 2);
-        }
     }
 }

@@ -15,6 +15,7 @@
 //! [`UpstreamClient::new`] builds it from an [`UpstreamPolicy`]; every outcome comes back as a
 //! [`Delivery`] with the attempt list, why retries stopped, and the circuit state.
 
+mod admission;
 mod attempt;
 pub mod backoff;
 pub mod budget;

@@ -1,0 +1,283 @@
+//! Admission, the outer part of the outbound stack: the call's deadline, then a bulkhead slot,
+//! then the circuit's permission, in that order, before the retry layer runs any attempt.
+//!
+//! The three are one middleware ([`Admission`]), each a part with its own rule: the chain
+//! boxes a future per middleware on every call, and these three only wrap the call beneath
+//! them.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Extensions;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use reqwest::{Request, Response};
+use reqwest_middleware::{Middleware, Next};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::attempt::CallRecord;
+use crate::circuit::CircuitBreaker;
+use crate::classify::{RetryStop, TimeoutKind, TransportError};
+use crate::error::ResilienceError;
+use crate::layers::{ServerAddress, close_attempt, method_label};
+use crate::metrics::{ResilienceMetrics, UpstreamLabels};
+
+type CallResult = reqwest_middleware::Result<Response>;
+
+/// Deadline, bulkhead and circuit gate as one middleware, outermost first.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    pub(crate) deadline: Deadline,
+    pub(crate) bulkhead: Bulkhead,
+    pub(crate) circuit: CircuitGate,
+}
+
+#[async_trait::async_trait]
+impl Middleware for Admission {
+    async fn handle(
+        &self,
+        request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> CallResult {
+        let bounded = self.deadline.begin(&request, extensions);
+        let admitted = self
+            .bulkhead
+            .hold(|| self.circuit.gate(move || next.run(request, extensions)));
+        bounded.run(admitted).await
+    }
+}
+
+/// Outermost: the overall deadline of the call, attempts and backoff included. When it fires
+/// mid-attempt, that attempt is recorded with a deadline timeout.
+#[derive(Debug)]
+pub(crate) struct Deadline {
+    pub(crate) deadline: Duration,
+    pub(crate) upstream: Arc<str>,
+    pub(crate) server: ServerAddress,
+    pub(crate) metrics: ResilienceMetrics,
+}
+
+/// A call under its deadline, from before the layers beneath it start.
+struct Bounded<'a> {
+    layer: &'a Deadline,
+    at: Instant,
+    call: CallRecord,
+    method: &'static str,
+    server: Arc<str>,
+}
+
+impl Deadline {
+    /// Starts the clock and tells the layers beneath (through the call's record) when it ends.
+    fn begin(&self, request: &Request, extensions: &mut Extensions) -> Bounded<'_> {
+        let at = Instant::now() + self.deadline;
+        let call = CallRecord::of(extensions);
+        call.lock().deadline = Some(at);
+        Bounded {
+            layer: self,
+            at,
+            call,
+            method: method_label(request.method()),
+            server: self.server.of(request),
+        }
+    }
+}
+
+impl Bounded<'_> {
+    async fn run(self, beneath: impl Future<Output = CallResult>) -> CallResult {
+        match tokio::time::timeout_at(self.at, beneath).await {
+            Ok(result) => result,
+            Err(_) => {
+                // The attempt in progress was cancelled with the inner layers; close its record.
+                let mut progress = self.call.lock();
+                if progress.current.started.is_some() {
+                    let cut = Err(TransportError::Timeout(TimeoutKind::Deadline));
+                    let layer = self.layer;
+                    let labels = (&layer.upstream, self.method, &self.server);
+                    close_attempt(&mut progress, cut, Duration::ZERO, &layer.metrics, labels);
+                }
+                progress.retry_stop = Some(RetryStop::Deadline);
+                Err(ResilienceError::Timeout(TimeoutKind::Deadline).into_middleware())
+            }
+        }
+    }
+}
+
+/// The bulkhead: a bounded number of calls in flight to this upstream. Waiting for a slot is
+/// bounded too, by `max_wait` and by the deadline.
+#[derive(Debug)]
+pub(crate) struct Bulkhead {
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) max_wait: Duration,
+    /// This upstream's series, resolved once here rather than looked up on every call.
+    pub(crate) in_flight: Gauge,
+    pub(crate) rejected: Counter,
+}
+
+impl Bulkhead {
+    /// Runs the call `beneath` makes while holding a slot; refuses it when none frees in time.
+    async fn hold<F>(&self, beneath: impl FnOnce() -> F) -> CallResult
+    where
+        F: Future<Output = CallResult>,
+    {
+        let permit = match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            // No free slot: queue for one as long as `max_wait` allows. Only a call that queues
+            // arms a timer.
+            Err(_) => tokio::time::timeout(self.max_wait, Arc::clone(&self.slots).acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok),
+        };
+        // No slot in time, or a closed semaphore (never happens: it is never closed).
+        let Some(permit) = permit else {
+            self.rejected.inc();
+            return Err(ResilienceError::BulkheadFull(self.max_wait).into_middleware());
+        };
+        // The outer deadline can cancel this future at the await: the guard, not a decrement
+        // after it, keeps the gauge true.
+        let _in_flight = InFlight::enter(&self.in_flight);
+        let result = beneath().await;
+        drop(permit);
+        result
+    }
+}
+
+/// Counts one call in flight on a gauge for as long as it lives.
+#[derive(Debug)]
+struct InFlight<'a>(&'a Gauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The circuit breaker gate: an open circuit refuses the call before anything is sent.
+#[derive(Debug)]
+pub(crate) struct CircuitGate {
+    pub(crate) breaker: Arc<CircuitBreaker>,
+    pub(crate) upstream: Arc<str>,
+    pub(crate) metrics: ResilienceMetrics,
+}
+
+impl CircuitGate {
+    /// Runs the call `beneath` makes if the circuit lets it through.
+    async fn gate<F>(&self, beneath: impl FnOnce() -> F) -> CallResult
+    where
+        F: Future<Output = CallResult>,
+    {
+        let permit = match self.breaker.try_acquire() {
+            Ok(permit) => permit,
+            Err(open) => {
+                self.metrics
+                    .circuit_rejected
+                    .get_or_create(&UpstreamLabels {
+                        upstream: self.upstream.to_string(),
+                    })
+                    .inc();
+                return Err(ResilienceError::CircuitOpen(open).into_middleware());
+            }
+        };
+        let result = beneath().await;
+        drop(permit);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loopback server that accepts connections and never answers.
+    async fn silent_server() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        address
+    }
+
+    fn bulkhead(slots: &Arc<Semaphore>, in_flight: &Gauge, rejected: &Counter) -> Arc<Bulkhead> {
+        Arc::new(Bulkhead {
+            slots: Arc::clone(slots),
+            max_wait: Duration::from_secs(1),
+            in_flight: in_flight.clone(),
+            rejected: rejected.clone(),
+        })
+    }
+
+    /// A call through the bulkhead to a server that never answers.
+    async fn call(bulkhead: Arc<Bulkhead>, address: std::net::SocketAddr) -> CallResult {
+        let client = reqwest::Client::new();
+        let url = format!("http://{address}/");
+        bulkhead
+            .hold(|| async move { Ok(client.get(url).send().await?) })
+            .await
+    }
+
+    /// With every slot taken, a call queues for at most `max_wait`: refused and counted after
+    /// it, let through when a slot frees within it.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_bulkhead_queues_a_call_up_to_its_wait() {
+        let address = silent_server().await;
+        let slots = Arc::new(Semaphore::new(1));
+        let (in_flight, rejected) = (Gauge::default(), Counter::default());
+        let bulkhead = bulkhead(&slots, &in_flight, &rejected);
+        let holder = tokio::spawn(call(Arc::clone(&bulkhead), address));
+        while slots.available_permits() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+
+        let queued_at = Instant::now();
+        let error = call(Arc::clone(&bulkhead), address).await.unwrap_err();
+        assert!(matches!(
+            crate::error::refusal(&error),
+            Some(ResilienceError::BulkheadFull(_))
+        ));
+        assert!(queued_at.elapsed() >= Duration::from_secs(1));
+        assert_eq!(rejected.get(), 1);
+
+        let queued = tokio::spawn(call(Arc::clone(&bulkhead), address));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        holder.abort();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(in_flight.get(), 1, "the queued call took the freed slot");
+        assert_eq!(rejected.get(), 1);
+        queued.abort();
+    }
+
+    /// A call cancelled while it waits for its answer (as the deadline does) gives back its
+    /// slot and its count.
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_call_leaves_the_bulkhead_as_it_found_it() {
+        let address = silent_server().await;
+        let slots = Arc::new(Semaphore::new(2));
+        let in_flight = Gauge::default();
+        let bulkhead = bulkhead(&slots, &in_flight, &Counter::default());
+        for _ in 0..3 {
+            let call = call(Arc::clone(&bulkhead), address);
+            let cancelled = tokio::time::timeout(Duration::from_secs(5), call).await;
+            assert!(
+                cancelled.is_err(),
+                "the call was cancelled by the outer timeout"
+            );
+            assert_eq!(in_flight.get(), 0);
+            assert_eq!(slots.available_permits(), 2);
+        }
+    }
+}
