@@ -13,7 +13,7 @@ use s3::{Bucket, BucketConfiguration, Region};
 use crate::config::{Args, AuditConfig, Compression, RetentionConfig};
 use crate::index::IndexEntry;
 use crate::metrics::AuditMetrics;
-use crate::object::{self, Pending};
+use crate::object::{self, Ndjson, Pending};
 
 /// Why the service cannot use the store; each message says what to check.
 #[derive(Debug, thiserror::Error)]
@@ -383,19 +383,31 @@ impl Store {
     }
 }
 
-fn compress(ndjson: &[u8], compression: Compression, level: u32) -> Vec<u8> {
+fn compress(ndjson: &Ndjson, compression: Compression, level: u32) -> Vec<u8> {
+    // Writing into a Vec cannot fail.
     match compression {
         Compression::Gzip => {
             let mut encoder = flate2::write::GzEncoder::new(
                 Vec::with_capacity(ndjson.len() / 4),
                 flate2::Compression::new(level),
             );
-            // Writing into a Vec cannot fail.
-            let _ = encoder.write_all(ndjson);
+            for chunk in ndjson.chunks() {
+                let _ = encoder.write_all(chunk);
+            }
             encoder.finish().unwrap_or_default()
         }
         Compression::Zstd => {
-            zstd::bulk::compress(ndjson, i32::try_from(level).unwrap_or(3)).unwrap_or_default()
+            let level = i32::try_from(level).unwrap_or(3);
+            let compressed =
+                zstd::stream::write::Encoder::new(Vec::new(), level).and_then(|mut encoder| {
+                    // The frame states its size, as a one-shot compression's does.
+                    encoder.set_pledged_src_size(u64::try_from(ndjson.len()).ok())?;
+                    for chunk in ndjson.chunks() {
+                        encoder.write_all(chunk)?;
+                    }
+                    encoder.finish()
+                });
+            compressed.unwrap_or_default()
         }
     }
 }
@@ -404,16 +416,19 @@ fn compress(ndjson: &[u8], compression: Compression, level: u32) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn lines(count: usize) -> Vec<u8> {
-        let lines =
-            (0..count).map(|index| format!("{{\"id\":\"m-{index}\",\"offset\":{index}}}\n"));
-        lines.collect::<String>().into_bytes()
+    fn lines(count: usize) -> Ndjson {
+        let mut ndjson = Ndjson::default();
+        for index in 0..count {
+            ndjson.push_line(format!("{{\"id\":\"m-{index}\",\"offset\":{index}}}").as_bytes());
+        }
+        ndjson
     }
 
     #[test]
     fn an_object_compresses_to_what_its_readers_decompress() {
-        let ndjson = lines(200_000);
-        let gzip = compress(&ndjson, Compression::Gzip, 2);
+        let object = lines(200_000);
+        let ndjson = object.to_vec();
+        let gzip = compress(&object, Compression::Gzip, 2);
         let mut text = Vec::new();
         std::io::Read::read_to_end(
             &mut flate2::read::GzDecoder::new(gzip.as_slice()),
@@ -421,7 +436,7 @@ mod tests {
         )
         .expect("gzip");
         assert_eq!(text, ndjson);
-        let zstd = compress(&ndjson, Compression::Zstd, 3);
+        let zstd = compress(&object, Compression::Zstd, 3);
         assert_eq!(
             zstd::stream::decode_all(zstd.as_slice()).expect("zstd"),
             ndjson

@@ -46,6 +46,10 @@ use tokio::time::Instant;
 
 use crate::index::IdHash;
 
+mod ndjson;
+
+pub use ndjson::Ndjson;
+
 /// When to close an object.
 #[derive(Debug, Clone)]
 pub struct RotationPolicy {
@@ -65,7 +69,7 @@ pub struct DataObject {
     /// The hour every record of the object belongs to.
     pub hour: DateTime<Utc>,
     pub records: usize,
-    pub ndjson: Vec<u8>,
+    pub ndjson: Ndjson,
     /// The trace and message id of each record, for the lookup index.
     pub ids: Vec<IdHash>,
     /// Trace contexts of the first records, for the links of the span that stores the object.
@@ -184,7 +188,7 @@ impl PartitionWriter {
             Some(open)
                 if open.hour != hour
                     || open.records >= self.policy.max_records
-                    || open.ndjson.len() + json.len() > self.policy.max_bytes =>
+                    || open.ndjson.len() + json.len() + 1 > self.policy.max_bytes =>
             {
                 self.open.take()
             }
@@ -196,15 +200,14 @@ impl PartitionWriter {
             end_offset: line.offset,
             hour,
             records: 0,
-            ndjson: Vec::with_capacity(64 * 1024),
+            ndjson: Ndjson::default(),
             ids: Vec::new(),
             links: Vec::new(),
             first_arrival: now,
         });
         open.end_offset = line.offset;
         open.records += 1;
-        open.ndjson.extend_from_slice(json);
-        open.ndjson.push(b'\n');
+        open.ndjson.push_line(json);
         open.ids.extend_from_slice(&line.ids);
         if open.links.len() < MAX_LINKS
             && let Some(context) = line.context
@@ -352,6 +355,12 @@ mod tests {
             cut(&mut writer(100, 33), lines),
             [(0, 2, 3), (3, 5, 3), (6, 8, 3), (9, 9, 1)],
             "11 bytes a line, 33 fit"
+        );
+        let lines = (0..5).map(|i| line(i, 10, 0, 10)).collect();
+        assert_eq!(
+            cut(&mut writer(100, 32), lines),
+            [(0, 1, 2), (2, 3, 2), (4, 4, 1)],
+            "a line's newline counts: a third line would make 33 bytes"
         );
         let lines = vec![
             line(0, 10, 59, 1),

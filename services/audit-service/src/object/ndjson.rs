@@ -1,0 +1,117 @@
+//! An object's NDJSON text, held in chunks so that it grows without moving.
+//!
+//! A contiguous buffer that doubles up to an object's size copies about as much again as it
+//! holds, and for a moment holds both copies. Chunks start small, so that the many small
+//! objects of quiet partitions stay small, and double up to a bound, so that a large object is
+//! a few dozen allocations; what a chunk holds is never copied again before compression.
+
+/// The first chunk's capacity.
+const FIRST_CHUNK_BYTES: usize = 64 * 1024;
+/// No chunk is larger.
+const MAX_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// The lines of one object, each followed by its newline.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ndjson {
+    chunks: Vec<Vec<u8>>,
+    len: usize,
+}
+
+impl Ndjson {
+    /// Bytes held, newlines included.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends one line (given without its newline) and its newline.
+    pub fn push_line(&mut self, line: &[u8]) {
+        self.append(line);
+        self.append(b"\n");
+    }
+
+    /// The text in order, as the chunks hold it.
+    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
+        self.chunks.iter().map(Vec::as_slice)
+    }
+
+    /// The text as one buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.chunks.concat()
+    }
+
+    fn append(&mut self, mut bytes: &[u8]) {
+        self.len += bytes.len();
+        while !bytes.is_empty() {
+            let chunk = self.chunk_with_room();
+            let taken = bytes.len().min(chunk.capacity() - chunk.len());
+            chunk.extend_from_slice(&bytes[..taken]);
+            bytes = &bytes[taken..];
+        }
+    }
+
+    /// The last chunk, or a new one when it is full.
+    fn chunk_with_room(&mut self) -> &mut Vec<u8> {
+        let full = self
+            .chunks
+            .last()
+            .is_none_or(|chunk| chunk.len() == chunk.capacity());
+        if full {
+            let capacity = self.chunks.last().map_or(FIRST_CHUNK_BYTES, |last| {
+                (last.capacity() * 2).min(MAX_CHUNK_BYTES)
+            });
+            self.chunks.push(Vec::with_capacity(capacity));
+        }
+        // Not empty: a chunk was pushed above if there was none.
+        let last = self.chunks.len() - 1;
+        &mut self.chunks[last]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn the_text_is_the_lines_each_followed_by_a_newline(
+            lines in proptest::collection::vec((0..400_000_usize, any::<u8>()), 0..16),
+        ) {
+            let mut ndjson = Ndjson::default();
+            let mut expected = Vec::new();
+            for (index, (len, fill)) in lines.into_iter().enumerate() {
+                // Lines of different bytes, so a misplaced chunk shows.
+                let line: Vec<u8> = (0..len).map(|at| fill.wrapping_add((at + index) as u8)).collect();
+                ndjson.push_line(&line);
+                expected.extend_from_slice(&line);
+                expected.push(b'\n');
+            }
+            prop_assert_eq!(ndjson.len(), expected.len());
+            prop_assert_eq!(ndjson.to_vec(), expected);
+        }
+    }
+
+    #[test]
+    fn chunks_are_filled_before_the_next_and_double_up_to_their_bound() {
+        let mut ndjson = Ndjson::default();
+        let line = vec![b'x'; 999];
+        while ndjson.len() < 8 * MAX_CHUNK_BYTES {
+            ndjson.push_line(&line);
+        }
+        let sizes: Vec<usize> = ndjson.chunks().map(<[u8]>::len).collect();
+        let (last, full) = sizes.split_last().unwrap();
+        assert!(*last <= MAX_CHUNK_BYTES);
+        let mut capacity = FIRST_CHUNK_BYTES;
+        for size in full {
+            assert_eq!(*size, capacity, "{sizes:?}");
+            capacity = (capacity * 2).min(MAX_CHUNK_BYTES);
+        }
+    }
+}
