@@ -285,9 +285,9 @@ The same {audit['records']} synthetic audit records (loadgen) stored by each sys
 {run_row(worker_run, "the worker benchmark's audit records")}| audit-service peak RSS | {mib(audit['audit_peak_rss_bytes'])} |
 
 The audit figure includes consuming (read_committed), decoding each protobuf record, writing it
-as a documented JSON line, compressing (gzip level 3), the lookup index beside each object and
+as a documented JSON line, compressing (gzip level 2, the default), the lookup index beside each object and
 committing offsets only after the PUT; the raw PUT only sends bytes already in memory. The Camel
-route stores the Kafka values as they are (one per line, gzip level 3, objects of the same record
+route stores the Kafka values as they are (one per line, gzip level 2, objects of the same record
 count) with auto-committed offsets: less work per record and no exactly-once guarantee. The
 worker's records are few: their run is mostly start-up and the idle close of the last objects,
 hence the larger synthetic run for the throughput and the comparison. The whole-run rate counts from the first
