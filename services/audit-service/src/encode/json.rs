@@ -21,30 +21,29 @@ impl<'a> JsonObject<'a> {
         Self { out, empty: true }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn str(&mut self, name: &'static str, value: &str) {
         write_str(self.name(name), value);
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn raw(&mut self, name: &'static str, value: &'static str) {
         write_plain_str(self.name(name), value.as_bytes());
     }
 
-    #[inline]
-    pub(crate) fn int(&mut self, name: &'static str, value: impl itoa::Integer) {
-        let out = self.name(name);
-        out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    #[inline(always)]
+    pub(crate) fn int(&mut self, name: &'static str, value: impl Into<i128>) {
+        write_int(self.name(name), value.into());
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn bool(&mut self, name: &'static str, value: bool) {
         let literal: &[u8] = if value { b"true" } else { b"false" };
         self.name(name).extend_from_slice(literal);
     }
 
     /// RFC 3339 in UTC with microseconds, or `null` when absent.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn time(&mut self, name: &'static str, value: Option<&Timestamp>) {
         let out = self.name(name);
         match Rfc3339::of(value) {
@@ -105,7 +104,7 @@ impl<'a> JsonObject<'a> {
     }
 
     /// Writes the separator and `"name":`, and returns the output for the value.
-    #[inline]
+    #[inline(always)]
     fn name(&mut self, name: &'static str) -> &mut Vec<u8> {
         debug_assert!(needs_no_escape(name.as_bytes()), "{name}");
         if !std::mem::take(&mut self.empty) {
@@ -118,8 +117,29 @@ impl<'a> JsonObject<'a> {
     }
 }
 
+/// `value` in decimal. Its digits are copied as one block of fixed size and then cut to their
+/// count: a copy whose size is known when compiling is a few moves, one of a computed size is
+/// a call to `memmove`, and a line has a few dozen numbers.
+#[inline(always)]
+fn write_int(out: &mut Vec<u8>, value: i128) {
+    if value < 0 {
+        out.push(b'-');
+    }
+    // Every caller passes a 64-bit integer, whose magnitude fits in a u64.
+    let mut magnitude = u64::try_from(value.unsigned_abs()).unwrap_or(u64::MAX);
+    let digits = magnitude.checked_ilog10().map_or(1, |log| log as usize + 1);
+    let mut text = [b'0'; 20];
+    for slot in text[..digits].iter_mut().rev() {
+        *slot = b'0' + (magnitude % 10) as u8;
+        magnitude /= 10;
+    }
+    let start = out.len();
+    out.extend_from_slice(&text);
+    out.truncate(start + digits);
+}
+
 /// A JSON string of bytes known to need no escaping (constants, timestamps).
-#[inline]
+#[inline(always)]
 fn write_plain_str(out: &mut Vec<u8>, value: &[u8]) {
     debug_assert!(needs_no_escape(value), "{value:?}");
     out.push(b'"');
@@ -129,7 +149,7 @@ fn write_plain_str(out: &mut Vec<u8>, value: &[u8]) {
 
 /// `value` as a JSON string: most values (ids, names, topics) need no escaping and are copied
 /// whole; the rest go byte by byte.
-#[inline]
+#[inline(always)]
 fn write_str(out: &mut Vec<u8>, value: &str) {
     let bytes = value.as_bytes();
     out.reserve(bytes.len() + 2);
@@ -217,6 +237,37 @@ mod tests {
         ) {
             let value = String::from_utf8(bytes).unwrap();
             prop_assert_eq!(written(&value), serde_json::to_string(&value).unwrap());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn integers_are_written_as_serde_json_writes_them(signed: i64, unsigned: u64) {
+            let written = |value: i128| {
+                let mut out = Vec::new();
+                write_int(&mut out, value);
+                String::from_utf8(out).unwrap()
+            };
+            prop_assert_eq!(written(signed.into()), serde_json::to_string(&signed).unwrap());
+            prop_assert_eq!(written(unsigned.into()), serde_json::to_string(&unsigned).unwrap());
+        }
+    }
+
+    #[test]
+    fn integers_at_their_bounds_and_powers_of_ten_are_written_in_full() {
+        let written = |value: i128| {
+            let mut out = Vec::new();
+            write_int(&mut out, value);
+            String::from_utf8(out).unwrap()
+        };
+        for value in [i128::from(i64::MIN), i128::from(u64::MAX), 0, -1] {
+            assert_eq!(written(value), value.to_string());
+        }
+        for power in 0..20 {
+            let ten = 10_u64.pow(power);
+            for value in [ten - 1, ten, ten + 1] {
+                assert_eq!(written(value.into()), value.to_string());
+            }
         }
     }
 
