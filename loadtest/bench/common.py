@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -242,7 +243,28 @@ def raise_open_files_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def listen_addresses(env):
+    """The loopback addresses a service is told to listen on: its `RELAIS_*_LISTEN` and
+    `RELAIS_*_ADDR` settings (every service of the bench names its own addresses so)."""
+    return [value for key, value in env.items()
+            if key.startswith("RELAIS_") and key.endswith(("_LISTEN", "_ADDR")) and value.startswith("127.0.0.1:")]
+
+
+def ensure_free(address, binary):
+    """Stops the bench when something already answers where `binary` is to listen. The service
+    would fail to bind while its readiness check reached the other process: a service left from
+    an earlier run, perhaps with other faults set, would then be measured in its place."""
+    host, port = address.rsplit(":", 1)
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        if probe.connect_ex((host, int(port))) == 0:
+            sys.exit(f"{address}, where {binary} is to listen, is taken by another process "
+                     f"(left from an earlier run?): stop it and run again")
+
+
 def start(binary, env, log_path):
+    for address in listen_addresses(env):
+        ensure_free(address, binary)
     handle = open(log_path, "ab")
     # The S3 user every audit-service of the benchmark writes as (it has no built-in keys).
     s3 = {"RELAIS_S3_ENDPOINT": S3_ENDPOINT, "RELAIS_S3_ACCESS_KEY": S3_ACCESS, "RELAIS_S3_SECRET_KEY": S3_SECRET}

@@ -1,7 +1,9 @@
-"""Reading metrics and rates out of samples."""
+"""Reading metrics and rates out of samples, and the checks before a service starts."""
 
+import socket
 import unittest
 
+import common
 from common import metric_sum, sustained_rate
 
 
@@ -35,3 +37,21 @@ class SustainedRate(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ListenAddresses(unittest.TestCase):
+    def test_only_the_addresses_a_service_listens_on_are_checked(self):
+        env = {"RELAIS_SIM_LISTEN": "127.0.0.1:18090", "RELAIS_ADMIN_ADDR": "127.0.0.1:19104",
+               "RELAIS_KAFKA_BOOTSTRAP": "127.0.0.1:9092", "RELAIS_WORKER_ID": "w-1", "PATH": "/usr/bin"}
+        self.assertEqual(common.listen_addresses(env), ["127.0.0.1:18090", "127.0.0.1:19104"])
+
+    def test_a_taken_address_stops_the_bench_and_a_free_one_does_not(self):
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            address = f"127.0.0.1:{taken.getsockname()[1]}"
+            with self.assertRaises(SystemExit) as stopped:
+                common.ensure_free(address, "upstream-sim")
+            self.assertIn("taken by another process", str(stopped.exception))
+        # Closed: nothing answers there any more.
+        common.ensure_free(address, "upstream-sim")
