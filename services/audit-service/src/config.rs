@@ -176,7 +176,7 @@ pub struct ObjectsConfig {
     /// Key prefix inside the bucket.
     pub prefix: String,
     pub max_records: usize,
-    /// Uncompressed NDJSON bytes per object.
+    /// Uncompressed NDJSON bytes per object, newlines included.
     pub max_bytes: usize,
     /// A partition with no new record for this long has its open object written.
     #[serde(with = "humantime_serde")]

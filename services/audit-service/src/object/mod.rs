@@ -54,7 +54,8 @@ pub use ndjson::Ndjson;
 #[derive(Debug, Clone)]
 pub struct RotationPolicy {
     pub max_records: usize,
-    /// Uncompressed NDJSON bytes.
+    /// Uncompressed NDJSON bytes, newlines included: an object holds no more, unless its one
+    /// line alone is larger.
     pub max_bytes: usize,
     pub idle: Duration,
 }
