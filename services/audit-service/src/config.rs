@@ -169,7 +169,7 @@ impl Default for KafkaConfig {
     }
 }
 
-/// How records become objects (see `object.rs` for why each rule is deterministic).
+/// How records become objects (see `object/mod.rs` for why each rule is deterministic).
 #[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ObjectsConfig {
