@@ -224,6 +224,12 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    fn written_int(value: i128) -> String {
+        let mut out = Vec::new();
+        write_int(&mut out, value);
+        String::from_utf8(out).unwrap()
+    }
+
     proptest! {
         #[test]
         fn strings_are_escaped_as_serde_json_escapes_them(value in any::<String>()) {
@@ -243,30 +249,20 @@ mod tests {
     proptest! {
         #[test]
         fn integers_are_written_as_serde_json_writes_them(signed: i64, unsigned: u64) {
-            let written = |value: i128| {
-                let mut out = Vec::new();
-                write_int(&mut out, value);
-                String::from_utf8(out).unwrap()
-            };
-            prop_assert_eq!(written(signed.into()), serde_json::to_string(&signed).unwrap());
-            prop_assert_eq!(written(unsigned.into()), serde_json::to_string(&unsigned).unwrap());
+            prop_assert_eq!(written_int(signed.into()), serde_json::to_string(&signed).unwrap());
+            prop_assert_eq!(written_int(unsigned.into()), serde_json::to_string(&unsigned).unwrap());
         }
     }
 
     #[test]
     fn integers_at_their_bounds_and_powers_of_ten_are_written_in_full() {
-        let written = |value: i128| {
-            let mut out = Vec::new();
-            write_int(&mut out, value);
-            String::from_utf8(out).unwrap()
-        };
         for value in [i128::from(i64::MIN), i128::from(u64::MAX), 0, -1] {
-            assert_eq!(written(value), value.to_string());
+            assert_eq!(written_int(value), value.to_string());
         }
         for power in 0..20 {
             let ten = 10_u64.pow(power);
             for value in [ten - 1, ten, ten + 1] {
-                assert_eq!(written(value.into()), value.to_string());
+                assert_eq!(written_int(value.into()), value.to_string());
             }
         }
     }
