@@ -39,6 +39,7 @@
 //!   commit of the previous one succeeded; a failed commit is tried again with backoff and the
 //!   partition waits (`pipeline::partition`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
@@ -46,8 +47,10 @@ use tokio::time::Instant;
 
 use crate::index::IdHash;
 
+mod chunks;
 mod ndjson;
 
+pub use chunks::ChunkPool;
 pub use ndjson::Ndjson;
 
 /// When to close an object.
@@ -149,6 +152,7 @@ pub struct PartitionWriter {
     policy: RotationPolicy,
     open: Option<DataObject>,
     last_arrival: Instant,
+    chunks: Arc<ChunkPool>,
 }
 
 /// The hour a time belongs to.
@@ -160,12 +164,13 @@ pub fn hour_of(time: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 impl PartitionWriter {
-    pub fn new(partition: i32, policy: RotationPolicy) -> Self {
+    pub fn new(partition: i32, policy: RotationPolicy, chunks: Arc<ChunkPool>) -> Self {
         Self {
             partition,
             policy,
             open: None,
             last_arrival: Instant::now(),
+            chunks,
         }
     }
 
@@ -201,7 +206,7 @@ impl PartitionWriter {
             end_offset: line.offset,
             hour,
             records: 0,
-            ndjson: Ndjson::default(),
+            ndjson: Ndjson::pooled(Arc::clone(&self.chunks)),
             ids: Vec::new(),
             links: Vec::new(),
             first_arrival: now,
@@ -327,6 +332,7 @@ mod tests {
                 max_bytes,
                 idle: Duration::from_secs(5),
             },
+            Arc::new(ChunkPool::new(0)),
         )
     }
 

@@ -4,20 +4,33 @@
 //! holds, and for a moment holds both copies. Chunks start small, so that the many small
 //! objects of quiet partitions stay small, and double up to a bound, so that a large object is
 //! a few dozen allocations; what a chunk holds is never copied again before compression.
+//! Chunks of the bound come from a [`ChunkPool`] and go back to it when the text is dropped.
+
+use std::sync::Arc;
+
+use super::chunks::{CHUNK_BYTES as MAX_CHUNK_BYTES, ChunkPool};
 
 /// The first chunk's capacity.
 const FIRST_CHUNK_BYTES: usize = 64 * 1024;
-/// No chunk is larger.
-const MAX_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// The lines of one object, each followed by its newline.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Ndjson {
     chunks: Vec<Vec<u8>>,
     len: usize,
+    pool: Option<Arc<ChunkPool>>,
 }
 
 impl Ndjson {
+    /// Empty text whose full-size chunks come from `pool` and go back to it.
+    pub fn pooled(pool: Arc<ChunkPool>) -> Self {
+        Self {
+            chunks: Vec::new(),
+            len: 0,
+            pool: Some(pool),
+        }
+    }
+
     /// Bytes held, newlines included.
     pub fn len(&self) -> usize {
         self.len
@@ -63,11 +76,25 @@ impl Ndjson {
             let capacity = self.chunks.last().map_or(FIRST_CHUNK_BYTES, |last| {
                 (last.capacity() * 2).min(MAX_CHUNK_BYTES)
             });
-            self.chunks.push(Vec::with_capacity(capacity));
+            let chunk = match &self.pool {
+                Some(pool) if capacity == MAX_CHUNK_BYTES => pool.take(),
+                _ => Vec::with_capacity(capacity),
+            };
+            self.chunks.push(chunk);
         }
         // Not empty: a chunk was pushed above if there was none.
         let last = self.chunks.len() - 1;
         &mut self.chunks[last]
+    }
+}
+
+impl Drop for Ndjson {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            for chunk in self.chunks.drain(..) {
+                pool.give(chunk);
+            }
+        }
     }
 }
 
@@ -96,6 +123,37 @@ mod tests {
             prop_assert_eq!(ndjson.len(), expected.len());
             prop_assert_eq!(ndjson.to_vec(), expected);
         }
+    }
+
+    #[test]
+    fn full_size_chunks_come_from_the_pool_and_go_back_when_the_text_is_dropped() {
+        let pool = Arc::new(ChunkPool::new(64 * MAX_CHUNK_BYTES));
+        let line = vec![b'x'; 999];
+        let filled = || {
+            let mut ndjson = Ndjson::pooled(Arc::clone(&pool));
+            while ndjson.len() < 4 * MAX_CHUNK_BYTES {
+                ndjson.push_line(&line);
+            }
+            ndjson
+        };
+        let first = filled();
+        let expected = first.to_vec();
+        // 64, 128, 256 and 512 KiB, then full-size chunks.
+        let full_size: Vec<*const u8> = first.chunks().skip(4).map(<[u8]>::as_ptr).collect();
+        assert_eq!(pool.kept(), 0);
+        drop(first);
+        assert_eq!(
+            pool.kept(),
+            full_size.len(),
+            "the full-size chunks are kept"
+        );
+
+        let second = filled();
+        assert_eq!(second.to_vec(), expected, "kept chunks start empty");
+        assert_eq!(pool.kept(), 0);
+        let mut reused: Vec<*const u8> = second.chunks().skip(4).map(<[u8]>::as_ptr).collect();
+        reused.reverse();
+        assert_eq!(reused, full_size, "every kept chunk was taken again");
     }
 
     #[test]

@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use crate::config::AuditConfig;
 use crate::index::Index;
 use crate::metrics::AuditMetrics;
-use crate::object::{Pending, QuarantinedRecord, RotationPolicy};
+use crate::object::{ChunkPool, Pending, QuarantinedRecord, RotationPolicy};
 use crate::store::Store;
 
 pub use self::assignment::{Assignment, AuditConsumer, AuditContext};
@@ -94,6 +94,8 @@ impl Pipeline {
                 idle: self.config.objects.idle,
             },
             topic: Arc::from(self.config.kafka.audit_topic.as_str()),
+            // Chunks kept are chunks that held buffered records: the buffer's bound is theirs.
+            chunks: Arc::new(ChunkPool::new(self.config.buffer.max_bytes)),
             commit_backoff: Backoff {
                 base: self.config.storage.base_backoff,
                 max: self.config.storage.max_backoff,
@@ -117,6 +119,8 @@ struct Loop {
     pipeline: Pipeline,
     policy: RotationPolicy,
     topic: Arc<str>,
+    /// Full-size chunks of stored objects, for the objects that follow.
+    chunks: Arc<ChunkPool>,
     commit_backoff: Backoff,
     partitions: BTreeMap<i32, PartitionState>,
     encoding: Encoding,
@@ -143,6 +147,7 @@ impl Loop {
                 // Before `recv`: with a backlog, `recv` is always ready and would starve it.
                 _ = ticker.tick() => {
                     self.close_idle_objects();
+                    self.chunks.release_if_unused();
                     self.forget_revoked();
                     self.apply_backpressure();
                     self.update_readiness();
@@ -255,14 +260,14 @@ impl Loop {
             arrival,
             content,
         } = record;
-        let policy = &self.policy;
+        let (policy, chunks) = (&self.policy, &self.chunks);
         let state = self
             .partitions
             .entry(partition)
-            .or_insert_with(|| PartitionState::new(partition, generation, policy));
+            .or_insert_with(|| PartitionState::new(partition, generation, policy, chunks));
         if state.generation < generation {
             // Revoked and assigned again: start over from the committed offset.
-            *state = PartitionState::new(partition, generation, policy);
+            *state = PartitionState::new(partition, generation, policy, chunks);
         } else if state.generation > generation {
             // Received before the partition was revoked; the new assignment reads it again.
             return;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::object::{PartitionWriter, Pending, RotationPolicy};
+use crate::object::{ChunkPool, PartitionWriter, Pending, RotationPolicy};
 
 /// Where the partition's item in flight stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,10 +55,15 @@ pub struct PartitionState {
 }
 
 impl PartitionState {
-    pub fn new(partition: i32, generation: u64, policy: &RotationPolicy) -> Self {
+    pub fn new(
+        partition: i32,
+        generation: u64,
+        policy: &RotationPolicy,
+        chunks: &Arc<ChunkPool>,
+    ) -> Self {
         Self {
             generation,
-            writer: PartitionWriter::new(partition, policy.clone()),
+            writer: PartitionWriter::new(partition, policy.clone(), Arc::clone(chunks)),
             queue: VecDeque::new(),
             phase: Phase::Idle,
             uncounted: Vec::new(),
@@ -173,6 +178,7 @@ mod tests {
                 max_bytes: 1 << 20,
                 idle: Duration::from_secs(1),
             },
+            &Arc::new(ChunkPool::new(0)),
         )
     }
 
