@@ -75,6 +75,7 @@ impl ChunkPool {
     }
 
     /// Chunks kept now.
+    #[cfg(test)]
     pub fn kept(&self) -> usize {
         self.lock().free.len()
     }
