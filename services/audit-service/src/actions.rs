@@ -4,7 +4,7 @@
 use relais_proto::v1::OperatorAction;
 use serde_json::Value;
 
-use crate::encode::{AuditPosition, JsonObject, parse_time};
+use crate::encode::{AuditPosition, JsonObject, key, parse_time};
 
 /// The value of `kind` on an operator action's line (message outcomes have no `kind`).
 pub const KIND: &str = "operator_action";
@@ -28,15 +28,15 @@ impl ActionLine<'_> {
     pub fn write_to(&self, out: &mut Vec<u8>) {
         let action = self.action;
         let mut line = JsonObject::begin(out);
-        line.raw("kind", KIND);
-        line.str("action_id", &action.action_id);
-        line.str("action", &action.action);
-        line.str("subject", &action.subject);
-        line.str("actor", &action.actor);
-        line.str("detail", &action.detail);
-        line.time("at", action.at.as_ref());
-        line.str("trace_id", &action.trace_id);
-        self.position.write("audit", &mut line);
+        line.raw(key!("kind"), KIND);
+        line.str(key!("action_id"), &action.action_id);
+        line.str(key!("action"), &action.action);
+        line.str(key!("subject"), &action.subject);
+        line.str(key!("actor"), &action.actor);
+        line.str(key!("detail"), &action.detail);
+        line.time(key!("at"), action.at.as_ref());
+        line.str(key!("trace_id"), &action.trace_id);
+        self.position.write(key!("audit"), &mut line);
         line.end();
     }
 }

@@ -1,60 +1,91 @@
 //! The few JSON shapes a stored line is made of, appended straight to its bytes.
 //!
-//! Field names are constants of this crate in plain ASCII, so they are copied as they are
-//! rather than escaped once per field of every line. Values are escaped exactly as
-//! `serde_json` escapes them, so the bytes are those a serde serializer would write.
+//! Field names are constants of this crate in plain ASCII, so they are copied as they are (with
+//! their punctuation, see [`key!`]) rather than escaped once per field of every line. Values are
+//! escaped exactly as `serde_json` escapes them, so the bytes are those a serde serializer would
+//! write.
 
 use relais_proto::Timestamp;
 
-use super::time::Rfc3339;
+use super::time;
+
+/// The [`Key`] of the field `name`, checked when compiling.
+macro_rules! key {
+    ($name:literal) => {
+        const { $crate::encode::Key::new(concat!(",\"", $name, "\":")) }
+    };
+}
+pub(crate) use key;
+
+/// `,"name":`, what puts a field after the one before it, as one constant: a field's name and
+/// punctuation are copied in one go rather than piece by piece. Made by [`key!`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Key(&'static str);
+
+impl Key {
+    /// `text` as a key; a name that would need escaping does not compile ([`key!`] calls this
+    /// in a constant).
+    pub(crate) const fn new(text: &'static str) -> Self {
+        let bytes = text.as_bytes();
+        let end = bytes.len() - 2;
+        assert!(bytes.len() > 4 && bytes[0] == b',' && bytes[1] == b'"');
+        assert!(bytes[end] == b'"' && bytes[end + 1] == b':');
+        let mut at = 2;
+        while at < end {
+            let byte = bytes[at];
+            assert!(byte >= 0x20 && byte < 0x80 && byte != b'"' && byte != b'\\');
+            at += 1;
+        }
+        Self(text)
+    }
+}
 
 /// One JSON object being written; [`JsonObject::end`] closes it.
+///
+/// Every field is written with its leading comma (see [`key!`]); the first field's comma is
+/// turned into the opening brace when the object ends.
 pub(crate) struct JsonObject<'a> {
     out: &'a mut Vec<u8>,
-    empty: bool,
+    start: usize,
 }
 
 impl<'a> JsonObject<'a> {
     #[inline]
     pub(crate) fn begin(out: &'a mut Vec<u8>) -> Self {
-        out.push(b'{');
-        Self { out, empty: true }
+        let start = out.len();
+        Self { out, start }
     }
 
     #[inline(always)]
-    pub(crate) fn str(&mut self, name: &'static str, value: &str) {
-        write_str(self.name(name), value);
+    pub(crate) fn str(&mut self, key: Key, value: &str) {
+        write_str(self.key(key), value);
     }
 
     #[inline(always)]
-    pub(crate) fn raw(&mut self, name: &'static str, value: &'static str) {
-        write_plain_str(self.name(name), value.as_bytes());
+    pub(crate) fn raw(&mut self, key: Key, value: &'static str) {
+        write_plain_str(self.key(key), value.as_bytes());
     }
 
     #[inline(always)]
-    pub(crate) fn int(&mut self, name: &'static str, value: impl Into<i128>) {
-        write_int(self.name(name), value.into());
+    pub(crate) fn int(&mut self, key: Key, value: impl Into<i128>) {
+        write_int(self.key(key), value.into());
     }
 
     #[inline(always)]
-    pub(crate) fn bool(&mut self, name: &'static str, value: bool) {
+    pub(crate) fn bool(&mut self, key: Key, value: bool) {
         let literal: &[u8] = if value { b"true" } else { b"false" };
-        self.name(name).extend_from_slice(literal);
+        self.key(key).extend_from_slice(literal);
     }
 
     /// RFC 3339 in UTC with microseconds, or `null` when absent.
     #[inline(always)]
-    pub(crate) fn time(&mut self, name: &'static str, value: Option<&Timestamp>) {
-        let out = self.name(name);
-        match Rfc3339::of(value) {
-            Some(text) => write_plain_str(out, text.as_bytes()),
-            None => out.extend_from_slice(b"null"),
-        }
+    pub(crate) fn time(&mut self, key: Key, value: Option<&Timestamp>) {
+        time::write_json(self.key(key), value);
     }
 
-    /// A nested object under `name`, written by `fill`.
-    pub(crate) fn object(&mut self, name: &'static str, fill: impl FnOnce(&mut JsonObject<'_>)) {
-        let mut nested = JsonObject::begin(self.name(name));
+    /// A nested object under `key`, written by `fill`.
+    pub(crate) fn object(&mut self, key: Key, fill: impl FnOnce(&mut JsonObject<'_>)) {
+        let mut nested = JsonObject::begin(self.key(key));
         fill(&mut nested);
         nested.end();
     }
@@ -62,30 +93,30 @@ impl<'a> JsonObject<'a> {
     /// An object whose names are data (response headers): escaped like any value.
     pub(crate) fn map<'v>(
         &mut self,
-        name: &'static str,
+        key: Key,
         entries: impl IntoIterator<Item = (&'v str, &'v str)>,
     ) {
-        let out = self.name(name);
+        let out = self.key(key);
         out.push(b'{');
-        for (index, (key, value)) in entries.into_iter().enumerate() {
+        for (index, (name, value)) in entries.into_iter().enumerate() {
             if index > 0 {
                 out.push(b',');
             }
-            write_str(out, key);
+            write_str(out, name);
             out.push(b':');
             write_str(out, value);
         }
         out.push(b'}');
     }
 
-    /// An array of objects under `name`, one per item, each written by `fill`.
+    /// An array of objects under `key`, one per item, each written by `fill`.
     pub(crate) fn objects<T>(
         &mut self,
-        name: &'static str,
+        key: Key,
         items: &[T],
         mut fill: impl FnMut(&mut JsonObject<'_>, &T),
     ) {
-        let out = self.name(name);
+        let out = self.key(key);
         out.push(b'[');
         for (index, item) in items.iter().enumerate() {
             if index > 0 {
@@ -100,26 +131,26 @@ impl<'a> JsonObject<'a> {
 
     #[inline]
     pub(crate) fn end(self) {
+        if self.out.len() == self.start {
+            self.out.push(b'{');
+        } else {
+            self.out[self.start] = b'{';
+        }
         self.out.push(b'}');
     }
 
-    /// Writes the separator and `"name":`, and returns the output for the value.
+    /// Writes `,"name":` and returns the output for the value.
     #[inline(always)]
-    fn name(&mut self, name: &'static str) -> &mut Vec<u8> {
-        debug_assert!(needs_no_escape(name.as_bytes()), "{name}");
-        if !std::mem::take(&mut self.empty) {
-            self.out.push(b',');
-        }
-        self.out.push(b'"');
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.extend_from_slice(b"\":");
+    fn key(&mut self, key: Key) -> &mut Vec<u8> {
+        self.out.extend_from_slice(key.0.as_bytes());
         self.out
     }
 }
 
-/// `value` in decimal. Its digits are copied as one block of fixed size and then cut to their
-/// count: a copy whose size is known when compiling is a few moves, one of a computed size is
-/// a call to `memmove`, and a line has a few dozen numbers.
+/// `value` in decimal, its digits written in place in `out`. A block of twenty zeros of a size
+/// known when compiling is a few stores, then the digits overwrite its start and the rest is
+/// cut. Built in a buffer of its own and copied, the copy would read bytes just stored one by
+/// one, which the processor cannot forward to a wide load: a stall for every number of a line.
 #[inline(always)]
 fn write_int(out: &mut Vec<u8>, value: i128) {
     if value < 0 {
@@ -127,14 +158,17 @@ fn write_int(out: &mut Vec<u8>, value: i128) {
     }
     // Every caller passes a 64-bit integer, whose magnitude fits in a u64.
     let mut magnitude = u64::try_from(value.unsigned_abs()).unwrap_or(u64::MAX);
-    let digits = magnitude.checked_ilog10().map_or(1, |log| log as usize + 1);
-    let mut text = [b'0'; 20];
-    for slot in text[..digits].iter_mut().rev() {
+    if magnitude < 10 {
+        out.push(b'0' + magnitude as u8);
+        return;
+    }
+    let digits = magnitude.ilog10() as usize + 1;
+    let start = out.len();
+    out.extend_from_slice(&[b'0'; 20]);
+    for slot in out[start..start + digits].iter_mut().rev() {
         *slot = b'0' + (magnitude % 10) as u8;
         magnitude /= 10;
     }
-    let start = out.len();
-    out.extend_from_slice(&text);
     out.truncate(start + digits);
 }
 
@@ -283,17 +317,25 @@ mod tests {
     }
 
     #[test]
+    #[should_panic]
+    fn a_name_that_would_need_escaping_is_no_key() {
+        Key::new(",\"a\"b\":");
+    }
+
+    #[test]
     fn objects_nest_with_separators_in_place() {
         let mut out = Vec::new();
         let mut object = JsonObject::begin(&mut out);
-        object.str("a", "x");
-        object.int("b", -3_i64);
-        object.object("c", |inner| inner.bool("d", false));
-        object.objects("e", &[1_u32, 2], |element, n| element.int("n", *n));
-        object.map("f", [("k\"", "v")]);
-        object.time("g", None);
-        object.raw("h", "OPEN");
-        object.objects("i", &[] as &[u32], |_, _| {});
+        object.str(key!("a"), "x");
+        object.int(key!("b"), -3_i64);
+        object.object(key!("c"), |inner| inner.bool(key!("d"), false));
+        object.objects(key!("e"), &[1_u32, 2], |element, n| {
+            element.int(key!("n"), *n)
+        });
+        object.map(key!("f"), [("k\"", "v")]);
+        object.time(key!("g"), None);
+        object.raw(key!("h"), "OPEN");
+        object.objects(key!("i"), &[] as &[u32], |_, _| {});
         object.end();
         assert_eq!(
             String::from_utf8(out).unwrap(),

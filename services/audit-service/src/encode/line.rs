@@ -3,7 +3,7 @@
 use relais_proto::v1::{self, AuditRecord};
 
 use super::AuditPosition;
-use super::json::JsonObject;
+use super::json::{JsonObject, key};
 
 /// The stored line of one record, written straight into its bytes.
 #[derive(Debug, Clone, Copy)]
@@ -25,60 +25,60 @@ impl RecordLine<'_> {
         let record = self.record;
         let ingress = record.position.as_ref();
         let mut line = JsonObject::begin(out);
-        line.str("message_id", &record.message_id);
-        line.str("trace_id", &record.trace_id);
-        line.str("span_id", &record.span_id);
-        line.raw("outcome", outcome_name(record.outcome));
-        line.str("reason_code", &record.reason_code);
-        line.str("reason_detail", &record.reason_detail);
-        line.str("event_type", &record.event_type);
-        line.str("source", &record.source);
-        line.str("upstream", &record.upstream);
-        line.time("occurred_at", record.occurred_at.as_ref());
-        line.time("received_at", record.received_at.as_ref());
-        line.time("decided_at", record.decided_at.as_ref());
-        line.str("worker_id", &record.worker_id);
+        line.str(key!("message_id"), &record.message_id);
+        line.str(key!("trace_id"), &record.trace_id);
+        line.str(key!("span_id"), &record.span_id);
+        line.raw(key!("outcome"), outcome_name(record.outcome));
+        line.str(key!("reason_code"), &record.reason_code);
+        line.str(key!("reason_detail"), &record.reason_detail);
+        line.str(key!("event_type"), &record.event_type);
+        line.str(key!("source"), &record.source);
+        line.str(key!("upstream"), &record.upstream);
+        line.time(key!("occurred_at"), record.occurred_at.as_ref());
+        line.time(key!("received_at"), record.received_at.as_ref());
+        line.time(key!("decided_at"), record.decided_at.as_ref());
+        line.str(key!("worker_id"), &record.worker_id);
         AuditPosition {
             topic: ingress.map(|s| s.topic.as_str()).unwrap_or_default(),
             partition: ingress.map_or(0, |s| s.partition),
             offset: ingress.map_or(0, |s| s.offset),
         }
-        .write("ingress", &mut line);
-        line.objects("attempts", &record.attempts, write_attempt);
-        line.raw("circuit_state", circuit_name(record.circuit_state));
-        line.int("payload_bytes", record.payload_bytes);
-        self.position.write("audit", &mut line);
+        .write(key!("ingress"), &mut line);
+        line.objects(key!("attempts"), &record.attempts, write_attempt);
+        line.raw(key!("circuit_state"), circuit_name(record.circuit_state));
+        line.int(key!("payload_bytes"), record.payload_bytes);
+        self.position.write(key!("audit"), &mut line);
         line.end();
     }
 }
 
 fn write_attempt(line: &mut JsonObject<'_>, attempt: &v1::Attempt) {
     let timings = attempt.timings.unwrap_or_default();
-    line.int("number", attempt.number);
-    line.time("started_at", attempt.started_at.as_ref());
-    line.int("status_code", attempt.status_code);
-    line.str("error_type", &attempt.error_type);
-    line.raw("timeout", timeout_name(attempt.timeout));
-    line.int("dns_us", timings.dns_us);
-    line.int("connect_us", timings.connect_us);
-    line.int("tls_us", timings.tls_us);
-    line.int("time_to_first_byte_us", timings.time_to_first_byte_us);
-    line.int("transfer_us", timings.transfer_us);
-    line.int("total_us", timings.total_us);
-    line.int("request_bytes", attempt.request_bytes);
-    line.int("response_bytes", attempt.response_bytes);
-    line.int("backoff_ms", attempt.backoff_ms);
+    line.int(key!("number"), attempt.number);
+    line.time(key!("started_at"), attempt.started_at.as_ref());
+    line.int(key!("status_code"), attempt.status_code);
+    line.str(key!("error_type"), &attempt.error_type);
+    line.raw(key!("timeout"), timeout_name(attempt.timeout));
+    line.int(key!("dns_us"), timings.dns_us);
+    line.int(key!("connect_us"), timings.connect_us);
+    line.int(key!("tls_us"), timings.tls_us);
+    line.int(key!("time_to_first_byte_us"), timings.time_to_first_byte_us);
+    line.int(key!("transfer_us"), timings.transfer_us);
+    line.int(key!("total_us"), timings.total_us);
+    line.int(key!("request_bytes"), attempt.request_bytes);
+    line.int(key!("response_bytes"), attempt.response_bytes);
+    line.int(key!("backoff_ms"), attempt.backoff_ms);
     // `{"headers": {"location": "..."}, "body": "...", "body_truncated": false}`; written only
     // for attempts that kept an excerpt.
     if let Some(response) = &attempt.response {
-        line.object("response", |excerpt| {
+        line.object(key!("response"), |excerpt| {
             let headers = response.headers.iter();
             excerpt.map(
-                "headers",
+                key!("headers"),
                 headers.map(|header| (header.name.as_str(), header.value.as_str())),
             );
-            excerpt.str("body", &response.body);
-            excerpt.bool("body_truncated", response.body_truncated);
+            excerpt.str(key!("body"), &response.body);
+            excerpt.bool(key!("body_truncated"), response.body_truncated);
         });
     }
 }

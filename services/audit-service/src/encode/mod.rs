@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Utc};
 use relais_proto::v1::AuditRecord;
 
-pub(crate) use json::JsonObject;
+pub(crate) use json::{JsonObject, Key, key};
 pub use line::RecordLine;
 pub(crate) use read::parse_time;
 pub use read::record_from_json;
@@ -28,13 +28,13 @@ pub struct AuditPosition<'a> {
 }
 
 impl AuditPosition<'_> {
-    /// `{"topic", "partition", "offset"}` under `name`: where a record was read (ingress or
+    /// `{"topic", "partition", "offset"}` under `key`: where a record was read (ingress or
     /// audit topic).
-    pub(crate) fn write(&self, name: &'static str, line: &mut JsonObject<'_>) {
-        line.object(name, |position| {
-            position.str("topic", self.topic);
-            position.int("partition", self.partition);
-            position.int("offset", self.offset);
+    pub(crate) fn write(&self, key: Key, line: &mut JsonObject<'_>) {
+        line.object(key, |position| {
+            position.str(key!("topic"), self.topic);
+            position.int(key!("partition"), self.partition);
+            position.int(key!("offset"), self.offset);
         });
     }
 }

@@ -9,63 +9,78 @@ pub fn timestamp(value: Option<&Timestamp>) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(value.seconds, u32::try_from(value.nanos).ok()?)
 }
 
-/// A timestamp's text, written without building a `String` in the common case: a line has a
-/// few timestamps and the service writes hundreds of thousands of lines a second.
-pub(crate) enum Rfc3339 {
-    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, for years 0 to 9999 outside leap seconds.
-    Fixed([u8; 27]),
-    /// Anything else, in chrono's own spelling.
-    Other(String),
-}
-
-impl Rfc3339 {
-    /// The text of `value`, or None when it is absent or out of range.
-    pub(crate) fn of(value: Option<&Timestamp>) -> Option<Self> {
-        let value = value?;
-        if let Some(text) = fixed(value) {
-            return Some(Self::Fixed(text));
-        }
-        let time = timestamp(Some(value))?;
-        Some(Self::Other(
-            time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        ))
-    }
-
-    /// The text, plain ASCII.
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        match self {
-            Self::Fixed(text) => text,
-            Self::Other(text) => text.as_bytes(),
-        }
-    }
-}
-
-/// The fixed-width text, computed from the seconds directly (days to a civil date with the
-/// usual era arithmetic) rather than through chrono's calendar types.
-fn fixed(value: &Timestamp) -> Option<[u8; 27]> {
-    const SECONDS_PER_DAY: i64 = 86_400;
-    let nanos = u32::try_from(value.nanos)
-        .ok()
-        .filter(|nanos| *nanos < 1_000_000_000)?;
-    let days = value.seconds.div_euclid(SECONDS_PER_DAY);
-    let second_of_day = value.seconds.rem_euclid(SECONDS_PER_DAY) as u32;
-    let (year, month, day) = civil_date(days);
-    let year = u32::try_from(year).ok().filter(|year| *year <= 9999)?;
-    let mut text = *b"0000-00-00T00:00:00.000000Z";
-    let mut put = |at: usize, width: usize, mut value: u32| {
-        for index in (at..at + width).rev() {
-            text[index] = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
+/// `value` as a JSON string, `null` when absent or out of range. The common case (years 0 to
+/// 9999 outside leap seconds, `YYYY-MM-DDTHH:MM:SS.ffffffZ`) is a constant template whose
+/// digits are then written in place: no `String`, and no buffer of its own copied after its
+/// bytes were stored one by one (a wide load of bytes just stored stalls). Anything else is
+/// chrono's own spelling.
+pub(crate) fn write_json(out: &mut Vec<u8>, value: Option<&Timestamp>) {
+    let Some(value) = value else {
+        out.extend_from_slice(b"null");
+        return;
     };
-    put(0, 4, year);
-    put(5, 2, month);
-    put(8, 2, day);
-    put(11, 2, second_of_day / 3600);
-    put(14, 2, second_of_day / 60 % 60);
-    put(17, 2, second_of_day % 60);
-    put(20, 6, nanos / 1_000);
-    Some(text)
+    if let Some(fields) = Fields::of(value) {
+        let start = out.len() + 1;
+        out.extend_from_slice(b"\"0000-00-00T00:00:00.000000Z\"");
+        fields.write(&mut out[start..start + 26]);
+        return;
+    }
+    match timestamp(Some(value)) {
+        Some(time) => {
+            out.push(b'"');
+            let text = time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            out.extend_from_slice(text.as_bytes());
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// The numbers of the fixed-width spelling, computed from the seconds directly (days to a
+/// civil date with the usual era arithmetic) rather than through chrono's calendar types.
+struct Fields {
+    year: u32,
+    month: u32,
+    day: u32,
+    second_of_day: u32,
+    micros: u32,
+}
+
+impl Fields {
+    fn of(value: &Timestamp) -> Option<Self> {
+        const SECONDS_PER_DAY: i64 = 86_400;
+        let nanos = u32::try_from(value.nanos)
+            .ok()
+            .filter(|nanos| *nanos < 1_000_000_000)?;
+        let days = value.seconds.div_euclid(SECONDS_PER_DAY);
+        let second_of_day = value.seconds.rem_euclid(SECONDS_PER_DAY) as u32;
+        let (year, month, day) = civil_date(days);
+        let year = u32::try_from(year).ok().filter(|year| *year <= 9999)?;
+        Some(Self {
+            year,
+            month,
+            day,
+            second_of_day,
+            micros: nanos / 1_000,
+        })
+    }
+
+    /// Writes the digits over `text`, `0000-00-00T00:00:00.000000` with its separators.
+    fn write(&self, text: &mut [u8]) {
+        let mut put = |at: usize, width: usize, mut value: u32| {
+            for slot in text[at..at + width].iter_mut().rev() {
+                *slot = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, self.year);
+        put(5, 2, self.month);
+        put(8, 2, self.day);
+        put(11, 2, self.second_of_day / 3600);
+        put(14, 2, self.second_of_day / 60 % 60);
+        put(17, 2, self.second_of_day % 60);
+        put(20, 6, self.micros);
+    }
 }
 
 /// Year, month and day of the proleptic Gregorian calendar `days` after 1970-01-01, counted
@@ -91,6 +106,14 @@ fn civil_date(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The text written for `value` without its quotes, None for `null`.
+    fn written(value: Option<&Timestamp>) -> Option<String> {
+        let mut out = Vec::new();
+        write_json(&mut out, value);
+        let text = String::from_utf8(out).unwrap();
+        (text != "null").then(|| serde_json::from_str(&text).unwrap())
+    }
 
     #[test]
     fn timestamps_are_written_as_chrono_spells_them() {
@@ -122,15 +145,10 @@ mod tests {
                 let value = Timestamp { seconds, nanos };
                 let expected = timestamp(Some(&value))
                     .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
-                let written = Rfc3339::of(Some(&value));
-                assert_eq!(
-                    written.as_ref().map(Rfc3339::as_bytes),
-                    expected.as_ref().map(String::as_bytes),
-                    "{seconds} s {nanos} ns"
-                );
+                assert_eq!(written(Some(&value)), expected, "{seconds} s {nanos} ns");
             }
         }
-        assert!(Rfc3339::of(None).is_none());
+        assert!(written(None).is_none());
     }
 
     #[test]
@@ -157,11 +175,7 @@ mod tests {
             let value = Timestamp { seconds, nanos };
             let expected = timestamp(Some(&value))
                 .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
-            let written = Rfc3339::of(Some(&value));
-            proptest::prop_assert_eq!(
-                written.as_ref().map(Rfc3339::as_bytes),
-                expected.as_ref().map(String::as_bytes)
-            );
+            proptest::prop_assert_eq!(written(Some(&value)), expected);
         }
     }
 }
