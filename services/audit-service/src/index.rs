@@ -41,7 +41,12 @@ pub struct IdHash([u64; 2]);
 
 impl IdHash {
     pub fn of(id: &str) -> Self {
-        Self(fnv1a_pair(id.as_bytes(), [0, 0x9e37_79b9_7f4a_7c15]))
+        Self::of_bytes(id.as_bytes())
+    }
+
+    /// The hash of an id's UTF-8 bytes.
+    pub fn of_bytes(id: &[u8]) -> Self {
+        Self(fnv1a_pair(id, [0, 0x9e37_79b9_7f4a_7c15]))
     }
 }
 

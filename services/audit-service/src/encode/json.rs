@@ -8,6 +8,7 @@
 use relais_proto::Timestamp;
 
 use super::time;
+use super::view::Text;
 
 /// The [`Key`] of the field `name`, checked when compiling.
 macro_rules! key {
@@ -58,7 +59,12 @@ impl<'a> JsonObject<'a> {
 
     #[inline(always)]
     pub(crate) fn str(&mut self, key: Key, value: &str) {
-        write_str(self.key(key), value);
+        write_str(self.key(key), value.as_bytes());
+    }
+
+    #[inline(always)]
+    pub(crate) fn text(&mut self, key: Key, value: Text<'_>) {
+        write_str(self.key(key), value.as_bytes());
     }
 
     #[inline(always)]
@@ -94,7 +100,7 @@ impl<'a> JsonObject<'a> {
     pub(crate) fn map<'v>(
         &mut self,
         key: Key,
-        entries: impl IntoIterator<Item = (&'v str, &'v str)>,
+        entries: impl IntoIterator<Item = (Text<'v>, Text<'v>)>,
     ) {
         let out = self.key(key);
         out.push(b'{');
@@ -102,9 +108,9 @@ impl<'a> JsonObject<'a> {
             if index > 0 {
                 out.push(b',');
             }
-            write_str(out, name);
+            write_str(out, name.as_bytes());
             out.push(b':');
-            write_str(out, value);
+            write_str(out, value.as_bytes());
         }
         out.push(b'}');
     }
@@ -181,11 +187,10 @@ fn write_plain_str(out: &mut Vec<u8>, value: &[u8]) {
     out.push(b'"');
 }
 
-/// `value` as a JSON string: most values (ids, names, topics) need no escaping and are copied
-/// whole; the rest go byte by byte.
+/// `bytes`, UTF-8, as a JSON string: most values (ids, names, topics) need no escaping and are
+/// copied whole; the rest go byte by byte.
 #[inline(always)]
-fn write_str(out: &mut Vec<u8>, value: &str) {
-    let bytes = value.as_bytes();
+fn write_str(out: &mut Vec<u8>, bytes: &[u8]) {
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     if needs_no_escape(bytes) {
@@ -254,7 +259,7 @@ mod tests {
 
     fn written(value: &str) -> String {
         let mut out = Vec::new();
-        write_str(&mut out, value);
+        write_str(&mut out, value.as_bytes());
         String::from_utf8(out).unwrap()
     }
 
@@ -332,7 +337,7 @@ mod tests {
         object.objects(key!("e"), &[1_u32, 2], |element, n| {
             element.int(key!("n"), *n)
         });
-        object.map(key!("f"), [("k\"", "v")]);
+        object.map(key!("f"), [(Text::of("k\""), Text::of("v"))]);
         object.time(key!("g"), None);
         object.raw(key!("h"), "OPEN");
         object.objects(key!("i"), &[] as &[u32], |_, _| {});

@@ -4,8 +4,9 @@ use relais_proto::v1::{self, AuditRecord};
 
 use super::AuditPosition;
 use super::json::{JsonObject, key};
+use super::view::{AttemptView, RecordView};
 
-/// The stored line of one record, written straight into its bytes.
+/// The stored line of one decoded record.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordLine<'a> {
     pub record: &'a AuditRecord,
@@ -22,42 +23,48 @@ impl RecordLine<'_> {
 
     /// Appends the line (without the newline) to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let record = self.record;
-        let ingress = record.position.as_ref();
+        RecordView::of(self.record).write_line(self.position, out);
+    }
+}
+
+impl RecordView<'_> {
+    /// Appends the record's line (without the newline) to `out`, written straight into its
+    /// bytes; `position` is where the record itself was read.
+    pub fn write_line(&self, position: AuditPosition<'_>, out: &mut Vec<u8>) {
+        let ingress = self.position.unwrap_or_default();
         let mut line = JsonObject::begin(out);
-        line.str(key!("message_id"), &record.message_id);
-        line.str(key!("trace_id"), &record.trace_id);
-        line.str(key!("span_id"), &record.span_id);
-        line.raw(key!("outcome"), outcome_name(record.outcome));
-        line.str(key!("reason_code"), &record.reason_code);
-        line.str(key!("reason_detail"), &record.reason_detail);
-        line.str(key!("event_type"), &record.event_type);
-        line.str(key!("source"), &record.source);
-        line.str(key!("upstream"), &record.upstream);
-        line.time(key!("occurred_at"), record.occurred_at.as_ref());
-        line.time(key!("received_at"), record.received_at.as_ref());
-        line.time(key!("decided_at"), record.decided_at.as_ref());
-        line.str(key!("worker_id"), &record.worker_id);
-        AuditPosition {
-            topic: ingress.map(|s| s.topic.as_str()).unwrap_or_default(),
-            partition: ingress.map_or(0, |s| s.partition),
-            offset: ingress.map_or(0, |s| s.offset),
-        }
-        .write(key!("ingress"), &mut line);
-        line.objects(key!("attempts"), &record.attempts, write_attempt);
-        line.raw(key!("circuit_state"), circuit_name(record.circuit_state));
-        line.int(key!("payload_bytes"), record.payload_bytes);
-        self.position.write(key!("audit"), &mut line);
+        line.text(key!("message_id"), self.message_id);
+        line.text(key!("trace_id"), self.trace_id);
+        line.text(key!("span_id"), self.span_id);
+        line.raw(key!("outcome"), outcome_name(self.outcome));
+        line.text(key!("reason_code"), self.reason_code);
+        line.text(key!("reason_detail"), self.reason_detail);
+        line.text(key!("event_type"), self.event_type);
+        line.text(key!("source"), self.source);
+        line.text(key!("upstream"), self.upstream);
+        line.time(key!("occurred_at"), self.occurred_at.as_ref());
+        line.time(key!("received_at"), self.received_at.as_ref());
+        line.time(key!("decided_at"), self.decided_at.as_ref());
+        line.text(key!("worker_id"), self.worker_id);
+        line.object(key!("ingress"), |position| {
+            position.text(key!("topic"), ingress.topic);
+            position.int(key!("partition"), ingress.partition);
+            position.int(key!("offset"), ingress.offset);
+        });
+        line.objects(key!("attempts"), &self.attempts, write_attempt);
+        line.raw(key!("circuit_state"), circuit_name(self.circuit_state));
+        line.int(key!("payload_bytes"), self.payload_bytes);
+        position.write(key!("audit"), &mut line);
         line.end();
     }
 }
 
-fn write_attempt(line: &mut JsonObject<'_>, attempt: &v1::Attempt) {
+fn write_attempt(line: &mut JsonObject<'_>, attempt: &AttemptView<'_>) {
     let timings = attempt.timings.unwrap_or_default();
     line.int(key!("number"), attempt.number);
     line.time(key!("started_at"), attempt.started_at.as_ref());
     line.int(key!("status_code"), attempt.status_code);
-    line.str(key!("error_type"), &attempt.error_type);
+    line.text(key!("error_type"), attempt.error_type);
     line.raw(key!("timeout"), timeout_name(attempt.timeout));
     line.int(key!("dns_us"), timings.dns_us);
     line.int(key!("connect_us"), timings.connect_us);
@@ -72,12 +79,8 @@ fn write_attempt(line: &mut JsonObject<'_>, attempt: &v1::Attempt) {
     // for attempts that kept an excerpt.
     if let Some(response) = &attempt.response {
         line.object(key!("response"), |excerpt| {
-            let headers = response.headers.iter();
-            excerpt.map(
-                key!("headers"),
-                headers.map(|header| (header.name.as_str(), header.value.as_str())),
-            );
-            excerpt.str(key!("body"), &response.body);
+            excerpt.map(key!("headers"), response.headers.iter().copied());
+            excerpt.text(key!("body"), response.body);
             excerpt.bool(key!("body_truncated"), response.body_truncated);
         });
     }
@@ -313,7 +316,10 @@ mod tests {
         assert_eq!(back.attempts[0].response, record.attempts[0].response);
         assert_eq!(back.attempts[1].response, None);
         assert_eq!(line["audit"]["offset"], 42);
-        assert_eq!(record_time(Some(&record), None).timestamp(), 1_700_000_000);
+        assert_eq!(
+            record_time(record.occurred_at.as_ref(), None).timestamp(),
+            1_700_000_000
+        );
         assert_eq!(
             record_time(None, kafka_time(Some(86_400_000))).timestamp(),
             86_400

@@ -7,17 +7,21 @@ mod json;
 mod line;
 mod read;
 mod time;
+mod view;
+mod wire;
 
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use relais_proto::v1::AuditRecord;
+use relais_proto::Timestamp;
 
 pub(crate) use json::{JsonObject, Key, key};
 pub use line::RecordLine;
 pub(crate) use read::parse_time;
 pub use read::record_from_json;
 pub use time::timestamp;
+pub use view::{AttemptView, PositionView, RecordView, ResponseView, Text};
+pub use wire::WireError;
 
 /// Where the audit record itself was read from (the `relais.audit` position).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,14 +43,13 @@ impl AuditPosition<'_> {
     }
 }
 
-/// The time a record is filed under: its event time, else the Kafka record's timestamp.
-/// Never the wall clock, so the same input always lands under the same key.
+/// The time a record is filed under: its event time (`occurred_at`), else the Kafka record's
+/// timestamp. Never the wall clock, so the same input always lands under the same key.
 pub fn record_time(
-    record: Option<&AuditRecord>,
+    occurred_at: Option<&Timestamp>,
     kafka_timestamp: Option<SystemTime>,
 ) -> DateTime<Utc> {
-    record
-        .and_then(|record| timestamp(record.occurred_at.as_ref()))
+    timestamp(occurred_at)
         .or_else(|| kafka_timestamp.map(DateTime::<Utc>::from))
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
 }

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use opentelemetry::trace::{SpanContext, TraceContextExt as _};
 use prost::Message as _;
 use rdkafka::Message;
-use relais_proto::v1::{AuditRecord, OperatorAction};
+use relais_proto::v1::OperatorAction;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::actions;
-use crate::encode::{self, AuditPosition};
+use crate::encode::{self, AuditPosition, RecordView};
 use crate::index::IdHash;
 use crate::object::Line;
 
@@ -194,9 +194,9 @@ fn prepare_batch(topic: &str, batch: ReceivedBatch) -> PreparedBatch {
     } = batch;
     let count = records.len();
     let mut json = Vec::new();
-    // One record decoded into again and again: its strings keep their capacity, so a record
-    // costs copies of its text rather than a dozen allocations.
-    let mut decoded = AuditRecord::default();
+    // One view read into again and again: its strings borrow from the batch's bytes and its
+    // attempts keep their room, so a record costs no allocation and no copy of its text.
+    let mut decoded = RecordView::default();
     let mut records = records.into_iter();
     let mut prepared = Vec::with_capacity(count);
     prepared.extend(
@@ -219,12 +219,12 @@ fn prepare_batch(topic: &str, batch: ReceivedBatch) -> PreparedBatch {
 }
 
 /// Decodes a record and appends its JSON line to `json`.
-fn prepare(
+fn prepare<'a>(
     topic: &str,
     received: Received,
-    bytes: &[u8],
+    bytes: &'a [u8],
     json: &mut Vec<u8>,
-    decoded: &mut AuditRecord,
+    decoded: &mut RecordView<'a>,
     arrival: Instant,
 ) -> Prepared {
     let payload = &bytes[received.payload.clone()];
@@ -235,14 +235,15 @@ fn prepare(
     };
     let kafka_time = encode::kafka_time(received.timestamp_millis);
     let content = if received.operator_action {
-        action_line(payload, position, kafka_time, json)
+        action_line(payload, position, kafka_time, json).map_err(|error| error.to_string())
     } else {
         record_line(payload, received.trace, position, kafka_time, json, decoded)
+            .map_err(|error| error.to_string())
     }
     .map_err(|error| Undecodable {
         key: received.key.map(|key| bytes[key].to_vec()),
         payload: payload.to_vec(),
-        error: error.to_string(),
+        error,
     });
     Prepared {
         generation: received.generation,
@@ -253,31 +254,33 @@ fn prepare(
     }
 }
 
-/// The line of a message outcome (an `AuditRecord`), decoded into `record`.
-fn record_line(
-    payload: &[u8],
+/// The line of a message outcome (an `AuditRecord`), read into `record`.
+fn record_line<'a>(
+    payload: &'a [u8],
     trace: SpanContext,
     position: AuditPosition<'_>,
     kafka_time: Option<std::time::SystemTime>,
     json: &mut Vec<u8>,
-    record: &mut AuditRecord,
-) -> Result<Encoded, prost::DecodeError> {
-    record.clear();
-    record.merge(payload)?;
+    record: &mut RecordView<'a>,
+) -> Result<Encoded, encode::WireError> {
+    record.read(payload)?;
     let record = &*record;
     if trace.is_sampled() && relais_telemetry::spans_exported() {
         // The message's own trace reaches the audit trail: one short consumer span per
         // sampled record (the object's span links the batch as a whole).
         let parent = opentelemetry::Context::new().with_remote_span_context(trace.clone());
-        record_process_span(&parent, &position, &record.message_id);
+        record_process_span(&parent, &position, record.message_id.to_str());
     }
     let start = json.len();
-    encode::RecordLine { record, position }.write_to(json);
+    record.write_line(position, json);
     Ok(Encoded {
         line: Line {
             offset: position.offset,
-            time: encode::record_time(Some(record), kafka_time),
-            ids: [IdHash::of(&record.trace_id), IdHash::of(&record.message_id)],
+            time: encode::record_time(record.occurred_at.as_ref(), kafka_time),
+            ids: [
+                IdHash::of_bytes(record.trace_id.as_bytes()),
+                IdHash::of_bytes(record.message_id.as_bytes()),
+            ],
             context: trace.is_valid().then_some(trace),
         },
         json: start..json.len(),
@@ -339,7 +342,7 @@ fn record_process_span(
 mod tests {
     use rdkafka::Timestamp;
     use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
-    use relais_proto::v1;
+    use relais_proto::v1::{self, AuditRecord};
 
     use super::*;
 
