@@ -350,8 +350,20 @@ impl<'a> Fields<'a> {
         Ok(taken)
     }
 
-    /// A base-128 varint of at most ten bytes whose value fits in 64 bits.
+    /// A base-128 varint of at most ten bytes whose value fits in 64 bits. Most of a record's
+    /// (its keys, its lengths, small numbers) are one byte, read here without the loop.
+    #[inline(always)]
     fn read_varint(&mut self) -> Result<u64, WireError> {
+        match self.rest.split_first() {
+            Some((&byte, rest)) if byte < 0x80 => {
+                self.rest = rest;
+                Ok(u64::from(byte))
+            }
+            _ => self.read_long_varint(),
+        }
+    }
+
+    fn read_long_varint(&mut self) -> Result<u64, WireError> {
         let mut value = 0_u64;
         for (index, &byte) in self.rest.iter().take(10).enumerate() {
             if index == 9 && byte > 1 {
