@@ -3,8 +3,8 @@
 use relais_proto::v1::{self, AuditRecord};
 
 use super::AuditPosition;
-use super::json::{JsonObject, key};
-use super::view::{AttemptView, RecordView};
+use super::json::{JsonObject, Key, key};
+use super::view::{AttemptView, PositionView, RecordView};
 
 /// The stored line of one decoded record.
 #[derive(Debug, Clone, Copy)]
@@ -46,16 +46,24 @@ impl RecordView<'_> {
         line.time(key!("received_at"), self.received_at.as_ref());
         line.time(key!("decided_at"), self.decided_at.as_ref());
         line.text(key!("worker_id"), self.worker_id);
-        line.object(key!("ingress"), |position| {
-            position.text(key!("topic"), ingress.topic);
-            position.int(key!("partition"), ingress.partition);
-            position.int(key!("offset"), ingress.offset);
-        });
+        ingress.write(key!("ingress"), &mut line);
         line.objects(key!("attempts"), &self.attempts, write_attempt);
         line.raw(key!("circuit_state"), circuit_name(self.circuit_state));
         line.int(key!("payload_bytes"), self.payload_bytes);
         position.write(key!("audit"), &mut line);
         line.end();
+    }
+}
+
+impl PositionView<'_> {
+    /// `{"topic", "partition", "offset"}` under `key`: where a record was read (the ingress
+    /// position of a record, or where the audit record itself was read).
+    pub(crate) fn write(&self, key: Key, line: &mut JsonObject<'_>) {
+        line.object(key, |position| {
+            position.text(key!("topic"), self.topic);
+            position.int(key!("partition"), self.partition);
+            position.int(key!("offset"), self.offset);
+        });
     }
 }
 

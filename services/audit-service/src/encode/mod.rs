@@ -35,11 +35,12 @@ impl AuditPosition<'_> {
     /// `{"topic", "partition", "offset"}` under `key`: where a record was read (ingress or
     /// audit topic).
     pub(crate) fn write(&self, key: Key, line: &mut JsonObject<'_>) {
-        line.object(key, |position| {
-            position.str(key!("topic"), self.topic);
-            position.int(key!("partition"), self.partition);
-            position.int(key!("offset"), self.offset);
-        });
+        PositionView {
+            topic: Text::of(self.topic),
+            partition: self.partition,
+            offset: self.offset,
+        }
+        .write(key, line);
     }
 }
 
