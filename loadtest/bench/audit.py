@@ -193,6 +193,7 @@ def audit_benchmark(args, out, stamp, audit_topic, records):
 
     runs = alternate(args.rounds, [("audit", audit_round), ("camel", camel_round)], log)
     rates = {name: spread(results, "records_per_second") for name, results in runs.items()}
+    sustained = {name: spread(results, "sustained_records_per_second") for name, results in runs.items()}
     steady = median_round(runs["audit"], "records_per_second")
     object_size = runs["audit"][0]["mean_object_bytes"]
     log(f"raw PUT of {object_size} byte objects for {args.put_seconds}s")
@@ -210,7 +211,9 @@ def audit_benchmark(args, out, stamp, audit_topic, records):
         "rounds": runs,
         "rates": rates,
         "audit_cpu_us_per_record": spread(runs["audit"], "cpu_us_per_record"),
-        "comparisons": {"camel": compare(rates["audit"], rates["camel"])},
+        "sustained_rates": sustained,
+        "comparisons": {"camel": compare(rates["audit"], rates["camel"]),
+                        "camel_sustained": compare(sustained["audit"], sustained["camel"])},
         "worker_records": worker_run,
         "steady": steady,
         "camel": camel,

@@ -253,6 +253,15 @@ target at least 0.9).
 """
 
 
+def sustained_cell(audit):
+    """The two systems' sustained rates and their ratio, for the audit section."""
+    rates = audit.get("sustained_rates") or {}
+    if not rates.get("audit") or not rates.get("camel"):
+        return "not measured"
+    return (f"audit-service {cell(rates['audit'], 0)}, Camel {cell(rates['camel'], 0)} records/s, ratio "
+            f"{ratio_cell(audit['comparisons'].get('camel_sustained'))}")
+
+
 def audit_section(audit):
     runs = audit["rounds"]
     worker_run, steady = audit["worker_records"], audit["steady"]
@@ -275,6 +284,8 @@ The same {audit['records']} synthetic audit records (loadgen) stored by each sys
 {rounds_note(len(runs["audit"]))}
 
 **Ratio audit-service / Camel, records per second**: {ratio_cell(audit["comparisons"]["camel"])} (target ≥ 2).
+Sustained, from 10 % to 90 % of the records stored (both measured alike, without the start and
+the idle close that ends a finite input): {sustained_cell(audit)}.
 
 | measure (median round of audit-service) | value |
 | --- | --- |
