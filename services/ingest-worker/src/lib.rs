@@ -223,10 +223,7 @@ pub async fn run(
             "message.timeout.ms",
             config.kafka.delivery_timeout().as_millis().to_string(),
         )
-        .set(
-            "linger.ms",
-            config.pipeline.producer_linger().as_millis().to_string(),
-        )
+        .set("linger.ms", "5")
         .set("compression.type", "lz4")
         .create()
         .context("cannot create the Kafka producer")?;

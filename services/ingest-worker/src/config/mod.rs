@@ -359,11 +359,6 @@ mod tests {
         assert_eq!(wide.max_queued(&upstream), 256, "and at least 256");
         assert_eq!(config.upstreams["billing"].policy.retry.max_attempts, 3);
         assert_eq!(config.upstreams["orders"].path, "/events");
-        assert_eq!(
-            config.pipeline.producer_linger(),
-            Duration::from_millis(25),
-            "records gather for half the commit interval"
-        );
     }
 
     #[test]

@@ -178,8 +178,7 @@ pub struct PipelineConfig {
     /// Default: 8 × the upstream's `max_in_flight`, at least 256: a queue much shorter than
     /// what the upstream has in flight runs dry while paused partitions are fetched again.
     pub max_queued_per_upstream: Option<usize>,
-    /// How often outcomes are committed (one transaction each time). A transaction's records
-    /// wait up to half of this in the producer, to be sent in fewer and larger batches.
+    /// How often outcomes are committed (one transaction each time).
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub commit_interval: Duration,
@@ -200,17 +199,6 @@ pub struct PipelineConfig {
     /// Messages read and not yet committed over all partitions, at most. Each holds its outcome
     /// records until committed (about 1 KiB; a dead-letter copy up to dlq.max_payload_bytes).
     pub max_uncommitted: usize,
-}
-
-impl PipelineConfig {
-    /// How long the producer gathers a transaction's records before sending them
-    /// (`linger.ms`). Nobody reads them before the commit (every reader is read_committed),
-    /// and a commit round waits for their delivery: the wait lengthens each round by as much,
-    /// and buys fewer, larger produce batches and transactions. Half the commit interval keeps
-    /// a round's added wait below the interval itself.
-    pub fn producer_linger(&self) -> Duration {
-        self.commit_interval / 2
-    }
 }
 
 impl Default for PipelineConfig {
