@@ -23,7 +23,8 @@ const BODY: &str = r#"{"id":"bench","type":"order.created","occurred_at":"2026-0
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum ClientKind {
-    /// A bare reqwest client, as the resilience stack builds it, without the layers.
+    /// A bare reqwest client with the same pool size and `TCP_NODELAY`, built with reqwest's
+    /// defaults otherwise: no layers, none of the stack's resolver, TLS or redirect settings.
     Reqwest,
     /// The worker's outbound stack for one upstream, with default policy.
     Resilience,
