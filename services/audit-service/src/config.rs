@@ -226,14 +226,20 @@ impl Compression {
 #[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct BufferConfig {
+    /// Records held at once. Room for a full open object on every partition and as many again
+    /// being stored: when partitions fill their objects in step, a smaller buffer pauses
+    /// consumption at every rotation, and a paused partition's prefetch is dropped and fetched
+    /// again.
     pub max_records: usize,
+    /// NDJSON bytes held at once (payload bytes for records not yet encoded): the bound on the
+    /// buffer's memory.
     pub max_bytes: usize,
 }
 
 impl Default for BufferConfig {
     fn default() -> Self {
         Self {
-            max_records: 200_000,
+            max_records: 500_000,
             max_bytes: 256 * 1024 * 1024,
         }
     }
