@@ -5,10 +5,10 @@
 //! assigned partition is paused (the consumer keeps polling); below 80 % they resume. The gap
 //! keeps a buffer hovering at its limit from pausing and resuming on every record. Objects stay
 //! open until a rotation rule closes them, and with many partitions the open objects alone can
-//! fill the buffer (above 25 partitions × 20,000 records with the default 500,000): consumption
-//! would then pause with nothing to store until the idle rule fired. So when the buffer is full, the largest
-//! open objects are closed and stored until those left open hold at most half of it. That is
-//! as safe as the idle rule (see `object`).
+//! fill the buffer (more than 25 partitions × 20,000 records fill the default 500,000):
+//! consumption would then pause with nothing to store until the idle rule fired. So when the
+//! buffer is full, the largest open objects are closed and stored until those left open hold at
+//! most half of it. That is as safe as the idle rule (see `object`).
 
 use crate::config::BufferConfig;
 
