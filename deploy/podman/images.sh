@@ -23,6 +23,22 @@ COMPONENT=images
 
 SERVICES=(ingest-worker audit-service realtime-gateway upstream-sim loadgen)
 
+# One image build, tried a second time when it fails: podman's layer commit streams each layer
+# through a pipe into its storage, and a CI run has lost that pipe once ("read/write on closed
+# pipe") while committing the builder's toolchain layer. The retry resumes from the build cache
+# at the failed step. The free disk is logged with each failure: a full disk looks the same.
+# Usage: build_image DESCRIPTION PODMAN-BUILD-ARGS...
+build_image() {
+    local what="$1" attempt
+    shift
+    for attempt in 1 2; do
+        with_progress "$what" "$PODMAN_DIR/build.log" pm build "$@" && return 0
+        log "free disk where podman keeps its layers: $(df -Ph "$PODMAN_DIR" | awk 'NR == 2 { print $4 " of " $2 }')"
+        [ "$attempt" = 1 ] && log "building it again from the cache"
+    done
+    return 1
+}
+
 build_base() {
     image_exists "$BASE_IMAGE" && return 0
     local tarball="$PODMAN_DIR/debian-$DEBIAN_RELEASE-minbase.tar" sources
@@ -75,8 +91,8 @@ RUN mkdir -p /usr/local/rustup/toolchain /usr/local/cargo/bin \\
     && for tool in /usr/local/rustup/toolchain/bin/*; do ln -s "\$tool" /usr/local/cargo/bin/; done \\
     && cargo --version && rustc --version
 CONTAINERFILE
-    with_progress "building $BUILDER_IMAGE from $BASE_IMAGE and Rust $version" "$PODMAN_DIR/build.log" \
-        pm build --pull=never --network host --volume "$toolchain:/host-toolchain:ro" \
+    build_image "building $BUILDER_IMAGE from $BASE_IMAGE and Rust $version" \
+        --pull=never --network host --volume "$toolchain:/host-toolchain:ro" \
         --volume "$(host_ca_bundle):/host-ca-bundle.crt:ro" \
         -t "$BUILDER_IMAGE" "$PODMAN_DIR/builder"
 }
@@ -85,13 +101,13 @@ build_project_images() {
     local service
     for service in "${SERVICES[@]}"; do
         # The first target compiles the workspace; the others reuse that stage from the cache.
-        with_progress "building relais/$service:$RELAIS_VERSION (deploy/docker/Dockerfile)" "$PODMAN_DIR/build.log" \
-            pm build --pull=never --network host --format docker \
+        build_image "building relais/$service:$RELAIS_VERSION (deploy/docker/Dockerfile)" \
+            --pull=never --network host --format docker \
             --build-arg RUST_VERSION="$RUST_VERSION" --build-arg DEBIAN_RELEASE="$DEBIAN_RELEASE" \
             -f deploy/docker/Dockerfile --target "$service" -t "relais/$service:$RELAIS_VERSION" .
     done
-    with_progress "building relais/ceph-rgw:$RELAIS_VERSION (deploy/ceph/Dockerfile)" "$PODMAN_DIR/build.log" \
-        pm build --pull=never --network host --format docker \
+    build_image "building relais/ceph-rgw:$RELAIS_VERSION (deploy/ceph/Dockerfile)" \
+        --pull=never --network host --format docker \
         --build-arg DEBIAN_RELEASE="$DEBIAN_RELEASE" \
         -f deploy/ceph/Dockerfile -t "relais/ceph-rgw:$RELAIS_VERSION" .
 }
