@@ -133,6 +133,15 @@ fn kill_after(spec: &str, name: &str) -> Option<Duration> {
     (task == name).then_some(after)
 }
 
+/// Sleeps until `at`, or forever when there is nothing to wait for: a `select!` branch for the
+/// earliest of a loop's deadlines, which may have none at the moment.
+pub async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn describe(error: JoinError) -> String {
     match error {
         error if error.is_panic() => {

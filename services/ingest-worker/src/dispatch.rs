@@ -9,6 +9,7 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use relais_telemetry::shutdown::CancellationToken;
+use relais_telemetry::tasks::sleep_until;
 use tokio::sync::mpsc;
 
 use crate::consumer::{PausedPartitions, WorkerConsumer};
@@ -79,13 +80,6 @@ pub async fn dispatch(
                 dispatcher.received(read, "retry tier consume error").await;
             }
         }
-    }
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

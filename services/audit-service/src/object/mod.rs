@@ -228,9 +228,17 @@ impl PartitionWriter {
         self.open.take()
     }
 
+    /// When the open object has waited the idle time for another record; `None` when no
+    /// object is open.
+    pub fn idle_deadline(&self) -> Option<Instant> {
+        self.open
+            .as_ref()
+            .map(|_| self.last_arrival + self.policy.idle)
+    }
+
     /// Closes the open object if no record arrived for the idle time.
     pub fn close_if_idle(&mut self, now: Instant) -> Option<DataObject> {
-        if self.open.is_some() && now.duration_since(self.last_arrival) >= self.policy.idle {
+        if self.idle_deadline().is_some_and(|deadline| now >= deadline) {
             return self.open.take();
         }
         None
@@ -407,15 +415,37 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_partitions_close_their_object() {
         let mut w = writer(100, 1000);
+        assert_eq!(w.idle_deadline(), None, "nothing open");
         let (first, json) = line(0, 10, 0, 1);
-        assert!(w.push(first, json, Instant::now()).is_none());
+        let pushed_at = Instant::now();
+        assert!(w.push(first, json, pushed_at).is_none());
+        assert_eq!(w.idle_deadline(), Some(pushed_at + Duration::from_secs(5)));
+        tokio::time::advance(Duration::from_millis(4_999)).await;
         assert!(w.close_if_idle(Instant::now()).is_none());
-        tokio::time::advance(Duration::from_secs(5)).await;
+        tokio::time::advance(Duration::from_millis(1)).await;
         let closed = w.close_if_idle(Instant::now()).expect("idle");
         assert_eq!((closed.start_offset, closed.end_offset), (0, 0));
         assert!(
             w.close_if_idle(Instant::now()).is_none(),
             "nothing open any more"
+        );
+        assert_eq!(w.idle_deadline(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_record_moves_the_idle_deadline() {
+        let mut w = writer(100, 1000);
+        let (first, json) = line(0, 10, 0, 1);
+        assert!(w.push(first, json, Instant::now()).is_none());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let (second, json) = line(1, 10, 0, 1);
+        let second_at = Instant::now();
+        assert!(w.push(second, json, second_at).is_none());
+        assert_eq!(w.idle_deadline(), Some(second_at + Duration::from_secs(5)));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(
+            w.close_if_idle(Instant::now()).is_none(),
+            "3 s since the last"
         );
     }
 }

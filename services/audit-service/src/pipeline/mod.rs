@@ -37,6 +37,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::BorrowedMessage;
 use relais_telemetry::admin::ReadinessCheck;
 use relais_telemetry::shutdown::CancellationToken;
+use relais_telemetry::tasks::sleep_until;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -139,14 +140,16 @@ impl Loop {
         let mut accepted: u64 = 0;
         let mut ticker = tokio::time::interval(Duration::from_millis(250));
         loop {
+            let next_idle_close = self.next_idle_close();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(uploaded) = self.done.recv() => self.finish_upload(uploaded),
                 (targets, ok) = self.commits.finished() => self.finish_commit(&targets, ok),
-                // Before `recv`: with a backlog, `recv` is always ready and would starve it.
+                // Both timers before `recv`: with a backlog, `recv` is always ready and would
+                // starve them.
+                _ = sleep_until(next_idle_close), if next_idle_close.is_some() => self.close_idle_objects(),
                 _ = ticker.tick() => {
-                    self.close_idle_objects();
                     self.chunks.release_if_unused();
                     self.forget_revoked();
                     self.apply_backpressure();
@@ -303,6 +306,14 @@ impl Loop {
         ));
         self.commit_verdict
             .update(health::commit_problem(self.commits.failures()));
+    }
+
+    /// When the first open object reaches its idle time, if any is open.
+    fn next_idle_close(&self) -> Option<Instant> {
+        self.partitions
+            .values()
+            .filter_map(|state| state.writer.idle_deadline())
+            .min()
     }
 
     fn close_idle_objects(&mut self) {
