@@ -33,7 +33,7 @@ build_image() {
     shift
     for attempt in 1 2; do
         with_progress "$what" "$PODMAN_DIR/build.log" pm build "$@" && return 0
-        log "free disk where podman keeps its layers: $(df -Ph "$PODMAN_DIR" | awk 'NR == 2 { print $4 " of " $2 }')"
+        show_disk_space
         [ "$attempt" = 1 ] && log "building it again from the cache"
     done
     return 1
