@@ -100,6 +100,9 @@ impl AdminMetrics {
     }
 
     pub async fn try_scrape(&self) -> Result<Exposition, String> {
+        // The scrape may come before the service under test has installed a TLS provider
+        // (it does so when it builds its own clients), and reqwest needs one to build any client.
+        crate::rgw::install_crypto_provider();
         let url = format!("http://{}/metrics", self.admin);
         let response = reqwest::get(&url)
             .await

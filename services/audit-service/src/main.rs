@@ -11,14 +11,14 @@ const TELEMETRY: TelemetryConfig = TelemetryConfig {
     default_log_filter: "info",
 };
 
+/// The trail command spawns no tasks of its own; this only bounds the telemetry's shutdown.
+const TRAIL_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let (args, process) = relais_telemetry::process::start::<Args>(&TELEMETRY);
-    let config = match AuditConfig::load(&args) {
-        Ok(config) => config,
-        Err(error) => return relais_telemetry::process::config_error_exit("audit-service", &error),
-    };
-    let drain_timeout = config.storage.drain_timeout + std::time::Duration::from_secs(5);
+    // A gRPC client of a running service: it needs none of the service's own configuration
+    // (S3 keys, Kafka), so an operator can run it from anywhere.
     if let Some(Command::Trail {
         url,
         trace_id,
@@ -26,8 +26,13 @@ async fn main() -> ExitCode {
     }) = args.command.clone()
     {
         let lookup = relais_audit_service::query::print_trail(url, trace_id, message_id);
-        return process.run(drain_timeout, lookup).await;
+        return process.run(TRAIL_DRAIN_TIMEOUT, lookup).await;
     }
+    let config = match AuditConfig::load(&args) {
+        Ok(config) => config,
+        Err(error) => return relais_telemetry::process::config_error_exit("audit-service", &error),
+    };
+    let drain_timeout = config.storage.drain_timeout + std::time::Duration::from_secs(5);
     let needs = relais_kafka::access::Needs {
         topics: vec![config.kafka.audit_topic.clone()],
         group: Some(config.kafka.group_id.clone()),

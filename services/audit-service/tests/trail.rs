@@ -419,6 +419,42 @@ async fn the_trail_of_a_trace_or_message_id_is_found_through_the_index() {
         .into_inner();
     assert_eq!(stats.records_written, total as u64);
     assert!(stats.objects_written > 0 && stats.bytes_written > 0);
+
+    // The operator's command asks the running service the same, from an environment without
+    // any of the service's own settings (no S3 keys, no configuration file).
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_audit-service"));
+    for name in [
+        "RELAIS_S3_ACCESS_KEY",
+        "RELAIS_S3_SECRET_KEY",
+        "RELAIS_S3_SECRET_KEY_FILE",
+        "RELAIS_AUDIT_CONFIG",
+    ] {
+        command.env_remove(name);
+    }
+    let output = command
+        .args(["trail", "--url", &format!("http://{}", service.grpc)])
+        .args(["--trace-id", "feedfacefeedfacefeedfacefeedface"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "audit-service trail failed: {stderr}"
+    );
+    let lines: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let (summary, found) = lines.split_last().unwrap();
+    let ids: Vec<&str> = found
+        .iter()
+        .map(|line| line["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["msg-100", "msg-9000", "msg-19999"]);
+    assert_eq!(summary["records"], 3);
     service.stop().await;
 }
 
