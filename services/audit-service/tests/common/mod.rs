@@ -12,6 +12,8 @@ use relais_telemetry::shutdown::CancellationToken;
 use relais_test_support::{AdminMetrics, KafkaTestEnv};
 use tokio::task::JoinHandle;
 
+pub mod records;
+
 pub use relais_test_support::free_port;
 
 /// Arguments for one instance: the test's Kafka, RGW at `s3_endpoint`, free local ports.
