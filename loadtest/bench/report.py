@@ -138,6 +138,13 @@ def client_rows(worker):
                  f"(ratio to wrk {to_wrk}) |\n")
     rows += ("| **worker's CPU per message / the bare client's CPU per request**, each round against the "
              f"client's run beside it | **{cell(worker.get('worker_cpu_over_client_cpu'), digits=2)}** |\n")
+    bare = worker.get("bare_worker")
+    if bare:
+        rows += ("| the bare worker (`loadgen bare-worker`: consume, POST with the bare client, two records "
+                 "and the offsets in a transaction; nothing of Relais) | "
+                 f"{cell(bare['rate'])} messages/s, {cell(bare['cpu_us_per_message'], digits=1)} CPU µs per message |\n"
+                 "| **worker's CPU per message / the bare worker's**, each round against the bare worker's run "
+                 f"beside it | **{cell(worker.get('worker_cpu_over_bare_worker_cpu'), digits=2)}** |\n")
     return rows
 
 

@@ -97,6 +97,30 @@ def worker_round(args, out, stamp, index, sim, ingress):
             "audit_topic": topics["audit"]}
 
 
+def bare_worker_round(args, out, stamp, index, sim, ingress):
+    """`loadgen bare-worker` over the same ingress topic, with output topics and a group of its
+    own: the worker's consume, POST and transactional outcome records with nothing of Relais
+    around them, so the worker's CPU per message over this one's is what Relais adds."""
+    topics = [f"bench.{stamp}.bare-r{index}.{name}" for name in ("audit", "events")]
+    for topic in topics:
+        create_topic(topic, 12)
+    http_post(f"http://{SIM_ADMIN}/admin/reset")
+    meter = CpuMeter({"upstream-sim": sim.pid, **infra_pids()}, tools="loadgen bare-worker").start()
+    with open(out / f"bare-worker-r{index}.log", "ab") as stderr:
+        output = subprocess.run(
+            [str(RELEASE / "loadgen"), "bare-worker", "--topic", ingress, "--group", f"bench-bare-{stamp}-r{index}",
+             "--audit-topic", topics[0], "--events-topic", topics[1], "--url", f"http://{SIM_API}",
+             "--concurrency", str(args.worker_in_flight), "--messages", str(args.messages)],
+            stdout=subprocess.PIPE, stderr=stderr, text=True, check=True,
+            env={**os.environ, "RUST_LOG": "warn", "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP}).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    cpu = meter.stop(result["messages"])
+    own = next((part for name, part in cpu["components"].items() if name.startswith("loadgen")), {})
+    return {"records_per_second": round(result["messages_per_second"], 1), "failed": result["failed"],
+            "cpu": cpu, "cpu_us_per_message": own.get("cpu_us_per_unit"),
+            "upstream_requests": json.loads(http_get(f"http://{SIM_ADMIN}/admin/deliveries")).get("requests")}
+
+
 def camel_round(args, out, stamp, index, ingress, outcome_topics=None):
     """The Camel route over the same ingress topic in a group of its own; with `outcome_topics`,
     also writing one outcome record to each per message, as the worker does."""
@@ -149,6 +173,7 @@ def worker_benchmark(args, out, stamp):
             ("http_reqwest", http_client("reqwest")),
             ("http_resilience", http_client("resilience")),
             ("worker", lambda index: worker_round(args, out, stamp, index, sim, ingress)),
+            ("bare_worker", lambda index: bare_worker_round(args, out, stamp, index, sim, ingress)),
             ("camel", lambda index: skipped or camel_round(args, out, stamp, index, ingress)),
             ("camel_with_outcomes",
              lambda index: skipped or camel_round(args, out, stamp, index, ingress, outcome_topics)),
@@ -194,6 +219,10 @@ def worker_benchmark(args, out, stamp):
                               for kind in ("reqwest", "resilience")},
         "worker_cpu_over_client_cpu": paired_ratio(runs["worker"], "cpu_us_per_message",
                                                    runs["http_reqwest"], "cpu_us_per_request"),
+        "bare_worker": {"rate": rates["bare_worker"],
+                        "cpu_us_per_message": spread(runs["bare_worker"], "cpu_us_per_message")},
+        "worker_cpu_over_bare_worker_cpu": paired_ratio(runs["worker"], "cpu_us_per_message",
+                                                        runs["bare_worker"], "cpu_us_per_message"),
         "worker_cpu": median_worker["cpu"],
         "rate_if_worker_cost_nothing": round(bound, 1) if bound else None,
         "ratio_bound_if_worker_cost_nothing": round(bound / wrk_rate, 3) if bound else None,

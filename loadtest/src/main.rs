@@ -4,9 +4,12 @@
 //! - `loadgen ingress --scenario FILE`: ingress traffic from a scenario ([`ingress`]);
 //! - `loadgen ws-fanout`: pipeline events to a gateway watched by many WebSocket clients, with
 //!   the delivered rate and the produce-to-receipt latency ([`fanout`]);
-//! - `loadgen http-post`: the worker's HTTP client alone against an upstream ([`http_post`]).
+//! - `loadgen http-post`: the worker's HTTP client alone against an upstream ([`http_post`]);
+//! - `loadgen bare-worker`: the worker's consume, POST and transactional outcome records with
+//!   nothing of Relais around them ([`bare_worker`]).
 
 mod audit_records;
+mod bare_worker;
 mod fanout;
 mod http_post;
 mod ingress;
@@ -54,6 +57,8 @@ enum Command {
     WsFanout(fanout::FanoutArgs),
     /// HTTP POSTs through the worker's client stack (or bare reqwest), as fast as they go.
     HttpPost(http_post::HttpPostArgs),
+    /// Kafka → bare HTTP client → two records and the offsets in a transaction, nothing more.
+    BareWorker(bare_worker::BareWorkerArgs),
 }
 
 #[tokio::main]
@@ -73,5 +78,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Ingress(ingress) => ingress::run(&kafka, ingress).await,
         Command::WsFanout(fanout) => fanout::run(&kafka, fanout).await,
         Command::HttpPost(http_post) => http_post::run(http_post).await,
+        Command::BareWorker(bare) => bare_worker::run(&kafka, bare).await,
     }
 }
