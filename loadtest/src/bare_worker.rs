@@ -2,10 +2,11 @@
 //! worker's CPU per message is measured against.
 //!
 //! It reads the ingress topic in a consumer group (`read_committed`, the worker's prefetch),
-//! POSTs each message's payload with a bare reqwest client (a fixed number in flight), and
-//! for every message writes two records, each carrying the payload, in a transaction with the
-//! consumed offsets: the worker's consume-process-produce with the same librdkafka settings
-//! and the same guarantee that an offset is committed only with its outcome records. No
+//! POSTs each message's payload with a bare reqwest client (a fixed number in flight), and for
+//! every message writes two records (each carrying the payload and, as the worker's, no key)
+//! in a transaction with the consumed offsets: the worker's consume-process-produce with the
+//! same librdkafka settings and the same guarantee that an offset is committed only with its
+//! outcome records. No
 //! normalising, routing, resilience layers, metrics or tracing. `make bench` runs it in the
 //! worker's turns, so the worker's CPU per message over this one's says what Relais itself
 //! costs, at whatever speed the machine has in that hour.
@@ -229,10 +230,7 @@ async fn commit(
     for Handled { message, .. } in batch {
         let payload = message.payload().unwrap_or_default();
         for topic in [&args.audit_topic, &args.events_topic] {
-            let mut record = FutureRecord::to(topic).payload(payload);
-            if let Some(key) = message.key() {
-                record = record.key(key);
-            }
+            let record = FutureRecord::<(), _>::to(topic).payload(payload);
             let delivery = producer
                 .send_result(record)
                 .map_err(|(error, _)| error)

@@ -13,6 +13,12 @@ const MAX_DETAIL_CHARS: usize = 512;
 
 /// Builds the outcome records of a decided message. The audit record is encoded first and
 /// hands the fields it shares with the realtime event over to it, so each is written once.
+///
+/// The audit record and the event have no key (the message id is in each): nothing reads
+/// them by partition, and without a key the producer puts a commit round's records into one
+/// or two partitions of each topic instead of every one, so a transaction sends two produce
+/// requests and writes two commit markers rather than one of each per partition. A
+/// dead-letter copy keeps the message's own key, which a replay writes back to the ingress topic.
 pub fn build(
     inbound: &Inbound,
     mut decided: Decided,
@@ -60,7 +66,6 @@ pub fn build(
         payload_bytes: inbound.payload.len() as u64,
     };
     let audit_payload = audit.encode_to_vec();
-    let key = audit.message_id.as_bytes().to_vec();
     let event = v1::PipelineEvent {
         message_id: audit.message_id,
         trace_id: audit.trace_id,
@@ -81,7 +86,7 @@ pub fn build(
         OutRecord {
             topic: topics.audit.clone(),
             partition: None,
-            key: Some(key.clone()),
+            key: None,
             payload: audit_payload,
             headers: vec![
                 trace.clone(),
@@ -94,7 +99,7 @@ pub fn build(
         OutRecord {
             topic: topics.events.clone(),
             partition: None,
-            key: Some(key),
+            key: None,
             payload: event.encode_to_vec(),
             headers: vec![
                 trace,
@@ -260,7 +265,7 @@ pub fn build_move(
         OutRecord {
             topic: events_topic.to_owned(),
             partition: None,
-            key: Some(decided.message_id.clone().into_bytes()),
+            key: None,
             payload: event.encode_to_vec(),
             headers: vec![
                 trace,
@@ -336,7 +341,10 @@ mod tests {
             ("audit", "events")
         );
         for record in &records {
-            assert_eq!(record.key.as_deref(), Some(&b"m-1"[..]));
+            assert_eq!(
+                record.key, None,
+                "the message id is in the record, not its key"
+            );
             assert_eq!(
                 header(record, headers::TRACEPARENT),
                 Some(&b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"[..])
