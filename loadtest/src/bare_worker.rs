@@ -108,13 +108,7 @@ pub(crate) async fn run(
     })
     .await?;
 
-    let url = reqwest::Url::parse(&args.url)
-        .and_then(|base| base.join(args.path.trim_start_matches('/')))
-        .context("invalid --url or --path")?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .tcp_nodelay(true)
-        .build()?;
+    let (client, url) = crate::http_post::bare_client(&args.url, &args.path, args.concurrency)?;
 
     let (handled, mut to_commit) = mpsc::channel::<Handled>(args.concurrency * 4);
     let reader = tokio::spawn(read_and_deliver(
@@ -204,17 +198,7 @@ async fn read_and_deliver(
 async fn post(client: &reqwest::Client, url: reqwest::Url, message: &OwnedMessage) -> bool {
     let body = Bytes::copy_from_slice(message.payload().unwrap_or_default());
     let key = format!("{}-{}", message.partition(), message.offset());
-    let response = client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("idempotency-key", key)
-        .body(body)
-        .send()
-        .await;
-    match response {
-        Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
-        Err(_) => false,
-    }
+    crate::http_post::post_bare(client, url, &key, body).await
 }
 
 /// Two records per message and the offsets after the batch, in one transaction.

@@ -106,13 +106,7 @@ impl Sender {
     fn new(args: &HttpPostArgs) -> anyhow::Result<Self> {
         match args.client {
             ClientKind::Reqwest => {
-                let url = reqwest::Url::parse(&args.url)
-                    .and_then(|base| base.join(args.path.trim_start_matches('/')))
-                    .context("invalid --url or --path")?;
-                let client = reqwest::Client::builder()
-                    .pool_max_idle_per_host(args.concurrency)
-                    .tcp_nodelay(true)
-                    .build()?;
+                let (client, url) = bare_client(&args.url, &args.path, args.concurrency)?;
                 Ok(Self::Reqwest { client, url })
             }
             ClientKind::Resilience => {
@@ -129,26 +123,50 @@ impl Sender {
     /// One delivery; true when the upstream answered 2xx.
     async fn post(&self, key: &str) -> bool {
         match self {
-            Self::Reqwest { client, url } => {
-                let response = client
-                    .post(url.clone())
-                    .header("content-type", "application/json")
-                    .header("idempotency-key", key)
-                    .body(BODY)
-                    .send()
-                    .await;
-                match response {
-                    Ok(response) => {
-                        let ok = response.status().is_success();
-                        ok && response.bytes().await.is_ok()
-                    }
-                    Err(_) => false,
-                }
-            }
+            Self::Reqwest { client, url } => post_bare(client, url.clone(), key, BODY).await,
             Self::Resilience { client, endpoint } => client
                 .post_json(endpoint, Bytes::from_static(BODY.as_bytes()), key)
                 .await
                 .succeeded(),
         }
+    }
+}
+
+/// The bare client, as `http-post --client reqwest` and `bare-worker` both use it: reqwest's
+/// defaults with the pool size and `TCP_NODELAY` of the worker's stack. Returns it with the URL
+/// `path` names under `base`.
+pub(crate) fn bare_client(
+    base: &str,
+    path: &str,
+    pool: usize,
+) -> anyhow::Result<(reqwest::Client, reqwest::Url)> {
+    let url = reqwest::Url::parse(base)
+        .and_then(|base| base.join(path.trim_start_matches('/')))
+        .context("invalid --url or --path")?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(pool)
+        .tcp_nodelay(true)
+        .build()?;
+    Ok((client, url))
+}
+
+/// One JSON POST through the bare client; true when the upstream answered 2xx and its body was
+/// read.
+pub(crate) async fn post_bare(
+    client: &reqwest::Client,
+    url: reqwest::Url,
+    idempotency_key: &str,
+    body: impl Into<reqwest::Body>,
+) -> bool {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("idempotency-key", idempotency_key)
+        .body(body)
+        .send()
+        .await;
+    match response {
+        Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
+        Err(_) => false,
     }
 }
