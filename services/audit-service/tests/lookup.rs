@@ -12,6 +12,21 @@ use relais_proto::v1::AuditRecord;
 use relais_test_support::unique_name;
 use serde_json::Value;
 
+/// The whole trail of one trace or message id, with the request's defaults otherwise.
+async fn trail_of(
+    client: &mut relais_proto::v1::audit_query_client::AuditQueryClient<tonic::transport::Channel>,
+    key: relais_proto::v1::trail_request::Key,
+) -> relais_proto::v1::TrailResponse {
+    client
+        .get_trail(relais_proto::v1::TrailRequest {
+            key: Some(key),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_trail_of_a_trace_or_message_id_is_found_through_the_index() {
     use relais_proto::v1::audit_query_client::AuditQueryClient;
@@ -43,16 +58,11 @@ async fn the_trail_of_a_trace_or_message_id_is_found_through_the_index() {
         .await
         .unwrap();
     let started = Instant::now();
-    let trail = client
-        .get_trail(TrailRequest {
-            key: Some(trail_request::Key::TraceId(
-                "feedfacefeedfacefeedfacefeedface".into(),
-            )),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let trail = trail_of(
+        &mut client,
+        trail_request::Key::TraceId("feedfacefeedfacefeedfacefeedface".into()),
+    )
+    .await;
     let elapsed = started.elapsed();
     let ids: Vec<&str> = trail
         .records
@@ -70,24 +80,18 @@ async fn the_trail_of_a_trace_or_message_id_is_found_through_the_index() {
         trail.objects_scanned
     );
 
-    let by_message = client
-        .get_trail(TrailRequest {
-            key: Some(trail_request::Key::MessageId("msg-4242".into())),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let by_message = trail_of(
+        &mut client,
+        trail_request::Key::MessageId("msg-4242".into()),
+    )
+    .await;
     assert_eq!(by_message.records.len(), 1);
     assert_eq!(by_message.records[0].trace_id, records[4242].trace_id);
-    let none = client
-        .get_trail(TrailRequest {
-            key: Some(trail_request::Key::MessageId("no-such-message".into())),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let none = trail_of(
+        &mut client,
+        trail_request::Key::MessageId("no-such-message".into()),
+    )
+    .await;
     assert!(none.records.is_empty());
     let invalid = client.get_trail(TrailRequest::default()).await.unwrap_err();
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
