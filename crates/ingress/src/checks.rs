@@ -1,7 +1,7 @@
 //! The checks of one value that the normaliser applies field by field: pure functions of the
 //! value, each giving the cleaned value or the rejection that names the field.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::RejectReason;
 use crate::normalise::Rejection;
@@ -64,17 +64,53 @@ pub(crate) fn json_type(value: &Value) -> &'static str {
     }
 }
 
-/// Nesting depth of an object's values: `{}` and `{"a": 1}` are 1, `{"a": {"b": 1}}` is 2.
-/// Iterative, so a deep input cannot exhaust the stack here.
-pub(crate) fn depth_of_object(object: &Map<String, Value>) -> usize {
-    let mut deepest = 1;
-    let mut stack: Vec<(&Value, usize)> = object.values().map(|value| (value, 1)).collect();
-    while let Some((value, depth)) = stack.pop() {
-        deepest = deepest.max(depth);
-        match value {
-            Value::Array(items) => stack.extend(items.iter().map(|item| (item, depth + 1))),
-            Value::Object(fields) => stack.extend(fields.values().map(|item| (item, depth + 1))),
-            _ => {}
+/// The kind of a JSON text, named as [`json_type`] names values. The text is valid JSON
+/// (serde_json checked it), so its first byte decides.
+pub(crate) fn raw_json_type(json: &str) -> &'static str {
+    match json.trim_start().bytes().next() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        _ => "a number",
+    }
+}
+
+/// Nesting depth of a JSON object's values, read from its text: `{}` and `{"a": 1}` are 1,
+/// `{"a": {"b": 1}}` is 2, `{"a": {}}` is 1. The text is valid JSON (serde_json checked it);
+/// one pass over its bytes, nothing allocated, brackets inside strings not counted.
+pub(crate) fn depth_of_raw_object(json: &str) -> usize {
+    let (mut deepest, mut open) = (1, 0_usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in json.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'{' | b'[' => {
+                // A container is a value at the depth of what encloses it.
+                if open > 0 {
+                    deepest = deepest.max(open);
+                }
+                open += 1;
+            }
+            b'}' | b']' => open = open.saturating_sub(1),
+            b'"' => {
+                in_string = true;
+                deepest = deepest.max(open);
+            }
+            b',' | b':' => {}
+            byte if byte.is_ascii_whitespace() => {}
+            // The first byte of a number, `true`, `false` or `null` (the rest of it too:
+            // counting it again changes nothing).
+            _ => deepest = deepest.max(open),
         }
     }
     deepest
@@ -87,6 +123,50 @@ pub(crate) fn truncate(text: &str, chars: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn depth_is_read_from_the_text_as_from_the_tree() {
+        for (json, depth) in [
+            ("{}", 1),
+            (r#"{"a": 1}"#, 1),
+            (r#"{"a": {}}"#, 1),
+            (r#"{"a": []}"#, 1),
+            (r#"{"a": {"b": 1}}"#, 2),
+            (r#"{"a": [1, 2]}"#, 2),
+            (r#"{"a": [[]], "b": 1}"#, 2),
+            (r#"{"a": [[true]]}"#, 3),
+            (r#"{"a": [{"b": [null]}]}"#, 4),
+            (r#"{"a": "{[{[\"]}]", "b": "\\"}"#, 1),
+            (r#"{"{": {"}": "x"}, "]": 2}"#, 2),
+        ] {
+            assert_eq!(depth_of_raw_object(json), depth, "{json}");
+        }
+        let mut deep = serde_json::json!(1);
+        for _ in 0..40 {
+            deep = serde_json::json!({ "x": deep });
+        }
+        assert_eq!(depth_of_raw_object(&deep.to_string()), 40);
+    }
+
+    #[test]
+    fn a_texts_kind_is_named_as_a_values() {
+        for value in [
+            serde_json::json!(null),
+            serde_json::json!(true),
+            serde_json::json!(false),
+            serde_json::json!(-1.5),
+            serde_json::json!(7),
+            serde_json::json!("x"),
+            serde_json::json!([1]),
+            serde_json::json!({"a": 1}),
+        ] {
+            assert_eq!(
+                raw_json_type(&value.to_string()),
+                json_type(&value),
+                "{value}"
+            );
+        }
+    }
 
     #[test]
     fn lower_case_is_to_lowercase_without_the_copy() {

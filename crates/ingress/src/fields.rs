@@ -1,12 +1,13 @@
 //! Reading a payload's top-level fields straight into their slots, without a map of them: the
-//! value of each known field is kept as JSON for the checks in `normalise`; an unknown field is
-//! only named.
+//! value of each known field is kept as JSON for the checks in `normalise` (`data` as the
+//! producer's own text, checked but never rebuilt); an unknown field is only named.
 
 use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Longest unknown field name kept for the rejection's detail, in characters.
 const UNKNOWN_NAME_CHARS: usize = 64;
@@ -20,7 +21,8 @@ pub(crate) struct Fields {
     pub(crate) occurred_at: Option<Value>,
     pub(crate) source: Option<Value>,
     pub(crate) route: Option<Value>,
-    pub(crate) data: Option<Value>,
+    /// Exactly as written in the payload (valid JSON of any kind; checked in `normalise`).
+    pub(crate) data: Option<Box<RawValue>>,
     pub(crate) schema_version: Option<Value>,
     /// The first field that is none of the above, in payload order (its name cut to 64
     /// characters).
@@ -66,7 +68,10 @@ impl<'de> Visitor<'de> for TopLevelVisitor {
                 Key::OccurredAt => &mut fields.occurred_at,
                 Key::Source => &mut fields.source,
                 Key::Route => &mut fields.route,
-                Key::Data => &mut fields.data,
+                Key::Data => {
+                    fields.data = Some(map.next_value::<Box<RawValue>>()?);
+                    continue;
+                }
                 Key::SchemaVersion => &mut fields.schema_version,
                 Key::Unknown(name) => {
                     fields.unknown.get_or_insert(name);
@@ -165,9 +170,9 @@ mod tests {
         assert_eq!(read.id, Some(Value::from("b")));
         assert_eq!(read.event_type, Some(Value::from("t")));
         assert_eq!(
-            read.data,
-            Some(serde_json::json!({"n": [1, {"m": null}]})),
-            "data is read whole"
+            read.data.as_deref().map(RawValue::get),
+            Some(r#"{"n":[1,{"m":null}]}"#),
+            "data is read whole, as written"
         );
         assert!(read.source.is_none() && read.route.is_none() && read.unknown.is_none());
     }

@@ -3,11 +3,13 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Duration, Utc};
-use serde::Serialize;
-use serde_json::{Map, Value};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::checks::{
-    depth_of_object, is_dotted_name, json_type, lower_case, required_string, truncate,
+    depth_of_raw_object, is_dotted_name, json_type, lower_case, raw_json_type, required_string,
+    truncate,
 };
 use crate::fields::{self, Unread};
 use crate::{RejectReason, SCHEMA_VERSION};
@@ -64,7 +66,7 @@ pub struct IngressEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
     /// The payload, always an object (`{}` when absent).
-    pub data: Map<String, Value>,
+    pub data: Data,
     /// Always [`SCHEMA_VERSION`] after normalisation.
     pub schema_version: u64,
 }
@@ -74,6 +76,36 @@ impl IngressEvent {
     pub fn to_json_bytes(&self) -> Vec<u8> {
         // Serialising plain strings, a timestamp and a JSON map cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// An event's `data` object as the producer wrote it. It is checked (an object, not too deep)
+/// but never rebuilt: the upstream receives it byte for byte, so a number keeps every digit
+/// even where it does not fit a 64-bit float, and reading it costs no tree of values.
+#[derive(Debug, Clone)]
+pub struct Data(Box<RawValue>);
+
+impl Data {
+    /// `{}`: the `data` of an event that has none.
+    pub fn empty() -> Self {
+        Self(RawValue::from_string("{}".to_owned()).expect("{} is JSON"))
+    }
+
+    /// The object's JSON text.
+    pub fn as_json(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for Data {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_json() == other.as_json()
+    }
+}
+
+impl Serialize for Data {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
     }
 }
 
@@ -175,16 +207,19 @@ impl Normaliser {
         let route = self.route(fields.route)?;
 
         let data = match fields.data {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(data)) => data,
-            Some(other) => {
-                return Err(Rejection::new(
-                    RejectReason::WrongType,
-                    format!("data must be an object, not {}", json_type(&other)),
-                ));
-            }
+            None => Data::empty(),
+            Some(raw) => match raw_json_type(raw.get()) {
+                "an object" => Data(raw),
+                "null" => Data::empty(),
+                other => {
+                    return Err(Rejection::new(
+                        RejectReason::WrongType,
+                        format!("data must be an object, not {other}"),
+                    ));
+                }
+            },
         };
-        let depth = depth_of_object(&data);
+        let depth = depth_of_raw_object(data.as_json());
         if depth > self.limits.max_data_depth {
             return Err(Rejection::new(
                 RejectReason::DataTooDeep,
@@ -352,8 +387,32 @@ mod tests {
         );
         assert_eq!(event.source, "shop");
         assert_eq!(event.route.as_deref(), Some("orders"));
-        assert!(event.data.is_empty(), "data defaults to an empty object");
+        assert_eq!(
+            event.data.as_json(),
+            "{}",
+            "data defaults to an empty object"
+        );
         assert_eq!(event.schema_version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn data_reaches_the_upstream_as_written_with_every_digit() {
+        let data = r#"{ "amount": 12345678901234567890.123456789012345, "tiny": 1e-400,
+            "huge": 1e400, "id": 98765432109876543210987, "price": 12.30, "text": "a\u00e9b" }"#;
+        let payload = format!(
+            r#"{{"id":"o-1","type":"order.created","occurred_at":"2026-11-27T10:00:00Z","source":"shop","data":{data}}}"#
+        );
+        let event = normaliser()
+            .normalise(payload.as_bytes(), now())
+            .expect("numbers beyond a float are valid JSON");
+        assert_eq!(event.data.as_json(), data);
+        let body = String::from_utf8(event.to_json_bytes()).expect("UTF-8");
+        assert!(body.contains(data), "{body}");
+        assert_eq!(
+            reason(with("data", json!("text"))),
+            RejectReason::WrongType,
+            "data must still be an object"
+        );
     }
 
     #[test]
@@ -477,7 +536,8 @@ mod tests {
             check(with("data", json!(null)))
                 .expect("null data")
                 .data
-                .is_empty()
+                .as_json()
+                == "{}"
         );
     }
 
