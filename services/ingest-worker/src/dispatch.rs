@@ -56,6 +56,10 @@ pub async fn dispatch(
 ) {
     let mut retry = tokio::time::interval(Duration::from_millis(5));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The depth gauges are read by scrapes and status reports, seconds apart: counting the
+    // queues for every message would cost more than the gauges are worth.
+    let mut gauges = tokio::time::interval(Duration::from_millis(100));
+    gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reads_tiers = !dispatcher.sources.topics.is_empty();
     loop {
         let next_due = dispatcher.due.next_due();
@@ -67,9 +71,9 @@ pub async fn dispatch(
                 if !dispatcher.held.is_empty() {
                     dispatcher.drain_held().await;
                 }
-                dispatcher.report_depth();
             }
             _ = retry.tick(), if !dispatcher.held.is_empty() => dispatcher.drain_held().await,
+            _ = gauges.tick() => dispatcher.report_depth(),
             _ = sleep_until(next_due), if next_due.is_some() => dispatcher.release_due().await,
             message = dispatcher.sources.ingress.recv() => {
                 let read = message.map(|message| dispatcher.detach(&message));
@@ -204,7 +208,6 @@ impl Dispatcher {
         {
             self.pause(source);
         }
-        self.report_depth();
     }
 
     /// Offers the tier records that came due, and resumes their partitions.
@@ -342,7 +345,6 @@ impl Dispatcher {
                 self.resume(source);
             }
         }
-        self.report_depth();
     }
 
     /// Pauses a partition for backpressure.

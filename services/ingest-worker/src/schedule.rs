@@ -291,7 +291,9 @@ impl Scheduler {
                 Arc::clone(&self.tracker),
                 self.done.clone(),
             );
-            self.tasks.spawn(async move {
+            // Boxed: the delivery's state is about 4 KiB, which the runtime would otherwise
+            // copy into the task and again at each change of the task's stage.
+            let delivery = async move {
                 let (output, feedback) = processor.finish_with_feedback(*prepared).await;
                 if let Some(output) = output {
                     tracker.finished(source, generation, Finished { offset, output });
@@ -299,7 +301,8 @@ impl Scheduler {
                 report.feedback = feedback;
                 // The dispatcher has stopped when this fails: nothing is left to start.
                 let _ = done.send(report).await;
-            });
+            };
+            self.tasks.spawn(Box::pin(delivery));
         }
         queue.report();
     }

@@ -54,18 +54,51 @@ struct PartitionState<T> {
     in_transaction: usize,
 }
 
+impl<T> PartitionState<T> {
+    /// Dispatched and not yet committed.
+    fn uncommitted(&self) -> usize {
+        self.pending.len() + self.in_transaction
+    }
+}
+
+/// The owned partitions, and their uncommitted work summed as it changes (the dispatcher asks
+/// for the sum with every message it reads).
+#[derive(Debug)]
+struct Owned<T> {
+    partitions: BTreeMap<SourcePartition, PartitionState<T>>,
+    uncommitted: usize,
+}
+
+impl<T> Owned<T> {
+    /// Applies `change` to a partition's state, keeping the sum true whatever it does.
+    fn update<R>(
+        &mut self,
+        partition: &SourcePartition,
+        change: impl FnOnce(&mut PartitionState<T>) -> R,
+    ) -> Option<R> {
+        let state = self.partitions.get_mut(partition)?;
+        let before = state.uncommitted();
+        let result = change(state);
+        self.uncommitted = self.uncommitted - before + state.uncommitted();
+        Some(result)
+    }
+}
+
 /// Shared between the dispatcher (dispatched), the lanes (finished), the rebalance callbacks
 /// (assign, revoke) and the committer (take_ready).
 #[derive(Debug)]
 pub struct OffsetTracker<T> {
-    partitions: Mutex<BTreeMap<SourcePartition, PartitionState<T>>>,
+    owned: Mutex<Owned<T>>,
     next_generation: Mutex<u64>,
 }
 
 impl<T> Default for OffsetTracker<T> {
     fn default() -> Self {
         Self {
-            partitions: Mutex::new(BTreeMap::new()),
+            owned: Mutex::new(Owned {
+                partitions: BTreeMap::new(),
+                uncommitted: 0,
+            }),
             next_generation: Mutex::new(1),
         }
     }
@@ -82,11 +115,9 @@ pub struct Ready<T> {
 }
 
 impl<T> OffsetTracker<T> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<SourcePartition, PartitionState<T>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Owned<T>> {
         // Each operation leaves the map consistent before anything can panic.
-        self.partitions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.owned.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A partition was assigned; returns its generation.
@@ -100,7 +131,8 @@ impl<T> OffsetTracker<T> {
             *next += 1;
             generation
         };
-        self.lock().insert(
+        let mut owned = self.lock();
+        let replaced = owned.partitions.insert(
             partition,
             PartitionState {
                 generation,
@@ -108,41 +140,48 @@ impl<T> OffsetTracker<T> {
                 in_transaction: 0,
             },
         );
+        if let Some(replaced) = replaced {
+            owned.uncommitted -= replaced.uncommitted();
+        }
         generation
     }
 
     /// A partition was revoked: its unfinished and uncommitted work is dropped.
     pub fn revoke(&self, partition: SourcePartition) -> usize {
-        self.lock()
-            .remove(&partition)
-            .map_or(0, |state| state.pending.len())
+        let mut owned = self.lock();
+        let Some(state) = owned.partitions.remove(&partition) else {
+            return 0;
+        };
+        owned.uncommitted -= state.uncommitted();
+        state.pending.len()
     }
 
     /// The generation a partition is owned under, if it is owned.
     pub fn generation(&self, partition: SourcePartition) -> Option<u64> {
-        self.lock().get(&partition).map(|state| state.generation)
+        self.lock()
+            .partitions
+            .get(&partition)
+            .map(|state| state.generation)
     }
 
     /// Registers a message before it goes to a lane. Returns false (and registers nothing)
     /// when the partition is not owned, or the offset is not after the last one (a message
     /// re-delivered after a seek).
     pub fn dispatched(&self, partition: SourcePartition, generation: u64, offset: i64) -> bool {
-        let mut partitions = self.lock();
-        let Some(state) = partitions.get_mut(&partition) else {
-            return false;
-        };
-        if state.generation != generation {
-            return false;
-        }
-        if state
-            .pending
-            .back()
-            .is_some_and(|(last, _)| *last >= offset)
-        {
-            return false;
-        }
-        state.pending.push_back((offset, None));
-        true
+        self.lock()
+            .update(&partition, |state| {
+                if state.generation != generation
+                    || state
+                        .pending
+                        .back()
+                        .is_some_and(|(last, _)| *last >= offset)
+                {
+                    return false;
+                }
+                state.pending.push_back((offset, None));
+                true
+            })
+            .unwrap_or(false)
     }
 
     /// Records a finished message. Outputs of revoked partitions or old generations are
@@ -153,8 +192,8 @@ impl<T> OffsetTracker<T> {
         generation: u64,
         finished: Finished<T>,
     ) -> bool {
-        let mut partitions = self.lock();
-        let Some(state) = partitions.get_mut(&partition) else {
+        let mut owned = self.lock();
+        let Some(state) = owned.partitions.get_mut(&partition) else {
             return false;
         };
         if state.generation != generation {
@@ -174,10 +213,11 @@ impl<T> OffsetTracker<T> {
 
     /// Takes the contiguous finished prefix of every partition, up to `max` outputs in all.
     pub fn take_ready(&self, max: usize) -> Vec<Ready<T>> {
-        let mut partitions = self.lock();
+        // Work moves from pending to in the transaction: the sum does not change.
+        let mut owned = self.lock();
         let mut ready = Vec::new();
         let mut budget = max;
-        for (partition, state) in partitions.iter_mut() {
+        for (partition, state) in owned.partitions.iter_mut() {
             let mut outputs = Vec::new();
             let mut last = None;
             while budget > 0
@@ -209,55 +249,53 @@ impl<T> OffsetTracker<T> {
     /// Puts back what a failed transaction took, in front of the rest, if the partition is
     /// still owned under the same generation.
     pub fn restore(&self, batch: Vec<Ready<T>>) {
-        let mut partitions = self.lock();
+        let mut owned = self.lock();
         for ready in batch.into_iter().rev() {
-            let Some(state) = partitions.get_mut(&ready.partition) else {
-                continue;
-            };
-            if state.generation != ready.generation {
-                continue;
-            }
-            state.in_transaction = state.in_transaction.saturating_sub(ready.outputs.len());
-            for (offset, output) in ready.outputs.into_iter().rev() {
-                state.pending.push_front((offset, Some(output)));
-            }
+            owned.update(&ready.partition, |state| {
+                if state.generation != ready.generation {
+                    return;
+                }
+                state.in_transaction = state.in_transaction.saturating_sub(ready.outputs.len());
+                for (offset, output) in ready.outputs.into_iter().rev() {
+                    state.pending.push_front((offset, Some(output)));
+                }
+            });
         }
     }
 
     /// A batch taken by [`Self::take_ready`] was committed.
     pub fn committed(&self, batch: &[Ready<T>]) {
-        let mut partitions = self.lock();
+        let mut owned = self.lock();
         for ready in batch {
-            if let Some(state) = partitions.get_mut(&ready.partition)
-                && state.generation == ready.generation
-            {
-                state.in_transaction = state.in_transaction.saturating_sub(ready.outputs.len());
-            }
+            owned.update(&ready.partition, |state| {
+                if state.generation == ready.generation {
+                    state.in_transaction = state.in_transaction.saturating_sub(ready.outputs.len());
+                }
+            });
         }
     }
 
     /// Messages dispatched but not yet committed, over all partitions.
     pub fn in_flight(&self) -> usize {
-        self.lock()
-            .values()
-            .map(|state| state.pending.len() + state.in_transaction)
-            .sum()
+        self.lock().uncommitted
     }
 
     /// Messages dispatched but not yet committed, of one partition and over all, under one
     /// lock (the dispatcher asks for every message).
     pub fn uncommitted_counts(&self, partition: SourcePartition) -> (usize, usize) {
-        let partitions = self.lock();
-        let count = |state: &PartitionState<T>| state.pending.len() + state.in_transaction;
+        let owned = self.lock();
         (
-            partitions.get(&partition).map_or(0, count),
-            partitions.values().map(count).sum(),
+            owned
+                .partitions
+                .get(&partition)
+                .map_or(0, PartitionState::uncommitted),
+            owned.uncommitted,
         )
     }
 
     /// Owned partitions.
     pub fn partitions(&self) -> Vec<SourcePartition> {
-        self.lock().keys().copied().collect()
+        self.lock().partitions.keys().copied().collect()
     }
 }
 
@@ -373,5 +411,55 @@ mod tests {
         assert!(tracker.dispatched(p(0), generation, 5));
         assert!(!tracker.dispatched(p(0), generation, 5));
         assert!(!tracker.dispatched(p(0), generation, 4));
+    }
+
+    /// The sum kept as partitions change, against one counted from scratch.
+    fn counted(tracker: &OffsetTracker<&'static str>) -> usize {
+        let owned = tracker.lock();
+        owned
+            .partitions
+            .values()
+            .map(PartitionState::uncommitted)
+            .sum()
+    }
+
+    #[test]
+    fn the_uncommitted_sum_follows_every_change() {
+        let tracker = OffsetTracker::default();
+        let check = |what: &str| {
+            let (_, total) = tracker.uncommitted_counts(p(0));
+            assert_eq!(total, counted(&tracker), "after {what}");
+            assert_eq!(tracker.in_flight(), total, "after {what}");
+        };
+        let first = tracker.assign(p(0));
+        let second = tracker.assign(p(1));
+        for offset in 0..6 {
+            tracker.dispatched(p(0), first, offset);
+            tracker.dispatched(p(1), second, offset);
+        }
+        tracker.dispatched(p(0), first, 3);
+        check("dispatching, and a duplicate refused");
+        for offset in 0..4 {
+            finish(&tracker, 0, first, offset, "x");
+            finish(&tracker, 1, second, offset, "y");
+        }
+        let batch = tracker.take_ready(5);
+        check("taking a batch");
+        tracker.restore(batch);
+        check("restoring it");
+        let batch = tracker.take_ready(100);
+        tracker.committed(&batch[..1]);
+        check("committing part of it");
+        assert_eq!(tracker.uncommitted_counts(p(0)), (2, 8));
+        tracker.revoke(p(1));
+        check("a revocation with work in a transaction");
+        tracker.committed(&batch);
+        check("committing a batch of a revoked partition");
+        let again = tracker.assign(p(0));
+        check("assigning an owned partition again");
+        assert_eq!(tracker.in_flight(), 0, "its old work is the new owner's");
+        assert!(tracker.dispatched(p(0), again, 0));
+        check("dispatching under the new generation");
+        assert_eq!(tracker.in_flight(), 1);
     }
 }
