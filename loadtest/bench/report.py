@@ -336,3 +336,26 @@ def lookup_section(lookup):
 | by message id, while storing | {lookup['busy_message_lookup_median_ms']} ms |
 | target | < {lookup['target_ms']} ms |
 """
+
+
+def instructions_section(counted):
+    worker, bare = counted["worker"], counted["bare_worker"]
+    top = "".join(f"| `{name[:110]}` | {count:,} |\n" for name, count in worker["top_functions"])
+    return f"""## Instructions per message, counted (callgrind)
+
+Each system under valgrind's callgrind over {counted['sizes'][0]:,} and then {counted['sizes'][1]:,} messages,
+{counted['in_flight']} deliveries in flight; the difference between the two counts over the difference in
+messages. A count does not change with the hour as CPU time does, so it settles small differences; it
+leaves out cache misses and waits, so its ratio is a floor under the ratio of CPU time.
+
+| system | instructions per message | the runtime's threads | librdkafka's threads |
+| --- | --- | --- | --- |
+| ingest-worker | {worker['instructions_per_message']:,} | {worker['runtime_threads']:,} | {worker['librdkafka_threads']:,} |
+| the bare worker (`loadgen bare-worker`) | {bare['instructions_per_message']:,} | {bare['runtime_threads']:,} | {bare['librdkafka_threads']:,} |
+| **ratio worker / bare worker** | **{counted['ratio']:.2f}** | | |
+
+Where the worker's instructions go, by function (its own instructions, not those of what it calls):
+
+| function | instructions per message |
+| --- | --- |
+{top}"""

@@ -26,7 +26,10 @@ which a third of the ingress is routed to, refusing connections.
 Every comparison with a peer runs in alternating rounds (Relais, peer, Relais, peer, ...; three
 by default) and reports each side's median and spread and whether the spreads overlap.
 
-Usage: run.py [--only worker,slow,isolation,audit,lookup,fanout,outage] [--rounds N | --quick] [--out DIR]
+Instructions benchmark: instructions per message of the worker and of the bare worker,
+counted under valgrind's callgrind rather than timed, and where the worker's go.
+
+Usage: run.py [--only worker,slow,isolation,audit,lookup,fanout,outage,instructions] [--rounds N | --quick] [--out DIR]
 Needs the native infrastructure (`make infra-up`) and release binaries (`make release`).
 """
 import argparse
@@ -41,10 +44,11 @@ from audit import audit_benchmark, lookup_benchmark
 import charts
 from common import raise_open_files_limit, RELEASE, ROOT
 from gateway import fanout_benchmark, outage_benchmark
+from instructions import instructions_benchmark
 from isolation import isolation_benchmark
 from peers import build_camel, build_parallel_consumer
-from report import (audit_section, fanout_section, isolation_section, lookup_section, outage_section, slow_section,
-                    worker_section)
+from report import (audit_section, fanout_section, instructions_section, isolation_section, lookup_section,
+                    outage_section, slow_section, worker_section)
 from worker import slow_upstream_benchmark, worker_benchmark
 
 
@@ -87,7 +91,7 @@ def main():
     parser.add_argument("--isolation-latency-ms", type=int, default=50,
                         help="the healthy upstream's median latency in the isolation run")
     parser.add_argument("--only", type=lambda text: set(text.split(",")),
-                        default={"worker", "slow", "isolation", "audit", "lookup", "fanout", "outage"})
+                        default={"worker", "slow", "isolation", "audit", "lookup", "fanout", "outage", "instructions"})
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench")
     args = parser.parse_args()
     if args.quick:
@@ -117,6 +121,7 @@ def main():
         ("lookup", lambda: lookup_benchmark(args, args.out, stamp)),
         ("fanout", lambda: fanout_benchmark(args, args.out, stamp)),
         ("outage", lambda: outage_benchmark(args, args.out, stamp)),
+        ("instructions", lambda: instructions_benchmark(args, args.out, stamp)),
     ]
     for name, benchmark in benchmarks:
         if name in args.only:
@@ -145,6 +150,8 @@ The peers (Apache Camel 4.18, Centrifugo v6.9.1), why they were chosen and what 
         sections.append(fanout_section(results["fanout"]))
     if "outage" in results:
         sections.append(outage_section(results["outage"]))
+    if "instructions" in results:
+        sections.append(instructions_section(results["instructions"]))
     sections.append(charts.write_all(results, args.out))
     report = "\n".join(sections) + "\nRaw data: `report.json` and the logs beside it.\n"
     (args.out / "report.md").write_text(report)
