@@ -16,6 +16,7 @@ use crate::consumer::{PausedPartitions, WorkerConsumer};
 use crate::metrics::{TopicLabels, WorkerMetrics};
 use crate::parked::ParkedKeys;
 use crate::process::{Prepared, Processor};
+use crate::read_gate::{LONGEST_UNREAD, ReadGate};
 use crate::records::Inbound;
 use crate::records::Tracker;
 use crate::retry::{RetryState, TierTopics};
@@ -39,13 +40,16 @@ const HELD_BEFORE_PAUSE: usize = 256;
 ///
 /// Backpressure is per partition: when a message finds its upstream's queue full, it is held,
 /// in order with the later messages of its partition, while the other partitions keep flowing.
-/// Held messages are offered again whenever a delivery ends, and every few milliseconds. Only
-/// when a partition holds more than [`HELD_BEFORE_PAUSE`] messages is it paused (librdkafka drops a
-/// paused partition's prefetched messages and must fetch them again, so pausing at the first
-/// full queue would cost more than it saves); it resumes once its hold is empty. A message over
-/// the [`UncommittedLimits`] is held too and pauses its partition at once: that wait lasts as
-/// long as the commits fail. The consumer keeps polling throughout, so the group never mistakes
-/// a long pause (an upstream outage) for a dead replica.
+/// Held messages are offered again whenever a delivery ends, and every few milliseconds. While
+/// every upstream's queue is full the ingress is not read at all, for up to a second
+/// ([`ReadGate`]): in a busy but healthy pipeline a slot frees long before, and nothing is held
+/// or paused. Only when a partition holds more than [`HELD_BEFORE_PAUSE`] messages is it paused
+/// (librdkafka drops a paused partition's prefetched messages and must fetch them again, so
+/// pausing at the first full queue would cost more than it saves); it resumes once its hold is
+/// empty. A message over the [`UncommittedLimits`] is held too and pauses its partition at
+/// once: that wait lasts as long as the commits fail. Beyond the read gate's second the
+/// consumer keeps polling, so the group never mistakes a long pause (an upstream outage) for a
+/// dead replica.
 ///
 /// A tier record that is not due yet pauses its tier partition until it is ([`DueHeads`]); the
 /// messages of a partition whose key order state is not loaded yet are held.
@@ -63,6 +67,11 @@ pub async fn dispatch(
     let reads_tiers = !dispatcher.sources.topics.is_empty();
     loop {
         let next_due = dispatcher.due.next_due();
+        let now = tokio::time::Instant::now();
+        let reads_ingress = dispatcher
+            .read_gate
+            .reads(dispatcher.scheduler.every_queue_full(), now);
+        let gate_opens = dispatcher.read_gate.opens_at(now);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
@@ -75,7 +84,8 @@ pub async fn dispatch(
             _ = retry.tick(), if !dispatcher.held.is_empty() => dispatcher.drain_held().await,
             _ = gauges.tick() => dispatcher.report_depth(),
             _ = sleep_until(next_due), if next_due.is_some() => dispatcher.release_due().await,
-            message = dispatcher.sources.ingress.recv() => {
+            _ = sleep_until(gate_opens), if gate_opens.is_some() => {}
+            message = dispatcher.sources.ingress.recv(), if reads_ingress => {
                 let read = message.map(|message| dispatcher.detach(&message));
                 dispatcher.received(read, "consume error").await;
             }
@@ -114,6 +124,7 @@ pub struct Dispatcher {
     /// Held messages of one partition beyond which the partition is paused.
     hold_limit: usize,
     limits: UncommittedLimits,
+    read_gate: ReadGate,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -146,6 +157,7 @@ impl Dispatcher {
             due: DueHeads::default(),
             hold_limit: HELD_BEFORE_PAUSE,
             limits,
+            read_gate: ReadGate::new(LONGEST_UNREAD),
         };
         dispatcher.report_oldest();
         dispatcher

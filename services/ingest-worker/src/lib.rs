@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod parked;
 pub mod pipeline;
 pub mod process;
+pub mod read_gate;
 pub mod records;
 pub mod retry;
 pub mod schedule;

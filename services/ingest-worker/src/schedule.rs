@@ -230,6 +230,13 @@ impl Scheduler {
             .is_some_and(|queue| queue.waiting.len < queue.schedule.max_queued)
     }
 
+    /// Whether no upstream's queue takes another message now.
+    pub fn every_queue_full(&self) -> bool {
+        self.queues
+            .values()
+            .all(|queue| queue.waiting.len >= queue.schedule.max_queued)
+    }
+
     /// Messages queued over all upstreams (not yet started).
     pub fn queued(&self) -> usize {
         self.queues.values().map(|queue| queue.waiting.len).sum()
