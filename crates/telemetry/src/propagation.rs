@@ -157,13 +157,23 @@ struct HttpInjector<'a>(&'a mut http::HeaderMap);
 
 impl Injector for HttpInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(key.as_bytes()),
-            http::HeaderValue::from_str(&value),
-        ) else {
+        // An empty header says nothing (the propagator sets `tracestate` even when the state is
+        // empty). The W3C names are known; parsing them again for every request is waste.
+        if value.is_empty() {
             return;
+        }
+        let name = match key {
+            "traceparent" => http::HeaderName::from_static("traceparent"),
+            "tracestate" => http::HeaderName::from_static("tracestate"),
+            other => match http::HeaderName::from_bytes(other.as_bytes()) {
+                Ok(name) => name,
+                Err(_) => return,
+            },
         };
-        self.0.insert(name, value);
+        // Takes the string's buffer instead of copying it.
+        if let Ok(value) = http::HeaderValue::try_from(value) {
+            self.0.insert(name, value);
+        }
     }
 }
 
@@ -287,6 +297,38 @@ mod tests {
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
         );
         assert_eq!(ids(&extract_http(&headers)), ids(&context));
+        assert!(
+            headers.get("tracestate").is_none(),
+            "no empty tracestate header"
+        );
+    }
+
+    #[test]
+    fn http_headers_carry_a_trace_state_that_has_entries() {
+        install_w3c();
+        let state = TraceState::from_key_value([("vendor", "opaque")]).expect("valid state");
+        let context = Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("valid trace id"),
+            SpanId::from_hex("00f067aa0ba902b7").expect("valid span id"),
+            TraceFlags::default(),
+            true,
+            state,
+        ));
+        let mut headers = http::HeaderMap::new();
+        inject_http(&context, &mut headers);
+        assert_eq!(
+            headers.get("traceparent").and_then(|v| v.to_str().ok()),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+        );
+        assert_eq!(
+            headers.get("tracestate").and_then(|v| v.to_str().ok()),
+            Some("vendor=opaque")
+        );
+        let extracted = extract_http(&headers);
+        assert_eq!(
+            extracted.span().span_context().trace_state().header(),
+            "vendor=opaque"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod moves;
 mod outcome;
+mod trace;
 mod waiting;
 
 use std::collections::BTreeMap;
@@ -10,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use opentelemetry::trace::TraceContextExt;
 use relais_ingress::{IngressEvent, Normaliser};
 use relais_resilience::{CallOutcome, CircuitState, Endpoint, Refusal, RetryStop, UpstreamClient};
 use relais_telemetry::shutdown::CancellationToken;
@@ -28,6 +28,7 @@ use crate::records::{self, Decided, Inbound, OutRecord, Outcome, OutputTopics};
 use crate::retry::TierTopics;
 use crate::schedule::Ordering;
 use outcome::{feedback_of, keep_first_and_latest, outcome_of};
+use trace::current_trace;
 use waiting::{Attempted, Waiting};
 
 /// An upstream with the endpoint events are POSTed to.
@@ -454,33 +455,6 @@ impl Processor {
                 rule.upstream.as_str()
             })
     }
-}
-
-/// Trace id, span id and `traceparent` of the current span; a fresh random trace when the
-/// span has no valid context (tracing disabled), since the trace id is mandatory downstream.
-fn current_trace() -> (String, String, String) {
-    let context = tracing::Span::current().context();
-    let span = context.span();
-    let span_context = span.span_context();
-    let (trace_id, span_id, sampled) = if span_context.is_valid() {
-        (
-            span_context.trace_id().to_string(),
-            span_context.span_id().to_string(),
-            span_context.is_sampled(),
-        )
-    } else {
-        (
-            // Never all zeros, which W3C reserves for "invalid".
-            format!("{:032x}", rand::random::<u128>() | 1),
-            format!("{:016x}", rand::random::<u64>() | 1),
-            false,
-        )
-    };
-    let traceparent = format!(
-        "00-{trace_id}-{span_id}-{}",
-        if sampled { "01" } else { "00" }
-    );
-    (trace_id, span_id, traceparent)
 }
 
 /// The id of a message whose payload cannot be trusted: its position, unique and stable.
