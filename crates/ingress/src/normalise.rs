@@ -416,6 +416,19 @@ mod tests {
     }
 
     #[test]
+    fn data_nested_far_beyond_the_limit_is_too_deep_not_a_crash() {
+        let depth = 20_000;
+        let data = format!("{}1{}", r#"{"a":["#.repeat(depth), "]}".repeat(depth));
+        let payload = format!(
+            r#"{{"id":"o-1","type":"order.created","occurred_at":"2026-11-27T10:00:00Z","source":"shop","data":{data}}}"#
+        );
+        let rejection = normaliser()
+            .normalise(payload.as_bytes(), now())
+            .expect_err("far too deep");
+        assert_eq!(rejection.reason, RejectReason::DataTooDeep);
+    }
+
+    #[test]
     fn serialises_back_to_the_ingress_schema() {
         let event = check(valid()).expect("valid");
         let json = serde_json::to_value(&event).expect("serialise");
