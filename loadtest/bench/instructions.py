@@ -22,7 +22,7 @@ import time
 
 from common import (BOOTSTRAP, create_topic, http_get, log, metric, RELEASE, ROOT, SIM_ADMIN, SIM_API, start, stop,
                     wait_http, WORKER_ADMIN)
-from worker import produce
+from worker import produce, worker_config
 
 SIZES = (2_000, 8_000)
 IN_FLIGHT = 32
@@ -84,15 +84,9 @@ def per_message(small, large, sizes):
 def worker_run(out, stamp, ingress, messages):
     """The worker under callgrind until it has committed every message of `ingress`."""
     name = f"worker-{messages}"
-    topics = {kind: f"bench.{stamp}.instructions.{name}.{kind}" for kind in ("audit", "events", "dlq")}
-    for kind, topic in topics.items():
-        create_topic(topic, 12 if kind != "dlq" else 3)
     config = out / f"instructions-{name}.toml"
-    config.write_text(
-        f'[kafka]\ngroup_id = "bench-{stamp}-instructions-{name}"\ningress_topic = "{ingress}"\n'
-        + "".join(f'{kind}_topic = "{topic}"\n' for kind, topic in topics.items())
-        + f'[upstreams.default]\nurl = "http://{SIM_API}"\nretry_tiers = []\nallowed_networks = ["loopback"]\n'
-        + f'[upstreams.default.policy.bulkhead]\nmax_concurrent = {IN_FLIGHT}\n')
+    worker_config(config, f"bench-{stamp}-instructions-{name}", ingress, f"bench.{stamp}.instructions.{name}.",
+                  IN_FLIGHT)
     output = out / f"instructions-{name}.callgrind"
     env = {**os.environ, "RELAIS_WORKER_CONFIG": str(config), "RELAIS_ADMIN_ADDR": WORKER_ADMIN,
            "RELAIS_WORKER_ID": f"bench-{stamp}-instructions-{name}", "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP,

@@ -62,19 +62,28 @@ def produce(topic, count):
     return time.time() - started
 
 
+def worker_config(path, group, ingress, topic_prefix, max_concurrent, upstream_extra="", extra=""):
+    """Writes a worker's configuration to `path`: one upstream at upstream-sim, output topics of
+    its own (created here, named `{topic_prefix}{audit,events,dlq}`). Returns the topics."""
+    topics = {name: f"{topic_prefix}{name}" for name in ("audit", "events", "dlq")}
+    for name, topic in topics.items():
+        create_topic(topic, 12 if name != "dlq" else 3)
+    path.write_text(
+        f'[kafka]\ngroup_id = "{group}"\ningress_topic = "{ingress}"\n'
+        + "".join(f'{name}_topic = "{topic}"\n' for name, topic in topics.items())
+        + f'[upstreams.default]\nurl = "http://{SIM_API}"\nretry_tiers = []\nallowed_networks = ["loopback"]\n'
+        + upstream_extra + extra
+        + f'[upstreams.default.policy.bulkhead]\nmax_concurrent = {max_concurrent}\n')
+    return topics
+
+
 def worker_round(args, out, stamp, index, sim, ingress):
     """One run of the worker over the whole ingress topic, in a consumer group and with output
     topics of its own: rate, CPU per message, peak RSS."""
-    topics = {name: f"bench.{stamp}.r{index}.{name}" for name in ("audit", "events", "dlq")}
-    for name, topic in topics.items():
-        create_topic(topic, 12 if name != "dlq" else 3)
-    http_post(f"http://{SIM_ADMIN}/admin/reset")
     config = out / f"worker-r{index}.toml"
-    config.write_text(
-        f'[kafka]\ngroup_id = "bench-{stamp}-r{index}"\ningress_topic = "{ingress}"\n'
-        + "".join(f'{name}_topic = "{topic}"\n' for name, topic in topics.items())
-        + f'[upstreams.default]\nurl = "http://{SIM_API}"\nretry_tiers = []\nallowed_networks = ["loopback"]\n'
-        + f'[upstreams.default.policy.bulkhead]\nmax_concurrent = {args.worker_in_flight}\n')
+    topics = worker_config(config, f"bench-{stamp}-r{index}", ingress, f"bench.{stamp}.r{index}.",
+                           args.worker_in_flight)
+    http_post(f"http://{SIM_ADMIN}/admin/reset")
     worker = start("ingest-worker", {"RELAIS_WORKER_CONFIG": str(config), "RELAIS_ADMIN_ADDR": WORKER_ADMIN,
                                      "RELAIS_WORKER_ID": f"bench-{stamp}-r{index}", "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP},
                    out / f"ingest-worker-r{index}.log")
@@ -265,17 +274,11 @@ def slow_upstream_benchmark(args, out, stamp):
         return measured
 
     def worker(index):
-        topics = {name: f"bench.{stamp}.slow-r{index}-{name}" for name in ("audit", "events", "dlq")}
-        for name, topic in topics.items():
-            create_topic(topic, 12 if name != "dlq" else 3)
         config = out / f"slow-worker-r{index}.toml"
-        config.write_text(
-            f'[kafka]\ngroup_id = "bench-slow-{stamp}-r{index}"\ningress_topic = "{ingress}"\n'
-            + "".join(f'{name}_topic = "{topic}"\n' for name, topic in topics.items())
-            + f'[upstreams.default]\nurl = "http://{SIM_API}"\nretry_tiers = []\nallowed_networks = ["loopback"]\n'
-            + f'max_in_flight = {args.slow_in_flight}\nordering = "key"\n'
-            + (f'[pipeline]\nmax_queued_per_upstream = {args.slow_queued}\n' if args.slow_queued else '')
-            + f'[upstreams.default.policy.bulkhead]\nmax_concurrent = {args.slow_in_flight}\n')
+        topics = worker_config(
+            config, f"bench-slow-{stamp}-r{index}", ingress, f"bench.{stamp}.slow-r{index}-", args.slow_in_flight,
+            upstream_extra=f'max_in_flight = {args.slow_in_flight}\nordering = "key"\n',
+            extra=f'[pipeline]\nmax_queued_per_upstream = {args.slow_queued}\n' if args.slow_queued else "")
         process = start("ingest-worker", {"RELAIS_WORKER_CONFIG": str(config), "RELAIS_ADMIN_ADDR": WORKER_ADMIN,
                                           "RELAIS_WORKER_ID": f"bench-slow-{stamp}-r{index}",
                                           "RELAIS_KAFKA_BOOTSTRAP": BOOTSTRAP},
