@@ -23,6 +23,7 @@ pub mod propagation;
 pub mod secrets;
 pub mod shutdown;
 pub mod tasks;
+pub mod w3c;
 
 pub use init::{
     TelemetryConfig, TelemetryError, TelemetryGuard, current_trace_id, init, spans_exported,

@@ -51,11 +51,32 @@ pub fn extract_kafka_pairs(headers: &[(String, Vec<u8>)]) -> Context {
     opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&extractor))
 }
 
-/// Adds the context's trace headers to outgoing HTTP headers.
+/// Adds the context's trace headers to outgoing HTTP headers: what the W3C propagator writes,
+/// written directly, since the worker does it for every attempt (the propagator formats the
+/// header through `format!` behind a global lock). No `tracestate` when the state is empty, no
+/// headers at all for an invalid context.
 pub fn inject_http(context: &Context, headers: &mut http::HeaderMap) {
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(context, &mut HttpInjector(headers));
-    });
+    use opentelemetry::trace::TraceContextExt as _;
+    let span = context.span();
+    let span_context = span.span_context();
+    if !span_context.is_valid() {
+        return;
+    }
+    let traceparent = crate::w3c::traceparent(
+        span_context.trace_id(),
+        span_context.span_id(),
+        span_context.trace_flags(),
+    );
+    // Hex digits and dashes: always a valid header value.
+    if let Ok(value) = http::HeaderValue::try_from(traceparent) {
+        headers.insert(http::HeaderName::from_static("traceparent"), value);
+    }
+    let state = span_context.trace_state().header();
+    if !state.is_empty()
+        && let Ok(value) = http::HeaderValue::try_from(state)
+    {
+        headers.insert(http::HeaderName::from_static("tracestate"), value);
+    }
 }
 
 /// A context for an outgoing call that has no span of its own: the parent's trace, flags and
@@ -150,30 +171,6 @@ impl Extractor for PairsExtractor<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.iter().map(|(name, _)| *name).collect()
-    }
-}
-
-struct HttpInjector<'a>(&'a mut http::HeaderMap);
-
-impl Injector for HttpInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        // An empty header says nothing (the propagator sets `tracestate` even when the state is
-        // empty). The W3C names are known; parsing them again for every request is waste.
-        if value.is_empty() {
-            return;
-        }
-        let name = match key {
-            "traceparent" => http::HeaderName::from_static("traceparent"),
-            "tracestate" => http::HeaderName::from_static("tracestate"),
-            other => match http::HeaderName::from_bytes(other.as_bytes()) {
-                Ok(name) => name,
-                Err(_) => return,
-            },
-        };
-        // Takes the string's buffer instead of copying it.
-        if let Ok(value) = http::HeaderValue::try_from(value) {
-            self.0.insert(name, value);
-        }
     }
 }
 
@@ -329,6 +326,42 @@ mod tests {
             extracted.span().span_context().trace_state().header(),
             "vendor=opaque"
         );
+    }
+
+    #[test]
+    fn http_headers_are_what_the_w3c_propagator_writes() {
+        use opentelemetry::propagation::TextMapPropagator as _;
+        use opentelemetry_sdk::propagation::TraceContextPropagator;
+        let state = TraceState::from_key_value([("a", "1"), ("b", "x y")]).expect("valid state");
+        let contexts = [
+            (TraceFlags::SAMPLED, TraceState::default()),
+            (TraceFlags::NOT_SAMPLED, state.clone()),
+            (TraceFlags::new(0xff), state),
+        ]
+        .map(|(flags, state)| {
+            Context::new().with_remote_span_context(SpanContext::new(
+                TraceId::from_hex("0000000000000000000000000000000a").expect("valid trace id"),
+                SpanId::from_hex("f0f067aa0ba902b7").expect("valid span id"),
+                flags,
+                true,
+                state,
+            ))
+        });
+        for context in contexts.iter().chain([&Context::new()]) {
+            let mut written = http::HeaderMap::new();
+            inject_http(context, &mut written);
+            let mut propagated = std::collections::HashMap::new();
+            TraceContextPropagator::new().inject_context(context, &mut propagated);
+            propagated.retain(|_, value: &mut String| !value.is_empty());
+            let written: std::collections::HashMap<String, String> = written
+                .iter()
+                .map(|(name, value)| {
+                    let value = value.to_str().expect("ASCII").to_owned();
+                    (name.as_str().to_owned(), value)
+                })
+                .collect();
+            assert_eq!(written, propagated);
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A message's trace and span ids as the records, logs and upstream call carry them.
 
 use opentelemetry::trace::TraceContextExt;
+use relais_telemetry::w3c::{hex, traceparent_of_hex};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Trace id, span id and `traceparent` of the current span; a fresh random trace when the
@@ -23,44 +24,6 @@ pub(super) fn current_trace() -> (String, String, String) {
             false,
         )
     };
-    let mut traceparent = String::with_capacity(55);
-    for part in [
-        "00-",
-        &trace_id,
-        "-",
-        &span_id,
-        if sampled { "-01" } else { "-00" },
-    ] {
-        traceparent.push_str(part);
-    }
+    let traceparent = traceparent_of_hex(&trace_id, &span_id, sampled);
     (trace_id, span_id, traceparent)
-}
-
-/// Lower-case hex, as W3C writes trace and span ids; without the formatting machinery that
-/// `to_string` goes through for every message.
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use opentelemetry::trace::{SpanId, TraceId};
-
-    use super::hex;
-
-    #[test]
-    fn ids_are_written_as_opentelemetry_writes_them() {
-        let trace_id = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").expect("valid");
-        let span_id = SpanId::from_hex("00f067aa0ba902b7").expect("valid");
-        assert_eq!(hex(&trace_id.to_bytes()), trace_id.to_string());
-        assert_eq!(hex(&span_id.to_bytes()), span_id.to_string());
-        assert_eq!(hex(&1_u128.to_be_bytes()), format!("{:032x}", 1_u128));
-        assert_eq!(hex(&[]), "");
-    }
 }
