@@ -20,6 +20,7 @@ mod checks;
 mod fields;
 mod normalise;
 mod reason;
+mod rfc3339;
 
 pub use normalise::{IngressEvent, Limits, Normaliser, Rejection};
 pub use reason::RejectReason;

@@ -59,6 +59,7 @@ pub struct IngressEvent {
     #[serde(rename = "type")]
     pub event_type: String,
     /// The event's own time, in UTC.
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub occurred_at: DateTime<Utc>,
     /// Who produced it. Trimmed.
     pub source: String,
