@@ -22,7 +22,7 @@ use crate::circuit::CircuitBreaker;
 use crate::classify::{RetryStop, TimeoutKind, TransportError};
 use crate::error::ResilienceError;
 use crate::layers::{ServerAddress, close_attempt, method_label};
-use crate::metrics::{ResilienceMetrics, UpstreamLabels};
+use crate::metrics::{AttemptMetrics, ResilienceMetrics, UpstreamLabels};
 
 type CallResult = reqwest_middleware::Result<Response>;
 
@@ -55,9 +55,8 @@ impl Middleware for Admission {
 #[derive(Debug)]
 pub(crate) struct Deadline {
     pub(crate) deadline: Duration,
-    pub(crate) upstream: Arc<str>,
     pub(crate) server: ServerAddress,
-    pub(crate) metrics: ResilienceMetrics,
+    pub(crate) attempts: Arc<AttemptMetrics>,
 }
 
 /// A call under its deadline, from before the layers beneath it start.
@@ -94,9 +93,14 @@ impl Bounded<'_> {
                 let mut progress = self.call.lock();
                 if progress.current.started.is_some() {
                     let cut = Err(TransportError::Timeout(TimeoutKind::Deadline));
-                    let layer = self.layer;
-                    let labels = (&layer.upstream, self.method, &self.server);
-                    close_attempt(&mut progress, cut, Duration::ZERO, &layer.metrics, labels);
+                    let labels = (self.method, &self.server);
+                    close_attempt(
+                        &mut progress,
+                        cut,
+                        Duration::ZERO,
+                        &self.layer.attempts,
+                        labels,
+                    );
                 }
                 progress.retry_stop = Some(RetryStop::Deadline);
                 Err(ResilienceError::Timeout(TimeoutKind::Deadline).into_middleware())

@@ -19,7 +19,7 @@ use crate::credentials::{Credentials, OAuth2};
 use crate::destination::{AllowedNetworks, GuardedResolver};
 use crate::error::{ResilienceError, refusal, transport_error};
 use crate::layers::{Retry, ServerAddress};
-use crate::metrics::ResilienceMetrics;
+use crate::metrics::{AttemptMetrics, ResilienceMetrics};
 use crate::pace::{Pacer, Wait};
 use crate::policy::{PolicyError, UpstreamPolicy};
 use crate::probe::{ConnectTimingLayer, Probe, TimedResolver};
@@ -242,6 +242,7 @@ impl UpstreamClient {
             .map_err(BuildError::Client)?;
 
         let server = ServerAddress::new(&base_url);
+        let attempts = Arc::new(AttemptMetrics::new(metrics, &upstream));
         // The order is the design (outermost first); each layer says why it is where it is.
         let client = reqwest_middleware::ClientBuilder::new(http.clone())
             // 1-3. Admission, one middleware in three parts. The caller's time limit covers
@@ -252,9 +253,8 @@ impl UpstreamClient {
             .with(Admission {
                 deadline: Deadline {
                     deadline: policy.deadline,
-                    upstream: Arc::clone(&upstream),
                     server: server.clone(),
-                    metrics: metrics.clone(),
+                    attempts: Arc::clone(&attempts),
                 },
                 bulkhead: Bulkhead {
                     slots: Arc::new(Semaphore::new(policy.bulkhead.max_concurrent)),
@@ -288,6 +288,7 @@ impl UpstreamClient {
                 upstream: Arc::clone(&upstream),
                 server,
                 metrics: metrics.clone(),
+                attempts,
             })
             // 5. Closest to the wire: measures exactly what the network did.
             .with(Probe {
@@ -422,7 +423,7 @@ impl UpstreamClient {
             .client
             .post(endpoint.url.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
-            .header("idempotency-key", idempotency_key);
+            .header(crate::layers::IDEMPOTENCY_KEY, idempotency_key);
         if let Some(signer) = &self.signer {
             // The time of this call: retries inside it keep it (they end within the call's
             // deadline); a retry tier hours later is a new call with a fresh timestamp.

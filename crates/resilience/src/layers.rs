@@ -18,8 +18,8 @@ use crate::classify::{
     AttemptResult, Decision, RetryClassifier, RetryStop, TimeoutKind, TransportError,
 };
 use crate::error::{ResilienceError, transport_error};
-use crate::metrics::ResilienceMetrics;
 use crate::metrics::UpstreamReasonLabels;
+use crate::metrics::{AttemptMetrics, ResilienceMetrics};
 use crate::pace::Pacer;
 use crate::policy::RetryPolicyConfig;
 
@@ -46,7 +46,13 @@ pub(crate) struct Retry {
     pub(crate) upstream: Arc<str>,
     pub(crate) server: ServerAddress,
     pub(crate) metrics: ResilienceMetrics,
+    /// Shared with the deadline layer, which closes the attempt it cuts.
+    pub(crate) attempts: Arc<AttemptMetrics>,
 }
+
+/// The header that lets an upstream deduplicate, which makes a POST safe to send again.
+pub(crate) const IDEMPOTENCY_KEY: http::HeaderName =
+    http::HeaderName::from_static("idempotency-key");
 
 #[async_trait::async_trait]
 impl Middleware for Retry {
@@ -62,7 +68,7 @@ impl Middleware for Retry {
         let server = self.server.of(&request);
         // A repeat is harmless when the method is idempotent or the upstream can deduplicate.
         let replayable =
-            request.method().is_idempotent() || request.headers().contains_key("idempotency-key");
+            request.method().is_idempotent() || request.headers().contains_key(IDEMPOTENCY_KEY);
         self.budget.record_request();
 
         let mut pending = Some(request);
@@ -131,8 +137,8 @@ impl Middleware for Retry {
                     Ok(response) => Ok(response.status().as_u16()),
                     Err(error) => Err(transport_error(error)),
                 };
-                let labels = (&self.upstream, method, &server);
-                close_attempt(&mut progress, ended, wait, &self.metrics, labels);
+                let labels = (method, &server);
+                close_attempt(&mut progress, ended, wait, &self.attempts, labels);
                 progress.retry_stop = stop;
             }
 
@@ -233,12 +239,12 @@ pub(crate) fn close_attempt(
     progress: &mut CallProgress,
     result: Result<u16, TransportError>,
     backoff: Duration,
-    metrics: &ResilienceMetrics,
-    (upstream, method, server): (&Arc<str>, &'static str, &Arc<str>),
+    attempts: &AttemptMetrics,
+    (method, server): (&'static str, &Arc<str>),
 ) {
     let record = finish_attempt(&progress.current, result, backoff);
     let exemplar = progress.current.exemplar.take();
-    metrics.record_attempt(upstream, method, server, &record, exemplar);
+    attempts.record(method, server, &record, exemplar);
     progress.attempts.push(record);
     progress.current.started = None;
 }

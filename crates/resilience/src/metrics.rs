@@ -6,7 +6,7 @@
 //! statuses, phases, kinds and reasons are small fixed sets.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -262,52 +262,180 @@ impl ResilienceMetrics {
             .inc();
         self.set_circuit_state(upstream, to);
     }
+}
 
-    pub(crate) fn record_attempt(
+/// An upstream's attempt metrics. The phase series depend only on the upstream, so each is
+/// looked up in its family once, when the phase first happens, rather than on every attempt.
+#[derive(Debug)]
+pub(crate) struct AttemptMetrics {
+    metrics: ResilienceMetrics,
+    upstream: Arc<str>,
+    /// `http_client_phase_duration` of each phase, in [`PHASES`] order.
+    phases: [OnceLock<LatencyHistogram>; PHASES.len()],
+    /// The duration series of the first successful attempt. An upstream answers nearly every
+    /// attempt with the same method, server and status, so that series is kept at hand.
+    usual: OnceLock<(HttpClientLabels, LatencyHistogram)>,
+}
+
+/// The phases of an attempt, as the `phase` label names them.
+const PHASES: [&str; 5] = ["dns", "connect", "tls", "time_to_first_byte", "transfer"];
+
+impl AttemptMetrics {
+    pub(crate) fn new(metrics: &ResilienceMetrics, upstream: &Arc<str>) -> Self {
+        Self {
+            metrics: metrics.clone(),
+            upstream: Arc::clone(upstream),
+            phases: Default::default(),
+            usual: OnceLock::new(),
+        }
+    }
+
+    /// Counts one finished attempt, labelled by method and server address.
+    pub(crate) fn record(
         &self,
-        upstream: &Arc<str>,
         method: &'static str,
         server_address: &Arc<str>,
         attempt: &AttemptRecord,
         exemplar: Option<TraceExemplar>,
     ) {
         let labels = HttpClientLabels {
-            upstream: Arc::clone(upstream),
+            upstream: Arc::clone(&self.upstream),
             http_request_method: method,
             server_address: Arc::clone(server_address),
             http_response_status_code: attempt.status,
             error_type: attempt.error_type(),
         };
-        self.request_duration.get_or_create(&labels).observe(
-            attempt.timings.total.as_secs_f64(),
-            exemplar.clone(),
-            None,
-        );
+        let total = attempt.timings.total.as_secs_f64();
+        match self.usual.get() {
+            Some((usual, series)) if *usual == labels => {
+                series.observe(total, exemplar.clone(), None);
+            }
+            _ => {
+                let series = self.metrics.request_duration.get_or_create(&labels);
+                series.observe(total, exemplar.clone(), None);
+                if labels.error_type.is_none() {
+                    let _ = self.usual.set((labels.clone(), series.clone()));
+                }
+            }
+        }
         let timings = &attempt.timings;
-        for (phase, duration) in [
-            ("dns", timings.dns),
-            ("connect", timings.connect),
-            ("tls", timings.tls),
-            ("time_to_first_byte", timings.time_to_first_byte),
-            ("transfer", timings.transfer),
-        ] {
+        let durations = [
+            timings.dns,
+            timings.connect,
+            timings.tls,
+            timings.time_to_first_byte,
+            timings.transfer,
+        ];
+        for ((phase, series), duration) in PHASES.iter().zip(&self.phases).zip(durations) {
             // A phase that did not happen (pooled connection, no TLS) is not a zero-length one.
             if !duration.is_zero() {
-                self.phase_duration
-                    .get_or_create(&PhaseLabels {
-                        upstream: Arc::clone(upstream),
-                        phase,
+                series
+                    .get_or_init(|| {
+                        self.metrics
+                            .phase_duration
+                            .get_or_create(&PhaseLabels {
+                                upstream: Arc::clone(&self.upstream),
+                                phase,
+                            })
+                            .clone()
                     })
                     .observe(duration.as_secs_f64(), exemplar.clone(), None);
             }
         }
         if let Some(kind) = attempt.timeout {
-            self.timeouts
+            self.metrics
+                .timeouts
                 .get_or_create(&TimeoutLabels {
-                    upstream: Arc::clone(upstream),
+                    upstream: Arc::clone(&self.upstream),
                     kind: kind.as_str(),
                 })
                 .inc();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use prometheus_client::registry::Registry;
+
+    use super::{AttemptMetrics, ResilienceMetrics};
+    use crate::attempt::{AttemptRecord, PhaseTimings};
+
+    fn attempt(status: u16, connect: Duration) -> AttemptRecord {
+        AttemptRecord {
+            number: 0,
+            started_at: SystemTime::now(),
+            status: Some(status),
+            error: None,
+            timeout: None,
+            timings: PhaseTimings {
+                connect,
+                time_to_first_byte: Duration::from_millis(2),
+                total: Duration::from_millis(3),
+                ..PhaseTimings::default()
+            },
+            request_bytes: 10,
+            response_bytes: 2,
+            backoff: Duration::ZERO,
+            response: None,
+        }
+    }
+
+    fn count(text: &str, series: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn attempts_count_under_their_own_labels_whichever_series_is_kept_at_hand() {
+        let mut registry = Registry::default();
+        let metrics = ResilienceMetrics::register(&mut registry);
+        let attempts = AttemptMetrics::new(&metrics, &Arc::from("orders"));
+        let server: Arc<str> = Arc::from("127.0.0.1");
+        let other_server: Arc<str> = Arc::from("orders.example");
+        attempts.record("POST", &server, &attempt(503, Duration::ZERO), None);
+        attempts.record(
+            "POST",
+            &server,
+            &attempt(202, Duration::from_millis(1)),
+            None,
+        );
+        attempts.record("POST", &server, &attempt(202, Duration::ZERO), None);
+        attempts.record("POST", &other_server, &attempt(202, Duration::ZERO), None);
+        attempts.record("POST", &server, &attempt(200, Duration::ZERO), None);
+        attempts.record("POST", &server, &attempt(202, Duration::ZERO), None);
+
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        let duration = |server: &str, status: u16, error: &str| {
+            count(
+                &text,
+                &format!(
+                    "http_client_request_duration_seconds_count{{upstream=\"orders\",http_request_method=\"POST\",server_address=\"{server}\",http_response_status_code=\"{status}\",error_type=\"{error}\"}}"
+                ),
+            )
+        };
+        assert_eq!(duration("127.0.0.1", 202, ""), Some(3), "{text}");
+        assert_eq!(duration("127.0.0.1", 200, ""), Some(1));
+        assert_eq!(duration("127.0.0.1", 503, "503"), Some(1));
+        assert_eq!(duration("orders.example", 202, ""), Some(1));
+        let phase = |phase: &str| {
+            count(
+                &text,
+                &format!(
+                    "relais_http_client_phase_duration_seconds_count{{upstream=\"orders\",phase=\"{phase}\"}}"
+                ),
+            )
+        };
+        assert_eq!(phase("time_to_first_byte"), Some(6));
+        assert_eq!(phase("connect"), Some(1));
+        assert_eq!(
+            phase("dns"),
+            None,
+            "a phase that never happened has no series"
+        );
     }
 }
