@@ -1,5 +1,6 @@
 //! The worker's own metrics (the outbound HTTP metrics belong to the resilience crate).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -39,6 +40,9 @@ pub struct WorkerMetrics {
     rejections: Family<ReasonLabels, Counter>,
     dead_letters: Family<ReasonLabels, Counter>,
     processing: Family<OutcomeLabels, LatencyHistogram>,
+    /// `messages` and `processing` of each outcome, in [`Outcome::LABELS`] order: created at
+    /// zero and resolved once, since every message counts in one of them.
+    by_outcome: Arc<[OutcomeSeries; Outcome::LABELS.len()]>,
     pub parked: Gauge,
     pub queue_depth: Gauge,
     pub queue_capacity: Gauge,
@@ -67,6 +71,12 @@ pub struct WorkerMetrics {
     pub retry_waiting_keys: Gauge,
 }
 
+#[derive(Debug)]
+struct OutcomeSeries {
+    messages: Counter,
+    processing: LatencyHistogram,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabels {
     pub upstream: String,
@@ -91,13 +101,24 @@ pub struct TopicLabels {
 
 impl WorkerMetrics {
     pub fn register(registry: &mut Registry) -> Self {
+        let messages = Family::<OutcomeLabels, Counter>::default();
+        let processing: Family<OutcomeLabels, LatencyHistogram> =
+            Family::new_with_constructor(|| {
+                latency_histogram(exponential_buckets(0.0005, 2.0, 18))
+            });
+        let by_outcome = Arc::new(Outcome::LABELS.map(|outcome| {
+            let labels = OutcomeLabels { outcome };
+            OutcomeSeries {
+                messages: messages.get_or_create(&labels).clone(),
+                processing: processing.get_or_create(&labels).clone(),
+            }
+        }));
         let metrics = Self {
-            messages: Family::default(),
+            messages,
             rejections: Family::default(),
             dead_letters: Family::default(),
-            processing: Family::new_with_constructor(|| {
-                latency_histogram(exponential_buckets(0.0005, 2.0, 18))
-            }),
+            processing,
+            by_outcome,
             parked: Gauge::default(),
             queue_depth: Gauge::default(),
             queue_capacity: Gauge::default(),
@@ -282,14 +303,9 @@ impl WorkerMetrics {
     }
 
     pub fn record_outcome(&self, outcome: &Outcome, elapsed: Duration) {
-        let labels = OutcomeLabels {
-            outcome: outcome.label(),
-        };
-        self.messages.get_or_create(&labels).inc();
-        exemplar::observe(
-            &self.processing.get_or_create(&labels),
-            elapsed.as_secs_f64(),
-        );
+        let series = &self.by_outcome[outcome.index()];
+        series.messages.inc();
+        exemplar::observe(&series.processing, elapsed.as_secs_f64());
         if *outcome != Outcome::Delivered {
             self.dead_letters
                 .get_or_create(&ReasonLabels {
@@ -381,5 +397,43 @@ impl WorkerMetrics {
             .get_or_create(&ResultLabels { result })
             .inc();
         exemplar::observe(&self.transaction_duration, elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use prometheus_client::registry::Registry;
+
+    use super::WorkerMetrics;
+    use crate::records::Outcome;
+
+    #[test]
+    fn every_outcome_is_counted_under_its_own_label_from_zero() {
+        let mut registry = Registry::default();
+        let metrics = WorkerMetrics::register(&mut registry);
+        let failed = Outcome::Failed {
+            reason: "status_400".into(),
+            detail: "refused".into(),
+        };
+        metrics.record_outcome(&failed, Duration::from_millis(3));
+        metrics.record_outcome(&Outcome::Delivered, Duration::from_millis(1));
+        metrics.record_outcome(&Outcome::Delivered, Duration::from_millis(1));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        for (outcome, count) in [
+            ("delivered", 2),
+            ("rejected", 0),
+            ("failed", 1),
+            ("dead_lettered", 0),
+        ] {
+            let counter = format!("relais_worker_messages_total{{outcome=\"{outcome}\"}} {count}");
+            let histogram = format!(
+                "relais_worker_processing_duration_seconds_count{{outcome=\"{outcome}\"}} {count}"
+            );
+            assert!(text.contains(&counter), "{counter} in\n{text}");
+            assert!(text.contains(&histogram), "{histogram} in\n{text}");
+        }
     }
 }

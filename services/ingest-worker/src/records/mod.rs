@@ -118,13 +118,21 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn label(&self) -> &'static str {
+    /// Every outcome's label, in [`Outcome::index`] order.
+    pub const LABELS: [&'static str; 4] = ["delivered", "rejected", "failed", "dead_lettered"];
+
+    /// The outcome's place in [`Outcome::LABELS`].
+    pub fn index(&self) -> usize {
         match self {
-            Self::Delivered => "delivered",
-            Self::Rejected { .. } => "rejected",
-            Self::Failed { .. } => "failed",
-            Self::DeadLettered { .. } => "dead_lettered",
+            Self::Delivered => 0,
+            Self::Rejected { .. } => 1,
+            Self::Failed { .. } => 2,
+            Self::DeadLettered { .. } => 3,
         }
+    }
+
+    pub fn label(&self) -> &'static str {
+        Self::LABELS[self.index()]
     }
 
     fn proto(&self) -> v1::Outcome {
