@@ -4,7 +4,8 @@
 //! Every hop in Relais carries the context the same way: the sender injects the context of its
 //! current span, the receiver extracts it and makes it the parent of its own span. The globally
 //! installed propagator (W3C trace context, set by [`crate::init`]) does the encoding; this module
-//! only adapts each carrier.
+//! adapts each carrier. Outgoing HTTP calls, one or more for every message, write the same
+//! headers directly ([`inject_http`]).
 
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector};
