@@ -272,8 +272,8 @@ pub(crate) struct AttemptMetrics {
     upstream: Arc<str>,
     /// `http_client_phase_duration` of each phase, in [`PHASES`] order.
     phases: [OnceLock<LatencyHistogram>; PHASES.len()],
-    /// The duration series of the first successful attempt. An upstream answers nearly every
-    /// attempt with the same method, server and status, so that series is kept at hand.
+    /// The duration series of the first successful (2xx) attempt. An upstream answers nearly
+    /// every attempt with the same method, server and status, so that series is kept at hand.
     usual: OnceLock<(HttpClientLabels, LatencyHistogram)>,
 }
 
@@ -313,7 +313,10 @@ impl AttemptMetrics {
             _ => {
                 let series = self.metrics.request_duration.get_or_create(&labels);
                 series.observe(total, exemplar.clone(), None);
-                if labels.error_type.is_none() {
+                let succeeded = labels
+                    .http_response_status_code
+                    .is_some_and(|status| (200..300).contains(&status));
+                if succeeded {
                     let _ = self.usual.set((labels.clone(), series.clone()));
                 }
             }
@@ -396,6 +399,7 @@ mod tests {
         let attempts = AttemptMetrics::new(&metrics, &Arc::from("orders"));
         let server: Arc<str> = Arc::from("127.0.0.1");
         let other_server: Arc<str> = Arc::from("orders.example");
+        attempts.record("POST", &server, &attempt(302, Duration::ZERO), None);
         attempts.record("POST", &server, &attempt(503, Duration::ZERO), None);
         attempts.record(
             "POST",
@@ -421,6 +425,7 @@ mod tests {
         assert_eq!(duration("127.0.0.1", 202, ""), Some(3), "{text}");
         assert_eq!(duration("127.0.0.1", 200, ""), Some(1));
         assert_eq!(duration("127.0.0.1", 503, "503"), Some(1));
+        assert_eq!(duration("127.0.0.1", 302, ""), Some(1));
         assert_eq!(duration("orders.example", 202, ""), Some(1));
         let phase = |phase: &str| {
             count(
@@ -430,7 +435,7 @@ mod tests {
                 ),
             )
         };
-        assert_eq!(phase("time_to_first_byte"), Some(6));
+        assert_eq!(phase("time_to_first_byte"), Some(7));
         assert_eq!(phase("connect"), Some(1));
         assert_eq!(
             phase("dns"),
