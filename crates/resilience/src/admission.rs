@@ -5,7 +5,6 @@
 //! boxes a future per middleware on every call, and these three only wrap the call beneath
 //! them.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,11 +13,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use crate::attempt::CallRecord;
-use crate::circuit::CircuitBreaker;
+use crate::circuit::{CallPermit, CircuitBreaker};
 use crate::classify::{RetryStop, TimeoutKind, TransportError};
 use crate::error::ResilienceError;
 use crate::layers::{ServerAddress, close_attempt, method_label};
@@ -43,10 +42,18 @@ impl Middleware for Admission {
         next: Next<'_>,
     ) -> CallResult {
         let bounded = self.deadline.begin(&request, extensions);
-        let admitted = self
-            .bulkhead
-            .hold(|| self.circuit.gate(move || next.run(request, extensions)));
-        bounded.run(admitted).await
+        // One future for the three parts, kept small: the chain copies each layer's whole
+        // future into a box on every call, so what a part needs only on a rare path (the
+        // queue for a slot) is boxed on that path instead of carried by every call.
+        let admitted = async {
+            let _slot = self.bulkhead.enter().await?;
+            let _pass = self.circuit.pass()?;
+            next.run(request, extensions).await
+        };
+        match tokio::time::timeout_at(bounded.at, admitted).await {
+            Ok(result) => result,
+            Err(_) => Err(bounded.cut()),
+        }
     }
 }
 
@@ -85,27 +92,23 @@ impl Deadline {
 }
 
 impl Bounded<'_> {
-    async fn run(self, beneath: impl Future<Output = CallResult>) -> CallResult {
-        match tokio::time::timeout_at(self.at, beneath).await {
-            Ok(result) => result,
-            Err(_) => {
-                // The attempt in progress was cancelled with the inner layers; close its record.
-                let mut progress = self.call.lock();
-                if progress.current.started.is_some() {
-                    let cut = Err(TransportError::Timeout(TimeoutKind::Deadline));
-                    let labels = (self.method, &self.server);
-                    close_attempt(
-                        &mut progress,
-                        cut,
-                        Duration::ZERO,
-                        &self.layer.attempts,
-                        labels,
-                    );
-                }
-                progress.retry_stop = Some(RetryStop::Deadline);
-                Err(ResilienceError::Timeout(TimeoutKind::Deadline).into_middleware())
-            }
+    /// The deadline passed with the layers beneath cancelled: the attempt they left in
+    /// progress is recorded as cut by it, and the call ends with a deadline timeout.
+    fn cut(self) -> reqwest_middleware::Error {
+        let mut progress = self.call.lock();
+        if progress.current.started.is_some() {
+            let cut = Err(TransportError::Timeout(TimeoutKind::Deadline));
+            let labels = (self.method, &self.server);
+            close_attempt(
+                &mut progress,
+                cut,
+                Duration::ZERO,
+                &self.layer.attempts,
+                labels,
+            );
         }
+        progress.retry_stop = Some(RetryStop::Deadline);
+        ResilienceError::Timeout(TimeoutKind::Deadline).into_middleware()
     }
 }
 
@@ -121,16 +124,14 @@ pub(crate) struct Bulkhead {
 }
 
 impl Bulkhead {
-    /// Runs the call `beneath` makes while holding a slot; refuses it when none frees in time.
-    async fn hold<F>(&self, beneath: impl FnOnce() -> F) -> CallResult
-    where
-        F: Future<Output = CallResult>,
-    {
-        let permit = match Arc::clone(&self.slots).try_acquire_owned() {
+    /// A slot for one call, held until the returned guard drops; refused when none frees
+    /// within `max_wait`.
+    async fn enter(&self) -> Result<Slot<'_>, reqwest_middleware::Error> {
+        let permit = match self.slots.try_acquire() {
             Ok(permit) => Some(permit),
-            // No free slot: queue for one as long as `max_wait` allows. Only a call that queues
-            // arms a timer.
-            Err(_) => tokio::time::timeout(self.max_wait, Arc::clone(&self.slots).acquire_owned())
+            // No free slot: queue for one as long as `max_wait` allows. Only a call that
+            // queues arms a timer, and only its future holds one.
+            Err(_) => Box::pin(tokio::time::timeout(self.max_wait, self.slots.acquire()))
                 .await
                 .ok()
                 .and_then(Result::ok),
@@ -140,29 +141,26 @@ impl Bulkhead {
             self.rejected.inc();
             return Err(ResilienceError::BulkheadFull(self.max_wait).into_middleware());
         };
-        // The outer deadline can cancel this future at the await: the guard, not a decrement
-        // after it, keeps the gauge true.
-        let _in_flight = InFlight::enter(&self.in_flight);
-        let result = beneath().await;
-        drop(permit);
-        result
+        self.in_flight.inc();
+        Ok(Slot {
+            _permit: permit,
+            in_flight: &self.in_flight,
+        })
     }
 }
 
-/// Counts one call in flight on a gauge for as long as it lives.
+/// A call's bulkhead slot, counted on the in-flight gauge for as long as it lives: the outer
+/// deadline can cancel the call at any await, and the guard, not a decrement after it, keeps
+/// the gauge true.
 #[derive(Debug)]
-struct InFlight<'a>(&'a Gauge);
-
-impl<'a> InFlight<'a> {
-    fn enter(gauge: &'a Gauge) -> Self {
-        gauge.inc();
-        Self(gauge)
-    }
+struct Slot<'a> {
+    _permit: SemaphorePermit<'a>,
+    in_flight: &'a Gauge,
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.0.dec();
+        self.in_flight.dec();
     }
 }
 
@@ -175,26 +173,18 @@ pub(crate) struct CircuitGate {
 }
 
 impl CircuitGate {
-    /// Runs the call `beneath` makes if the circuit lets it through.
-    async fn gate<F>(&self, beneath: impl FnOnce() -> F) -> CallResult
-    where
-        F: Future<Output = CallResult>,
-    {
-        let permit = match self.breaker.try_acquire() {
-            Ok(permit) => permit,
-            Err(open) => {
-                self.metrics
-                    .circuit_rejected
-                    .get_or_create(&UpstreamLabels {
-                        upstream: self.upstream.to_string(),
-                    })
-                    .inc();
-                return Err(ResilienceError::CircuitOpen(open).into_middleware());
-            }
-        };
-        let result = beneath().await;
-        drop(permit);
-        result
+    /// The circuit's permission for one call, given back when it drops; refused while the
+    /// circuit is open.
+    fn pass(&self) -> Result<CallPermit, reqwest_middleware::Error> {
+        self.breaker.try_acquire().map_err(|open| {
+            self.metrics
+                .circuit_rejected
+                .get_or_create(&UpstreamLabels {
+                    upstream: self.upstream.to_string(),
+                })
+                .inc();
+            ResilienceError::CircuitOpen(open).into_middleware()
+        })
     }
 }
 
@@ -229,9 +219,8 @@ mod tests {
     async fn call(bulkhead: Arc<Bulkhead>, address: std::net::SocketAddr) -> CallResult {
         let client = reqwest::Client::new();
         let url = format!("http://{address}/");
-        bulkhead
-            .hold(|| async move { Ok(client.get(url).send().await?) })
-            .await
+        let _slot = bulkhead.enter().await?;
+        Ok(client.get(url).send().await?)
     }
 
     /// With every slot taken, a call queues for at most `max_wait`: refused and counted after

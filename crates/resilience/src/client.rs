@@ -418,35 +418,11 @@ impl UpstreamClient {
         idempotency_key: &str,
         started: Instant,
     ) -> (Delivery, Option<http::HeaderValue>) {
-        let mut used = None;
-        let mut builder = self
-            .client
-            .post(endpoint.url.clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(crate::layers::IDEMPOTENCY_KEY, idempotency_key);
-        if let Some(signer) = &self.signer {
-            // The time of this call: retries inside it keep it (they end within the call's
-            // deadline); a retry tier hours later is a new call with a fresh timestamp.
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| {
-                    i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
-                });
-            for (name, value) in signer.headers(idempotency_key, now, &body) {
-                builder = builder.header(name, value);
-            }
-        }
-        match &self.credentials {
-            Some(Credentials::Headers(headers)) => {
-                for (name, value) in headers.iter() {
-                    builder = builder.header(name.clone(), value.clone());
-                }
-            }
-            Some(Credentials::OAuth2(oauth)) => match oauth.authorization().await {
-                Ok(authorization) => {
-                    builder = builder.header(http::header::AUTHORIZATION, authorization.clone());
-                    used = Some(authorization);
-                }
+        // The token may have to be fetched: that wait is boxed, so the future of every call,
+        // which the caller moves around whole, does not carry a token request's.
+        let used = match &self.credentials {
+            Some(Credentials::OAuth2(oauth)) => match Box::pin(oauth.authorization()).await {
+                Ok(authorization) => Some(authorization),
                 Err(reason) => {
                     // No token, so no request: like a connection that could not be made.
                     tracing::warn!(upstream = %self.name, %reason, "no OAuth2 token; the delivery waits");
@@ -454,10 +430,9 @@ impl UpstreamClient {
                     return (self.finish(failed, Vec::new(), None, started), None);
                 }
             },
-            None => {}
-        }
-        let request = builder.body(body).build();
-        let request = match request {
+            _ => None,
+        };
+        let request = match self.request(endpoint, body, idempotency_key, used.as_ref()) {
             Ok(request) => request,
             Err(error) => {
                 tracing::error!(%error, "cannot build the request");
@@ -501,6 +476,42 @@ impl UpstreamClient {
         };
         let (attempts, stop) = call.take();
         (self.finish(outcome, attempts, stop, started), used)
+    }
+
+    /// The POST of one delivery, with its signature and credentials.
+    fn request(
+        &self,
+        endpoint: &Endpoint,
+        body: Bytes,
+        idempotency_key: &str,
+        authorization: Option<&http::HeaderValue>,
+    ) -> reqwest::Result<reqwest::Request> {
+        let mut builder = self
+            .client
+            .post(endpoint.url.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(crate::layers::IDEMPOTENCY_KEY, idempotency_key);
+        if let Some(signer) = &self.signer {
+            // The time of this call: retries inside it keep it (they end within the call's
+            // deadline); a retry tier hours later is a new call with a fresh timestamp.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| {
+                    i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+                });
+            for (name, value) in signer.headers(idempotency_key, now, &body) {
+                builder = builder.header(name, value);
+            }
+        }
+        if let Some(Credentials::Headers(headers)) = &self.credentials {
+            for (name, value) in headers.iter() {
+                builder = builder.header(name.clone(), value.clone());
+            }
+        }
+        if let Some(authorization) = authorization {
+            builder = builder.header(http::header::AUTHORIZATION, authorization.clone());
+        }
+        builder.body(body).build()
     }
 
     fn finish(

@@ -74,99 +74,46 @@ impl Middleware for Retry {
         let mut pending = Some(request);
         let mut number = 0u32;
         loop {
-            let Some(request) = pending.take() else {
-                // Unreachable: the loop only continues with a cloned request in hand.
-                return Err(ResilienceError::Timeout(TimeoutKind::Deadline).into_middleware());
+            // The request is handed on in a block of its own, so the future does not keep a
+            // third copy of it across the attempt beside the caller's and the spare.
+            let (spare, sending) = {
+                let Some(request) = pending.take() else {
+                    // Unreachable: the loop only continues with a cloned request in hand.
+                    return Err(ResilienceError::Timeout(TimeoutKind::Deadline).into_middleware());
+                };
+                // Kept for the next attempt; a streaming body cannot be cloned, then no retry.
+                let spare = request.try_clone();
+                call.lock().current = AttemptProgress {
+                    number,
+                    ..AttemptProgress::default()
+                };
+                // Each attempt gets its own limit, so one hang cannot eat the deadline.
+                let sending = tokio::time::timeout(
+                    self.attempt_timeout,
+                    next.clone().run(request, extensions),
+                );
+                (spare, sending)
             };
-            // Kept for the next attempt; a streaming body cannot be cloned, then no retry.
-            let spare = request.try_clone();
-            call.lock().current = AttemptProgress {
-                number,
-                ..AttemptProgress::default()
-            };
-
             let started = Instant::now();
-            // Each attempt gets its own limit, so one hang cannot eat the deadline.
-            let result = match tokio::time::timeout(
-                self.attempt_timeout,
-                next.clone().run(request, extensions),
-            )
-            .await
-            {
+            let result = match sending.await {
                 Ok(result) => result,
                 Err(_) => Err(ResilienceError::Timeout(TimeoutKind::Attempt).into_middleware()),
             };
-            let elapsed = started.elapsed();
-
-            let attempt_result = match &result {
-                Ok(response) => AttemptResult::from_response(response.status(), response.headers()),
-                Err(error) => AttemptResult::Error(transport_error(error)),
+            let attempt = Attempt {
+                number,
+                elapsed: started.elapsed(),
+                can_resend: spare.is_some(),
+                replayable,
+                deadline,
             };
-            self.breaker.record(
-                self.classifier.is_upstream_failure(&attempt_result),
-                elapsed,
-            );
-            if let AttemptResult::Response {
-                status,
-                retry_after: Some(wait),
-            } = &attempt_result
-                && matches!(status.as_u16(), 429 | 503)
-            {
-                self.pacer
-                    .pause((*wait).min(self.policy.max_retry_after), Instant::now());
-            }
-
-            let (stop, wait) = match self.classifier.classify(&attempt_result, replayable) {
-                Decision::Success => (None, Duration::ZERO),
-                Decision::Fatal => (Some(RetryStop::NotRetryable), Duration::ZERO),
-                Decision::Retry { not_before } => {
-                    let plan = self.plan_retry(number, not_before, spare.is_some(), deadline);
-                    self.budget_utilisation.set(self.budget.utilisation());
-                    match plan {
-                        Ok(delay) => (None, delay),
-                        Err(stop) => (Some(stop), Duration::ZERO),
-                    }
-                }
+            let wait = match self.settle(&result, attempt, &call, (method, &server)) {
+                Settled::Over => return result,
+                Settled::RetryAfter(wait) => wait,
             };
-            let succeeded =
-                stop.is_none() && matches!(&result, Ok(response) if response.status().is_success());
-
-            {
-                let mut progress = call.lock();
-                let ended = match &result {
-                    Ok(response) => Ok(response.status().as_u16()),
-                    Err(error) => Err(transport_error(error)),
-                };
-                let labels = (method, &server);
-                close_attempt(&mut progress, ended, wait, &self.attempts, labels);
-                progress.retry_stop = stop;
-            }
-
-            if let Some(stop) = stop {
-                if stop != RetryStop::NotRetryable {
-                    self.metrics
-                        .retry_stops
-                        .get_or_create(&UpstreamReasonLabels {
-                            upstream: self.upstream.to_string(),
-                            reason: stop.as_str(),
-                        })
-                        .inc();
-                }
-                return result;
-            }
-            if succeeded {
-                return result;
-            }
-            self.metrics
-                .retries
-                .get_or_create(&UpstreamReasonLabels {
-                    upstream: self.upstream.to_string(),
-                    reason: retry_cause(&attempt_result),
-                })
-                .inc();
             drop(result);
-            tokio::time::sleep(wait).await;
-            if let Err(stop) = self.wait_for_turn(deadline).await {
+            // Only a retry waits: its timers live in a box of their own, so the future of
+            // every call (moved whole into a box by the middleware chain) does not hold them.
+            if let Err(stop) = Box::pin(self.pause(wait, deadline)).await {
                 call.lock().retry_stop = Some(stop);
                 return Err(ResilienceError::Timeout(TimeoutKind::Deadline).into_middleware());
             }
@@ -176,10 +123,114 @@ impl Middleware for Retry {
     }
 }
 
+/// What the retry layer knows of an attempt that just ended, besides its result.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    number: u32,
+    elapsed: Duration,
+    /// A copy of the request is at hand for another attempt.
+    can_resend: bool,
+    /// Sending again is harmless (idempotent method, or an idempotency key).
+    replayable: bool,
+    deadline: Option<Instant>,
+}
+
+/// Whether the call is over after an attempt, or goes on after a wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Over,
+    RetryAfter(Duration),
+}
+
 impl Retry {
-    /// Waits until the upstream's pace lets the next attempt go; stops when that would cross
-    /// the deadline.
-    async fn wait_for_turn(&self, deadline: Option<Instant>) -> Result<(), RetryStop> {
+    /// Reports an attempt's result to the breaker and the pacer, decides whether another
+    /// attempt follows, and closes the attempt's record with that decision.
+    fn settle(
+        &self,
+        result: &reqwest_middleware::Result<Response>,
+        attempt: Attempt,
+        call: &CallRecord,
+        labels: (&'static str, &Arc<str>),
+    ) -> Settled {
+        let attempt_result = match result {
+            Ok(response) => AttemptResult::from_response(response.status(), response.headers()),
+            Err(error) => AttemptResult::Error(transport_error(error)),
+        };
+        self.breaker.record(
+            self.classifier.is_upstream_failure(&attempt_result),
+            attempt.elapsed,
+        );
+        if let AttemptResult::Response {
+            status,
+            retry_after: Some(wait),
+        } = &attempt_result
+            && matches!(status.as_u16(), 429 | 503)
+        {
+            self.pacer
+                .pause((*wait).min(self.policy.max_retry_after), Instant::now());
+        }
+
+        let (stop, wait) = match self
+            .classifier
+            .classify(&attempt_result, attempt.replayable)
+        {
+            Decision::Success => (None, Duration::ZERO),
+            Decision::Fatal => (Some(RetryStop::NotRetryable), Duration::ZERO),
+            Decision::Retry { not_before } => {
+                let plan = self.plan_retry(
+                    attempt.number,
+                    not_before,
+                    attempt.can_resend,
+                    attempt.deadline,
+                );
+                self.budget_utilisation.set(self.budget.utilisation());
+                match plan {
+                    Ok(delay) => (None, delay),
+                    Err(stop) => (Some(stop), Duration::ZERO),
+                }
+            }
+        };
+        let succeeded =
+            stop.is_none() && matches!(result, Ok(response) if response.status().is_success());
+        {
+            let mut progress = call.lock();
+            let ended = match result {
+                Ok(response) => Ok(response.status().as_u16()),
+                Err(error) => Err(transport_error(error)),
+            };
+            close_attempt(&mut progress, ended, wait, &self.attempts, labels);
+            progress.retry_stop = stop;
+        }
+
+        if let Some(stop) = stop {
+            if stop != RetryStop::NotRetryable {
+                self.metrics
+                    .retry_stops
+                    .get_or_create(&UpstreamReasonLabels {
+                        upstream: self.upstream.to_string(),
+                        reason: stop.as_str(),
+                    })
+                    .inc();
+            }
+            return Settled::Over;
+        }
+        if succeeded {
+            return Settled::Over;
+        }
+        self.metrics
+            .retries
+            .get_or_create(&UpstreamReasonLabels {
+                upstream: self.upstream.to_string(),
+                reason: retry_cause(&attempt_result),
+            })
+            .inc();
+        Settled::RetryAfter(wait)
+    }
+
+    /// The wait before a retry: its backoff, then its turn under the upstream's pace; stops
+    /// when that would cross the deadline.
+    async fn pause(&self, backoff: Duration, deadline: Option<Instant>) -> Result<(), RetryStop> {
+        tokio::time::sleep(backoff).await;
         loop {
             let now = Instant::now();
             let Err(wait) = self.pacer.admit(now) else {

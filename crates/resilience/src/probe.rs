@@ -250,8 +250,12 @@ impl Middleware for Probe {
             max: self.max_response_bytes,
             excerpt: self.excerpt_bytes,
         };
+        // The request is handed on here, so the futures wrapped around the exchange below
+        // hold the boxed call beneath, not another copy of the request; nothing runs before
+        // the exchange polls it, inside the connection timings' scope.
+        let sending = next.run(request, extensions);
         let exchange = async {
-            let response = next.run(request, extensions).await;
+            let response = sending.await;
             record_connect(&call, &connect);
             let response = response?;
             let head_at = started.elapsed();
