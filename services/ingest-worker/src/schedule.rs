@@ -298,7 +298,7 @@ impl Scheduler {
                 Arc::clone(&self.tracker),
                 self.done.clone(),
             );
-            // Boxed: the delivery's state is about 4 KiB, which the runtime would otherwise
+            // Boxed: the delivery's state is over 2 KiB, which the runtime would otherwise
             // copy into the task and again at each change of the task's stage.
             let delivery = async move {
                 let (output, feedback) = processor.finish_with_feedback(*prepared).await;

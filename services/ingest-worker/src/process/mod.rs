@@ -128,11 +128,13 @@ impl Processor {
     }
 
     /// [`Processor::finish`], with what the delivery told about its upstream (for the adaptive
-    /// concurrency limit).
-    pub async fn finish_with_feedback(
+    /// concurrency limit). Not an `async fn`: that would keep a copy of `prepared` in the
+    /// future beside the one its parts are moved into, and the future of every delivery is
+    /// moved whole into its task.
+    pub fn finish_with_feedback(
         self: &Arc<Self>,
         prepared: Prepared,
-    ) -> (Option<Vec<OutRecord>>, Option<Feedback>) {
+    ) -> impl Future<Output = (Option<Vec<OutRecord>>, Option<Feedback>)> + Send + 'static {
         let Prepared {
             inbound,
             span,
@@ -253,7 +255,6 @@ impl Processor {
             (Some(records), feedback)
         }
         .instrument(span)
-        .await
     }
 
     /// Normalises and routes: the outcome so far, and the event to deliver (`None` when the

@@ -79,13 +79,18 @@ impl<'a> Waiting<'a> {
             return Some(reason);
         }
         let step = wait.clamp(Duration::from_millis(20), MAX_PARK_STEP);
-        tokio::select! {
-            _ = self.processor.shutdown.cancelled() => {
-                self.abandoned = true;
-                Some("shutdown")
+        // Boxed: only a delivery that waits carries the timer, not the future of every one.
+        let shutdown = Box::pin(async {
+            tokio::select! {
+                _ = self.processor.shutdown.cancelled() => true,
+                _ = tokio::time::sleep(step) => false,
             }
-            _ = tokio::time::sleep(step) => None,
+        });
+        if shutdown.await {
+            self.abandoned = true;
+            return Some("shutdown");
         }
+        None
     }
 
     /// How a delivery that stops waiting ends.
