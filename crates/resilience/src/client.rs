@@ -478,19 +478,26 @@ impl UpstreamClient {
         (self.finish(outcome, attempts, stop, started), used)
     }
 
-    /// The POST of one delivery, with its signature and credentials.
+    /// The POST of one delivery, with its signature and credentials. Built in place rather
+    /// than through a request builder, which is moved whole at every header it adds.
     fn request(
         &self,
         endpoint: &Endpoint,
         body: Bytes,
         idempotency_key: &str,
         authorization: Option<&http::HeaderValue>,
-    ) -> reqwest::Result<reqwest::Request> {
-        let mut builder = self
-            .client
-            .post(endpoint.url.clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(crate::layers::IDEMPOTENCY_KEY, idempotency_key);
+    ) -> Result<reqwest::Request, http::Error> {
+        use http::{HeaderName, HeaderValue};
+        let mut request = reqwest::Request::new(http::Method::POST, endpoint.url.clone());
+        let headers = request.headers_mut();
+        headers.append(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.append(
+            crate::layers::IDEMPOTENCY_KEY,
+            HeaderValue::from_str(idempotency_key)?,
+        );
         if let Some(signer) = &self.signer {
             // The time of this call: retries inside it keep it (they end within the call's
             // deadline); a retry tier hours later is a new call with a fresh timestamp.
@@ -500,18 +507,19 @@ impl UpstreamClient {
                     i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
                 });
             for (name, value) in signer.headers(idempotency_key, now, &body) {
-                builder = builder.header(name, value);
+                headers.append(HeaderName::try_from(name)?, HeaderValue::try_from(value)?);
             }
         }
-        if let Some(Credentials::Headers(headers)) = &self.credentials {
-            for (name, value) in headers.iter() {
-                builder = builder.header(name.clone(), value.clone());
+        if let Some(Credentials::Headers(credentials)) = &self.credentials {
+            for (name, value) in credentials.iter() {
+                headers.append(name.clone(), value.clone());
             }
         }
         if let Some(authorization) = authorization {
-            builder = builder.header(http::header::AUTHORIZATION, authorization.clone());
+            headers.append(http::header::AUTHORIZATION, authorization.clone());
         }
-        builder.body(body).build()
+        *request.body_mut() = Some(body.into());
+        Ok(request)
     }
 
     fn finish(

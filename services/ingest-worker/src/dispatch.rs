@@ -118,7 +118,7 @@ pub struct Dispatcher {
     metrics: WorkerMetrics,
     paused: PausedPartitions,
     /// Messages waiting for room in their upstream's queue, per partition, in offset order.
-    held: BTreeMap<SourcePartition, VecDeque<Prepared>>,
+    held: BTreeMap<SourcePartition, VecDeque<Box<Prepared>>>,
     /// Tier records read before they were due, their partitions paused.
     due: DueHeads,
     /// Held messages of one partition beyond which the partition is paused.
@@ -277,7 +277,7 @@ impl Dispatcher {
 
     /// A routed message goes to its upstream's queue; one decided already (rejected input) is
     /// finished here, which takes no waiting.
-    async fn hand_on(&mut self, prepared: Prepared) {
+    async fn hand_on(&mut self, prepared: Box<Prepared>) {
         if prepared.upstream().is_some() {
             self.scheduler.submit(prepared);
             return;
@@ -287,7 +287,7 @@ impl Dispatcher {
             prepared.inbound.generation,
             prepared.inbound.offset,
         );
-        if let Some(output) = self.processor.finish(prepared).await {
+        if let Some(output) = self.processor.finish(*prepared).await {
             self.tracker
                 .finished(source, generation, Finished { offset, output });
         }

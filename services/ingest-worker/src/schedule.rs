@@ -143,12 +143,12 @@ impl UpstreamQueue {
             .map_or(self.schedule.max_in_flight, AdaptiveLimit::limit)
     }
 
-    fn push(&mut self, prepared: Prepared) {
+    fn push(&mut self, prepared: Box<Prepared>) {
         let key = match self.schedule.ordering {
             Ordering::Key => prepared.inbound.key.clone(),
             Ordering::None => None,
         };
-        self.waiting.push(key, Box::new(prepared));
+        self.waiting.push(key, prepared);
     }
 
     fn release(&mut self, key: Option<Vec<u8>>) {
@@ -243,13 +243,14 @@ impl Scheduler {
     }
 
     /// Queues a routed message (its upstream must have room) and starts what may start.
-    pub fn submit(&mut self, prepared: Prepared) {
-        let Some(upstream) = prepared.upstream().map(str::to_owned) else {
+    pub fn submit(&mut self, prepared: Box<Prepared>) {
+        let Some(queue) = prepared
+            .upstream()
+            .and_then(|upstream| self.queues.get_mut(upstream))
+        else {
             return;
         };
-        let Some(queue) = self.queues.get_mut(&upstream) else {
-            return;
-        };
+        let upstream = Arc::clone(&queue.name);
         queue.push(prepared);
         self.start(&upstream);
     }

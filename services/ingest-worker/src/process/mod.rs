@@ -87,8 +87,9 @@ pub struct Processor {
 
 impl Processor {
     /// The first, synchronous half of deciding a message: normalise and route it, under the
-    /// span that gives the message its trace. The scheduler queues the result by upstream.
-    pub fn prepare(&self, inbound: Inbound) -> Prepared {
+    /// span that gives the message its trace. The scheduler queues the result by upstream;
+    /// boxed here, since it is handed on several times before it is queued.
+    pub fn prepare(&self, inbound: Inbound) -> Box<Prepared> {
         let parent = relais_telemetry::propagation::extract_kafka_pairs(&inbound.headers);
         // The span gives the message its trace and span ids (records, logs, `traceparent`).
         // Its attributes are for trace backends only, so without export it carries none.
@@ -111,13 +112,13 @@ impl Processor {
         let _ = span.set_parent(parent);
         let started = tokio::time::Instant::now();
         let (decided, event) = span.in_scope(|| self.route_message(&inbound));
-        Prepared {
+        Box::new(Prepared {
             inbound,
             span,
             started,
             decided,
             event,
-        }
+        })
     }
 
     /// The second half: delivers a routed message and builds its records. `None` means it was
