@@ -4,6 +4,12 @@
 //! The three are one middleware ([`Admission`]), each a part with its own rule: the chain
 //! boxes a future per middleware on every call, and these three only wrap the call beneath
 //! them.
+//!
+//! The deadline has no timer of its own. Every wait beneath it ends by it: the queue for a
+//! bulkhead slot, each attempt (whose timer is the earlier of its own limit and the deadline,
+//! see `layers.rs`), and the retry's backoff and pace, which never start a wait that would
+//! cross it. So one timer per call bounds it, where a timer around the whole call would be a
+//! second one for every call that never comes near its deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,10 +24,9 @@ use tokio::time::Instant;
 
 use crate::attempt::CallRecord;
 use crate::circuit::{CallPermit, CircuitBreaker};
-use crate::classify::{RetryStop, TimeoutKind, TransportError};
+use crate::classify::{RetryStop, TimeoutKind};
 use crate::error::ResilienceError;
-use crate::layers::{ServerAddress, close_attempt, method_label};
-use crate::metrics::{AttemptMetrics, ResilienceMetrics, UpstreamLabels};
+use crate::metrics::{ResilienceMetrics, UpstreamLabels};
 
 type CallResult = reqwest_middleware::Result<Response>;
 
@@ -41,74 +46,36 @@ impl Middleware for Admission {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> CallResult {
-        let bounded = self.deadline.begin(&request, extensions);
-        // One future for the three parts, kept small: the chain copies each layer's whole
-        // future into a box on every call, so what a part needs only on a rare path (the
-        // queue for a slot) is boxed on that path instead of carried by every call.
-        let admitted = async {
-            let _slot = self.bulkhead.enter().await?;
-            let _pass = self.circuit.pass()?;
-            next.run(request, extensions).await
+        let (deadline, call) = self.deadline.begin(extensions);
+        let _slot = match self.bulkhead.enter(deadline).await {
+            Ok(slot) => slot,
+            Err(NoSlot::Full) => {
+                return Err(ResilienceError::BulkheadFull(self.bulkhead.max_wait).into_middleware());
+            }
+            Err(NoSlot::DeadlinePassed) => {
+                call.lock().retry_stop = Some(RetryStop::Deadline);
+                return Err(ResilienceError::Timeout(TimeoutKind::Deadline).into_middleware());
+            }
         };
-        match tokio::time::timeout_at(bounded.at, admitted).await {
-            Ok(result) => result,
-            Err(_) => Err(bounded.cut()),
-        }
+        let _pass = self.circuit.pass()?;
+        next.run(request, extensions).await
     }
 }
 
-/// Outermost: the overall deadline of the call, attempts and backoff included. When it fires
-/// mid-attempt, that attempt is recorded with a deadline timeout.
+/// Outermost: the overall time limit of the call, attempts and backoff included. An attempt
+/// that it cuts is recorded with a deadline timeout.
 #[derive(Debug)]
 pub(crate) struct Deadline {
     pub(crate) deadline: Duration,
-    pub(crate) server: ServerAddress,
-    pub(crate) attempts: Arc<AttemptMetrics>,
-}
-
-/// A call under its deadline, from before the layers beneath it start.
-struct Bounded<'a> {
-    layer: &'a Deadline,
-    at: Instant,
-    call: CallRecord,
-    method: &'static str,
-    server: Arc<str>,
 }
 
 impl Deadline {
     /// Starts the clock and tells the layers beneath (through the call's record) when it ends.
-    fn begin(&self, request: &Request, extensions: &mut Extensions) -> Bounded<'_> {
+    fn begin(&self, extensions: &mut Extensions) -> (Instant, CallRecord) {
         let at = Instant::now() + self.deadline;
         let call = CallRecord::of(extensions);
         call.lock().deadline = Some(at);
-        Bounded {
-            layer: self,
-            at,
-            call,
-            method: method_label(request.method()),
-            server: self.server.of(request),
-        }
-    }
-}
-
-impl Bounded<'_> {
-    /// The deadline passed with the layers beneath cancelled: the attempt they left in
-    /// progress is recorded as cut by it, and the call ends with a deadline timeout.
-    fn cut(self) -> reqwest_middleware::Error {
-        let mut progress = self.call.lock();
-        if progress.current.started.is_some() {
-            let cut = Err(TransportError::Timeout(TimeoutKind::Deadline));
-            let labels = (self.method, &self.server);
-            close_attempt(
-                &mut progress,
-                cut,
-                Duration::ZERO,
-                &self.layer.attempts,
-                labels,
-            );
-        }
-        progress.retry_stop = Some(RetryStop::Deadline);
-        ResilienceError::Timeout(TimeoutKind::Deadline).into_middleware()
+        (at, call)
     }
 }
 
@@ -123,23 +90,37 @@ pub(crate) struct Bulkhead {
     pub(crate) rejected: Counter,
 }
 
+/// Why a call got no bulkhead slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoSlot {
+    /// None freed within `max_wait`.
+    Full,
+    /// The call's deadline came first.
+    DeadlinePassed,
+}
+
 impl Bulkhead {
     /// A slot for one call, held until the returned guard drops; refused when none frees
-    /// within `max_wait`.
-    async fn enter(&self) -> Result<Slot<'_>, reqwest_middleware::Error> {
+    /// within `max_wait` (counted as rejected) or before the call's `deadline`, whichever
+    /// comes first.
+    async fn enter(&self, deadline: Instant) -> Result<Slot<'_>, NoSlot> {
         let permit = match self.slots.try_acquire() {
-            Ok(permit) => Some(permit),
-            // No free slot: queue for one as long as `max_wait` allows. Only a call that
-            // queues arms a timer, and only its future holds one.
-            Err(_) => Box::pin(tokio::time::timeout(self.max_wait, self.slots.acquire()))
-                .await
-                .ok()
-                .and_then(Result::ok),
-        };
-        // No slot in time, or a closed semaphore (never happens: it is never closed).
-        let Some(permit) = permit else {
-            self.rejected.inc();
-            return Err(ResilienceError::BulkheadFull(self.max_wait).into_middleware());
+            Ok(permit) => permit,
+            // No free slot: queue for one. Only a call that queues arms a timer, and only its
+            // future holds one.
+            Err(_) => {
+                let given_up = Instant::now() + self.max_wait;
+                let queued = tokio::time::timeout_at(given_up.min(deadline), self.slots.acquire());
+                match Box::pin(queued).await {
+                    Ok(Ok(permit)) => permit,
+                    Err(_) if deadline < given_up => return Err(NoSlot::DeadlinePassed),
+                    // No slot in time, or a closed semaphore (never: it is never closed).
+                    _ => {
+                        self.rejected.inc();
+                        return Err(NoSlot::Full);
+                    }
+                }
+            }
         };
         self.in_flight.inc();
         Ok(Slot {
@@ -215,12 +196,38 @@ mod tests {
         })
     }
 
-    /// A call through the bulkhead to a server that never answers.
+    /// A call through the bulkhead to a server that never answers, under a far deadline.
     async fn call(bulkhead: Arc<Bulkhead>, address: std::net::SocketAddr) -> CallResult {
         let client = reqwest::Client::new();
         let url = format!("http://{address}/");
-        let _slot = bulkhead.enter().await?;
+        let far = Instant::now() + Duration::from_secs(3600);
+        let Ok(_slot) = bulkhead.enter(far).await else {
+            return Err(ResilienceError::BulkheadFull(bulkhead.max_wait).into_middleware());
+        };
         Ok(client.get(url).send().await?)
+    }
+
+    /// A deadline before the end of `max_wait` ends the queueing at the deadline: the call
+    /// is out of time, not refused by a full bulkhead.
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_call_waits_no_longer_than_its_deadline() {
+        let address = silent_server().await;
+        let slots = Arc::new(Semaphore::new(1));
+        let (in_flight, rejected) = (Gauge::default(), Counter::default());
+        let bulkhead = bulkhead(&slots, &in_flight, &rejected);
+        let holder = tokio::spawn(call(Arc::clone(&bulkhead), address));
+        while slots.available_permits() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+
+        let queued_at = Instant::now();
+        let deadline = queued_at + Duration::from_millis(300);
+        let refused = bulkhead.enter(deadline).await.map(|_| ());
+        assert_eq!(refused, Err(NoSlot::DeadlinePassed));
+        assert_eq!(queued_at.elapsed(), Duration::from_millis(300));
+        assert_eq!(rejected.get(), 0, "out of time is not a full bulkhead");
+        assert_eq!(in_flight.get(), 1);
+        holder.abort();
     }
 
     /// With every slot taken, a call queues for at most `max_wait`: refused and counted after

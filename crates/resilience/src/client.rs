@@ -242,7 +242,7 @@ impl UpstreamClient {
             .map_err(BuildError::Client)?;
 
         let server = ServerAddress::new(&base_url);
-        let attempts = Arc::new(AttemptMetrics::new(metrics, &upstream));
+        let attempts = AttemptMetrics::new(metrics, &upstream);
         // The order is the design (outermost first); each layer says why it is where it is.
         let client = reqwest_middleware::ClientBuilder::new(http.clone())
             // 1-3. Admission, one middleware in three parts. The caller's time limit covers
@@ -253,8 +253,6 @@ impl UpstreamClient {
             .with(Admission {
                 deadline: Deadline {
                     deadline: policy.deadline,
-                    server: server.clone(),
-                    attempts: Arc::clone(&attempts),
                 },
                 bulkhead: Bulkhead {
                     slots: Arc::new(Semaphore::new(policy.bulkhead.max_concurrent)),

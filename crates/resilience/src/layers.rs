@@ -1,5 +1,5 @@
-//! The retry layer of the outbound stack, and what it shares with admission (`admission.rs`).
-//! `client.rs` composes them.
+//! The retry layer of the outbound stack, between admission (`admission.rs`) and the probe
+//! (`probe.rs`); `client.rs` composes them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,8 +46,8 @@ pub(crate) struct Retry {
     pub(crate) upstream: Arc<str>,
     pub(crate) server: ServerAddress,
     pub(crate) metrics: ResilienceMetrics,
-    /// Shared with the deadline layer, which closes the attempt it cuts.
-    pub(crate) attempts: Arc<AttemptMetrics>,
+    /// The attempts' series of this upstream.
+    pub(crate) attempts: AttemptMetrics,
 }
 
 /// The header that lets an upstream deduplicate, which makes a POST safe to send again.
@@ -76,7 +76,7 @@ impl Middleware for Retry {
         loop {
             // The request is handed on in a block of its own, so the future does not keep a
             // third copy of it across the attempt beside the caller's and the spare.
-            let (spare, sending) = {
+            let (spare, limit, sending) = {
                 let Some(request) = pending.take() else {
                     // Unreachable: the loop only continues with a cloned request in hand.
                     return Err(ResilienceError::Timeout(TimeoutKind::Deadline).into_middleware());
@@ -87,16 +87,19 @@ impl Middleware for Retry {
                     number,
                     ..AttemptProgress::default()
                 };
-                // Each attempt gets its own limit, so one hang cannot eat the deadline.
-                let sending = tokio::time::timeout(
-                    self.attempt_timeout,
-                    next.clone().run(request, extensions),
-                );
-                (spare, sending)
+                // Each attempt gets its own limit, so one hang cannot eat the deadline; the
+                // same timer ends it at the deadline when that comes first.
+                let limit = attempt_limit(Instant::now(), self.attempt_timeout, deadline);
+                let sending =
+                    tokio::time::timeout_at(limit.at, next.clone().run(request, extensions));
+                (spare, limit.kind, sending)
             };
             let started = Instant::now();
             let result = match sending.await {
                 Ok(result) => result,
+                Err(_) if limit == TimeoutKind::Deadline => {
+                    return Err(cut_at_deadline(&call, &self.attempts, (method, &server)));
+                }
                 Err(_) => Err(ResilienceError::Timeout(TimeoutKind::Attempt).into_middleware()),
             };
             let attempt = Attempt {
@@ -283,10 +286,53 @@ impl Retry {
     }
 }
 
+/// When an attempt must end at the latest, and what ends it then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AttemptLimit {
+    at: Instant,
+    kind: TimeoutKind,
+}
+
+/// The attempt's own limit, or the call's deadline when that comes first.
+fn attempt_limit(
+    now: Instant,
+    attempt_timeout: Duration,
+    deadline: Option<Instant>,
+) -> AttemptLimit {
+    let own = now + attempt_timeout;
+    match deadline {
+        Some(deadline) if deadline < own => AttemptLimit {
+            at: deadline,
+            kind: TimeoutKind::Deadline,
+        },
+        _ => AttemptLimit {
+            at: own,
+            kind: TimeoutKind::Attempt,
+        },
+    }
+}
+
+/// The deadline passed during an attempt: the attempt is recorded as cut by it and the call
+/// ends with a deadline timeout, without another attempt and without telling the breaker
+/// (the upstream did not fail; the call ran out of time).
+fn cut_at_deadline(
+    call: &CallRecord,
+    attempts: &AttemptMetrics,
+    labels: (&'static str, &Arc<str>),
+) -> reqwest_middleware::Error {
+    let mut progress = call.lock();
+    if progress.current.started.is_some() {
+        let cut = Err(TransportError::Timeout(TimeoutKind::Deadline));
+        close_attempt(&mut progress, cut, Duration::ZERO, attempts, labels);
+    }
+    progress.retry_stop = Some(RetryStop::Deadline);
+    ResilienceError::Timeout(TimeoutKind::Deadline).into_middleware()
+}
+
 /// Closes the attempt in progress: its record is counted in the metrics (labelled by upstream,
 /// method and server address) and kept in the call's record, and it is closed once only (the
-/// deadline layer closes it when it cuts the attempt, the retry layer otherwise).
-pub(crate) fn close_attempt(
+/// attempt cut by the deadline is closed as such, any other when the retry layer settles it).
+fn close_attempt(
     progress: &mut CallProgress,
     result: Result<u16, TransportError>,
     backoff: Duration,
@@ -387,6 +433,29 @@ pub(crate) fn method_label(method: &http::Method) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_attempt_ends_at_its_own_limit_or_at_the_deadline_if_that_is_earlier() {
+        let now = Instant::now();
+        let timeout = Duration::from_secs(2);
+        let own = AttemptLimit {
+            at: now + timeout,
+            kind: TimeoutKind::Attempt,
+        };
+        assert_eq!(attempt_limit(now, timeout, None), own);
+        assert_eq!(attempt_limit(now, timeout, Some(now + timeout * 3)), own);
+        // At the same instant the attempt's own limit is what ends it; the retry layer then
+        // finds no time left for another.
+        assert_eq!(attempt_limit(now, timeout, Some(now + timeout)), own);
+        let deadline = now + Duration::from_millis(500);
+        assert_eq!(
+            attempt_limit(now, timeout, Some(deadline)),
+            AttemptLimit {
+                at: deadline,
+                kind: TimeoutKind::Deadline,
+            }
+        );
+    }
 
     #[test]
     fn the_upstreams_own_host_is_shared_and_any_other_is_its_own() {

@@ -63,13 +63,13 @@ pub fn inject_http(context: &Context, headers: &mut http::HeaderMap) {
     if !span_context.is_valid() {
         return;
     }
-    let traceparent = crate::w3c::traceparent(
+    let traceparent = crate::w3c::Traceparent::new(
         span_context.trace_id(),
         span_context.span_id(),
         span_context.trace_flags(),
     );
     // Hex digits and dashes: always a valid header value.
-    if let Ok(value) = http::HeaderValue::try_from(traceparent) {
+    if let Ok(value) = http::HeaderValue::from_bytes(traceparent.as_bytes()) {
         headers.insert(http::HeaderName::from_static("traceparent"), value);
     }
     let state = span_context.trace_state().header();

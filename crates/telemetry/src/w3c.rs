@@ -3,60 +3,98 @@
 
 use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
 
-/// The only `traceparent` version there is.
-const VERSION: &str = "00";
+/// The length of a version 00 `traceparent`: `00-{32 hex}-{16 hex}-{2 hex}`.
+pub const TRACEPARENT_LEN: usize = 55;
 
-/// Lower-case hex, as W3C writes trace and span ids.
-pub fn hex(bytes: &[u8]) -> String {
+/// Where the ids sit in a `traceparent`.
+const TRACE_ID_HEX: std::ops::Range<usize> = 3..35;
+const SPAN_ID_HEX: std::ops::Range<usize> = 36..52;
+
+/// A version 00 `traceparent`, written in place: the worker writes one for every message and
+/// every attempt, and a header value or a record field is then one copy of these bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Traceparent([u8; TRACEPARENT_LEN]);
+
+impl Traceparent {
+    /// `00-{trace}-{span}-{flags}`, where only the sampled flag is carried (the one flag
+    /// version 00 defines).
+    pub fn new(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> Self {
+        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        write_hex(&trace_id.to_bytes(), &mut text[TRACE_ID_HEX]);
+        write_hex(&span_id.to_bytes(), &mut text[SPAN_ID_HEX]);
+        if flags.is_sampled() {
+            text[TRACEPARENT_LEN - 1] = b'1';
+        }
+        Self(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits, letters and dashes are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The trace id as lower-case hex.
+    pub fn trace_id(&self) -> &str {
+        &self.as_str()[TRACE_ID_HEX]
+    }
+
+    /// The span id as lower-case hex.
+    pub fn span_id(&self) -> &str {
+        &self.as_str()[SPAN_ID_HEX]
+    }
+}
+
+impl std::fmt::Debug for Traceparent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Writes `bytes` as lower-case hex into `out`, which holds exactly two digits per byte.
+fn write_hex(bytes: &[u8], out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
     }
-    text
 }
 
-/// `traceparent` from ids already written as hex: `00-{trace}-{span}-{flags}`, where only the
-/// sampled flag is carried (the one flag version 00 defines).
-pub fn traceparent_of_hex(trace_id: &str, span_id: &str, sampled: bool) -> String {
-    let mut header = String::with_capacity(55);
-    for part in [
-        VERSION,
-        "-",
-        trace_id,
-        "-",
-        span_id,
-        if sampled { "-01" } else { "-00" },
-    ] {
-        header.push_str(part);
-    }
-    header
-}
-
-/// `traceparent` for a span.
+/// `traceparent` for a span, as text.
 pub fn traceparent(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> String {
-    traceparent_of_hex(
-        &hex(&trace_id.to_bytes()),
-        &hex(&span_id.to_bytes()),
-        flags.is_sampled(),
-    )
+    Traceparent::new(trace_id, span_id, flags)
+        .as_str()
+        .to_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
 
-    use super::{hex, traceparent};
+    use super::{Traceparent, traceparent};
 
     #[test]
     fn ids_are_written_as_opentelemetry_writes_them() {
-        let trace_id = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").expect("valid");
-        let span_id = SpanId::from_hex("00f067aa0ba902b7").expect("valid");
-        assert_eq!(hex(&trace_id.to_bytes()), trace_id.to_string());
-        assert_eq!(hex(&span_id.to_bytes()), span_id.to_string());
-        assert_eq!(hex(&1_u128.to_be_bytes()), format!("{:032x}", 1_u128));
-        assert_eq!(hex(&[]), "");
+        for (trace_id, span_id) in [
+            (
+                TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").expect("valid"),
+                SpanId::from_hex("00f067aa0ba902b7").expect("valid"),
+            ),
+            (TraceId::from(1_u128), SpanId::from(u64::MAX)),
+        ] {
+            let written = Traceparent::new(trace_id, span_id, TraceFlags::SAMPLED);
+            assert_eq!(written.trace_id(), trace_id.to_string());
+            assert_eq!(written.span_id(), span_id.to_string());
+            assert_eq!(
+                written.as_str(),
+                format!("00-{trace_id}-{span_id}-01"),
+                "{written:?}"
+            );
+            assert_eq!(written.as_bytes(), written.as_str().as_bytes());
+        }
     }
 
     #[test]

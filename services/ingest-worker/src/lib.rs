@@ -152,6 +152,7 @@ pub async fn run(
                 hold,
                 ordering: upstream.ordering,
                 retry_tiers: upstream.retry_tiers().into(),
+                ingress_to_outcome: metrics.ingress_to_outcome(name),
             },
         );
     }

@@ -341,12 +341,14 @@ impl WorkerMetrics {
             .clone()
     }
 
-    /// Observes a routed message's time from its ingress timestamp to its outcome.
-    pub fn record_ingress_to_outcome(&self, upstream: &str, elapsed: Duration) {
-        let histogram = self.ingress_to_outcome.get_or_create(&UpstreamLabels {
-            upstream: upstream.to_owned(),
-        });
-        exemplar::observe(&histogram, elapsed.as_secs_f64());
+    /// An upstream's histogram of the time from a routed message's ingress timestamp to its
+    /// outcome; resolved once per upstream, observed for every message.
+    pub fn ingress_to_outcome(&self, upstream: &str) -> LatencyHistogram {
+        self.ingress_to_outcome
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+            })
+            .clone()
     }
 
     pub fn upstream_concurrency_limit(&self, upstream: &str) -> Gauge {

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use relais_ingress::{IngressEvent, Normaliser};
 use relais_resilience::{CallOutcome, CircuitState, Endpoint, Refusal, RetryStop, UpstreamClient};
+use relais_telemetry::exemplar::{self, LatencyHistogram};
 use relais_telemetry::shutdown::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -40,6 +41,8 @@ pub struct Upstream {
     pub ordering: Ordering,
     /// Delays of its retry tiers (empty: its messages wait in memory).
     pub retry_tiers: Arc<[Duration]>,
+    /// Its messages' time from their ingress timestamp to their outcome.
+    pub ingress_to_outcome: LatencyHistogram,
 }
 
 /// Where messages go that cannot be delivered yet (see [`crate::retry`]).
@@ -212,12 +215,10 @@ impl Processor {
                 if scheduled.is_none() {
                     this.decided_from_tier(&inbound, upstream, from_tier);
                     let ingress_time = inbound.ingress_time().unwrap_or(inbound.first_seen());
-                    this.metrics.record_ingress_to_outcome(
-                        &decided.upstream,
-                        decided
-                            .decided_at
-                            .duration_since(ingress_time)
-                            .unwrap_or_default(),
+                    let waited = decided.decided_at.duration_since(ingress_time);
+                    exemplar::observe(
+                        &upstream.ingress_to_outcome,
+                        waited.unwrap_or_default().as_secs_f64(),
                     );
                 }
             }

@@ -1,7 +1,7 @@
 //! A message's trace and span ids as the records, logs and upstream call carry them.
 
-use opentelemetry::trace::TraceContextExt;
-use relais_telemetry::w3c::{hex, traceparent_of_hex};
+use opentelemetry::trace::{SpanId, TraceContextExt, TraceFlags, TraceId};
+use relais_telemetry::w3c::Traceparent;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Trace id, span id and `traceparent` of the current span; a fresh random trace when the
@@ -10,20 +10,23 @@ pub(super) fn current_trace() -> (String, String, String) {
     let context = tracing::Span::current().context();
     let span = context.span();
     let span_context = span.span_context();
-    let (trace_id, span_id, sampled) = if span_context.is_valid() {
-        (
-            hex(&span_context.trace_id().to_bytes()),
-            hex(&span_context.span_id().to_bytes()),
-            span_context.is_sampled(),
+    let traceparent = if span_context.is_valid() {
+        Traceparent::new(
+            span_context.trace_id(),
+            span_context.span_id(),
+            span_context.trace_flags(),
         )
     } else {
-        (
-            // Never all zeros, which W3C reserves for "invalid".
-            hex(&(rand::random::<u128>() | 1).to_be_bytes()),
-            hex(&(rand::random::<u64>() | 1).to_be_bytes()),
-            false,
+        // Never all zeros, which W3C reserves for "invalid".
+        Traceparent::new(
+            TraceId::from(rand::random::<u128>() | 1),
+            SpanId::from(rand::random::<u64>() | 1),
+            TraceFlags::NOT_SAMPLED,
         )
     };
-    let traceparent = traceparent_of_hex(&trace_id, &span_id, sampled);
-    (trace_id, span_id, traceparent)
+    (
+        traceparent.trace_id().to_owned(),
+        traceparent.span_id().to_owned(),
+        traceparent.as_str().to_owned(),
+    )
 }
