@@ -207,7 +207,7 @@ impl Middleware for Probe {
         // see it, and building it (attributes, URL formatting, the OpenTelemetry layer) cost
         // about a third of this stack's throughput (`loadgen http-post`): the attempt then
         // sends the caller's trace with a parent id of its own, and builds no span.
-        let (span, context) = if relais_telemetry::spans_exported() {
+        let (span, caller) = if relais_telemetry::spans_exported() {
             let span = tracing::info_span!(
                 "http.client",
                 otel.name = %request.method(),
@@ -221,16 +221,16 @@ impl Middleware for Probe {
                 http.response.status_code = tracing::field::Empty,
                 error.type = tracing::field::Empty,
             );
-            let context = span.context();
+            let context = span.context().span().span_context().clone();
             (span, context)
         } else {
-            let caller = tracing::Span::current().context();
+            let caller = relais_telemetry::work::span_context();
             (
                 tracing::Span::none(),
-                relais_telemetry::propagation::unexported_child(&caller),
+                relais_telemetry::work::unexported_child(&caller),
             )
         };
-        relais_telemetry::propagation::inject_http(&context, request.headers_mut());
+        relais_telemetry::propagation::inject_http(&caller, request.headers_mut());
         let request_bytes = request
             .body()
             .and_then(reqwest::Body::as_bytes)
@@ -241,7 +241,7 @@ impl Middleware for Probe {
             progress.started = Some(Instant::now());
             progress.started_at = Some(SystemTime::now());
             progress.request_bytes = request_bytes;
-            progress.exemplar = relais_telemetry::exemplar::of_span(context.span().span_context());
+            progress.exemplar = relais_telemetry::exemplar::of_span(&caller);
         }
 
         let connect = Arc::new(ConnectTimings::new());

@@ -1,9 +1,8 @@
 //! Installs logging and tracing for a process.
 
-use opentelemetry::trace::{TraceContextExt, TraceId, TracerProvider as _};
+use opentelemetry::trace::{TraceId, TracerProvider as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -157,17 +156,19 @@ fn otlp_export_requested() -> bool {
     endpoint_set && !exporter_disabled
 }
 
-/// Trace id of the current `tracing` span, if it belongs to a valid trace.
+/// Trace id of the work in hand (the current `tracing` span's, see `work`), if it belongs to a
+/// valid trace.
 pub fn current_trace_id() -> Option<TraceId> {
-    let context = tracing::Span::current().context();
-    let span = context.span();
-    let span_context = span.span_context();
+    let span_context = crate::work::span_context();
     span_context.is_valid().then(|| span_context.trace_id())
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::{SpanContext, TraceContextExt as _};
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
     use super::*;
 
@@ -207,13 +208,22 @@ mod tests {
         tracing::info!(partition = 3, "message not delivered");
         tracing::debug!("below the filter");
         drop(entered);
+        // Work without a span of its own (a message while spans are not exported) logs with
+        // the ids of the span context in its scope.
+        let work = crate::work::child_of(&SpanContext::empty_context());
+        crate::work::sync_scope(work.clone(), || tracing::warn!("no span, in scope"));
 
         let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
         let logged: Vec<serde_json::Value> = text
             .lines()
             .map(|line| serde_json::from_str(line).unwrap())
             .collect();
-        assert_eq!(logged.len(), 1, "{text}");
+        assert_eq!(logged.len(), 2, "{text}");
+        let scoped = &logged[1];
+        assert_eq!(scoped["message"], "no span, in scope");
+        assert_eq!(scoped["trace_id"], work.trace_id().to_string().as_str());
+        assert_eq!(scoped["span_id"], work.span_id().to_string().as_str());
+        assert!(scoped.get("span").is_none());
         let line = &logged[0];
         assert_eq!(line["message"], "message not delivered");
         assert_eq!(line["level"], "INFO");

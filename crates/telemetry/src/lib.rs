@@ -8,6 +8,9 @@
 //! - the W3C trace-context propagator used by [`propagation`] to carry context through Kafka
 //!   headers, HTTP headers and gRPC metadata.
 //!
+//! Work done for many messages carries each one's trace context in a task-local scope
+//! ([`work`]) rather than a span, when spans are not exported.
+//!
 //! It then builds its components, registers their metrics in one
 //! [`prometheus_client::registry::Registry`], serves it with [`admin`] (`/metrics`, `/healthz`,
 //! `/readyz`, never on a public port) and runs until [`shutdown`] says to stop.
@@ -24,6 +27,7 @@ pub mod secrets;
 pub mod shutdown;
 pub mod tasks;
 pub mod w3c;
+pub mod work;
 
 pub use init::{
     TelemetryConfig, TelemetryError, TelemetryGuard, current_trace_id, init, spans_exported,

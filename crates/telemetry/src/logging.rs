@@ -1,17 +1,16 @@
 //! JSON-line log format with trace correlation.
 //!
 //! One JSON object per line: `timestamp` (RFC 3339, UTC), `level`, `target`, `message`, the
-//! event's own fields, the innermost span's name, and `trace_id` / `span_id` taken from the
-//! OpenTelemetry context of the span the event was logged in. Fields are written as JSON
-//! values, never interpolated into the message, so logs can be queried by field.
+//! event's own fields, the innermost span's name, and `trace_id` / `span_id` of the work the
+//! event was logged in: the OpenTelemetry context of its span, or of the message in hand (see
+//! `work`). Fields are written as JSON values, never interpolated into the message, so logs
+//! can be queried by field.
 
 use std::fmt;
 
-use opentelemetry::trace::TraceContextExt;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -51,11 +50,10 @@ where
         if let Some(span) = ctx.lookup_current() {
             line.insert("span".into(), Value::String(span.name().to_owned()));
         }
-        // `Span::current()` is the span this event was recorded in; its OpenTelemetry context
-        // holds the ids that the tracing-opentelemetry layer assigned or inherited.
-        let context = tracing::Span::current().context();
-        let otel_span = context.span();
-        let span_context = otel_span.span_context();
+        // The work in hand's ids: those of the span this event was recorded in (assigned or
+        // inherited by the tracing-opentelemetry layer), or of the message being handled
+        // without a span (see `work`).
+        let span_context = crate::work::span_context();
         if span_context.is_valid() {
             line.insert(
                 "trace_id".into(),

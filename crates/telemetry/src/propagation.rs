@@ -9,6 +9,7 @@
 
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::SpanContext;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 
 /// Adds the context's trace headers to a Kafka record's headers.
@@ -52,14 +53,11 @@ pub fn extract_kafka_pairs(headers: &[(String, Vec<u8>)]) -> Context {
     opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&extractor))
 }
 
-/// Adds the context's trace headers to outgoing HTTP headers: what the W3C propagator writes,
-/// written directly, since the worker does it for every attempt (the propagator formats the
-/// header through `format!` behind a global lock). No `tracestate` when the state is empty, no
-/// headers at all for an invalid context.
-pub fn inject_http(context: &Context, headers: &mut http::HeaderMap) {
-    use opentelemetry::trace::TraceContextExt as _;
-    let span = context.span();
-    let span_context = span.span_context();
+/// Adds a span context's trace headers to outgoing HTTP headers: what the W3C propagator
+/// writes, written directly, since the worker does it for every attempt (the propagator
+/// formats the header through `format!` behind a global lock). No `tracestate` when the state
+/// is empty, no headers at all for an invalid context.
+pub fn inject_http(span_context: &SpanContext, headers: &mut http::HeaderMap) {
     if !span_context.is_valid() {
         return;
     }
@@ -78,27 +76,6 @@ pub fn inject_http(context: &Context, headers: &mut http::HeaderMap) {
     {
         headers.insert(http::HeaderName::from_static("tracestate"), value);
     }
-}
-
-/// A context for an outgoing call that has no span of its own: the parent's trace, flags and
-/// state with a fresh span id, so each call still carries its own parent id on the wire. Used
-/// when spans are not exported, where building a span nobody will see is only cost. An
-/// invalid parent (no trace) stays as it is.
-pub fn unexported_child(parent: &Context) -> Context {
-    use opentelemetry::trace::{SpanContext, TraceContextExt as _};
-    use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
-    let span = parent.span();
-    let parent_context = span.span_context();
-    if !parent_context.is_valid() {
-        return parent.clone();
-    }
-    Context::new().with_remote_span_context(SpanContext::new(
-        parent_context.trace_id(),
-        RandomIdGenerator::default().new_span_id(),
-        parent_context.trace_flags(),
-        false,
-        parent_context.trace_state().clone(),
-    ))
 }
 
 /// Reads the trace context from incoming HTTP headers.
@@ -289,7 +266,7 @@ mod tests {
     fn http_headers_round_trip_the_context() {
         let context = sample_context();
         let mut headers = http::HeaderMap::new();
-        inject_http(&context, &mut headers);
+        inject_http(context.span().span_context(), &mut headers);
         assert_eq!(
             headers.get("traceparent").and_then(|v| v.to_str().ok()),
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
@@ -313,7 +290,7 @@ mod tests {
             state,
         ));
         let mut headers = http::HeaderMap::new();
-        inject_http(&context, &mut headers);
+        inject_http(context.span().span_context(), &mut headers);
         assert_eq!(
             headers.get("traceparent").and_then(|v| v.to_str().ok()),
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
@@ -350,7 +327,7 @@ mod tests {
         });
         for context in contexts.iter().chain([&Context::new()]) {
             let mut written = http::HeaderMap::new();
-            inject_http(context, &mut written);
+            inject_http(context.span().span_context(), &mut written);
             let mut propagated = std::collections::HashMap::new();
             TraceContextPropagator::new().inject_context(context, &mut propagated);
             propagated.retain(|_, value: &mut String| !value.is_empty());
@@ -363,29 +340,6 @@ mod tests {
                 .collect();
             assert_eq!(written, propagated);
         }
-    }
-
-    #[test]
-    fn an_unexported_child_keeps_the_trace_and_flags_with_a_span_id_of_its_own() {
-        let parent = sample_context();
-        let first = unexported_child(&parent);
-        let second = unexported_child(&parent);
-        let (trace, parent_span) = ids(&parent);
-        for child in [&first, &second] {
-            let span = child.span();
-            let child_context = span.span_context();
-            assert_eq!(child_context.trace_id().to_string(), trace);
-            assert_ne!(child_context.span_id().to_string(), parent_span);
-            assert!(child_context.is_valid() && child_context.is_sampled());
-        }
-        assert_ne!(ids(&first).1, ids(&second).1, "each call its own id");
-        let mut headers = http::HeaderMap::new();
-        inject_http(&first, &mut headers);
-        let sent = headers.get("traceparent").and_then(|v| v.to_str().ok());
-        assert!(sent.is_some_and(|value| value.starts_with(&format!("00-{trace}-"))));
-
-        let no_trace = unexported_child(&Context::new());
-        assert!(!no_trace.span().span_context().is_valid());
     }
 
     #[test]

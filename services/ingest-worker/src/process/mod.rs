@@ -11,10 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use opentelemetry::trace::{SpanContext, TraceContextExt as _};
 use relais_ingress::{IngressEvent, Normaliser};
 use relais_resilience::{CallOutcome, CircuitState, Endpoint, Refusal, RetryStop, UpstreamClient};
 use relais_telemetry::exemplar::{self, LatencyHistogram};
 use relais_telemetry::shutdown::CancellationToken;
+use relais_telemetry::work;
+use tokio_util::either::Either;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -29,7 +32,7 @@ use crate::records::{self, Decided, Inbound, OutRecord, Outcome, OutputTopics};
 use crate::retry::TierTopics;
 use crate::schedule::Ordering;
 use outcome::{feedback_of, keep_first_and_latest, outcome_of};
-use trace::current_trace;
+use trace::trace_text;
 use waiting::{Attempted, Waiting};
 
 /// An upstream with the endpoint events are POSTed to.
@@ -58,7 +61,10 @@ pub struct RetryTiers {
 #[derive(Debug)]
 pub struct Prepared {
     pub inbound: Inbound,
+    /// The message's span when spans are exported, else none.
     span: tracing::Span,
+    /// The message's trace and span ids.
+    trace: SpanContext,
     started: tokio::time::Instant,
     decided: Decided,
     event: Option<IngressEvent>,
@@ -89,15 +95,18 @@ pub struct Processor {
 }
 
 impl Processor {
-    /// The first, synchronous half of deciding a message: normalise and route it, under the
-    /// span that gives the message its trace. The scheduler queues the result by upstream;
-    /// boxed here, since it is handed on several times before it is queued.
+    /// The first, synchronous half of deciding a message: normalise and route it, in its
+    /// trace. The scheduler queues the result by upstream; boxed here, since it is handed on
+    /// several times before it is queued.
     pub fn prepare(&self, inbound: Inbound) -> Box<Prepared> {
         let parent = relais_telemetry::propagation::extract_kafka_pairs(&inbound.headers);
-        // The span gives the message its trace and span ids (records, logs, `traceparent`).
-        // Its attributes are for trace backends only, so without export it carries none.
-        let span = if relais_telemetry::spans_exported() {
-            tracing::info_span!(
+        let parent = parent.span().span_context().clone();
+        let started = tokio::time::Instant::now();
+        // With spans exported the message has a span, which gives it its trace and span ids
+        // (records, logs, `traceparent`). Without export only its span context is made, and
+        // the work on the message carries it in scope (see `relais_telemetry::work`).
+        let (span, trace) = if relais_telemetry::spans_exported() {
+            let span = tracing::info_span!(
                 "process",
                 otel.name = %format!("process {}", inbound.topic),
                 otel.kind = "consumer",
@@ -108,16 +117,29 @@ impl Processor {
                 messaging.kafka.offset = inbound.offset,
                 messaging.message.id = tracing::field::Empty,
                 relais.outcome = tracing::field::Empty,
-            )
+            );
+            let _ = span
+                .set_parent(opentelemetry::Context::new().with_remote_span_context(parent.clone()));
+            let traced = span.context().span().span_context().clone();
+            // A span that no layer records (tracing switched off) has no ids of its own.
+            let trace = if traced.is_valid() {
+                traced
+            } else {
+                work::child_of(&parent)
+            };
+            (span, trace)
         } else {
-            tracing::info_span!("process")
+            (tracing::Span::none(), work::child_of(&parent))
         };
-        let _ = span.set_parent(parent);
-        let started = tokio::time::Instant::now();
-        let (decided, event) = span.in_scope(|| self.route_message(&inbound));
+        let (decided, event) = if span.is_none() {
+            work::sync_scope(trace.clone(), || self.route_message(&inbound, &trace))
+        } else {
+            span.in_scope(|| self.route_message(&inbound, &trace))
+        };
         Box::new(Prepared {
             inbound,
             span,
+            trace,
             started,
             decided,
             event,
@@ -142,12 +164,14 @@ impl Processor {
         let Prepared {
             inbound,
             span,
+            trace,
             started,
             mut decided,
             event,
         } = prepared;
         let this = Arc::clone(self);
-        async move {
+        let recorded = span.clone();
+        let work = async move {
             let mut feedback = None;
             let mut scheduled = None;
             if let Some(event) = event {
@@ -185,7 +209,9 @@ impl Processor {
                                 if scheduled.is_none() {
                                     decided.outcome = Outcome::DeadLettered {
                                         reason: "retry_tiers_exhausted".into(),
-                                        detail: format!("waited for the upstream ({reason}) after the last retry tier"),
+                                        detail: format!(
+                                            "waited for the upstream ({reason}) after the last retry tier"
+                                        ),
                                     };
                                 }
                                 (None, Vec::new())
@@ -204,7 +230,9 @@ impl Processor {
                                 if scheduled.is_none() {
                                     decided.outcome = Outcome::DeadLettered {
                                         reason: "retry_tiers_exhausted".into(),
-                                        detail: format!("{reason} after the last retry tier: {detail}"),
+                                        detail: format!(
+                                            "{reason} after the last retry tier: {detail}"
+                                        ),
                                     };
                                 }
                             }
@@ -222,11 +250,11 @@ impl Processor {
                     );
                 }
             }
-            let span = tracing::Span::current();
-            span.record("messaging.message.id", decided.message_id.as_str());
+            recorded.record("messaging.message.id", decided.message_id.as_str());
             if let Some(scheduled) = scheduled {
-                span.record("relais.outcome", "retry_scheduled");
-                this.metrics.record_retry_scheduled(&decided.upstream, &scheduled.reason);
+                recorded.record("relais.outcome", "retry_scheduled");
+                this.metrics
+                    .record_retry_scheduled(&decided.upstream, &scheduled.reason);
                 tracing::debug!(
                     message_id = %decided.message_id,
                     tier = scheduled.state.tier,
@@ -237,7 +265,7 @@ impl Processor {
                     records::build_move(&inbound, &decided, &scheduled, &this.topics.events);
                 return (Some(records), feedback);
             }
-            span.record("relais.outcome", decided.outcome.label());
+            recorded.record("relais.outcome", decided.outcome.label());
             this.metrics
                 .record_outcome(&decided.outcome, started.elapsed());
             if decided.outcome != Outcome::Delivered {
@@ -255,14 +283,22 @@ impl Processor {
                 this.metrics.dlq_truncated.inc();
             }
             (Some(records), feedback)
+        };
+        if span.is_none() {
+            Either::Left(work::scope(trace, work))
+        } else {
+            Either::Right(work.instrument(span))
         }
-        .instrument(span)
     }
 
     /// Normalises and routes: the outcome so far, and the event to deliver (`None` when the
     /// outcome is decided already: rejected input).
-    fn route_message(&self, inbound: &Inbound) -> (Decided, Option<IngressEvent>) {
-        let (trace_id, span_id, traceparent) = current_trace();
+    fn route_message(
+        &self,
+        inbound: &Inbound,
+        trace: &SpanContext,
+    ) -> (Decided, Option<IngressEvent>) {
+        let (trace_id, span_id, traceparent) = trace_text(trace);
         // The id of a message whose payload cannot be trusted is its position; a valid one's
         // is its own, set below.
         let mut decided = Decided {
@@ -440,7 +476,7 @@ impl Processor {
                     "{answer} from {} for message {message_id}",
                     upstream.endpoint
                 ),
-                trace_id: current_trace().0,
+                trace_id: trace_text(&work::span_context()).0,
             });
         }
         verdict
