@@ -1,8 +1,8 @@
 //! A message's trace goes on through the worker while spans are not exported (no OTLP
 //! endpoint, the usual case in tests and for many deployments): its records carry the
 //! producer's trace with a span id of the worker's own, and the upstream is called in the same
-//! trace with a parent id of the call's own. A message without a trace starts one. Real
-//! broker, a real HTTP upstream that records what it was sent.
+//! trace with a parent id of the call's own. A message without a trace, or with a malformed
+//! `traceparent`, starts one. Real broker, a real HTTP upstream that records what it was sent.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -78,7 +78,15 @@ async fn a_messages_trace_continues_to_its_records_and_its_upstream_call_without
         key: "traceparent",
         value: Some(format!("00-{PRODUCER_TRACE}-{PRODUCER_SPAN}-01").as_bytes()),
     });
-    for (id, headers) in [("traced", Some(traced)), ("untraced", None)] {
+    let malformed = OwnedHeaders::new().insert(Header {
+        key: "traceparent",
+        value: Some(&b"00-zzzz-not-a-trace-01"[..]),
+    });
+    for (id, headers) in [
+        ("traced", Some(traced)),
+        ("untraced", None),
+        ("malformed", Some(malformed)),
+    ] {
         let payload = event(id);
         let mut record = FutureRecord::to(&topics.ingress).key(id).payload(&payload);
         if let Some(headers) = headers {
@@ -98,11 +106,11 @@ async fn a_messages_trace_continues_to_its_records_and_its_upstream_call_without
         UpstreamPolicy::default(),
         PipelineConfig::default(),
     );
-    let outcomes = read_outcomes(&kafka, &topics.audit, 2, Duration::from_secs(60)).await;
+    let outcomes = read_outcomes(&kafka, &topics.audit, 3, Duration::from_secs(60)).await;
     let events = read_exactly(
         &kafka,
         &topics.events,
-        2,
+        3,
         Duration::from_secs(30),
         Duration::from_secs(1),
     )
