@@ -207,10 +207,16 @@ mod tests {
         Ok(client.get(url).send().await?)
     }
 
-    /// A deadline before the end of `max_wait` ends the queueing at the deadline: the call
-    /// is out of time, not refused by a full bulkhead.
-    #[tokio::test(start_paused = true)]
-    async fn a_queued_call_waits_no_longer_than_its_deadline() {
+    /// A bulkhead of one slot, held by a call to a server that never answers.
+    struct Full {
+        address: std::net::SocketAddr,
+        bulkhead: Arc<Bulkhead>,
+        in_flight: Gauge,
+        rejected: Counter,
+        holder: tokio::task::JoinHandle<CallResult>,
+    }
+
+    async fn full_bulkhead() -> Full {
         let address = silent_server().await;
         let slots = Arc::new(Semaphore::new(1));
         let (in_flight, rejected) = (Gauge::default(), Counter::default());
@@ -219,6 +225,26 @@ mod tests {
         while slots.available_permits() > 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        Full {
+            address,
+            bulkhead,
+            in_flight,
+            rejected,
+            holder,
+        }
+    }
+
+    /// A deadline before the end of `max_wait` ends the queueing at the deadline: the call
+    /// is out of time, not refused by a full bulkhead.
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_call_waits_no_longer_than_its_deadline() {
+        let Full {
+            bulkhead,
+            in_flight,
+            rejected,
+            holder,
+            ..
+        } = full_bulkhead().await;
 
         let queued_at = Instant::now();
         let deadline = queued_at + Duration::from_millis(300);
@@ -234,14 +260,13 @@ mod tests {
     /// it, let through when a slot frees within it.
     #[tokio::test(start_paused = true)]
     async fn a_full_bulkhead_queues_a_call_up_to_its_wait() {
-        let address = silent_server().await;
-        let slots = Arc::new(Semaphore::new(1));
-        let (in_flight, rejected) = (Gauge::default(), Counter::default());
-        let bulkhead = bulkhead(&slots, &in_flight, &rejected);
-        let holder = tokio::spawn(call(Arc::clone(&bulkhead), address));
-        while slots.available_permits() > 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let Full {
+            address,
+            bulkhead,
+            in_flight,
+            rejected,
+            holder,
+        } = full_bulkhead().await;
 
         let queued_at = Instant::now();
         let error = call(Arc::clone(&bulkhead), address).await.unwrap_err();
