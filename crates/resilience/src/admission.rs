@@ -238,22 +238,15 @@ mod tests {
     /// is out of time, not refused by a full bulkhead.
     #[tokio::test(start_paused = true)]
     async fn a_queued_call_waits_no_longer_than_its_deadline() {
-        let Full {
-            bulkhead,
-            in_flight,
-            rejected,
-            holder,
-            ..
-        } = full_bulkhead().await;
-
+        let full = full_bulkhead().await;
         let queued_at = Instant::now();
         let deadline = queued_at + Duration::from_millis(300);
-        let refused = bulkhead.enter(deadline).await.map(|_| ());
+        let refused = full.bulkhead.enter(deadline).await.map(|_| ());
         assert_eq!(refused, Err(NoSlot::DeadlinePassed));
         assert_eq!(queued_at.elapsed(), Duration::from_millis(300));
-        assert_eq!(rejected.get(), 0, "out of time is not a full bulkhead");
-        assert_eq!(in_flight.get(), 1);
-        holder.abort();
+        assert_eq!(full.rejected.get(), 0, "out of time is not a full bulkhead");
+        assert_eq!(full.in_flight.get(), 1);
+        full.holder.abort();
     }
 
     /// With every slot taken, a call queues for at most `max_wait`: refused and counted after
