@@ -63,18 +63,11 @@ fn write_hex(bytes: &[u8], out: &mut [u8]) {
     }
 }
 
-/// `traceparent` for a span, as text.
-pub fn traceparent(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> String {
-    Traceparent::new(trace_id, span_id, flags)
-        .as_str()
-        .to_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
 
-    use super::{Traceparent, traceparent};
+    use super::Traceparent;
 
     #[test]
     fn ids_are_written_as_opentelemetry_writes_them() {
@@ -108,7 +101,7 @@ mod tests {
             (TraceFlags::new(0xfe), "00"),
         ] {
             assert_eq!(
-                traceparent(trace_id, span_id, flags),
+                Traceparent::new(trace_id, span_id, flags).as_str(),
                 format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{written}")
             );
         }

@@ -75,16 +75,11 @@ fn new_trace_id(ids: &RandomIdGenerator) -> TraceId {
 /// and state with a fresh span id, so each call still carries its own parent id on the wire.
 /// An invalid caller (no trace) stays as it is.
 pub fn unexported_child(caller: &SpanContext) -> SpanContext {
-    if !caller.is_valid() {
-        return caller.clone();
+    if caller.is_valid() {
+        child_of(caller)
+    } else {
+        caller.clone()
     }
-    SpanContext::new(
-        caller.trace_id(),
-        RandomIdGenerator::default().new_span_id(),
-        caller.trace_flags(),
-        false,
-        caller.trace_state().clone(),
-    )
 }
 
 #[cfg(test)]

@@ -99,8 +99,8 @@ impl Processor {
     /// trace. The scheduler queues the result by upstream; boxed here, since it is handed on
     /// several times before it is queued.
     pub fn prepare(&self, inbound: Inbound) -> Box<Prepared> {
-        let parent = relais_telemetry::propagation::extract_kafka_pairs(&inbound.headers);
-        let parent = parent.span().span_context().clone();
+        let parent_context = relais_telemetry::propagation::extract_kafka_pairs(&inbound.headers);
+        let parent = parent_context.span().span_context().clone();
         let started = tokio::time::Instant::now();
         // With spans exported the message has a span, which gives it its trace and span ids
         // (records, logs, `traceparent`). Without export only its span context is made, and
@@ -118,8 +118,7 @@ impl Processor {
                 messaging.message.id = tracing::field::Empty,
                 relais.outcome = tracing::field::Empty,
             );
-            let _ = span
-                .set_parent(opentelemetry::Context::new().with_remote_span_context(parent.clone()));
+            let _ = span.set_parent(parent_context);
             let traced = span.context().span().span_context().clone();
             // A span that no layer records (tracing switched off) has no ids of its own.
             let trace = if traced.is_valid() {
