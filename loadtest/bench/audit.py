@@ -48,7 +48,17 @@ def s3_request(connection, host, method, path, body=b"", query=None, ok=(200, 20
 
 def remove_buckets(*buckets):
     """Deletes what a benchmark stored: RGW here keeps objects in memory (memstore, a few GiB),
-    and repeated runs that leave millions of records behind fill it until PUTs stall."""
+    and repeated runs that leave millions of records behind fill it until PUTs stall. A bucket
+    that cannot be removed is reported, not raised: the measurements are taken by then."""
+    for bucket in buckets:
+        try:
+            remove_bucket(bucket)
+        except (OSError, RuntimeError) as error:
+            log(f"WARNING: bucket {bucket} not removed ({error}); a memstore that is full refuses even "
+                "deletes: `make infra-down`, remove .state/ceph and `make infra-up` to start it empty")
+
+
+def remove_bucket(bucket):
     import concurrent.futures
     import http.client
     import xml.etree.ElementTree as ElementTree
@@ -56,30 +66,44 @@ def remove_buckets(*buckets):
     host = S3_ENDPOINT.split("//", 1)[1]
     namespace = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
-    def delete_keys(bucket, keys):
-        connection = http.client.HTTPConnection(host, timeout=30)
-        for key in keys:
-            s3_request(connection, host, "DELETE", f"/{bucket}/{quote(key, safe='/-_.~')}", ok=(200, 204, 404))
+    class Session:
+        """Requests on one kept-alive connection, a new one after a failure (a request that
+        timed out leaves its connection unusable), three tries each."""
 
-    for bucket in buckets:
-        connection = http.client.HTTPConnection(host, timeout=30)
-        keys, token = [], None
-        while True:
-            query = {"list-type": "2", **({"continuation-token": token} if token else {})}
-            status, listing = s3_request(connection, host, "GET", f"/{bucket}", query=query, ok=(200, 404))
-            if status == 404:
-                break
-            root = ElementTree.fromstring(listing)
-            keys += [element.text for element in root.iter(f"{namespace}Key")]
-            token = root.findtext(f"{namespace}NextContinuationToken")
-            if not token:
-                break
+        def __init__(self):
+            self.connection = None
+
+        def request(self, method, path, query=None, ok=(200, 204, 404)):
+            for attempt in range(3):
+                self.connection = self.connection or http.client.HTTPConnection(host, timeout=30)
+                try:
+                    return s3_request(self.connection, host, method, path, query=query, ok=ok)
+                except OSError:
+                    self.connection.close()
+                    self.connection = None
+                    if attempt == 2:
+                        raise
+
+    def delete_keys(keys):
+        session = Session()
+        for key in keys:
+            session.request("DELETE", f"/{bucket}/{quote(key, safe='/-_.~')}")
+
+    session, keys, token = Session(), [], None
+    while True:
+        query = {"list-type": "2", **({"continuation-token": token} if token else {})}
+        status, listing = session.request("GET", f"/{bucket}", query=query, ok=(200, 404))
         if status == 404:
-            continue
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda part: delete_keys(bucket, part), [keys[i::8] for i in range(8)]))
-        s3_request(connection, host, "DELETE", f"/{bucket}", ok=(200, 204, 404, 409))
-        log(f"removed bucket {bucket} ({len(keys)} objects)")
+            return
+        root = ElementTree.fromstring(listing)
+        keys += [element.text for element in root.iter(f"{namespace}Key")]
+        token = root.findtext(f"{namespace}NextContinuationToken")
+        if not token:
+            break
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(delete_keys, [keys[i::8] for i in range(8)]))
+    session.request("DELETE", f"/{bucket}", ok=(200, 204, 404, 409))
+    log(f"removed bucket {bucket} ({len(keys)} objects)")
 
 
 def raw_put_bandwidth(bucket, size, seconds, concurrency):
