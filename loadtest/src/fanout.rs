@@ -58,18 +58,23 @@ pub(crate) enum Target {
 /// The Centrifugo channel the events are published to.
 const CENTRIFUGO_CHANNEL: &str = "relais-events";
 
-/// Latency histogram: 8 buckets per doubling from 1 µs, as the gateway's own.
-const BUCKETS: usize = 320;
+/// Latency histogram buckets per doubling: 32, so that a quantile is within 2.2 % of the
+/// latency it stands for. With the gateway's own 8 (9 % wide), two systems' p99s one bucket
+/// apart could not be told from two that were equal.
+const BUCKETS_PER_DOUBLING: f64 = 32.0;
+
+/// Buckets from 1 µs up to about two minutes; a latency beyond counts in the last.
+const BUCKETS: usize = 32 * 27;
 
 fn bucket(micros: u64) -> usize {
     if micros <= 1 {
         return 0;
     }
-    ((8.0 * (micros as f64).log2()).ceil() as usize).min(BUCKETS - 1)
+    ((BUCKETS_PER_DOUBLING * (micros as f64).log2()).ceil() as usize).min(BUCKETS - 1)
 }
 
 fn bucket_upper_ms(index: usize) -> f64 {
-    (index as f64 / 8.0).exp2() / 1000.0
+    (index as f64 / BUCKETS_PER_DOUBLING).exp2() / 1000.0
 }
 
 #[derive(Default)]
@@ -137,7 +142,8 @@ async fn client(
         }
     };
     let mut welcomed = false;
-    let mut local = vec![0u64; BUCKETS];
+    // Counted per client, added to the shared histogram once at the end.
+    let mut local = vec![0u32; BUCKETS];
     let mut received = 0u64;
     loop {
         let next = tokio::time::timeout(Duration::from_millis(500), socket.next()).await;
@@ -189,7 +195,7 @@ async fn client(
     }
     tally.received.fetch_add(received, Ordering::Relaxed);
     for (total, count) in tally.histogram.iter().zip(local) {
-        total.fetch_add(count, Ordering::Relaxed);
+        total.fetch_add(u64::from(count), Ordering::Relaxed);
     }
     Ok(())
 }
@@ -343,4 +349,40 @@ pub(crate) async fn run(kafka: &relais_kafka::KafkaClient, args: FanoutArgs) -> 
     });
     writeln!(std::io::stdout().lock(), "{summary}")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quantile_is_within_a_bucket_of_the_latency() {
+        for micros in [900_u64, 16_400, 60_100, 65_500, 14_107_900] {
+            let mut histogram = vec![0u64; BUCKETS];
+            histogram[bucket(micros)] = 100;
+            let quantile_ms = quantile(&histogram, 0.99).expect("a count");
+            let latency_ms = micros as f64 / 1000.0;
+            assert!(quantile_ms >= latency_ms, "{quantile_ms} for {latency_ms}");
+            assert!(
+                quantile_ms <= latency_ms * 1.022,
+                "{quantile_ms} for {latency_ms}"
+            );
+        }
+    }
+
+    #[test]
+    fn p99_is_the_latency_below_which_99_percent_fall() {
+        let mut histogram = vec![0u64; BUCKETS];
+        histogram[bucket(10_000)] = 99;
+        histogram[bucket(60_000)] = 1;
+        assert!(quantile(&histogram, 0.99).expect("a count") < 10.3);
+        histogram[bucket(60_000)] = 2;
+        assert!(quantile(&histogram, 0.99).expect("a count") > 60.0);
+        assert_eq!(
+            bucket(u64::MAX),
+            BUCKETS - 1,
+            "beyond the range: the last bucket"
+        );
+        assert_eq!(quantile(&vec![0; BUCKETS], 0.5), None);
+    }
 }
