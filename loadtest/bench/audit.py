@@ -54,8 +54,8 @@ def remove_buckets(*buckets):
         try:
             remove_bucket(bucket)
         except (OSError, RuntimeError) as error:
-            log(f"WARNING: bucket {bucket} not removed ({error}); a memstore that is full refuses even "
-                "deletes: `make infra-down`, remove .state/ceph and `make infra-up` to start it empty")
+            log(f"WARNING: bucket {bucket} not removed ({error}); a full memstore refuses even deletes: "
+                "`deploy/native/infra.sh clean ceph` then `make infra-up` start it empty")
 
 
 def remove_bucket(bucket):
