@@ -2,6 +2,7 @@
 and trail lookups while it stores."""
 
 import datetime
+import http.client
 import json
 import os
 import statistics
@@ -53,7 +54,7 @@ def remove_buckets(*buckets):
     for bucket in buckets:
         try:
             remove_bucket(bucket)
-        except (OSError, RuntimeError) as error:
+        except (OSError, RuntimeError, http.client.HTTPException) as error:
             log(f"WARNING: bucket {bucket} not removed ({error}); a full memstore refuses even deletes: "
                 "`deploy/native/infra.sh clean ceph` then `make infra-up` start it empty")
 
@@ -78,7 +79,7 @@ def remove_bucket(bucket):
                 self.connection = self.connection or http.client.HTTPConnection(host, timeout=30)
                 try:
                     return s3_request(self.connection, host, method, path, query=query, ok=ok)
-                except OSError:
+                except (OSError, http.client.HTTPException):
                     self.connection.close()
                     self.connection = None
                     if attempt == 2:
