@@ -61,7 +61,6 @@ def remove_buckets(*buckets):
 
 def remove_bucket(bucket):
     import concurrent.futures
-    import http.client
     import xml.etree.ElementTree as ElementTree
     from urllib.parse import quote
     host = S3_ENDPOINT.split("//", 1)[1]
@@ -111,7 +110,6 @@ def raw_put_bandwidth(bucket, size, seconds, concurrency):
     """Objects of `size` random bytes PUT by `concurrency` connections for `seconds` (the caller
     removes the bucket afterwards)."""
     import concurrent.futures
-    import http.client
     host = S3_ENDPOINT.split("//", 1)[1]
     body = os.urandom(size)
     stop_at = time.time() + seconds

@@ -61,20 +61,20 @@ const CENTRIFUGO_CHANNEL: &str = "relais-events";
 /// Latency histogram buckets per doubling: 32, so that a quantile is within 2.2 % of the
 /// latency it stands for. With the gateway's own 8 (9 % wide), two systems' p99s one bucket
 /// apart could not be told from two that were equal.
-const BUCKETS_PER_DOUBLING: f64 = 32.0;
+const BUCKETS_PER_DOUBLING: usize = 32;
 
 /// Buckets from 1 µs up to about two minutes; a latency beyond counts in the last.
-const BUCKETS: usize = 32 * 27;
+const BUCKETS: usize = BUCKETS_PER_DOUBLING * 27;
 
 fn bucket(micros: u64) -> usize {
     if micros <= 1 {
         return 0;
     }
-    ((BUCKETS_PER_DOUBLING * (micros as f64).log2()).ceil() as usize).min(BUCKETS - 1)
+    ((BUCKETS_PER_DOUBLING as f64 * (micros as f64).log2()).ceil() as usize).min(BUCKETS - 1)
 }
 
 fn bucket_upper_ms(index: usize) -> f64 {
-    (index as f64 / BUCKETS_PER_DOUBLING).exp2() / 1000.0
+    (index as f64 / BUCKETS_PER_DOUBLING as f64).exp2() / 1000.0
 }
 
 #[derive(Default)]
