@@ -1,6 +1,9 @@
 //! Writing objects to Ceph RGW: compression, single or multipart PUT, retries until stored.
 
-use std::io::Write as _;
+mod compress;
+mod put;
+mod sigv4;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +16,11 @@ use s3::{Bucket, BucketConfiguration, Region};
 use crate::config::{Args, AuditConfig, Compression, RetentionConfig};
 use crate::index::IndexEntry;
 use crate::metrics::AuditMetrics;
-use crate::object::{self, Ndjson, Pending};
+use crate::object::{self, Pending};
+
+use compress::compress;
+use put::{Body, ObjectsEndpoint};
+use sigv4::Signer;
 
 /// Why the service cannot use the store; each message says what to check.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +81,8 @@ pub struct Stored {
 #[derive(Debug)]
 pub struct Store {
     bucket: Box<Bucket>,
+    /// Where single PUTs go and how they are signed (see `put_single`).
+    objects: ObjectsEndpoint,
     prefix: String,
     topic: String,
     compression: Compression,
@@ -164,8 +173,14 @@ impl Store {
                 });
             }
         }
+        let objects = ObjectsEndpoint::of(
+            &bucket,
+            Signer::new(&keys.access_key, &keys.secret_key, &args.s3_region),
+        )
+        .map_err(settings)?;
         Ok(Self {
             bucket,
+            objects,
             prefix: config.objects.prefix.clone(),
             topic: config.kafka.audit_topic.clone(),
             compression: config.objects.compression,
@@ -242,26 +257,29 @@ impl Store {
         cancel: &CancellationToken,
     ) -> Result<Stored, OperationError<S3Error>> {
         let key = self.key_of(&item);
+        let threshold = self.multipart_threshold;
         let (body, content_type, uncompressed_bytes) = match &*item {
             Pending::Data(object) => {
                 let (compression, level) = (self.compression, self.level);
                 let shared = Arc::clone(&item);
                 let body = tokio::task::spawn_blocking(move || match &*shared {
-                    Pending::Data(object) => compress(&object.ndjson, compression, level),
+                    Pending::Data(object) => {
+                        Body::new(compress(&object.ndjson, compression, level), threshold)
+                    }
                     // Not reached: this arm of the outer match is data.
-                    Pending::Quarantine(_) => Vec::new(),
+                    Pending::Quarantine(_) => Body::new(Vec::new(), threshold),
                 })
                 .await
                 .map_err(|_| OperationError::Cancelled)?;
                 (body, "application/x-ndjson", object.ndjson.len())
             }
             Pending::Quarantine(record) => (
-                record.payload.clone(),
+                Body::new(record.payload.clone(), threshold),
                 "application/octet-stream",
                 record.payload.len(),
             ),
         };
-        let size = body.len();
+        let size = body.bytes.len();
         let started = tokio::time::Instant::now();
         self.retry
             .run(
@@ -289,7 +307,7 @@ impl Store {
             Pending::Data(object) => {
                 let entry = IndexEntry::build(key.clone(), object.hour, &object.ids);
                 let index_key = IndexEntry::index_key(&key);
-                let bytes = entry.to_bytes();
+                let bytes = Body::new(entry.to_bytes(), threshold);
                 self.retry
                     .run(
                         cancel,
@@ -368,93 +386,20 @@ impl Store {
         )
     }
 
-    async fn put(&self, key: &str, body: &[u8], content_type: &str) -> Result<(), S3Error> {
-        if body.len() > self.multipart_threshold {
-            let mut reader = std::io::Cursor::new(body);
-            self.bucket
-                .put_object_stream_with_content_type(&mut reader, key, content_type)
-                .await?;
-        } else {
-            self.bucket
-                .put_object_with_content_type(key, body, content_type)
-                .await?;
-        }
-        Ok(())
-    }
-}
-
-fn compress(ndjson: &Ndjson, compression: Compression, level: u32) -> Vec<u8> {
-    // Writing into a Vec cannot fail.
-    match compression {
-        Compression::Gzip => {
-            let mut encoder = flate2::write::GzEncoder::new(
-                Vec::with_capacity(ndjson.len() / 4),
-                flate2::Compression::new(level),
-            );
-            for chunk in ndjson.chunks() {
-                let _ = encoder.write_all(chunk);
+    async fn put(&self, key: &str, body: &Body, content_type: &str) -> Result<(), S3Error> {
+        match &body.sha256 {
+            Some(sha256) => {
+                self.objects
+                    .put(key, body.bytes.clone(), sha256, content_type)
+                    .await
             }
-            encoder.finish().unwrap_or_default()
-        }
-        Compression::Zstd => {
-            let level = i32::try_from(level).unwrap_or(3);
-            let compressed =
-                zstd::stream::write::Encoder::new(Vec::new(), level).and_then(|mut encoder| {
-                    // The frame states its size, as a one-shot compression's does.
-                    encoder.set_pledged_src_size(u64::try_from(ndjson.len()).ok())?;
-                    for chunk in ndjson.chunks() {
-                        encoder.write_all(chunk)?;
-                    }
-                    encoder.finish()
-                });
-            compressed.unwrap_or_default()
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn lines(count: usize) -> Ndjson {
-        let mut ndjson = Ndjson::default();
-        for index in 0..count {
-            ndjson.push_line(format!("{{\"id\":\"m-{index}\",\"offset\":{index}}}").as_bytes());
-        }
-        ndjson
-    }
-
-    #[test]
-    fn an_object_compresses_to_what_its_readers_decompress() {
-        let object = lines(200_000);
-        let ndjson = object.to_vec();
-        let gzip = compress(&object, Compression::Gzip, 2);
-        let mut text = Vec::new();
-        std::io::Read::read_to_end(
-            &mut flate2::read::GzDecoder::new(gzip.as_slice()),
-            &mut text,
-        )
-        .expect("gzip");
-        assert_eq!(text, ndjson);
-        let zstd = compress(&object, Compression::Zstd, 3);
-        assert_eq!(
-            zstd::stream::decode_all(zstd.as_slice()).expect("zstd"),
-            ndjson
-        );
-        assert_eq!(
-            zstd::bulk::decompress(&zstd, ndjson.len()).expect("a frame with its size"),
-            ndjson
-        );
-    }
-
-    #[test]
-    fn the_same_lines_compress_to_the_same_bytes() {
-        // A rewritten object (after a crash) must be the same object.
-        for compression in [Compression::Gzip, Compression::Zstd] {
-            assert_eq!(
-                compress(&lines(50_000), compression, 3),
-                compress(&lines(50_000), compression, 3)
-            );
+            None => {
+                let mut reader = std::io::Cursor::new(&body.bytes[..]);
+                self.bucket
+                    .put_object_stream_with_content_type(&mut reader, key, content_type)
+                    .await?;
+                Ok(())
+            }
         }
     }
 }
