@@ -1,4 +1,4 @@
-//! Full-size chunks of stored objects, kept for the objects that follow.
+//! Full-size chunks of stored objects, kept for the objects and the encoders' runs that follow.
 //!
 //! A new chunk's pages are mapped and zeroed by the kernel as they are first written, and
 //! glibc hands freed blocks of this size back to the kernel, so without reuse every megabyte
@@ -44,6 +44,20 @@ impl ChunkPool {
             state.free.pop()
         };
         kept.unwrap_or_else(|| Vec::with_capacity(CHUNK_BYTES))
+    }
+
+    /// A buffer for a run of lines of about `estimate` bytes, holding `start` already: a chunk
+    /// of the pool when the run fills at least half of one and fits in it (it can become part
+    /// of an object as it is, and come back here after), a new allocation of the estimate
+    /// otherwise.
+    pub fn buffer_for(&self, estimate: usize, start: &[u8]) -> Vec<u8> {
+        let mut buffer = if (CHUNK_BYTES / 2..=CHUNK_BYTES).contains(&estimate) {
+            self.take()
+        } else {
+            Vec::with_capacity(estimate.max(start.len()))
+        };
+        buffer.extend_from_slice(start);
+        buffer
     }
 
     /// Keeps a chunk for a later [`take`](Self::take) if it is full-size and there is room;
@@ -126,5 +140,25 @@ mod tests {
         pool.give(second);
         pool.release_if_unused();
         assert_eq!(pool.kept(), 0, "not taken from since: released");
+    }
+
+    #[test]
+    fn a_run_that_fills_half_a_chunk_or_more_gets_one_of_the_pool() {
+        let pool = ChunkPool::new(4 * CHUNK_BYTES);
+        let kept = Vec::with_capacity(CHUNK_BYTES);
+        let address = kept.as_ptr();
+        pool.give(kept);
+        let run = pool.buffer_for(CHUNK_BYTES * 3 / 4, b"first line\n");
+        assert_eq!(run.as_ptr(), address, "the kept chunk");
+        assert_eq!(run, b"first line\n");
+        for estimate in [CHUNK_BYTES / 2, CHUNK_BYTES] {
+            assert_eq!(pool.buffer_for(estimate, b"x").capacity(), CHUNK_BYTES);
+        }
+        let small = pool.buffer_for(1000, b"x\n");
+        assert_eq!((small.capacity(), small.as_slice()), (1000, &b"x\n"[..]));
+        assert_eq!(
+            pool.buffer_for(3 * CHUNK_BYTES, b"").capacity(),
+            3 * CHUNK_BYTES
+        );
     }
 }

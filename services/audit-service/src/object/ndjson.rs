@@ -5,6 +5,9 @@
 //! objects of quiet partitions stay small, and double up to a bound, so that a large object is
 //! a few dozen allocations; what a chunk holds is never copied again before compression.
 //! Chunks of the bound come from a [`ChunkPool`] and go back to it when the text is dropped.
+//! A run of lines encoded together can also become a chunk as it is ([`Ndjson::adopt_text`]),
+//! so chunk boundaries depend on how the lines arrived: only the text is a function of the
+//! input, and whatever reads it must not depend on where the chunks are cut.
 
 use std::sync::Arc;
 
@@ -12,6 +15,10 @@ use super::chunks::{CHUNK_BYTES as MAX_CHUNK_BYTES, ChunkPool};
 
 /// The first chunk's capacity.
 const FIRST_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The least text [`Ndjson::adopt_text`] moves in as a chunk when it is not one of the pool's:
+/// smaller runs are copied, so that a quiet partition's object is not a list of tiny chunks.
+const MIN_ADOPTED_BYTES: usize = 16 * 1024;
 
 /// The lines of one object, each followed by its newline.
 #[derive(Debug, Clone, Default)]
@@ -44,6 +51,37 @@ impl Ndjson {
     pub fn push_line(&mut self, line: &[u8]) {
         self.append(line);
         self.append(b"\n");
+    }
+
+    /// Appends whole lines, each already followed by its newline, copied.
+    pub fn push_text(&mut self, text: &[u8]) {
+        self.append(text);
+    }
+
+    /// Appends whole lines, each already followed by its newline: moved in as a chunk of its
+    /// own when `text` is worth one, copied otherwise. A chunk of the pool's size is moved in
+    /// when at least half full (it goes back to the pool with the others); another buffer when
+    /// it holds at least [`MIN_ADOPTED_BYTES`], without its spare room, since the object holds
+    /// it until stored and only the text counts against the buffer's bound.
+    pub fn adopt_text(&mut self, mut text: Vec<u8>) {
+        let pooled = text.capacity() == MAX_CHUNK_BYTES;
+        let worth_a_chunk = if pooled {
+            text.len() >= MAX_CHUNK_BYTES / 2
+        } else {
+            text.len() >= MIN_ADOPTED_BYTES
+        };
+        if !worth_a_chunk {
+            self.append(&text);
+            if let Some(pool) = &self.pool {
+                pool.give(text);
+            }
+            return;
+        }
+        if !pooled {
+            text.shrink_to_fit();
+        }
+        self.len += text.len();
+        self.chunks.push(text);
     }
 
     /// The text in order, as the chunks hold it.
@@ -171,5 +209,53 @@ mod tests {
             assert_eq!(*size, capacity, "{sizes:?}");
             capacity = (capacity * 2).min(MAX_CHUNK_BYTES);
         }
+    }
+
+    #[test]
+    fn large_runs_are_moved_in_without_their_spare_room_and_small_ones_copied() {
+        let mut ndjson = Ndjson::default();
+        let mut large = Vec::with_capacity(4 * MIN_ADOPTED_BYTES);
+        large.extend(std::iter::repeat_n(b'a', MIN_ADOPTED_BYTES - 1));
+        large.push(b'\n');
+        ndjson.adopt_text(large);
+        ndjson.adopt_text(b"small\n".to_vec());
+        ndjson.push_line(b"copied");
+        let chunks: Vec<&[u8]> = ndjson.chunks().collect();
+        assert_eq!(chunks.len(), 2, "the small run and the line share a chunk");
+        assert_eq!(chunks[0].len(), MIN_ADOPTED_BYTES);
+        assert_eq!(chunks[1], b"small\ncopied\n");
+        assert_eq!(ndjson.len(), MIN_ADOPTED_BYTES + 13);
+        assert_eq!(
+            ndjson.chunks[0].capacity(),
+            MIN_ADOPTED_BYTES,
+            "no spare room held"
+        );
+    }
+
+    #[test]
+    fn a_chunk_of_the_pool_is_moved_in_when_half_full_and_given_back_otherwise() {
+        let pool = Arc::new(ChunkPool::new(8 * MAX_CHUNK_BYTES));
+        let mut ndjson = Ndjson::pooled(Arc::clone(&pool));
+        let mut half = pool.take();
+        half.resize(MAX_CHUNK_BYTES / 2 - 1, b'h');
+        half.push(b'\n');
+        ndjson.adopt_text(half);
+        assert_eq!(
+            ndjson.chunks.last().map(Vec::capacity),
+            Some(MAX_CHUNK_BYTES),
+            "kept whole"
+        );
+        let mut little = pool.take();
+        little.extend_from_slice(b"little\n");
+        ndjson.adopt_text(little);
+        assert_eq!(pool.kept(), 1, "copied, and the chunk given back");
+        assert_eq!(
+            ndjson.chunks.len(),
+            1,
+            "copied into the spare room of the last chunk"
+        );
+        assert_eq!(ndjson.len(), MAX_CHUNK_BYTES / 2 + 7);
+        drop(ndjson);
+        assert_eq!(pool.kept(), 2, "the adopted chunk goes back too");
     }
 }

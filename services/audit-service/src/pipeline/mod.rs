@@ -3,7 +3,8 @@
 //! commits the offset after it. The task only receives and applies: the records waiting in the
 //! consumer are copied out in batches, decoded and encoded as JSON lines on the blocking pool
 //! (several batches at once, on all cores), and applied in the order they were received while
-//! the task goes on receiving.
+//! the task goes on receiving. The lines of a batch are encoded into a buffer per run of one
+//! partition, and a run whose lines all go to the open object is handed to it without a copy.
 //!
 //! ```text
 //! relais.audit ─▶ batch ─▶ decode + encode ─┬─▶ PartitionWriter (open object) ─▶ queue ─▶ Store::write ─▶ commit
@@ -44,7 +45,7 @@ use tokio::time::Instant;
 use crate::config::AuditConfig;
 use crate::index::Index;
 use crate::metrics::AuditMetrics;
-use crate::object::{ChunkPool, Pending, QuarantinedRecord, RotationPolicy};
+use crate::object::{ChunkPool, Pending, QuarantinedRecord, RotationPolicy, hour_of};
 use crate::store::Store;
 
 pub use self::assignment::{Assignment, AuditConsumer, AuditContext};
@@ -54,7 +55,7 @@ use self::commits::{Backoff, Commits};
 use self::health::Verdict;
 use self::partition::PartitionState;
 use self::prepare::{
-    ENCODE_BATCH, ENCODING_BATCHES, Encoded, Encoding, Prepared, PreparedBatch, ReceivedBatch,
+    ENCODE_BATCH, ENCODING_BATCHES, Encoded, Encoding, Prepared, PreparedRun, ReceivedBatch,
 };
 use self::storing::Uploaded;
 
@@ -156,12 +157,11 @@ impl Loop {
                     self.update_readiness();
                 }
                 prepared = self.encoding.oldest() => {
-                    let PreparedBatch { json, records } = prepared;
-                    for record in records {
-                        self.apply(record, &json);
-                        accepted += 1;
+                    for run in prepared.runs {
+                        let before = accepted;
+                        accepted += self.apply_run(run) as u64;
                         // The buffer bound is enforced as records arrive, not only on ticks.
-                        if accepted.is_multiple_of(128) {
+                        if accepted / 128 != before / 128 {
                             self.apply_backpressure();
                         }
                     }
@@ -172,7 +172,7 @@ impl Loop {
                         // the room left, so the bound holds while they are on their way.
                         let room = self.pipeline.config.buffer.max_records.saturating_sub(self.load().0.records);
                         let batch = self.take_ready(first, room.clamp(1, ENCODE_BATCH));
-                        self.encoding.start(batch, &self.topic);
+                        self.encoding.start(batch, &self.topic, &self.chunks);
                         self.apply_backpressure();
                     }
                     Err(error) => {
@@ -190,9 +190,8 @@ impl Loop {
     /// the drain timeout; what is left is read again after a restart.
     async fn drain(&mut self) {
         while !self.encoding.is_empty() {
-            let PreparedBatch { json, records } = self.encoding.oldest().await;
-            for record in records {
-                self.apply(record, &json);
+            for run in self.encoding.oldest().await.runs {
+                self.apply_run(run);
             }
         }
         for state in self.partitions.values_mut() {
@@ -252,6 +251,55 @@ impl Loop {
         };
         self.pipeline.metrics.records_consumed.inc();
         batch.push(message, generation);
+    }
+
+    /// Applies a run of one partition's records in the order received; returns how many. When
+    /// every line of the run goes to the partition's open object, the run's buffer becomes part
+    /// of the object as it is; otherwise each line is copied in turn. Both give the same
+    /// objects (`PartitionWriter::takes_whole`).
+    fn apply_run(&mut self, run: PreparedRun) -> usize {
+        let PreparedRun { json, records } = run;
+        let count = records.len();
+        if let Some(state) = self.whole_run_state(&records, json.len()) {
+            // The records of a batch arrived together.
+            let arrival = records[0].arrival;
+            let lines = records
+                .into_iter()
+                .filter_map(|record| Some(record.content.ok()?.line));
+            state.writer.push_whole(lines, json, arrival);
+            return count;
+        }
+        for record in records {
+            self.apply(record, &json);
+        }
+        self.chunks.give(json);
+        count
+    }
+
+    /// The state of the partition a run goes to whole, if it does: every record decoded, all
+    /// of the partition's current assignment generation, and every line fitting its open
+    /// object.
+    fn whole_run_state(
+        &mut self,
+        records: &[Prepared],
+        bytes: usize,
+    ) -> Option<&mut PartitionState> {
+        let first = records.first()?;
+        let (partition, generation) = (first.partition, first.generation);
+        let uniform = records
+            .iter()
+            .all(|record| record.generation == generation && record.content.is_ok());
+        let state = self.partitions.get_mut(&partition)?;
+        if !uniform || state.generation != generation {
+            return None;
+        }
+        let hours = records
+            .iter()
+            .filter_map(|record| Some(hour_of(record.content.as_ref().ok()?.line.time)));
+        state
+            .writer
+            .takes_whole(hours, records.len(), bytes)
+            .then_some(state)
     }
 
     /// Applies a prepared record to its partition's open object, in the order received.

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::actions;
 use crate::encode::{self, AuditPosition, RecordView};
 use crate::index::IdHash;
-use crate::object::Line;
+use crate::object::{ChunkPool, Line};
 
 /// Batches being decoded and encoded on the blocking pool, oldest first (they are applied in
 /// this order), with the records and payload bytes they carry.
@@ -37,10 +37,15 @@ impl Encoding {
         self.batches.is_empty()
     }
 
-    pub(super) fn start(&mut self, batch: ReceivedBatch, topic: &Arc<str>) {
+    pub(super) fn start(
+        &mut self,
+        batch: ReceivedBatch,
+        topic: &Arc<str>,
+        chunks: &Arc<ChunkPool>,
+    ) {
         let (records, bytes) = (batch.records.len(), batch.bytes.len());
-        let topic = Arc::clone(topic);
-        let handle = tokio::task::spawn_blocking(move || prepare_batch(&topic, batch));
+        let (topic, chunks) = (Arc::clone(topic), Arc::clone(chunks));
+        let handle = tokio::task::spawn_blocking(move || prepare_batch(&topic, batch, &chunks));
         self.batches.push_back((handle, records, bytes));
         self.records += records;
         self.bytes += bytes;
@@ -153,9 +158,17 @@ impl ReceivedBatch {
     }
 }
 
-/// A batch after decoding, in the order received; its lines share one buffer.
+/// A batch after decoding: its records in the order received, in runs of one partition.
 #[derive(Debug, Default)]
 pub(super) struct PreparedBatch {
+    pub(super) runs: Vec<PreparedRun>,
+}
+
+/// Consecutive records of one partition, and their lines in one buffer: a run whose lines all
+/// go to one object becomes part of it without being copied.
+#[derive(Debug, Default)]
+pub(super) struct PreparedRun {
+    /// The run's lines in order, each followed by its newline.
     pub(super) json: Vec<u8>,
     pub(super) records: Vec<Prepared>,
 }
@@ -170,7 +183,8 @@ pub(super) struct Prepared {
     pub(super) content: Result<Encoded, Undecodable>,
 }
 
-/// A record's line (a range of the batch's `json`) and what its object needs besides.
+/// A record's line (a range of its run's `json`, newline included) and what its object needs
+/// besides.
 #[derive(Debug)]
 pub(super) struct Encoded {
     pub(super) line: Line,
@@ -185,40 +199,52 @@ pub(super) struct Undecodable {
     pub(super) error: String,
 }
 
-/// Decodes a batch and encodes its lines; runs on the blocking pool.
-fn prepare_batch(topic: &str, batch: ReceivedBatch) -> PreparedBatch {
+/// Decodes a batch and encodes its lines, a buffer per run (from `chunks` when the run is
+/// about the size of one); runs on the blocking pool.
+fn prepare_batch(topic: &str, batch: ReceivedBatch, chunks: &ChunkPool) -> PreparedBatch {
     let ReceivedBatch {
         bytes,
         records,
         arrival,
     } = batch;
-    let count = records.len();
-    let mut json = Vec::new();
+    let mut run_lengths: Vec<(i32, usize)> = Vec::new();
+    for received in &records {
+        match run_lengths.last_mut() {
+            Some((partition, count)) if *partition == received.partition => *count += 1,
+            _ => run_lengths.push((received.partition, 1)),
+        }
+    }
     // One view read into again and again: its strings borrow from the batch's bytes and its
     // attempts keep their room, so a record costs no allocation and no copy of its text.
     let mut decoded = RecordView::default();
     let mut records = records.into_iter();
-    let mut prepared = Vec::with_capacity(count);
-    prepared.extend(
-        records
-            .next()
-            .map(|first| prepare(topic, first, &bytes, &mut json, &mut decoded, arrival)),
-    );
-    // Lines differ in size a little (ids, numbers): a little more than the first's per line.
-    json.reserve(batch_reserve(
-        json.len() + json.len() / 8,
-        count.saturating_sub(1),
-    ));
-    prepared.extend(
-        records.map(|received| prepare(topic, received, &bytes, &mut json, &mut decoded, arrival)),
-    );
-    PreparedBatch {
-        json,
-        records: prepared,
-    }
+    let runs = run_lengths
+        .into_iter()
+        .map(|(_, count)| {
+            let mut json = Vec::new();
+            let mut prepared = Vec::with_capacity(count);
+            let mut run = records.by_ref().take(count);
+            prepared.extend(
+                run.next()
+                    .map(|first| prepare(topic, first, &bytes, &mut json, &mut decoded, arrival)),
+            );
+            // Lines differ in size a little (ids, numbers): a little more than the first's
+            // per line.
+            let rest = batch_reserve(json.len() + json.len() / 8, count.saturating_sub(1));
+            json = chunks.buffer_for(json.len() + rest, &json);
+            prepared.extend(run.map(|received| {
+                prepare(topic, received, &bytes, &mut json, &mut decoded, arrival)
+            }));
+            PreparedRun {
+                json,
+                records: prepared,
+            }
+        })
+        .collect();
+    PreparedBatch { runs }
 }
 
-/// Decodes a record and appends its JSON line to `json`.
+/// Decodes a record and appends its JSON line and newline to `json`.
 fn prepare<'a>(
     topic: &str,
     received: Received,
@@ -273,6 +299,7 @@ fn record_line<'a>(
     }
     let start = json.len();
     record.write_line(position, json);
+    json.push(b'\n');
     Ok(Encoded {
         line: Line {
             offset: position.offset,
@@ -305,6 +332,7 @@ fn action_line(
         position,
     }
     .write_to(json);
+    json.push(b'\n');
     Ok(Encoded {
         line: Line {
             offset: position.offset,
@@ -339,145 +367,4 @@ fn record_process_span(
 }
 
 #[cfg(test)]
-mod tests {
-    use rdkafka::Timestamp;
-    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
-    use relais_proto::v1::{self, AuditRecord};
-
-    use super::*;
-
-    fn message(offset: i64, payload: Vec<u8>, headers: Option<OwnedHeaders>) -> OwnedMessage {
-        OwnedMessage::new(
-            Some(payload),
-            Some(format!("key-{offset}").into_bytes()),
-            "relais.audit".into(),
-            Timestamp::CreateTime(1_700_000_000_000),
-            0,
-            offset,
-            headers,
-        )
-    }
-
-    fn prepared(messages: &[OwnedMessage]) -> PreparedBatch {
-        let mut batch = ReceivedBatch::with_capacity(messages.len(), 0);
-        for message in messages {
-            batch.push(message, 1);
-        }
-        prepare_batch("relais.audit", batch)
-    }
-
-    fn lines(batch: &PreparedBatch) -> Vec<Option<&[u8]>> {
-        let lines = batch.records.iter().map(|record| {
-            let encoded = record.content.as_ref().ok()?;
-            Some(&batch.json[encoded.json.clone()])
-        });
-        lines.collect()
-    }
-
-    #[test]
-    fn a_batch_gives_each_record_the_line_it_gets_alone() {
-        let full = AuditRecord {
-            message_id: "m-1".into(),
-            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
-            reason_detail: "a long detail that the next record does not have".into(),
-            position: Some(v1::SourcePosition {
-                topic: "relais.ingress".into(),
-                partition: 3,
-                offset: 9,
-            }),
-            attempts: vec![v1::Attempt {
-                number: 1,
-                status_code: 503,
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        let sparse = AuditRecord {
-            message_id: "m-2".into(),
-            ..Default::default()
-        };
-        let action = OperatorAction {
-            action_id: "a-1".into(),
-            subject: "orders".into(),
-            ..Default::default()
-        };
-        let action_headers = OwnedHeaders::new().insert(Header {
-            key: relais_operator::actions::SCHEMA_HEADER,
-            value: Some(relais_operator::actions::OPERATOR_ACTION_SCHEMA),
-        });
-        let batch = [
-            message(0, full.encode_to_vec(), None),
-            message(1, b"\xff not protobuf".to_vec(), None),
-            message(2, sparse.encode_to_vec(), None),
-            message(3, action.encode_to_vec(), Some(action_headers)),
-        ];
-        let together = prepared(&batch);
-        let alone: Vec<PreparedBatch> = batch
-            .iter()
-            .map(|message| prepared(std::slice::from_ref(message)))
-            .collect();
-        let alone: Vec<Option<&[u8]>> = alone.iter().flat_map(lines).collect();
-        assert_eq!(lines(&together), alone);
-        assert!(alone[1].is_none());
-        let action_line = String::from_utf8_lossy(alone[3].unwrap());
-        assert!(
-            action_line.contains(r#""kind":"operator_action""#),
-            "{action_line}"
-        );
-
-        let undecodable = together.records[1].content.as_ref().unwrap_err();
-        assert_eq!(undecodable.payload, b"\xff not protobuf");
-        assert_eq!(undecodable.key.as_deref(), Some(&b"key-1"[..]));
-        let ids = |record: &Prepared| record.content.as_ref().unwrap().line.ids;
-        assert_eq!(
-            ids(&together.records[2]),
-            [IdHash::of(""), IdHash::of("m-2")]
-        );
-        assert_eq!(
-            ids(&together.records[3]),
-            [IdHash::of(""), IdHash::of("orders")]
-        );
-    }
-
-    #[test]
-    fn a_batch_reserves_for_records_like_its_first_within_a_bound() {
-        assert_eq!(batch_reserve(800, 1023), 818_400);
-        assert_eq!(batch_reserve(0, 1023), 0);
-        assert_eq!(batch_reserve(1024 * 1024, 1023), 4 * 1024 * 1024);
-        assert_eq!(batch_reserve(usize::MAX, 2), 4 * 1024 * 1024);
-    }
-
-    #[test]
-    fn a_record_keeps_the_trace_context_of_its_headers() {
-        relais_telemetry::propagation::install_w3c();
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "traceparent",
-            value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-        });
-        let record = AuditRecord {
-            message_id: "m-1".into(),
-            ..Default::default()
-        };
-        let batch = prepared(&[
-            message(0, record.encode_to_vec(), Some(headers)),
-            message(1, record.encode_to_vec(), None),
-        ]);
-        let context = |index: usize| {
-            batch.records[index]
-                .content
-                .as_ref()
-                .unwrap()
-                .line
-                .context
-                .clone()
-        };
-        let traced = context(0).expect("a valid context");
-        assert_eq!(
-            traced.trace_id().to_string(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
-        );
-        assert_eq!(traced.span_id().to_string(), "00f067aa0ba902b7");
-        assert!(traced.is_sampled() && traced.is_remote());
-        assert_eq!(context(1), None);
-    }
-}
+mod tests;
