@@ -90,21 +90,22 @@ impl PartitionWriter {
             }
             _ => None,
         };
-        let open = self.open_for(&line, hour, now);
+        let open = self.open_for(&line, now);
         open.ndjson.push_text(text);
         open.add(line);
         closed
     }
 
-    /// Whether a run of `count` lines, with `hours` in order and `bytes` of text, would all go
+    /// Whether a run of `count` lines, with `times` in order and `bytes` of text, would all go
     /// to the open object (or all to one new object) by the rotation rules, closing nothing: then
     /// [`push_whole`](Self::push_whole) gives the objects that pushing each line would.
     pub fn takes_whole(
         &self,
-        mut hours: impl Iterator<Item = DateTime<Utc>>,
+        times: impl Iterator<Item = DateTime<Utc>>,
         count: usize,
         bytes: usize,
     ) -> bool {
+        let mut hours = times.map(hour_of);
         let (hour, records, held) = match &self.open {
             Some(open) => (open.hour, open.records, open.ndjson.len()),
             None => match hours.next() {
@@ -122,8 +123,7 @@ impl PartitionWriter {
     pub fn push_whole(&mut self, lines: impl Iterator<Item = Line>, text: Vec<u8>, now: Instant) {
         self.last_arrival = now;
         for line in lines {
-            let hour = hour_of(line.time);
-            self.open_for(&line, hour, now).add(line);
+            self.open_for(&line, now).add(line);
         }
         if let Some(open) = &mut self.open {
             open.ndjson.adopt_text(text);
@@ -131,12 +131,12 @@ impl PartitionWriter {
     }
 
     /// The open object, opened at `line` if there is none.
-    fn open_for(&mut self, line: &Line, hour: DateTime<Utc>, now: Instant) -> &mut DataObject {
+    fn open_for(&mut self, line: &Line, now: Instant) -> &mut DataObject {
         self.open.get_or_insert_with(|| DataObject {
             partition: self.partition,
             start_offset: line.offset,
             end_offset: line.offset,
-            hour,
+            hour: hour_of(line.time),
             records: 0,
             ndjson: Ndjson::pooled(Arc::clone(&self.chunks)),
             ids: Vec::new(),
@@ -376,8 +376,8 @@ mod tests {
                 let (run, after) = rest.split_at((*cut).min(rest.len()));
                 rest = after;
                 let bytes = run.iter().map(|(_, text)| text.len()).sum();
-                let hours = run.iter().map(|(line, _)| hour_of(line.time));
-                if in_runs.takes_whole(hours, run.len(), bytes) {
+                let times = run.iter().map(|(line, _)| line.time);
+                if in_runs.takes_whole(times, run.len(), bytes) {
                     taken_whole += 1;
                     let text = run.iter().flat_map(|(_, text)| text.iter().copied()).collect();
                     in_runs.push_whole(run.iter().map(|(line, _)| line.clone()), text, now);

@@ -45,7 +45,7 @@ use tokio::time::Instant;
 use crate::config::AuditConfig;
 use crate::index::Index;
 use crate::metrics::AuditMetrics;
-use crate::object::{ChunkPool, Pending, QuarantinedRecord, RotationPolicy, hour_of};
+use crate::object::{ChunkPool, Pending, QuarantinedRecord, RotationPolicy};
 use crate::store::Store;
 
 pub use self::assignment::{Assignment, AuditConsumer, AuditContext};
@@ -293,12 +293,12 @@ impl Loop {
         if !uniform || state.generation != generation {
             return None;
         }
-        let hours = records
+        let times = records
             .iter()
-            .filter_map(|record| Some(hour_of(record.content.as_ref().ok()?.line.time)));
+            .filter_map(|record| Some(record.content.as_ref().ok()?.line.time));
         state
             .writer
-            .takes_whole(hours, records.len(), bytes)
+            .takes_whole(times, records.len(), bytes)
             .then_some(state)
     }
 

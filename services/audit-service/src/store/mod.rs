@@ -81,7 +81,7 @@ pub struct Stored {
 #[derive(Debug)]
 pub struct Store {
     bucket: Box<Bucket>,
-    /// Where single PUTs go and how they are signed (see `put_single`).
+    /// Where single PUTs go and how they are signed (see `put::ObjectsEndpoint`).
     objects: ObjectsEndpoint,
     prefix: String,
     topic: String,

@@ -103,15 +103,13 @@ pub(super) fn sha256_hex(bytes: &[u8]) -> String {
 /// An object key as a URL path segment in the form SigV4 signs: every byte but the
 /// unreserved characters and `/` percent-encoded, in uppercase hex.
 pub(super) fn encode_path(key: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut encoded = String::with_capacity(key.len());
     for byte in key.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~' | b'/') {
             encoded.push(char::from(byte));
         } else {
             encoded.push('%');
-            encoded.push(char::from(HEX[usize::from(byte >> 4)]));
-            encoded.push(char::from(HEX[usize::from(byte & 0x0f)]));
+            encoded.push_str(&hex(&[byte]).to_ascii_uppercase());
         }
     }
     encoded
@@ -122,6 +120,7 @@ fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
     hmac::sign(&key, message).as_ref().to_vec()
 }
 
+/// Lowercase hex, as SigV4 writes hashes and signatures.
 fn hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut text = String::with_capacity(bytes.len() * 2);
