@@ -192,7 +192,7 @@ impl AdminServer {
         let app = router(registry, readiness).merge(extra);
         let task = tokio::spawn(async move {
             let stop = shutdown.clone();
-            let served = axum::serve(listener, app)
+            let served = axum::serve(crate::net::http_listener(listener), app)
                 .with_graceful_shutdown(async move {
                     stop.cancelled().await;
                     draining.set_not_ready("shutting down");

@@ -21,6 +21,7 @@ pub mod grpc_server;
 pub mod http_server;
 mod init;
 pub mod logging;
+pub mod net;
 pub mod process;
 pub mod propagation;
 pub mod secrets;

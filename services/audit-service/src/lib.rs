@@ -182,7 +182,7 @@ async fn serve_grpc(
         callers = security.describe(),
         "AuditQuery gRPC listening"
     );
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = relais_telemetry::net::grpc_incoming(listener);
     let server = security.server().context("gRPC TLS")?;
     let (require_token, max_request_bytes) =
         (security.require_token(), security.max_request_bytes());

@@ -218,7 +218,7 @@ pub async fn start(
     let app = api::router(state);
     let stop = shutdown.clone();
     tasks.spawn("http", async move {
-        let served = axum::serve(http_listener, app)
+        let served = axum::serve(relais_telemetry::net::http_listener(http_listener), app)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await;
         if let Err(error) = served {
@@ -267,7 +267,7 @@ async fn serve_grpc(
     health_reporter
         .set_serving::<WorkerReportServer<ReportService>>()
         .await;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = relais_telemetry::net::grpc_incoming(listener);
     let served = server
         .layer(relais_telemetry::grpc_server::GrpcServerSpans)
         .layer(security.require_token())

@@ -1,6 +1,7 @@
 //! The WebSocket feed against the real broker: resume after a disconnect misses nothing and
 //! repeats nothing; a slow client is dropped while a fast one keeps its latency; a resume
-//! beyond the history gets an explicit gap notice; what clients send is read safely.
+//! beyond the history gets an explicit gap notice; what clients send is read safely; a client
+//! that stops answering pings is told and dropped.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -9,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use futures::SinkExt;
+use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -338,4 +339,89 @@ async fn a_client_message_longer_than_one_read_is_taken_and_one_beyond_the_limit
         "an oversized message must end the connection"
     );
     gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_answers_pings_stays_and_one_that_does_not_is_told_and_dropped() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let kafka = relais_test_support::kafka().await;
+    let topic = kafka.create_topic("it-events", 1).await;
+    let mut config = test_config(&topic);
+    config.websocket.ping_interval = Duration::from_millis(200);
+    config.websocket.pong_timeout = Duration::from_millis(700);
+    let gateway = Gateway::start(&kafka, config, "http://127.0.0.1:1").await;
+
+    let mut answering = gateway.connect("").await;
+    let mut silent = gateway.connect("").await;
+    let welcome = silent.next_frame(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(welcome["type"], "welcome");
+
+    // Reading answers each ping (the client library queues the pong and sends it with its
+    // next read); four times the pong timeout later this client is still served.
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(2800);
+    while let Ok(message) = tokio::time::timeout_at(until, answering.socket.next()).await {
+        match message {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            Some(Ok(Message::Close(frame))) => panic!("an answering client was closed: {frame:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(error)) => panic!("an answering client's connection failed: {error}"),
+            None => panic!("an answering client's connection ended"),
+        }
+    }
+    assert!(pings >= 5, "pings every 200 ms, got {pings}");
+
+    // The silent client read nothing meanwhile, so it never answered: it was told why, then
+    // dropped. Its bytes are read off the socket as they are, since the client library would
+    // first try to send its late pongs into the closed connection.
+    let tokio_tungstenite::MaybeTlsStream::Plain(mut stream) = silent.socket.into_inner() else {
+        panic!("a plain TCP connection")
+    };
+    let mut received = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut received),
+    )
+    .await
+    .expect("the gateway ends the connection in time")
+    .expect("read");
+    let (code, reason) = close_frame(&received).expect("a close frame");
+    assert_eq!(code, u16::from(CloseCode::Policy));
+    assert_eq!(reason, "no pong");
+    eventually(Duration::from_secs(10), "one connection left", || async {
+        (gateway.metric("relais_gateway_ws_connections").await == 1.0).then_some(())
+    })
+    .await;
+    // A client closing its side frees its slot as well.
+    answering.close().await;
+    eventually(Duration::from_secs(10), "no connection left", || async {
+        (gateway.metric("relais_gateway_ws_connections").await == 0.0).then_some(())
+    })
+    .await;
+    gateway.stop().await;
+}
+
+/// The code and reason of the close frame among the server's frames in `bytes` (server frames
+/// are never masked).
+fn close_frame(mut bytes: &[u8]) -> Option<(u16, String)> {
+    while bytes.len() >= 2 {
+        let opcode = bytes[0] & 0x0f;
+        let (length, header) = match bytes[1] & 0x7f {
+            126 => (usize::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
+            127 => (
+                usize::try_from(u64::from_be_bytes(bytes[2..10].try_into().ok()?)).ok()?,
+                10,
+            ),
+            short => (usize::from(short), 2),
+        };
+        let payload = bytes.get(header..header + length)?;
+        if opcode == 0x8 {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            return Some((code, String::from_utf8_lossy(&payload[2..]).into_owned()));
+        }
+        bytes = &bytes[header + length..];
+    }
+    None
 }

@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio_util::task::AbortOnDropHandle;
 use utoipa::IntoParams;
 
 use crate::auth::Principal;
@@ -32,6 +33,12 @@ use crate::metrics::ReasonLabels;
 use crate::problem::Problem;
 use crate::protocol::{self, ControlFrame};
 use crate::state::AppState;
+
+mod upkeep;
+
+use upkeep::{Chores, PongClock};
+
+type Feed = tokio::sync::broadcast::Receiver<Arc<Entry>>;
 
 /// The subprotocol the gateway speaks; the token subprotocol is never chosen.
 pub const SUBPROTOCOL: &str = "relais.v1";
@@ -186,8 +193,8 @@ impl Connection {
 
     /// Serves the connection until it ends; `_slot` is given back then, however it ends.
     async fn serve(mut self, socket: WebSocket, _slot: Slot) {
-        let (mut sink, mut incoming) = socket.split();
-        let end = self.run(&mut sink, &mut incoming).await;
+        let (mut sink, incoming) = socket.split();
+        let end = self.run(&mut sink, incoming).await;
         let (code, reason) = match end {
             End::Lagged(_) | End::WriteTimedOut => {
                 self.state.metrics.ws_lagged_disconnects.inc();
@@ -210,11 +217,11 @@ impl Connection {
     async fn run(
         &mut self,
         sink: &mut futures::stream::SplitSink<WebSocket, Message>,
-        incoming: &mut futures::stream::SplitStream<WebSocket>,
+        incoming: futures::stream::SplitStream<WebSocket>,
     ) -> End {
         let config = self.state.config.websocket.clone();
         let subscription = self.state.history.subscribe(self.resume.as_ref());
-        let mut feed = subscription.feed;
+        let feed = subscription.feed;
         // A resuming client's position stays its own until the replay has been written: if the
         // connection drops halfway, it must resume from what it really received.
         self.position = match &self.resume {
@@ -275,15 +282,33 @@ impl Connection {
             }
         }
 
-        let mut ping = tokio::time::interval(config.ping_interval);
-        ping.reset();
-        let mut position_tick = tokio::time::interval(config.position_interval);
-        position_tick.reset();
-        let mut last_pong = Instant::now();
+        self.live(sink, incoming, feed, &config).await
+    }
+
+    /// The live feed, until the connection ends. The client's frames (pongs, close) are read
+    /// by a task of their own, so an event wakes only the writing side: polling the socket
+    /// for a read on every event cost more than the read ever did.
+    async fn live(
+        &mut self,
+        sink: &mut futures::stream::SplitSink<WebSocket, Message>,
+        incoming: futures::stream::SplitStream<WebSocket>,
+        mut feed: Feed,
+        config: &crate::config::WebSocketConfig,
+    ) -> End {
+        let started = Instant::now();
+        let pongs = Arc::new(PongClock::new(started));
+        let mut reader =
+            AbortOnDropHandle::new(tokio::spawn(read_client(incoming, pongs.clone(), self.id)));
+        let mut chores = Chores::new(started, config.ping_interval, config.position_interval);
+        let chore_timer = tokio::time::sleep_until(chores.next().into());
+        tokio::pin!(chore_timer);
         let shutdown = self.state.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return End::ShuttingDown,
+                _ = &mut cancelled => return End::ShuttingDown,
+                _ = &mut reader => return End::ClientClosed,
                 received = feed.recv() => {
                     let first = match received {
                         Ok(entry) => entry,
@@ -299,34 +324,28 @@ impl Connection {
                             Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                         }
                     }
-                    if let Err(end) = self.write_events(sink, batch.iter(), &config).await {
+                    if let Err(end) = self.write_events(sink, batch.iter(), config).await {
                         return end;
                     }
                 }
-                message = incoming.next() => match message {
-                    Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
-                    Some(Ok(Message::Close(_))) | None => return End::ClientClosed,
-                    // Pings are answered by the WebSocket layer; text and binary frames
-                    // carry nothing the gateway acts on (filters are set when connecting).
-                    Some(Ok(_)) => {}
-                    Some(Err(error)) => {
-                        tracing::debug!(connection = self.id, %error, "WebSocket read failed");
-                        return End::ClientClosed;
+                _ = &mut chore_timer => {
+                    let now = Instant::now();
+                    let due = chores.take_due(now);
+                    if due.ping {
+                        if pongs.silent_for(now) > config.pong_timeout {
+                            return End::PongMissed;
+                        }
+                        if let Err(end) = self.write(sink, Message::Ping(Default::default()), config).await {
+                            return end;
+                        }
                     }
-                },
-                _ = ping.tick() => {
-                    if last_pong.elapsed() > config.pong_timeout {
-                        return End::PongMissed;
+                    if due.position {
+                        let position = ControlFrame::Position { position: protocol::position_ids(&self.position) };
+                        if let Err(end) = self.write(sink, Message::Text(position.encode()), config).await {
+                            return end;
+                        }
                     }
-                    if let Err(end) = self.write(sink, Message::Ping(Default::default()), &config).await {
-                        return end;
-                    }
-                }
-                _ = position_tick.tick() => {
-                    let position = ControlFrame::Position { position: protocol::position_ids(&self.position) };
-                    if let Err(end) = self.write(sink, Message::Text(position.encode()), &config).await {
-                        return end;
-                    }
+                    chore_timer.as_mut().reset(chores.next().into());
                 }
             }
         }
@@ -356,7 +375,7 @@ impl Connection {
     }
 
     /// Writes the frames of the events that pass the filter, then flushes once; returns how
-    /// many were written.
+    /// many were written. The whole batch shares one deadline, armed once.
     async fn write_events<'a>(
         &mut self,
         sink: &mut futures::stream::SplitSink<WebSocket, Message>,
@@ -364,41 +383,41 @@ impl Connection {
         config: &crate::config::WebSocketConfig,
     ) -> Result<u64, End> {
         let now = SystemTime::now();
-        let mut written = 0u64;
-        let deadline = tokio::time::Instant::now() + config.write_timeout;
-        for entry in entries {
-            let id = entry.event.id;
-            let offset = self.position.entry(id.partition).or_insert(-1);
-            *offset = (*offset).max(id.offset);
-            if !self.filter.matches(&entry.event) {
-                continue;
+        let metrics = &self.state.metrics;
+        let position = &mut self.position;
+        let filter = &self.filter;
+        let write = async {
+            let mut written = 0u64;
+            for entry in entries {
+                let id = entry.event.id;
+                let offset = position.entry(id.partition).or_insert(-1);
+                *offset = (*offset).max(id.offset);
+                if !filter.matches(&entry.event) {
+                    continue;
+                }
+                sink.feed(Message::Text(entry.frame.clone())).await?;
+                written += 1;
+                if let Ok(age) = now.duration_since(entry.event.decided_at) {
+                    metrics.ws_delivery_latency.observe(
+                        age.as_secs_f64(),
+                        relais_telemetry::exemplar::of_trace_id(&entry.event.view.trace_id),
+                        None,
+                    );
+                }
             }
-            match tokio::time::timeout_at(deadline, sink.feed(Message::Text(entry.frame.clone())))
-                .await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(End::WriteFailed),
-                Err(_) => return Err(End::WriteTimedOut),
+            if written > 0 {
+                sink.flush().await?;
             }
-            written += 1;
-            if let Ok(age) = now.duration_since(entry.event.decided_at) {
-                self.state.metrics.ws_delivery_latency.observe(
-                    age.as_secs_f64(),
-                    relais_telemetry::exemplar::of_trace_id(&entry.event.view.trace_id),
-                    None,
-                );
+            Ok::<_, axum::Error>(written)
+        };
+        match tokio::time::timeout(config.write_timeout, write).await {
+            Ok(Ok(written)) => {
+                metrics.ws_messages_sent.inc_by(written);
+                Ok(written)
             }
+            Ok(Err(_)) => Err(End::WriteFailed),
+            Err(_) => Err(End::WriteTimedOut),
         }
-        if written == 0 {
-            return Ok(0);
-        }
-        match tokio::time::timeout_at(deadline, sink.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(End::WriteFailed),
-            Err(_) => return Err(End::WriteTimedOut),
-        }
-        self.state.metrics.ws_messages_sent.inc_by(written);
-        Ok(written)
     }
 
     async fn write(
@@ -411,6 +430,27 @@ impl Connection {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::WriteFailed),
             Err(_) => Err(End::WriteTimedOut),
+        }
+    }
+}
+
+/// Reads what the client sends until it closes the connection or the read fails; pongs are
+/// noted on `pongs`. Pings are answered by the WebSocket layer; text and binary frames carry
+/// nothing the gateway acts on (filters are set when connecting).
+async fn read_client(
+    mut incoming: futures::stream::SplitStream<WebSocket>,
+    pongs: Arc<PongClock>,
+    connection: u64,
+) {
+    while let Some(message) = incoming.next().await {
+        match message {
+            Ok(Message::Pong(_)) => pongs.pong(Instant::now()),
+            Ok(Message::Close(_)) => return,
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(connection, %error, "WebSocket read failed");
+                return;
+            }
         }
     }
 }
