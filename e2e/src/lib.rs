@@ -129,6 +129,8 @@ pub struct ProcessStack {
     launcher: Launcher,
     worker_config: PathBuf,
     next_worker: usize,
+    /// What a secured stack's variables name, kept while its services run.
+    _secured_files: Option<relais_test_support::TestPki>,
 }
 
 fn write(path: &Path, text: &str) {
@@ -166,11 +168,13 @@ impl ProcessStack {
         let gateway_grpc = free_port();
         let mut audit_secured = Vec::new();
         let mut gateway_secured = Vec::new();
+        let mut secured_files = None;
         if let Some(kafka) = &options.secured {
             let secured = secured::SecuredEnvironments::new(kafka, audit_grpc, gateway_grpc);
             common.extend(secured.workers);
             audit_secured = secured.audit;
             gateway_secured = secured.gateway;
+            secured_files = Some(secured.files);
         }
         if let Some(endpoint) = &options.otlp_endpoint {
             common.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()));
@@ -319,6 +323,7 @@ impl ProcessStack {
             launcher,
             worker_config,
             next_worker: options.workers,
+            _secured_files: secured_files,
         }
     }
 

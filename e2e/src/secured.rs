@@ -20,6 +20,8 @@ pub(crate) struct SecuredEnvironments {
     /// PLAIN over TLS to Kafka; `WorkerReport` served with TLS and tokens; `AuditQuery`
     /// called with a client certificate and a token.
     pub(crate) gateway: Environment,
+    /// The certificates, keys and tokens the variables name; removed when dropped.
+    pub(crate) files: TestPki,
 }
 
 impl SecuredEnvironments {
@@ -101,6 +103,7 @@ impl SecuredEnvironments {
             workers,
             audit,
             gateway,
+            files: pki,
         }
     }
 }

@@ -147,11 +147,8 @@ fn the_kubernetes_manifests_validate_against_their_schemas() {
         }
 
         // kubeconform reads only files named .yaml, .yml or .json.
-        let file = std::env::temp_dir().join(format!(
-            "{}.yaml",
-            relais_test_support::unique_name("manifests")
-        ));
-        std::fs::write(&file, &rendered).unwrap();
+        let folder = relais_test_support::ScratchDir::new("manifests");
+        let file = folder.write("manifests.yaml", &rendered);
         let summary = run(Command::new(&kubeconform)
             .args(["-strict", "-summary", "-kubernetes-version", "1.34.0"])
             .arg("-schema-location")
@@ -272,15 +269,14 @@ fn what_compose_mounts_into_third_party_images_passes_their_own_checks() {
     run(Command::new(&jaeger)
         .arg("validate")
         .arg(format!("--config=file:{}", collector_config.display())));
-    let broken = std::env::temp_dir().join(relais_test_support::unique_name("collector.yaml"));
-    std::fs::write(
-        &broken,
-        std::fs::read_to_string(&collector_config).unwrap().replace(
+    let folder = relais_test_support::ScratchDir::new("collector");
+    let broken = folder.write(
+        "collector.yaml",
+        &std::fs::read_to_string(&collector_config).unwrap().replace(
             "[memory_limiter, batch]",
             "[memory_limiter, no_such_processor]",
         ),
-    )
-    .unwrap();
+    );
     let refused = Command::new(&jaeger)
         .arg("validate")
         .arg(format!("--config=file:{}", broken.display()))

@@ -10,7 +10,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use relais_e2e::{ProcessStack, StackOptions, binary, free_port, verify};
 use relais_kafka::SaslMechanism;
-use relais_test_support::{SecuredKafka, unique_name};
+use relais_test_support::{ScratchDir, SecuredKafka};
 
 const MESSAGES: usize = 200;
 
@@ -121,7 +121,8 @@ async fn the_pipeline_runs_with_kafka_and_grpc_secured() {
 /// Starts `service` with `environment` and returns its exit code and what it printed, or
 /// panics if it does not stop within 40 s.
 fn refused_start(service: &str, environment: Vec<(String, String)>) -> (i32, String) {
-    let log = std::env::temp_dir().join(unique_name(&format!("{service}-refused")));
+    let folder = ScratchDir::new(&format!("{service}-refused"));
+    let log = folder.file("service.log");
     let endpoints = relais_test_support::Endpoints::from_env();
     // Defaults first, so that `environment` overrides them.
     let mut child = Command::new(binary(service))
@@ -158,9 +159,8 @@ fn refused_start(service: &str, environment: Vec<(String, String)>) -> (i32, Str
     (status.code().unwrap_or(-1), printed)
 }
 
-fn wrong_password(secured: &SecuredKafka) -> Vec<(String, String)> {
-    let wrong = std::env::temp_dir().join(unique_name("wrong-password"));
-    std::fs::write(&wrong, "certainly-not-the-password\n").unwrap();
+fn wrong_password(secured: &SecuredKafka, folder: &ScratchDir) -> Vec<(String, String)> {
+    let wrong = folder.write("wrong-password", "certainly-not-the-password\n");
     let mut config = secured.sasl(SaslMechanism::ScramSha512, "relais");
     config.sasl.password_file = Some(wrong);
     secured.environment(&secured.sasl_ssl_bootstrap, &config)
@@ -174,8 +174,9 @@ async fn every_service_stops_at_start_with_the_reason_when_kafka_refuses_it() {
         &secured.sasl(SaslMechanism::ScramSha512, "relais-noacl"),
     );
     let rogue = secured.environment(&secured.mtls_bootstrap, &secured.rogue_mtls());
+    let files = ScratchDir::new("wrong-password");
     for service in ["ingest-worker", "audit-service", "realtime-gateway"] {
-        let (code, printed) = refused_start(service, wrong_password(&secured));
+        let (code, printed) = refused_start(service, wrong_password(&secured, &files));
         assert_eq!(code, 77, "{service}, wrong password: {printed}");
         assert!(
             printed.contains("Authentication failed"),

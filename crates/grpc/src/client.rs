@@ -173,8 +173,8 @@ mod tests {
 
     #[test]
     fn the_token_file_comes_from_the_prefixed_variable() {
-        let path = std::env::temp_dir().join(format!("relais-grpc-token-{}", std::process::id()));
-        std::fs::write(&path, "t0ken-with-enough-characters-to-pass-32\n").expect("temp file");
+        let folder = relais_test_support::ScratchDir::new("grpc-token");
+        let path = folder.write("token", "t0ken-with-enough-characters-to-pass-32\n");
         let name = path.display().to_string();
         let env = |variable: &str| (variable == "RELAIS_STATUS_TOKEN_FILE").then(|| name.clone());
         let (_, token) = GrpcClientConfig::default()

@@ -432,15 +432,8 @@ mod tests {
         None
     }
 
-    fn secret_file(content: &str) -> PathBuf {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let number = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "relais-kafka-secret-{}-{number}",
-            std::process::id()
-        ));
-        std::fs::write(&path, content).expect("temp file");
-        path
+    fn secret_file(folder: &relais_test_support::ScratchDir, content: &str) -> PathBuf {
+        folder.write(&relais_test_support::unique_name("secret"), content)
     }
 
     fn parse(toml_text: &str) -> KafkaClientConfig {
@@ -458,8 +451,9 @@ mod tests {
 
     #[test]
     fn scram_over_tls_reads_the_password_file_and_keeps_it_out_of_debug() {
-        let password = secret_file("s3cret-value\n");
-        let ca = secret_file("not parsed here");
+        let folder = relais_test_support::ScratchDir::new("kafka-secrets");
+        let password = secret_file(&folder, "s3cret-value\n");
+        let ca = secret_file(&folder, "not parsed here");
         let config = parse(&format!(
             "[tls]\nca_file = {ca:?}\n[sasl]\nmechanism = \"SCRAM-SHA-512\"\nusername = \"relais\"\npassword_file = {password:?}\n"
         ));
@@ -525,7 +519,8 @@ mod tests {
 
     #[test]
     fn unreadable_or_empty_secret_files_are_named_without_their_content() {
-        let empty = secret_file("");
+        let folder = relais_test_support::ScratchDir::new("kafka-secrets");
+        let empty = secret_file(&folder, "");
         let config = parse(&format!(
             "security_protocol = \"sasl_ssl\"\n[sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword_file = {empty:?}\n"
         ));

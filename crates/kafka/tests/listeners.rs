@@ -111,8 +111,8 @@ async fn a_wrong_password_is_refused_with_its_reason_and_not_waited_for() {
     let kafka = relais_test_support::kafka().await;
     let secured = relais_test_support::secured_kafka().await;
     let topic = kafka.create_topic("secured-wrong-password", 1).await;
-    let wrong = std::env::temp_dir().join(unique_name("wrong-password"));
-    std::fs::write(&wrong, "not-the-password\n").expect("temp file");
+    let files = relais_test_support::ScratchDir::new("wrong-password");
+    let wrong = files.write("password", "not-the-password\n");
     for mechanism in [SaslMechanism::ScramSha512, SaslMechanism::Plain] {
         let mut config = secured.sasl(mechanism, "relais");
         config.sasl.password_file = Some(wrong.clone());

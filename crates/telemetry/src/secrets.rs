@@ -147,9 +147,8 @@ mod tests {
 
     #[test]
     fn secret_files_lose_their_final_line_break_and_may_not_be_empty() {
-        let dir = std::env::temp_dir();
-        let path = dir.join(format!("relais-secret-{}", std::process::id()));
-        std::fs::write(&path, "value\n").expect("temp file");
+        let folder = relais_test_support::ScratchDir::new("secret");
+        let path = folder.write("secret", "value\n");
         assert_eq!(read_file("x", &path).as_deref(), Ok("value"));
         std::fs::write(&path, "").expect("temp file");
         assert!(read_file("x", &path).unwrap_err().contains("is empty"));

@@ -28,6 +28,7 @@ mod ports;
 mod prometheus;
 mod proxy;
 mod rgw;
+mod scratch;
 mod secured_kafka;
 
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ pub use ports::free_port;
 pub use prometheus::{PrometheusTestEnv, RuleState, ScrapeTarget};
 pub use proxy::TcpProxy;
 pub use rgw::{GatewayOutage, RgwTestEnv, install_crypto_provider};
+pub use scratch::ScratchDir;
 pub use secured_kafka::SecuredKafka;
 
 /// Returns the Kafka broker of the native stack, or panics saying how to start it.

@@ -1,16 +1,20 @@
 //! Certificates made in process for TLS tests: a CA, servers for 127.0.0.1 and localhost,
-//! clients, written as PEM files into a temporary folder.
+//! clients, written as PEM files into a temporary folder that goes when the CA and everything
+//! it issued are dropped.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
 
+use crate::ScratchDir;
+
 /// A test CA and the files of what it signed.
 pub struct TestPki {
-    dir: PathBuf,
+    dir: Arc<ScratchDir>,
     name: String,
     params: CertificateParams,
     key: KeyPair,
@@ -24,25 +28,25 @@ impl std::fmt::Debug for TestPki {
     }
 }
 
-/// A certificate and its key, as files.
+/// A certificate and its key, as files (kept while this is).
 #[derive(Debug, Clone)]
 pub struct Issued {
     pub certificate: PathBuf,
     pub key: PathBuf,
+    _folder: Arc<ScratchDir>,
 }
 
 impl TestPki {
     /// A new CA named `name`, its files in a fresh temporary folder.
     pub fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(crate::unique_name("relais-pki"));
-        std::fs::create_dir_all(&dir).expect("temporary folder");
+        let dir = Arc::new(ScratchDir::new("relais-pki"));
         let key = KeyPair::generate().expect("CA key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let certificate = params.self_signed(&key).expect("CA certificate");
-        std::fs::write(dir.join(format!("{name}.pem")), certificate.pem()).expect("CA file");
+        dir.write(&format!("{name}.pem"), &certificate.pem());
         Self {
             dir,
             name: name.to_owned(),
@@ -53,7 +57,7 @@ impl TestPki {
 
     /// The CA certificate's file.
     pub fn ca_file(&self) -> PathBuf {
-        self.dir.join(format!("{}.pem", self.name))
+        self.dir.file(&format!("{}.pem", self.name))
     }
 
     /// A server certificate for 127.0.0.1 and `localhost`.
@@ -68,9 +72,7 @@ impl TestPki {
 
     /// A file in the folder, with `content` (tokens, say).
     pub fn write(&self, name: &str, content: &str) -> PathBuf {
-        let path = self.dir.join(name);
-        std::fs::write(&path, content).expect("file");
-        path
+        self.dir.write(name, content)
     }
 
     fn issue(
@@ -98,13 +100,12 @@ impl TestPki {
         let issuer = Issuer::from_params(&self.params, &self.key);
         let certificate = params.signed_by(&key, &issuer).expect("certificate");
         let written = |suffix: &str, content: String| -> PathBuf {
-            let path: PathBuf = Path::new(&self.dir).join(format!("{name}.{role}.{suffix}"));
-            std::fs::write(&path, content).expect("certificate file");
-            path
+            self.dir.write(&format!("{name}.{role}.{suffix}"), &content)
         };
         Issued {
             certificate: written("pem", certificate.pem()),
             key: written("key", key.serialize_pem()),
+            _folder: Arc::clone(&self.dir),
         }
     }
 }

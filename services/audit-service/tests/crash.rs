@@ -11,7 +11,7 @@ use prost::Message as _;
 use rand::Rng;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use relais_proto::v1::AuditRecord;
-use relais_test_support::unique_name;
+use relais_test_support::{ScratchDir, unique_name};
 
 fn spawn(
     topic: &str,
@@ -146,8 +146,9 @@ async fn kill_minus_nine_at_random_points_keeps_the_trail_exact() {
     let bucket = unique_name("it-audit-crash");
     let topic = kafka.create_topic("it-audit-crash", 3).await;
     let group = unique_name("it-audit-crash");
-    let config = std::env::temp_dir().join(format!("{group}.toml"));
-    let log = std::env::temp_dir().join(format!("{group}.log"));
+    let files = ScratchDir::new(&group);
+    let config = files.file("audit.toml");
+    let log = files.file("audit.log");
 
     let total = 40_000usize;
     produce_records(&kafka, &topic, total).await;
@@ -199,8 +200,9 @@ async fn a_dead_pipeline_task_stops_the_service_non_zero_and_the_trail_stays_exa
     let bucket = unique_name("it-audit-dying");
     let topic = kafka.create_topic("it-audit-dying", 3).await;
     let group = unique_name("it-audit-dying");
-    let config = std::env::temp_dir().join(format!("{group}.toml"));
-    let log = std::env::temp_dir().join(format!("{group}.log"));
+    let files = ScratchDir::new(&group);
+    let config = files.file("audit.toml");
+    let log = files.file("audit.log");
     let total = 40_000usize;
     produce_records(&kafka, &topic, total).await;
 

@@ -10,19 +10,16 @@ use std::time::{Duration, Instant};
 use prost::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use relais_proto::v1::AuditRecord;
-use relais_test_support::{Endpoints, unique_name};
+use relais_test_support::{Endpoints, ScratchDir, unique_name};
 
 /// The audit-service binary storing `topic` into `bucket` through RGW's HTTPS endpoint, with
 /// the variables `extra`.
-fn spawn(
-    topic: &str,
-    bucket: &str,
-    extra: &[(&str, String)],
-) -> (std::process::Child, std::path::PathBuf) {
+fn spawn(topic: &str, bucket: &str, extra: &[(&str, String)]) -> (std::process::Child, ScratchDir) {
     let endpoints = Endpoints::from_env();
     let group = unique_name("it-audit-tls");
-    let config = std::env::temp_dir().join(format!("{group}.toml"));
-    let log = std::env::temp_dir().join(format!("{group}.log"));
+    let files = ScratchDir::new(&group);
+    let config = files.file("audit.toml");
+    let log = files.file(LOG);
     std::fs::write(
         &config,
         format!("[kafka]\ngroup_id = \"{group}\"\naudit_topic = \"{topic}\"\n[objects]\nidle = \"300ms\"\n"),
@@ -47,8 +44,11 @@ fn spawn(
         .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap())
         .spawn()
         .unwrap();
-    (child, log)
+    (child, files)
 }
+
+/// The process's output, in the folder `spawn` returns.
+const LOG: &str = "audit.log";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_trail_is_stored_over_https_when_the_private_ca_is_trusted() {
@@ -82,11 +82,12 @@ async fn the_trail_is_stored_over_https_when_the_private_ca_is_trusted() {
 
     let ca = Endpoints::from_env().state_dir.join("pki/relais-ca.pem");
     assert!(ca.exists(), "{} is made by make infra-up", ca.display());
-    let (mut child, log) = spawn(
+    let (mut child, files) = spawn(
         &topic,
         &bucket,
         &[("SSL_CERT_FILE", ca.display().to_string())],
     );
+    let log = files.file(LOG);
     let deadline = Instant::now() + Duration::from_secs(90);
     let stored = loop {
         let stored = common::stored_message_ids(&rgw, &bucket).await;
@@ -112,7 +113,8 @@ async fn an_untrusted_rgw_certificate_stops_the_start_naming_it() {
     let kafka = relais_test_support::kafka().await;
     let _rgw = relais_test_support::rgw().await;
     let topic = kafka.create_topic("it-audit-tls", 1).await;
-    let (mut child, log) = spawn(&topic, &unique_name("it-audit-tls"), &[]);
+    let (mut child, files) = spawn(&topic, &unique_name("it-audit-tls"), &[]);
+    let log = files.file(LOG);
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -12,13 +12,15 @@ use common::*;
 use relais_ingest_worker::config::PipelineConfig;
 use relais_proto::v1::Outcome;
 use relais_resilience::UpstreamPolicy;
-use relais_test_support::{KafkaTestEnv, unique_name};
+use relais_test_support::{KafkaTestEnv, ScratchDir, unique_name};
 use serde_json::json;
 
 /// The worker binary as a child process, configured through a file and the environment.
 struct WorkerProcess {
     child: Child,
     admin: SocketAddr,
+    /// Its configuration file, removed after the process.
+    _config: ScratchDir,
 }
 
 impl WorkerProcess {
@@ -56,10 +58,10 @@ impl WorkerProcess {
         env: &[(&str, &str)],
     ) -> Self {
         let admin = free_port();
-        let config = std::env::temp_dir().join(format!("{}.toml", unique_name("worker-config")));
-        std::fs::write(
-            &config,
-            format!(
+        let folder = ScratchDir::new("worker-config");
+        let config = folder.write(
+            "worker.toml",
+            &format!(
                 r#"
                 [kafka]
                 group_id = "{group}"
@@ -83,8 +85,7 @@ impl WorkerProcess {
                 topics.control,
                 topics.retry_prefix
             ),
-        )
-        .unwrap();
+        );
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -102,7 +103,11 @@ impl WorkerProcess {
             .stderr(log)
             .spawn()
             .unwrap();
-        Self { child, admin }
+        Self {
+            child,
+            admin,
+            _config: folder,
+        }
     }
 
     async fn wait_for_metric(&self, name: &str, at_least: f64, within: Duration) {
@@ -132,7 +137,8 @@ async fn kill_minus_nine_under_load_then_restart_keeps_exactly_one_outcome() {
 
     let group = unique_name("it-group");
     let id = unique_name("crash-worker");
-    let log = std::env::temp_dir().join(format!("{id}.log"));
+    let logs = ScratchDir::new(&id);
+    let log = logs.file("worker.log");
     let mut first = WorkerProcess::spawn(&kafka, &topics, &group, &id, sim.api, &log);
     first
         .wait_for_metric(
@@ -199,7 +205,8 @@ async fn a_dead_dispatcher_stops_the_worker_non_zero_and_loses_nothing() {
 
     let group = unique_name("it-group");
     let id = unique_name("dying-worker");
-    let log = std::env::temp_dir().join(format!("{id}.log"));
+    let logs = ScratchDir::new(&id);
+    let log = logs.file("worker.log");
     let mut first = WorkerProcess::spawn_with(
         &kafka,
         &topics,
@@ -359,7 +366,8 @@ async fn kill_minus_nine_while_messages_wait_in_retry_tiers_loses_nothing_and_ke
 
     let group = unique_name("it-group");
     let id = unique_name("tier-worker");
-    let log = std::env::temp_dir().join(format!("{id}.log"));
+    let logs = ScratchDir::new(&id);
+    let log = logs.file("worker.log");
     let mut first = WorkerProcess::spawn_with(
         &kafka,
         &topics,

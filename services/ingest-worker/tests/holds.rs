@@ -13,7 +13,7 @@ use prost::Message as _;
 use relais_ingest_worker::config::PipelineConfig;
 use relais_proto::v1::{OperatorAction, Outcome};
 use relais_resilience::UpstreamPolicy;
-use relais_test_support::unique_name;
+use relais_test_support::{ScratchDir, unique_name};
 use serde_json::json;
 
 async fn held_then_delivered(status: u16, reason: &str) {
@@ -124,11 +124,9 @@ async fn worker_for(
     (topics, worker)
 }
 
-/// A key file in the temporary folder.
-fn key_file(key: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(unique_name("webhook-key"));
-    std::fs::write(&path, format!("{key}\n")).unwrap();
-    path
+/// A key file in `keys`.
+fn key_file(keys: &ScratchDir, key: &str) -> std::path::PathBuf {
+    keys.write(&unique_name("key"), &format!("{key}\n"))
 }
 
 fn random_key(prefix: &str) -> String {
@@ -146,6 +144,7 @@ async fn signed_deliveries_pass_a_verifying_upstream_and_a_wrong_key_is_held_not
     let kafka = relais_test_support::kafka().await;
     // The worker signs with the current HMAC secret and the next Ed25519 key; the upstream
     // has already moved to the Ed25519 key only.
+    let keys = ScratchDir::new("webhook-keys");
     let current = random_key("whsec_");
     let next = random_key("whsk_");
     let next_public = relais_webhooks::Signer::new([next.as_str()])
@@ -159,7 +158,7 @@ async fn signed_deliveries_pass_a_verifying_upstream_and_a_wrong_key_is_held_not
     })
     .await;
     let (topics, worker) = worker_for(&kafka, &sim, 2, |upstream| {
-        upstream.signing_key_files = vec![key_file(&current), key_file(&next)];
+        upstream.signing_key_files = vec![key_file(&keys, &current), key_file(&keys, &next)];
     })
     .await;
     let total = 20;
@@ -171,7 +170,7 @@ async fn signed_deliveries_pass_a_verifying_upstream_and_a_wrong_key_is_held_not
 
     // Signed with a key the upstream does not know: 401, the upstream is held, nothing fails.
     let (topics, worker) = worker_for(&kafka, &sim, 1, |upstream| {
-        upstream.signing_key_files = vec![key_file(&random_key("whsec_"))];
+        upstream.signing_key_files = vec![key_file(&keys, &random_key("whsec_"))];
         upstream.pause_on_unauthorized = Duration::from_secs(2);
     })
     .await;
@@ -220,6 +219,7 @@ async fn an_api_key_from_a_file_and_an_oauth2_token_reach_an_upstream_that_check
     let kafka = relais_test_support::kafka().await;
 
     // A fixed header whose value is a secret file's content.
+    let keys = ScratchDir::new("secrets");
     let api_key = unique_name("api-key");
     let sim = Sim::start_checking(relais_upstream_sim::auth::AuthChecks {
         required_header: Some(("x-api-key".into(), api_key.clone())),
@@ -227,7 +227,7 @@ async fn an_api_key_from_a_file_and_an_oauth2_token_reach_an_upstream_that_check
     })
     .await;
     let (topics, worker) = worker_for(&kafka, &sim, 1, |upstream| {
-        upstream.auth.header_files = [("x-api-key".to_owned(), key_file(&api_key))].into();
+        upstream.auth.header_files = [("x-api-key".to_owned(), key_file(&keys, &api_key))].into();
     })
     .await;
     produce(&kafka, &topics.ingress, &valid_events("keyed", 10, 5)).await;
@@ -251,7 +251,7 @@ async fn an_api_key_from_a_file_and_an_oauth2_token_reach_an_upstream_that_check
         upstream.auth.oauth2 = Some(relais_ingest_worker::config::OAuth2Config {
             token_url: format!("http://{}/oauth/token", sim.api),
             client_id: "relais".into(),
-            client_secret_file: key_file(&secret),
+            client_secret_file: key_file(&keys, &secret),
             scope: Some("events:write".into()),
         });
     })

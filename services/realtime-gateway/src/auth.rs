@@ -279,14 +279,11 @@ mod tests {
         .unwrap();
         let digest: [u8; 32] = Sha256::digest(b"another-secret-of-length").into();
         let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
-        let dir = std::env::temp_dir().join(relais_test_support::unique_name("tokens"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("tokens.toml");
-        std::fs::write(
-            &file,
-            format!("[[token]]\nname = \"ci\"\nrole = \"viewer\"\nsha256 = \"{hex}\"\n"),
-        )
-        .unwrap();
+        let dir = relais_test_support::ScratchDir::new("tokens");
+        let file = dir.write(
+            "tokens.toml",
+            &format!("[[token]]\nname = \"ci\"\nrole = \"viewer\"\nsha256 = \"{hex}\"\n"),
+        );
         tokens.extend(Tokens::from_file(&file, Profile::Development).unwrap());
 
         let viewer = tokens.authenticate("0123456789abcdef0123").unwrap();

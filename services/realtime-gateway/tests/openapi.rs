@@ -37,10 +37,9 @@ async fn the_openapi_document_validates_and_fuzzing_it_finds_no_server_error() {
         .await;
     assert_eq!(document.status(), 200);
     let document = document.text().await.unwrap();
-    let dir = std::env::temp_dir().join(relais_test_support::unique_name("openapi"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("openapi.json");
-    std::fs::write(&file, &document).unwrap();
+    let folder = relais_test_support::ScratchDir::new("openapi");
+    let dir = folder.path().to_owned();
+    let file = folder.write("openapi.json", &document);
     // A trace's window is schema-valid whatever its ends; one whose `from` is after its `to`,
     // or longer than the audit-service allows, is refused with a 400 on purpose.
     std::fs::write(

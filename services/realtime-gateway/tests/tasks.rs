@@ -23,9 +23,9 @@ async fn a_dead_intake_task_stops_the_gateway_non_zero() {
         kafka.create_topic_with("it-replays", 1, &compacted).await,
     );
     let name = unique_name("dying-gateway");
-    let config_file = std::env::temp_dir().join(format!("{name}.toml"));
-    std::fs::write(&config_file, config).unwrap();
-    let log = std::env::temp_dir().join(format!("{name}.log"));
+    let files = relais_test_support::ScratchDir::new(&name);
+    let config_file = files.write("gateway.toml", &config);
+    let log = files.file("gateway.log");
     let output = std::fs::File::create(&log).unwrap();
     let admin = free_port();
     let mut gateway = Command::new(env!("CARGO_BIN_EXE_realtime-gateway"))
