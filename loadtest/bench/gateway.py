@@ -8,8 +8,8 @@ import time
 
 from audit import remove_buckets
 from common import (
-    AUDIT_ADMIN, BOOTSTRAP, create_topic, http_get, log, metric, peak_rss_bytes, RELEASE, SIM_ADMIN, SIM_API,
-    start, status_bytes, stop, wait_http, WORKER_ADMIN)
+    AUDIT_ADMIN, BOOTSTRAP, create_topic, http_get, log, metric, peak_rss_bytes, process_cpu_seconds, RELEASE,
+    SIM_ADMIN, SIM_API, start, status_bytes, stop, wait_http, WORKER_ADMIN)
 from peers import build_centrifugo, CENTRIFUGO_HTTP
 from rounds import alternate, compare, median_round, spread
 
@@ -90,10 +90,14 @@ def outage_benchmark(args, out, stamp):
 GATEWAY_HTTP, GATEWAY_GRPC, GATEWAY_ADMIN = "127.0.0.1:18080", "127.0.0.1:19152", "127.0.0.1:19103"
 
 
-def fanout_runs(args, scale, topic, target, address, env):
+def fanout_runs(args, scale, topic, target, address, env, server_pid):
+    """One loadgen run per rate against the server `server_pid`; each run also says what the
+    server's CPU cost per frame it delivered (clients connecting and the last events draining
+    included, alike for both servers)."""
     runs = []
     for rate in scale.rates:
         log(f"fan-out ({target}): {scale.clients} clients, {rate} events/s for {args.fanout_seconds} s")
+        cpu_before = process_cpu_seconds(server_pid)
         result = subprocess.run(
             [str(RELEASE / "loadgen"), "--kafka-bootstrap", BOOTSTRAP, "ws-fanout", "--target", target,
              "--gateway", address, "--topic", topic, "--clients", str(scale.clients), "--rate", str(rate),
@@ -101,6 +105,9 @@ def fanout_runs(args, scale, topic, target, address, env):
             capture_output=True, text=True, check=True, env={**os.environ, **env})
         run = json.loads(result.stdout.strip().splitlines()[-1])
         run["rate"] = rate
+        run["server_cpu_seconds"] = process_cpu_seconds(server_pid) - cpu_before
+        if run.get("frames_received"):
+            run["server_cpu_us_per_frame"] = run["server_cpu_seconds"] / run["frames_received"] * 1e6
         runs.append(run)
     return runs
 
@@ -141,7 +148,7 @@ def centrifugo_round(args, scale, out, stamp, index, binary):
     try:
         wait_http(f"http://{CENTRIFUGO_HTTP}/health")
         before = status_bytes(process.pid, "VmRSS")
-        runs = fanout_runs(args, scale, topic, "centrifugo", CENTRIFUGO_HTTP, {})
+        runs = fanout_runs(args, scale, topic, "centrifugo", CENTRIFUGO_HTTP, {}, process.pid)
         memory = server_memory(process.pid, before, scale.clients)
     finally:
         stop(process)
@@ -165,7 +172,7 @@ def gateway_round(args, scale, out, stamp, index):
     try:
         wait_http(f"http://{GATEWAY_HTTP}/readyz")
         before = status_bytes(gateway.pid, "VmRSS")
-        runs = fanout_runs(args, scale, topic, "relais", GATEWAY_HTTP, {"RELAIS_TOKEN": token})
+        runs = fanout_runs(args, scale, topic, "relais", GATEWAY_HTTP, {"RELAIS_TOKEN": token}, gateway.pid)
         memory = server_memory(gateway.pid, before, scale.clients)
     finally:
         stop(gateway)
@@ -198,8 +205,11 @@ def fanout_comparison(args, scale, out, stamp, binary, why_not):
             rounds_at_rate = [result["runs"][rate_index] for result in results if "runs" in result]
             per_side[name] = {quantile: spread(rounds_at_rate, f"latency_{quantile}_ms") for quantile in ("p50", "p99")}
             per_side[name]["delivered_ratio"] = spread(rounds_at_rate, "delivered_ratio")
+            per_side[name]["cpu_us_per_frame"] = spread(rounds_at_rate, "server_cpu_us_per_frame")
         per_side["p99_comparison"] = compare(per_side["relais"]["p99"], per_side["centrifugo"]["p99"],
                                              higher_is_better=False)
+        per_side["cpu_comparison"] = compare(per_side["relais"]["cpu_us_per_frame"],
+                                             per_side["centrifugo"]["cpu_us_per_frame"], higher_is_better=False)
         by_rate[rate] = per_side
     memory = {name: {key: spread([result for result in results if "runs" in result], key)
                      for key in ("peak_rss_bytes", "bytes_per_client")}

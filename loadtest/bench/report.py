@@ -57,6 +57,10 @@ aggregates, and authenticates every client with a token.
         f"{cell(sides['centrifugo']['p50'], 1)} | {cell(sides['centrifugo']['p99'], 1)} | "
         f"{ratio_cell(sides['p99_comparison'])} |"
         for rate, sides in fanout["by_rate"].items())
+    cpu = "\n".join(
+        f"| {rate} | {cell(sides['relais'].get('cpu_us_per_frame'), 2)} | "
+        f"{cell(sides['centrifugo'].get('cpu_us_per_frame'), 2)} | {ratio_cell(sides.get('cpu_comparison'))} |"
+        for rate, sides in fanout["by_rate"].items())
     return f"""## realtime-gateway fan-out to {fanout['clients']} WebSocket clients, beside Centrifugo
 
 Events produced to the gateway's topic at a fixed rate for {fanout['seconds']} s; every client
@@ -66,6 +70,13 @@ client, through Kafka and the gateway (quantiles within 2.2 % histogram buckets)
 | events/s | Relais p50 ms | Relais p99 ms | Centrifugo p50 ms | Centrifugo p99 ms | p99 Relais / Centrifugo (lower is better) |
 | --- | --- | --- | --- | --- | --- |
 {summary}
+
+Each server's own CPU per frame it delivered (one event to one client), over the round at that
+rate:
+
+| events/s | realtime-gateway CPU µs per frame | Centrifugo CPU µs per frame | Relais / Centrifugo (lower is better) |
+| --- | --- | --- | --- |
+{cpu}
 
 {rounds_note(len(fanout["rounds"]["relais"]))} The tables below are the median round of each
 (by p99 at the highest rate).
