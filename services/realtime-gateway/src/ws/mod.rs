@@ -1,11 +1,12 @@
 //! `/ws`: the live event feed (protocol in [`crate::protocol`]).
 //!
-//! Each connection is one task that owns its socket. Events reach it through its own receiver
-//! on the feed, a bounded ring shared by all clients in which each client has its own cursor:
-//! a client that falls more than `client_queue` events behind (a slow reader, a stalled
-//! network) gets a `lagged` frame and is disconnected, and nobody else waits for it. A socket
-//! write that does not complete within `write_timeout` ends the connection the same way.
-//! A resuming client is first sent what it missed, read from the history a batch at a time.
+//! Each connection is one task that writes to its socket, and a second one, live as long as
+//! the first, that reads what the client sends (pongs, close). Events reach the writer through
+//! its own receiver on the feed, a bounded ring shared by all clients in which each client has
+//! its own cursor: a client that falls more than `client_queue` events behind (a slow reader,
+//! a stalled network) gets a `lagged` frame and is disconnected, and nobody else waits for it.
+//! A socket write that does not complete within `write_timeout` ends the connection the same
+//! way. A resuming client is first sent what it missed, read from the history a batch at a time.
 //! Connection slots are capped for the gateway and per token ([`crate::connections`]).
 
 use std::collections::BTreeMap;
