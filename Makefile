@@ -130,7 +130,7 @@ prerequisites: ## Check the build prerequisites (Rust, C compiler, make, zlib he
 
 .PHONY: release
 release: prerequisites ## Build the service binaries (release)
-	@echo "$$(date +%H:%M:%S) [build] release binaries (a first build on 2 cores takes about 5 minutes; later ones seconds)" >&2
+	@echo "$$(date +%H:%M:%S) [build] release binaries (a first build on 2 cores takes about 6 minutes; later ones seconds)" >&2
 	$(CARGO) build --workspace --release --bins
 
 .PHONY: test-tools
