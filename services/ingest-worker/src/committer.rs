@@ -215,7 +215,7 @@ impl Committer {
                                 .map(|index| {
                                     batch[index.ready].outputs[index.message].1[index.record]
                                         .topic
-                                        .clone()
+                                        .to_string()
                                 })
                                 .unwrap_or_default();
                             self.metrics.record_refused(&topic);
@@ -350,7 +350,7 @@ impl Committer {
             for (name, value) in &record.headers {
                 headers = headers.insert(Header {
                     key: name,
-                    value: Some(value),
+                    value: Some(value.as_ref()),
                 });
             }
             let mut future = FutureRecord::to(&record.topic)

@@ -5,7 +5,7 @@
 //! the configured share of payload, headers and key and says in headers what it left out, and
 //! [`shrink_refused`] cuts a copy the broker refused anyway down to its bare minimum.
 
-use crate::records::{Inbound, OutRecord, headers};
+use crate::records::{Inbound, OutHeader, OutRecord, copied_header, header, headers};
 
 /// How much of the original message a DLQ copy keeps, so that every record the worker writes
 /// stays below the broker's size limit whatever it read.
@@ -23,7 +23,7 @@ pub(crate) struct DlqCopy {
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) payload: Vec<u8>,
     /// The original headers kept (the producer's `traceparent` and any `relais-dlq-*` left out).
-    pub(crate) headers: Vec<(String, Vec<u8>)>,
+    pub(crate) headers: Vec<OutHeader>,
     /// Headers describing what was left out; empty when the copy is whole.
     pub(crate) truncation: Vec<(&'static str, String)>,
 }
@@ -60,7 +60,7 @@ impl DlqCopy {
                 continue;
             }
             header_bytes += size;
-            headers.push((name.clone(), value.clone()));
+            headers.push(copied_header((name.clone(), value.clone())));
         }
         if dropped > 0 {
             cut.push("headers");
@@ -130,7 +130,7 @@ impl OutRecord {
         self.headers
             .iter()
             .filter(|(name, _)| {
-                name != headers::TRACEPARENT && !headers::DLQ_ALL.contains(&name.as_str())
+                name != headers::TRACEPARENT && !headers::DLQ_ALL.contains(&name.as_ref())
             })
             .count()
     }
@@ -173,14 +173,14 @@ pub fn shrink_refused(record: &mut OutRecord) -> bool {
         ),
     };
     record.headers.retain(|(name, _)| {
-        (name == headers::TRACEPARENT || headers::DLQ_ALL.contains(&name.as_str()))
+        (name == headers::TRACEPARENT || headers::DLQ_ALL.contains(&name.as_ref()))
             && ![
                 headers::DLQ_TRUNCATED,
                 headers::DLQ_ORIGINAL_BYTES,
                 headers::DLQ_ORIGINAL_SHA256,
                 headers::DLQ_HEADERS_DROPPED,
             ]
-            .contains(&name.as_str())
+            .contains(&name.as_ref())
     });
     let mut cut = vec!["payload"];
     if originals > 0 {
@@ -198,7 +198,7 @@ pub fn shrink_refused(record: &mut OutRecord) -> bool {
         (headers::DLQ_ORIGINAL_SHA256, original_sha),
         (headers::DLQ_HEADERS_DROPPED, originals.to_string()),
     ] {
-        record.headers.push((name.to_owned(), value.into_bytes()));
+        record.headers.push(header(name, value));
     }
     record.payload.clear();
     true
@@ -240,7 +240,7 @@ mod tests {
         let copy = DlqCopy::of(&message, LIMITS);
         assert_eq!(copy.payload, b"{}");
         assert_eq!(copy.key.as_deref(), Some(&b"k"[..]));
-        assert_eq!(copy.headers, vec![("tenant".to_owned(), b"a".to_vec())]);
+        assert_eq!(copy.headers, vec![super::header("tenant", b"a")]);
         assert!(copy.truncation.is_empty());
     }
 
@@ -263,7 +263,7 @@ mod tests {
         assert_eq!(
             copy.headers
                 .iter()
-                .map(|(name, _)| name.as_str())
+                .map(|(name, _)| &**name)
                 .collect::<Vec<_>>(),
             ["first", "third"]
         );
@@ -297,9 +297,9 @@ mod tests {
             key: Some(vec![b'k'; 1000]),
             payload: vec![b'x'; 5000],
             headers: vec![
-                ("tenant".into(), b"a".to_vec()),
-                (headers::TRACEPARENT.into(), b"00-x".to_vec()),
-                (headers::DLQ_REASON.into(), b"payload_too_large".to_vec()),
+                super::header("tenant", b"a"),
+                super::header(headers::TRACEPARENT, b"00-x"),
+                super::header(headers::DLQ_REASON, b"payload_too_large"),
             ],
         };
         let sha = sha256_hex(&record.payload);
@@ -330,7 +330,7 @@ mod tests {
             partition: None,
             key: None,
             payload: vec![1; 10],
-            headers: vec![(headers::TRACEPARENT.into(), b"00-x".to_vec())],
+            headers: vec![super::header(headers::TRACEPARENT, b"00-x")],
         };
         assert!(!shrink_refused(&mut audit));
     }

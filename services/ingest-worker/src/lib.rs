@@ -294,9 +294,9 @@ pub async fn run(
         routing: config.routing.clone(),
         upstreams,
         topics: OutputTopics {
-            audit: config.kafka.audit_topic.clone(),
-            events: config.kafka.events_topic.clone(),
-            dlq: config.kafka.dlq_topic.clone(),
+            audit: config.kafka.audit_topic.as_str().into(),
+            events: config.kafka.events_topic.as_str().into(),
+            dlq: config.kafka.dlq_topic.as_str().into(),
         },
         dlq_limits: config.dlq.limits(),
         worker_id: worker_id.clone(),

@@ -1,12 +1,17 @@
 //! The records a message's outcome (or its move to a retry tier) writes in the transaction.
 
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use prost::Message;
 use relais_proto::v1;
 use relais_resilience::{AttemptRecord, CircuitState, prost_timestamp};
 
-use super::{Decided, Inbound, OutRecord, Outcome, OutputTopics, Scheduled, headers};
+use super::{
+    Decided, Inbound, OutHeader, OutRecord, Outcome, OutputTopics, Scheduled, copied_header,
+    header, headers,
+};
 
 /// Longest reason detail kept in records (details are short by design; this is a backstop).
 const MAX_DETAIL_CHARS: usize = 512;
@@ -32,9 +37,9 @@ pub fn build(
         .take(MAX_DETAIL_CHARS)
         .collect();
     let position = inbound.origin();
-    let trace = (
-        headers::TRACEPARENT.to_owned(),
-        std::mem::take(&mut decided.traceparent).into_bytes(),
+    let trace = header(
+        headers::TRACEPARENT,
+        std::mem::take(&mut decided.traceparent),
     );
     let dlq = (decided.outcome != Outcome::Delivered).then(|| {
         dlq_copy(
@@ -84,34 +89,33 @@ pub fn build(
     };
     let mut records = vec![
         OutRecord {
-            topic: topics.audit.clone(),
+            topic: Arc::clone(&topics.audit),
             partition: None,
             key: None,
             payload: audit_payload,
             headers: vec![
                 trace.clone(),
-                (
-                    relais_proto::schema::HEADER.to_owned(),
-                    relais_proto::schema::AUDIT_RECORD.as_bytes().to_vec(),
-                ),
+                schema_header(relais_proto::schema::AUDIT_RECORD),
             ],
         },
         OutRecord {
-            topic: topics.events.clone(),
+            topic: Arc::clone(&topics.events),
             partition: None,
             key: None,
             payload: event.encode_to_vec(),
-            headers: vec![
-                trace,
-                (
-                    relais_proto::schema::HEADER.to_owned(),
-                    relais_proto::schema::PIPELINE_EVENT.as_bytes().to_vec(),
-                ),
-            ],
+            headers: vec![trace, schema_header(relais_proto::schema::PIPELINE_EVENT)],
         },
     ];
     records.extend(dlq);
     records
+}
+
+/// The header that names a record's protobuf message.
+fn schema_header(schema: &'static str) -> OutHeader {
+    (
+        Cow::Borrowed(relais_proto::schema::HEADER),
+        Cow::Borrowed(schema.as_bytes()),
+    )
 }
 
 /// The dead-letter copy of a message not delivered: the original bytes and headers, so a
@@ -122,7 +126,7 @@ fn dlq_copy(
     decided: &Decided,
     detail: &str,
     position: &v1::SourcePosition,
-    trace: &(String, Vec<u8>),
+    trace: &OutHeader,
     topics: &OutputTopics,
     dlq_limits: crate::dlq::DlqLimits,
 ) -> OutRecord {
@@ -143,13 +147,13 @@ fn dlq_copy(
         (headers::DLQ_MESSAGE_ID, decided.message_id.clone()),
         (headers::DLQ_UPSTREAM, decided.upstream.clone()),
     ] {
-        dlq_headers.push((name.to_owned(), value.into_bytes()));
+        dlq_headers.push(header(name, value));
     }
     for (name, value) in copy.truncation {
-        dlq_headers.push((name.to_owned(), value.into_bytes()));
+        dlq_headers.push(header(name, value));
     }
     OutRecord {
-        topic: topics.dlq.clone(),
+        topic: Arc::clone(&topics.dlq),
         partition: None,
         key: copy.key,
         payload: copy.payload,
@@ -225,21 +229,19 @@ pub fn build_move(
     inbound: &Inbound,
     decided: &Decided,
     scheduled: &Scheduled,
-    events_topic: &str,
+    events_topic: &Arc<str>,
 ) -> Vec<OutRecord> {
-    let trace = (
-        headers::TRACEPARENT.to_owned(),
-        decided.traceparent.clone().into_bytes(),
-    );
+    let trace = header(headers::TRACEPARENT, decided.traceparent.as_str());
     // The worker's traceparent in place of the producer's: the message's later tries join the
     // same trace.
-    let mut tier_headers: Vec<(String, Vec<u8>)> = inbound
+    let mut tier_headers: Vec<OutHeader> = inbound
         .original_headers()
         .into_iter()
         .filter(|(name, _)| name != headers::TRACEPARENT)
+        .map(copied_header)
         .collect();
     tier_headers.push(trace.clone());
-    tier_headers.extend(scheduled.state.to_headers());
+    tier_headers.extend(scheduled.state.to_headers().into_iter().map(copied_header));
     let position = inbound.origin();
     let event = v1::PipelineEvent {
         outcome: v1::Outcome::Unspecified as i32,
@@ -256,24 +258,18 @@ pub fn build_move(
     };
     vec![
         OutRecord {
-            topic: scheduled.topic.clone(),
+            topic: Arc::from(scheduled.topic.as_str()),
             partition: Some(position.partition),
             key: inbound.key.clone(),
             payload: inbound.payload.clone(),
             headers: tier_headers,
         },
         OutRecord {
-            topic: events_topic.to_owned(),
+            topic: Arc::clone(events_topic),
             partition: None,
             key: None,
             payload: event.encode_to_vec(),
-            headers: vec![
-                trace,
-                (
-                    relais_proto::schema::HEADER.to_owned(),
-                    relais_proto::schema::PIPELINE_EVENT.as_bytes().to_vec(),
-                ),
-            ],
+            headers: vec![trace, schema_header(relais_proto::schema::PIPELINE_EVENT)],
         },
     ]
 }
@@ -327,7 +323,7 @@ mod tests {
             .headers
             .iter()
             .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_slice())
+            .map(|(_, value)| value.as_ref())
     }
 
     #[test]
@@ -337,7 +333,7 @@ mod tests {
         let audit = v1::AuditRecord::decode(records[0].payload.as_slice()).unwrap();
         let event = v1::PipelineEvent::decode(records[1].payload.as_slice()).unwrap();
         assert_eq!(
-            (records[0].topic.as_str(), records[1].topic.as_str()),
+            (&*records[0].topic, &*records[1].topic),
             ("audit", "events")
         );
         for record in &records {
@@ -390,7 +386,7 @@ mod tests {
         let records = build(&inbound(), decided(failed), &topics(), LIMITS);
         assert_eq!(records.len(), 3);
         let copy = &records[2];
-        assert_eq!(copy.topic, "dlq");
+        assert_eq!(&*copy.topic, "dlq");
         assert_eq!(copy.payload, br#"{"id":"m-1"}"#);
         assert_eq!(header(copy, headers::DLQ_REASON), Some(&b"status_422"[..]));
         assert_eq!(
@@ -407,7 +403,7 @@ mod tests {
             .filter(|(name, _)| name == headers::TRACEPARENT)
             .collect();
         assert_eq!(parents.len(), 1);
-        assert_ne!(parents[0].1, b"00-producer");
+        assert_ne!(&*parents[0].1, b"00-producer");
         let audit = v1::AuditRecord::decode(records[0].payload.as_slice()).unwrap();
         assert_eq!(audit.reason_code, "status_422");
         assert_eq!(audit.reason_detail, "unprocessable");

@@ -1,6 +1,8 @@
 //! The records one outcome produces: an `AuditRecord` on the audit topic, a `PipelineEvent`
 //! on the events topic, and for anything but DELIVERED the original message on the DLQ.
 
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use relais_proto::v1;
@@ -88,12 +90,26 @@ impl Inbound {
 /// A record to write in the outcome transaction.
 #[derive(Debug, Clone)]
 pub struct OutRecord {
-    pub topic: String,
+    pub topic: Arc<str>,
     /// `None`: the producer's partitioner chooses (by key).
     pub partition: Option<i32>,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Vec<OutHeader>,
+}
+
+/// A header of a record the worker writes. Its name, and often its value, is a constant that
+/// every record shares rather than a copy of its own.
+pub type OutHeader = (Cow<'static, str>, Cow<'static, [u8]>);
+
+/// A header whose name is a constant and whose value was made for this record.
+pub fn header(name: &'static str, value: impl Into<Vec<u8>>) -> OutHeader {
+    (Cow::Borrowed(name), Cow::Owned(value.into()))
+}
+
+/// A header as it came with a message read from Kafka.
+pub fn copied_header((name, value): (String, Vec<u8>)) -> OutHeader {
+    (Cow::Owned(name), Cow::Owned(value))
 }
 
 /// The final outcome of one message.
@@ -183,12 +199,12 @@ pub struct Decided {
 
 pub use relais_operator::headers;
 
-/// Topic names for the outputs.
+/// Topic names for the outputs, shared by every record written to them.
 #[derive(Debug, Clone)]
 pub struct OutputTopics {
-    pub audit: String,
-    pub events: String,
-    pub dlq: String,
+    pub audit: Arc<str>,
+    pub events: Arc<str>,
+    pub dlq: Arc<str>,
 }
 
 /// A message's move to a retry tier (not an outcome).
