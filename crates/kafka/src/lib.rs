@@ -16,6 +16,7 @@
 pub mod access;
 mod client;
 mod config;
+pub mod resets;
 
 pub use client::{KafkaClient, bounded_prefetch};
 pub use config::{

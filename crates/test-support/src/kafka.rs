@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::{Endpoints, UnavailableError, unique_name};
 
@@ -112,6 +112,26 @@ impl KafkaTestEnv {
         for result in results {
             if let Err((topic, code)) = result {
                 panic!("creating topic {topic} failed: {code}");
+            }
+        }
+    }
+
+    /// Deletes the records of `topic`'s `partition` before `offset`, as retention would: a
+    /// consumer whose next offset lies before it finds it gone.
+    pub async fn delete_records_before(&self, topic: &str, partition: i32, offset: i64) {
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(topic, partition, Offset::Offset(offset))
+            .expect("a valid offset");
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
+        let result = self
+            .admin
+            .delete_records(&offsets, &options)
+            .await
+            .unwrap_or_else(|error| panic!("deleting records of {topic} failed: {error}"));
+        for element in result.elements() {
+            if let Err(error) = element.error() {
+                panic!("deleting records of {topic} [{partition}] failed: {error}");
             }
         }
     }
