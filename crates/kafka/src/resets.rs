@@ -8,12 +8,16 @@
 //! log truncated, so that the consumer's offset lies beyond the log's end. librdkafka treats
 //! both alike and says so only in a warning: nothing in the records read afterwards shows that
 //! any were skipped. [`ResetWatch`] picks those warnings out of a client's log, and
-//! [`watch_resets`] measures each against the partition's watermarks, so that the service can
+//! [`next_reset`] measures each against the partition's watermarks, so that the service can
 //! count what was lost and say where.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::{ClientConfig, ClientContext};
@@ -44,6 +48,9 @@ pub enum ResetOutcome {
 }
 
 impl ResetOutcome {
+    /// Every [`Self::kind`].
+    pub const KINDS: [&'static str; 3] = ["deleted_unread", "rewound", "within_log"];
+
     /// A short name for metric labels and logs.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -112,7 +119,7 @@ pub fn watched(config: &mut ClientConfig) -> &mut ClientConfig {
 const WAITING_RESETS: usize = 1024;
 
 /// The log callback of a consumer's context: forwards librdkafka's lines to `tracing` as
-/// rdkafka's own context does, and hands each offset reset to [`watch_resets`]. It also serves
+/// rdkafka's own context does, and hands each offset reset to [`next_reset`]. It also serves
 /// as the whole context of a consumer that needs no rebalance callbacks.
 #[derive(Debug, Clone)]
 pub struct ResetWatch {
@@ -120,7 +127,7 @@ pub struct ResetWatch {
 }
 
 impl ResetWatch {
-    /// A watch and the receiver [`watch_resets`] measures from.
+    /// A watch and the receiver [`next_reset`] measures from.
     pub fn new() -> (Self, mpsc::Receiver<OffsetReset>) {
         let (resets, receiver) = mpsc::channel(WAITING_RESETS);
         (Self { resets }, receiver)
@@ -161,39 +168,113 @@ impl ClientContext for ResetWatch {
 
 impl ConsumerContext for ResetWatch {}
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResetLabels {
+    topic: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabels {
+    topic: String,
+}
+
+/// A service's counts of its consumers' offset resets, registered under its prefix.
+#[derive(Debug, Clone, Default)]
+pub struct ResetMetrics {
+    resets: Family<ResetLabels, Counter>,
+    deleted_unread: Family<TopicLabels, Counter>,
+}
+
+impl ResetMetrics {
+    /// Registers `offset_resets` and `records_deleted_unread` in `registry` (the service's
+    /// prefixed registry).
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "offset_resets",
+            "Offset resets of this service's consumers, by topic and kind: deleted_unread \
+             (records deleted before they were read), rewound (the log ends before the \
+             consumer's offset: the topic created again or truncated), within_log",
+            metrics.resets.clone(),
+        );
+        registry.register(
+            "records_deleted_unread",
+            "Offsets deleted by Kafka (retention, delete-records) before this service read them, \
+             by topic: the records lost, at most (commit markers take offsets too)",
+            metrics.deleted_unread.clone(),
+        );
+        metrics
+    }
+
+    /// Counts one measured reset.
+    pub fn record(&self, reset: &OffsetReset, outcome: ResetOutcome) {
+        let topic = reset.topic.clone();
+        if let ResetOutcome::DeletedUnread { offsets, .. } = outcome {
+            self.deleted_unread
+                .get_or_create(&TopicLabels {
+                    topic: topic.clone(),
+                })
+                .inc_by(offsets.unsigned_abs());
+        }
+        self.resets
+            .get_or_create(&ResetLabels {
+                topic,
+                kind: outcome.kind(),
+            })
+            .inc();
+    }
+
+    /// Every series of `topics` at zero from the start, so that an alert can tell a first
+    /// reset from a missing series.
+    pub fn prepare<'a>(&self, topics: impl IntoIterator<Item = &'a str>) {
+        for topic in topics {
+            let topic = topic.to_owned();
+            let _ = self.deleted_unread.get_or_create(&TopicLabels {
+                topic: topic.clone(),
+            });
+            for kind in ResetOutcome::KINDS {
+                let _ = self.resets.get_or_create(&ResetLabels {
+                    topic: topic.clone(),
+                    kind,
+                });
+            }
+        }
+    }
+}
+
 /// How long one watermark query may take.
 const WATERMARKS_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Measures each reset the watch passes on against its partition's watermarks (queried with
-/// `consumer`), logs it, and hands it to `report`; returns when every sender is gone. A reset
-/// whose watermarks cannot be read is logged and reported as [`ResetOutcome::WithinLog`]:
-/// nothing is known about it beyond the warning.
-pub async fn watch_resets<C, X>(
-    mut resets: mpsc::Receiver<OffsetReset>,
-    consumer: Arc<C>,
-    mut report: impl FnMut(&OffsetReset, ResetOutcome),
-) where
+/// Waits for the next reset the watch passes on, measures it against its partition's
+/// watermarks (queried with `consumer`) and logs it; `None` once the watch is gone. A reset
+/// whose watermarks cannot be read is logged and given as [`ResetOutcome::WithinLog`]: nothing
+/// is known about it beyond the warning.
+pub async fn next_reset<C, X>(
+    resets: &mut mpsc::Receiver<OffsetReset>,
+    consumer: &Arc<C>,
+) -> Option<(OffsetReset, ResetOutcome)>
+where
     C: Consumer<X> + Send + Sync + 'static,
     X: ConsumerContext + 'static,
 {
-    while let Some(reset) = resets.recv().await {
-        let (client, asked) = (Arc::clone(&consumer), reset.clone());
-        let watermarks = tokio::task::spawn_blocking(move || {
-            client.fetch_watermarks(&asked.topic, asked.partition, WATERMARKS_TIMEOUT)
-        })
-        .await;
-        let outcome = match watermarks {
-            Ok(Ok((low, high))) => measure(reset.at, low, high),
-            Ok(Err(error)) => {
-                tracing::error!(topic = %reset.topic, partition = reset.partition, at = reset.at,
-                    %error, "offset reset: the partition's watermarks could not be read");
-                ResetOutcome::WithinLog
-            }
-            Err(_) => return, // the runtime is shutting down
-        };
-        log_outcome(&reset, outcome);
-        report(&reset, outcome);
-    }
+    let reset = resets.recv().await?;
+    let (client, asked) = (Arc::clone(consumer), reset.clone());
+    let watermarks = tokio::task::spawn_blocking(move || {
+        client.fetch_watermarks(&asked.topic, asked.partition, WATERMARKS_TIMEOUT)
+    })
+    .await
+    .ok()?; // the runtime is shutting down
+    let outcome = match watermarks {
+        Ok((low, high)) => measure(reset.at, low, high),
+        Err(error) => {
+            tracing::error!(topic = %reset.topic, partition = reset.partition, at = reset.at,
+                %error, "offset reset: the partition's watermarks could not be read");
+            ResetOutcome::WithinLog
+        }
+    };
+    log_outcome(&reset, outcome);
+    Some((reset, outcome))
 }
 
 fn log_outcome(reset: &OffsetReset, outcome: ResetOutcome) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use relais_kafka::resets::{self, OffsetReset, ResetOutcome, ResetWatch, watch_resets};
+use relais_kafka::resets::{self, OffsetReset, ResetOutcome, ResetWatch, next_reset};
 use relais_test_support::{KafkaTestEnv, unique_name};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -66,15 +66,13 @@ async fn read_after_reset(
     consumer.subscribe(&[topic]).expect("subscribed");
     let reported = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&reported);
-    let watching = tokio::spawn(watch_resets(
-        resets,
-        Arc::clone(&consumer),
-        move |reset, outcome| {
-            sink.lock()
-                .expect("not poisoned")
-                .push((reset.clone(), outcome))
-        },
-    ));
+    let measuring = Arc::clone(&consumer);
+    let watching = tokio::spawn(async move {
+        let mut resets = resets;
+        while let Some(measured) = next_reset(&mut resets, &measuring).await {
+            sink.lock().expect("not poisoned").push(measured);
+        }
+    });
     let first = tokio::time::timeout(WAIT, consumer.recv())
         .await
         .expect("a record within the wait")

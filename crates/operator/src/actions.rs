@@ -22,6 +22,10 @@ pub const UPSTREAM_HELD: &str = "upstream.held";
 pub const UPSTREAM_RELEASED: &str = "upstream.released";
 pub const REPLAY_STARTED: &str = "replay.started";
 pub const REPLAY_FINISHED: &str = "replay.finished";
+/// Kafka deleted records of a partition before a service read them (retention).
+pub const KAFKA_RECORDS_DELETED: &str = "kafka.records_deleted";
+/// A partition's log ended before a service's offset: the topic created again, or truncated.
+pub const KAFKA_LOG_REWOUND: &str = "kafka.log_rewound";
 
 /// The subject of an action on an upstream.
 pub fn upstream_subject(name: &str) -> String {
@@ -31,6 +35,11 @@ pub fn upstream_subject(name: &str) -> String {
 /// The subject of an action on a replay job.
 pub fn replay_subject(job: &str) -> String {
     format!("replay/{job}")
+}
+
+/// The subject of an action on a Kafka partition.
+pub fn partition_subject(topic: &str, partition: i32) -> String {
+    format!("kafka/{topic}/{partition}")
 }
 
 /// An action done now. `trace_id` is the W3C trace id of the request that caused it; a fresh

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::Consumer;
+use relais_kafka::resets::{OffsetReset, ResetMetrics, ResetWatch, next_reset};
 use relais_telemetry::admin::{AdminServer, Readiness};
 use relais_telemetry::shutdown::CancellationToken;
 use relais_telemetry::tasks::EssentialTasks;
@@ -103,7 +104,7 @@ pub async fn run_with_commit_faults(
         .resolve(&args.kafka_bootstrap)
         .context("kafka.client")?;
     let mut consumer_config = kafka.config();
-    consumer_config
+    relais_kafka::resets::watched(&mut consumer_config)
         .set("group.id", &config.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -118,11 +119,13 @@ pub async fn run_with_commit_faults(
         // 2 MiB per partition and fetch: with librdkafka's 1 MiB the pipeline waited for
         // fetches at about 240k records/s in `make bench`, against about 285k.
         .set("max.partition.fetch.bytes", "2097152");
+    let (resets, reset_receiver) = ResetWatch::new();
     // The prefetch is most of the service's memory; see `kafka.prefetch_kbytes`.
     let consumer: AuditConsumer =
         relais_kafka::bounded_prefetch(&mut consumer_config, config.kafka.prefetch_kbytes)
             .create_with_context(AuditContext {
                 assignment: Arc::clone(&assignment),
+                resets,
             })
             .context("cannot create the Kafka consumer")?;
     consumer
@@ -136,6 +139,17 @@ pub async fn run_with_commit_faults(
     tasks.spawn(
         "lag",
         report_lag(Arc::clone(&consumer), metrics.clone(), shutdown.clone()),
+    );
+    // Audit records Kafka deleted before they were stored are counted and logged.
+    metrics.resets.prepare([config.kafka.audit_topic.as_str()]);
+    tasks.spawn(
+        "offset resets",
+        count_resets(
+            reset_receiver,
+            Arc::clone(&consumer),
+            metrics.resets.clone(),
+            shutdown.clone(),
+        ),
     );
     // Shutdown may wait this long for the pipeline to store what it holds.
     let drain = config.storage.drain_timeout + std::time::Duration::from_secs(5);
@@ -159,6 +173,24 @@ pub async fn run_with_commit_faults(
     consumer.unsubscribe();
     admin.join().await;
     Ok(watched?)
+}
+
+/// Counts the consumer's offset resets (measured and logged by [`next_reset`]) until shutdown.
+async fn count_resets(
+    mut resets: tokio::sync::mpsc::Receiver<OffsetReset>,
+    consumer: Arc<AuditConsumer>,
+    metrics: ResetMetrics,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = next_reset(&mut resets, &consumer) => match next {
+                Some((reset, outcome)) => metrics.record(&reset, outcome),
+                None => return,
+            },
+        }
+    }
 }
 
 /// Binds `address`; the future returned serves `AuditQuery` and the standard health service

@@ -27,10 +27,13 @@ pub struct AuditMetrics {
     pub commit_failures: Counter,
     pub trail_lookups: Family<Vec<(&'static str, &'static str)>, Counter>,
     pub pressure_closes: Counter,
+    /// The consumer's offset resets: audit records Kafka deleted before they were stored.
+    pub resets: relais_kafka::resets::ResetMetrics,
 }
 
 impl AuditMetrics {
     pub fn register(registry: &mut Registry) -> Self {
+        let audit = registry.sub_registry_with_prefix("relais_audit");
         let metrics = Self {
             records_consumed: Counter::default(),
             records_written: Counter::default(),
@@ -50,8 +53,8 @@ impl AuditMetrics {
             commit_failures: Counter::default(),
             trail_lookups: Family::default(),
             pressure_closes: Counter::default(),
+            resets: relais_kafka::resets::ResetMetrics::register(audit),
         };
-        let audit = registry.sub_registry_with_prefix("relais_audit");
         audit.register(
             "records_consumed",
             "Audit records read from Kafka",

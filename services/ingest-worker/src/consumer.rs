@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use relais_kafka::resets::ResetWatch;
 
 use crate::metrics::WorkerMetrics;
 use crate::records::Tracker;
@@ -19,9 +21,15 @@ pub struct WorkerContext {
     pub tracker: Arc<Tracker>,
     pub tiers: TierAssignment,
     pub metrics: WorkerMetrics,
+    /// Picks the offset resets out of librdkafka's log ([`crate::resets`]).
+    pub resets: ResetWatch,
 }
 
-impl ClientContext for WorkerContext {}
+impl ClientContext for WorkerContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.resets.log(level, fac, log_message);
+    }
+}
 
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -14,6 +14,7 @@ use rdkafka::producer::FutureProducer;
 use relais_operator::KafkaClient;
 use relais_operator::actions;
 use relais_operator::control::{ControlFollower, UpstreamControl};
+use relais_proto::v1::OperatorAction;
 use relais_telemetry::shutdown::CancellationToken;
 use tokio::sync::mpsc;
 
@@ -135,26 +136,50 @@ pub async fn publish(
             event.detail,
             event.trace_id,
         );
-        loop {
-            let written = async {
-                if let Some(control) = &control {
-                    relais_operator::control::publish(&producer, &control_topic, control).await?;
-                }
-                actions::record(&producer, &audit_topic, &action).await
-            };
-            match written.await {
-                Ok(()) => break,
-                Err(error) => {
-                    tracing::warn!(
-                        subject = %action.subject,
-                        action = %action.action,
-                        error = format!("{error:#}"),
-                        "cannot publish the upstream's change yet; retrying"
-                    );
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(RETRY) => {}
-                    }
+        if !write_until_stored(
+            &producer,
+            control
+                .as_ref()
+                .map(|control| (control_topic.as_str(), control)),
+            &audit_topic,
+            &action,
+            &shutdown,
+        )
+        .await
+        {
+            return;
+        }
+    }
+}
+
+/// Writes `action` to the audit trail, after `control` to its topic if there is one, trying
+/// again every [`RETRY`] until the broker has them; false if `shutdown` came first.
+pub async fn write_until_stored(
+    producer: &FutureProducer,
+    control: Option<(&str, &UpstreamControl)>,
+    audit_topic: &str,
+    action: &OperatorAction,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        let written = async {
+            if let Some((topic, control)) = control {
+                relais_operator::control::publish(producer, topic, control).await?;
+            }
+            actions::record(producer, audit_topic, action).await
+        };
+        match written.await {
+            Ok(()) => return true,
+            Err(error) => {
+                tracing::warn!(
+                    subject = %action.subject,
+                    action = %action.action,
+                    error = format!("{error:#}"),
+                    "cannot publish the action yet; retrying"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep(RETRY) => {}
                 }
             }
         }

@@ -36,6 +36,7 @@ pub mod pipeline;
 pub mod process;
 pub mod read_gate;
 pub mod records;
+pub mod resets;
 pub mod retry;
 pub mod schedule;
 pub mod status;
@@ -50,6 +51,7 @@ use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::{FutureProducer, Producer};
+use relais_kafka::resets::{ResetMetrics, ResetWatch};
 use relais_resilience::{ResilienceMetrics, UpstreamClient};
 use relais_telemetry::admin::{AdminServer, Readiness};
 use relais_telemetry::shutdown::{self, CancellationToken, TaskTracker};
@@ -159,11 +161,18 @@ pub async fn run(
 
     let tracker: Arc<Tracker> = Arc::new(Tracker::default());
     let tier_topics = config.tier_topics();
+    let reset_metrics = ResetMetrics::register(registry.sub_registry_with_prefix("relais_worker"));
+    let read_topics = std::iter::once(config.kafka.ingress_topic.as_str())
+        .chain(tier_topics.tiers().map(|(_, topic, _)| topic));
+    reset_metrics.prepare(read_topics);
     let parked = Arc::new(ParkedKeys::default());
+    // Both consumers' offset resets (records deleted before they were read) are reported.
+    let (reset_watch, reset_receiver) = ResetWatch::new();
     let tier_consumer: Arc<TierConsumer> = Arc::new(tiers::tier_consumer(
         client_config(),
         &config.kafka.group_id,
         &worker_id,
+        reset_watch.clone(),
     )?);
     let (load_requests, load_receiver) = tokio::sync::mpsc::channel(4096);
     let waiting_reader = WaitingReader {
@@ -188,7 +197,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     let consumer: WorkerConsumer = relais_kafka::bounded_prefetch(
-        client_config()
+        relais_kafka::resets::watched(&mut client_config())
             .set("group.id", &config.kafka.group_id)
             .set("client.id", &worker_id)
             .set("enable.auto.commit", "false")
@@ -211,6 +220,7 @@ pub async fn run(
             loads: load_requests,
         },
         metrics: metrics.clone(),
+        resets: reset_watch,
     })
     .context("cannot create the Kafka consumer")?;
     let consumer = Arc::new(consumer);
@@ -275,6 +285,17 @@ pub async fn run(
         .set("client.id", format!("{worker_id}-control"))
         .create()
         .context("cannot create the control producer")?;
+    let reset_reporter = tokio::spawn(resets::report_resets(
+        reset_receiver,
+        Arc::clone(&consumer),
+        resets::ResetReports {
+            metrics: reset_metrics,
+            producer: control_producer.clone(),
+            audit_topic: config.kafka.audit_topic.clone(),
+            worker_id: worker_id.clone(),
+        },
+        shutdown.clone(),
+    ));
     let (hold_changes, hold_change_receiver) = control::HoldEvents::channel();
     let control_publisher = tokio::spawn(control::publish(
         hold_change_receiver,
@@ -447,6 +468,7 @@ pub async fn run(
     };
     lag_reporter.abort();
     parked_loader.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(3), reset_reporter).await;
     let _ = tokio::time::timeout(Duration::from_secs(3), control_publisher).await;
     let _ = tokio::task::spawn_blocking(move || control_follower.join()).await;
     if let Some(status_reporter) = status_reporter {

@@ -19,6 +19,7 @@ use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use relais_kafka::resets::ResetWatch;
 use relais_telemetry::shutdown::CancellationToken;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -30,7 +31,7 @@ use crate::records::Tracker;
 use crate::retry::{RetryState, TierTopics};
 use crate::tracker::SourcePartition;
 
-pub type TierConsumer = StreamConsumer;
+pub type TierConsumer = StreamConsumer<ResetWatch>;
 
 /// Tier records read before they were due and kept in memory, per retry topic (written by the
 /// dispatcher, read by the lag reporter).
@@ -109,13 +110,15 @@ impl TierAssignment {
 const TIER_PREFETCH_KBYTES: u32 = 1024;
 
 /// A consumer for the tier topics: assigned by hand (no group membership), reading committed
-/// records only, its positions taken from the group's committed offsets.
+/// records only, its positions taken from the group's committed offsets; its offset resets go
+/// to `resets`.
 pub fn tier_consumer(
     mut client: ClientConfig,
     group_id: &str,
     client_id: &str,
+    resets: ResetWatch,
 ) -> anyhow::Result<TierConsumer> {
-    client
+    relais_kafka::resets::watched(&mut client)
         .set("group.id", group_id)
         .set("client.id", format!("{client_id}-retry"))
         .set("enable.auto.commit", "false")
@@ -123,7 +126,7 @@ pub fn tier_consumer(
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed");
     relais_kafka::bounded_prefetch(&mut client, TIER_PREFETCH_KBYTES)
-        .create()
+        .create_with_context(resets)
         .context("cannot create the retry tier consumer")
 }
 

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
+use prost::Message as _;
 use relais_ingest_worker::config::PipelineConfig;
 use relais_proto::v1::Outcome;
 use relais_resilience::UpstreamPolicy;
@@ -209,4 +210,78 @@ async fn every_message_has_exactly_one_outcome_and_invalid_ones_reach_the_dlq() 
         total - invalid
     );
     worker.stop().await;
+}
+
+/// Ingress messages Kafka deleted before the worker read them (retention while it was down)
+/// have no outcome: the worker counts them, names their offsets in an operator action in the
+/// audit trail, and delivers the rest from the log's new start, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_deleted_before_they_were_read_are_accounted_for() {
+    init_telemetry();
+    let kafka = relais_test_support::kafka().await;
+    let sim = Sim::start().await;
+    let topics = Topics::create(&kafka, 1).await;
+    let group = unique_name("it-deleted");
+    let events = valid_events("deleted", 300, 10);
+    let start = || {
+        Worker::start(
+            &kafka,
+            &topics,
+            &group,
+            sim.api,
+            UpstreamPolicy::default(),
+            PipelineConfig::default(),
+        )
+    };
+
+    produce(&kafka, &topics.ingress, &events[..100]).await;
+    let first = start();
+    read_outcomes(&kafka, &topics.audit, 100, Duration::from_secs(60)).await;
+    first.stop().await;
+
+    // While the worker is down, 200 more arrive and retention takes the log up to offset 250.
+    produce(&kafka, &topics.ingress, &events[100..]).await;
+    kafka.delete_records_before(&topics.ingress, 0, 250).await;
+
+    let second = start();
+    let outcomes = read_outcomes(&kafka, &topics.audit, 150, Duration::from_secs(60)).await;
+    let offsets: BTreeSet<i64> = outcomes
+        .iter()
+        .map(|record| record.position.as_ref().unwrap().offset)
+        .collect();
+    assert_eq!(
+        offsets,
+        (0..100).chain(250..300).collect(),
+        "each read message once"
+    );
+
+    let action = read_exactly_where(
+        &kafka,
+        &topics.audit,
+        1,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+        is_operator_action,
+    )
+    .await;
+    let action = relais_proto::v1::OperatorAction::decode(action[0].payload.as_slice()).unwrap();
+    assert_eq!(action.action, "kafka.records_deleted");
+    assert_eq!(action.subject, format!("kafka/{}/0", topics.ingress));
+    assert!(action.actor.starts_with("worker:"), "{}", action.actor);
+    assert!(
+        action.detail.starts_with("offsets 100 to 249 deleted"),
+        "{}",
+        action.detail
+    );
+    let deleted = format!(
+        "relais_worker_records_deleted_unread_total{{topic=\"{}\"}}",
+        topics.ingress
+    );
+    assert_eq!(second.metric(&deleted).await, 150.0);
+    let resets = format!(
+        "relais_worker_offset_resets_total{{topic=\"{}\",kind=\"deleted_unread\"}}",
+        topics.ingress
+    );
+    assert_eq!(second.metric(&resets).await, 1.0);
+    second.stop().await;
 }

@@ -16,7 +16,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use relais_kafka::resets::ResetWatch;
 use relais_telemetry::shutdown::CancellationToken;
 
 pub type AuditConsumer = StreamConsumer<AuditContext>;
@@ -140,9 +142,15 @@ impl Drop for UploadPermit {
 #[derive(Debug)]
 pub struct AuditContext {
     pub assignment: Arc<Assignment>,
+    /// Picks the offset resets out of librdkafka's log.
+    pub resets: ResetWatch,
 }
 
-impl ClientContext for AuditContext {}
+impl ClientContext for AuditContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.resets.log(level, fac, log_message);
+    }
+}
 
 impl ConsumerContext for AuditContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
