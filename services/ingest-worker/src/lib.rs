@@ -174,9 +174,24 @@ pub async fn run(
         &worker_id,
         reset_watch.clone(),
     )?);
+    let producer: FutureProducer = client_config()
+        .set("transactional.id", format!("relais-ingest-{worker_id}"))
+        .set(
+            "transaction.timeout.ms",
+            config.kafka.transaction_timeout.as_millis().to_string(),
+        )
+        .set(
+            "message.timeout.ms",
+            config.kafka.delivery_timeout().as_millis().to_string(),
+        )
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .create()
+        .context("cannot create the Kafka producer")?;
     let (load_requests, load_receiver) = tokio::sync::mpsc::channel(4096);
     let waiting_reader = WaitingReader {
         client: client_config(),
+        producer: producer.clone(),
         group_id: config.kafka.group_id.clone(),
         ingress_topic: config.kafka.ingress_topic.clone(),
         topics: tier_topics.clone(),
@@ -189,11 +204,15 @@ pub async fn run(
                 .collect(),
         ),
     };
+    let readiness = Readiness::default();
+    // False while partitions wait for retry-topic partitions that do not exist.
+    let tiers_ready = readiness.register("retry-tiers");
     let parked_loader = tokio::spawn(tiers::load_parked(
         load_receiver,
         waiting_reader,
         Arc::clone(&tracker),
         Arc::clone(&parked),
+        tiers_ready,
         shutdown.clone(),
     ));
     let consumer: WorkerConsumer = relais_kafka::bounded_prefetch(
@@ -225,20 +244,6 @@ pub async fn run(
     .context("cannot create the Kafka consumer")?;
     let consumer = Arc::new(consumer);
 
-    let producer: FutureProducer = client_config()
-        .set("transactional.id", format!("relais-ingest-{worker_id}"))
-        .set(
-            "transaction.timeout.ms",
-            config.kafka.transaction_timeout.as_millis().to_string(),
-        )
-        .set(
-            "message.timeout.ms",
-            config.kafka.delivery_timeout().as_millis().to_string(),
-        )
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .create()
-        .context("cannot create the Kafka producer")?;
     // Also fences an earlier instance with the same identity (a crashed predecessor) and
     // aborts whatever transaction it left open.
     let init_producer = producer.clone();
@@ -254,7 +259,6 @@ pub async fn run(
         .subscribe(&[&config.kafka.ingress_topic])
         .context("cannot subscribe to the ingress topic")?;
 
-    let readiness = Readiness::default();
     let kafka_ready = readiness.register("kafka");
     kafka_ready.set_ready();
     // Turns false while outcomes cannot be committed (see pipeline::commit_loop).

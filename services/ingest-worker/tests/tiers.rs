@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use relais_ingest_worker::config::{PipelineConfig, RouteRule, UpstreamConfig, WorkerConfig};
 use relais_ingest_worker::retry::RetryState;
@@ -319,5 +321,137 @@ async fn a_tier_record_the_worker_did_not_write_gets_an_outcome() {
         "an unreadable tier record is recorded where it was read"
     );
     assert_eq!(sim.deliveries().await["accepted"], 1);
+    worker.stop().await;
+}
+
+/// Adds partitions to `topic` (at least `total` in all).
+async fn grow(kafka: &relais_test_support::KafkaTestEnv, topic: &str, total: usize) {
+    let admin: AdminClient<DefaultClientContext> = kafka.client_config().create().unwrap();
+    let results = admin
+        .create_partitions([&NewPartitions::new(topic, total)], &AdminOptions::new())
+        .await
+        .unwrap();
+    for result in results {
+        result.unwrap();
+    }
+}
+
+/// Events produced to the given ingress partitions, in turn.
+async fn produce_to(
+    kafka: &relais_test_support::KafkaTestEnv,
+    topic: &str,
+    prefix: &str,
+    partitions: &[i32],
+    count: usize,
+) {
+    let producer: FutureProducer = kafka.client_config().create().unwrap();
+    for (index, (key, payload)) in valid_events(prefix, count, 10).into_iter().enumerate() {
+        let partition = partitions[index % partitions.len()];
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .key(&key)
+                    .payload(&payload)
+                    .partition(partition),
+                secs(10),
+            )
+            .await
+            .map_err(|(error, _)| error)
+            .unwrap();
+    }
+}
+
+/// Partitions added to the ingress topic while the worker runs, before the retry topics have
+/// them: the new partitions' messages wait (no outcome, nothing lost), the others go on, and
+/// `/readyz` names the topic to grow; once it has grown, the waiting messages are delivered,
+/// each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ingress_partitions_added_before_the_retry_topics_have_them_wait_for_them() {
+    init_telemetry();
+    let kafka = relais_test_support::kafka().await;
+    let sim = Sim::start().await;
+    let topics = Topics::create(&kafka, 1).await;
+    let mut config = config_with_tiers(&topics, sim.api, &[secs(5)]);
+    // New partitions are seen within a second instead of librdkafka's five minutes.
+    config
+        .kafka
+        .client
+        .settings
+        .insert("topic.metadata.refresh.interval.ms".into(), "1000".into());
+    let tier_topic = config.tier_topics().tiers().next().unwrap().1.to_owned();
+    create_retry_topics(&kafka, &topics, &config).await;
+    let worker = Worker::start_config(&kafka, config);
+    produce_to(&kafka, &topics.ingress, "first", &[0], 20).await;
+    read_outcomes(&kafka, &topics.audit, 20, secs(30)).await;
+
+    grow(&kafka, &topics.ingress, 3).await;
+    produce_to(&kafka, &topics.ingress, "grown", &[1, 2], 20).await;
+    produce_to(&kafka, &topics.ingress, "second", &[0], 10).await;
+    let readyz = format!("http://{}/readyz", worker.admin);
+    relais_test_support::wait_until(
+        "the worker reports the missing partitions",
+        secs(60),
+        || {
+            let readyz = readyz.clone();
+            async move {
+                let Ok(response) = reqwest::get(&readyz).await else {
+                    return false;
+                };
+                response.status() == 503
+                    && response.text().await.is_ok_and(|body| {
+                        body.contains("retry-tiers") && body.contains("add partitions to it")
+                    })
+            }
+        },
+    )
+    .await;
+    // Partition 0 goes on; 1 and 2 wait, and nothing of theirs is decided.
+    let outcomes = read_outcomes(&kafka, &topics.audit, 30, secs(30)).await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|record| record.position.as_ref().unwrap().partition == 0)
+    );
+
+    // The upstream fails while the waiting messages go on, so they move to the tier's new
+    // partitions; then it heals and they come back.
+    sim.set_faults(serde_json::json!({"errors": {"503": 1.0}}))
+        .await;
+    grow(&kafka, &tier_topic, 3).await;
+    relais_test_support::wait_until("the worker is ready again", secs(90), || async {
+        worker.readyz().await == 200
+    })
+    .await;
+    let metrics = relais_test_support::AdminMetrics::new(worker.admin);
+    relais_test_support::wait_until("the grown partitions' messages moved", secs(60), || async {
+        metrics
+            .scrape()
+            .await
+            .sum("relais_worker_retries_scheduled_total")
+            .is_some_and(|moved| moved >= 20.0)
+    })
+    .await;
+    let reader: rdkafka::consumer::BaseConsumer = kafka.client_config().create().unwrap();
+    for partition in [1, 2] {
+        relais_test_support::wait_until("moves written to the new partitions", secs(30), || {
+            let high = rdkafka::consumer::Consumer::fetch_watermarks(
+                &reader,
+                &tier_topic,
+                partition,
+                secs(10),
+            )
+            .map_or(0, |(_, high)| high);
+            async move { high > 0 }
+        })
+        .await;
+    }
+    sim.set_faults(serde_json::json!({})).await;
+    let outcomes = read_outcomes(&kafka, &topics.audit, 50, secs(60)).await;
+    assert_exactly_once(&outcomes, 50);
+    assert!(
+        outcomes
+            .iter()
+            .all(|record| record.outcome == Outcome::Delivered as i32)
+    );
     worker.stop().await;
 }

@@ -11,16 +11,14 @@
 //! read once, keys only, to rebuild its key order state ([`load_parked`]); its messages wait
 //! until then.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use relais_kafka::resets::ResetWatch;
-use relais_telemetry::shutdown::CancellationToken;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -28,8 +26,12 @@ use crate::config::{ConfigError, WorkerConfig};
 use crate::parked::ParkedKeys;
 use crate::records::Inbound;
 use crate::records::Tracker;
-use crate::retry::{RetryState, TierTopics};
+use crate::retry::TierTopics;
 use crate::tracker::SourcePartition;
+
+mod waiting;
+
+pub use waiting::{WaitingReader, load_parked};
 
 pub type TierConsumer = StreamConsumer<ResetWatch>;
 
@@ -236,168 +238,6 @@ pub fn due_of(inbound: &Inbound, topics: &TierTopics) -> Option<SystemTime> {
         );
     }
     Some(due)
-}
-
-/// Loads the key order state of each assigned partition, reading what waits in its tiers;
-/// until then the partition's messages wait. A failed read is tried again while the partition
-/// is still owned under the same assignment.
-pub async fn load_parked(
-    mut requests: mpsc::Receiver<(i32, u64)>,
-    loader: WaitingReader,
-    tracker: Arc<Tracker>,
-    parked: Arc<ParkedKeys>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let (partition, generation) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            request = requests.recv() => match request {
-                Some(request) => request,
-                None => return,
-            },
-        };
-        loop {
-            if tracker.generation(SourcePartition::ingress(partition)) != Some(generation) {
-                break;
-            }
-            let reader = loader.clone();
-            let started = Instant::now();
-            let read = tokio::task::spawn_blocking(move || reader.read(partition))
-                .await
-                .map_err(anyhow::Error::from)
-                .and_then(|result| result);
-            match read {
-                Ok(waiting) => {
-                    let count = waiting.len();
-                    if parked.load(partition, generation, waiting) {
-                        tracing::info!(
-                            partition,
-                            waiting = count,
-                            took = ?started.elapsed(),
-                            "retry tiers read; the partition's messages go on"
-                        );
-                    }
-                    break;
-                }
-                Err(error) => {
-                    tracing::warn!(
-                        partition,
-                        error = format!("{error:#}"),
-                        "cannot read the retry tiers; trying again"
-                    );
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Reads the records waiting in one partition of every tier: from the group's committed offset
-/// to the end.
-#[derive(Clone)]
-#[allow(missing_debug_implementations)] // ClientConfig's Debug would print credentials
-pub struct WaitingReader {
-    pub client: ClientConfig,
-    pub group_id: String,
-    pub ingress_topic: String,
-    pub topics: TierTopics,
-    /// Upstreams whose order is kept per key (the others need no state).
-    pub ordered_upstreams: Arc<HashSet<String>>,
-}
-
-/// Longest read of one partition's tiers.
-const READ_DEADLINE: Duration = Duration::from_secs(120);
-
-impl WaitingReader {
-    /// (upstream, key, tier) of every waiting record of `partition` that keeps key order.
-    pub fn read(&self, partition: i32) -> anyhow::Result<Vec<(String, Vec<u8>, usize)>> {
-        let consumer: BaseConsumer = self
-            .client
-            .clone()
-            .set("group.id", &self.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("isolation.level", "read_committed")
-            .create()
-            .context("cannot create the retry tier reader")?;
-        // The ingress partition is asked too: the group answers only once no transaction that
-        // commits offsets of these partitions is pending, so what is read below is settled.
-        let mut asked = TopicPartitionList::new();
-        asked.add_partition(&self.ingress_topic, partition);
-        for (_, topic, _) in self.topics.tiers() {
-            asked.add_partition(topic, partition);
-        }
-        let committed = consumer
-            .committed_offsets(asked, Duration::from_secs(15))
-            .context("cannot read the committed offsets of the retry tiers")?;
-        let mut start = TopicPartitionList::new();
-        let mut ends = BTreeMap::new();
-        for (_, topic, _) in self.topics.tiers() {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, partition, Duration::from_secs(10))
-                .with_context(|| format!("cannot read the end of {topic}/{partition}"))?;
-            let from = committed
-                .find_partition(topic, partition)
-                .and_then(|element| element.offset().to_raw())
-                .filter(|offset| *offset >= 0)
-                .unwrap_or(low)
-                .max(low);
-            if from < high {
-                start.add_partition_offset(topic, partition, Offset::Offset(from))?;
-                ends.insert(topic.to_owned(), high);
-            }
-        }
-        let mut waiting = Vec::new();
-        if ends.is_empty() {
-            return Ok(waiting);
-        }
-        consumer.assign(&start)?;
-        let deadline = Instant::now() + READ_DEADLINE;
-        while !ends.is_empty() {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "reading the retry tiers of partition {partition} took longer than {READ_DEADLINE:?}"
-            );
-            match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(message)) => {
-                    let headers: Vec<(String, Vec<u8>)> = message
-                        .headers()
-                        .map(|headers| {
-                            headers
-                                .iter()
-                                .map(|header| {
-                                    (
-                                        header.key.to_owned(),
-                                        header.value.unwrap_or_default().to_vec(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    if let (Some(key), Ok(state)) =
-                        (message.key(), RetryState::from_headers(&headers))
-                        && self.ordered_upstreams.contains(&state.upstream)
-                    {
-                        waiting.push((state.upstream, key.to_vec(), state.tier));
-                    }
-                }
-                Some(Err(error)) => return Err(error).context("reading the retry tiers"),
-                None => {}
-            }
-            for element in consumer.position()?.elements() {
-                if let (Offset::Offset(position), Some(end)) =
-                    (element.offset(), ends.get(element.topic()))
-                    && position >= *end
-                {
-                    ends.remove(element.topic());
-                }
-            }
-        }
-        Ok(waiting)
-    }
 }
 
 /// Checks that every retry topic exists with at least the ingress topic's partitions (a move
