@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::{KafkaClient, Secret};
 
+/// How often clients refresh what they know of their topics unless `settings` says otherwise.
+/// librdkafka's five minutes would leave partitions added to a topic unread, and a partition
+/// added to a topic a service writes unknown to its producer, that long.
+const METADATA_REFRESH_MS: &str = "30000";
+
 /// How a Kafka client reaches the brokers. Each key left out falls back to its `RELAIS_KAFKA_*`
 /// variable (named beside it); without any, the client speaks plain text, as in development.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
@@ -18,7 +23,9 @@ pub struct KafkaClientConfig {
     pub tls: KafkaTls,
     pub sasl: KafkaSasl,
     /// Further librdkafka settings (timeouts, sizes, `client.rack`). The settings the keys above
-    /// cover, and secrets, are refused here.
+    /// cover, and secrets, are refused here. `topic.metadata.refresh.interval.ms` is 30 s
+    /// unless set (librdkafka: 5 min): partitions added to a topic are read within half a
+    /// minute.
     pub settings: BTreeMap<String, String>,
 }
 
@@ -299,6 +306,10 @@ impl KafkaClientConfig {
             )));
         }
 
+        settings.insert(
+            "topic.metadata.refresh.interval.ms".to_owned(),
+            METADATA_REFRESH_MS.to_owned(),
+        );
         settings.extend(config.settings.clone());
         Ok(KafkaClient::new(settings, secrets))
     }
@@ -447,6 +458,22 @@ mod tests {
             .expect("resolves");
         assert_eq!(client.setting("security.protocol"), Some("plaintext"));
         assert_eq!(client.setting("bootstrap.servers"), Some("k:9092"));
+    }
+
+    #[test]
+    fn topic_metadata_is_refreshed_every_half_minute_unless_set() {
+        let refresh = |config: KafkaClientConfig| {
+            let client = config.resolve_with("k:9092", no_env).expect("resolves");
+            client
+                .setting("topic.metadata.refresh.interval.ms")
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            refresh(KafkaClientConfig::default()).as_deref(),
+            Some("30000")
+        );
+        let set = parse("[settings]\n\"topic.metadata.refresh.interval.ms\" = \"5000\"\n");
+        assert_eq!(refresh(set).as_deref(), Some("5000"));
     }
 
     #[test]

@@ -53,11 +53,6 @@ pub enum ConfigError {
     },
 }
 
-/// How often the worker's clients refresh what they know of the topics, unless
-/// `kafka.client.settings` says otherwise: partitions added to the ingress topic are read, and
-/// retry topics grown are written, within half a minute instead of librdkafka's five.
-const METADATA_REFRESH_MS: &str = "30000";
-
 impl WorkerConfig {
     /// How the worker's Kafka clients reach the brokers: `kafka.client` resolved, its secret
     /// files read.
@@ -65,12 +60,7 @@ impl WorkerConfig {
         &self,
         bootstrap: &str,
     ) -> Result<relais_kafka::KafkaClient, relais_kafka::KafkaConfigError> {
-        let mut client = self.kafka.client.clone();
-        client
-            .settings
-            .entry("topic.metadata.refresh.interval.ms".to_owned())
-            .or_insert_with(|| METADATA_REFRESH_MS.to_owned());
-        client.resolve(bootstrap)
+        self.kafka.client.resolve(bootstrap)
     }
 
     /// Where status reports go, with their TLS settings and token read; none when
@@ -483,24 +473,5 @@ mod tests {
                 .is_err(),
             "an unreadable delay"
         );
-    }
-
-    #[test]
-    fn clients_refresh_topic_metadata_every_half_minute_unless_told_otherwise() {
-        let refresh = |config: &WorkerConfig| {
-            config
-                .kafka_client("127.0.0.1:9092")
-                .unwrap()
-                .setting("topic.metadata.refresh.interval.ms")
-                .map(str::to_owned)
-        };
-        let mut config = WorkerConfig::default();
-        assert_eq!(refresh(&config).as_deref(), Some("30000"));
-        config
-            .kafka
-            .client
-            .settings
-            .insert("topic.metadata.refresh.interval.ms".into(), "5000".into());
-        assert_eq!(refresh(&config).as_deref(), Some("5000"));
     }
 }

@@ -135,9 +135,7 @@ pub struct KafkaConfig {
     /// run dry while paused partitions are fetched again (docs/performance.md).
     pub prefetch_kbytes: u32,
     /// How every Kafka client of the worker reaches the brokers (TLS, SASL, further
-    /// librdkafka settings), the same section in every service. Here
-    /// `topic.metadata.refresh.interval.ms` is 30 s unless set: partitions added to the
-    /// ingress topic are read within half a minute.
+    /// librdkafka settings), the same section in every service.
     pub client: relais_kafka::KafkaClientConfig,
 }
 
