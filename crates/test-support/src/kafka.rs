@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -132,6 +132,21 @@ impl KafkaTestEnv {
         for element in result.elements() {
             if let Err(error) = element.error() {
                 panic!("deleting records of {topic} [{partition}] failed: {error}");
+            }
+        }
+    }
+
+    /// Grows `topic` to `total` partitions, as an operator adding partitions live would.
+    pub async fn add_partitions(&self, topic: &str, total: usize) {
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
+        let results = self
+            .admin
+            .create_partitions([&NewPartitions::new(topic, total)], &options)
+            .await
+            .unwrap_or_else(|error| panic!("adding partitions to {topic} failed: {error}"));
+        for result in results {
+            if let Err((topic, code)) = result {
+                panic!("adding partitions to {topic} failed: {code}");
             }
         }
     }

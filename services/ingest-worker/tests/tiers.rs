@@ -10,8 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use relais_ingest_worker::config::{PipelineConfig, RouteRule, UpstreamConfig, WorkerConfig};
 use relais_ingest_worker::retry::RetryState;
@@ -324,18 +322,6 @@ async fn a_tier_record_the_worker_did_not_write_gets_an_outcome() {
     worker.stop().await;
 }
 
-/// Adds partitions to `topic` (at least `total` in all).
-async fn grow(kafka: &relais_test_support::KafkaTestEnv, topic: &str, total: usize) {
-    let admin: AdminClient<DefaultClientContext> = kafka.client_config().create().unwrap();
-    let results = admin
-        .create_partitions([&NewPartitions::new(topic, total)], &AdminOptions::new())
-        .await
-        .unwrap();
-    for result in results {
-        result.unwrap();
-    }
-}
-
 /// Events produced to the given ingress partitions, in turn.
 async fn produce_to(
     kafka: &relais_test_support::KafkaTestEnv,
@@ -384,7 +370,7 @@ async fn ingress_partitions_added_before_the_retry_topics_have_them_wait_for_the
     produce_to(&kafka, &topics.ingress, "first", &[0], 20).await;
     read_outcomes(&kafka, &topics.audit, 20, secs(30)).await;
 
-    grow(&kafka, &topics.ingress, 3).await;
+    kafka.add_partitions(&topics.ingress, 3).await;
     produce_to(&kafka, &topics.ingress, "grown", &[1, 2], 20).await;
     produce_to(&kafka, &topics.ingress, "second", &[0], 10).await;
     let readyz = format!("http://{}/readyz", worker.admin);
@@ -417,7 +403,7 @@ async fn ingress_partitions_added_before_the_retry_topics_have_them_wait_for_the
     // partitions; then it heals and they come back.
     sim.set_faults(serde_json::json!({"errors": {"503": 1.0}}))
         .await;
-    grow(&kafka, &tier_topic, 3).await;
+    kafka.add_partitions(&tier_topic, 3).await;
     relais_test_support::wait_until("the worker is ready again", secs(90), || async {
         worker.readyz().await == 200
     })

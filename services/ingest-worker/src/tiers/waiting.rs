@@ -54,6 +54,13 @@ fn missing_reason(missing: &BTreeMap<i32, String>) -> Option<String> {
     })
 }
 
+fn report_missing(ready: &ReadinessCheck, missing: &BTreeMap<i32, String>) {
+    match missing_reason(missing) {
+        Some(reason) => ready.set_not_ready(reason),
+        None => ready.set_ready(),
+    }
+}
+
 /// Loads the key order state of each assigned partition, reading what waits in its tiers;
 /// until then the partition's messages wait. A failed read is tried again, with backoff, while
 /// the partition is still owned under the same assignment; `ready` is false while a partition
@@ -76,8 +83,8 @@ pub async fn load_parked(
         });
         let before = missing.len();
         missing.retain(|partition, _| pending.iter().any(|load| load.partition == *partition));
-        if missing.len() < before && missing.is_empty() {
-            ready.set_ready();
+        if missing.len() < before {
+            report_missing(&ready, &missing);
         }
         let next = pending.iter().map(|load| load.at).min();
         tokio::select! {
@@ -106,10 +113,7 @@ pub async fn load_parked(
                         let count = waiting.len();
                         if missing.remove(&partition).is_some() {
                             tracing::info!(partition, "the retry tiers have the partition now");
-                            match missing_reason(&missing) {
-                                Some(reason) => ready.set_not_ready(reason),
-                                None => ready.set_ready(),
-                            }
+                            report_missing(&ready, &missing);
                         }
                         if parked.load(partition, load.generation, waiting) {
                             tracing::info!(
@@ -121,7 +125,7 @@ pub async fn load_parked(
                         }
                     }
                     Err(error) => {
-                        load.failures += 1;
+                        load.failures = load.failures.saturating_add(1);
                         load.at = Instant::now() + retry_delay(load.failures);
                         if let Some(absent) = error.downcast_ref::<MissingTierPartition>() {
                             if missing.insert(partition, absent.to_string()).is_none() {
@@ -131,9 +135,7 @@ pub async fn load_parked(
                                     "the partition's messages wait until the retry topic has its partition"
                                 );
                             }
-                            if let Some(reason) = missing_reason(&missing) {
-                                ready.set_not_ready(reason);
-                            }
+                            report_missing(&ready, &missing);
                         } else {
                             tracing::warn!(
                                 partition,
