@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use relais_telemetry::shutdown::CancellationToken;
 use relais_telemetry::tasks::sleep_until;
 use tokio::sync::mpsc;
@@ -433,20 +433,7 @@ fn detach(
         partition: message.partition(),
     };
     let generation = tracker.generation(source)?;
-    let headers: Vec<(String, Vec<u8>)> = message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|header| {
-                    (
-                        header.key.to_owned(),
-                        header.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let headers = crate::retry::owned_headers(message);
     let timestamp = message
         .timestamp()
         .to_millis()

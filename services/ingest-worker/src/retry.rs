@@ -35,6 +35,26 @@ pub const MAX_TIERS: usize = 16;
 pub const MIN_TIER_DELAY: Duration = Duration::from_secs(1);
 pub const MAX_TIER_DELAY: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// A record's headers as owned pairs, the form [`RetryState::from_headers`] reads (a header
+/// without a value is empty).
+pub fn owned_headers(message: &impl rdkafka::Message) -> Vec<(String, Vec<u8>)> {
+    use rdkafka::message::Headers as _;
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|header| {
+                    (
+                        header.key.to_owned(),
+                        header.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub mod headers {
     /// Index of the tier in the upstream's schedule (0 is the first tier).
     pub const TIER: &str = "relais-retry-tier";

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rdkafka::client::Client;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, Producer as _};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use relais_telemetry::admin::ReadinessCheck;
@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::parked::ParkedKeys;
 use crate::records::Tracker;
-use crate::retry::{RetryState, TierTopics};
+use crate::retry::{RetryState, TierTopics, owned_headers};
 use crate::tracker::SourcePartition;
 
 /// A partition's tier state still to read, under the assignment it was asked for.
@@ -270,20 +270,7 @@ impl WaitingReader {
             );
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(message)) => {
-                    let headers: Vec<(String, Vec<u8>)> = message
-                        .headers()
-                        .map(|headers| {
-                            headers
-                                .iter()
-                                .map(|header| {
-                                    (
-                                        header.key.to_owned(),
-                                        header.value.unwrap_or_default().to_vec(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let headers = owned_headers(&message);
                     if let (Some(key), Ok(state)) =
                         (message.key(), RetryState::from_headers(&headers))
                         && self.ordered_upstreams.contains(&state.upstream)
