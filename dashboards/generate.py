@@ -198,6 +198,12 @@ WORKER = [
         (rate("relais_worker_refused_records_total", W, by="topic"), "refused {{topic}}"),
         (rate("relais_worker_dlq_truncated_total", W), "DLQ copies cut to the dlq limits"),
     ], "ops", description="A refused DLQ copy is written again without its payload; a cut copy says what it left out."),
+    panel("Kafka resets: records deleted before they were read", [
+        (f'sum by (topic) (increase(relais_worker_records_deleted_unread_total{{{sel(W)}}}[1h]))',
+         "deleted unread {{topic}}"),
+        (f'sum by (topic, kind) (increase(relais_worker_offset_resets_total{{{sel(W)}}}[1h]))',
+         "resets {{kind}} {{topic}}"),
+    ], "short", description="Offsets of the ingress and retry topics Kafka deleted (retention) before this worker read them, and offset resets by kind (rewound: the log ended before the worker's offset). Each is also a kafka.records_deleted or kafka.log_rewound action in the audit trail."),
 ]
 
 A = "audit-service"
@@ -234,6 +240,14 @@ AUDIT = [
           "ops", description="Open objects closed early because they filled the buffer: more partitions "
           "× objects.max_records than buffer.max_records. Often nonzero: raise [buffer] or lower "
           "objects.max_records."),
+    panel("Kafka resets: records deleted before they were stored", [
+        (f'sum by (topic) (increase(relais_audit_records_deleted_unread_total{{{sel(A)}}}[1h]))',
+         "deleted unread {{topic}}"),
+        (f'sum by (topic, kind) (increase(relais_audit_offset_resets_total{{{sel(A)}}}[1h]))',
+         "resets {{kind}} {{topic}}"),
+        (f'sum(increase(relais_audit_objects_under_second_key_total{{{sel(A)}}}[1h]))',
+         "stored beside another log's object"),
+    ], "short", description="Audit records Kafka deleted (retention) before this service stored them, offset resets by kind (rewound: the log ended before the service's offset), and objects of a new log of the topic (deleted and created again) stored under second keys beside the old log's, which are kept."),
 ]
 
 G = "realtime-gateway"

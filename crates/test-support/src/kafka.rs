@@ -136,6 +136,40 @@ impl KafkaTestEnv {
         }
     }
 
+    /// Deletes `topic` and creates it again with `partitions` partitions, as an operator who
+    /// recreates a topic would: a new, empty log under the same name. Waits until the broker
+    /// has finished the deletion (creating it fails until then).
+    pub async fn recreate_topic(&self, topic: &str, partitions: i32) {
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
+        let results = self
+            .admin
+            .delete_topics(&[topic], &options)
+            .await
+            .unwrap_or_else(|error| panic!("deleting topic {topic} failed: {error}"));
+        for result in results {
+            if let Err((topic, code)) = result {
+                panic!("deleting topic {topic} failed: {code}");
+            }
+        }
+        let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let results = self
+                .admin
+                .create_topics([&new_topic], &options)
+                .await
+                .unwrap_or_else(|error| panic!("creating topic {topic} failed: {error}"));
+            match results.into_iter().next() {
+                Some(Ok(_)) => return,
+                // The deletion is not finished yet.
+                Some(Err(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => panic!("creating topic {topic} again failed: {other:?}"),
+            }
+        }
+    }
+
     /// Grows `topic` to `total` partitions, as an operator adding partitions live would.
     pub async fn add_partitions(&self, topic: &str, total: usize) {
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));

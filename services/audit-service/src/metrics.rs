@@ -27,6 +27,8 @@ pub struct AuditMetrics {
     pub commit_failures: Counter,
     pub trail_lookups: Family<Vec<(&'static str, &'static str)>, Counter>,
     pub pressure_closes: Counter,
+    /// Items stored under their second key: their own held an object of another log.
+    pub second_keys: Counter,
     /// The consumer's offset resets: audit records Kafka deleted before they were stored.
     pub resets: relais_kafka::resets::ResetMetrics,
 }
@@ -53,6 +55,7 @@ impl AuditMetrics {
             commit_failures: Counter::default(),
             trail_lookups: Family::default(),
             pressure_closes: Counter::default(),
+            second_keys: Counter::default(),
             resets: relais_kafka::resets::ResetMetrics::register(audit),
         };
         audit.register(
@@ -103,6 +106,11 @@ impl AuditMetrics {
             "put_retries",
             "PUT attempts that failed and were retried",
             metrics.put_retries.clone(),
+        );
+        audit.register(
+            "objects_under_second_key",
+            "Objects and quarantined records stored under their second key, because their own held an object of another log of the topic (deleted and created again, or a partition truncated), which is kept",
+            metrics.second_keys.clone(),
         );
         audit.register(
             "buffer_records",

@@ -13,6 +13,9 @@
 //! - **hour boundary**: a record whose event hour differs from the object's closes it; the hour
 //!   comes from the record, never from the clock.
 //! - **a bad record** closes the open object before it is quarantined: a function of the input.
+//! - **a log that starts again**: a record whose offset is not after the open object's last
+//!   (the topic was deleted and created again, or a partition truncated, under the running
+//!   service) closes it: a function of the input.
 //! - **idle partition** (no record for `idle`) and **buffer pressure** (the pipeline closes the
 //!   largest open objects when the buffer is full) depend on time, not only on the input. They
 //!   are still safe: the re-read after a crash starts at the uncommitted object's first offset,
@@ -147,10 +150,31 @@ pub fn data_key(prefix: &str, topic: &str, object: &DataObject, extension: &str)
     )
 }
 
-/// The partition and first offset a data key names (see [`data_key`]); None for other keys.
+/// The key an item takes when its own key holds an object of another log of the topic (the
+/// topic was deleted and created again, or a partition truncated, so the same offsets name
+/// other records): `mark`, a function of the item's first record, after the offset, as in
+/// `…/relais.audit+3+00000000000000000042~5f3a9c0e12ab34cd.ndjson.gz`. Kafka topic names have
+/// no `+` or `~`, so the name's last `+` is the one before the offset.
+pub fn second_key(key: &str, mark: &str) -> String {
+    let name_start = key.rfind('/').map_or(0, |slash| slash + 1);
+    let offset_start = key[name_start..]
+        .rfind('+')
+        .map_or(name_start, |plus| name_start + plus + 1);
+    let offset_end = key[offset_start..]
+        .find(['.', '~'])
+        .map_or(key.len(), |end| offset_start + end);
+    let extension = key[offset_end..]
+        .find('.')
+        .map_or("", |dot| &key[offset_end + dot..]);
+    format!("{}~{mark}{extension}", &key[..offset_end])
+}
+
+/// The partition and first offset a data key names (see [`data_key`] and [`second_key`]);
+/// None for other keys.
 pub fn data_key_position(key: &str) -> Option<(i32, i64)> {
     let name = key.rsplit('/').next()?;
     let stem = name.split_once(".ndjson")?.0;
+    let stem = stem.split_once('~').map_or(stem, |(plain, _mark)| plain);
     let mut fields = stem.rsplit('+');
     let start_offset = fields.next()?.parse().ok()?;
     let partition = fields.next()?.parse().ok()?;
@@ -178,8 +202,38 @@ mod tests {
             Some((3, 42))
         );
         assert_eq!(
+            data_key_position(
+                "audit/dt=2026-11-27/hour=10/relais.audit+3+00000000000000000042~5f3a9c0e12ab34cd.ndjson.gz"
+            ),
+            Some((3, 42)),
+            "a second key"
+        );
+        assert_eq!(
             data_key_position("audit/quarantine/relais.audit+3+00000000000000000042.bin"),
             None
+        );
+    }
+
+    #[test]
+    fn a_second_key_marks_the_offset_and_keeps_the_extension() {
+        assert_eq!(
+            second_key(
+                "audit/dt=2026-11-27/hour=10/relais.audit+3+00000000000000000042.ndjson.gz",
+                "5f3a9c0e12ab34cd"
+            ),
+            "audit/dt=2026-11-27/hour=10/relais.audit+3+00000000000000000042~5f3a9c0e12ab34cd.ndjson.gz"
+        );
+        assert_eq!(
+            second_key(
+                "a.b/quarantine/my.topic-1+0+00000000000000000007.bin",
+                "00ff"
+            ),
+            "a.b/quarantine/my.topic-1+0+00000000000000000007~00ff.bin"
+        );
+        assert_eq!(
+            second_key("audit/t+0+00000000000000000001~aaaa.ndjson.zst", "bbbb"),
+            "audit/t+0+00000000000000000001~bbbb.ndjson.zst",
+            "a second key's mark is replaced, not added to"
         );
     }
 }

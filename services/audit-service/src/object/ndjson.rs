@@ -89,6 +89,21 @@ impl Ndjson {
         self.chunks.iter().map(Vec::as_slice)
     }
 
+    /// The first line with its newline (the whole text if it has none).
+    pub fn first_line(&self) -> Vec<u8> {
+        let mut line = Vec::new();
+        for chunk in self.chunks() {
+            match chunk.iter().position(|&byte| byte == b'\n') {
+                Some(end) => {
+                    line.extend_from_slice(&chunk[..=end]);
+                    break;
+                }
+                None => line.extend_from_slice(chunk),
+            }
+        }
+        line
+    }
+
     /// The text as one buffer.
     pub fn to_vec(&self) -> Vec<u8> {
         self.chunks.concat()
@@ -159,6 +174,9 @@ mod tests {
                 expected.push(b'\n');
             }
             prop_assert_eq!(ndjson.len(), expected.len());
+            let first_line = expected.iter().position(|&byte| byte == b'\n')
+                .map_or(&expected[..], |end| &expected[..=end]);
+            prop_assert_eq!(&ndjson.first_line()[..], first_line);
             prop_assert_eq!(ndjson.to_vec(), expected);
         }
     }

@@ -83,6 +83,7 @@ impl PartitionWriter {
         let closed = match &self.open {
             Some(open)
                 if open.hour != hour
+                    || line.offset <= open.end_offset
                     || open.records >= self.policy.max_records
                     || open.ndjson.len() + text.len() > self.policy.max_bytes =>
             {
@@ -101,21 +102,25 @@ impl PartitionWriter {
     /// [`push_whole`](Self::push_whole) gives the objects that pushing each line would.
     pub fn takes_whole(
         &self,
-        times: impl Iterator<Item = DateTime<Utc>>,
+        positions: impl Iterator<Item = (i64, DateTime<Utc>)>,
         count: usize,
         bytes: usize,
     ) -> bool {
-        let mut hours = times.map(hour_of);
-        let (hour, records, held) = match &self.open {
-            Some(open) => (open.hour, open.records, open.ndjson.len()),
-            None => match hours.next() {
-                Some(first) => (first, 0, 0),
+        let mut positions = positions.map(|(offset, time)| (offset, hour_of(time)));
+        let (hour, records, held, mut last_offset) = match &self.open {
+            Some(open) => (open.hour, open.records, open.ndjson.len(), open.end_offset),
+            None => match positions.next() {
+                Some((offset, first)) => (first, 0, 0, offset),
                 None => return false,
             },
         };
         records + count <= self.policy.max_records
             && held + bytes <= self.policy.max_bytes
-            && hours.all(|line_hour| line_hour == hour)
+            && positions.all(|(offset, line_hour)| {
+                let follows = offset > last_offset;
+                last_offset = offset;
+                follows && line_hour == hour
+            })
     }
 
     /// Appends a run that [`takes_whole`](Self::takes_whole) accepted: `text` (the lines in
@@ -268,6 +273,17 @@ mod tests {
             [(0, 0, 1), (1, 2, 2), (3, 3, 1)],
             "one hour per object"
         );
+        let lines = vec![
+            line(7, 10, 0, 1),
+            line(8, 10, 0, 1),
+            line(0, 10, 0, 1),
+            line(1, 10, 0, 1),
+        ];
+        assert_eq!(
+            cut(&mut writer(100, 1000), lines),
+            [(7, 8, 2), (0, 1, 2)],
+            "a log that starts again (the topic created anew) starts an object"
+        );
     }
 
     #[tokio::test]
@@ -347,15 +363,23 @@ mod tests {
         /// (as the pipeline applies them), give the objects that pushing every line gives.
         #[test]
         fn runs_taken_whole_give_the_objects_of_lines_pushed_one_by_one(
-            shapes in proptest::collection::vec((0..2_u32, 0..30_usize), 1..60),
+            shapes in proptest::collection::vec((0..2_u32, 0..30_usize, 0..20_u8), 1..60),
             cuts in proptest::collection::vec(1..12_usize, 1..20),
             max_records in 1..16_usize,
             max_bytes in 1..200_usize,
         ) {
+            // Now and then the log starts again at offset 0, as a topic deleted and created
+            // again does under a running service.
+            let mut next_offset = 0;
             let lines: Vec<(Line, &[u8])> = shapes
                 .iter()
-                .enumerate()
-                .map(|(offset, (hour, size))| line(offset as i64, 10 + hour, 0, *size))
+                .map(|(hour, size, chance)| {
+                    if *chance == 0 {
+                        next_offset = 0;
+                    }
+                    next_offset += 1;
+                    line(next_offset - 1, 10 + hour, 0, *size)
+                })
                 .collect();
             let now = Instant::now();
             let mut one_by_one = writer(max_records, max_bytes);
@@ -376,8 +400,8 @@ mod tests {
                 let (run, after) = rest.split_at((*cut).min(rest.len()));
                 rest = after;
                 let bytes = run.iter().map(|(_, text)| text.len()).sum();
-                let times = run.iter().map(|(line, _)| line.time);
-                if in_runs.takes_whole(times, run.len(), bytes) {
+                let positions = run.iter().map(|(line, _)| (line.offset, line.time));
+                if in_runs.takes_whole(positions, run.len(), bytes) {
                     taken_whole += 1;
                     let text = run.iter().flat_map(|(_, text)| text.iter().copied()).collect();
                     in_runs.push_whole(run.iter().map(|(line, _)| line.clone()), text, now);
@@ -400,33 +424,38 @@ mod tests {
     #[test]
     fn a_run_that_fits_is_taken_whole_and_one_that_does_not_is_refused() {
         let w = writer(4, 100);
-        let hours = |count: usize, hour: u32| {
-            std::iter::repeat_n(
-                Utc.with_ymd_and_hms(2026, 11, 27, hour, 0, 0).unwrap(),
-                count,
-            )
+        // `count` consecutive offsets from `first`, all in `hour`.
+        let run = |first: i64, count: usize, hour: u32| {
+            let time = Utc.with_ymd_and_hms(2026, 11, 27, hour, 0, 0).unwrap();
+            (first..).take(count).map(move |offset| (offset, time))
         };
         assert!(
-            w.takes_whole(hours(4, 10), 4, 100),
+            w.takes_whole(run(0, 4, 10), 4, 100),
             "a new object of the run"
         );
-        assert!(!w.takes_whole(hours(5, 10), 5, 100), "too many records");
-        assert!(!w.takes_whole(hours(2, 10), 2, 101), "too many bytes");
-        assert!(!w.takes_whole(hours(0, 10), 0, 0), "nothing to take");
-        let mixed = hours(1, 10).chain(hours(1, 11));
+        assert!(!w.takes_whole(run(0, 5, 10), 5, 100), "too many records");
+        assert!(!w.takes_whole(run(0, 2, 10), 2, 101), "too many bytes");
+        assert!(!w.takes_whole(run(0, 0, 10), 0, 0), "nothing to take");
+        let mixed = run(0, 1, 10).chain(run(1, 1, 11));
         assert!(!w.takes_whole(mixed, 2, 20), "two hours");
+        let rewound = run(5, 1, 10).chain(run(0, 1, 10));
+        assert!(!w.takes_whole(rewound, 2, 20), "offsets that go back");
 
         let mut w = writer(4, 100);
         let (first, text) = line(0, 10, 0, 9);
         assert!(w.push(first, text, Instant::now()).is_none());
         assert!(
-            w.takes_whole(hours(3, 10), 3, 90),
+            w.takes_whole(run(1, 3, 10), 3, 90),
             "the rest of the open object"
         );
-        assert!(!w.takes_whole(hours(4, 10), 4, 40), "one record too many");
+        assert!(!w.takes_whole(run(1, 4, 10), 4, 40), "one record too many");
         assert!(
-            !w.takes_whole(hours(1, 11), 1, 10),
+            !w.takes_whole(run(1, 1, 11), 1, 10),
             "another hour than the open object's"
+        );
+        assert!(
+            !w.takes_whole(run(0, 1, 10), 1, 10),
+            "an offset the open object already has"
         );
         let texts = b"aaaa\nbbbb\n".to_vec();
         let lines = [line(1, 10, 1, 4).0, line(2, 10, 2, 4).0];

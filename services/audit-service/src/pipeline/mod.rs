@@ -293,12 +293,13 @@ impl Loop {
         if !uniform || state.generation != generation {
             return None;
         }
-        let times = records
-            .iter()
-            .filter_map(|record| Some(record.content.as_ref().ok()?.line.time));
+        let positions = records.iter().filter_map(|record| {
+            let line = &record.content.as_ref().ok()?.line;
+            Some((line.offset, line.time))
+        });
         state
             .writer
-            .takes_whole(times, records.len(), bytes)
+            .takes_whole(positions, records.len(), bytes)
             .then_some(state)
     }
 

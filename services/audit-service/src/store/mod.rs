@@ -1,5 +1,6 @@
 //! Writing objects to Ceph RGW: compression, single or multipart PUT, retries until stored.
 
+mod claim;
 mod compress;
 mod put;
 mod sigv4;
@@ -18,8 +19,9 @@ use crate::index::IndexEntry;
 use crate::metrics::AuditMetrics;
 use crate::object::{self, Pending};
 
+use claim::{Identity, StartDecoder};
 use compress::compress;
-use put::{Body, ObjectsEndpoint};
+use put::{Body, ObjectsEndpoint, Write, Written};
 use sigv4::Signer;
 
 /// Why the service cannot use the store; each message says what to check.
@@ -250,13 +252,15 @@ impl Store {
     }
 
     /// Stores an item, retrying with backoff until it is stored or `cancel` fires. Writing the
-    /// same item twice stores the same bytes under the same key.
+    /// same item twice stores the same bytes under the same key; an object of another log of
+    /// the topic under its key is kept, and the item stored under its second key (`claim`).
     pub async fn write(
         &self,
         item: Arc<Pending>,
         cancel: &CancellationToken,
     ) -> Result<Stored, OperationError<S3Error>> {
-        let key = self.key_of(&item);
+        let own_key = self.key_of(&item);
+        let identity = Identity::of(&item);
         let threshold = self.multipart_threshold;
         let (body, content_type, uncompressed_bytes) = match &*item {
             Pending::Data(object) => {
@@ -281,20 +285,21 @@ impl Store {
         };
         let size = body.bytes.len();
         let started = tokio::time::Instant::now();
-        self.retry
+        let key = self
+            .retry
             .run(
                 cancel,
-                || self.put(&key, &body, content_type),
+                || self.put_claiming(&own_key, &identity, &body, content_type),
                 |_| true,
                 |failure, attempt, wait| {
                     self.metrics.put_retries.inc();
                     match failure {
                         AttemptFailure::Error(error) => {
-                            tracing::warn!(%error, key = %key, attempt, wait_ms = wait.as_millis() as u64, "PUT failed; retrying");
+                            tracing::warn!(%error, key = %own_key, attempt, wait_ms = wait.as_millis() as u64, "PUT failed; retrying");
                             self.note_failure(error.to_string());
                         }
                         AttemptFailure::TimedOut => {
-                            tracing::warn!(key = %key, attempt, "PUT timed out; retrying");
+                            tracing::warn!(key = %own_key, attempt, "PUT timed out; retrying");
                             self.note_failure("PUT timed out".to_owned());
                         }
                     }
@@ -302,6 +307,14 @@ impl Store {
             )
             .await?;
         *self.failures() = None;
+        if key != own_key {
+            self.metrics.second_keys.inc();
+            tracing::warn!(
+                key = %own_key,
+                stored_as = %key,
+                "an object of another log of the topic holds this key (the topic was deleted and created again, or a partition truncated); it is kept, and this one stored beside it"
+            );
+        }
         // The index goes up after its data object: an index never points at a missing object.
         let index = match &*item {
             Pending::Data(object) => {
@@ -311,7 +324,16 @@ impl Store {
                 self.retry
                     .run(
                         cancel,
-                        || self.put(&index_key, &bytes, "application/octet-stream"),
+                        || async {
+                            self.put(
+                                &index_key,
+                                &bytes,
+                                "application/octet-stream",
+                                Write::Replacing,
+                            )
+                            .await
+                            .map(drop)
+                        },
                         |_| true,
                         |_, _, _| {
                             self.metrics.put_retries.inc();
@@ -386,20 +408,79 @@ impl Store {
         )
     }
 
-    async fn put(&self, key: &str, body: &Body, content_type: &str) -> Result<(), S3Error> {
+    /// Stores `body` under `key` if no object is there, or if the one there starts with the
+    /// same record (this item written again); under the item's second key if the one there is
+    /// of another log. Returns the key it was stored under.
+    async fn put_claiming(
+        &self,
+        key: &str,
+        identity: &Identity,
+        body: &Body,
+        content_type: &str,
+    ) -> Result<String, S3Error> {
+        if self.put(key, body, content_type, Write::OnlyNew).await? == Written::Stored {
+            return Ok(key.to_owned());
+        }
+        let stored_start = self.read_start(key, identity.wanted()).await?;
+        let key = if identity.matches(&stored_start) {
+            key.to_owned()
+        } else {
+            object::second_key(key, &identity.mark())
+        };
+        self.put(&key, body, content_type, Write::Replacing).await?;
+        Ok(key)
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: &Body,
+        content_type: &str,
+        write: Write,
+    ) -> Result<Written, S3Error> {
         match &body.sha256 {
             Some(sha256) => {
                 self.objects
-                    .put(key, body.bytes.clone(), sha256, content_type)
+                    .put(key, body.bytes.clone(), sha256, content_type, write)
                     .await
             }
             None => {
+                // rust-s3's multipart upload sends no conditions: asked first instead. Only
+                // this service writes under its prefix, one writer per partition at a time.
+                if write == Write::OnlyNew && self.exists(key).await? {
+                    return Ok(Written::KeyTaken);
+                }
                 let mut reader = std::io::Cursor::new(&body.bytes[..]);
                 self.bucket
                     .put_object_stream_with_content_type(&mut reader, key, content_type)
                     .await?;
-                Ok(())
+                Ok(Written::Stored)
             }
         }
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, S3Error> {
+        match self.bucket.head_object(key).await {
+            Ok(_) => Ok(true),
+            Err(S3Error::HttpFailWithBody(404, _)) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The first `wanted` bytes of an object's decoded content (all of it when it is shorter),
+    /// read only as far as needed.
+    async fn read_start(&self, key: &str, wanted: usize) -> Result<Vec<u8>, S3Error> {
+        use futures::StreamExt as _;
+        let mut response = self.bucket.get_object_stream(key).await?;
+        let mut decoder = StartDecoder::for_key(key).map_err(S3Error::Io)?;
+        while decoder.decoded().len() < wanted {
+            match response.bytes().next().await {
+                Some(piece) => decoder.feed(&piece?).map_err(S3Error::Io)?,
+                None => break,
+            }
+        }
+        let mut start = decoder.decoded().to_vec();
+        start.truncate(wanted);
+        Ok(start)
     }
 }

@@ -22,6 +22,21 @@ impl Body {
     }
 }
 
+/// Whether a PUT may replace an object already under its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Write {
+    Replacing,
+    OnlyNew,
+}
+
+/// What a PUT did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Written {
+    Stored,
+    /// An object was under the key already, and was left as it was ([`Write::OnlyNew`]).
+    KeyTaken,
+}
+
 /// Single PUTs, sent on rust-s3's HTTP client (its TLS settings and trusted CAs) but signed
 /// here: rust-s3 hashes a body twice with SHA-256 and once more with MD5 for `Content-MD5`,
 /// while a body signed with its SHA-256 needs that one hash, and RGW checks it (a body changed
@@ -53,13 +68,15 @@ impl ObjectsEndpoint {
         })
     }
 
+    /// Stores `body` under `key`; with [`Write::OnlyNew`], only if no object is there yet.
     pub(super) async fn put(
         &self,
         key: &str,
         body: bytes::Bytes,
         sha256: &str,
         content_type: &str,
-    ) -> Result<(), S3Error> {
+        write: Write,
+    ) -> Result<Written, S3Error> {
         let url = reqwest_for_s3::Url::parse(&format!(
             "{}/{}",
             self.bucket_url,
@@ -73,20 +90,24 @@ impl ObjectsEndpoint {
             sha256,
             chrono::Utc::now(),
         );
-        let response = self
+        let mut request = self
             .http
             .put(url)
             .header("host", &self.host)
             .header("content-type", content_type)
             .header("x-amz-content-sha256", sha256)
             .header("x-amz-date", signed.amz_date)
-            .header("authorization", signed.authorization)
-            .body(body)
-            .send()
-            .await?;
+            .header("authorization", signed.authorization);
+        if write == Write::OnlyNew {
+            request = request.header("if-none-match", "*");
+        }
+        let response = request.body(body).send().await?;
         let status = response.status();
         if status.is_success() {
-            return Ok(());
+            return Ok(Written::Stored);
+        }
+        if status == reqwest_for_s3::StatusCode::PRECONDITION_FAILED && write == Write::OnlyNew {
+            return Ok(Written::KeyTaken);
         }
         let text = response.text().await.unwrap_or_default();
         Err(S3Error::HttpFailWithBody(status.as_u16(), text))
@@ -116,7 +137,13 @@ mod tests {
         let body = Body::new(b"{\"id\":1}\n{\"id\":2}\n".to_vec(), 1024);
         let sha256 = body.sha256.clone().unwrap();
         objects
-            .put(key, body.bytes.clone(), &sha256, "application/x-ndjson")
+            .put(
+                key,
+                body.bytes.clone(),
+                &sha256,
+                "application/x-ndjson",
+                Write::Replacing,
+            )
             .await
             .unwrap();
         let stored = bucket.get_object(key).await.unwrap();
@@ -140,6 +167,7 @@ mod tests {
                 bytes::Bytes::from_static(b"the body that was sent"),
                 signed.sha256.as_deref().unwrap(),
                 "application/octet-stream",
+                Write::Replacing,
             )
             .await
             .unwrap_err();
@@ -162,12 +190,41 @@ mod tests {
                 body.bytes.clone(),
                 body.sha256.as_deref().unwrap(),
                 "application/octet-stream",
+                Write::Replacing,
             )
             .await
             .unwrap_err();
         assert!(
             matches!(error, S3Error::HttpFailWithBody(403, _)),
             "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_put_only_of_a_new_object_leaves_one_already_there() {
+        let endpoints = relais_test_support::Endpoints::from_env();
+        let (bucket, objects) = bucket_and_endpoint(&endpoints.s3_secret_key).await;
+        let put = |text: &'static [u8], write| {
+            let body = Body::new(text.to_vec(), 1024);
+            let objects = &objects;
+            async move {
+                let sha256 = body.sha256.clone().unwrap();
+                objects
+                    .put("key", body.bytes, &sha256, "text/plain", write)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(put(b"first", Write::OnlyNew).await, Written::Stored);
+        assert_eq!(put(b"second", Write::OnlyNew).await, Written::KeyTaken);
+        assert_eq!(
+            bucket.get_object("key").await.unwrap().bytes(),
+            &b"first"[..]
+        );
+        assert_eq!(put(b"third", Write::Replacing).await, Written::Stored);
+        assert_eq!(
+            bucket.get_object("key").await.unwrap().bytes(),
+            &b"third"[..]
         );
     }
 

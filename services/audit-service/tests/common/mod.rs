@@ -126,6 +126,15 @@ impl Instance {
     }
 }
 
+/// Every key in the bucket.
+pub async fn list_keys(rgw: &relais_test_support::RgwTestEnv, bucket: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    for page in rgw.bucket(bucket).list(String::new(), None).await.unwrap() {
+        keys.extend(page.contents.into_iter().map(|object| object.key));
+    }
+    keys
+}
+
 /// Every data object in the bucket: its key and its lines.
 pub async fn data_objects(
     rgw: &relais_test_support::RgwTestEnv,
