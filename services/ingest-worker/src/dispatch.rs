@@ -20,9 +20,10 @@ use crate::read_gate::{LONGEST_UNREAD, ReadGate};
 use crate::records::Inbound;
 use crate::records::Tracker;
 use crate::retry::{RetryState, TierTopics};
+use crate::rewound::AfterRewind;
 use crate::schedule::{Done, Scheduler};
 use crate::tiers::{DueHeads, TierConsumer};
-use crate::tracker::{Finished, INGRESS, SourcePartition};
+use crate::tracker::{Dispatched, Finished, INGRESS, SourcePartition};
 
 /// How many read messages may wait for their commit, per partition and in all. While commits
 /// fail (the transaction coordinator away) nothing is committed, so without this bound the
@@ -52,7 +53,9 @@ const HELD_BEFORE_PAUSE: usize = 256;
 /// dead replica.
 ///
 /// A tier record that is not due yet pauses its tier partition until it is ([`DueHeads`]); the
-/// messages of a partition whose key order state is not loaded yet are held.
+/// messages of a partition whose key order state is not loaded yet are held; those of a
+/// partition whose log started again wait until the ones read before them are committed
+/// ([`AfterRewind`]).
 pub async fn dispatch(
     mut dispatcher: Dispatcher,
     mut reports: mpsc::Receiver<Done>,
@@ -81,7 +84,10 @@ pub async fn dispatch(
                     dispatcher.drain_held().await;
                 }
             }
-            _ = retry.tick(), if !dispatcher.held.is_empty() => dispatcher.drain_held().await,
+            _ = retry.tick(), if !dispatcher.held.is_empty() || !dispatcher.after_rewind.is_empty() => {
+                dispatcher.drain_held().await;
+                dispatcher.release_after_rewind().await;
+            }
             _ = gauges.tick() => dispatcher.report_depth(),
             _ = sleep_until(next_due), if next_due.is_some() => dispatcher.release_due().await,
             _ = sleep_until(gate_opens), if gate_opens.is_some() => {}
@@ -121,6 +127,9 @@ pub struct Dispatcher {
     held: BTreeMap<SourcePartition, VecDeque<Box<Prepared>>>,
     /// Tier records read before they were due, their partitions paused.
     due: DueHeads,
+    /// Messages of partitions whose log started again, unregistered until the ones read
+    /// before them are committed.
+    after_rewind: AfterRewind,
     /// Held messages of one partition beyond which the partition is paused.
     hold_limit: usize,
     limits: UncommittedLimits,
@@ -155,6 +164,7 @@ impl Dispatcher {
             paused,
             held: BTreeMap::new(),
             due: DueHeads::default(),
+            after_rewind: AfterRewind::default(),
             hold_limit: HELD_BEFORE_PAUSE,
             limits,
             read_gate: ReadGate::new(LONGEST_UNREAD),
@@ -197,12 +207,30 @@ impl Dispatcher {
                 return;
             }
         }
-        if !self
+        if self.after_rewind.is_waiting(source) {
+            self.keep_after_rewind(inbound);
+            return;
+        }
+        match self
             .tracker
             .dispatched(source, inbound.generation, inbound.offset)
         {
-            return;
+            Dispatched::Registered => self.offer_registered(source, inbound).await,
+            Dispatched::NotOwned => {}
+            Dispatched::AfterRewind => {
+                tracing::warn!(
+                    topic = %inbound.topic,
+                    partition = source.partition,
+                    offset = inbound.offset,
+                    "the partition's log started again (the topic created again, or the partition truncated): its new messages wait until those read before are committed"
+                );
+                self.keep_after_rewind(inbound);
+            }
         }
+    }
+
+    /// Hands on, or holds, a message the tracker registered.
+    async fn offer_registered(&mut self, source: SourcePartition, inbound: Inbound) {
         let over_limit = self.over_uncommitted_limit(source);
         let loaded = self.sources.parked.is_loaded(source.partition);
         let prepared = self.processor.prepare(inbound);
@@ -219,6 +247,51 @@ impl Dispatcher {
             .is_some_and(|queue| over_limit || queue.len() > self.hold_limit)
         {
             self.pause(source);
+        }
+    }
+
+    /// Keeps a message of a partition whose log started again; pauses the partition when many
+    /// wait.
+    fn keep_after_rewind(&mut self, inbound: Inbound) {
+        let source = inbound.source();
+        if self.after_rewind.keep(inbound) > self.hold_limit {
+            self.pause(source);
+        }
+    }
+
+    /// Registers and offers the messages of partitions whose log started again once those read
+    /// before them are committed; resumes their partitions.
+    async fn release_after_rewind(&mut self) {
+        for source in self.after_rewind.sources() {
+            while let Some(front) = self.after_rewind.front(source) {
+                match self
+                    .tracker
+                    .dispatched(source, front.generation, front.offset)
+                {
+                    Dispatched::AfterRewind => break,
+                    Dispatched::NotOwned => self.after_rewind.forget(source),
+                    Dispatched::Registered => {
+                        if let Some(inbound) = self.after_rewind.pop(source) {
+                            self.offer_registered(source, inbound).await;
+                        }
+                    }
+                }
+            }
+            self.resume_if_nothing_waits(source);
+        }
+    }
+
+    /// Resumes a partition paused for backpressure once nothing of it is held or waits.
+    fn resume_if_nothing_waits(&self, source: SourcePartition) {
+        let was_paused = !self.held.contains_key(&source)
+            && !self.after_rewind.is_waiting(source)
+            && self
+                .paused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&source);
+        if was_paused {
+            self.resume(source);
         }
     }
 
@@ -263,7 +336,7 @@ impl Dispatcher {
     fn report_depth(&self) {
         self.metrics
             .queue_depth
-            .set((self.scheduler.queued() + self.held_total()) as i64);
+            .set((self.scheduler.queued() + self.held_total() + self.after_rewind.len()) as i64);
         self.metrics
             .retry_waiting_keys
             .set(self.sources.parked.waiting_keys() as i64);
@@ -347,15 +420,7 @@ impl Dispatcher {
             if self.held.get(&source).is_some_and(VecDeque::is_empty) {
                 self.held.remove(&source);
             }
-            let was_paused = !self.held.contains_key(&source)
-                && self
-                    .paused
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .contains(&source);
-            if was_paused {
-                self.resume(source);
-            }
+            self.resume_if_nothing_waits(source);
         }
     }
 

@@ -38,6 +38,7 @@ pub mod read_gate;
 pub mod records;
 pub mod resets;
 pub mod retry;
+pub mod rewound;
 pub mod schedule;
 pub mod status;
 pub mod tiers;

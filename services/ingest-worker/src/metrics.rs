@@ -197,7 +197,7 @@ impl WorkerMetrics {
         );
         worker.register(
             "queue_depth",
-            "Messages read and waiting for their upstream: queued per upstream, or held because their upstream's queue was full",
+            "Messages read and waiting: queued for their upstream, held because their upstream's queue was full, or read from a log that started again and waiting for the messages read before",
             metrics.queue_depth.clone(),
         );
         worker.register(

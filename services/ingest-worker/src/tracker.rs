@@ -37,6 +37,21 @@ impl SourcePartition {
     }
 }
 
+/// What [`OffsetTracker::dispatched`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatched {
+    Registered,
+    /// Its partition is not owned under the message's generation (revoked meanwhile): the
+    /// next owner reads it again.
+    NotOwned,
+    /// Its offset is not after the last one read: the partition's log started again under the
+    /// same assignment (the topic deleted and created again, or the partition truncated), and
+    /// this is a message of the new log. Its offset would be committed in the same sequence as
+    /// the old log's, so it is registered only once every message read before it is committed:
+    /// the caller keeps it, and the messages after it, and offers them again.
+    AfterRewind,
+}
+
 /// One message's finished work: the records to write in the transaction.
 #[derive(Debug, Clone)]
 pub struct Finished<T> {
@@ -52,6 +67,8 @@ struct PartitionState<T> {
     /// Finished messages taken by the committer and not yet committed: they still count as
     /// uncommitted work until their transaction commits (or they are restored).
     in_transaction: usize,
+    /// The highest offset dispatched under this generation.
+    last_offset: Option<i64>,
 }
 
 impl<T> PartitionState<T> {
@@ -138,6 +155,7 @@ impl<T> OffsetTracker<T> {
                 generation,
                 pending: VecDeque::new(),
                 in_transaction: 0,
+                last_offset: None,
             },
         );
         if let Some(replaced) = replaced {
@@ -164,24 +182,28 @@ impl<T> OffsetTracker<T> {
             .map(|state| state.generation)
     }
 
-    /// Registers a message before it goes to a lane. Returns false (and registers nothing)
-    /// when the partition is not owned, or the offset is not after the last one (a message
-    /// re-delivered after a seek).
-    pub fn dispatched(&self, partition: SourcePartition, generation: u64, offset: i64) -> bool {
+    /// Registers a message before it goes to a lane, unless its partition is not owned under
+    /// `generation`, or its offset is not after the last one registered while messages read
+    /// before it are still uncommitted (see [`Dispatched::AfterRewind`]).
+    pub fn dispatched(
+        &self,
+        partition: SourcePartition,
+        generation: u64,
+        offset: i64,
+    ) -> Dispatched {
         self.lock()
             .update(&partition, |state| {
-                if state.generation != generation
-                    || state
-                        .pending
-                        .back()
-                        .is_some_and(|(last, _)| *last >= offset)
-                {
-                    return false;
+                if state.generation != generation {
+                    return Dispatched::NotOwned;
+                }
+                if state.last_offset.is_some_and(|last| offset <= last) && state.uncommitted() > 0 {
+                    return Dispatched::AfterRewind;
                 }
                 state.pending.push_back((offset, None));
-                true
+                state.last_offset = Some(offset);
+                Dispatched::Registered
             })
-            .unwrap_or(false)
+            .unwrap_or(Dispatched::NotOwned)
     }
 
     /// Records a finished message. Outputs of revoked partitions or old generations are
@@ -326,8 +348,8 @@ mod tests {
         };
         let ingress = tracker.assign(p(0));
         let retry = tracker.assign(tier);
-        assert!(tracker.dispatched(p(0), ingress, 7));
-        assert!(tracker.dispatched(tier, retry, 3));
+        assert_eq!(tracker.dispatched(p(0), ingress, 7), Dispatched::Registered);
+        assert_eq!(tracker.dispatched(tier, retry, 3), Dispatched::Registered);
         assert!(tracker.finished(
             tier,
             retry,
@@ -347,7 +369,10 @@ mod tests {
         let tracker = OffsetTracker::default();
         let generation = tracker.assign(p(0));
         for offset in [10, 11, 12] {
-            assert!(tracker.dispatched(p(0), generation, offset));
+            assert_eq!(
+                tracker.dispatched(p(0), generation, offset),
+                Dispatched::Registered
+            );
         }
         assert!(finish(&tracker, 0, generation, 11, "b"));
         assert!(tracker.take_ready(100).is_empty(), "10 is not finished");
@@ -365,18 +390,24 @@ mod tests {
     fn revoked_and_old_generation_work_is_dropped() {
         let tracker = OffsetTracker::default();
         let old = tracker.assign(p(3));
-        assert!(tracker.dispatched(p(3), old, 0));
+        assert_eq!(tracker.dispatched(p(3), old, 0), Dispatched::Registered);
         assert_eq!(tracker.revoke(p(3)), 1);
         assert!(!finish(&tracker, 3, old, 0, "late"), "revoked");
+        assert_eq!(tracker.dispatched(p(3), old, 1), Dispatched::NotOwned);
         let new = tracker.assign(p(3));
-        assert!(
+        assert_eq!(
             tracker.dispatched(p(3), new, 0),
+            Dispatched::Registered,
             "re-read from the committed offset"
         );
         assert!(!finish(&tracker, 3, old, 0, "stale"), "old generation");
         assert!(finish(&tracker, 3, new, 0, "fresh"));
         assert_eq!(tracker.take_ready(10)[0].outputs, [(0, "fresh")]);
-        assert!(!tracker.dispatched(p(9), new, 0), "not owned");
+        assert_eq!(
+            tracker.dispatched(p(9), new, 0),
+            Dispatched::NotOwned,
+            "not owned"
+        );
     }
 
     #[test]
@@ -405,12 +436,43 @@ mod tests {
     }
 
     #[test]
-    fn duplicates_after_a_seek_are_not_registered_twice() {
-        let tracker: OffsetTracker<()> = OffsetTracker::default();
+    fn a_log_that_starts_again_waits_until_the_old_logs_messages_are_committed() {
+        let tracker = OffsetTracker::default();
         let generation = tracker.assign(p(0));
-        assert!(tracker.dispatched(p(0), generation, 5));
-        assert!(!tracker.dispatched(p(0), generation, 5));
-        assert!(!tracker.dispatched(p(0), generation, 4));
+        for offset in [398, 399] {
+            assert_eq!(
+                tracker.dispatched(p(0), generation, offset),
+                Dispatched::Registered
+            );
+        }
+        // The topic is created again: the next message read is offset 0 of the new log.
+        assert_eq!(
+            tracker.dispatched(p(0), generation, 0),
+            Dispatched::AfterRewind
+        );
+        assert!(finish(&tracker, 0, generation, 398, "old"));
+        assert!(finish(&tracker, 0, generation, 399, "old"));
+        let ready = tracker.take_ready(10);
+        assert_eq!(ready[0].commit_offset, 400);
+        assert_eq!(
+            tracker.dispatched(p(0), generation, 0),
+            Dispatched::AfterRewind,
+            "taken but not committed yet"
+        );
+        tracker.committed(&ready);
+        assert_eq!(
+            tracker.dispatched(p(0), generation, 0),
+            Dispatched::Registered
+        );
+        assert_eq!(
+            tracker.dispatched(p(0), generation, 1),
+            Dispatched::Registered
+        );
+        assert!(finish(&tracker, 0, generation, 0, "new"));
+        assert!(finish(&tracker, 0, generation, 1, "new"));
+        let ready = tracker.take_ready(10);
+        assert_eq!(ready[0].outputs, [(0, "new"), (1, "new")]);
+        assert_eq!(ready[0].commit_offset, 2);
     }
 
     /// The sum kept as partitions change, against one counted from scratch.
@@ -438,7 +500,7 @@ mod tests {
             tracker.dispatched(p(1), second, offset);
         }
         tracker.dispatched(p(0), first, 3);
-        check("dispatching, and a duplicate refused");
+        check("dispatching, and an offset of a log that went back kept out");
         for offset in 0..4 {
             finish(&tracker, 0, first, offset, "x");
             finish(&tracker, 1, second, offset, "y");
@@ -458,7 +520,7 @@ mod tests {
         let again = tracker.assign(p(0));
         check("assigning an owned partition again");
         assert_eq!(tracker.in_flight(), 0, "its old work is the new owner's");
-        assert!(tracker.dispatched(p(0), again, 0));
+        assert_eq!(tracker.dispatched(p(0), again, 0), Dispatched::Registered);
         check("dispatching under the new generation");
         assert_eq!(tracker.in_flight(), 1);
     }

@@ -265,10 +265,7 @@ async fn two_workers_share_the_partitions_and_one_leaving_loses_nothing() {
             PipelineConfig::default(),
             None,
         );
-        for upstream in config.upstreams.values_mut() {
-            upstream.max_in_flight = Some(16);
-            upstream.adaptive_concurrency = false;
-        }
+        fixed_in_flight(&mut config, 16);
         config
     };
     let first = Worker::start_config(&kafka, config());

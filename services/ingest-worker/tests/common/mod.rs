@@ -289,6 +289,14 @@ pub fn worker_config(
     }
 }
 
+/// Every upstream of `config` at `limit` calls in flight, never adapted.
+pub fn fixed_in_flight(config: &mut WorkerConfig, limit: usize) {
+    for upstream in config.upstreams.values_mut() {
+        upstream.max_in_flight = Some(limit);
+        upstream.adaptive_concurrency = false;
+    }
+}
+
 pub async fn produce(kafka: &KafkaTestEnv, topic: &str, messages: &[(String, Vec<u8>)]) {
     let producer: FutureProducer = kafka
         .client_config()

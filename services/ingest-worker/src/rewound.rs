@@ -1,0 +1,99 @@
+//! Messages of a partition whose log started again under the running worker (the topic deleted
+//! and created again, or the partition truncated), kept in order until every message read
+//! before them is committed ([`crate::tracker::Dispatched::AfterRewind`]).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::records::Inbound;
+use crate::tracker::SourcePartition;
+
+#[derive(Debug, Default)]
+pub struct AfterRewind {
+    waiting: BTreeMap<SourcePartition, VecDeque<Inbound>>,
+}
+
+impl AfterRewind {
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Whether messages of `source` wait: a later one of it waits behind them.
+    pub fn is_waiting(&self, source: SourcePartition) -> bool {
+        self.waiting.contains_key(&source)
+    }
+
+    /// Messages waiting, over all partitions.
+    pub fn len(&self) -> usize {
+        self.waiting.values().map(VecDeque::len).sum()
+    }
+
+    /// Keeps a message behind those of its partition; returns how many of it wait.
+    pub fn keep(&mut self, inbound: Inbound) -> usize {
+        let queue = self.waiting.entry(inbound.source()).or_default();
+        queue.push_back(inbound);
+        queue.len()
+    }
+
+    pub fn sources(&self) -> Vec<SourcePartition> {
+        self.waiting.keys().copied().collect()
+    }
+
+    pub fn front(&self, source: SourcePartition) -> Option<&Inbound> {
+        self.waiting.get(&source).and_then(VecDeque::front)
+    }
+
+    pub fn pop(&mut self, source: SourcePartition) -> Option<Inbound> {
+        let queue = self.waiting.get_mut(&source)?;
+        let front = queue.pop_front();
+        if queue.is_empty() {
+            self.waiting.remove(&source);
+        }
+        front
+    }
+
+    /// Forgets a partition's messages (it was revoked: its next owner reads them again).
+    pub fn forget(&mut self, source: SourcePartition) {
+        self.waiting.remove(&source);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    fn inbound(partition: i32, offset: i64) -> Inbound {
+        Inbound {
+            topic: "ingress".into(),
+            topic_index: crate::tracker::INGRESS,
+            partition,
+            offset,
+            generation: 1,
+            key: None,
+            payload: Vec::new(),
+            headers: Vec::new(),
+            timestamp: None,
+            received_at: SystemTime::now(),
+            retry: None,
+        }
+    }
+
+    #[test]
+    fn messages_wait_in_order_per_partition() {
+        let mut waiting = AfterRewind::default();
+        assert!(waiting.is_empty());
+        assert_eq!(waiting.keep(inbound(0, 0)), 1);
+        assert_eq!(waiting.keep(inbound(1, 5)), 1);
+        assert_eq!(waiting.keep(inbound(0, 1)), 2);
+        assert_eq!(waiting.len(), 3);
+        let zero = SourcePartition::ingress(0);
+        assert!(waiting.is_waiting(zero));
+        assert_eq!(waiting.front(zero).map(|m| m.offset), Some(0));
+        assert_eq!(waiting.pop(zero).map(|m| m.offset), Some(0));
+        assert_eq!(waiting.pop(zero).map(|m| m.offset), Some(1));
+        assert!(!waiting.is_waiting(zero), "emptied");
+        waiting.forget(SourcePartition::ingress(1));
+        assert!(waiting.is_empty());
+    }
+}
