@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::Consumer as _;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::{Endpoints, UnavailableError, unique_name};
@@ -183,5 +184,36 @@ impl KafkaTestEnv {
                 panic!("adding partitions to {topic} failed: {code}");
             }
         }
+        // The request returns before every metadata answer lists the new partitions: a
+        // client made right after it could still see the old count and write only to those.
+        let probe: rdkafka::consumer::BaseConsumer = self
+            .client
+            .config()
+            .create()
+            .expect("a metadata client for the broker");
+        let name = topic.to_owned();
+        let listed = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let count = probe
+                    .fetch_metadata(Some(&name), METADATA_TIMEOUT)
+                    .ok()
+                    .and_then(|metadata| {
+                        let topic = metadata.topics().first()?;
+                        Some(topic.partitions().len())
+                    })
+                    .unwrap_or(0);
+                if count >= total || std::time::Instant::now() > deadline {
+                    return count;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .await
+        .expect("the metadata task");
+        assert!(
+            listed >= total,
+            "{topic} lists {listed} partitions 30 s after growing to {total}"
+        );
     }
 }
