@@ -199,9 +199,10 @@ impl Dispatcher {
         let source = inbound.source();
         if source.topic != INGRESS {
             // A tier record waits for its due time, and so do the records behind it.
-            let due = crate::tiers::due_of(&inbound, &self.sources.topics);
-            if self.due.is_waiting(source) || due.is_some_and(|due| due > SystemTime::now()) {
-                self.due.keep(inbound, due.unwrap_or_else(SystemTime::now));
+            let wait = crate::tiers::wait_of(&inbound, &self.sources.topics, SystemTime::now());
+            if self.due.is_waiting(source) || wait.is_some_and(|wait| !wait.is_zero()) {
+                let due = tokio::time::Instant::now() + wait.unwrap_or_default();
+                self.due.keep(inbound, due);
                 self.pause_consumer(source);
                 self.report_oldest();
                 return;
@@ -269,7 +270,9 @@ impl Dispatcher {
                     .dispatched(source, front.generation, front.offset)
                 {
                     Dispatched::AfterRewind => break,
-                    Dispatched::NotOwned => self.after_rewind.forget(source),
+                    // Read under an assignment since revoked: its next owner reads it again.
+                    // Messages of a later assignment may wait behind it.
+                    Dispatched::NotOwned => drop(self.after_rewind.pop(source)),
                     Dispatched::Registered => {
                         if let Some(inbound) = self.after_rewind.pop(source) {
                             self.offer_registered(source, inbound).await;

@@ -50,32 +50,17 @@ impl AfterRewind {
         }
         front
     }
-
-    /// Forgets a partition's messages (it was revoked: its next owner reads them again).
-    pub fn forget(&mut self, source: SourcePartition) {
-        self.waiting.remove(&source);
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
-
     use super::*;
 
     fn inbound(partition: i32, offset: i64) -> Inbound {
         Inbound {
-            topic: "ingress".into(),
-            topic_index: crate::tracker::INGRESS,
             partition,
             offset,
-            generation: 1,
-            key: None,
-            payload: Vec::new(),
-            headers: Vec::new(),
-            timestamp: None,
-            received_at: SystemTime::now(),
-            retry: None,
+            ..crate::records::fixtures::inbound(Vec::new(), b"k", &[])
         }
     }
 
@@ -93,7 +78,10 @@ mod tests {
         assert_eq!(waiting.pop(zero).map(|m| m.offset), Some(0));
         assert_eq!(waiting.pop(zero).map(|m| m.offset), Some(1));
         assert!(!waiting.is_waiting(zero), "emptied");
-        waiting.forget(SourcePartition::ingress(1));
+        assert_eq!(
+            waiting.pop(SourcePartition::ingress(1)).map(|m| m.offset),
+            Some(5)
+        );
         assert!(waiting.is_empty());
     }
 }

@@ -133,17 +133,18 @@ pub fn tier_consumer(
 }
 
 /// Tier partitions paused until their head is due, each with the records read before the
-/// pause took effect (in offset order, the head first).
+/// pause took effect (in offset order, the head first). Due times are on the monotonic clock,
+/// so that a wall clock jumping back while records wait does not lengthen their wait.
 #[derive(Debug, Default)]
 pub struct DueHeads {
-    heads: BTreeMap<SourcePartition, VecDeque<(SystemTime, Inbound)>>,
+    heads: BTreeMap<SourcePartition, VecDeque<(Instant, Inbound)>>,
 }
 
 impl DueHeads {
     /// Keeps `record` until `due`, behind what its partition keeps already (records of an
     /// earlier assignment are dropped: the new owner reads them again). The caller pauses the
     /// partition.
-    pub fn keep(&mut self, record: Inbound, due: SystemTime) {
+    pub fn keep(&mut self, record: Inbound, due: Instant) {
         let queue = self.heads.entry(record.source()).or_default();
         if queue
             .front()
@@ -160,21 +161,16 @@ impl DueHeads {
 
     /// When the next head is due.
     pub fn next_due(&self) -> Option<Instant> {
-        let earliest = self
-            .heads
+        self.heads
             .values()
             .filter_map(|queue| queue.front().map(|(due, _)| *due))
-            .min()?;
-        let wait = earliest
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        Some(Instant::now() + wait)
+            .min()
     }
 
     /// The records due by now, in offset order per partition; the partitions whose records
     /// are all taken are to be resumed.
     pub fn take_due(&mut self) -> (Vec<Inbound>, Vec<SourcePartition>) {
-        let now = SystemTime::now();
+        let now = Instant::now();
         let (mut due, mut emptied) = (Vec::new(), Vec::new());
         for (source, queue) in &mut self.heads {
             while queue.front().is_some_and(|(at, _)| *at <= now) {
@@ -205,7 +201,7 @@ impl DueHeads {
 
     /// Per tier topic, how long its oldest kept head has waited since it moved there.
     pub fn oldest_per_topic(&self, topics: &TierTopics) -> BTreeMap<String, Duration> {
-        let now = SystemTime::now();
+        let now = Instant::now();
         let mut oldest = BTreeMap::new();
         for (source, queue) in &self.heads {
             let (Some((due, _)), Some(name), Some(delay)) = (
@@ -215,8 +211,8 @@ impl DueHeads {
             ) else {
                 continue;
             };
-            let moved_at = due.checked_sub(delay).unwrap_or(*due);
-            let age = now.duration_since(moved_at).unwrap_or_default();
+            // It moved there about its tier's delay before it is due.
+            let age = (now + delay).saturating_duration_since(*due);
             let entry = oldest.entry(name.to_owned()).or_insert(age);
             *entry = (*entry).max(age);
         }
@@ -224,8 +220,10 @@ impl DueHeads {
     }
 }
 
-/// When a tier record may go: its due time, cut to its tier's delay after it was written.
-pub fn due_of(inbound: &Inbound, topics: &TierTopics) -> Option<SystemTime> {
+/// How long a tier record read at `now` waits: until its due time, cut to its tier's delay
+/// after it was written, and never longer than that delay from now (see [`wait_until`]).
+/// `None` for a record that is not a tier record.
+pub fn wait_of(inbound: &Inbound, topics: &TierTopics, now: SystemTime) -> Option<Duration> {
     let state = inbound.retry_state()?;
     let delay = topics.delay(inbound.topic_index)?;
     let (due, cut) = crate::retry::effective_due(state.due, inbound.timestamp, delay);
@@ -237,7 +235,15 @@ pub fn due_of(inbound: &Inbound, topics: &TierTopics) -> Option<SystemTime> {
             "a retry record's due time lies beyond its tier's delay; cut to it"
         );
     }
-    Some(due)
+    Some(wait_until(due, now, delay))
+}
+
+/// The wait until `due` (wall time) from `now`, at most `delay`: a due time further away than
+/// its tier's delay comes from a wall clock that jumped back since the record was written (or
+/// ran ahead where it was written). The wait is then measured on the monotonic clock
+/// ([`DueHeads`]), which no clock change moves.
+pub fn wait_until(due: SystemTime, now: SystemTime, delay: Duration) -> Duration {
+    due.duration_since(now).unwrap_or_default().min(delay)
 }
 
 /// Checks that every retry topic exists with at least the ingress topic's partitions (a move
@@ -299,6 +305,60 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_record_waits_until_due_and_never_longer_than_its_tiers_delay() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let delay = Duration::from_secs(300);
+        let wait = |due: SystemTime| wait_until(due, now, delay);
+        assert_eq!(
+            wait(now + Duration::from_secs(120)),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            wait(now - Duration::from_secs(5)),
+            Duration::ZERO,
+            "overdue"
+        );
+        assert_eq!(
+            wait(now + Duration::from_secs(3_600)),
+            delay,
+            "the clock went back an hour since it was written: the delay, not an hour more"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn kept_records_are_due_on_the_monotonic_clock_in_offset_order() {
+        let record = |offset| Inbound {
+            topic: "relais.retry.5s".into(),
+            topic_index: 1,
+            partition: 0,
+            offset,
+            ..crate::records::fixtures::inbound(Vec::new(), b"k", &[])
+        };
+        let mut heads = DueHeads::default();
+        let start = Instant::now();
+        heads.keep(record(7), start + Duration::from_secs(5));
+        heads.keep(record(8), start + Duration::from_secs(1));
+        assert_eq!(
+            heads.next_due(),
+            Some(start + Duration::from_secs(5)),
+            "the head's"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let (due, emptied) = heads.take_due();
+        assert!(
+            due.is_empty(),
+            "the head is not due: nothing behind it goes"
+        );
+        assert!(emptied.is_empty());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let (due, emptied) = heads.take_due();
+        let offsets: Vec<i64> = due.iter().map(|record| record.offset).collect();
+        assert_eq!(offsets, [7, 8]);
+        assert_eq!(emptied.len(), 1);
+        assert_eq!(heads.next_due(), None);
+    }
 
     #[test]
     fn every_retry_topic_must_exist_with_the_ingress_partitions() {
