@@ -260,7 +260,10 @@ GATEWAY = [
     panel("History and lag", [
         (f'sum(relais_gateway_history_events{{{sel(G)}}})', "events held"),
         (f'sum(relais_gateway_consumer_lag{{{sel(G)}}})', "consumer lag"),
-    ], "short"),
+        (f'sum by (topic) (increase(relais_gateway_events_log_restarts_total{{{sel(G)}}}[1h]))',
+         "log restarts in the last hour"),
+    ], "short", description="Events held for resumes and listings; records not read yet; partitions "
+       "of relais.events whose log started again (the topic created again)."),
     row("REST API (RED)"),
     panel("Requests by route and status", [(rate("http_server_request_duration_seconds_count", G,
                                                  by="http_route, http_response_status_code"),

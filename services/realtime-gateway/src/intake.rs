@@ -17,8 +17,8 @@ use relais_telemetry::admin::ReadinessCheck;
 use relais_telemetry::shutdown::CancellationToken;
 
 use crate::event::{Event, EventId};
-use crate::history::History;
-use crate::metrics::{GatewayMetrics, ReasonLabels};
+use crate::history::{History, Inserted};
+use crate::metrics::{GatewayMetrics, ReasonLabels, TopicLabels};
 use crate::protocol;
 use crate::stats::Stats;
 
@@ -33,14 +33,16 @@ pub struct Sinks {
 }
 
 impl Sinks {
-    /// Takes in one record of `relais.events`.
-    pub fn take(&self, id: EventId, payload: Option<&[u8]>, now: SystemTime) {
+    /// Takes in one record of `relais.events`; what the history did with it, if it was an
+    /// event.
+    pub fn take(&self, id: EventId, payload: Option<&[u8]>, now: SystemTime) -> Option<Inserted> {
         match Event::decode(id, payload.unwrap_or_default()) {
             Ok(event) => {
                 self.stats.record(&event, now);
                 let frame = protocol::event_frame(&event.view);
-                self.history.insert(event, frame, now);
+                let inserted = self.history.insert(event, frame, now);
                 self.metrics.events_consumed.inc();
+                Some(inserted)
             }
             Err(rejection) => {
                 tracing::debug!(%id, %rejection, "event not taken in");
@@ -50,6 +52,7 @@ impl Sinks {
                         reason: rejection.as_label(),
                     })
                     .inc();
+                None
             }
         }
     }
@@ -85,17 +88,24 @@ impl Intake {
             .set("group.id", "relais-gateway")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
+            // Where an offset is no longer in the log: the partition's log started again, whose
+            // events are all new to the gateway, or retention passed it, and the oldest kept
+            // are the next unread.
+            .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed");
         let consumer: StreamConsumer = relais_kafka::bounded_prefetch(&mut config, 16384)
             .create()
             .context("cannot create the Kafka consumer")?;
-        Ok(Self {
+        let intake = Self {
             consumer: Arc::new(consumer),
             topic: topic.to_owned(),
             warm_up,
             metadata_refresh,
             sinks,
-        })
+        };
+        // At zero from the start, so that a restart shows as an increase.
+        intake.log_restarts();
+        Ok(intake)
     }
 
     /// Assigns every partition (waiting for the broker as long as it takes), then reads until
@@ -136,7 +146,10 @@ impl Intake {
                 received = self.consumer.recv() => match received {
                     Ok(message) => {
                         let id = EventId { partition: message.partition(), offset: message.offset() };
-                        self.sinks.take(id, message.payload(), SystemTime::now());
+                        let inserted = self.sinks.take(id, message.payload(), SystemTime::now());
+                        if inserted == Some(Inserted::LogRestarted) {
+                            self.log_restarted(id);
+                        }
                     }
                     Err(error) => {
                         // The client library reconnects by itself; errors here are transient.
@@ -155,6 +168,26 @@ impl Intake {
                 }
             }
         }
+    }
+
+    fn log_restarts(&self) -> prometheus_client::metrics::counter::Counter {
+        self.sinks
+            .metrics
+            .events_log_restarts
+            .get_or_create(&TopicLabels {
+                topic: self.topic.clone(),
+            })
+            .clone()
+    }
+
+    fn log_restarted(&self, id: EventId) {
+        self.log_restarts().inc();
+        tracing::warn!(
+            topic = %self.topic,
+            partition = id.partition,
+            offset = id.offset,
+            "the partition's log started again (the topic created again, or the partition truncated): resume positions of it count in the new log from here on"
+        );
     }
 
     /// Adds partitions not yet assigned: at start-up from `warm_up` ago, later (partitions

@@ -19,11 +19,18 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct GatewayMetrics {
     pub http: HttpServerMetrics,
     pub events_consumed: Counter,
     pub events_rejected: Family<ReasonLabels, Counter>,
+    /// Partitions whose log started again under the gateway (see `history::Inserted`).
+    pub events_log_restarts: Family<TopicLabels, Counter>,
     pub history_events: Gauge,
     pub consumer_lag: Gauge,
     pub ws_connections: Gauge,
@@ -47,6 +54,7 @@ impl GatewayMetrics {
             http: HttpServerMetrics::register(registry),
             events_consumed: Counter::default(),
             events_rejected: Family::default(),
+            events_log_restarts: Family::default(),
             history_events: Gauge::default(),
             consumer_lag: Gauge::default(),
             ws_connections: Gauge::default(),
@@ -71,6 +79,11 @@ impl GatewayMetrics {
             "events_rejected",
             "Records on relais.events that were not taken in, by reason",
             metrics.events_rejected.clone(),
+        );
+        gateway.register(
+            "events_log_restarts",
+            "Partitions of relais.events whose log started again under the gateway (the topic deleted and created again, or a partition truncated): its offsets start below those taken in",
+            metrics.events_log_restarts.clone(),
         );
         gateway.register(
             "history_events",

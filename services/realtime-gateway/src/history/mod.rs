@@ -117,8 +117,11 @@ pub struct TimeRange {
 struct PartitionState {
     /// Last offset taken in (-1: none yet).
     last_offset: i64,
-    /// Highest offset dropped from the buffer (-1: none).
+    /// Highest offset of the current log dropped from the buffer (-1: none).
     evicted_through: i64,
+    /// Arrival number of the first event of the partition's current log: entries before it
+    /// are of a log that has since started again, and are not replayed.
+    log_start_seq: u64,
 }
 
 #[derive(Debug, Default)]
@@ -143,8 +146,12 @@ impl Inner {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
     New,
-    /// Already taken in (a re-read after a reassignment): ignored.
-    Duplicate,
+    /// Taken in, and its offset was not after the partition's last: the gateway reads each
+    /// offset once (it assigns a partition once and never seeks), so the partition's log
+    /// started again (`relais.events` deleted and created again, or the partition truncated).
+    /// Resume positions of the partition count in the new log from here on; its earlier
+    /// events stay listed but are not replayed.
+    LogRestarted,
 }
 
 #[derive(Debug)]
@@ -174,18 +181,26 @@ impl History {
     /// Appends `event`, drops what is now too old or too many, and publishes it.
     pub fn insert(&self, event: Event, frame: Utf8Bytes, now: SystemTime) -> Inserted {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let seq = inner.next_seq;
         let partition = inner
             .partitions
             .entry(event.id.partition)
             .or_insert(PartitionState {
                 last_offset: -1,
                 evicted_through: -1,
+                log_start_seq: seq,
             });
-        if event.id.offset <= partition.last_offset {
-            return Inserted::Duplicate;
-        }
+        let inserted = if event.id.offset <= partition.last_offset {
+            *partition = PartitionState {
+                last_offset: -1,
+                evicted_through: -1,
+                log_start_seq: seq,
+            };
+            Inserted::LogRestarted
+        } else {
+            Inserted::New
+        };
         partition.last_offset = event.id.offset;
-        let seq = inner.next_seq;
         inner.next_seq += 1;
         inner
             .by_trace
@@ -197,7 +212,7 @@ impl History {
         self.evict(&mut inner, now);
         // Sent under the lock: see the module docs. A send error only means no subscriber.
         let _ = self.feed.send(entry);
-        Inserted::New
+        inserted
     }
 
     fn evict(&self, inner: &mut Inner, now: SystemTime) {
@@ -212,7 +227,9 @@ impl History {
             let Some(entry) = inner.entries.pop_front() else {
                 break;
             };
-            if let Some(state) = inner.partitions.get_mut(&entry.event.id.partition) {
+            if let Some(state) = inner.partitions.get_mut(&entry.event.id.partition)
+                && entry.seq >= state.log_start_seq
+            {
                 state.evicted_through = state.evicted_through.max(entry.event.id.offset);
             }
             // Entries leave in arrival order, so the oldest entry of the buffer is the oldest
@@ -386,5 +403,52 @@ pub(crate) mod tests {
         assert_eq!(trace.len(), 100);
         assert_eq!(trace[0].event.id.offset, 4000);
         assert!(truncated);
+    }
+
+    #[test]
+    fn a_log_that_starts_again_is_taken_in_and_its_old_events_are_not_replayed() {
+        let history = History::new(4, Duration::from_secs(600), 64);
+        let inserted = |offset| {
+            history.insert(
+                event(0, offset, "a", 1),
+                Utf8Bytes::from_static(""),
+                SystemTime::now(),
+            )
+        };
+        assert_eq!(inserted(500), Inserted::New);
+        assert_eq!(inserted(501), Inserted::New);
+        let mut feed = history.subscribe(None).feed;
+        assert_eq!(inserted(0), Inserted::LogRestarted, "the new log's first");
+        assert_eq!(inserted(1), Inserted::New);
+        let live: Vec<String> = std::iter::from_fn(|| feed.try_recv().ok())
+            .map(|entry| entry.event.id.to_string())
+            .collect();
+        assert_eq!(live, ["0:0", "0:1"], "published on the live feed");
+        assert_eq!(history.position(), Position::from([(0, 1)]));
+
+        // A client of the new log that saw 0:0 is replayed 0:1 only, not the old log's 0:501.
+        let mut resumed = history.subscribe(Some(&Position::from([(0, 0)])));
+        let mut replay = resumed.replay.take().unwrap();
+        assert_eq!(
+            ids(&history.replay_batch(&mut replay, 10).unwrap()),
+            ["0:1"]
+        );
+        // The old log's events leaving the buffer are no gap in the new one.
+        assert_eq!(inserted(2), Inserted::New);
+        assert_eq!(inserted(3), Inserted::New);
+        assert_eq!(history.len(), 4);
+        let resumed = history.subscribe(Some(&Position::from([(0, 0)])));
+        assert!(resumed.gaps.is_empty(), "{:?}", resumed.gaps);
+        assert_eq!(inserted(4), Inserted::New);
+        let resumed = history.subscribe(Some(&Position::from([(0, -1)])));
+        assert_eq!(
+            resumed.gaps,
+            [Gap {
+                partition: 0,
+                after_offset: -1,
+                resumes_at_offset: 1
+            }],
+            "the new log's own evictions are gaps"
+        );
     }
 }
