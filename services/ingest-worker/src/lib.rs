@@ -38,7 +38,6 @@ pub mod read_gate;
 pub mod records;
 pub mod resets;
 pub mod retry;
-pub mod rewound;
 pub mod schedule;
 pub mod status;
 pub mod tiers;

@@ -4,51 +4,87 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use super::Dispatcher;
 use crate::records::Inbound;
-use crate::tracker::SourcePartition;
+use crate::tracker::{Dispatched, SourcePartition};
 
 #[derive(Debug, Default)]
-pub struct AfterRewind {
+pub(super) struct AfterRewind {
     waiting: BTreeMap<SourcePartition, VecDeque<Inbound>>,
 }
 
 impl AfterRewind {
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.waiting.is_empty()
     }
 
     /// Whether messages of `source` wait: a later one of it waits behind them.
-    pub fn is_waiting(&self, source: SourcePartition) -> bool {
+    pub(super) fn is_waiting(&self, source: SourcePartition) -> bool {
         self.waiting.contains_key(&source)
     }
 
     /// Messages waiting, over all partitions.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.waiting.values().map(VecDeque::len).sum()
     }
 
     /// Keeps a message behind those of its partition; returns how many of it wait.
-    pub fn keep(&mut self, inbound: Inbound) -> usize {
+    pub(super) fn keep(&mut self, inbound: Inbound) -> usize {
         let queue = self.waiting.entry(inbound.source()).or_default();
         queue.push_back(inbound);
         queue.len()
     }
 
-    pub fn sources(&self) -> Vec<SourcePartition> {
+    pub(super) fn sources(&self) -> Vec<SourcePartition> {
         self.waiting.keys().copied().collect()
     }
 
-    pub fn front(&self, source: SourcePartition) -> Option<&Inbound> {
+    pub(super) fn front(&self, source: SourcePartition) -> Option<&Inbound> {
         self.waiting.get(&source).and_then(VecDeque::front)
     }
 
-    pub fn pop(&mut self, source: SourcePartition) -> Option<Inbound> {
+    pub(super) fn pop(&mut self, source: SourcePartition) -> Option<Inbound> {
         let queue = self.waiting.get_mut(&source)?;
         let front = queue.pop_front();
         if queue.is_empty() {
             self.waiting.remove(&source);
         }
         front
+    }
+}
+
+impl Dispatcher {
+    /// Keeps a message of a partition whose log started again; pauses the partition when many
+    /// wait.
+    pub(super) fn keep_after_rewind(&mut self, inbound: Inbound) {
+        let source = inbound.source();
+        if self.after_rewind.keep(inbound) > self.hold_limit {
+            self.pause(source);
+        }
+    }
+
+    /// Registers and offers the messages of partitions whose log started again once those read
+    /// before them are committed; resumes their partitions.
+    pub(super) async fn release_after_rewind(&mut self) {
+        for source in self.after_rewind.sources() {
+            while let Some(front) = self.after_rewind.front(source) {
+                match self
+                    .tracker
+                    .dispatched(source, front.generation, front.offset)
+                {
+                    Dispatched::AfterRewind => break,
+                    // Read under an assignment since revoked: its next owner reads it again.
+                    // Messages of a later assignment may wait behind it.
+                    Dispatched::NotOwned => drop(self.after_rewind.pop(source)),
+                    Dispatched::Registered => {
+                        if let Some(inbound) = self.after_rewind.pop(source) {
+                            self.offer_registered(source, inbound).await;
+                        }
+                    }
+                }
+            }
+            self.resume_if_nothing_waits(source);
+        }
     }
 }
 

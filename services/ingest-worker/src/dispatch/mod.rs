@@ -20,10 +20,13 @@ use crate::read_gate::{LONGEST_UNREAD, ReadGate};
 use crate::records::Inbound;
 use crate::records::Tracker;
 use crate::retry::{RetryState, TierTopics};
-use crate::rewound::AfterRewind;
 use crate::schedule::{Done, Scheduler};
 use crate::tiers::{DueHeads, TierConsumer};
 use crate::tracker::{Dispatched, Finished, INGRESS, SourcePartition};
+
+mod rewound;
+
+use rewound::AfterRewind;
 
 /// How many read messages may wait for their commit, per partition and in all. While commits
 /// fail (the transaction coordinator away) nothing is committed, so without this bound the
@@ -248,39 +251,6 @@ impl Dispatcher {
             .is_some_and(|queue| over_limit || queue.len() > self.hold_limit)
         {
             self.pause(source);
-        }
-    }
-
-    /// Keeps a message of a partition whose log started again; pauses the partition when many
-    /// wait.
-    fn keep_after_rewind(&mut self, inbound: Inbound) {
-        let source = inbound.source();
-        if self.after_rewind.keep(inbound) > self.hold_limit {
-            self.pause(source);
-        }
-    }
-
-    /// Registers and offers the messages of partitions whose log started again once those read
-    /// before them are committed; resumes their partitions.
-    async fn release_after_rewind(&mut self) {
-        for source in self.after_rewind.sources() {
-            while let Some(front) = self.after_rewind.front(source) {
-                match self
-                    .tracker
-                    .dispatched(source, front.generation, front.offset)
-                {
-                    Dispatched::AfterRewind => break,
-                    // Read under an assignment since revoked: its next owner reads it again.
-                    // Messages of a later assignment may wait behind it.
-                    Dispatched::NotOwned => drop(self.after_rewind.pop(source)),
-                    Dispatched::Registered => {
-                        if let Some(inbound) = self.after_rewind.pop(source) {
-                            self.offer_registered(source, inbound).await;
-                        }
-                    }
-                }
-            }
-            self.resume_if_nothing_waits(source);
         }
     }
 
