@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use relais_ingest_worker::config::PipelineConfig;
 use relais_proto::v1::AuditRecord;
@@ -28,24 +27,10 @@ async fn all_outcomes(kafka: &KafkaTestEnv, topic: &str, quiet: Duration) -> Vec
     consumer.subscribe(&[topic]).unwrap();
     let mut outcomes = Vec::new();
     while let Ok(message) = tokio::time::timeout(quiet, consumer.recv()).await {
-        let message = message.unwrap();
-        let read = Read {
-            key: None,
-            payload: message.payload().unwrap_or_default().to_vec(),
-            headers: BTreeMap::new(),
-        };
-        if let Some(headers) = message.headers() {
-            use rdkafka::message::Headers as _;
-            let is_action = headers.iter().any(|header| {
-                header.key == relais_operator::actions::SCHEMA_HEADER
-                    && header.value
-                        == Some(relais_operator::actions::OPERATOR_ACTION_SCHEMA.as_bytes())
-            });
-            if is_action {
-                continue;
-            }
+        let read = detach(&message.unwrap());
+        if !is_operator_action(&read) {
+            outcomes.extend(audit_records(&[read]));
         }
-        outcomes.extend(audit_records(&[read]));
     }
     outcomes
 }

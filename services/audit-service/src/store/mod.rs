@@ -260,7 +260,6 @@ impl Store {
         cancel: &CancellationToken,
     ) -> Result<Stored, OperationError<S3Error>> {
         let own_key = self.key_of(&item);
-        let identity = Identity::of(&item);
         let threshold = self.multipart_threshold;
         let (body, content_type, uncompressed_bytes) = match &*item {
             Pending::Data(object) => {
@@ -289,7 +288,7 @@ impl Store {
             .retry
             .run(
                 cancel,
-                || self.put_claiming(&own_key, &identity, &body, content_type),
+                || self.put_claiming(&own_key, &item, &body, content_type),
                 |_| true,
                 |failure, attempt, wait| {
                     self.metrics.put_retries.inc();
@@ -414,13 +413,15 @@ impl Store {
     async fn put_claiming(
         &self,
         key: &str,
-        identity: &Identity,
+        item: &Pending,
         body: &Body,
         content_type: &str,
     ) -> Result<String, S3Error> {
         if self.put(key, body, content_type, Write::OnlyNew).await? == Written::Stored {
             return Ok(key.to_owned());
         }
+        // Only here, where the key is taken (rare), is the item's start copied out.
+        let identity = Identity::of(item);
         let stored_start = self.read_start(key, identity.wanted()).await?;
         let key = if identity.matches(&stored_start) {
             key.to_owned()

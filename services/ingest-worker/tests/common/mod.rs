@@ -431,7 +431,7 @@ pub fn is_operator_action(read: &Read) -> bool {
         == Some(relais_operator::actions::OPERATOR_ACTION_SCHEMA)
 }
 
-fn detach(message: &rdkafka::message::BorrowedMessage<'_>) -> Read {
+pub fn detach(message: &rdkafka::message::BorrowedMessage<'_>) -> Read {
     Read {
         key: message.key().map(<[u8]>::to_vec),
         payload: message.payload().unwrap_or_default().to_vec(),
