@@ -20,8 +20,15 @@
 //! assigned, from the records waiting in the tiers (read from their committed offsets to their
 //! end, [`crate::tiers::load_parked`]); until then the partition's messages wait. Memory: one
 //! entry per waiting key (its bytes and a count per tier).
+//!
+//! Records that leave a tier without being read (deleted by retention or a delete-records
+//! request, or the tier topic created again) would stay counted, and their keys' messages would
+//! detour through the tiers for as long as the worker owns the partition. So when Kafka reports
+//! such a loss, the partition's state is marked stale: its messages wait again, and once
+//! nothing of it is in flight (every message handed on committed) it is read again from the
+//! tiers, which then hold exactly what waits ([`ParkedKeys::lost_waiting_records`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, PoisonError};
 
 /// Where a message about to be delivered goes.
@@ -76,13 +83,46 @@ impl TierCounts {
 /// Per upstream, per key (nested so that a lookup borrows instead of allocating).
 type KeyCounts = HashMap<String, HashMap<Vec<u8>, TierCounts>>;
 
+/// Whether a partition's state is known.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Knowledge {
+    /// Being read from the tiers: its messages wait.
+    #[default]
+    Reading,
+    /// Records left a tier unread: its messages wait, and the state is to be read again once
+    /// nothing of the partition is in flight.
+    Stale,
+    Loaded,
+}
+
 #[derive(Debug, Default)]
 struct PartitionKeys {
     /// The assignment generation the state belongs to.
     generation: u64,
-    /// False until the waiting records were read after assignment.
-    loaded: bool,
+    /// Reads of the tiers asked under this assignment: only the latest one's answer counts.
+    round: u32,
+    knowledge: Knowledge,
     keys: KeyCounts,
+}
+
+/// A read of a partition's waiting records, asked under one assignment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadRequest {
+    pub partition: i32,
+    pub generation: u64,
+    pub round: u32,
+    /// For a read after records were lost: what of the tiers the worker has read already.
+    pub in_memory: Option<InMemory>,
+}
+
+/// The tier records of a partition that the worker has read and holds, none of them handed on,
+/// and where it reads each tier next: a second read counts these and reads on from there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InMemory {
+    /// (upstream, key, tier) of each record held.
+    pub waiting: Vec<(String, Vec<u8>, usize)>,
+    /// Per tier topic, the offset after the last record read (absent: none since assignment).
+    pub positions: BTreeMap<String, i64>,
 }
 
 /// The waiting keys of every owned partition (shared by the deliveries and the loader).
@@ -99,8 +139,9 @@ impl ParkedKeys {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A partition was assigned under `generation`: its state is unknown until loaded.
-    pub fn assigned(&self, partition: i32, generation: u64) {
+    /// A partition was assigned under `generation`: its state is unknown until loaded by the
+    /// read returned.
+    pub fn assigned(&self, partition: i32, generation: u64) -> LoadRequest {
         self.lock().insert(
             partition,
             PartitionKeys {
@@ -108,6 +149,12 @@ impl ParkedKeys {
                 ..PartitionKeys::default()
             },
         );
+        LoadRequest {
+            partition,
+            generation,
+            round: 0,
+            in_memory: None,
+        }
     }
 
     /// A partition was revoked: the next owner rebuilds its state.
@@ -115,31 +162,34 @@ impl ParkedKeys {
         self.lock().remove(&partition);
     }
 
-    /// The waiting records of a partition, read after its assignment `generation`: each
-    /// (upstream, key, tier). Ignored if the partition changed hands meanwhile.
+    /// The waiting records of a partition, read as `request` asked: each (upstream, key, tier).
+    /// They replace what was known. Ignored if the partition changed hands meanwhile, or
+    /// another read was asked since.
     pub fn load(
         &self,
-        partition: i32,
-        generation: u64,
+        request: &LoadRequest,
         waiting: impl IntoIterator<Item = (String, Vec<u8>, usize)>,
     ) -> bool {
         let mut partitions = self.lock();
-        let Some(state) = partitions.get_mut(&partition) else {
+        let Some(state) = partitions.get_mut(&request.partition) else {
             return false;
         };
-        if state.generation != generation {
+        if state.generation != request.generation
+            || state.round != request.round
+            || state.knowledge != Knowledge::Reading
+        {
             return false;
         }
+        let mut keys = KeyCounts::new();
         for (upstream, key, tier) in waiting {
-            state
-                .keys
-                .entry(upstream)
+            keys.entry(upstream)
                 .or_default()
                 .entry(key)
                 .or_default()
                 .add(tier);
         }
-        state.loaded = true;
+        state.keys = keys;
+        state.knowledge = Knowledge::Loaded;
         true
     }
 
@@ -147,7 +197,49 @@ impl ParkedKeys {
     pub fn is_loaded(&self, partition: i32) -> bool {
         self.lock()
             .get(&partition)
-            .is_some_and(|state| state.loaded)
+            .is_some_and(|state| state.knowledge == Knowledge::Loaded)
+    }
+
+    /// Records of a partition's tiers were deleted or lost before they were read: its state
+    /// counts them still. Its messages wait from now on, until the state is read again
+    /// ([`Self::read_again`]). False when the partition is not owned or is stale already.
+    pub fn lost_waiting_records(&self, partition: i32) -> bool {
+        let mut partitions = self.lock();
+        match partitions.get_mut(&partition) {
+            Some(state) if state.knowledge != Knowledge::Stale => {
+                state.knowledge = Knowledge::Stale;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Partitions whose state is to be read again.
+    pub fn stale(&self) -> Vec<i32> {
+        self.lock()
+            .iter()
+            .filter(|(_, state)| state.knowledge == Knowledge::Stale)
+            .map(|(partition, _)| *partition)
+            .collect()
+    }
+
+    /// The read that replaces a stale partition's state, counting `in_memory`; the caller asks
+    /// it once nothing of the partition is in flight (no move or outcome can change the tiers
+    /// meanwhile, since its messages wait).
+    pub fn read_again(&self, partition: i32, in_memory: InMemory) -> Option<LoadRequest> {
+        let mut partitions = self.lock();
+        let state = partitions.get_mut(&partition)?;
+        if state.knowledge != Knowledge::Stale {
+            return None;
+        }
+        state.knowledge = Knowledge::Reading;
+        state.round = state.round.wrapping_add(1);
+        Some(LoadRequest {
+            partition,
+            generation: state.generation,
+            round: state.round,
+            in_memory: Some(in_memory),
+        })
     }
 
     /// Where a message of `key` for `upstream` goes: `tier` is the tier it was read from
@@ -236,9 +328,9 @@ mod tests {
 
     fn loaded() -> ParkedKeys {
         let parked = ParkedKeys::default();
-        parked.assigned(P, 1);
+        let read = parked.assigned(P, 1);
         assert!(!parked.is_loaded(P));
-        assert!(parked.load(P, 1, []));
+        assert!(parked.load(&read, []));
         parked
     }
 
@@ -309,8 +401,8 @@ mod tests {
     #[test]
     fn keys_upstreams_and_partitions_are_apart() {
         let parked = loaded();
-        parked.assigned(4, 2);
-        parked.load(4, 2, []);
+        let read = parked.assigned(4, 2);
+        parked.load(&read, []);
         parked.moved(P, "u", b"k", None, 1);
         assert_eq!(parked.place(P, "u", b"other", None), Placement::Deliver);
         assert_eq!(parked.place(P, "v", b"k", None), Placement::Deliver);
@@ -320,15 +412,18 @@ mod tests {
     #[test]
     fn state_is_rebuilt_from_what_waits_and_only_for_the_current_owner() {
         let parked = ParkedKeys::default();
-        parked.assigned(P, 7);
+        let read = parked.assigned(P, 7);
+        let older = LoadRequest {
+            generation: 6,
+            ..read.clone()
+        };
         assert!(
-            !parked.load(P, 6, [("u".into(), b"k".to_vec(), 0)]),
+            !parked.load(&older, [("u".into(), b"k".to_vec(), 0)]),
             "an older assignment"
         );
         assert!(!parked.is_loaded(P));
         assert!(parked.load(
-            P,
-            7,
+            &read,
             [
                 ("u".into(), b"k".to_vec(), 2),
                 ("u".into(), b"k".to_vec(), 0)
@@ -338,6 +433,55 @@ mod tests {
         assert_eq!(parked.place(P, "u", b"k", Some(0)), Placement::Follow(2));
         parked.revoked(P);
         assert!(!parked.is_loaded(P));
-        assert!(!parked.load(P, 7, []), "revoked");
+        assert!(!parked.load(&read, []), "revoked");
+    }
+
+    #[test]
+    fn records_lost_from_a_tier_make_the_state_stale_until_read_again() {
+        let parked = loaded();
+        parked.moved(P, "u", b"lost", None, 1);
+        parked.moved(P, "u", b"kept", None, 0);
+        assert!(parked.lost_waiting_records(P));
+        assert!(!parked.lost_waiting_records(P), "stale already");
+        assert!(!parked.lost_waiting_records(9), "not owned");
+        assert!(!parked.is_loaded(P), "its messages wait");
+        assert_eq!(parked.stale(), [P]);
+
+        let again = parked.read_again(P, InMemory::default()).unwrap();
+        assert_eq!(again.round, 1);
+        assert_eq!(
+            parked.read_again(P, InMemory::default()),
+            None,
+            "asked once"
+        );
+        assert!(parked.stale().is_empty());
+        let first = LoadRequest {
+            round: 0,
+            ..again.clone()
+        };
+        assert!(
+            !parked.load(&first, [("u".into(), b"lost".to_vec(), 1)]),
+            "the assignment's read, answered late, is not the latest"
+        );
+        // What the tiers hold replaces what was counted: the lost key waits no more.
+        assert!(parked.load(&again, [("u".into(), b"kept".to_vec(), 0)]));
+        assert!(parked.is_loaded(P));
+        assert_eq!(parked.place(P, "u", b"lost", None), Placement::Deliver);
+        assert_eq!(parked.place(P, "u", b"kept", None), Placement::Follow(0));
+        assert_eq!(parked.waiting_keys(), 1);
+    }
+
+    #[test]
+    fn a_loss_reported_while_the_tiers_are_read_makes_that_read_void() {
+        let parked = ParkedKeys::default();
+        let read = parked.assigned(P, 1);
+        assert!(parked.lost_waiting_records(P));
+        assert!(
+            !parked.load(&read, [("u".into(), b"k".to_vec(), 0)]),
+            "it may have been read before the loss"
+        );
+        let again = parked.read_again(P, InMemory::default()).unwrap();
+        assert!(parked.load(&again, []));
+        assert!(parked.is_loaded(P));
     }
 }

@@ -3,6 +3,8 @@
 //! so each reset is counted, logged, and written to the audit trail as an operator action of
 //! this worker (`kafka.records_deleted` or `kafka.log_rewound`, subject
 //! `kafka/{topic}/{partition}`), where an operator looking for the missing messages finds it.
+//! A retry tier that lost records makes its partition's key order state stale
+//! ([`crate::parked`]).
 
 use std::sync::Arc;
 
@@ -14,6 +16,8 @@ use relais_telemetry::shutdown::CancellationToken;
 use tokio::sync::mpsc;
 
 use crate::consumer::WorkerConsumer;
+use crate::parked::ParkedKeys;
+use crate::retry::TierTopics;
 
 /// Where each reset is told.
 #[allow(missing_debug_implementations)] // the producer has no Debug
@@ -22,6 +26,8 @@ pub struct ResetReports {
     pub producer: FutureProducer,
     pub audit_topic: String,
     pub worker_id: String,
+    pub tier_topics: TierTopics,
+    pub parked: Arc<ParkedKeys>,
 }
 
 /// Measures the resets of the worker's consumers (their watermarks read through `consumer`)
@@ -42,6 +48,16 @@ pub async fn report_resets(
             },
         };
         reports.metrics.record(&reset, outcome);
+        if loses_tier_records(&reset, outcome, &reports.tier_topics)
+            && reports.parked.lost_waiting_records(reset.partition)
+        {
+            tracing::warn!(
+                topic = %reset.topic,
+                partition = reset.partition,
+                "retry tier records were lost before they were read: the partition's messages \
+                 wait until its key order state is read again from the tiers"
+            );
+        }
         if let Some(action) = trail_action(&reset, outcome, &actor) {
             crate::control::write_until_stored(
                 &reports.producer,
@@ -53,6 +69,14 @@ pub async fn report_resets(
             .await;
         }
     }
+}
+
+/// Whether a reset lost records of a retry tier, which the key order state still counts.
+fn loses_tier_records(reset: &OffsetReset, outcome: ResetOutcome, topics: &TierTopics) -> bool {
+    let is_tier = topics
+        .index_of(&reset.topic)
+        .is_some_and(|index| topics.delay(index).is_some());
+    is_tier && !matches!(outcome, ResetOutcome::WithinLog)
 }
 
 /// The operator action that tells the audit trail of a reset that lost or re-read records;
@@ -118,6 +142,31 @@ mod tests {
         );
         assert!(action.detail.contains("at offset 250"), "{}", action.detail);
         assert_eq!(action.trace_id.len(), 32, "a trace id to look it up by");
+    }
+
+    #[test]
+    fn only_records_lost_from_a_retry_tier_touch_the_key_order_state() {
+        let schedule = [std::time::Duration::from_secs(5)];
+        let topics = TierTopics::new("relais.ingress", "relais.retry", [&schedule[..]]);
+        let tier = OffsetReset {
+            topic: "relais.retry.5s".into(),
+            ..reset()
+        };
+        let deleted = ResetOutcome::DeletedUnread {
+            offsets: 3,
+            log_start: 103,
+        };
+        let rewound = ResetOutcome::Rewound {
+            log_end: 0,
+            log_start: 0,
+        };
+        assert!(loses_tier_records(&tier, deleted, &topics));
+        assert!(loses_tier_records(&tier, rewound, &topics));
+        assert!(!loses_tier_records(&tier, ResetOutcome::WithinLog, &topics));
+        assert!(
+            !loses_tier_records(&reset(), deleted, &topics),
+            "the ingress topic's messages are not counted there"
+        );
     }
 
     #[test]

@@ -11,57 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use relais_ingest_worker::config::{PipelineConfig, RouteRule, UpstreamConfig, WorkerConfig};
+use relais_ingest_worker::config::{RouteRule, UpstreamConfig};
 use relais_ingest_worker::retry::RetryState;
 use relais_proto::v1::Outcome;
-use relais_resilience::UpstreamPolicy;
-use relais_resilience::policy::{CircuitPolicy, RetryPolicyConfig};
-use relais_test_support::unique_name;
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-/// Fails fast against a dead upstream: few attempts, a circuit that opens soon.
-fn quick_policy() -> UpstreamPolicy {
-    UpstreamPolicy {
-        attempt_timeout: Duration::from_millis(500),
-        connect_timeout: Duration::from_millis(250),
-        circuit: CircuitPolicy {
-            minimum_calls: 5,
-            open_duration: secs(1),
-            half_open_calls: 2,
-            ..CircuitPolicy::default()
-        },
-        retry: RetryPolicyConfig {
-            max_attempts: 2,
-            base_backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_millis(100),
-            ..RetryPolicyConfig::default()
-        },
-        ..UpstreamPolicy::default()
-    }
-}
-
-fn config_with_tiers(
-    topics: &Topics,
-    upstream: std::net::SocketAddr,
-    tiers: &[Duration],
-) -> WorkerConfig {
-    let mut config = worker_config(
-        topics,
-        &unique_name("it-group"),
-        upstream,
-        quick_policy(),
-        PipelineConfig::default(),
-        None,
-    );
-    for upstream in config.upstreams.values_mut() {
-        *upstream = upstream.clone().with_retry_tiers(tiers);
-    }
-    config.retry.in_memory_wait = secs(1);
-    config
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sick_upstreams_messages_leave_the_partitions_and_return_through_the_tiers_in_order() {

@@ -1,5 +1,6 @@
 //! The ingress topic deleted and created again under a running worker: the new log's messages
-//! are all decided, once each, after the old log's messages read before them.
+//! are all decided, once each, after the old log's messages read before them. Records purged
+//! from a retry tier before they were read: their keys stop waiting.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -8,15 +9,17 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use prost::Message as _;
+use rdkafka::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use relais_ingest_worker::config::PipelineConfig;
-use relais_proto::v1::AuditRecord;
+use relais_proto::v1::{AuditRecord, OperatorAction, PipelineEvent};
 use relais_resilience::UpstreamPolicy;
 use relais_test_support::{KafkaTestEnv, unique_name};
 use serde_json::json;
 
-/// Every outcome record on `topic` (read_committed), read until none arrives for `quiet`.
-async fn all_outcomes(kafka: &KafkaTestEnv, topic: &str, quiet: Duration) -> Vec<AuditRecord> {
+/// A reader of `topic` from its start (read_committed).
+fn reader(kafka: &KafkaTestEnv, topic: &str) -> StreamConsumer {
     let consumer: StreamConsumer = kafka
         .client_config()
         .set("group.id", unique_name("it-reader"))
@@ -25,6 +28,12 @@ async fn all_outcomes(kafka: &KafkaTestEnv, topic: &str, quiet: Duration) -> Vec
         .create()
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
+    consumer
+}
+
+/// Every outcome record on `topic`, read until none arrives for `quiet`.
+async fn all_outcomes(kafka: &KafkaTestEnv, topic: &str, quiet: Duration) -> Vec<AuditRecord> {
+    let consumer = reader(kafka, topic);
     let mut outcomes = Vec::new();
     while let Ok(message) = tokio::time::timeout(quiet, consumer.recv()).await {
         let read = detach(&message.unwrap());
@@ -33,6 +42,37 @@ async fn all_outcomes(kafka: &KafkaTestEnv, topic: &str, quiet: Duration) -> Vec
         }
     }
     outcomes
+}
+
+/// Every `retry_scheduled` event on `topic`, read until none arrives for `quiet`.
+async fn all_retry_moves(kafka: &KafkaTestEnv, topic: &str, quiet: Duration) -> Vec<PipelineEvent> {
+    let consumer = reader(kafka, topic);
+    let mut moves = Vec::new();
+    while let Ok(message) = tokio::time::timeout(quiet, consumer.recv()).await {
+        let message = message.unwrap();
+        let event = PipelineEvent::decode(message.payload().unwrap_or_default()).unwrap();
+        if event.retry_scheduled.is_some() {
+            moves.push(event);
+        }
+    }
+    moves
+}
+
+/// Every operator action on the audit topic, read until none arrives for `quiet`.
+async fn all_operator_actions(
+    kafka: &KafkaTestEnv,
+    topic: &str,
+    quiet: Duration,
+) -> Vec<OperatorAction> {
+    let consumer = reader(kafka, topic);
+    let mut actions = Vec::new();
+    while let Ok(message) = tokio::time::timeout(quiet, consumer.recv()).await {
+        let read = detach(&message.unwrap());
+        if is_operator_action(&read) {
+            actions.push(OperatorAction::decode(read.payload.as_slice()).unwrap());
+        }
+    }
+    actions
 }
 
 /// How many outcomes each message id of `prefix` has.
@@ -104,4 +144,166 @@ async fn an_ingress_topic_created_again_has_every_new_message_decided_once() {
         "the old log's messages at most once each"
     );
     assert_eq!(old.len(), 400, "those read before were decided too");
+}
+
+/// The high watermark of `topic`'s partition 0.
+fn log_end(kafka: &KafkaTestEnv, topic: &str) -> i64 {
+    let consumer: BaseConsumer = kafka.client_config().create().unwrap();
+    let (_, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap();
+    high
+}
+
+/// Messages `from..to` of `keys` keys, each key's sequence in `data` for upstream-sim's order
+/// check (message `n` has sequence `n / keys` of key `n % keys`).
+fn keyed_events(from: usize, to: usize, keys: usize) -> Vec<(String, Vec<u8>)> {
+    let mut events = ordered_events("k", "order.created", to, keys);
+    events.drain(..from);
+    events
+}
+
+/// How an operator empties a retry tier.
+#[derive(Debug, Clone, Copy)]
+enum Purge {
+    DeleteRecords,
+    CreateAgain,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retry_tier_records_deleted_before_they_were_read_stop_holding_their_keys() {
+    purged_tier_stops_holding_keys(Purge::DeleteRecords).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_topic_created_again_stops_holding_the_keys_it_held() {
+    purged_tier_stops_holding_keys(Purge::CreateAgain).await;
+}
+
+/// Messages of five keys wait in the long tier, four of them unread when it is emptied: those
+/// four keys stop waiting, their later messages go straight to the upstream (order kept for
+/// what remains), the message read before is delivered, and the loss is in the audit trail.
+async fn purged_tier_stops_holding_keys(purge: Purge) {
+    init_telemetry();
+    let kafka = relais_test_support::kafka().await;
+    // Nothing listens here until the upstream comes back: connections are refused.
+    let upstream = free_port();
+    let topics = Topics::create(&kafka, 1).await;
+    let mut config = config_with_tiers(&topics, upstream, &[secs(1), secs(12)]);
+    for upstream in config.upstreams.values_mut() {
+        // The one message delivered before the later ones closes the circuit again.
+        upstream.policy.circuit.half_open_calls = 1;
+    }
+    let long_tier = format!("{}.12s", topics.retry_prefix);
+    create_retry_topics(&kafka, &topics, &config).await;
+    let worker = Worker::start_config(&kafka, config);
+    let waiting_keys = "relais_worker_retry_waiting_keys";
+
+    // The first key's message reaches the long tier, whose partition then pauses until it is
+    // due; the next four keys' messages follow it there while it is paused: unread.
+    produce(&kafka, &topics.ingress, &keyed_events(0, 1, 5)).await;
+    let in_long_tier = |count: usize| {
+        move |events: &[relais_proto::v1::PipelineEvent]| {
+            events
+                .iter()
+                .filter(|event| event.retry_scheduled.as_ref().unwrap().tier == 1)
+                .count()
+                >= count
+        }
+    };
+    retry_events_until(&kafka, &topics.events, secs(30), in_long_tier(1)).await;
+    let others: Vec<_> = keyed_events(1, 10, 5)
+        .into_iter()
+        .filter(|(key, _)| key != "k-entity-0")
+        .collect();
+    produce(&kafka, &topics.ingress, &others).await;
+    retry_events_until(&kafka, &topics.events, secs(30), in_long_tier(9)).await;
+    assert_eq!(worker.metric(waiting_keys).await, 5.0);
+
+    // An operator empties the long tier; the upstream comes back.
+    let (kind, action) = match purge {
+        Purge::DeleteRecords => {
+            kafka
+                .delete_records_before(&long_tier, 0, log_end(&kafka, &long_tier))
+                .await;
+            ("deleted_unread", "kafka.records_deleted")
+        }
+        Purge::CreateAgain => {
+            kafka.recreate_topic(&long_tier, 1).await;
+            ("rewound", "kafka.log_rewound")
+        }
+    };
+    let sim = Sim::start_at(upstream).await;
+
+    // When the paused partition resumes, its next fetch finds the purged records gone: the
+    // four keys no longer wait, and the first key's message, read before, is delivered.
+    let noticed =
+        format!("relais_worker_offset_resets_total{{topic=\"{long_tier}\",kind=\"{kind}\"}}");
+    relais_test_support::wait_until("the purge noticed", secs(60), || async {
+        worker.metric(&noticed).await >= 1.0
+    })
+    .await;
+    relais_test_support::wait_until("no key waits", secs(60), || async {
+        worker.metric(waiting_keys).await == 0.0
+    })
+    .await;
+
+    relais_test_support::wait_until("the upstream taken back", secs(60), || async {
+        worker
+            .metric("relais_circuit_state{upstream=\"default\",state=\"closed\"}")
+            .await
+            == 1.0
+    })
+    .await;
+
+    // Later messages of the purged keys are delivered at once, not sent after the lost ones.
+    let later: Vec<_> = keyed_events(10, 20, 5)
+        .into_iter()
+        .filter(|(key, _)| key != "k-entity-0")
+        .collect();
+    produce(&kafka, &topics.ingress, &later).await;
+    let later_ids: Vec<String> = [11, 12, 13, 14, 16, 17, 18, 19]
+        .iter()
+        .map(|index| format!("k-{index}"))
+        .collect();
+    let deadline = Instant::now() + secs(60);
+    let outcomes = loop {
+        let outcomes = all_outcomes(&kafka, &topics.audit, secs(2)).await;
+        if outcomes.len() > later_ids.len() || Instant::now() > deadline {
+            break outcomes;
+        }
+    };
+    worker.stop().await;
+    let mut decided: Vec<&str> = outcomes.iter().map(|o| o.message_id.as_str()).collect();
+    decided.sort_unstable();
+    let mut expected: Vec<&str> = later_ids.iter().map(String::as_str).collect();
+    expected.push("k-0");
+    expected.sort_unstable();
+    assert_eq!(decided, expected, "the purged messages have no outcome");
+    assert!(
+        outcomes
+            .iter()
+            .all(|outcome| outcome.outcome == relais_proto::v1::Outcome::Delivered as i32),
+        "{outcomes:?}"
+    );
+    let moved: Vec<String> = all_retry_moves(&kafka, &topics.events, secs(2))
+        .await
+        .into_iter()
+        .filter(|event| later_ids.contains(&event.message_id))
+        .map(|event| format!("{}: {:?}", event.message_id, event.retry_scheduled))
+        .collect();
+    assert!(
+        moved.is_empty(),
+        "sent to a tier after lost messages: {moved:?}"
+    );
+    let seen = sim.deliveries().await;
+    assert_eq!(seen["order_violations"], 0, "{seen}");
+    let purge_told = all_operator_actions(&kafka, &topics.audit, secs(2))
+        .await
+        .iter()
+        .any(|told| told.action == action && told.subject == format!("kafka/{long_tier}/0"));
+    assert!(
+        purge_told,
+        "the lost messages are accounted for in the audit trail"
+    );
 }

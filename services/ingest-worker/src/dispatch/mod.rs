@@ -25,6 +25,7 @@ use crate::tiers::{DueHeads, TierConsumer};
 use crate::tracker::{Dispatched, Finished, INGRESS, SourcePartition};
 
 mod rewound;
+mod stale;
 
 use rewound::AfterRewind;
 
@@ -56,7 +57,8 @@ const HELD_BEFORE_PAUSE: usize = 256;
 /// dead replica.
 ///
 /// A tier record that is not due yet pauses its tier partition until it is ([`DueHeads`]); the
-/// messages of a partition whose key order state is not loaded yet are held; those of a
+/// messages of a partition whose key order state is not loaded yet are held (a stale state is
+/// read again once every message of the partition handed on is committed); those of a
 /// partition whose log started again wait until the ones read before them are committed
 /// ([`AfterRewind`]).
 pub async fn dispatch(
@@ -91,7 +93,10 @@ pub async fn dispatch(
                 dispatcher.drain_held().await;
                 dispatcher.release_after_rewind().await;
             }
-            _ = gauges.tick() => dispatcher.report_depth(),
+            _ = gauges.tick() => {
+                dispatcher.report_depth();
+                dispatcher.read_stale_states_again();
+            }
             _ = sleep_until(next_due), if next_due.is_some() => dispatcher.release_due().await,
             _ = sleep_until(gate_opens), if gate_opens.is_some() => {}
             message = dispatcher.sources.ingress.recv(), if reads_ingress => {
@@ -114,6 +119,8 @@ pub struct Sources {
     pub topics: TierTopics,
     /// Key order state per partition; a partition's messages wait until it is loaded.
     pub parked: Arc<ParkedKeys>,
+    /// Where a stale partition's state is asked to be read again.
+    pub loads: crate::tiers::LoadRequests,
     /// Where the tier records kept until due are counted for the lag reporter.
     pub kept: crate::tiers::KeptRecords,
 }

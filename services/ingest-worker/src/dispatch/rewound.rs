@@ -35,6 +35,11 @@ impl AfterRewind {
         queue.len()
     }
 
+    /// The messages of `source` that wait.
+    pub(super) fn records(&self, source: SourcePartition) -> impl Iterator<Item = &Inbound> {
+        self.waiting.get(&source).into_iter().flatten()
+    }
+
     pub(super) fn sources(&self) -> Vec<SourcePartition> {
         self.waiting.keys().copied().collect()
     }

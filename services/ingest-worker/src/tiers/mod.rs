@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{ConfigError, WorkerConfig};
-use crate::parked::ParkedKeys;
+use crate::parked::{LoadRequest, ParkedKeys};
 use crate::records::Inbound;
 use crate::records::Tracker;
 use crate::retry::TierTopics;
@@ -39,8 +39,8 @@ pub type TierConsumer = StreamConsumer<ResetWatch>;
 /// dispatcher, read by the lag reporter).
 pub type KeptRecords = Arc<std::sync::Mutex<BTreeMap<String, i64>>>;
 
-/// Assignments whose waiting records are still to be read: (partition, generation).
-pub type LoadRequests = mpsc::Sender<(i32, u64)>;
+/// Partitions whose waiting records are still to be read.
+pub type LoadRequests = mpsc::Sender<LoadRequest>;
 
 /// What the rebalance callbacks need to give tier partitions to the owner of the ingress
 /// partition of the same number.
@@ -64,9 +64,9 @@ impl TierAssignment {
     /// Ingress partition `partition` was assigned under `generation`: its tier partitions
     /// follow it, and its key order state is to be loaded.
     pub fn assigned(&self, tracker: &Tracker, partition: i32, generation: u64) {
-        self.parked.assigned(partition, generation);
+        let read = self.parked.assigned(partition, generation);
         if self.topics.is_empty() {
-            self.parked.load(partition, generation, []);
+            self.parked.load(&read, []);
             return;
         }
         let mut list = TopicPartitionList::new();
@@ -80,7 +80,7 @@ impl TierAssignment {
         if let Err(error) = self.consumer.incremental_assign(&list) {
             tracing::error!(%error, partition, "cannot assign the retry tier partitions");
         }
-        if self.loads.try_send((partition, generation)).is_err() {
+        if self.loads.try_send(read).is_err() {
             tracing::error!(
                 partition,
                 "the retry loader is gone; the partition stays waiting"
@@ -157,6 +157,15 @@ impl DueHeads {
 
     pub fn is_waiting(&self, source: SourcePartition) -> bool {
         self.heads.contains_key(&source)
+    }
+
+    /// The records `source` keeps.
+    pub fn records(&self, source: SourcePartition) -> impl Iterator<Item = &Inbound> {
+        self.heads
+            .get(&source)
+            .into_iter()
+            .flatten()
+            .map(|(_, record)| record)
     }
 
     /// When the next head is due.

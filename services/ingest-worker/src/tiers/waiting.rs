@@ -24,16 +24,15 @@ use relais_telemetry::tasks::sleep_until;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::parked::ParkedKeys;
+use crate::parked::{InMemory, LoadRequest, ParkedKeys};
 use crate::records::Tracker;
 use crate::retry::{RetryState, TierTopics, owned_headers};
 use crate::tracker::SourcePartition;
 
-/// A partition's tier state still to read, under the assignment it was asked for.
+/// A partition's tier state still to read, as it was asked.
 #[derive(Debug)]
 struct PendingLoad {
-    partition: i32,
-    generation: u64,
+    request: LoadRequest,
     at: Instant,
     failures: u32,
 }
@@ -65,8 +64,11 @@ fn report_missing(ready: &ReadinessCheck, missing: &BTreeMap<i32, String>) {
 /// until then the partition's messages wait. A failed read is tried again, with backoff, while
 /// the partition is still owned under the same assignment; `ready` is false while a partition
 /// waits for a tier partition that does not exist.
+///
+/// A second read of a partition (its state went stale, [`crate::parked`]) counts the tier
+/// records the worker holds in memory, and reads the tiers from where the worker reads next.
 pub async fn load_parked(
-    mut requests: mpsc::Receiver<(i32, u64)>,
+    mut requests: mpsc::Receiver<LoadRequest>,
     loader: WaitingReader,
     tracker: Arc<Tracker>,
     parked: Arc<ParkedKeys>,
@@ -79,10 +81,19 @@ pub async fn load_parked(
     ready.set_ready();
     loop {
         pending.retain(|load| {
-            tracker.generation(SourcePartition::ingress(load.partition)) == Some(load.generation)
+            let LoadRequest {
+                partition,
+                generation,
+                ..
+            } = load.request;
+            tracker.generation(SourcePartition::ingress(partition)) == Some(generation)
         });
         let before = missing.len();
-        missing.retain(|partition, _| pending.iter().any(|load| load.partition == *partition));
+        missing.retain(|partition, _| {
+            pending
+                .iter()
+                .any(|load| load.request.partition == *partition)
+        });
         if missing.len() < before {
             report_missing(&ready, &missing);
         }
@@ -90,9 +101,10 @@ pub async fn load_parked(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             request = requests.recv() => match request {
-                Some((partition, generation)) => {
-                    pending.retain(|load| load.partition != partition);
-                    pending.push(PendingLoad { partition, generation, at: Instant::now(), failures: 0 });
+                Some(request) => {
+                    // A later read of a partition replaces one not yet done.
+                    pending.retain(|load| load.request.partition != request.partition);
+                    pending.push(PendingLoad { request, at: Instant::now(), failures: 0 });
                 }
                 None => return,
             },
@@ -102,9 +114,10 @@ pub async fn load_parked(
                 };
                 let mut load = pending.swap_remove(index);
                 let reader = loader.clone();
+                let in_memory = load.request.in_memory.clone();
                 let started = Instant::now();
-                let partition = load.partition;
-                let read = tokio::task::spawn_blocking(move || reader.read(partition))
+                let partition = load.request.partition;
+                let read = tokio::task::spawn_blocking(move || reader.read(partition, in_memory))
                     .await
                     .map_err(anyhow::Error::from)
                     .and_then(|result| result);
@@ -115,10 +128,11 @@ pub async fn load_parked(
                             tracing::info!(partition, "the retry tiers have the partition now");
                             report_missing(&ready, &missing);
                         }
-                        if parked.load(partition, load.generation, waiting) {
+                        if parked.load(&load.request, waiting) {
                             tracing::info!(
                                 partition,
                                 waiting = count,
+                                round = load.request.round,
                                 took = ?started.elapsed(),
                                 "retry tiers read; the partition's messages go on"
                             );
@@ -206,8 +220,14 @@ pub struct WaitingReader {
 const READ_DEADLINE: Duration = Duration::from_secs(120);
 
 impl WaitingReader {
-    /// (upstream, key, tier) of every waiting record of `partition` that keeps key order.
-    pub fn read(&self, partition: i32) -> anyhow::Result<Vec<(String, Vec<u8>, usize)>> {
+    /// (upstream, key, tier) of every waiting record of `partition` that keeps key order: from
+    /// the committed offsets to the ends, or, for a second read, those `in_memory` and the
+    /// rest from where the worker reads next.
+    pub fn read(
+        &self,
+        partition: i32,
+        in_memory: Option<InMemory>,
+    ) -> anyhow::Result<Vec<(String, Vec<u8>, usize)>> {
         let consumer: BaseConsumer = self
             .client
             .clone()
@@ -246,18 +266,25 @@ impl WaitingReader {
             let (low, high) = consumer
                 .fetch_watermarks(topic, partition, Duration::from_secs(10))
                 .with_context(|| format!("cannot read the end of {topic}/{partition}"))?;
-            let from = committed
+            let read_next = in_memory
+                .as_ref()
+                .and_then(|known| known.positions.get(topic).copied());
+            let committed = committed
                 .find_partition(topic, partition)
                 .and_then(|element| element.offset().to_raw())
-                .filter(|offset| *offset >= 0)
-                .unwrap_or(low)
-                .max(low);
+                .filter(|offset| *offset >= 0);
+            let from = first_waiting(read_next.or(committed), low, high);
             if from < high {
                 start.add_partition_offset(topic, partition, Offset::Offset(from))?;
                 ends.insert(topic.to_owned(), high);
             }
         }
-        let mut waiting = Vec::new();
+        let mut waiting: Vec<(String, Vec<u8>, usize)> = in_memory
+            .map(|known| known.waiting)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(upstream, _, _)| self.ordered_upstreams.contains(upstream))
+            .collect();
         if ends.is_empty() {
             return Ok(waiting);
         }
@@ -294,6 +321,18 @@ impl WaitingReader {
     }
 }
 
+/// The first offset of a tier partition whose record may wait, given the offset reading went
+/// on from (committed, or where the worker reads next): that one; the log's start where
+/// records were deleted before it (retention, delete-records) or there is none; the start too
+/// where the log ends before it (the topic created again: the tier consumer reads the new log
+/// from its start).
+fn first_waiting(committed: Option<i64>, low: i64, high: i64) -> i64 {
+    match committed {
+        Some(committed) if committed <= high => committed.max(low),
+        _ => low,
+    }
+}
+
 /// The partitions of `topic` now; 0 when it does not exist.
 fn tier_partitions<C: ClientContext>(client: &Client<C>, topic: &str) -> anyhow::Result<usize> {
     let metadata = client
@@ -312,6 +351,23 @@ fn tier_partitions<C: ClientContext>(client: &Client<C>, topic: &str) -> anyhow:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waiting_records_are_read_from_the_committed_offset_within_the_log() {
+        assert_eq!(first_waiting(Some(40), 10, 90), 40);
+        assert_eq!(first_waiting(Some(90), 10, 90), 90, "nothing waits");
+        assert_eq!(first_waiting(None, 10, 90), 10, "nothing committed yet");
+        assert_eq!(
+            first_waiting(Some(4), 10, 90),
+            10,
+            "deleted before it was read"
+        );
+        assert_eq!(
+            first_waiting(Some(500), 0, 30),
+            0,
+            "the topic created again: its new log waits whole"
+        );
+    }
 
     #[test]
     fn failed_reads_back_off_from_a_second_to_half_a_minute() {
