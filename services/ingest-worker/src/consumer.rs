@@ -1,13 +1,23 @@
 //! The ingress consumer and its rebalance callbacks, which keep the offset tracker (and the
 //! retry tiers, [`crate::tiers`]) in step with the group's assignment.
+//!
+//! A partition about to move to another worker is handed over first: the callback waits, for
+//! at most `pipeline.handover_timeout`, until the partition's deliveries in flight have
+//! finished and their outcomes are committed, so that the next owner does not send them again.
+//! It runs inside the dispatcher's read (librdkafka calls it from the poll), so nothing new
+//! starts meanwhile; the delivery tasks and the committer go on, on the runtime's other
+//! threads.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use relais_kafka::resets::ResetWatch;
+use relais_telemetry::shutdown::CancellationToken;
+use tokio::runtime::RuntimeFlavor;
 
 use crate::metrics::WorkerMetrics;
 use crate::records::Tracker;
@@ -23,6 +33,7 @@ pub struct WorkerContext {
     pub metrics: WorkerMetrics,
     /// Picks the offset resets out of librdkafka's log ([`crate::resets`]).
     pub resets: ResetWatch,
+    pub handover: Handover,
 }
 
 impl ClientContext for WorkerContext {
@@ -32,8 +43,17 @@ impl ClientContext for WorkerContext {
 }
 
 impl ConsumerContext for WorkerContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
+            // Lost partitions (this member timed out of the group) can no longer be committed.
+            if !consumer.assignment_lost() {
+                let numbers: Vec<i32> = partitions
+                    .elements()
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect();
+                self.hand_over(&numbers);
+            }
             for element in partitions.elements() {
                 let partition = element.partition();
                 let dropped = self.tracker.revoke(SourcePartition::ingress(partition));
@@ -61,7 +81,59 @@ impl ConsumerContext for WorkerContext {
     }
 }
 
+/// How long a partition moving away waits for its work in flight ([`WorkerContext`]).
+#[derive(Debug, Clone)]
+pub struct Handover {
+    pub timeout: Duration,
+    /// Once shutdown began the committer has done its last round: nothing more would commit.
+    pub shutdown: CancellationToken,
+}
+
+/// How often a handover looks again.
+const HANDOVER_CHECK: Duration = Duration::from_millis(10);
+
 impl WorkerContext {
+    /// Waits, bounded, until the ingress `partitions` and their tier partitions have nothing
+    /// in flight and nothing finished left to commit.
+    fn hand_over(&self, partitions: &[i32]) {
+        if self.handover.timeout.is_zero() || self.handover.shutdown.is_cancelled() {
+            return;
+        }
+        let tiers = self.tiers.topic_indexes();
+        let sources: Vec<SourcePartition> = partitions
+            .iter()
+            .flat_map(|&partition| {
+                std::iter::once(INGRESS)
+                    .chain(tiers.iter().copied())
+                    .map(move |topic| SourcePartition { topic, partition })
+            })
+            .collect();
+        let started = Instant::now();
+        let deadline = started + self.handover.timeout;
+        let wait = || {
+            while !self.tracker.handed_over(&sources) && Instant::now() < deadline {
+                std::thread::sleep(HANDOVER_CHECK);
+            }
+        };
+        // The callback runs on a runtime thread: its other tasks move to another thread while
+        // this one waits.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if runtime.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait);
+            }
+            _ => wait(),
+        }
+        if self.tracker.handed_over(&sources) {
+            tracing::info!(?partitions, took = ?started.elapsed(), "partitions handed over: their work in flight is committed");
+        } else {
+            tracing::warn!(
+                ?partitions,
+                timeout = ?self.handover.timeout,
+                "partitions handed over with work still in flight: the next owner sends it again"
+            );
+        }
+    }
+
     fn report_assigned(&self) {
         let ingress = self
             .tracker

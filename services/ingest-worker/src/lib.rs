@@ -240,6 +240,10 @@ pub async fn run(
         },
         metrics: metrics.clone(),
         resets: reset_watch,
+        handover: consumer::Handover {
+            timeout: config.pipeline.handover_timeout,
+            shutdown: shutdown.clone(),
+        },
     })
     .context("cannot create the Kafka consumer")?;
     let consumer = Arc::new(consumer);

@@ -299,6 +299,7 @@ impl Scheduler {
                 Arc::clone(&self.tracker),
                 self.done.clone(),
             );
+            let in_lane = self.tracker.enter_lane(source, generation);
             // Boxed: the delivery's state is over 2 KiB, which the runtime would otherwise
             // copy into the task and again at each change of the task's stage.
             let delivery = async move {
@@ -306,6 +307,9 @@ impl Scheduler {
                 if let Some(output) = output {
                     tracker.finished(source, generation, Finished { offset, output });
                 }
+                // Out of the lane before the report, which waits while the dispatcher is
+                // busy (in a rebalance waiting for this very count, say).
+                drop(in_lane);
                 report.feedback = feedback;
                 // The dispatcher has stopped when this fails: nothing is left to start.
                 let _ = done.send(report).await;

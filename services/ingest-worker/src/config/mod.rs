@@ -19,6 +19,9 @@ pub use sections::{
 };
 pub use upstream::{Credentials, OAuth2Config, UpstreamAuth, UpstreamConfig, UpstreamTlsConfig};
 
+/// Longest `pipeline.handover_timeout`: every member of the group waits for it in a rebalance.
+const LONGEST_HANDOVER: Duration = Duration::from_secs(60);
+
 /// The configuration file.
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
@@ -296,6 +299,12 @@ impl WorkerConfig {
                 pipeline.drain_timeout, self.kafka.transaction_timeout
             ));
         }
+        if pipeline.handover_timeout > LONGEST_HANDOVER {
+            return invalid(format!(
+                "pipeline.handover_timeout ({:?}) is above {LONGEST_HANDOVER:?}: the whole group's rebalance waits for it",
+                pipeline.handover_timeout
+            ));
+        }
         Ok(())
     }
 
@@ -424,6 +433,11 @@ mod tests {
             "typos are caught"
         );
         config.pipeline.drain_timeout = Duration::from_secs(5);
+        config.pipeline.handover_timeout = Duration::from_secs(120);
+        let error = config.validate().expect_err("a handover that long");
+        assert!(error.to_string().contains("handover_timeout"), "{error}");
+        config.pipeline.handover_timeout = Duration::ZERO;
+        config.validate().expect("no handover wait");
         config.dlq.max_payload_bytes = 1024;
         let error = config
             .validate()

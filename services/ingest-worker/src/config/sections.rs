@@ -193,6 +193,13 @@ pub struct PipelineConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub drain_timeout: Duration,
+    /// How long a partition moving to another worker waits for its deliveries in flight to
+    /// finish and be committed, so that the next owner does not send them again; what is not
+    /// committed by then is read again and sent again by the next owner. The group's
+    /// rebalance waits as long. 0 turns the wait off.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub handover_timeout: Duration,
     /// Messages of one partition read and not yet committed, at most; beyond, the partition
     /// pauses until commits catch up (while the transaction coordinator is away, say).
     pub max_uncommitted_per_partition: usize,
@@ -209,6 +216,7 @@ impl Default for PipelineConfig {
             max_batch: 1000,
             fail_fast_when_open: false,
             drain_timeout: Duration::from_secs(20),
+            handover_timeout: Duration::from_secs(5),
             max_uncommitted_per_partition: 5_000,
             max_uncommitted: 20_000,
         }

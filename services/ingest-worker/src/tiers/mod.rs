@@ -88,6 +88,11 @@ impl TierAssignment {
         }
     }
 
+    /// The tier topics' indexes.
+    pub fn topic_indexes(&self) -> Vec<crate::tracker::TopicIndex> {
+        self.topics.tiers().map(|(index, _, _)| index).collect()
+    }
+
     /// Ingress partition `partition` was revoked: so are its tier partitions.
     pub fn revoked(&self, tracker: &Tracker, partition: i32) {
         self.parked.revoked(partition);
