@@ -157,8 +157,13 @@ WORKER = [
         (rate("relais_worker_transactions_total", W, by="result"), "{{result}}"),
         (quantile(0.99, "relais_worker_transaction_duration_seconds", W), "p99 duration (s)"),
     ], "short", description="Outcome records and offsets committed together."),
-    panel("Assigned partitions", [(f'sum by (instance) (relais_worker_assigned_partitions{{{sel(W)}}})',
-                                   "{{instance}}")], "short"),
+    panel("Assigned partitions and handovers", [
+        (f'sum by (instance) (relais_worker_assigned_partitions{{{sel(W)}}})', "{{instance}}"),
+        (f'sum by (result) (increase(relais_worker_handovers_total{{{sel(W)}}}[1h]))',
+         "handovers in the last hour, {{result}}"),
+    ], "short", description="Partitions owned per replica. A partition moving away is handed over first: "
+                            "committed when its deliveries in flight finished and were committed, timed_out "
+                            "when some were still running (the next owner sends them again)."),
     panel("Committed messages", [(rate("relais_worker_committed_messages_total", W), "committed")], "ops"),
     panel("Uncommitted messages", [
         (f'sum by (instance) (relais_worker_uncommitted_messages{{{sel(W)}}})', "{{instance}}"),

@@ -123,7 +123,9 @@ impl WorkerContext {
             }
             _ => wait(),
         }
-        if self.tracker.handed_over(&sources) {
+        let committed = self.tracker.handed_over(&sources);
+        self.metrics.handover(committed);
+        if committed {
             tracing::info!(?partitions, took = ?started.elapsed(), "partitions handed over: their work in flight is committed");
         } else {
             tracing::warn!(

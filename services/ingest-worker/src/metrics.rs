@@ -49,6 +49,7 @@ pub struct WorkerMetrics {
     pub paused_partitions: Gauge,
     pub pauses: Counter,
     pub assigned_partitions: Gauge,
+    handovers: Family<ResultLabels, Counter>,
     transactions: Family<ResultLabels, Counter>,
     transaction_duration: LatencyHistogram,
     pub committed_messages: Counter,
@@ -99,7 +100,16 @@ pub struct TopicLabels {
     pub topic: String,
 }
 
+/// The results of a handover ([`WorkerMetrics::handover`]).
+const HANDOVER_RESULTS: [&str; 2] = ["committed", "timed_out"];
+
 impl WorkerMetrics {
+    /// Counts a handover of revoked partitions: all their started work committed, or not.
+    pub fn handover(&self, committed: bool) {
+        let result = HANDOVER_RESULTS[usize::from(!committed)];
+        self.handovers.get_or_create(&ResultLabels { result }).inc();
+    }
+
     pub fn register(registry: &mut Registry) -> Self {
         let messages = Family::<OutcomeLabels, Counter>::default();
         let processing: Family<OutcomeLabels, LatencyHistogram> =
@@ -125,6 +135,7 @@ impl WorkerMetrics {
             paused_partitions: Gauge::default(),
             pauses: Counter::default(),
             assigned_partitions: Gauge::default(),
+            handovers: Family::default(),
             transactions: Family::default(),
             transaction_duration: latency_histogram(exponential_buckets(0.001, 2.0, 14)),
             committed_messages: Counter::default(),
@@ -220,6 +231,14 @@ impl WorkerMetrics {
             "Ingress partitions assigned to this replica",
             metrics.assigned_partitions.clone(),
         );
+        worker.register(
+            "handovers",
+            "Revokes of partitions moving to another replica, by result: committed (their deliveries in flight finished and were committed first) or timed_out (some still in flight after pipeline.handover_timeout: the next owner sends them again)",
+            metrics.handovers.clone(),
+        );
+        for result in HANDOVER_RESULTS {
+            let _ = metrics.handovers.get_or_create(&ResultLabels { result });
+        }
         worker.register(
             "transactions",
             "Outcome transactions, by result",

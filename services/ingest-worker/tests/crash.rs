@@ -292,6 +292,21 @@ async fn two_workers_share_the_partitions_and_one_leaving_loses_nothing() {
         "the partitions are split: {shared_first} + {shared_second}"
     );
 
+    let handovers = "relais_worker_handovers_total";
+    assert!(
+        first
+            .metric(&format!("{handovers}{{result=\"committed\"}}"))
+            .await
+            >= 1.0,
+        "the first worker handed over the partitions it gave up"
+    );
+    assert_eq!(
+        first
+            .metric(&format!("{handovers}{{result=\"timed_out\"}}"))
+            .await,
+        0.0
+    );
+
     first.stop().await; // graceful: drains, commits what it handled, leaves the group
     let audit = audit_records(
         &read_exactly(
