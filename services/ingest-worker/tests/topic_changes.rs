@@ -1,6 +1,7 @@
 //! The ingress topic deleted and created again under a running worker: the new log's messages
 //! are all decided, once each, after the old log's messages read before them. Records purged
-//! from a retry tier before they were read: their keys stop waiting.
+//! from a retry tier before they were read: their keys stop waiting, and a key whose message
+//! the worker holds in memory keeps waiting.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -306,4 +307,93 @@ async fn purged_tier_stops_holding_keys(purge: Purge) {
         purge_told,
         "the lost messages are accounted for in the audit trail"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_waiting_in_memory_keeps_its_order_when_the_tiers_are_read_again() {
+    init_telemetry();
+    let kafka = relais_test_support::kafka().await;
+    let upstream = free_port();
+    let topics = Topics::create(&kafka, 1).await;
+    // Two upstreams at the same (refusing) address: `default` waits in 1 s and 12 s tiers,
+    // `z` in 1 s and 40 s ones. z's message waits, read and kept in memory, in the 40 s tier
+    // while the 12 s tier is purged and the partition's key order state is read again.
+    let mut config = config_with_tiers(&topics, upstream, &[secs(1), secs(12)]);
+    let mut z = config.upstreams["default"]
+        .clone()
+        .with_retry_tiers(&[secs(1), secs(40)]);
+    z.policy.circuit.half_open_calls = 1;
+    config.upstreams.insert("z".into(), z);
+    config
+        .upstreams
+        .get_mut("default")
+        .unwrap()
+        .policy
+        .circuit
+        .half_open_calls = 1;
+    config.routing.rules = vec![relais_ingest_worker::config::RouteRule {
+        type_prefix: "z.".into(),
+        upstream: "z".into(),
+    }];
+    let long_tier = format!("{}.12s", topics.retry_prefix);
+    create_retry_topics(&kafka, &topics, &config).await;
+    let worker = Worker::start_config(&kafka, config);
+
+    let z_events = ordered_events("z", "z.created", 2, 1);
+    produce(&kafka, &topics.ingress, &keyed_events(0, 1, 5)).await;
+    produce(&kafka, &topics.ingress, &z_events[..1]).await;
+    let in_second_tier = |count: usize| {
+        move |events: &[PipelineEvent]| {
+            events
+                .iter()
+                .filter(|event| event.retry_scheduled.as_ref().unwrap().tier == 1)
+                .count()
+                >= count
+        }
+    };
+    retry_events_until(&kafka, &topics.events, secs(30), in_second_tier(2)).await;
+    let others: Vec<_> = keyed_events(1, 5, 5);
+    produce(&kafka, &topics.ingress, &others).await;
+    retry_events_until(&kafka, &topics.events, secs(30), in_second_tier(6)).await;
+    kafka
+        .delete_records_before(&long_tier, 0, log_end(&kafka, &long_tier))
+        .await;
+    let sim = Sim::start_at(upstream).await;
+    let deleted = format!(
+        "relais_worker_offset_resets_total{{topic=\"{long_tier}\",kind=\"deleted_unread\"}}"
+    );
+    relais_test_support::wait_until("the purge noticed", secs(60), || async {
+        worker.metric(&deleted).await >= 1.0
+    })
+    .await;
+    // Read again: the purged keys are gone; z's key, whose message the worker holds, is not.
+    relais_test_support::wait_until("only z's key waits", secs(60), || async {
+        worker.metric("relais_worker_retry_waiting_keys").await == 1.0
+    })
+    .await;
+
+    // z's next message follows its first into the 40 s tier instead of overtaking it.
+    produce(&kafka, &topics.ingress, &z_events[1..]).await;
+    let deadline = Instant::now() + secs(90);
+    let outcomes = loop {
+        let outcomes = all_outcomes(&kafka, &topics.audit, secs(2)).await;
+        let z_decided = outcomes.iter().filter(|o| o.upstream == "z").count();
+        if z_decided == 2 || Instant::now() > deadline {
+            break outcomes;
+        }
+    };
+    worker.stop().await;
+    let z_decided: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.upstream == "z")
+        .map(|o| o.message_id.as_str())
+        .collect();
+    assert_eq!(z_decided.len(), 2, "{z_decided:?}");
+    let followed = all_retry_moves(&kafka, &topics.events, secs(2))
+        .await
+        .iter()
+        .any(|event| event.message_id == "z-1" && event.reason_code == "waiting_behind_key");
+    assert!(followed, "z-1 waited behind z-0");
+    let seen = sim.deliveries().await;
+    assert_eq!(seen["order_violations"], 0, "{seen}");
 }
