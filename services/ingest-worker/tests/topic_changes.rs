@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use prost::Message as _;
-use rdkafka::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use relais_ingest_worker::config::PipelineConfig;
 use relais_proto::v1::{AuditRecord, OperatorAction, PipelineEvent};
@@ -19,8 +18,14 @@ use relais_resilience::UpstreamPolicy;
 use relais_test_support::{KafkaTestEnv, unique_name};
 use serde_json::json;
 
-/// A reader of `topic` from its start (read_committed).
-fn reader(kafka: &KafkaTestEnv, topic: &str) -> StreamConsumer {
+/// Every record on `topic` (read_committed) that `keep` maps to a value, read from its start
+/// until none arrives for `quiet`.
+async fn read_all<T>(
+    kafka: &KafkaTestEnv,
+    topic: &str,
+    quiet: Duration,
+    mut keep: impl FnMut(Read) -> Option<T>,
+) -> Vec<T> {
     let consumer: StreamConsumer = kafka
         .client_config()
         .set("group.id", unique_name("it-reader"))
@@ -29,34 +34,28 @@ fn reader(kafka: &KafkaTestEnv, topic: &str) -> StreamConsumer {
         .create()
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
-    consumer
+    let mut kept = Vec::new();
+    while let Ok(message) = tokio::time::timeout(quiet, consumer.recv()).await {
+        kept.extend(keep(detach(&message.unwrap())));
+    }
+    kept
 }
 
 /// Every outcome record on `topic`, read until none arrives for `quiet`.
 async fn all_outcomes(kafka: &KafkaTestEnv, topic: &str, quiet: Duration) -> Vec<AuditRecord> {
-    let consumer = reader(kafka, topic);
-    let mut outcomes = Vec::new();
-    while let Ok(message) = tokio::time::timeout(quiet, consumer.recv()).await {
-        let read = detach(&message.unwrap());
-        if !is_operator_action(&read) {
-            outcomes.extend(audit_records(&[read]));
-        }
-    }
-    outcomes
+    read_all(kafka, topic, quiet, |read| {
+        (!is_operator_action(&read)).then(|| AuditRecord::decode(read.payload.as_slice()).unwrap())
+    })
+    .await
 }
 
 /// Every `retry_scheduled` event on `topic`, read until none arrives for `quiet`.
 async fn all_retry_moves(kafka: &KafkaTestEnv, topic: &str, quiet: Duration) -> Vec<PipelineEvent> {
-    let consumer = reader(kafka, topic);
-    let mut moves = Vec::new();
-    while let Ok(message) = tokio::time::timeout(quiet, consumer.recv()).await {
-        let message = message.unwrap();
-        let event = PipelineEvent::decode(message.payload().unwrap_or_default()).unwrap();
-        if event.retry_scheduled.is_some() {
-            moves.push(event);
-        }
-    }
-    moves
+    read_all(kafka, topic, quiet, |read| {
+        Some(PipelineEvent::decode(read.payload.as_slice()).unwrap())
+            .filter(|event| event.retry_scheduled.is_some())
+    })
+    .await
 }
 
 /// Every operator action on the audit topic, read until none arrives for `quiet`.
@@ -65,15 +64,10 @@ async fn all_operator_actions(
     topic: &str,
     quiet: Duration,
 ) -> Vec<OperatorAction> {
-    let consumer = reader(kafka, topic);
-    let mut actions = Vec::new();
-    while let Ok(message) = tokio::time::timeout(quiet, consumer.recv()).await {
-        let read = detach(&message.unwrap());
-        if is_operator_action(&read) {
-            actions.push(OperatorAction::decode(read.payload.as_slice()).unwrap());
-        }
-    }
-    actions
+    read_all(kafka, topic, quiet, |read| {
+        is_operator_action(&read).then(|| OperatorAction::decode(read.payload.as_slice()).unwrap())
+    })
+    .await
 }
 
 /// How many outcomes each message id of `prefix` has.

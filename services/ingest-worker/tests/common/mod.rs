@@ -15,10 +15,13 @@ use relais_ingest_worker::config::{
 };
 use relais_proto::v1::{AuditRecord, PipelineEvent};
 use relais_resilience::UpstreamPolicy;
-use relais_resilience::policy::{CircuitPolicy, RetryPolicyConfig};
 use relais_telemetry::shutdown::CancellationToken;
 use relais_test_support::{KafkaTestEnv, unique_name};
 use serde_json::Value;
+
+mod tiers;
+#[allow(unused_imports)] // each test binary uses a part
+pub use tiers::{config_with_tiers, quick_policy, secs};
 
 pub struct Sim {
     pub api: SocketAddr,
@@ -553,51 +556,4 @@ pub fn assert_exactly_once(records: &[AuditRecord], expected: usize) {
 pub fn started_at(attempt: &relais_proto::v1::Attempt) -> std::time::SystemTime {
     let timestamp = attempt.started_at.unwrap();
     std::time::UNIX_EPOCH + Duration::new(timestamp.seconds as u64, timestamp.nanos as u32)
-}
-
-pub fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-/// Fails fast against a dead upstream: few attempts, a circuit that opens soon.
-pub fn quick_policy() -> UpstreamPolicy {
-    UpstreamPolicy {
-        attempt_timeout: Duration::from_millis(500),
-        connect_timeout: Duration::from_millis(250),
-        circuit: CircuitPolicy {
-            minimum_calls: 5,
-            open_duration: secs(1),
-            half_open_calls: 2,
-            ..CircuitPolicy::default()
-        },
-        retry: RetryPolicyConfig {
-            max_attempts: 2,
-            base_backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_millis(100),
-            ..RetryPolicyConfig::default()
-        },
-        ..UpstreamPolicy::default()
-    }
-}
-
-/// A worker configuration whose upstreams fail fast and wait in `tiers`, one second in
-/// memory.
-pub fn config_with_tiers(
-    topics: &Topics,
-    upstream: std::net::SocketAddr,
-    tiers: &[Duration],
-) -> WorkerConfig {
-    let mut config = worker_config(
-        topics,
-        &unique_name("it-group"),
-        upstream,
-        quick_policy(),
-        PipelineConfig::default(),
-        None,
-    );
-    for upstream in config.upstreams.values_mut() {
-        *upstream = upstream.clone().with_retry_tiers(tiers);
-    }
-    config.retry.in_memory_wait = secs(1);
-    config
 }
