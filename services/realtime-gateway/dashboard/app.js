@@ -126,6 +126,8 @@ function onEvent(event) {
   const tbody = $("events").tBodies[0];
   const row = tbody.insertRow(0);
   row.dataset.id = event.id;
+  row.dataset.message = event.message_id;
+  row.title = `message ${event.message_id}: click to find every decision on it`;
   const cells = [
     event.decided_at.slice(11, 23),
     event.outcome,
@@ -142,6 +144,62 @@ function onEvent(event) {
     if (index === 6) cell.className = "trace";
   });
   while (tbody.rows.length > MAX_ROWS) tbody.deleteRow(-1);
+}
+
+// One row of the lookup's table, from an audit record or, while the audit-service has not
+// stored the message yet (or cannot be asked), from a buffered event.
+function decisionCells(decision, fromAudit) {
+  const attempts = fromAudit ? decision.attempts : null;
+  const lastStatus = fromAudit ? (attempts.length ? attempts[attempts.length - 1].status_code : 0) : decision.last_status_code;
+  return [
+    (decision.decided_at || "").replace("T", " ").slice(0, 23),
+    decision.outcome,
+    decision.reason_code || "—",
+    decision.upstream || "—",
+    String(fromAudit ? attempts.length : decision.attempts),
+    lastStatus ? String(lastStatus) : "—",
+    decision.worker_id || "—",
+  ];
+}
+
+async function findMessage(id) {
+  const status = $("lookup-status");
+  const table = $("decisions");
+  table.hidden = true;
+  status.textContent = `Looking for ${id}…`;
+  const response = await fetch(`/api/v1/messages/${encodeURIComponent(id)}`, {
+    headers: { Authorization: `Bearer ${state.token}` },
+  });
+  if (response.status === 401) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    showLogin("The token was refused.");
+    return;
+  }
+  if (response.status === 404) {
+    status.textContent = `Nothing is known of ${id} in the last 24 hours.`;
+    return;
+  }
+  const answer = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    status.textContent = answer.detail || `The lookup failed (${response.status}).`;
+    return;
+  }
+  const fromAudit = answer.audit.length > 0;
+  const decisions = fromAudit ? answer.audit : answer.events;
+  const tbody = table.tBodies[0];
+  tbody.replaceChildren();
+  for (const decision of decisions) {
+    const row = tbody.insertRow();
+    decisionCells(decision, fromAudit).forEach((text, index) => {
+      const cell = row.insertCell();
+      cell.textContent = text;
+      if (index === 1) cell.className = `outcome-${decision.outcome}`;
+    });
+  }
+  table.hidden = decisions.length === 0;
+  const source = fromAudit ? `${decisions.length} audit record(s)` : `${decisions.length} buffered event(s), not in the audit trail yet`;
+  const partial = answer.partial ? ` Partial: ${answer.partial_reason}.` : "";
+  status.textContent = `${id}: ${source}.${partial}`;
 }
 
 function stateBadge(stateName) {
@@ -269,6 +327,17 @@ function start() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  $("lookup").addEventListener("submit", (submitted) => {
+    submitted.preventDefault();
+    const id = $("message-id").value;
+    if (id) findMessage(id).catch((error) => { $("lookup-status").textContent = String(error); });
+  });
+  $("events").tBodies[0].addEventListener("click", (clicked) => {
+    const row = clicked.target.closest("tr");
+    if (!row || !row.dataset.message) return;
+    $("message-id").value = row.dataset.message;
+    $("lookup").requestSubmit();
+  });
   $("login").addEventListener("submit", (submitted) => {
     submitted.preventDefault();
     state.token = $("token").value.trim();

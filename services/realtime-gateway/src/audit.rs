@@ -1,14 +1,14 @@
-//! The audit half of a trace lookup: `AuditQuery.GetTrail` on the audit-service.
+//! The audit half of a trace or message lookup: `AuditQuery.GetTrail` on the audit-service.
 //!
-//! One bounded attempt per lookup: a person is waiting, and a trace answer without its audit
-//! half (clearly marked partial) is more useful than a slow one. The channel connects lazily
+//! One bounded attempt per lookup: a person is waiting, and an answer without its audit half
+//! (clearly marked partial) is more useful than a slow one. The channel connects lazily
 //! and reconnects by itself, so an audit-service that was away is used again when it is back.
 
 use std::time::Duration;
 
 use relais_grpc::BearerToken;
 use relais_proto::v1::audit_query_client::AuditQueryClient;
-use relais_proto::v1::{AuditRecord, TrailRequest, trail_request};
+use relais_proto::v1::{AuditRecord, OperatorAction, TrailRequest, trail_request};
 use serde::Serialize;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -131,11 +131,53 @@ impl From<AuditRecord> for AuditRecordView {
     }
 }
 
-/// The audit trail of a trace, or why it could not be had (safe to show a client).
+/// An operator action recorded in the audit trail: an upstream disabled or enabled, a replay
+/// job, records Kafka deleted before a worker read them.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ActionView {
+    pub action_id: String,
+    /// Such as `upstream.disabled`, `replay.started`, `kafka.records_deleted`.
+    pub action: String,
+    /// What it was done to: `upstream/{name}`, `replay/{job}`, `kafka/{topic}/{partition}`.
+    pub subject: String,
+    /// Who: `token:{name}` or `worker:{id}`.
+    pub actor: String,
+    pub detail: String,
+    pub at: Option<String>,
+    pub trace_id: String,
+}
+
+impl From<OperatorAction> for ActionView {
+    fn from(action: OperatorAction) -> Self {
+        Self {
+            at: action.at.as_ref().and_then(system_time).map(rfc3339),
+            action_id: action.action_id,
+            action: action.action,
+            subject: action.subject,
+            actor: action.actor,
+            detail: action.detail,
+            trace_id: action.trace_id,
+        }
+    }
+}
+
+/// What a trail is looked up by.
+#[derive(Debug, Clone, Copy)]
+pub enum TrailKey<'a> {
+    /// Every record of a trace, and the actions of that trace.
+    Trace(&'a str),
+    /// Every record of a message (each decision: moves to a retry tier, the outcome, a
+    /// replay's), and the actions whose subject is that id.
+    Message(&'a str),
+}
+
+/// The audit trail of a trace or a message, or why it could not be had (safe to show a
+/// client).
 #[derive(Debug)]
 pub enum Trail {
     Found {
         records: Vec<AuditRecordView>,
+        actions: Vec<ActionView>,
         truncated: bool,
         /// The audit-service stopped at its deadline: later records may be missing.
         stopped_at_deadline: bool,
@@ -172,9 +214,13 @@ impl AuditClient {
         }
     }
 
-    pub async fn trail(&self, trace_id: &str, window: TrailWindow) -> Trail {
+    pub async fn trail(&self, key: TrailKey<'_>, window: TrailWindow) -> Trail {
+        let key = match key {
+            TrailKey::Trace(trace_id) => trail_request::Key::TraceId(trace_id.to_owned()),
+            TrailKey::Message(message_id) => trail_request::Key::MessageId(message_id.to_owned()),
+        };
         let mut request = tonic::Request::new(TrailRequest {
-            key: Some(trail_request::Key::TraceId(trace_id.to_owned())),
+            key: Some(key),
             from: window.from.map(Into::into),
             to: window.to.map(Into::into),
             limit: self.max_records,
@@ -193,6 +239,7 @@ impl AuditClient {
                     "ok",
                     Trail::Found {
                         records: response.records.into_iter().map(Into::into).collect(),
+                        actions: response.actions.into_iter().map(Into::into).collect(),
                         truncated: response.truncated,
                         stopped_at_deadline: response.partial,
                     },

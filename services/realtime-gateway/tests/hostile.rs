@@ -76,6 +76,14 @@ async fn one_trace_id_on_every_event_is_capped_and_evicted_like_any_other() {
         .collect();
     let expected: Vec<String> = (40_000..41_000).map(|index| format!("m-{index}")).collect();
     assert_eq!(held, expected);
+    // A message is found among the 20,000 by a scan of the buffer; one evicted is not there
+    // (and the audit-service, unreachable here, makes the answer partial rather than a 404).
+    let message = gateway.get_json("/api/v1/messages/m-59999").await;
+    assert_eq!(message["events"].as_array().unwrap().len(), 1, "{message}");
+    assert_eq!(message["events"][0]["trace_id"], trace.as_str());
+    let evicted = gateway.get_json("/api/v1/messages/m-0").await;
+    assert_eq!(evicted["events"], serde_json::json!([]));
+    assert_eq!(evicted["partial"], true);
     // Everyone else is still served.
     let page = gateway.get_json("/api/v1/events?limit=5").await;
     assert_eq!(page["events"].as_array().unwrap().len(), 5);

@@ -40,14 +40,20 @@ async fn the_openapi_document_validates_and_fuzzing_it_finds_no_server_error() {
     let folder = relais_test_support::ScratchDir::new("openapi");
     let dir = folder.path().to_owned();
     let file = folder.write("openapi.json", &document);
-    // A trace's window is schema-valid whatever its ends; one whose `from` is after its `to`,
-    // or longer than the audit-service allows, is refused with a 400 on purpose.
+    // A lookup's window is schema-valid whatever its ends; one whose `from` is after its `to`,
+    // or longer than the audit-service allows, is refused with a 400 on purpose, and so is a
+    // message id no worker could have written (control characters, too long).
+    let lookup = |path: &str| {
+        format!(
+            "[[operations]]\n\
+             include-path = \"{path}\"\n\
+             checks.positive_data_acceptance.expected-statuses = \
+             [\"2xx\", 400, 401, 403, 404, 429, \"5xx\"]\n"
+        )
+    };
     std::fs::write(
         dir.join("schemathesis.toml"),
-        "[[operations]]\n\
-         include-path = \"/api/v1/traces/{trace_id}\"\n\
-         checks.positive_data_acceptance.expected-statuses = \
-         [\"2xx\", 400, 401, 403, 404, 429, \"5xx\"]\n",
+        lookup("/api/v1/traces/{trace_id}") + &lookup("/api/v1/messages/{message_id}"),
     )
     .unwrap();
 

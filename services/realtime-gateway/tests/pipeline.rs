@@ -98,6 +98,51 @@ async fn the_gateway_shows_the_pipeline_as_it_runs() {
         assert_eq!(response.status(), 400, "{window}");
     }
 
+    // A message is looked up by its id: its event and its audit record, delivered; a
+    // rejected one by the id the worker gave it (its position), with the reason; an id that
+    // nothing carries is not found.
+    let message_id = event["message_id"].as_str().unwrap();
+    let message = eventually(
+        Duration::from_secs(60),
+        "the audit half of the message",
+        || async {
+            let message = gateway
+                .get_json(&format!("/api/v1/messages/{message_id}"))
+                .await;
+            (message["audit"].as_array().is_some_and(|a| !a.is_empty())).then_some(message)
+        },
+    )
+    .await;
+    assert_eq!(message["partial"], false, "{message}");
+    assert_eq!(message["message_id"], message_id);
+    assert_eq!(message["events"][0]["id"], event["id"]);
+    assert_eq!(message["audit"].as_array().unwrap().len(), 1, "{message}");
+    assert_eq!(message["audit"][0]["outcome"], "delivered");
+    assert_eq!(message["audit"][0]["trace_id"], trace_id);
+    let rejected = gateway
+        .get_json("/api/v1/events?outcome=rejected&limit=1")
+        .await;
+    let rejected = &rejected["events"][0];
+    let rejected_id = rejected["message_id"].as_str().unwrap();
+    let message = eventually(
+        Duration::from_secs(60),
+        "the audit record of a rejected message",
+        || async {
+            let message = gateway
+                .get_json(&format!("/api/v1/messages/{rejected_id}"))
+                .await;
+            (message["audit"].as_array().is_some_and(|a| !a.is_empty())).then_some(message)
+        },
+    )
+    .await;
+    assert_eq!(message["audit"][0]["outcome"], "rejected", "{message}");
+    assert_eq!(message["audit"][0]["reason_code"], rejected["reason_code"]);
+    assert_eq!(message["events"][0]["id"], rejected["id"]);
+    let response = gateway
+        .get("/api/v1/messages/no-such-message", Some(VIEWER_TOKEN))
+        .await;
+    assert_eq!(response.status(), 404);
+
     // The upstream goes away: the worker's circuit opens and the gateway shows it.
     stack.set_faults(json!({"outage": true})).await;
     stack

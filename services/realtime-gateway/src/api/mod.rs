@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod guard;
+pub mod lookup;
 pub mod routes;
 #[cfg(test)]
 mod tests;
@@ -35,8 +36,8 @@ use crate::{dashboard, ws};
 #[openapi(
     info(
         title = "Relais realtime-gateway",
-        description = "Live view of the Relais pipeline: aggregates, recent events, traces joined \
-                       with the audit trail, worker replicas, circuit breakers and upstreams; \
+        description = "Live view of the Relais pipeline: aggregates, recent events, traces and \
+                       messages joined with the audit trail, worker replicas, circuit breakers and upstreams; \
                        and, for admin tokens, disabling and re-enabling upstreams and DLQ \
                        replay jobs, each recorded in the audit trail with the token's name. \
                        Every route needs a bearer token; errors are RFC 9457 problem details.",
@@ -44,7 +45,8 @@ use crate::{dashboard, ws};
     paths(
         routes::stats,
         routes::events,
-        routes::trace,
+        lookup::trace,
+        lookup::message,
         routes::workers,
         routes::forget_worker,
         routes::circuits,
@@ -127,7 +129,8 @@ pub fn router(state: AppState) -> Router {
     let rest = Router::new()
         .route("/api/v1/stats", get(routes::stats))
         .route("/api/v1/events", get(routes::events))
-        .route("/api/v1/traces/{trace_id}", get(routes::trace))
+        .route("/api/v1/traces/{trace_id}", get(lookup::trace))
+        .route("/api/v1/messages/{message_id}", get(lookup::message))
         .route("/api/v1/workers", get(routes::workers))
         .route("/api/v1/circuits", get(routes::circuits))
         .route("/api/v1/upstreams", get(admin::upstreams))

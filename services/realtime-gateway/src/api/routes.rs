@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use crate::audit::{AuditRecordView, Trail, TrailWindow};
 use crate::event::{CircuitState, EventView, Outcome, rfc3339};
 use crate::history::{EventFilter, TimeRange};
 use crate::problem::Problem;
@@ -62,6 +61,9 @@ pub struct EventsQuery {
     #[param(rename = "type")]
     pub event_type: Option<String>,
     pub trace_id: Option<String>,
+    /// Only the events of this message (its producer's `id`; a rejected message's is
+    /// `topic-partition-offset`).
+    pub message_id: Option<String>,
     /// Decided at or after this time (RFC 3339).
     #[param(format = DateTime)]
     pub from: Option<String>,
@@ -144,6 +146,7 @@ pub async fn events(
         query.outcome,
         query.event_type,
         query.trace_id,
+        query.message_id,
     );
     let page = state.history.page(&filter, range, cursor, limit);
     Ok(Json(EventsPage {
@@ -154,121 +157,6 @@ pub async fn events(
             .collect(),
         next_cursor: page.next_cursor.map(|cursor| cursor.to_string()),
     }))
-}
-
-/// A trace: the realtime events of the buffer joined with the audit trail.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TraceResponse {
-    pub trace_id: String,
-    /// Events of this trace still in the gateway's buffer, oldest first, at most `max_page`.
-    pub events: Vec<EventView>,
-    /// The buffer holds more events of this trace than were returned.
-    pub events_truncated: bool,
-    /// The stored audit trail from the audit-service.
-    pub audit: Vec<AuditRecordView>,
-    /// The audit-service had more records than it returned.
-    pub audit_truncated: bool,
-    /// True when the audit half is missing or incomplete; `partial_reason` says why.
-    pub partial: bool,
-    pub partial_reason: Option<String>,
-}
-
-/// The window of the audit trail in `/api/v1/traces/{trace_id}`.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct TraceQuery {
-    /// Audit records whose event happened at or after this time (RFC 3339); by default 24
-    /// hours before `to`.
-    #[param(format = DateTime)]
-    pub from: Option<String>,
-    /// ... and at or before this time (RFC 3339); by default now. At most 31 days after
-    /// `from` (the audit-service's `query.max_range_days`).
-    #[param(format = DateTime)]
-    pub to: Option<String>,
-}
-
-fn normalise_trace_id(text: &str) -> Option<String> {
-    let id = text.to_ascii_lowercase();
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
-}
-
-#[utoipa::path(
-    get,
-    path = "/api/v1/traces/{trace_id}",
-    tag = "traces",
-    security(("bearer" = [])),
-    params(
-        ("trace_id" = String, Path, description = "W3C trace id, 32 hex digits", pattern = "^[0-9a-fA-F]{32}$"),
-        TraceQuery,
-    ),
-    responses(
-        (status = 200, description = "The trace; `partial` when the audit-service could not be asked or stopped at its deadline", body = TraceResponse),
-        (status = 400, description = "Not a trace id, or an invalid window", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Neither the buffer nor the audit trail knows this trace", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limit exhausted", body = Problem, content_type = "application/problem+json"),
-    )
-)]
-pub async fn trace(
-    State(state): State<AppState>,
-    trace_id: Result<Path<String>, PathRejection>,
-    query: Result<Query<TraceQuery>, QueryRejection>,
-) -> Result<Json<TraceResponse>, Problem> {
-    let Path(trace_id) =
-        trace_id.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
-    let trace_id = normalise_trace_id(&trace_id)
-        .ok_or_else(|| Problem::bad_request("a trace id is 32 hexadecimal digits"))?;
-    let Query(query) = query.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
-    let window = TrailWindow {
-        from: parse_time("from", query.from.as_deref())?,
-        to: parse_time("to", query.to.as_deref())?,
-    };
-    if let (Some(from), Some(to)) = (window.from, window.to)
-        && from > to
-    {
-        return Err(Problem::bad_request("from is after to"));
-    }
-    let (buffered, events_truncated) = state.history.trace(&trace_id, state.config.http.max_page);
-    let events: Vec<EventView> = buffered
-        .iter()
-        .map(|entry| entry.event.view.clone())
-        .collect();
-    let response = match state.audit.trail(&trace_id, window).await {
-        Trail::Found {
-            records,
-            truncated,
-            stopped_at_deadline,
-        } => {
-            if events.is_empty() && records.is_empty() {
-                return Err(Problem::not_found(
-                    "no event and no audit record carries this trace id",
-                ));
-            }
-            TraceResponse {
-                trace_id,
-                events,
-                events_truncated,
-                audit: records,
-                audit_truncated: truncated,
-                partial: stopped_at_deadline,
-                partial_reason: stopped_at_deadline.then(|| {
-                    "the audit lookup stopped at its deadline; later records may be missing"
-                        .to_owned()
-                }),
-            }
-        }
-        Trail::Refused(reason) => return Err(Problem::bad_request(reason)),
-        Trail::Unavailable(reason) => TraceResponse {
-            trace_id,
-            events,
-            events_truncated,
-            audit: Vec::new(),
-            audit_truncated: false,
-            partial: true,
-            partial_reason: Some(reason.to_owned()),
-        },
-    };
-    Ok(Json(response))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -169,6 +169,56 @@ async fn a_trace_answers_from_the_buffer_when_the_audit_service_cannot() {
 }
 
 #[tokio::test]
+async fn a_message_answers_with_its_events_oldest_first_when_the_audit_service_cannot() {
+    let state = state();
+    for (offset, message_id) in [(0, "order/1 ü"), (1, "other"), (2, "order/1 ü")] {
+        let mut event = event(0, offset, "alpha", 9);
+        event.view.message_id = message_id.to_owned();
+        state
+            .history
+            .insert(event, Utf8Bytes::from_static(""), SystemTime::now());
+    }
+    let encoded = "order%2F1%20%C3%BC";
+    let (status, answer) = get(&state, &format!("/api/v1/messages/{encoded}"), Some(VIEWER)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["message_id"], "order/1 ü");
+    let ids: Vec<&str> = answer["events"]
+        .as_array()
+        .map(|events| events.iter().filter_map(|e| e["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, ["0:0", "0:2"], "{answer}");
+    assert_eq!(answer["events_truncated"], false);
+    assert_eq!(answer["audit"], serde_json::json!([]));
+    assert_eq!(answer["partial"], true, "{answer}");
+
+    let (status, page) = get(
+        &state,
+        &format!("/api/v1/events?message_id={encoded}"),
+        Some(VIEWER),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<&str> = page["events"]
+        .as_array()
+        .map(|events| events.iter().filter_map(|e| e["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, ["0:2", "0:0"], "newest first: {page}");
+
+    let too_long = "x".repeat(301);
+    for bad in [
+        "line%0Abreak".to_owned(),
+        too_long,
+        format!("{encoded}?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z"),
+        format!("{encoded}?to=tomorrow"),
+    ] {
+        let (status, problem) = get(&state, &format!("/api/v1/messages/{bad}"), Some(VIEWER)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {problem}");
+    }
+    let (status, _) = get(&state, "/api/v1/messages/order-1", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
 async fn the_feed_needs_a_websocket_handshake() {
     let state = state();
     let (status, problem) = get(&state, "/ws", Some(VIEWER)).await;
@@ -189,4 +239,5 @@ async fn readiness_and_the_openapi_document_are_served() {
     let (status, document) = get(&state, "/api/v1/openapi.json", Some(VIEWER)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(document["paths"]["/api/v1/traces/{trace_id}"].is_object());
+    assert!(document["paths"]["/api/v1/messages/{message_id}"].is_object());
 }

@@ -64,15 +64,18 @@ pub struct EventFilter {
     pub outcome: Option<Outcome>,
     pub event_type: Option<String>,
     pub trace_id: Option<String>,
+    pub message_id: Option<String>,
 }
 
 impl EventFilter {
-    /// A filter from query parameters; an empty value (`?type=`) means the same as an absent one.
+    /// A filter from query parameters; an empty value (`?type=`) means the same as an absent
+    /// one.
     pub fn new(
         upstream: Option<String>,
         outcome: Option<Outcome>,
         event_type: Option<String>,
         trace_id: Option<String>,
+        message_id: Option<String>,
     ) -> Self {
         let present = |value: Option<String>| value.filter(|value| !value.is_empty());
         Self {
@@ -80,6 +83,15 @@ impl EventFilter {
             outcome,
             event_type: present(event_type),
             trace_id: present(trace_id),
+            message_id: present(message_id),
+        }
+    }
+
+    /// Only the events of one message.
+    pub fn message(message_id: &str) -> Self {
+        Self {
+            message_id: Some(message_id.to_owned()),
+            ..Self::default()
         }
     }
 
@@ -96,6 +108,10 @@ impl EventFilter {
                 .trace_id
                 .as_deref()
                 .is_none_or(|trace_id| event.view.trace_id == trace_id)
+            && self
+                .message_id
+                .as_deref()
+                .is_none_or(|message_id| event.view.message_id == message_id)
     }
 }
 

@@ -61,6 +61,8 @@ pub struct WsQuery {
     #[param(rename = "type")]
     pub event_type: Option<String>,
     pub trace_id: Option<String>,
+    /// Only the events of this message.
+    pub message_id: Option<String>,
     /// The last event id per partition the client has seen (`0:812,1:790`): what it missed
     /// since is replayed first, within the gateway's history.
     pub resume: Option<String>,
@@ -130,6 +132,7 @@ pub async fn upgrade(
         query.outcome,
         query.event_type,
         query.trace_id,
+        query.message_id,
     );
     upgrade
         .protocols([SUBPROTOCOL])
@@ -188,6 +191,9 @@ impl Connection {
         }
         if let Some(trace_id) = &self.filter.trace_id {
             shown.insert("trace_id", trace_id.clone());
+        }
+        if let Some(message_id) = &self.filter.message_id {
+            shown.insert("message_id", message_id.clone());
         }
         shown
     }

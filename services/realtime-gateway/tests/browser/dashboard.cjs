@@ -1,6 +1,7 @@
 // Drives the dashboard in headless Chromium for tests/dashboard.rs.
 //
-// Opens the dashboard signed in, waits until live events fill the table and prints READY;
+// Opens the dashboard signed in, waits until live events fill the table, finds the message of a
+// delivered one by clicking it, and prints READY;
 // then waits until the circuit of the upstream named in RELAIS_UPSTREAM shows as open (the
 // test causes an outage after READY), takes a screenshot and exits 0. Any failure exits 1
 // with the reason on stderr.
@@ -36,6 +37,15 @@ async function main() {
     await page.waitForFunction(() => document.getElementById("rate").textContent !== "–", null, { timeout: 30000 });
     const cells = await page.$$eval("#events tbody tr:first-child td", (tds) => tds.map((td) => td.textContent));
     if (!/^[0-9a-f]{32}$/.test(cells[6])) throw new Error(`the event row shows no trace id: ${cells}`);
+    // Clicking a delivered event finds every decision on its message.
+    const delivered = await page.waitForSelector("#events tbody tr:has(td.outcome-delivered)", { timeout: 30000 });
+    const messageId = await delivered.getAttribute("data-message");
+    await delivered.click();
+    await page.waitForSelector("#decisions:not([hidden]) tbody tr", { timeout: 30000 });
+    const found = await page.$$eval("#decisions tbody tr:first-child td", (tds) => tds.map((td) => td.textContent));
+    if (found[1] !== "delivered") throw new Error(`the lookup of ${messageId} shows ${found}`);
+    const said = await page.textContent("#lookup-status");
+    if (!said.startsWith(`${messageId}:`)) throw new Error(`the lookup says: ${said}`);
     console.log("READY");
 
     await page.waitForSelector(`#circuits tbody tr[data-upstream="${upstream}"][data-state="open"]`, { timeout: 90000 });
