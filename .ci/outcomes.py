@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Checks through realtime-gateway's REST API that every message of one loadgen run has its
-outcome: the valid ones delivered, the invalid ones rejected, nothing missing and nothing twice.
+outcome: the valid ones delivered, the invalid ones rejected, nothing missing and nothing twice;
+and that a delivered and a rejected message can each be looked up by its id with the audit
+record audit-service stored in RGW.
 
-It reads what a user reads (`/api/v1/events` with the viewer token `make dev` printed), waiting
-up to --timeout seconds for the last outcomes. Exits non-zero with what is missing.
+It reads what a user reads (`/api/v1/events` and `/api/v1/messages/{id}` with the viewer token
+`make dev` printed), waiting up to --timeout seconds for the last outcomes and again for the
+audit records. Exits non-zero with what is missing.
 """
 
 import argparse
@@ -16,6 +19,26 @@ import urllib.parse
 import urllib.request
 
 
+def get(base, token, path):
+    request = urllib.request.Request(f"{base}{path}", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def audited(base, token, event, timeout):
+    """The message lookup of `event` once it holds the event's audit record, or why not."""
+    path = f"/api/v1/messages/{urllib.parse.quote(event['message_id'], safe='')}"
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = get(base, token, path)
+        outcomes = [record["outcome"] for record in answer["audit"]]
+        if outcomes == [event["outcome"]] and not answer["partial"]:
+            return None
+        if time.monotonic() > deadline:
+            return f"{path} answered audit outcomes {outcomes}, partial {answer['partial']}"
+        time.sleep(1)
+
+
 def events_since(base, token, since):
     """Every event the gateway holds that was decided at or after `since`, newest first."""
     events, cursor = [], None
@@ -23,11 +46,7 @@ def events_since(base, token, since):
         query = {"from": since, "limit": "1000"}
         if cursor:
             query["cursor"] = cursor
-        request = urllib.request.Request(
-            f"{base}/api/v1/events?{urllib.parse.urlencode(query)}",
-            headers={"Authorization": f"Bearer {token}"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            page = json.load(response)
+        page = get(base, token, f"/api/v1/events?{urllib.parse.urlencode(query)}")
         events.extend(page["events"])
         cursor = page.get("next_cursor")
         if not cursor:
@@ -70,6 +89,13 @@ def main():
     if dict(outcomes) != expected or twice:
         sys.exit(f"expected outcomes {expected}, got {dict(outcomes)}"
                  f"{'; messages with two outcomes: ' + ', '.join(twice[:5]) if twice else ''}")
+
+    for outcome in expected:
+        event = next(event for event in events if event["outcome"] == outcome)
+        problem = audited(args.gateway, args.token, event, args.timeout)
+        if problem:
+            sys.exit(f"the {outcome} message {event['message_id']} is not in the audit trail: {problem}")
+        print(f"the {outcome} message {event['message_id']} looked up by its id, with its audit record")
 
     delivered = [parse_time(event["decided_at"]) for event in events if event["outcome"] == "delivered"]
     if args.stack_started_at and delivered:
