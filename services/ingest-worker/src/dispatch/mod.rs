@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use rdkafka::TopicPartitionList;
@@ -37,6 +38,10 @@ pub struct UncommittedLimits {
     pub per_partition: usize,
     pub total: usize,
 }
+
+/// Reports, or messages the consumer has already fetched, taken in one turn of the loop at
+/// most: each turn polls every branch again, and at most this many wait behind a shutdown.
+const TAKEN_AT_ONCE: usize = 64;
 
 /// Messages a partition holds (its upstream's queue full) before it is paused.
 const HELD_BEFORE_PAUSE: usize = 256;
@@ -85,6 +90,11 @@ pub async fn dispatch(
             _ = shutdown.cancelled() => return,
             Some(done) = reports.recv() => {
                 dispatcher.scheduler.finished(done);
+                // The reports already waiting are taken in the same turn of the loop.
+                for _ in 1..TAKEN_AT_ONCE {
+                    let Ok(done) = reports.try_recv() else { break };
+                    dispatcher.scheduler.finished(done);
+                }
                 if !dispatcher.held.is_empty() {
                     dispatcher.drain_held().await;
                 }
@@ -102,6 +112,7 @@ pub async fn dispatch(
             message = dispatcher.sources.ingress.recv(), if reads_ingress => {
                 let read = message.map(|message| dispatcher.detach(&message));
                 dispatcher.received(read, "consume error").await;
+                dispatcher.receive_fetched().await;
             }
             message = dispatcher.sources.tiers.recv(), if reads_tiers => {
                 let read = message.map(|message| dispatcher.detach(&message));
@@ -185,6 +196,24 @@ impl Dispatcher {
 
     fn detach(&self, message: &BorrowedMessage<'_>) -> Option<Inbound> {
         detach(message, &self.tracker, &self.sources.topics)
+    }
+
+    /// Takes the ingress messages the consumer has already fetched, while the read gate lets
+    /// them in, without waiting for more.
+    async fn receive_fetched(&mut self) {
+        let ingress = Arc::clone(&self.sources.ingress);
+        for _ in 1..TAKEN_AT_ONCE {
+            let now = tokio::time::Instant::now();
+            if !self.read_gate.reads(self.scheduler.every_queue_full(), now) {
+                return;
+            }
+            let recv = std::pin::pin!(ingress.recv());
+            let Poll::Ready(message) = recv.poll(&mut Context::from_waker(Waker::noop())) else {
+                return;
+            };
+            let read = message.map(|message| self.detach(&message));
+            self.received(read, "consume error").await;
+        }
     }
 
     /// What a consumer handed out: a message to offer (`None`: of a partition no longer owned),
