@@ -34,13 +34,19 @@ function showLogin(message) {
   $("login-error").textContent = message || "";
 }
 
-async function api(path) {
+// A GET with the token; a refused token sends the user back to the login form.
+async function authorized(path) {
   const response = await fetch(path, { headers: { Authorization: `Bearer ${state.token}` } });
   if (response.status === 401) {
     sessionStorage.removeItem(TOKEN_KEY);
     showLogin("The token was refused.");
     throw new Error("unauthorized");
   }
+  return response;
+}
+
+async function api(path) {
+  const response = await authorized(path);
   if (!response.ok) throw new Error(`${path}: ${response.status}`);
   return response.json();
 }
@@ -167,14 +173,7 @@ async function findMessage(id) {
   const table = $("decisions");
   table.hidden = true;
   status.textContent = `Looking for ${id}…`;
-  const response = await fetch(`/api/v1/messages/${encodeURIComponent(id)}`, {
-    headers: { Authorization: `Bearer ${state.token}` },
-  });
-  if (response.status === 401) {
-    sessionStorage.removeItem(TOKEN_KEY);
-    showLogin("The token was refused.");
-    return;
-  }
+  const response = await authorized(`/api/v1/messages/${encodeURIComponent(id)}`);
   if (response.status === 404) {
     status.textContent = `Nothing is known of ${id} in the last 24 hours.`;
     return;

@@ -201,17 +201,19 @@ impl Dispatcher {
     /// Takes the ingress messages the consumer has already fetched, while the read gate lets
     /// them in, without waiting for more.
     async fn receive_fetched(&mut self) {
-        let ingress = Arc::clone(&self.sources.ingress);
         for _ in 1..TAKEN_AT_ONCE {
             let now = tokio::time::Instant::now();
             if !self.read_gate.reads(self.scheduler.every_queue_full(), now) {
                 return;
             }
-            let recv = std::pin::pin!(ingress.recv());
-            let Poll::Ready(message) = recv.poll(&mut Context::from_waker(Waker::noop())) else {
-                return;
+            // The message borrows the consumer: it is detached before the read is offered.
+            let read = {
+                let recv = std::pin::pin!(self.sources.ingress.recv());
+                match recv.poll(&mut Context::from_waker(Waker::noop())) {
+                    Poll::Ready(message) => message.map(|message| self.detach(&message)),
+                    Poll::Pending => return,
+                }
             };
-            let read = message.map(|message| self.detach(&message));
             self.received(read, "consume error").await;
         }
     }

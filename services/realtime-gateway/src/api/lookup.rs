@@ -214,13 +214,9 @@ pub async fn message(
         return Err(Problem::bad_request(problem));
     }
     let window = window(query)?;
-    let everything = TimeRange {
-        from: None,
-        to: None,
-    };
     let page = state.history.page(
         &EventFilter::message(&message_id),
-        everything,
+        TimeRange::default(),
         None,
         state.config.http.max_page,
     );

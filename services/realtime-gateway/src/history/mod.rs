@@ -123,7 +123,8 @@ pub struct Page {
     pub next_cursor: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// Decision times from `from` (inclusive) to `to` (exclusive); an unset end is open.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct TimeRange {
     pub from: Option<SystemTime>,
     pub to: Option<SystemTime>,
