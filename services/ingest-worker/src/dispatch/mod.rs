@@ -214,7 +214,12 @@ impl Dispatcher {
                     Poll::Pending => return,
                 }
             };
+            // An error is waited out once, then the loop sees shutdown and reports again.
+            let failed = read.is_err();
             self.received(read, "consume error").await;
+            if failed {
+                return;
+            }
         }
     }
 
