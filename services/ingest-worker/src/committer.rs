@@ -32,7 +32,7 @@ use crate::dlq;
 use crate::metrics::WorkerMetrics;
 use crate::records::{OutRecord, Tracker};
 use crate::retry::TierTopics;
-use crate::tracker::Ready;
+use crate::tracker::{Ready, ahead};
 
 /// Why a commit round failed.
 #[derive(Debug, thiserror::Error)]
@@ -189,7 +189,8 @@ impl Committer {
                 });
                 match result {
                     Ok(()) => {
-                        self.tracker.committed(&batch);
+                        let ahead = self.tracker.committed(&batch);
+                        self.metrics.outcomes_ahead.inc_by(ahead as u64);
                         self.metrics.committed_messages.inc_by(count as u64);
                         committed += count;
                         break;
@@ -324,6 +325,11 @@ impl Committer {
                     Offset::Offset(ready.commit_offset),
                 )
                 .map_err(RoundError::Abort)?;
+            // Empty when nothing is recorded ahead: a commit that passes them clears the list.
+            let metadata = ahead::encode(ready.commit_offset, &ready.recorded_ahead);
+            if let Some(mut element) = offsets.find_partition(topic, ready.partition.partition) {
+                element.set_metadata(metadata);
+            }
         }
         let metadata: Arc<ConsumerGroupMetadata> = self
             .consumer

@@ -50,6 +50,10 @@ pub struct WorkerMetrics {
     pub pauses: Counter,
     pub assigned_partitions: Gauge,
     handovers: Family<ResultLabels, Counter>,
+    /// Outcomes committed ahead of their partition's offset while it was handed over.
+    pub outcomes_ahead: Counter,
+    /// Messages read again whose outcome an earlier owner had committed ahead: not sent again.
+    pub recorded_skipped: Counter,
     transactions: Family<ResultLabels, Counter>,
     transaction_duration: LatencyHistogram,
     pub committed_messages: Counter,
@@ -136,6 +140,8 @@ impl WorkerMetrics {
             pauses: Counter::default(),
             assigned_partitions: Gauge::default(),
             handovers: Family::default(),
+            outcomes_ahead: Counter::default(),
+            recorded_skipped: Counter::default(),
             transactions: Family::default(),
             transaction_duration: latency_histogram(exponential_buckets(0.001, 2.0, 14)),
             committed_messages: Counter::default(),
@@ -235,6 +241,16 @@ impl WorkerMetrics {
             "handovers",
             "Revokes of partitions moving to another replica, by result: committed (their deliveries in flight finished and were committed first) or timed_out (some still in flight after pipeline.handover_timeout: the next owner sends them again)",
             metrics.handovers.clone(),
+        );
+        worker.register(
+            "outcomes_ahead",
+            "Outcomes of a partition moving to another replica committed ahead of its offset (finished behind a message that had not started), named in the offset's commit metadata so that the next owner does not send them again",
+            metrics.outcomes_ahead.clone(),
+        );
+        worker.register(
+            "recorded_skipped",
+            "Messages read again whose outcome the partition's previous owner committed ahead of the offset: recorded already, not sent again",
+            metrics.recorded_skipped.clone(),
         );
         for result in HANDOVER_RESULTS {
             let _ = metrics.handovers.get_or_create(&ResultLabels { result });

@@ -258,11 +258,15 @@ impl Dispatcher {
             self.keep_after_rewind(inbound);
             return;
         }
+        // Asked before the message is registered: once the partition is loaded, the tracker
+        // knows which of its offsets an earlier owner recorded ahead.
+        let loaded = self.sources.parked.is_loaded(source.partition);
         match self
             .tracker
             .dispatched(source, inbound.generation, inbound.offset)
         {
-            Dispatched::Registered => self.offer_registered(source, inbound).await,
+            Dispatched::Registered => self.offer_registered(source, inbound, loaded).await,
+            Dispatched::Recorded => self.recorded_earlier(&inbound),
             Dispatched::NotOwned => {}
             Dispatched::AfterRewind => {
                 tracing::warn!(
@@ -276,10 +280,10 @@ impl Dispatcher {
         }
     }
 
-    /// Hands on, or holds, a message the tracker registered.
-    async fn offer_registered(&mut self, source: SourcePartition, inbound: Inbound) {
+    /// Hands on, or holds, a message the tracker registered; `loaded`: whether its partition's
+    /// state was loaded before it was registered.
+    async fn offer_registered(&mut self, source: SourcePartition, inbound: Inbound, loaded: bool) {
         let over_limit = self.over_uncommitted_limit(source);
-        let loaded = self.sources.parked.is_loaded(source.partition);
         let prepared = self.processor.prepare(inbound);
         let behind_held = self.held.contains_key(&source);
         if behind_held || !loaded || over_limit || !self.has_room(&prepared) {
@@ -295,6 +299,18 @@ impl Dispatcher {
         {
             self.pause(source);
         }
+    }
+
+    /// A message read again whose outcome the partition's previous owner committed ahead
+    /// ([`crate::tracker::ahead`]): it is not decided or sent again.
+    fn recorded_earlier(&self, inbound: &Inbound) {
+        self.metrics.recorded_skipped.inc();
+        tracing::debug!(
+            topic = %inbound.topic,
+            partition = inbound.partition,
+            offset = inbound.offset,
+            "outcome recorded by the partition's previous owner; not sent again"
+        );
     }
 
     /// Resumes a partition paused for backpressure once nothing of it is held or waits.
@@ -431,6 +447,15 @@ impl Dispatcher {
                     break;
                 };
                 held_total -= 1;
+                // Held before its partition was loaded, it may turn out recorded already.
+                let inbound = &prepared.inbound;
+                if self
+                    .tracker
+                    .recorded_earlier(source, inbound.generation, inbound.offset)
+                {
+                    self.recorded_earlier(inbound);
+                    continue;
+                }
                 self.hand_on(prepared).await;
             }
             if self.held.get(&source).is_some_and(VecDeque::is_empty) {

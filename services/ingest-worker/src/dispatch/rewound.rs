@@ -73,6 +73,7 @@ impl Dispatcher {
     pub(super) async fn release_after_rewind(&mut self) {
         for source in self.after_rewind.sources() {
             while let Some(front) = self.after_rewind.front(source) {
+                let loaded = self.sources.parked.is_loaded(source.partition);
                 match self
                     .tracker
                     .dispatched(source, front.generation, front.offset)
@@ -83,7 +84,12 @@ impl Dispatcher {
                     Dispatched::NotOwned => drop(self.after_rewind.pop(source)),
                     Dispatched::Registered => {
                         if let Some(inbound) = self.after_rewind.pop(source) {
-                            self.offer_registered(source, inbound).await;
+                            self.offer_registered(source, inbound, loaded).await;
+                        }
+                    }
+                    Dispatched::Recorded => {
+                        if let Some(inbound) = self.after_rewind.pop(source) {
+                            self.recorded_earlier(&inbound);
                         }
                     }
                 }

@@ -62,24 +62,25 @@ impl std::fmt::Debug for TierAssignment {
 
 impl TierAssignment {
     /// Ingress partition `partition` was assigned under `generation`: its tier partitions
-    /// follow it, and its key order state is to be loaded.
+    /// follow it, and its key order state and what was recorded ahead of its committed
+    /// offsets are to be loaded.
     pub fn assigned(&self, tracker: &Tracker, partition: i32, generation: u64) {
         let read = self.parked.assigned(partition, generation);
-        if self.topics.is_empty() {
-            self.parked.load(&read, []);
-            return;
+        if !self.topics.is_empty() {
+            let mut list = TopicPartitionList::new();
+            for (index, topic, _) in self.topics.tiers() {
+                tracker.assign(SourcePartition {
+                    topic: index,
+                    partition,
+                });
+                let _ = list.add_partition_offset(topic, partition, Offset::Stored);
+            }
+            if let Err(error) = self.consumer.incremental_assign(&list) {
+                tracing::error!(%error, partition, "cannot assign the retry tier partitions");
+            }
         }
-        let mut list = TopicPartitionList::new();
-        for (index, topic, _) in self.topics.tiers() {
-            tracker.assign(SourcePartition {
-                topic: index,
-                partition,
-            });
-            let _ = list.add_partition_offset(topic, partition, Offset::Stored);
-        }
-        if let Err(error) = self.consumer.incremental_assign(&list) {
-            tracing::error!(%error, partition, "cannot assign the retry tier partitions");
-        }
+        // Read even without tiers: the committed offset's metadata may name messages recorded
+        // ahead of it ([`crate::tracker::ahead`]).
         if self.loads.try_send(read).is_err() {
             tracing::error!(
                 partition,

@@ -8,7 +8,7 @@
 //! until an operator has added the partitions. A partition whose read fails never holds up the
 //! others.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use crate::parked::{InMemory, LoadRequest, ParkedKeys};
 use crate::records::Tracker;
 use crate::retry::{RetryState, TierTopics, owned_headers};
-use crate::tracker::SourcePartition;
+use crate::tracker::{INGRESS, SourcePartition, TopicIndex, ahead};
 
 /// A partition's tier state still to read, as it was asked.
 #[derive(Debug)]
@@ -122,8 +122,22 @@ pub async fn load_parked(
                     .map_err(anyhow::Error::from)
                     .and_then(|result| result);
                 match read {
-                    Ok(waiting) => {
+                    Ok(Loaded { waiting, recorded_ahead }) => {
                         let count = waiting.len();
+                        // What earlier owners recorded ahead is known before the partition's
+                        // messages go on (a second read finds only this worker's own).
+                        if load.request.round == 0 {
+                            let named: usize = recorded_ahead.iter().map(|(_, _, offsets)| offsets.len()).sum();
+                            if tracker.recorded_ahead(partition, load.request.generation, recorded_ahead)
+                                && named > 0
+                            {
+                                tracing::info!(
+                                    partition,
+                                    recorded_ahead = named,
+                                    "the previous owner committed outcomes ahead of the offset; those messages are not sent again"
+                                );
+                            }
+                        }
                         if missing.remove(&partition).is_some() {
                             tracing::info!(partition, "the retry tiers have the partition now");
                             report_missing(&ready, &missing);
@@ -201,6 +215,15 @@ impl std::fmt::Display for MissingTierPartition {
 
 impl std::error::Error for MissingTierPartition {}
 
+/// What a partition's read found: (upstream, key, tier) of every waiting record that keeps key
+/// order, and per topic (the ingress topic and each tier) the offsets whose outcomes were
+/// recorded ahead of the committed offset ([`crate::tracker::ahead`]).
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub waiting: Vec<(String, Vec<u8>, usize)>,
+    pub recorded_ahead: Vec<(TopicIndex, i64, BTreeSet<i64>)>,
+}
+
 /// Reads the records waiting in one partition of every tier: from the group's committed offset
 /// to the end.
 #[derive(Clone)]
@@ -222,12 +245,9 @@ const READ_DEADLINE: Duration = Duration::from_secs(120);
 impl WaitingReader {
     /// (upstream, key, tier) of every waiting record of `partition` that keeps key order: from
     /// the committed offsets to the ends, or, for a second read, those `in_memory` and the
-    /// rest from where the worker reads next.
-    pub fn read(
-        &self,
-        partition: i32,
-        in_memory: Option<InMemory>,
-    ) -> anyhow::Result<Vec<(String, Vec<u8>, usize)>> {
+    /// rest from where the worker reads next; and what the committed offsets' metadata says
+    /// was recorded ahead of them.
+    pub fn read(&self, partition: i32, in_memory: Option<InMemory>) -> anyhow::Result<Loaded> {
         let consumer: BaseConsumer = self
             .client
             .clone()
@@ -260,6 +280,13 @@ impl WaitingReader {
         let committed = consumer
             .committed_offsets(asked, Duration::from_secs(15))
             .context("cannot read the committed offsets of the retry tiers")?;
+        let recorded_ahead = std::iter::once((INGRESS, self.ingress_topic.as_str()))
+            .chain(self.topics.tiers().map(|(index, topic, _)| (index, topic)))
+            .filter_map(|(index, topic)| {
+                let (offset, named) = recorded_ahead(&committed, topic, partition)?;
+                Some((index, offset, named))
+            })
+            .collect();
         let mut start = TopicPartitionList::new();
         let mut ends = BTreeMap::new();
         for (_, topic, _) in self.topics.tiers() {
@@ -286,7 +313,10 @@ impl WaitingReader {
             .filter(|(upstream, _, _)| self.ordered_upstreams.contains(upstream))
             .collect();
         if ends.is_empty() {
-            return Ok(waiting);
+            return Ok(Loaded {
+                waiting,
+                recorded_ahead,
+            });
         }
         consumer.assign(&start)?;
         let deadline = std::time::Instant::now() + READ_DEADLINE;
@@ -317,8 +347,28 @@ impl WaitingReader {
                 }
             }
         }
-        Ok(waiting)
+        Ok(Loaded {
+            waiting,
+            recorded_ahead,
+        })
     }
+}
+
+/// A partition's committed offset, and the offsets its metadata names as recorded ahead of
+/// it; `None` without a committed offset.
+fn recorded_ahead(
+    committed: &TopicPartitionList,
+    topic: &str,
+    partition: i32,
+) -> Option<(i64, BTreeSet<i64>)> {
+    let element = committed.find_partition(topic, partition)?;
+    let offset = element.offset().to_raw().filter(|offset| *offset >= 0)?;
+    // rdkafka panics on metadata that is not UTF-8, which no worker writes.
+    let named = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ahead::decode(offset, element.metadata())
+    }))
+    .unwrap_or_default();
+    Some((offset, named))
 }
 
 /// The first offset of a tier partition whose record may wait, given the offset reading went

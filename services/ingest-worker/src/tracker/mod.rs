@@ -3,15 +3,22 @@
 //! Messages of a partition are dispatched in offset order but finish out of order (lanes run
 //! concurrently). An outcome may only be written in the same transaction as the offset that
 //! covers it, and an offset covers every message before it, so only the **contiguous prefix**
-//! of finished messages of each partition is ever committed. A finished message behind an
+//! of finished messages of each partition is committed. A finished message behind an
 //! unfinished one waits; if the worker dies meanwhile, both are re-read and decided again, and
 //! neither outcome was written: exactly one outcome per message.
+//!
+//! One exception: a partition being handed over to another worker also commits the finished
+//! messages behind one that has not started, with its offset unchanged and their offsets named
+//! in its commit metadata ([`ahead`]). The next owner reads that metadata before the partition
+//! and registers those messages as recorded instead of sending them again.
 //!
 //! Partitions are owned per assignment *generation*: when a partition is revoked its pending
 //! work is dropped (the new owner redoes it), and a late outcome of an old generation is
 //! ignored.
 
-use std::collections::{BTreeMap, VecDeque};
+pub mod ahead;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Which of the topics the worker reads: the ingress topic, or a retry tier's topic
@@ -41,6 +48,9 @@ impl SourcePartition {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dispatched {
     Registered,
+    /// Its outcome was recorded ahead of the committed offset (by the partition's previous
+    /// owner, see [`ahead`]): registered as done, it is not to be decided again.
+    Recorded,
     /// Its partition is not owned under the message's generation (revoked meanwhile): the
     /// next owner reads it again.
     NotOwned,
@@ -59,14 +69,42 @@ pub struct Finished<T> {
     pub output: T,
 }
 
+/// Where a dispatched message is on its way to being committed.
+#[derive(Debug)]
+enum Slot<T> {
+    /// Not finished.
+    Open,
+    Finished(T),
+    /// Finished, and its output taken into a transaction ahead of the commit position.
+    TakenAhead,
+    /// Its outcome is recorded (committed ahead of the commit position, by this worker or an
+    /// earlier owner): nothing is left to write, only the offset to pass.
+    Recorded,
+}
+
 #[derive(Debug)]
 struct PartitionState<T> {
     generation: u64,
-    /// Dispatched offsets in order, each with its output once finished.
-    pending: VecDeque<(i64, Option<T>)>,
-    /// Finished messages taken by the committer and not yet committed: they still count as
-    /// uncommitted work until their transaction commits (or they are restored).
+    /// Dispatched offsets in order, each with where it is.
+    pending: VecDeque<(i64, Slot<T>)>,
+    /// Finished messages of the prefix taken by the committer and not yet committed: they
+    /// still count as uncommitted work until their transaction commits (or they are
+    /// restored).
     in_transaction: usize,
+    /// Messages in `pending` taken ahead of the commit position into a transaction.
+    taken_ahead: usize,
+    /// Offsets beyond the commit position whose outcomes are recorded: named in the metadata
+    /// of every commit of the partition until the commit position passes them.
+    recorded_ahead: BTreeSet<i64>,
+    /// The committed offset an earlier owner's metadata was read with: an offset read below
+    /// it belongs to a log that started again (the topic created again), which the metadata
+    /// does not describe.
+    recorded_base: i64,
+    /// Moving to another worker: finished messages behind an open one are committed ahead.
+    handing_over: bool,
+    /// The metadata could not name more: the finished messages left behind an open one stay
+    /// uncommitted (the next owner sends them again).
+    ahead_full: bool,
     /// The highest offset dispatched under this generation.
     last_offset: Option<i64>,
     /// Messages in a delivery task now ([`InLane`]).
@@ -124,13 +162,24 @@ impl<T> Default for OffsetTracker<T> {
 }
 
 /// What the committer takes for one partition: (offset, output) in offset order and the
-/// offset to commit (the next one to read).
+/// offset to commit (the next one to read). Outputs at offsets above `commit_offset` are
+/// committed ahead of it; `recorded_ahead` names them, and those recorded before, for the
+/// commit's metadata ([`ahead::encode`]).
 #[derive(Debug)]
 pub struct Ready<T> {
     pub partition: SourcePartition,
     pub generation: u64,
     pub outputs: Vec<(i64, T)>,
     pub commit_offset: i64,
+    pub recorded_ahead: BTreeSet<i64>,
+}
+
+impl<T> Ready<T> {
+    /// Outputs of the contiguous prefix (the rest are committed ahead).
+    pub fn prefix_len(&self) -> usize {
+        self.outputs
+            .partition_point(|(offset, _)| *offset < self.commit_offset)
+    }
 }
 
 impl<T> OffsetTracker<T> {
@@ -157,6 +206,11 @@ impl<T> OffsetTracker<T> {
                 generation,
                 pending: VecDeque::new(),
                 in_transaction: 0,
+                taken_ahead: 0,
+                recorded_ahead: BTreeSet::new(),
+                recorded_base: i64::MIN,
+                handing_over: false,
+                ahead_full: false,
                 last_offset: None,
                 in_lanes: 0,
             },
@@ -202,8 +256,15 @@ impl<T> OffsetTracker<T> {
                 if state.last_offset.is_some_and(|last| offset <= last) && state.uncommitted() > 0 {
                     return Dispatched::AfterRewind;
                 }
-                state.pending.push_back((offset, None));
                 state.last_offset = Some(offset);
+                if offset < state.recorded_base {
+                    state.recorded_ahead.clear();
+                }
+                if state.recorded_ahead.contains(&offset) {
+                    state.pending.push_back((offset, Slot::Recorded));
+                    return Dispatched::Recorded;
+                }
+                state.pending.push_back((offset, Slot::Open));
                 Dispatched::Registered
             })
             .unwrap_or(Dispatched::NotOwned)
@@ -228,20 +289,99 @@ impl<T> OffsetTracker<T> {
             .pending
             .binary_search_by_key(&finished.offset, |(offset, _)| *offset)
         {
-            Ok(index) => {
-                state.pending[index].1 = Some(finished.output);
-                true
-            }
+            Ok(index) => match state.pending[index].1 {
+                Slot::Open => {
+                    state.pending[index].1 = Slot::Finished(finished.output);
+                    true
+                }
+                _ => false,
+            },
             Err(_) => false,
         }
     }
 
-    /// Takes the contiguous finished prefix of every partition, up to `max` outputs in all.
+    /// A registered message whose outcome an earlier owner recorded ahead ([`ahead`]), found
+    /// so only once the partition's commit metadata was read: it is marked recorded (true),
+    /// and is not to be decided.
+    pub fn recorded_earlier(
+        &self,
+        partition: SourcePartition,
+        generation: u64,
+        offset: i64,
+    ) -> bool {
+        let mut owned = self.lock();
+        let Some(state) = owned.partitions.get_mut(&partition) else {
+            return false;
+        };
+        if state.generation != generation || !state.recorded_ahead.contains(&offset) {
+            return false;
+        }
+        match state
+            .pending
+            .binary_search_by_key(&offset, |(offset, _)| *offset)
+        {
+            Ok(index) if matches!(state.pending[index].1, Slot::Open) => {
+                state.pending[index].1 = Slot::Recorded;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The offsets whose outcomes were recorded ahead of the committed offsets, as the
+    /// partitions' commit metadata says, of ingress partition `partition` and its tier
+    /// partitions (`recorded`: per topic, the committed offset and the offsets it names), read
+    /// when it was assigned under `generation`. False when it changed hands since.
+    pub fn recorded_ahead(
+        &self,
+        partition: i32,
+        generation: u64,
+        recorded: Vec<(TopicIndex, i64, BTreeSet<i64>)>,
+    ) -> bool {
+        let mut owned = self.lock();
+        if owned
+            .partitions
+            .get(&SourcePartition::ingress(partition))
+            .is_none_or(|state| state.generation != generation)
+        {
+            return false;
+        }
+        for (topic, committed, offsets) in recorded {
+            if let Some(state) = owned
+                .partitions
+                .get_mut(&SourcePartition { topic, partition })
+            {
+                state.recorded_base = committed;
+                let read_below = state
+                    .pending
+                    .front()
+                    .is_some_and(|(offset, _)| *offset < committed);
+                state.recorded_ahead = if read_below { BTreeSet::new() } else { offsets };
+            }
+        }
+        true
+    }
+
+    /// `partitions` are moving to another worker: from now on their finished messages behind
+    /// an open one are committed ahead ([`ahead`]).
+    pub fn hand_over(&self, partitions: &[SourcePartition]) {
+        let mut owned = self.lock();
+        for partition in partitions {
+            if let Some(state) = owned.partitions.get_mut(partition) {
+                state.handing_over = true;
+            }
+        }
+    }
+
+    /// Takes the contiguous finished prefix of every partition, and of partitions being handed
+    /// over the finished messages behind it, up to `max` outputs in all.
     pub fn take_ready(&self, max: usize) -> Vec<Ready<T>> {
-        // Work moves from pending to in the transaction: the sum does not change.
+        // Work moves from pending to in the transaction: the sum changes only by the recorded
+        // messages the commit position passes.
         let mut owned = self.lock();
         let mut ready = Vec::new();
         let mut budget = max;
+        let mut passed = 0;
         for (partition, state) in owned.partitions.iter_mut() {
             let mut outputs = Vec::new();
             let mut last = None;
@@ -249,25 +389,49 @@ impl<T> OffsetTracker<T> {
                 && state
                     .pending
                     .front()
-                    .is_some_and(|(_, output)| output.is_some())
+                    .is_some_and(|(_, slot)| matches!(slot, Slot::Finished(_) | Slot::Recorded))
             {
-                let Some((offset, Some(output))) = state.pending.pop_front() else {
-                    break;
-                };
-                outputs.push((offset, output));
-                last = Some(offset);
-                budget -= 1;
+                match state.pending.pop_front() {
+                    Some((offset, Slot::Finished(output))) => {
+                        outputs.push((offset, output));
+                        budget -= 1;
+                        last = Some(offset);
+                    }
+                    Some((offset, _)) => {
+                        passed += 1;
+                        last = Some(offset);
+                    }
+                    None => break,
+                }
             }
-            if let Some(last) = last {
-                state.in_transaction += outputs.len();
+            state.in_transaction += outputs.len();
+            let commit_offset = match (last, state.pending.front()) {
+                (Some(last), _) => last + 1,
+                (None, Some((open, _))) if state.handing_over => *open,
+                _ => continue,
+            };
+            state.recorded_ahead = state.recorded_ahead.split_off(&commit_offset);
+            let mut recorded_ahead = state.recorded_ahead.clone();
+            if state.handing_over && !state.ahead_full {
+                budget -= take_ahead(
+                    state,
+                    commit_offset,
+                    budget,
+                    &mut outputs,
+                    &mut recorded_ahead,
+                );
+            }
+            if last.is_some() || !outputs.is_empty() {
                 ready.push(Ready {
                     partition: *partition,
                     generation: state.generation,
                     outputs,
-                    commit_offset: last + 1,
+                    commit_offset,
+                    recorded_ahead,
                 });
             }
         }
+        owned.uncommitted -= passed;
         ready
     }
 
@@ -276,28 +440,58 @@ impl<T> OffsetTracker<T> {
     pub fn restore(&self, batch: Vec<Ready<T>>) {
         let mut owned = self.lock();
         for ready in batch.into_iter().rev() {
-            owned.update(&ready.partition, |state| {
+            let partition = ready.partition;
+            owned.update(&partition, |state| {
                 if state.generation != ready.generation {
                     return;
                 }
-                state.in_transaction = state.in_transaction.saturating_sub(ready.outputs.len());
-                for (offset, output) in ready.outputs.into_iter().rev() {
-                    state.pending.push_front((offset, Some(output)));
+                let prefix = ready.prefix_len();
+                state.in_transaction = state.in_transaction.saturating_sub(prefix);
+                let mut outputs = ready.outputs;
+                for (offset, output) in outputs.split_off(prefix) {
+                    if let Ok(index) = state
+                        .pending
+                        .binary_search_by_key(&offset, |(offset, _)| *offset)
+                        && matches!(state.pending[index].1, Slot::TakenAhead)
+                    {
+                        state.pending[index].1 = Slot::Finished(output);
+                        state.taken_ahead -= 1;
+                    }
+                }
+                for (offset, output) in outputs.into_iter().rev() {
+                    state.pending.push_front((offset, Slot::Finished(output)));
                 }
             });
         }
     }
 
-    /// A batch taken by [`Self::take_ready`] was committed.
-    pub fn committed(&self, batch: &[Ready<T>]) {
+    /// A batch taken by [`Self::take_ready`] was committed. Returns how many of its outputs
+    /// were committed ahead of their partitions' commit positions.
+    pub fn committed(&self, batch: &[Ready<T>]) -> usize {
         let mut owned = self.lock();
+        let mut ahead = 0;
         for ready in batch {
             owned.update(&ready.partition, |state| {
-                if state.generation == ready.generation {
-                    state.in_transaction = state.in_transaction.saturating_sub(ready.outputs.len());
+                if state.generation != ready.generation {
+                    return;
+                }
+                let prefix = ready.prefix_len();
+                state.in_transaction = state.in_transaction.saturating_sub(prefix);
+                for (offset, _) in &ready.outputs[prefix..] {
+                    if let Ok(index) = state
+                        .pending
+                        .binary_search_by_key(offset, |(offset, _)| *offset)
+                        && matches!(state.pending[index].1, Slot::TakenAhead)
+                    {
+                        state.pending[index].1 = Slot::Recorded;
+                        state.taken_ahead -= 1;
+                        state.recorded_ahead.insert(*offset);
+                        ahead += 1;
+                    }
                 }
             });
         }
+        ahead
     }
 
     /// Messages dispatched but not yet committed, over all partitions.
@@ -338,22 +532,78 @@ impl<T> OffsetTracker<T> {
     }
 
     /// Whether `partitions` have nothing more to commit before they go to another owner: no
-    /// message of theirs in a delivery task, no finished prefix waiting for the committer, no
+    /// message of theirs in a delivery task, no finished message waiting for the committer
+    /// (in the prefix, or behind it while [`Self::hand_over`] lets it be committed ahead), no
     /// transaction of theirs open. (What is left was read and never started: the next owner
     /// reads it again without it having been sent.)
     pub fn handed_over(&self, partitions: &[SourcePartition]) -> bool {
         let owned = self.lock();
         partitions.iter().all(|partition| {
             owned.partitions.get(partition).is_none_or(|state| {
+                let finished = |(_, slot): &(i64, Slot<T>)| matches!(slot, Slot::Finished(_));
+                let committable = if state.handing_over && !state.ahead_full {
+                    state.pending.iter().any(finished)
+                } else {
+                    state.pending.front().is_some_and(finished)
+                };
                 state.in_lanes == 0
                     && state.in_transaction == 0
-                    && state
-                        .pending
-                        .front()
-                        .is_none_or(|(_, output)| output.is_none())
+                    && state.taken_ahead == 0
+                    && !committable
             })
         })
     }
+}
+
+/// Takes the finished messages behind the open one at `commit_offset`, as many as `budget`
+/// allows and the commit's metadata can name beside `recorded_ahead` (which they join), into
+/// `outputs`. Returns how many it took.
+fn take_ahead<T>(
+    state: &mut PartitionState<T>,
+    commit_offset: i64,
+    budget: usize,
+    outputs: &mut Vec<(i64, T)>,
+    recorded_ahead: &mut BTreeSet<i64>,
+) -> usize {
+    let finished: Vec<usize> = state
+        .pending
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, slot))| matches!(slot, Slot::Finished(_)))
+        .map(|(index, _)| index)
+        .take(budget)
+        .collect();
+    let named_with = |count: usize| {
+        let mut named = recorded_ahead.clone();
+        named.extend(
+            finished[..count]
+                .iter()
+                .map(|&index| state.pending[index].0),
+        );
+        named
+    };
+    // The most that fit: the metadata's length grows with every run of offsets.
+    let (mut fitting, mut too_many) = (0, finished.len() + 1);
+    while fitting + 1 < too_many {
+        let middle = (fitting + too_many) / 2;
+        if ahead::fits(commit_offset, &named_with(middle)) {
+            fitting = middle;
+        } else {
+            too_many = middle;
+        }
+    }
+    if fitting < finished.len() && too_many <= finished.len() {
+        state.ahead_full = true;
+    }
+    for &index in &finished[..fitting] {
+        let (offset, slot) = &mut state.pending[index];
+        if let Slot::Finished(output) = std::mem::replace(slot, Slot::TakenAhead) {
+            outputs.push((*offset, output));
+            recorded_ahead.insert(*offset);
+        }
+    }
+    state.taken_ahead += fitting;
+    fitting
 }
 
 /// A message in a delivery task ([`OffsetTracker::enter_lane`]); counted until dropped.

@@ -243,3 +243,224 @@ fn partitions_are_handed_over_once_their_started_work_is_committed() {
     );
     assert!(tracker.handed_over(&[p(7)]), "not owned");
 }
+
+fn offsets(list: &[i64]) -> BTreeSet<i64> {
+    list.iter().copied().collect()
+}
+
+#[test]
+fn a_partition_handed_over_commits_what_finished_behind_an_open_message_ahead() {
+    let tracker = OffsetTracker::default();
+    let generation = tracker.assign(p(0));
+    for offset in 10..16 {
+        tracker.dispatched(p(0), generation, offset);
+    }
+    for offset in [10, 12, 13, 15] {
+        assert!(finish(&tracker, 0, generation, offset, "x"));
+    }
+    let ready = tracker.take_ready(100);
+    assert_eq!(
+        ready[0].outputs,
+        [(10, "x")],
+        "not handed over: the prefix alone"
+    );
+    tracker.committed(&ready);
+
+    tracker.hand_over(&[p(0)]);
+    assert!(!tracker.handed_over(&[p(0)]), "12, 13 and 15 are finished");
+    let ready = tracker.take_ready(100);
+    assert_eq!(ready.len(), 1);
+    assert_eq!(ready[0].commit_offset, 11, "11 has not started");
+    assert_eq!(ready[0].outputs, [(12, "x"), (13, "x"), (15, "x")]);
+    assert_eq!(ready[0].prefix_len(), 0);
+    assert_eq!(ready[0].recorded_ahead, offsets(&[12, 13, 15]));
+    assert!(!tracker.handed_over(&[p(0)]), "in a transaction");
+    assert_eq!(tracker.committed(&ready), 3);
+    assert!(tracker.handed_over(&[p(0)]), "11 and 14 never started");
+    assert!(tracker.take_ready(100).is_empty(), "nothing new to commit");
+
+    // 14 finishes late: committed ahead too, the earlier ones named again beside it.
+    assert!(finish(&tracker, 0, generation, 14, "y"));
+    let ready = tracker.take_ready(100);
+    assert_eq!(ready[0].outputs, [(14, "y")]);
+    assert_eq!(ready[0].recorded_ahead, offsets(&[12, 13, 14, 15]));
+    tracker.committed(&ready);
+    // 11 finishes: the commit position passes the recorded ones without writing them again.
+    assert!(finish(&tracker, 0, generation, 11, "z"));
+    let ready = tracker.take_ready(100);
+    assert_eq!(ready[0].outputs, [(11, "z")]);
+    assert_eq!(ready[0].commit_offset, 16);
+    assert!(ready[0].recorded_ahead.is_empty(), "all passed");
+    tracker.committed(&ready);
+    assert_eq!(tracker.in_flight(), 0);
+    assert_eq!(tracker.in_flight(), counted(&tracker));
+}
+
+#[test]
+fn what_was_taken_ahead_is_finished_again_when_its_transaction_fails() {
+    let tracker = OffsetTracker::default();
+    let generation = tracker.assign(p(0));
+    for offset in 0..4 {
+        tracker.dispatched(p(0), generation, offset);
+    }
+    finish(&tracker, 0, generation, 0, "a");
+    finish(&tracker, 0, generation, 2, "c");
+    finish(&tracker, 0, generation, 3, "d");
+    tracker.hand_over(&[p(0)]);
+    let ready = tracker.take_ready(100);
+    assert_eq!(ready[0].outputs, [(0, "a"), (2, "c"), (3, "d")]);
+    assert_eq!((ready[0].commit_offset, ready[0].prefix_len()), (1, 1));
+    tracker.restore(ready);
+    assert_eq!(tracker.in_flight(), counted(&tracker));
+    assert!(!tracker.handed_over(&[p(0)]));
+    let again = tracker.take_ready(100);
+    assert_eq!(
+        again[0].outputs,
+        [(0, "a"), (2, "c"), (3, "d")],
+        "all of it again"
+    );
+    assert_eq!(again[0].recorded_ahead, offsets(&[2, 3]));
+    assert_eq!(tracker.committed(&again), 2);
+    assert!(tracker.handed_over(&[p(0)]));
+    assert_eq!(tracker.in_flight(), counted(&tracker));
+}
+
+#[test]
+fn offsets_recorded_by_an_earlier_owner_are_registered_as_done_and_named_until_passed() {
+    let tracker = OffsetTracker::default();
+    let generation = tracker.assign(p(0));
+    let tier = SourcePartition {
+        topic: 1,
+        partition: 0,
+    };
+    let tier_generation = tracker.assign(tier);
+    assert!(!tracker.recorded_ahead(0, generation + 7, vec![(INGRESS, 5, offsets(&[6]))]));
+    assert!(tracker.recorded_ahead(
+        0,
+        generation,
+        vec![(INGRESS, 5, offsets(&[6, 7, 9])), (1, 2, offsets(&[3]))]
+    ));
+    assert_eq!(
+        tracker.dispatched(p(0), generation, 5),
+        Dispatched::Registered
+    );
+    assert_eq!(
+        tracker.dispatched(p(0), generation, 6),
+        Dispatched::Recorded
+    );
+    assert_eq!(
+        tracker.dispatched(tier, tier_generation, 3),
+        Dispatched::Recorded
+    );
+    assert_eq!(
+        tracker.in_flight(),
+        3,
+        "counted until the commit position passes them"
+    );
+    let ready = tracker.take_ready(100);
+    assert_eq!(
+        ready.len(),
+        1,
+        "the tier partition's commit position passes 3"
+    );
+    assert_eq!(ready[0].partition, tier);
+    assert_eq!(ready[0].commit_offset, 4);
+    assert!(ready[0].outputs.is_empty());
+    tracker.committed(&ready);
+    assert_eq!(tracker.in_flight(), counted(&tracker));
+
+    // Read after the metadata: 7 is recorded, 8 is not.
+    assert_eq!(
+        tracker.dispatched(p(0), generation, 7),
+        Dispatched::Recorded
+    );
+    assert_eq!(
+        tracker.dispatched(p(0), generation, 8),
+        Dispatched::Registered
+    );
+    assert!(!tracker.recorded_earlier(p(0), generation, 8));
+    finish(&tracker, 0, generation, 5, "e");
+    let ready = tracker.take_ready(100);
+    assert_eq!(ready[0].outputs, [(5, "e")]);
+    assert_eq!(ready[0].commit_offset, 8, "past 6 and 7");
+    assert_eq!(ready[0].recorded_ahead, offsets(&[9]), "9 still named");
+    tracker.committed(&ready);
+    assert_eq!(tracker.in_flight(), counted(&tracker));
+}
+
+#[test]
+fn a_message_registered_before_the_metadata_was_read_is_found_recorded_later() {
+    let tracker = OffsetTracker::default();
+    let generation = tracker.assign(p(0));
+    assert_eq!(
+        tracker.dispatched(p(0), generation, 4),
+        Dispatched::Registered
+    );
+    assert_eq!(
+        tracker.dispatched(p(0), generation, 5),
+        Dispatched::Registered
+    );
+    assert!(tracker.recorded_ahead(0, generation, vec![(INGRESS, 4, offsets(&[5]))]));
+    assert!(tracker.recorded_earlier(p(0), generation, 5));
+    assert!(!tracker.recorded_earlier(p(0), generation, 5), "once");
+    assert!(!tracker.recorded_earlier(p(0), generation, 4), "not named");
+    assert!(!finish(&tracker, 0, generation, 5, "late"), "done already");
+    finish(&tracker, 0, generation, 4, "d");
+    let ready = tracker.take_ready(100);
+    assert_eq!(ready[0].outputs, [(4, "d")]);
+    assert_eq!(ready[0].commit_offset, 6);
+}
+
+#[test]
+fn what_the_metadata_cannot_name_stays_uncommitted_and_does_not_hold_the_handover() {
+    let tracker = OffsetTracker::default();
+    let generation = tracker.assign(p(0));
+    // Every other message finished: one run each, more than the metadata can name.
+    let count = 3_000;
+    for offset in 0..count {
+        tracker.dispatched(p(0), generation, offset);
+    }
+    for offset in (1..count).step_by(2) {
+        finish(&tracker, 0, generation, offset, "x");
+    }
+    tracker.hand_over(&[p(0)]);
+    let ready = tracker.take_ready(10_000);
+    let taken = ready[0].outputs.len();
+    assert!(taken > 100 && taken < 1_500, "{taken}");
+    assert!(ahead::fits(0, &ready[0].recorded_ahead));
+    tracker.committed(&ready);
+    assert!(
+        tracker.handed_over(&[p(0)]),
+        "the rest is left to the next owner"
+    );
+}
+
+#[test]
+fn a_log_that_started_again_below_the_committed_offset_is_not_what_the_metadata_named() {
+    let tracker = OffsetTracker::<&'static str>::default();
+    let generation = tracker.assign(p(0));
+    assert!(tracker.recorded_ahead(0, generation, vec![(INGRESS, 100, offsets(&[102]))]));
+    // The topic was created again: reading starts at its beginning, below offset 100.
+    assert_eq!(
+        tracker.dispatched(p(0), generation, 0),
+        Dispatched::Registered
+    );
+    for offset in 1..=102 {
+        assert_eq!(
+            tracker.dispatched(p(0), generation, offset),
+            Dispatched::Registered,
+            "{offset}"
+        );
+    }
+
+    let read_first = tracker.assign(p(1));
+    assert_eq!(
+        tracker.dispatched(p(1), read_first, 3),
+        Dispatched::Registered
+    );
+    assert!(tracker.recorded_ahead(1, read_first, vec![(INGRESS, 100, offsets(&[102]))]));
+    assert!(
+        !tracker.recorded_earlier(p(1), read_first, 102),
+        "read below the committed offset before the metadata came"
+    );
+}

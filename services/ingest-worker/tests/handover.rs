@@ -1,0 +1,135 @@
+//! Partitions moving between workers while messages of theirs wait behind others of their key:
+//! what finished behind a waiting message is committed ahead of the offset, named in the
+//! offset's metadata, and the next owner does not send it again. Real broker, real
+//! upstream-sim.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use relais_ingest_worker::config::{PipelineConfig, WorkerConfig};
+use relais_ingest_worker::schedule::Ordering;
+use relais_proto::v1::Outcome;
+use relais_resilience::UpstreamPolicy;
+use relais_test_support::{KafkaTestEnv, unique_name};
+use serde_json::json;
+
+/// One upstream in key order, at most 16 calls in flight: with few keys, a key's later
+/// messages wait unstarted while other keys' messages behind them in the partition finish.
+fn keyed(topics: &Topics, group: &str, sim: &Sim) -> WorkerConfig {
+    let mut config = worker_config(
+        topics,
+        group,
+        sim.api,
+        UpstreamPolicy::default(),
+        PipelineConfig::default(),
+        None,
+    );
+    fixed_in_flight(&mut config, 16);
+    for upstream in config.upstreams.values_mut() {
+        upstream.ordering = Ordering::Key;
+    }
+    config
+}
+
+async fn wait_for(worker: &Worker, metric: &str, at_least: f64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while worker.metric(metric).await < at_least {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn all_delivered_once(kafka: &KafkaTestEnv, topics: &Topics, total: usize) {
+    let audit = audit_records(
+        &read_exactly(
+            kafka,
+            &topics.audit,
+            total,
+            Duration::from_secs(180),
+            Duration::from_secs(3),
+        )
+        .await,
+    );
+    assert_exactly_once(&audit, total);
+    assert!(audit.iter().all(|r| r.outcome == Outcome::Delivered as i32));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_finished_behind_a_waiting_message_moves_committed_and_is_not_sent_again() {
+    init_telemetry();
+    let kafka = relais_test_support::kafka().await;
+    let sim = Sim::start().await;
+    // Calls of 2 to 80 ms, one per key at a time over 12 keys: about 300 messages/s, so the
+    // first worker is still busy when the second has joined; and the keys go at different
+    // paces, so one key's messages finish behind another's that wait for their turn.
+    sim.set_faults(json!({"latency": {"kind": "uniform", "min_ms": 2, "max_ms": 80}}))
+        .await;
+    let topics = Topics::create(&kafka, 6).await;
+    let total = 4000;
+    let group = unique_name("it-group");
+    let first = Worker::start_config(&kafka, keyed(&topics, &group, &sim));
+    produce(
+        &kafka,
+        &topics.ingress,
+        &ordered_events("h", "order.created", total, 12),
+    )
+    .await;
+    wait_for(
+        &first,
+        "relais_worker_committed_messages_total",
+        300.0,
+        "the first worker made no progress",
+    )
+    .await;
+
+    let second = Worker::start_config(&kafka, keyed(&topics, &group, &sim));
+    wait_for(
+        &second,
+        "relais_worker_assigned_partitions",
+        1.0,
+        "the second worker got no partitions",
+    )
+    .await;
+    let handovers = "relais_worker_handovers_total";
+    assert!(
+        first
+            .metric(&format!("{handovers}{{result=\"committed\"}}"))
+            .await
+            >= 1.0
+    );
+    assert_eq!(
+        first
+            .metric(&format!("{handovers}{{result=\"timed_out\"}}"))
+            .await,
+        0.0
+    );
+    assert!(
+        first.metric("relais_worker_outcomes_ahead_total").await > 0.0,
+        "messages had finished behind waiting ones of the partitions that moved"
+    );
+    wait_for(
+        &second,
+        "relais_worker_recorded_skipped_total",
+        1.0,
+        "the next owner found the messages recorded ahead",
+    )
+    .await;
+
+    // Leaving, the first worker commits ahead as well: the survivor takes every partition.
+    first.stop().await;
+    all_delivered_once(&kafka, &topics, total).await;
+    let seen = sim.deliveries().await;
+    assert_eq!(
+        seen["duplicate_deliveries"], 0,
+        "nothing finished was sent again by the next owner: {seen}"
+    );
+    assert_eq!(
+        seen["order_violations"], 0,
+        "key order held across the moves: {seen}"
+    );
+    assert_eq!(seen["ordered_events"], total, "{seen}");
+    second.stop().await;
+}
