@@ -161,9 +161,15 @@ WORKER = [
         (f'sum by (instance) (relais_worker_assigned_partitions{{{sel(W)}}})', "{{instance}}"),
         (f'sum by (result) (increase(relais_worker_handovers_total{{{sel(W)}}}[1h]))',
          "handovers in the last hour, {{result}}"),
+        (f'sum(increase(relais_worker_outcomes_ahead_total{{{sel(W)}}}[1h]))',
+         "outcomes committed ahead in the last hour"),
+        (f'sum(increase(relais_worker_recorded_skipped_total{{{sel(W)}}}[1h]))',
+         "read again, recorded ahead, not sent, in the last hour"),
     ], "short", description="Partitions owned per replica. A partition moving away is handed over first: "
                             "committed when its deliveries in flight finished and were committed, timed_out "
-                            "when some were still running (the next owner sends them again)."),
+                            "when some were still running (the next owner sends them again). What finished "
+                            "behind a message that had not started is committed ahead of the offset, and "
+                            "its next owner skips it."),
     panel("Committed messages", [(rate("relais_worker_committed_messages_total", W), "committed")], "ops"),
     panel("Uncommitted messages", [
         (f'sum by (instance) (relais_worker_uncommitted_messages{{{sel(W)}}})', "{{instance}}"),
