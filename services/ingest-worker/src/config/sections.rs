@@ -194,9 +194,10 @@ pub struct PipelineConfig {
     #[schemars(with = "String")]
     pub drain_timeout: Duration,
     /// How long a partition moving to another worker waits for its deliveries in flight to
-    /// finish and be committed, so that the next owner does not send them again; what is not
-    /// committed by then is read again and sent again by the next owner. The group's
-    /// rebalance waits as long. 0 turns the wait off.
+    /// finish and be committed (those finished behind a message that had not started, ahead
+    /// of the offset), so that the next owner does not send them again; what is not committed
+    /// by then is read again and sent again by the next owner. The group's rebalance waits as
+    /// long. 0 turns the wait off.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub handover_timeout: Duration,
