@@ -244,7 +244,7 @@ impl WorkerMetrics {
         );
         worker.register(
             "outcomes_ahead",
-            "Outcomes of a partition moving to another replica committed ahead of its offset (finished behind a message that had not started), named in the offset's commit metadata so that the next owner does not send them again",
+            "Outcomes of a partition moving to another replica (or of every partition at a graceful shutdown) committed ahead of its offset (finished behind a message that had not started), named in the offset's commit metadata so that the next owner does not send them again",
             metrics.outcomes_ahead.clone(),
         );
         worker.register(
