@@ -133,3 +133,84 @@ async fn what_finished_behind_a_waiting_message_moves_committed_and_is_not_sent_
     assert_eq!(seen["ordered_events"], total, "{seen}");
     second.stop().await;
 }
+
+/// Commits offset `offset` of partition 0 of `topic` for `group` with `metadata`, as a worker
+/// that handed the partition over would have.
+fn commit_with_metadata(
+    kafka: &KafkaTestEnv,
+    group: &str,
+    topic: &str,
+    offset: i64,
+    metadata: &str,
+) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let consumer: BaseConsumer = kafka
+        .client_config()
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets
+        .add_partition_offset(topic, 0, rdkafka::Offset::Offset(offset))
+        .unwrap();
+    offsets
+        .find_partition(topic, 0)
+        .unwrap()
+        .set_metadata(metadata);
+    consumer.commit(&offsets, CommitMode::Sync).unwrap();
+}
+
+/// Starts a worker on a partition of 20 messages whose committed offset 5 carries `metadata`;
+/// returns the ingress offsets that got an audit record, and the worker.
+async fn offsets_decided_after(metadata: &str, expected: usize) -> (Vec<i64>, Worker, Sim) {
+    let kafka = relais_test_support::kafka().await;
+    let sim = Sim::start().await;
+    let topics = Topics::create(&kafka, 1).await;
+    let group = unique_name("it-group");
+    produce(&kafka, &topics.ingress, &valid_events("m", 20, 20)).await;
+    commit_with_metadata(&kafka, &group, &topics.ingress, 5, metadata);
+    let worker = Worker::start_config(&kafka, keyed(&topics, &group, &sim));
+    let audit = audit_records(
+        &read_exactly(
+            &kafka,
+            &topics.audit,
+            expected,
+            Duration::from_secs(60),
+            Duration::from_secs(3),
+        )
+        .await,
+    );
+    let mut offsets: Vec<i64> = audit
+        .iter()
+        .map(|record| record.position.as_ref().unwrap().offset)
+        .collect();
+    offsets.sort_unstable();
+    (offsets, worker, sim)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_offsets_a_commit_names_as_recorded_ahead_are_not_sent_and_any_other_note_is_ignored() {
+    init_telemetry();
+    // Offset 5 committed, 7, 8 and 15 named: their outcomes are recorded already.
+    let (decided, worker, sim) = offsets_decided_after("relais-ahead/1:2-3,10", 12).await;
+    assert_eq!(decided, [5, 6, 9, 10, 11, 12, 13, 14, 16, 17, 18, 19]);
+    assert_eq!(sim.deliveries().await["requests"], 12);
+    assert_eq!(
+        worker.metric("relais_worker_recorded_skipped_total").await,
+        3.0
+    );
+    worker.stop().await;
+
+    // Another tool's note on the offset, or a list no worker writes, names nothing.
+    for note in ["checkpoint by ops", "relais-ahead/1:3,2"] {
+        let (decided, worker, sim) = offsets_decided_after(note, 15).await;
+        assert_eq!(decided, (5..20).collect::<Vec<i64>>(), "{note}");
+        assert_eq!(sim.deliveries().await["requests"], 15, "{note}");
+        assert_eq!(
+            worker.metric("relais_worker_recorded_skipped_total").await,
+            0.0
+        );
+        worker.stop().await;
+    }
+}
