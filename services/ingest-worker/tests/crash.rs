@@ -6,7 +6,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use relais_ingest_worker::config::PipelineConfig;
@@ -273,17 +273,13 @@ async fn two_workers_share_the_partitions_and_one_leaving_loses_nothing() {
     // start in offset order and those in flight when it moves are a committable prefix.
     produce(&kafka, &topics.ingress, &valid_events("t", total, total)).await;
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while first.metric("relais_worker_committed_messages_total").await < 500.0 {
-        assert!(Instant::now() < deadline, "first worker made no progress");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    first
+        .wait_for_metric("relais_worker_committed_messages_total", 500.0)
+        .await;
     let second = Worker::start_config(&kafka, config());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while second.metric("relais_worker_assigned_partitions").await < 1.0 {
-        assert!(Instant::now() < deadline, "second worker got no partitions");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    second
+        .wait_for_metric("relais_worker_assigned_partitions", 1.0)
+        .await;
     let shared_first = first.metric("relais_worker_assigned_partitions").await;
     let shared_second = second.metric("relais_worker_assigned_partitions").await;
     assert_eq!(

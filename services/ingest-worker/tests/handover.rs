@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use relais_ingest_worker::config::{PipelineConfig, WorkerConfig};
@@ -16,8 +16,7 @@ use relais_resilience::UpstreamPolicy;
 use relais_test_support::{KafkaTestEnv, unique_name};
 use serde_json::json;
 
-/// One upstream in key order, at most 16 calls in flight: with few keys, a key's later
-/// messages wait unstarted while other keys' messages behind them in the partition finish.
+/// One upstream in key order, at most 16 calls in flight.
 fn keyed(topics: &Topics, group: &str, sim: &Sim) -> WorkerConfig {
     let mut config = worker_config(
         topics,
@@ -32,14 +31,6 @@ fn keyed(topics: &Topics, group: &str, sim: &Sim) -> WorkerConfig {
         upstream.ordering = Ordering::Key;
     }
     config
-}
-
-async fn wait_for(worker: &Worker, metric: &str, at_least: f64, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while worker.metric(metric).await < at_least {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn all_delivered_once(kafka: &KafkaTestEnv, topics: &Topics, total: usize) {
@@ -57,42 +48,76 @@ async fn all_delivered_once(kafka: &KafkaTestEnv, topics: &Topics, total: usize)
     assert!(audit.iter().all(|r| r.outcome == Outcome::Delivered as i32));
 }
 
+/// `per_partition` messages for each of `partitions` partitions, every other one of the
+/// partition's hot key and the rest spread over eight cold keys: the hot key's messages go one
+/// at a time, eight times slower than the others, so its later ones wait unstarted while the
+/// cold keys' messages behind them finish. Each carries its key and its sequence within the
+/// key (`order_key`, `seq`) for upstream-sim's order check.
+fn hot_and_cold(partitions: i32, per_partition: usize) -> Vec<(i32, String, Vec<u8>)> {
+    let now = chrono::Utc::now().to_rfc3339();
+    let mut sequences = std::collections::HashMap::<String, usize>::new();
+    (0..partitions)
+        .flat_map(|partition| (0..per_partition).map(move |index| (partition, index)))
+        .map(|(partition, index)| {
+            let key = if index % 2 == 0 {
+                format!("hot-{partition}")
+            } else {
+                format!("cold-{partition}-{}", index / 2 % 8)
+            };
+            let seq = sequences.entry(key.clone()).or_default();
+            let payload = format!(
+                r#"{{"id":"h-{partition}-{index}","type":"order.created","occurred_at":"{now}","source":"test","data":{{"order_key":"{key}","seq":{seq}}}}}"#
+            );
+            *seq += 1;
+            (partition, key, payload.into_bytes())
+        })
+        .collect()
+}
+
+async fn produce_to_partitions(
+    kafka: &KafkaTestEnv,
+    topic: &str,
+    messages: &[(i32, String, Vec<u8>)],
+) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = kafka.client_config().create().unwrap();
+    for (partition, key, payload) in messages {
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .partition(*partition)
+                    .key(key)
+                    .payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn what_finished_behind_a_waiting_message_moves_committed_and_is_not_sent_again() {
     init_telemetry();
     let kafka = relais_test_support::kafka().await;
     let sim = Sim::start().await;
-    // Calls of 2 to 80 ms, one per key at a time over 12 keys: about 300 messages/s, so the
-    // first worker is still busy when the second has joined; and the keys go at different
-    // paces, so one key's messages finish behind another's that wait for their turn.
-    sim.set_faults(json!({"latency": {"kind": "uniform", "min_ms": 2, "max_ms": 80}}))
+    // 50 ms a call: each partition's hot key takes 15 s for its 300 messages, so the first
+    // worker is busy whenever the second joins.
+    sim.set_faults(json!({"latency": {"kind": "fixed", "ms": 50}}))
         .await;
-    let topics = Topics::create(&kafka, 6).await;
-    let total = 4000;
+    let topics = Topics::create(&kafka, 2).await;
+    let messages = hot_and_cold(2, 600);
+    let total = messages.len();
     let group = unique_name("it-group");
     let first = Worker::start_config(&kafka, keyed(&topics, &group, &sim));
-    produce(
-        &kafka,
-        &topics.ingress,
-        &ordered_events("h", "order.created", total, 12),
-    )
-    .await;
-    wait_for(
-        &first,
-        "relais_worker_committed_messages_total",
-        300.0,
-        "the first worker made no progress",
-    )
-    .await;
+    produce_to_partitions(&kafka, &topics.ingress, &messages).await;
+    first
+        .wait_for_metric("relais_worker_committed_messages_total", 100.0)
+        .await;
 
     let second = Worker::start_config(&kafka, keyed(&topics, &group, &sim));
-    wait_for(
-        &second,
-        "relais_worker_assigned_partitions",
-        1.0,
-        "the second worker got no partitions",
-    )
-    .await;
+    second
+        .wait_for_metric("relais_worker_assigned_partitions", 1.0)
+        .await;
     let handovers = "relais_worker_handovers_total";
     assert!(
         first
@@ -108,15 +133,11 @@ async fn what_finished_behind_a_waiting_message_moves_committed_and_is_not_sent_
     );
     assert!(
         first.metric("relais_worker_outcomes_ahead_total").await > 0.0,
-        "messages had finished behind waiting ones of the partitions that moved"
+        "cold messages had finished behind the hot key's unstarted ones"
     );
-    wait_for(
-        &second,
-        "relais_worker_recorded_skipped_total",
-        1.0,
-        "the next owner found the messages recorded ahead",
-    )
-    .await;
+    second
+        .wait_for_metric("relais_worker_recorded_skipped_total", 1.0)
+        .await;
 
     // Leaving, the first worker commits ahead as well: the survivor takes every partition.
     first.stop().await;

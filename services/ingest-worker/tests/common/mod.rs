@@ -247,6 +247,13 @@ impl Worker {
             .read(name_and_labels)
             .await
     }
+
+    /// Waits, up to a minute, until a metric reaches `at_least`.
+    pub async fn wait_for_metric(&self, name_and_labels: &str, at_least: f64) -> f64 {
+        relais_test_support::AdminMetrics::new(self.admin)
+            .wait_for_at_least(name_and_labels, at_least, Duration::from_secs(60))
+            .await
+    }
 }
 
 /// A worker configuration for the test's topics and one upstream named `default`.
