@@ -10,13 +10,13 @@
 //! starts meanwhile; the delivery tasks and the committer go on, on the runtime's other
 //! threads.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::{ClientContext, TopicPartitionList};
 use relais_kafka::resets::ResetWatch;
 use relais_telemetry::shutdown::CancellationToken;
 use tokio::runtime::RuntimeFlavor;
@@ -24,7 +24,7 @@ use tokio::runtime::RuntimeFlavor;
 use crate::metrics::WorkerMetrics;
 use crate::records::Tracker;
 use crate::tiers::TierAssignment;
-use crate::tracker::{INGRESS, SourcePartition};
+use crate::tracker::{INGRESS, RecordedAhead, SourcePartition, TopicIndex, ahead};
 
 /// Keeps the tracker in step with the group's assignment; the tier partitions of the same
 /// numbers follow the ingress partitions ([`crate::tiers`]).
@@ -66,13 +66,23 @@ impl ConsumerContext for WorkerContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
-                for element in partitions.elements() {
-                    let partition = element.partition();
+                let elements = partitions.elements();
+                let Some(topic) = elements.first().map(|element| element.topic().to_owned()) else {
+                    return;
+                };
+                let numbers: Vec<i32> = elements.iter().map(|e| e.partition()).collect();
+                let recorded = self.recorded_ahead(consumer, &topic, &numbers);
+                for partition in numbers {
                     let generation = self.tracker.assign(SourcePartition::ingress(partition));
-                    self.tiers.assigned(&self.tracker, partition, generation);
+                    self.tiers
+                        .assigned(&self.tracker, partition, generation, recorded.is_some());
+                    if let Some(named) = recorded.as_ref().and_then(|all| all.get(&partition)) {
+                        self.tracker
+                            .recorded_ahead(partition, generation, named.clone());
+                    }
                     tracing::info!(partition, "partition assigned");
                 }
                 self.report_assigned();
@@ -90,6 +100,11 @@ pub struct Handover {
     /// Once shutdown began the committer has done its last round: nothing more would commit.
     pub shutdown: CancellationToken,
 }
+
+/// How long the rebalance callback waits for the committed offsets of the partitions it was
+/// given (the group answers once no transaction committing them is open, which after a crash
+/// lasts until the transaction times out; then the partitions' loads wait for it instead).
+const RECORDED_AHEAD_READ: Duration = Duration::from_secs(2);
 
 /// How often a handover looks again.
 const HANDOVER_CHECK: Duration = Duration::from_millis(10);
@@ -136,6 +151,53 @@ impl WorkerContext {
                 timeout = ?self.handover.timeout,
                 "partitions handed over with work still in flight: the next owner sends it again"
             );
+        }
+    }
+
+    /// What the committed offsets of newly assigned ingress `partitions` of `topic` and of
+    /// their tier partitions name as recorded ahead ([`crate::tracker::ahead`]), per partition;
+    /// `None` when they cannot be read at once, and the partitions' loads read them instead
+    /// ([`crate::tiers::load_parked`]) while their messages wait.
+    fn recorded_ahead(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Option<BTreeMap<i32, RecordedAhead>> {
+        let topics: Vec<(TopicIndex, &str)> = std::iter::once((INGRESS, topic))
+            .chain(
+                self.tiers
+                    .topics
+                    .tiers()
+                    .map(|(index, name, _)| (index, name)),
+            )
+            .collect();
+        let mut asked = TopicPartitionList::new();
+        for &partition in partitions {
+            for (_, name) in &topics {
+                asked.add_partition(name, partition);
+            }
+        }
+        match consumer.committed_offsets(asked, RECORDED_AHEAD_READ) {
+            Ok(committed) => Some(
+                partitions
+                    .iter()
+                    .map(|&partition| {
+                        let named = topics
+                            .iter()
+                            .filter_map(|&(index, name)| {
+                                let (offset, named) = ahead::named_in(&committed, name, partition)?;
+                                Some((index, offset, named))
+                            })
+                            .collect();
+                        (partition, named)
+                    })
+                    .collect(),
+            ),
+            Err(error) => {
+                tracing::warn!(%error, ?partitions, "cannot read the committed offsets at once; the partitions' messages wait until they are read");
+                None
+            }
         }
     }
 

@@ -63,8 +63,15 @@ impl std::fmt::Debug for TierAssignment {
 impl TierAssignment {
     /// Ingress partition `partition` was assigned under `generation`: its tier partitions
     /// follow it, and its key order state and what was recorded ahead of its committed
-    /// offsets are to be loaded.
-    pub fn assigned(&self, tracker: &Tracker, partition: i32, generation: u64) {
+    /// offsets are to be loaded (without tiers, only the latter, unless the caller read it:
+    /// `recorded_ahead_known`).
+    pub fn assigned(
+        &self,
+        tracker: &Tracker,
+        partition: i32,
+        generation: u64,
+        recorded_ahead_known: bool,
+    ) {
         let read = self.parked.assigned(partition, generation);
         if !self.topics.is_empty() {
             let mut list = TopicPartitionList::new();
@@ -79,8 +86,12 @@ impl TierAssignment {
                 tracing::error!(%error, partition, "cannot assign the retry tier partitions");
             }
         }
-        // Read even without tiers: the committed offset's metadata may name messages recorded
-        // ahead of it ([`crate::tracker::ahead`]).
+        // Without tiers only what was recorded ahead of the committed offset is to be read
+        // ([`crate::tracker::ahead`]), which the caller may know already.
+        if self.topics.is_empty() && recorded_ahead_known {
+            self.parked.load(&read, []);
+            return;
+        }
         if self.loads.try_send(read).is_err() {
             tracing::error!(
                 partition,

@@ -8,7 +8,7 @@
 //! until an operator has added the partitions. A partition whose read fails never holds up the
 //! others.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use crate::parked::{InMemory, LoadRequest, ParkedKeys};
 use crate::records::Tracker;
 use crate::retry::{RetryState, TierTopics, owned_headers};
-use crate::tracker::{INGRESS, SourcePartition, TopicIndex, ahead};
+use crate::tracker::{INGRESS, RecordedAhead, SourcePartition, ahead};
 
 /// A partition's tier state still to read, as it was asked.
 #[derive(Debug)]
@@ -221,7 +221,7 @@ impl std::error::Error for MissingTierPartition {}
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub waiting: Vec<(String, Vec<u8>, usize)>,
-    pub recorded_ahead: Vec<(TopicIndex, i64, BTreeSet<i64>)>,
+    pub recorded_ahead: RecordedAhead,
 }
 
 /// Reads the records waiting in one partition of every tier: from the group's committed offset
@@ -283,7 +283,7 @@ impl WaitingReader {
         let recorded_ahead = std::iter::once((INGRESS, self.ingress_topic.as_str()))
             .chain(self.topics.tiers().map(|(index, topic, _)| (index, topic)))
             .filter_map(|(index, topic)| {
-                let (offset, named) = recorded_ahead(&committed, topic, partition)?;
+                let (offset, named) = ahead::named_in(&committed, topic, partition)?;
                 Some((index, offset, named))
             })
             .collect();
@@ -352,23 +352,6 @@ impl WaitingReader {
             recorded_ahead,
         })
     }
-}
-
-/// A partition's committed offset, and the offsets its metadata names as recorded ahead of
-/// it; `None` without a committed offset.
-fn recorded_ahead(
-    committed: &TopicPartitionList,
-    topic: &str,
-    partition: i32,
-) -> Option<(i64, BTreeSet<i64>)> {
-    let element = committed.find_partition(topic, partition)?;
-    let offset = element.offset().to_raw().filter(|offset| *offset >= 0)?;
-    // rdkafka panics on metadata that is not UTF-8, which no worker writes.
-    let named = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        ahead::decode(offset, element.metadata())
-    }))
-    .unwrap_or_default();
-    Some((offset, named))
 }
 
 /// The first offset of a tier partition whose record may wait, given the offset reading went

@@ -15,6 +15,8 @@
 
 use std::collections::BTreeSet;
 
+use rdkafka::TopicPartitionList;
+
 const PREFIX: &str = "relais-ahead/1:";
 
 /// The longest metadata written. Brokers refuse a commit whose metadata is longer than
@@ -33,6 +35,23 @@ pub fn encode(committed: i64, ahead: &BTreeSet<i64>) -> String {
         push_run(&mut text, first, last);
     }
     text
+}
+
+/// A partition's committed offset in `committed` (the group's answer), and the offsets its
+/// metadata names; `None` without a committed offset.
+pub fn named_in(
+    committed: &TopicPartitionList,
+    topic: &str,
+    partition: i32,
+) -> Option<(i64, BTreeSet<i64>)> {
+    let element = committed.find_partition(topic, partition)?;
+    let offset = element.offset().to_raw().filter(|offset| *offset >= 0)?;
+    // rdkafka panics on metadata that is not UTF-8, which no worker writes.
+    let named = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode(offset, element.metadata())
+    }))
+    .unwrap_or_default();
+    Some((offset, named))
 }
 
 /// The offsets named by `metadata` committed with offset `committed`.

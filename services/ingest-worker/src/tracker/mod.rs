@@ -62,6 +62,10 @@ pub enum Dispatched {
     AfterRewind,
 }
 
+/// What the committed offsets of a partition's topics (the ingress topic and each tier) name as
+/// recorded ahead: per topic, the committed offset and the offsets named ([`ahead`]).
+pub type RecordedAhead = Vec<(TopicIndex, i64, BTreeSet<i64>)>;
+
 /// One message's finished work: the records to write in the transaction.
 #[derive(Debug, Clone)]
 pub struct Finished<T> {
@@ -332,12 +336,7 @@ impl<T> OffsetTracker<T> {
     /// partitions' commit metadata says, of ingress partition `partition` and its tier
     /// partitions (`recorded`: per topic, the committed offset and the offsets it names), read
     /// when it was assigned under `generation`. False when it changed hands since.
-    pub fn recorded_ahead(
-        &self,
-        partition: i32,
-        generation: u64,
-        recorded: Vec<(TopicIndex, i64, BTreeSet<i64>)>,
-    ) -> bool {
+    pub fn recorded_ahead(&self, partition: i32, generation: u64, recorded: RecordedAhead) -> bool {
         let mut owned = self.lock();
         if owned
             .partitions
