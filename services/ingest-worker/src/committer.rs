@@ -325,10 +325,11 @@ impl Committer {
                     Offset::Offset(ready.commit_offset),
                 )
                 .map_err(RoundError::Abort)?;
-            // Empty when nothing is recorded ahead: a commit that passes them clears the list.
-            let metadata = ahead::encode(ready.commit_offset, &ready.recorded_ahead);
-            if let Some(mut element) = offsets.find_partition(topic, ready.partition.partition) {
-                element.set_metadata(metadata);
+            // Without any, no metadata: a commit that passes them clears the list.
+            if !ready.recorded_ahead.is_empty()
+                && let Some(mut element) = offsets.find_partition(topic, ready.partition.partition)
+            {
+                element.set_metadata(ahead::encode(ready.commit_offset, &ready.recorded_ahead));
             }
         }
         let metadata: Arc<ConsumerGroupMetadata> = self

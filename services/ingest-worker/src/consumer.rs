@@ -70,11 +70,10 @@ impl ConsumerContext for WorkerContext {
         match rebalance {
             Rebalance::Assign(partitions) => {
                 let elements = partitions.elements();
-                let Some(topic) = elements.first().map(|element| element.topic().to_owned()) else {
-                    return;
-                };
                 let numbers: Vec<i32> = elements.iter().map(|e| e.partition()).collect();
-                let recorded = self.recorded_ahead(consumer, &topic, &numbers);
+                let recorded = elements
+                    .first()
+                    .and_then(|first| self.recorded_ahead(consumer, first.topic(), &numbers));
                 for partition in numbers {
                     let generation = self.tracker.assign(SourcePartition::ingress(partition));
                     self.tiers
@@ -178,22 +177,18 @@ impl WorkerContext {
                 asked.add_partition(name, partition);
             }
         }
-        match consumer.committed_offsets(asked, RECORDED_AHEAD_READ) {
-            Ok(committed) => Some(
+        let read = consumer
+            .committed_offsets(asked, RECORDED_AHEAD_READ)
+            .and_then(|committed| {
                 partitions
                     .iter()
                     .map(|&partition| {
-                        let named = topics
-                            .iter()
-                            .filter_map(|&(index, name)| {
-                                let (offset, named) = ahead::named_in(&committed, name, partition)?;
-                                Some((index, offset, named))
-                            })
-                            .collect();
-                        (partition, named)
+                        Ok((partition, ahead::named_in(&committed, &topics, partition)?))
                     })
-                    .collect(),
-            ),
+                    .collect()
+            });
+        match read {
+            Ok(recorded) => Some(recorded),
             Err(error) => {
                 tracing::warn!(%error, ?partitions, "cannot read the committed offsets at once; the partitions' messages wait until they are read");
                 None

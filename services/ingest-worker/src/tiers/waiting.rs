@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use crate::parked::{InMemory, LoadRequest, ParkedKeys};
 use crate::records::Tracker;
 use crate::retry::{RetryState, TierTopics, owned_headers};
-use crate::tracker::{INGRESS, RecordedAhead, SourcePartition, ahead};
+use crate::tracker::{INGRESS, RecordedAhead, SourcePartition, TopicIndex, ahead};
 
 /// A partition's tier state still to read, as it was asked.
 #[derive(Debug)]
@@ -280,13 +280,12 @@ impl WaitingReader {
         let committed = consumer
             .committed_offsets(asked, Duration::from_secs(15))
             .context("cannot read the committed offsets of the retry tiers")?;
-        let recorded_ahead = std::iter::once((INGRESS, self.ingress_topic.as_str()))
-            .chain(self.topics.tiers().map(|(index, topic, _)| (index, topic)))
-            .filter_map(|(index, topic)| {
-                let (offset, named) = ahead::named_in(&committed, topic, partition)?;
-                Some((index, offset, named))
-            })
-            .collect();
+        let topics: Vec<(TopicIndex, &str)> =
+            std::iter::once((INGRESS, self.ingress_topic.as_str()))
+                .chain(self.topics.tiers().map(|(index, topic, _)| (index, topic)))
+                .collect();
+        let recorded_ahead = ahead::named_in(&committed, &topics, partition)
+            .context("cannot read what the committed offsets name as recorded ahead")?;
         let mut start = TopicPartitionList::new();
         let mut ends = BTreeMap::new();
         for (_, topic, _) in self.topics.tiers() {

@@ -16,6 +16,9 @@
 use std::collections::BTreeSet;
 
 use rdkafka::TopicPartitionList;
+use rdkafka::error::KafkaResult;
+
+use super::{RecordedAhead, TopicIndex};
 
 const PREFIX: &str = "relais-ahead/1:";
 
@@ -37,21 +40,31 @@ pub fn encode(committed: i64, ahead: &BTreeSet<i64>) -> String {
     text
 }
 
-/// A partition's committed offset in `committed` (the group's answer), and the offsets its
-/// metadata names; `None` without a committed offset.
+/// What the group's answer `committed` names as recorded ahead for `partition` of each of
+/// `topics`: per topic with a committed offset, the offset and the offsets named. An error on
+/// any of them fails the whole: a name left out would have a recorded message decided again.
 pub fn named_in(
     committed: &TopicPartitionList,
-    topic: &str,
+    topics: &[(TopicIndex, &str)],
     partition: i32,
-) -> Option<(i64, BTreeSet<i64>)> {
-    let element = committed.find_partition(topic, partition)?;
-    let offset = element.offset().to_raw().filter(|offset| *offset >= 0)?;
-    // rdkafka panics on metadata that is not UTF-8, which no worker writes.
-    let named = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        decode(offset, element.metadata())
-    }))
-    .unwrap_or_default();
-    Some((offset, named))
+) -> KafkaResult<RecordedAhead> {
+    let mut named = RecordedAhead::new();
+    for &(index, topic) in topics {
+        let Some(element) = committed.find_partition(topic, partition) else {
+            continue;
+        };
+        element.error()?;
+        let Some(offset) = element.offset().to_raw().filter(|offset| *offset >= 0) else {
+            continue;
+        };
+        // rdkafka panics on metadata that is not UTF-8, which no worker writes.
+        let offsets = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decode(offset, element.metadata())
+        }))
+        .unwrap_or_default();
+        named.push((index, offset, offsets));
+    }
+    Ok(named)
 }
 
 /// The offsets named by `metadata` committed with offset `committed`.
