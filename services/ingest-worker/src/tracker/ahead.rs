@@ -119,6 +119,27 @@ pub fn fits(committed: i64, ahead: &BTreeSet<i64>) -> bool {
     true
 }
 
+/// How many of `candidates` (ascending, above `committed`), taken from the first, can be named
+/// beside `recorded` in one commit's metadata ([`fits`]).
+pub fn most_that_fit(committed: i64, recorded: &BTreeSet<i64>, candidates: &[i64]) -> usize {
+    let named_with = |count: usize| {
+        let mut named = recorded.clone();
+        named.extend(&candidates[..count]);
+        named
+    };
+    // The metadata's length grows with every run of offsets: the largest count that fits.
+    let (mut fitting, mut too_many) = (0, candidates.len() + 1);
+    while fitting + 1 < too_many {
+        let middle = (fitting + too_many) / 2;
+        if fits(committed, &named_with(middle)) {
+            fitting = middle;
+        } else {
+            too_many = middle;
+        }
+    }
+    fitting
+}
+
 /// The ascending runs of consecutive offsets in `ahead` above `committed`, as distances.
 fn runs(committed: i64, ahead: &BTreeSet<i64>) -> Vec<(i64, i64)> {
     let mut runs: Vec<(i64, i64)> = Vec::new();
@@ -221,6 +242,21 @@ mod tests {
         assert!(!fits(0, &more));
         assert!(decode(0, "relais-ahead/1:1-99999999999").is_empty());
         assert!(decode(0, "relais-ahead/1:1-60000,60002-120000").is_empty());
+    }
+
+    #[test]
+    fn as_many_as_fit_are_taken_beside_those_named_already() {
+        let recorded = set(&[2]);
+        assert_eq!(most_that_fit(0, &recorded, &[4, 5, 6]), 3);
+        assert_eq!(most_that_fit(0, &recorded, &[]), 0);
+        let scattered: Vec<i64> = (1..2000).map(|n| n * 2).collect();
+        let fitting = most_that_fit(0, &recorded, &scattered);
+        assert!(fitting > 100 && fitting < scattered.len(), "{fitting}");
+        let mut named = recorded.clone();
+        named.extend(&scattered[..fitting]);
+        assert!(fits(0, &named));
+        named.insert(scattered[fitting]);
+        assert!(!fits(0, &named));
     }
 
     #[test]

@@ -572,26 +572,12 @@ fn take_ahead<T>(
         .map(|(index, _)| index)
         .take(budget)
         .collect();
-    let named_with = |count: usize| {
-        let mut named = recorded_ahead.clone();
-        named.extend(
-            finished[..count]
-                .iter()
-                .map(|&index| state.pending[index].0),
-        );
-        named
-    };
-    // The most that fit: the metadata's length grows with every run of offsets.
-    let (mut fitting, mut too_many) = (0, finished.len() + 1);
-    while fitting + 1 < too_many {
-        let middle = (fitting + too_many) / 2;
-        if ahead::fits(commit_offset, &named_with(middle)) {
-            fitting = middle;
-        } else {
-            too_many = middle;
-        }
-    }
-    if fitting < finished.len() && too_many <= finished.len() {
+    let candidates: Vec<i64> = finished
+        .iter()
+        .map(|&index| state.pending[index].0)
+        .collect();
+    let fitting = ahead::most_that_fit(commit_offset, recorded_ahead, &candidates);
+    if fitting < finished.len() {
         state.ahead_full = true;
     }
     for &index in &finished[..fitting] {
