@@ -168,8 +168,8 @@ WORKER = [
     ], "short", description="Partitions owned per replica. A partition moving away is handed over first: "
                             "committed when its deliveries in flight finished and were committed, timed_out "
                             "when some were still running (the next owner sends them again). What finished "
-                            "behind a message that had not started is committed ahead of the offset, and "
-                            "its next owner skips it."),
+                            "behind an unfinished message is committed ahead of the offset in every round, "
+                            "and whoever reads the partition next (after a move or a crash) skips it."),
     panel("Committed messages", [(rate("relais_worker_committed_messages_total", W), "committed")], "ops"),
     panel("Uncommitted messages", [
         (f'sum by (instance) (relais_worker_uncommitted_messages{{{sel(W)}}})', "{{instance}}"),

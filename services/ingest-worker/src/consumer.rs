@@ -3,9 +3,9 @@
 //!
 //! A partition about to move to another worker is handed over first: the callback waits, for
 //! at most `pipeline.handover_timeout`, until the partition's deliveries in flight have
-//! finished and their outcomes are committed, so that the next owner does not send them again;
-//! finished ones behind a message that had not started are committed ahead of the offset
-//! ([`crate::tracker::ahead`]).
+//! finished and their outcomes are committed (finished ones behind a message that had not
+//! started ahead of the offset, [`crate::tracker::ahead`]), so that the next owner does not send
+//! them again.
 //! It runs inside the dispatcher's read (librdkafka calls it from the poll), so nothing new
 //! starts meanwhile; the delivery tasks and the committer go on, on the runtime's other
 //! threads.
@@ -124,7 +124,6 @@ impl WorkerContext {
                     .map(move |topic| SourcePartition { topic, partition })
             })
             .collect();
-        self.tracker.hand_over(&sources);
         let started = Instant::now();
         let deadline = started + self.handover.timeout;
         let wait = || {

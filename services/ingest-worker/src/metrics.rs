@@ -50,9 +50,11 @@ pub struct WorkerMetrics {
     pub pauses: Counter,
     pub assigned_partitions: Gauge,
     handovers: Family<ResultLabels, Counter>,
-    /// Outcomes committed ahead of their partition's offset while it was handed over.
+    /// Outcomes committed ahead of their partition's offset (finished behind an unfinished
+    /// message).
     pub outcomes_ahead: Counter,
-    /// Messages read again whose outcome an earlier owner had committed ahead: not sent again.
+    /// Messages read again whose outcome was committed ahead before this assignment: not sent
+    /// again.
     pub recorded_skipped: Counter,
     transactions: Family<ResultLabels, Counter>,
     transaction_duration: LatencyHistogram,
@@ -244,12 +246,12 @@ impl WorkerMetrics {
         );
         worker.register(
             "outcomes_ahead",
-            "Outcomes of a partition moving to another replica (or of every partition at a graceful shutdown) committed ahead of its offset (finished behind a message that had not started), named in the offset's commit metadata so that the next owner does not send them again",
+            "Outcomes committed ahead of their partition's offset (finished behind a message that had not), named in the offset's commit metadata so that whoever reads the partition next (after a move or a crash) does not send them again",
             metrics.outcomes_ahead.clone(),
         );
         worker.register(
             "recorded_skipped",
-            "Messages read again whose outcome the partition's previous owner committed ahead of the offset: recorded already, not sent again",
+            "Messages read again whose outcome was committed ahead of the offset (by the partition's previous owner, or before a crash): recorded already, not sent again",
             metrics.recorded_skipped.clone(),
         );
         for result in HANDOVER_RESULTS {

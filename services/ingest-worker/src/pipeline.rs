@@ -27,8 +27,8 @@ use crate::committer::{CommitError, Committer};
 const FAILED_ROUNDS_BEFORE_NOT_READY: u32 = 3;
 
 /// Commits every `interval` until shutdown, then once more for what the deliveries finished
-/// while draining (ahead of the offsets too, as in a handover). Readiness turns false while commits keep failing, and true again with the next
-/// committed round. A fatal producer error, or a commit left unsettled at shutdown, ends the
+/// while draining. Readiness turns false while commits keep failing, and true again with the
+/// next committed round. A fatal producer error, or a commit left unsettled at shutdown, ends the
 /// loop (and the worker).
 pub async fn commit_loop(
     committer: Committer,
@@ -45,11 +45,6 @@ pub async fn commit_loop(
             _ = ticker.tick() => false,
             _ = deliveries_done.cancelled() => true,
         };
-        if last_round {
-            // Every partition goes to another owner: what finished behind a message that never
-            // started is committed ahead of the offset, not sent again by the next owner.
-            committer.tracker.hand_over(&committer.tracker.partitions());
-        }
         match committer.commit_ready().await {
             Ok(_) => {
                 backoff = Duration::from_millis(100);

@@ -188,6 +188,68 @@ async fn kill_minus_nine_under_load_then_restart_keeps_exactly_one_outcome() {
     drop(second);
 }
 
+/// kill -9 while each partition's hot key is far behind its cold keys: what finished behind
+/// the hot key's waiting messages was committed ahead of the offset in the rounds before the
+/// kill, so the restarted worker sends none of it again; only what was in flight at the kill
+/// and what finished in the last round, not yet committed, is sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_minus_nine_behind_a_waiting_key_sends_again_only_what_was_in_flight() {
+    init_telemetry();
+    let kafka = relais_test_support::kafka().await;
+    let sim = Sim::start().await;
+    // 50 ms a call: each partition's 150 hot messages take 7.5 s, its 150 cold ones about one.
+    sim.set_faults(json!({"latency": {"kind": "fixed", "ms": 50}}))
+        .await;
+    let topics = Topics::create(&kafka, 2).await;
+    let messages = hot_and_cold(2, 300);
+    let total = messages.len();
+    produce_to_partitions(&kafka, &topics.ingress, &messages).await;
+
+    let group = unique_name("it-group");
+    let id = unique_name("crash-worker");
+    let logs = ScratchDir::new(&id);
+    let log = logs.file("worker.log");
+    let in_flight = 16;
+    let settings =
+        format!("retry_tiers = []\nmax_in_flight = {in_flight}\nadaptive_concurrency = false");
+    let spawn =
+        || WorkerProcess::spawn_with(&kafka, &topics, &group, &id, sim.api, &log, &settings, &[]);
+    let mut first = spawn();
+    first
+        .wait_for_metric(
+            "relais_worker_outcomes_ahead_total",
+            250.0,
+            Duration::from_secs(60),
+        )
+        .await;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let before_restart = sim.deliveries().await["accepted"].as_u64().unwrap();
+
+    let second = spawn();
+    all_delivered_once(&kafka, &topics, total).await;
+    second
+        .wait_for_metric(
+            "relais_worker_recorded_skipped_total",
+            200.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    let seen = sim.deliveries().await;
+    assert_eq!(seen["distinct_keys"], total, "nothing lost: {seen}");
+    assert_eq!(seen["ordered_events"], total, "{seen}");
+    assert_eq!(seen["order_violations"], 0, "{seen}");
+    // In flight at the kill, and finished in the round after the last commit (100 ms: at most
+    // two calls of 50 ms a slot).
+    let duplicates = seen["duplicate_deliveries"].as_u64().unwrap();
+    eprintln!("kill -9 behind a waiting key: {duplicates} of {total} sent twice");
+    assert!(
+        duplicates <= 3 * in_flight,
+        "{duplicates} sent twice, {before_restart} accepted before the kill: {seen}"
+    );
+    drop(second);
+}
+
 /// The dispatcher, an essential task, dies under load (a debug build's injected panic): the
 /// worker must not linger half-alive. It exits non-zero with the reason, having committed only
 /// what it handled, and the restarted worker finishes with exactly one outcome per message.

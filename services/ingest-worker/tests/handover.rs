@@ -11,7 +11,6 @@ use std::time::Duration;
 use common::*;
 use relais_ingest_worker::config::{PipelineConfig, WorkerConfig};
 use relais_ingest_worker::schedule::Ordering;
-use relais_proto::v1::Outcome;
 use relais_resilience::UpstreamPolicy;
 use relais_test_support::{KafkaTestEnv, unique_name};
 use serde_json::json;
@@ -31,68 +30,6 @@ fn keyed(topics: &Topics, group: &str, sim: &Sim) -> WorkerConfig {
         upstream.ordering = Ordering::Key;
     }
     config
-}
-
-async fn all_delivered_once(kafka: &KafkaTestEnv, topics: &Topics, total: usize) {
-    let audit = audit_records(
-        &read_exactly(
-            kafka,
-            &topics.audit,
-            total,
-            Duration::from_secs(180),
-            Duration::from_secs(3),
-        )
-        .await,
-    );
-    assert_exactly_once(&audit, total);
-    assert!(audit.iter().all(|r| r.outcome == Outcome::Delivered as i32));
-}
-
-/// `per_partition` messages for each of `partitions` partitions, every other one of the
-/// partition's hot key and the rest spread over eight cold keys: the hot key's messages go one
-/// at a time, eight times slower than the others, so its later ones wait unstarted while the
-/// cold keys' messages behind them finish. Each carries its key and its sequence within the
-/// key (`order_key`, `seq`) for upstream-sim's order check.
-fn hot_and_cold(partitions: i32, per_partition: usize) -> Vec<(i32, String, Vec<u8>)> {
-    let now = chrono::Utc::now().to_rfc3339();
-    let mut sequences = std::collections::HashMap::<String, usize>::new();
-    (0..partitions)
-        .flat_map(|partition| (0..per_partition).map(move |index| (partition, index)))
-        .map(|(partition, index)| {
-            let key = if index % 2 == 0 {
-                format!("hot-{partition}")
-            } else {
-                format!("cold-{partition}-{}", index / 2 % 8)
-            };
-            let seq = sequences.entry(key.clone()).or_default();
-            let payload = format!(
-                r#"{{"id":"h-{partition}-{index}","type":"order.created","occurred_at":"{now}","source":"test","data":{{"order_key":"{key}","seq":{seq}}}}}"#
-            );
-            *seq += 1;
-            (partition, key, payload.into_bytes())
-        })
-        .collect()
-}
-
-async fn produce_to_partitions(
-    kafka: &KafkaTestEnv,
-    topic: &str,
-    messages: &[(i32, String, Vec<u8>)],
-) {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = kafka.client_config().create().unwrap();
-    for (partition, key, payload) in messages {
-        producer
-            .send(
-                FutureRecord::to(topic)
-                    .partition(*partition)
-                    .key(key)
-                    .payload(payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -301,15 +301,16 @@ impl Dispatcher {
         }
     }
 
-    /// A message read again whose outcome the partition's previous owner committed ahead
-    /// ([`crate::tracker::ahead`]): it is not decided or sent again.
+    /// A message read again whose outcome was committed ahead of the offset before this
+    /// assignment (by another worker, or this one before a crash; [`crate::tracker::ahead`]):
+    /// it is not decided or sent again.
     fn recorded_earlier(&self, inbound: &Inbound) {
         self.metrics.recorded_skipped.inc();
         tracing::debug!(
             topic = %inbound.topic,
             partition = inbound.partition,
             offset = inbound.offset,
-            "outcome recorded by the partition's previous owner; not sent again"
+            "outcome recorded ahead before this assignment; not sent again"
         );
     }
 

@@ -134,7 +134,7 @@ pub async fn load_parked(
                                 tracing::info!(
                                     partition,
                                     recorded_ahead = named,
-                                    "the previous owner committed outcomes ahead of the offset; those messages are not sent again"
+                                    "outcomes were committed ahead of the offset before this assignment; those messages are not sent again"
                                 );
                             }
                         }

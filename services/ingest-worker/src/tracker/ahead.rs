@@ -1,26 +1,36 @@
 //! Outcomes recorded ahead of a partition's committed offset, written into the offset's commit
 //! metadata.
 //!
-//! A partition that moves to another worker can have finished messages behind one that has
-//! not started (its upstream's queue full, its key waiting for an earlier message). The
-//! committed offset cannot pass the unstarted one, so without more the next owner would send
-//! the finished ones again. Instead the handover commits their outcome records in the same
-//! transaction as the offset, and names them in the offset's metadata; the next owner reads
-//! the metadata before it reads the partition and does not send them again (Confluent's
-//! Parallel Consumer keeps its completed offsets the same way).
+//! A partition can have finished messages behind one that has not finished (its upstream's
+//! queue full, its key waiting for an earlier message, one upstream slower than another). The
+//! committed offset cannot pass the unfinished one, so without more whoever reads the partition
+//! next (another worker after a move, this one after a crash) would send the finished ones
+//! again. Instead every commit round writes their outcome records in the same transaction as
+//! the offset, and names them in the offset's metadata; the next reader reads the metadata
+//! before it reads the partition and does not send them again (Confluent's Parallel Consumer
+//! keeps its completed offsets the same way).
 //!
-//! The metadata is `relais-ahead/1:` and the offsets as distances from the committed offset,
-//! in ascending runs: `relais-ahead/1:1-3,7` after offset 100 names 101, 102, 103 and 107.
+//! The metadata names offsets by their distance from the committed offset, in whichever of two
+//! forms is shorter:
+//! - `relais-ahead/1:` and ascending runs: `relais-ahead/1:1-3,7` after offset 100 names 101,
+//!   102, 103 and 107 (short for long runs, however far);
+//! - `relais-ahead/2:` and a bitmap in URL-safe base64 without padding, bit `k` (lowest first)
+//!   of byte `j` naming distance `8j + k + 1`: `relais-ahead/2:Rw` names the same four (short
+//!   for scattered offsets: any of the first 6,000 or so fit).
+//!
 //! Anything else (empty, another tool's text, a malformed list) names nothing.
 
 use std::collections::BTreeSet;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as BITMAP_TEXT;
 use rdkafka::TopicPartitionList;
 use rdkafka::error::KafkaResult;
 
 use super::{RecordedAhead, TopicIndex};
 
-const PREFIX: &str = "relais-ahead/1:";
+const RUNS: &str = "relais-ahead/1:";
+const BITMAP: &str = "relais-ahead/2:";
 
 /// The longest metadata written. Brokers refuse a commit whose metadata is longer than
 /// `offset.metadata.max.bytes` (4,096 by default), which would fail the whole transaction.
@@ -30,12 +40,24 @@ pub const METADATA_LIMIT: usize = 1024;
 /// not written by a worker.
 pub const MOST_NAMED: usize = 100_000;
 
-/// The metadata naming `ahead` (each above `committed`); empty when it names nothing.
+/// The metadata naming `ahead` (each above `committed`), in the shorter form; empty when it
+/// names nothing.
 pub fn encode(committed: i64, ahead: &BTreeSet<i64>) -> String {
     let mut text = String::new();
     for (first, last) in runs(committed, ahead) {
-        text.push_str(if text.is_empty() { PREFIX } else { "," });
+        text.push_str(if text.is_empty() { RUNS } else { "," });
         push_run(&mut text, first, last);
+    }
+    let Some(farthest) = farthest(committed, ahead) else {
+        return text;
+    };
+    if bitmap_length(farthest) < text.len() {
+        let mut bitmap = vec![0u8; (farthest as usize).div_ceil(8)];
+        for &offset in ahead.range(committed.saturating_add(1)..) {
+            let bit = (offset - committed - 1) as usize;
+            bitmap[bit / 8] |= 1 << (bit % 8);
+        }
+        text = format!("{BITMAP}{}", BITMAP_TEXT.encode(bitmap));
     }
     text
 }
@@ -69,9 +91,16 @@ pub fn named_in(
 
 /// The offsets named by `metadata` committed with offset `committed`.
 pub fn decode(committed: i64, metadata: &str) -> BTreeSet<i64> {
-    let Some(list) = metadata.strip_prefix(PREFIX) else {
-        return BTreeSet::new();
-    };
+    if let Some(list) = metadata.strip_prefix(RUNS) {
+        decode_runs(committed, list)
+    } else if let Some(bitmap) = metadata.strip_prefix(BITMAP) {
+        decode_bitmap(committed, bitmap)
+    } else {
+        BTreeSet::new()
+    }
+}
+
+fn decode_runs(committed: i64, list: &str) -> BTreeSet<i64> {
     let mut offsets = BTreeSet::new();
     let mut previous = 0;
     let mut named: i64 = 0;
@@ -103,16 +132,42 @@ pub fn decode(committed: i64, metadata: &str) -> BTreeSet<i64> {
     offsets
 }
 
+fn decode_bitmap(committed: i64, text: &str) -> BTreeSet<i64> {
+    // A bitmap longer than a worker writes, or one naming nothing, was not written by one.
+    if BITMAP.len() + text.len() > METADATA_LIMIT {
+        return BTreeSet::new();
+    }
+    let Ok(bitmap) = BITMAP_TEXT.decode(text) else {
+        return BTreeSet::new();
+    };
+    let offsets: Option<BTreeSet<i64>> = bitmap
+        .iter()
+        .enumerate()
+        .flat_map(|(byte, bits)| {
+            (0..8)
+                .filter(move |bit| bits & (1 << bit) != 0)
+                .map(move |bit| committed.checked_add(byte as i64 * 8 + bit + 1))
+        })
+        .collect();
+    offsets.unwrap_or_default()
+}
+
 /// Whether `ahead` can be named in metadata of at most [`METADATA_LIMIT`] bytes, and in at
 /// most [`MOST_NAMED`] offsets.
 pub fn fits(committed: i64, ahead: &BTreeSet<i64>) -> bool {
+    let Some(farthest) = farthest(committed, ahead) else {
+        return true;
+    };
+    if bitmap_length(farthest) <= METADATA_LIMIT {
+        return true;
+    }
     if ahead.range(committed.saturating_add(1)..).count() > MOST_NAMED {
         return false;
     }
     let mut length = 0;
     for (first, last) in runs(committed, ahead) {
         length += 1 + digits(first) + if first == last { 0 } else { 1 + digits(last) };
-        if PREFIX.len() + length > METADATA_LIMIT + 1 {
+        if RUNS.len() + length > METADATA_LIMIT + 1 {
             return false;
         }
     }
@@ -122,6 +177,10 @@ pub fn fits(committed: i64, ahead: &BTreeSet<i64>) -> bool {
 /// How many of `candidates` (ascending, above `committed`), taken from the first, can be named
 /// beside `recorded` in one commit's metadata ([`fits`]).
 pub fn most_that_fit(committed: i64, recorded: &BTreeSet<i64>, candidates: &[i64]) -> usize {
+    let farthest = candidates.last().max(recorded.last()).copied();
+    if farthest.is_none_or(|farthest| bitmap_length(farthest - committed) <= METADATA_LIMIT) {
+        return candidates.len();
+    }
     let named_with = |count: usize| {
         let mut named = recorded.clone();
         named.extend(&candidates[..count]);
@@ -153,6 +212,20 @@ fn runs(committed: i64, ahead: &BTreeSet<i64>) -> Vec<(i64, i64)> {
     runs
 }
 
+/// The distance of the farthest offset of `ahead` above `committed`.
+fn farthest(committed: i64, ahead: &BTreeSet<i64>) -> Option<i64> {
+    ahead
+        .last()
+        .filter(|&&last| last > committed)
+        .map(|last| last - committed)
+}
+
+/// The length of the bitmap form naming distances up to `farthest`.
+fn bitmap_length(farthest: i64) -> usize {
+    let bytes = (farthest.max(0) as u64).div_ceil(8);
+    BITMAP.len() + (bytes.saturating_mul(4).div_ceil(3)).min(usize::MAX as u64) as usize
+}
+
 fn push_run(text: &mut String, first: i64, last: i64) {
     use std::fmt::Write as _;
     let _ = if first == last {
@@ -175,12 +248,33 @@ mod tests {
     }
 
     #[test]
-    fn offsets_are_written_as_runs_of_distances_and_read_back() {
-        let ahead = set(&[101, 102, 103, 107, 109, 110]);
-        let text = encode(100, &ahead);
-        assert_eq!(text, "relais-ahead/1:1-3,7,9-10");
-        assert_eq!(decode(100, &text), ahead);
-        assert!(fits(100, &ahead));
+    fn offsets_are_written_in_the_shorter_form_and_read_back() {
+        let scattered = set(&[101, 102, 103, 107, 109, 110]);
+        let text = encode(100, &scattered);
+        assert_eq!(text, "relais-ahead/2:RwM");
+        assert_eq!(decode(100, &text), scattered);
+        assert_eq!(decode(100, "relais-ahead/1:1-3,7,9-10"), scattered);
+        assert!(fits(100, &scattered));
+
+        let far: BTreeSet<i64> = (100_001..=100_050).chain([100_100]).collect();
+        let text = encode(0, &far);
+        assert_eq!(text, "relais-ahead/1:100001-100050,100100");
+        assert_eq!(decode(0, &text), far);
+    }
+
+    #[test]
+    fn every_offset_of_the_bitmap_is_named() {
+        // Each distance alone, at the edges of the bitmap's bytes.
+        for distance in [1, 7, 8, 9, 16, 17, 4000] {
+            let ahead = set(&[50 + distance]);
+            let text = encode(50, &ahead);
+            assert_eq!(decode(50, &text), ahead, "{distance}: {text}");
+        }
+        let every_third: BTreeSet<i64> = (1..2000).map(|n| n * 3).collect();
+        let text = encode(0, &every_third);
+        assert!(text.starts_with(BITMAP), "{text}");
+        assert!(text.len() <= METADATA_LIMIT, "{}", text.len());
+        assert_eq!(decode(0, &text), every_third);
     }
 
     #[test]
@@ -191,7 +285,8 @@ mod tests {
 
     #[test]
     fn offsets_at_or_below_the_committed_one_are_not_named() {
-        assert_eq!(encode(100, &set(&[99, 100, 102])), "relais-ahead/1:2");
+        let text = encode(100, &set(&[99, 100, 102]));
+        assert_eq!(decode(100, &text), set(&[102]), "{text}");
     }
 
     #[test]
@@ -208,19 +303,28 @@ mod tests {
             "relais-ahead/1:1-3,3",
             "relais-ahead/1:1,,2",
             "relais-ahead/1:1-99999999999",
+            "relais-ahead/2:",
             "relais-ahead/2:1",
+            "relais-ahead/2:AAA",
+            "relais-ahead/2:RwM=",
+            "relais-ahead/2:R+M",
+            "relais-ahead/3:RwM",
         ] {
             assert!(decode(100, metadata).is_empty(), "{metadata}");
         }
         assert!(decode(i64::MAX - 1, "relais-ahead/1:5").is_empty());
+        assert!(decode(i64::MAX - 1, "relais-ahead/2:RwM").is_empty());
+        let too_long = format!("{BITMAP}{}", "_".repeat(METADATA_LIMIT));
+        assert!(decode(0, &too_long).is_empty());
     }
 
     #[test]
     fn what_fits_is_what_is_written_within_the_limit() {
-        // Every other offset: one run each, as long as the list can get.
+        // Offsets so far apart that the bitmap is long: every other one of a run form, each a
+        // run of its own, as long as the list can get.
         let committed = 1_000_000;
         let mut ahead = BTreeSet::new();
-        let mut offset = committed + 1;
+        let mut offset = committed + 10_000;
         while fits(committed, &ahead) {
             ahead.insert(offset);
             offset += 2;
@@ -228,9 +332,20 @@ mod tests {
         ahead.remove(&(offset - 2));
         assert!(fits(committed, &ahead));
         let text = encode(committed, &ahead);
+        assert!(text.starts_with(RUNS), "{text}");
         assert!(text.len() <= METADATA_LIMIT, "{}", text.len());
         assert!(text.len() > METADATA_LIMIT - 8, "{}", text.len());
         assert_eq!(decode(committed, &text), ahead);
+
+        // Any offsets within the bitmap's reach fit, however scattered.
+        let reach = (METADATA_LIMIT - BITMAP.len()) / 4 * 3 * 8;
+        let every_other: BTreeSet<i64> = (1..=reach as i64).step_by(2).collect();
+        assert!(fits(0, &every_other));
+        let text = encode(0, &every_other);
+        assert!(text.len() <= METADATA_LIMIT, "{}", text.len());
+        assert_eq!(decode(0, &text), every_other);
+        let beyond: BTreeSet<i64> = (1..=reach as i64 + 100).step_by(2).collect();
+        assert!(!fits(0, &beyond));
     }
 
     #[test]
@@ -249,9 +364,11 @@ mod tests {
         let recorded = set(&[2]);
         assert_eq!(most_that_fit(0, &recorded, &[4, 5, 6]), 3);
         assert_eq!(most_that_fit(0, &recorded, &[]), 0);
-        let scattered: Vec<i64> = (1..2000).map(|n| n * 2).collect();
+        let scattered: Vec<i64> = (1..2000).map(|n| 10_000 + n * 2).collect();
         let fitting = most_that_fit(0, &recorded, &scattered);
         assert!(fitting > 100 && fitting < scattered.len(), "{fitting}");
+        let near: Vec<i64> = (1..2000).map(|n| n * 2).collect();
+        assert_eq!(most_that_fit(0, &recorded, &near), near.len());
         let mut named = recorded.clone();
         named.extend(&scattered[..fitting]);
         assert!(fits(0, &named));

@@ -3,14 +3,15 @@
 //! Messages of a partition are dispatched in offset order but finish out of order (lanes run
 //! concurrently). An outcome may only be written in the same transaction as the offset that
 //! covers it, and an offset covers every message before it, so only the **contiguous prefix**
-//! of finished messages of each partition is committed. A finished message behind an
-//! unfinished one waits; if the worker dies meanwhile, both are re-read and decided again, and
-//! neither outcome was written: exactly one outcome per message.
+//! of finished messages of each partition is covered by the offset.
 //!
-//! One exception: a partition being handed over to another worker also commits the finished
-//! messages behind one that has not started, with its offset unchanged and their offsets named
-//! in its commit metadata ([`ahead`]). The next owner reads that metadata before the partition
-//! and registers those messages as recorded instead of sending them again.
+//! A finished message behind an unfinished one is committed too, ahead of the offset: its
+//! outcome is written in the transaction, the offset stays where it is, and the message's
+//! offset is named in the offset's commit metadata ([`ahead`]). Whoever reads the partition
+//! next (another worker after a move, this one after a crash) reads that metadata first and
+//! registers those messages as recorded instead of deciding them again: exactly one outcome
+//! per message, and nothing finished sent twice. What the metadata cannot name waits for the
+//! offset, and is decided again if the worker dies meanwhile (its outcome was not written).
 //!
 //! Partitions are owned per assignment *generation*: when a partition is revoked its pending
 //! work is dropped (the new owner redoes it), and a late outcome of an old generation is
@@ -104,10 +105,8 @@ struct PartitionState<T> {
     /// it belongs to a log that started again (the topic created again), which the metadata
     /// does not describe.
     recorded_base: i64,
-    /// Moving to another worker: finished messages behind an open one are committed ahead.
-    handing_over: bool,
-    /// The metadata could not name more: the finished messages left behind an open one stay
-    /// uncommitted (the next owner sends them again).
+    /// The last round's metadata could not name more: the finished messages it left behind an
+    /// open one wait for the commit position (whoever reads them next sends them again).
     ahead_full: bool,
     /// The highest offset dispatched under this generation.
     last_offset: Option<i64>,
@@ -213,7 +212,6 @@ impl<T> OffsetTracker<T> {
                 taken_ahead: 0,
                 recorded_ahead: BTreeSet::new(),
                 recorded_base: i64::MIN,
-                handing_over: false,
                 ahead_full: false,
                 last_offset: None,
                 in_lanes: 0,
@@ -361,19 +359,8 @@ impl<T> OffsetTracker<T> {
         true
     }
 
-    /// `partitions` are moving to another worker: from now on their finished messages behind
-    /// an open one are committed ahead ([`ahead`]).
-    pub fn hand_over(&self, partitions: &[SourcePartition]) {
-        let mut owned = self.lock();
-        for partition in partitions {
-            if let Some(state) = owned.partitions.get_mut(partition) {
-                state.handing_over = true;
-            }
-        }
-    }
-
-    /// Takes the contiguous finished prefix of every partition, and of partitions being handed
-    /// over the finished messages behind it, up to `max` outputs in all.
+    /// Takes the contiguous finished prefix of every partition and the finished messages
+    /// behind it (committed ahead of it, [`ahead`]), up to `max` outputs in all.
     pub fn take_ready(&self, max: usize) -> Vec<Ready<T>> {
         // Work moves from pending to in the transaction: the sum changes only by the recorded
         // messages the commit position passes.
@@ -406,12 +393,12 @@ impl<T> OffsetTracker<T> {
             state.in_transaction += outputs.len();
             let commit_offset = match (last, state.pending.front()) {
                 (Some(last), _) => last + 1,
-                (None, Some((open, _))) if state.handing_over => *open,
+                (None, Some((open, _))) => *open,
                 _ => continue,
             };
             state.recorded_ahead = state.recorded_ahead.split_off(&commit_offset);
             let mut recorded_ahead = state.recorded_ahead.clone();
-            if state.handing_over && !state.ahead_full {
+            if budget > 0 {
                 budget -= take_ahead(
                     state,
                     commit_offset,
@@ -532,7 +519,7 @@ impl<T> OffsetTracker<T> {
 
     /// Whether `partitions` have nothing more to commit before they go to another owner: no
     /// message of theirs in a delivery task, no finished message waiting for the committer
-    /// (in the prefix, or behind it while [`Self::hand_over`] lets it be committed ahead), no
+    /// (in the prefix, or behind it unless the last round's metadata was full), no
     /// transaction of theirs open. (What is left was read and never started: the next owner
     /// reads it again without it having been sent.)
     pub fn handed_over(&self, partitions: &[SourcePartition]) -> bool {
@@ -540,7 +527,7 @@ impl<T> OffsetTracker<T> {
         partitions.iter().all(|partition| {
             owned.partitions.get(partition).is_none_or(|state| {
                 let finished = |(_, slot): &(i64, Slot<T>)| matches!(slot, Slot::Finished(_));
-                let committable = if state.handing_over && !state.ahead_full {
+                let committable = if !state.ahead_full {
                     state.pending.iter().any(finished)
                 } else {
                     state.pending.front().is_some_and(finished)
@@ -577,9 +564,7 @@ fn take_ahead<T>(
         .map(|&index| state.pending[index].0)
         .collect();
     let fitting = ahead::most_that_fit(commit_offset, recorded_ahead, &candidates);
-    if fitting < finished.len() {
-        state.ahead_full = true;
-    }
+    state.ahead_full = fitting < finished.len();
     for &index in &finished[..fitting] {
         let (offset, slot) = &mut state.pending[index];
         if let Slot::Finished(output) = std::mem::replace(slot, Slot::TakenAhead) {

@@ -40,7 +40,7 @@ fn an_ingress_partition_and_a_tier_partition_of_the_same_number_are_apart() {
 }
 
 #[test]
-fn only_the_contiguous_prefix_is_ready() {
+fn the_commit_position_passes_only_the_contiguous_prefix() {
     let tracker = OffsetTracker::default();
     let generation = tracker.assign(p(0));
     for offset in [10, 11, 12] {
@@ -49,13 +49,14 @@ fn only_the_contiguous_prefix_is_ready() {
             Dispatched::Registered
         );
     }
-    assert!(finish(&tracker, 0, generation, 11, "b"));
-    assert!(tracker.take_ready(100).is_empty(), "10 is not finished");
+    assert!(tracker.take_ready(100).is_empty(), "nothing finished");
     assert!(finish(&tracker, 0, generation, 10, "a"));
+    assert!(finish(&tracker, 0, generation, 11, "b"));
     let ready = tracker.take_ready(100);
     assert_eq!(ready.len(), 1);
     assert_eq!(ready[0].outputs, [(10, "a"), (11, "b")]);
-    assert_eq!(ready[0].commit_offset, 12);
+    assert_eq!(ready[0].commit_offset, 12, "12 is not finished");
+    assert!(ready[0].recorded_ahead.is_empty());
     assert_eq!(tracker.in_flight(), 3, "taken is not committed yet");
     tracker.committed(&ready);
     assert_eq!(tracker.in_flight(), 1);
@@ -249,7 +250,7 @@ fn offsets(list: &[i64]) -> BTreeSet<i64> {
 }
 
 #[test]
-fn a_partition_handed_over_commits_what_finished_behind_an_open_message_ahead() {
+fn what_finished_behind_an_open_message_is_committed_ahead_of_it_in_every_round() {
     let tracker = OffsetTracker::default();
     let generation = tracker.assign(p(0));
     for offset in 10..16 {
@@ -258,31 +259,34 @@ fn a_partition_handed_over_commits_what_finished_behind_an_open_message_ahead() 
     for offset in [10, 12, 13, 15] {
         assert!(finish(&tracker, 0, generation, offset, "x"));
     }
-    let ready = tracker.take_ready(100);
-    assert_eq!(
-        ready[0].outputs,
-        [(10, "x")],
-        "not handed over: the prefix alone"
+    assert!(
+        !tracker.handed_over(&[p(0)]),
+        "10, 12, 13 and 15 are finished"
     );
-    tracker.committed(&ready);
-
-    tracker.hand_over(&[p(0)]);
-    assert!(!tracker.handed_over(&[p(0)]), "12, 13 and 15 are finished");
     let ready = tracker.take_ready(100);
     assert_eq!(ready.len(), 1);
-    assert_eq!(ready[0].commit_offset, 11, "11 has not started");
-    assert_eq!(ready[0].outputs, [(12, "x"), (13, "x"), (15, "x")]);
-    assert_eq!(ready[0].prefix_len(), 0);
+    assert_eq!(ready[0].commit_offset, 11, "11 has not finished");
+    assert_eq!(
+        ready[0].outputs,
+        [(10, "x"), (12, "x"), (13, "x"), (15, "x")]
+    );
+    assert_eq!(ready[0].prefix_len(), 1);
     assert_eq!(ready[0].recorded_ahead, offsets(&[12, 13, 15]));
     assert!(!tracker.handed_over(&[p(0)]), "in a transaction");
     assert_eq!(tracker.committed(&ready), 3);
     assert!(tracker.handed_over(&[p(0)]), "11 and 14 never started");
     assert!(tracker.take_ready(100).is_empty(), "nothing new to commit");
+    assert_eq!(
+        tracker.in_flight(),
+        5,
+        "the recorded ones count until the commit position passes them"
+    );
 
     // 14 finishes late: committed ahead too, the earlier ones named again beside it.
     assert!(finish(&tracker, 0, generation, 14, "y"));
     let ready = tracker.take_ready(100);
     assert_eq!(ready[0].outputs, [(14, "y")]);
+    assert_eq!(ready[0].commit_offset, 11);
     assert_eq!(ready[0].recorded_ahead, offsets(&[12, 13, 14, 15]));
     tracker.committed(&ready);
     // 11 finishes: the commit position passes the recorded ones without writing them again.
@@ -306,7 +310,6 @@ fn what_was_taken_ahead_is_finished_again_when_its_transaction_fails() {
     finish(&tracker, 0, generation, 0, "a");
     finish(&tracker, 0, generation, 2, "c");
     finish(&tracker, 0, generation, 3, "d");
-    tracker.hand_over(&[p(0)]);
     let ready = tracker.take_ready(100);
     assert_eq!(ready[0].outputs, [(0, "a"), (2, "c"), (3, "d")]);
     assert_eq!((ready[0].commit_offset, ready[0].prefix_len()), (1, 1));
@@ -412,27 +415,38 @@ fn a_message_registered_before_the_metadata_was_read_is_found_recorded_later() {
 }
 
 #[test]
-fn what_the_metadata_cannot_name_stays_uncommitted_and_does_not_hold_the_handover() {
+fn what_the_metadata_cannot_name_waits_for_the_commit_position_and_does_not_hold_the_handover() {
     let tracker = OffsetTracker::default();
     let generation = tracker.assign(p(0));
-    // Every other message finished: one run each, more than the metadata can name.
-    let count = 3_000;
+    // Every other message finished, farther than the metadata can name.
+    let count = 20_000;
     for offset in 0..count {
         tracker.dispatched(p(0), generation, offset);
     }
     for offset in (1..count).step_by(2) {
         finish(&tracker, 0, generation, offset, "x");
     }
-    tracker.hand_over(&[p(0)]);
-    let ready = tracker.take_ready(10_000);
+    let ready = tracker.take_ready(count as usize);
     let taken = ready[0].outputs.len();
-    assert!(taken > 100 && taken < 1_500, "{taken}");
+    assert!(taken > 2_500 && taken < 5_000, "{taken}");
     assert!(ahead::fits(0, &ready[0].recorded_ahead));
     tracker.committed(&ready);
     assert!(
         tracker.handed_over(&[p(0)]),
-        "the rest is left to the next owner"
+        "the rest is left to whoever reads the partition next"
     );
+
+    // Once the commit position moves on, what it left behind is named from there.
+    for offset in (0..10_000).step_by(2) {
+        finish(&tracker, 0, generation, offset, "y");
+    }
+    let ready = tracker.take_ready(count as usize);
+    assert_eq!(ready[0].commit_offset, 10_000);
+    let farthest = ready[0].outputs.last().unwrap().0;
+    assert!(farthest > 12_000, "{farthest}");
+    assert!(ahead::fits(10_000, &ready[0].recorded_ahead));
+    assert!(!tracker.handed_over(&[p(0)]), "in a transaction");
+    tracker.committed(&ready);
 }
 
 #[test]
