@@ -165,11 +165,15 @@ WORKER = [
          "outcomes committed ahead in the last hour"),
         (f'sum(increase(relais_worker_recorded_skipped_total{{{sel(W)}}}[1h]))',
          "read again, recorded ahead, not sent, in the last hour"),
+        (f'min(relais_worker_offset_metadata_limit_bytes{{{sel(W)}}})',
+         "commit metadata limit (bytes)"),
     ], "short", description="Partitions owned per replica. A partition moving away is handed over first: "
                             "committed when its deliveries in flight finished and were committed, timed_out "
                             "when some were still running (the next owner sends them again). What finished "
                             "behind an unfinished message is committed ahead of the offset in every round, "
-                            "and whoever reads the partition next (after a move or a crash) skips it."),
+                            "and whoever reads the partition next (after a move or a crash) skips it. The "
+                            "metadata limit drops below kafka.offset_metadata_max_bytes when a broker "
+                            "refused it (its offset.metadata.max.bytes is smaller)."),
     panel("Committed messages", [(rate("relais_worker_committed_messages_total", W), "committed")], "ops"),
     panel("Uncommitted messages", [
         (f'sum by (instance) (relais_worker_uncommitted_messages{{{sel(W)}}})', "{{instance}}"),

@@ -240,6 +240,19 @@ impl Committer {
                     Err(RoundError::Abort(error)) => {
                         self.abort().await?;
                         self.tracker.restore(batch);
+                        if error.rdkafka_error_code()
+                            == Some(RDKafkaErrorCode::OffsetMetadataTooLarge)
+                            && let Some(limit) = self.tracker.shrink_metadata_limit()
+                        {
+                            // Taken again at once, naming less ahead of the offsets.
+                            self.metrics.offset_metadata_limit.set(limit as i64);
+                            tracing::warn!(
+                                %error,
+                                limit,
+                                "the broker refused the commit metadata; writing at most this many bytes from now on (set kafka.offset_metadata_max_bytes to the brokers' offset.metadata.max.bytes)"
+                            );
+                            break;
+                        }
                         return Err(CommitError::Aborted(error));
                     }
                     Err(RoundError::Revoked) => {

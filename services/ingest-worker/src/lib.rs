@@ -159,7 +159,12 @@ pub async fn run(
         );
     }
 
-    let tracker: Arc<Tracker> = Arc::new(Tracker::default());
+    let tracker: Arc<Tracker> = Arc::new(Tracker::with_metadata_limit(
+        config.kafka.offset_metadata_max_bytes,
+    ));
+    metrics
+        .offset_metadata_limit
+        .set(tracker.metadata_limit() as i64);
     let tier_topics = config.tier_topics();
     let reset_metrics = ResetMetrics::register(registry.sub_registry_with_prefix("relais_worker"));
     let read_topics = std::iter::once(config.kafka.ingress_topic.as_str())

@@ -56,6 +56,8 @@ pub struct WorkerMetrics {
     /// Messages read again whose outcome was committed ahead before this assignment: not sent
     /// again.
     pub recorded_skipped: Counter,
+    /// The longest commit metadata written now (smaller once a broker refused it).
+    pub offset_metadata_limit: Gauge,
     transactions: Family<ResultLabels, Counter>,
     transaction_duration: LatencyHistogram,
     pub committed_messages: Counter,
@@ -144,6 +146,7 @@ impl WorkerMetrics {
             handovers: Family::default(),
             outcomes_ahead: Counter::default(),
             recorded_skipped: Counter::default(),
+            offset_metadata_limit: Gauge::default(),
             transactions: Family::default(),
             transaction_duration: latency_histogram(exponential_buckets(0.001, 2.0, 14)),
             committed_messages: Counter::default(),
@@ -297,6 +300,11 @@ impl WorkerMetrics {
             "uncommitted_messages",
             "Messages read and not yet committed (queued for their upstream, in delivery, or waiting for their transaction)",
             metrics.uncommitted.clone(),
+        );
+        worker.register(
+            "offset_metadata_limit_bytes",
+            "The longest commit metadata the worker writes to name outcomes committed ahead of the offset: kafka.offset_metadata_max_bytes, halved each time a broker refused it (0: nothing committed ahead)",
+            metrics.offset_metadata_limit.clone(),
         );
         worker.register(
             "upstream_held",

@@ -230,6 +230,12 @@ impl WorkerConfig {
             // librdkafka's range for queued.max.messages.kbytes.
             return invalid("kafka.prefetch_kbytes must be between 1 and 2097151".into());
         }
+        let most_metadata = crate::tracker::ahead::MOST_METADATA;
+        if self.kafka.offset_metadata_max_bytes > most_metadata {
+            return invalid(format!(
+                "kafka.offset_metadata_max_bytes must be at most {most_metadata}"
+            ));
+        }
         let pipeline = &self.pipeline;
         if pipeline.max_queued_per_upstream == Some(0) || pipeline.max_batch == 0 {
             return invalid(
@@ -461,6 +467,16 @@ mod tests {
         let error = config.validate().expect_err("no prefetch at all");
         assert!(error.to_string().contains("prefetch_kbytes"), "{error}");
         config.kafka.prefetch_kbytes = 4096;
+        config.kafka.offset_metadata_max_bytes = 100_000;
+        let error = config
+            .validate()
+            .expect_err("more metadata than a worker reads");
+        assert!(
+            error.to_string().contains("offset_metadata_max_bytes"),
+            "{error}"
+        );
+        config.kafka.offset_metadata_max_bytes = 0;
+        config.validate().expect("nothing committed ahead");
         assert!(
             config.kafka.delivery_timeout() < config.kafka.transaction_timeout,
             "a round's records fail before its transaction times out on the broker"

@@ -134,6 +134,13 @@ pub struct KafkaConfig {
     /// worker's memory that is not messages in progress; too small, and the upstreams' queues
     /// run dry while paused partitions are fetched again (docs/performance.md).
     pub prefetch_kbytes: u32,
+    /// The longest commit metadata the worker writes, in bytes: the offsets of messages
+    /// finished behind an unfinished one, committed ahead of the offset (docs/ingest-worker.md,
+    /// "Guarantees"). 1,024 names any offsets within about 6,000 of the committed one. At most
+    /// the brokers' `offset.metadata.max.bytes` (4,096 by default): a broker that refuses the
+    /// metadata fails the transaction, and the worker halves this limit and commits again.
+    /// 0: nothing committed ahead (what finished behind an unfinished message waits for it).
+    pub offset_metadata_max_bytes: usize,
     /// How every Kafka client of the worker reaches the brokers (TLS, SASL, further
     /// librdkafka settings), the same section in every service.
     pub client: relais_kafka::KafkaClientConfig,
@@ -165,6 +172,7 @@ impl Default for KafkaConfig {
             transaction_timeout: Duration::from_secs(30),
             transaction_call_timeout: Duration::from_secs(10),
             prefetch_kbytes: 1024,
+            offset_metadata_max_bytes: crate::tracker::ahead::DEFAULT_LIMIT,
             client: relais_kafka::KafkaClientConfig::default(),
         }
     }

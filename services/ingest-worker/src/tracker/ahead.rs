@@ -32,9 +32,16 @@ use super::{RecordedAhead, TopicIndex};
 const RUNS: &str = "relais-ahead/1:";
 const BITMAP: &str = "relais-ahead/2:";
 
-/// The longest metadata written. Brokers refuse a commit whose metadata is longer than
-/// `offset.metadata.max.bytes` (4,096 by default), which would fail the whole transaction.
-pub const METADATA_LIMIT: usize = 1024;
+/// The longest metadata written unless configured otherwise. Brokers refuse a commit whose
+/// metadata is longer than their `offset.metadata.max.bytes` (4,096 by default), which fails
+/// the whole transaction ([`smaller_limit`]).
+pub const DEFAULT_LIMIT: usize = 1024;
+
+/// The longest metadata read or written at all: anything longer was not written by a worker.
+pub const MOST_METADATA: usize = 65_536;
+
+/// Below this, a limit names too little to be worth a metadata field.
+const SMALLEST_LIMIT: usize = 64;
 
 /// The most offsets a list names (runs make a short list name many); a list naming more was
 /// not written by a worker.
@@ -134,7 +141,7 @@ fn decode_runs(committed: i64, list: &str) -> BTreeSet<i64> {
 
 fn decode_bitmap(committed: i64, text: &str) -> BTreeSet<i64> {
     // A bitmap longer than a worker writes, or one naming nothing, was not written by one.
-    if BITMAP.len() + text.len() > METADATA_LIMIT {
+    if BITMAP.len() + text.len() > MOST_METADATA {
         return BTreeSet::new();
     }
     let Ok(bitmap) = BITMAP_TEXT.decode(text) else {
@@ -152,13 +159,13 @@ fn decode_bitmap(committed: i64, text: &str) -> BTreeSet<i64> {
     offsets.unwrap_or_default()
 }
 
-/// Whether `ahead` can be named in metadata of at most [`METADATA_LIMIT`] bytes, and in at
-/// most [`MOST_NAMED`] offsets.
-pub fn fits(committed: i64, ahead: &BTreeSet<i64>) -> bool {
+/// Whether `ahead` can be named in metadata of at most `limit` bytes, and in at most
+/// [`MOST_NAMED`] offsets.
+pub fn fits(committed: i64, ahead: &BTreeSet<i64>, limit: usize) -> bool {
     let Some(farthest) = farthest(committed, ahead) else {
         return true;
     };
-    if bitmap_length(farthest) <= METADATA_LIMIT {
+    if bitmap_length(farthest) <= limit {
         return true;
     }
     if ahead.range(committed.saturating_add(1)..).count() > MOST_NAMED {
@@ -167,7 +174,7 @@ pub fn fits(committed: i64, ahead: &BTreeSet<i64>) -> bool {
     let mut length = 0;
     for (first, last) in runs(committed, ahead) {
         length += 1 + digits(first) + if first == last { 0 } else { 1 + digits(last) };
-        if RUNS.len() + length > METADATA_LIMIT + 1 {
+        if RUNS.len() + length > limit + 1 {
             return false;
         }
     }
@@ -175,10 +182,18 @@ pub fn fits(committed: i64, ahead: &BTreeSet<i64>) -> bool {
 }
 
 /// How many of `candidates` (ascending, above `committed`), taken from the first, can be named
-/// beside `recorded` in one commit's metadata ([`fits`]).
-pub fn most_that_fit(committed: i64, recorded: &BTreeSet<i64>, candidates: &[i64]) -> usize {
+/// beside `recorded` in one commit's metadata of at most `limit` bytes ([`fits`]).
+pub fn most_that_fit(
+    committed: i64,
+    recorded: &BTreeSet<i64>,
+    candidates: &[i64],
+    limit: usize,
+) -> usize {
+    if limit == 0 {
+        return 0;
+    }
     let farthest = candidates.last().max(recorded.last()).copied();
-    if farthest.is_none_or(|farthest| bitmap_length(farthest - committed) <= METADATA_LIMIT) {
+    if farthest.is_none_or(|farthest| bitmap_length(farthest - committed) <= limit) {
         return candidates.len();
     }
     let named_with = |count: usize| {
@@ -190,7 +205,7 @@ pub fn most_that_fit(committed: i64, recorded: &BTreeSet<i64>, candidates: &[i64
     let (mut fitting, mut too_many) = (0, candidates.len() + 1);
     while fitting + 1 < too_many {
         let middle = (fitting + too_many) / 2;
-        if fits(committed, &named_with(middle)) {
+        if fits(committed, &named_with(middle), limit) {
             fitting = middle;
         } else {
             too_many = middle;
@@ -210,6 +225,15 @@ fn runs(committed: i64, ahead: &BTreeSet<i64>) -> Vec<(i64, i64)> {
         }
     }
     runs
+}
+
+/// The limit to try after the broker refused metadata of at most `limit` bytes: half, and 0
+/// (nothing committed ahead) below [`SMALLEST_LIMIT`].
+pub fn smaller_limit(limit: usize) -> usize {
+    match limit / 2 {
+        half if half < SMALLEST_LIMIT => 0,
+        half => half,
+    }
 }
 
 /// The distance of the farthest offset of `ahead` above `committed`.
@@ -254,7 +278,7 @@ mod tests {
         assert_eq!(text, "relais-ahead/2:RwM");
         assert_eq!(decode(100, &text), scattered);
         assert_eq!(decode(100, "relais-ahead/1:1-3,7,9-10"), scattered);
-        assert!(fits(100, &scattered));
+        assert!(fits(100, &scattered, DEFAULT_LIMIT));
 
         let far: BTreeSet<i64> = (100_001..=100_050).chain([100_100]).collect();
         let text = encode(0, &far);
@@ -273,7 +297,7 @@ mod tests {
         let every_third: BTreeSet<i64> = (1..2000).map(|n| n * 3).collect();
         let text = encode(0, &every_third);
         assert!(text.starts_with(BITMAP), "{text}");
-        assert!(text.len() <= METADATA_LIMIT, "{}", text.len());
+        assert!(text.len() <= DEFAULT_LIMIT, "{}", text.len());
         assert_eq!(decode(0, &text), every_third);
     }
 
@@ -314,7 +338,7 @@ mod tests {
         }
         assert!(decode(i64::MAX - 1, "relais-ahead/1:5").is_empty());
         assert!(decode(i64::MAX - 1, "relais-ahead/2:RwM").is_empty());
-        let too_long = format!("{BITMAP}{}", "_".repeat(METADATA_LIMIT));
+        let too_long = format!("{BITMAP}{}", "_".repeat(MOST_METADATA));
         assert!(decode(0, &too_long).is_empty());
     }
 
@@ -325,36 +349,36 @@ mod tests {
         let committed = 1_000_000;
         let mut ahead = BTreeSet::new();
         let mut offset = committed + 10_000;
-        while fits(committed, &ahead) {
+        while fits(committed, &ahead, DEFAULT_LIMIT) {
             ahead.insert(offset);
             offset += 2;
         }
         ahead.remove(&(offset - 2));
-        assert!(fits(committed, &ahead));
+        assert!(fits(committed, &ahead, DEFAULT_LIMIT));
         let text = encode(committed, &ahead);
         assert!(text.starts_with(RUNS), "{text}");
-        assert!(text.len() <= METADATA_LIMIT, "{}", text.len());
-        assert!(text.len() > METADATA_LIMIT - 8, "{}", text.len());
+        assert!(text.len() <= DEFAULT_LIMIT, "{}", text.len());
+        assert!(text.len() > DEFAULT_LIMIT - 8, "{}", text.len());
         assert_eq!(decode(committed, &text), ahead);
 
         // Any offsets within the bitmap's reach fit, however scattered.
-        let reach = (METADATA_LIMIT - BITMAP.len()) / 4 * 3 * 8;
+        let reach = (DEFAULT_LIMIT - BITMAP.len()) / 4 * 3 * 8;
         let every_other: BTreeSet<i64> = (1..=reach as i64).step_by(2).collect();
-        assert!(fits(0, &every_other));
+        assert!(fits(0, &every_other, DEFAULT_LIMIT));
         let text = encode(0, &every_other);
-        assert!(text.len() <= METADATA_LIMIT, "{}", text.len());
+        assert!(text.len() <= DEFAULT_LIMIT, "{}", text.len());
         assert_eq!(decode(0, &text), every_other);
         let beyond: BTreeSet<i64> = (1..=reach as i64 + 100).step_by(2).collect();
-        assert!(!fits(0, &beyond));
+        assert!(!fits(0, &beyond, DEFAULT_LIMIT));
     }
 
     #[test]
     fn no_list_names_more_than_a_worker_writes() {
         let ahead: BTreeSet<i64> = (1..=MOST_NAMED as i64).collect();
-        assert!(fits(0, &ahead));
+        assert!(fits(0, &ahead, DEFAULT_LIMIT));
         assert_eq!(decode(0, &encode(0, &ahead)).len(), MOST_NAMED);
         let more: BTreeSet<i64> = (1..=MOST_NAMED as i64 + 1).collect();
-        assert!(!fits(0, &more));
+        assert!(!fits(0, &more, DEFAULT_LIMIT));
         assert!(decode(0, "relais-ahead/1:1-99999999999").is_empty());
         assert!(decode(0, "relais-ahead/1:1-60000,60002-120000").is_empty());
     }
@@ -362,24 +386,45 @@ mod tests {
     #[test]
     fn as_many_as_fit_are_taken_beside_those_named_already() {
         let recorded = set(&[2]);
-        assert_eq!(most_that_fit(0, &recorded, &[4, 5, 6]), 3);
-        assert_eq!(most_that_fit(0, &recorded, &[]), 0);
+        assert_eq!(most_that_fit(0, &recorded, &[4, 5, 6], DEFAULT_LIMIT), 3);
+        assert_eq!(most_that_fit(0, &recorded, &[], DEFAULT_LIMIT), 0);
         let scattered: Vec<i64> = (1..2000).map(|n| 10_000 + n * 2).collect();
-        let fitting = most_that_fit(0, &recorded, &scattered);
+        let fitting = most_that_fit(0, &recorded, &scattered, DEFAULT_LIMIT);
         assert!(fitting > 100 && fitting < scattered.len(), "{fitting}");
         let near: Vec<i64> = (1..2000).map(|n| n * 2).collect();
-        assert_eq!(most_that_fit(0, &recorded, &near), near.len());
+        assert_eq!(
+            most_that_fit(0, &recorded, &near, DEFAULT_LIMIT),
+            near.len()
+        );
         let mut named = recorded.clone();
         named.extend(&scattered[..fitting]);
-        assert!(fits(0, &named));
+        assert!(fits(0, &named, DEFAULT_LIMIT));
         named.insert(scattered[fitting]);
-        assert!(!fits(0, &named));
+        assert!(!fits(0, &named, DEFAULT_LIMIT));
+    }
+
+    #[test]
+    fn a_refused_limit_is_halved_down_to_nothing_ahead() {
+        let limits: Vec<usize> = std::iter::successors(Some(DEFAULT_LIMIT), |&limit| {
+            (limit > 0).then(|| smaller_limit(limit))
+        })
+        .collect();
+        assert_eq!(limits, [1024, 512, 256, 128, 64, 0]);
+        assert_eq!(smaller_limit(100), 0);
+        assert_eq!(most_that_fit(0, &BTreeSet::new(), &[1, 2, 3], 0), 0);
+        // A smaller limit reaches less far.
+        let near: Vec<i64> = (1..1500).map(|n| n * 2).collect();
+        assert_eq!(
+            most_that_fit(0, &BTreeSet::new(), &near, DEFAULT_LIMIT),
+            1499
+        );
+        assert_eq!(most_that_fit(0, &BTreeSet::new(), &near, 256), 720);
     }
 
     #[test]
     fn a_long_run_is_short() {
         let ahead: BTreeSet<i64> = (1..=5000).map(|distance| 7 + distance).collect();
-        assert!(fits(7, &ahead));
+        assert!(fits(7, &ahead, DEFAULT_LIMIT));
         assert_eq!(encode(7, &ahead), "relais-ahead/1:1-5000");
     }
 }

@@ -20,6 +20,7 @@
 pub mod ahead;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Which of the topics the worker reads: the ingress topic, or a retry tier's topic
@@ -150,17 +151,14 @@ impl<T> Owned<T> {
 pub struct OffsetTracker<T> {
     owned: Mutex<Owned<T>>,
     next_generation: Mutex<u64>,
+    /// The longest commit metadata naming offsets ahead ([`ahead`]); smaller once a broker
+    /// refused it.
+    metadata_limit: AtomicUsize,
 }
 
 impl<T> Default for OffsetTracker<T> {
     fn default() -> Self {
-        Self {
-            owned: Mutex::new(Owned {
-                partitions: BTreeMap::new(),
-                uncommitted: 0,
-            }),
-            next_generation: Mutex::new(1),
-        }
+        Self::with_metadata_limit(ahead::DEFAULT_LIMIT)
     }
 }
 
@@ -186,6 +184,34 @@ impl<T> Ready<T> {
 }
 
 impl<T> OffsetTracker<T> {
+    /// A tracker whose commit metadata is at most `limit` bytes (0: nothing committed ahead).
+    pub fn with_metadata_limit(limit: usize) -> Self {
+        Self {
+            owned: Mutex::new(Owned {
+                partitions: BTreeMap::new(),
+                uncommitted: 0,
+            }),
+            next_generation: Mutex::new(1),
+            metadata_limit: AtomicUsize::new(limit),
+        }
+    }
+
+    pub fn metadata_limit(&self) -> usize {
+        self.metadata_limit.load(Ordering::Relaxed)
+    }
+
+    /// The broker refused commit metadata of the current limit: from now on at most
+    /// [`ahead::smaller_limit`] of it. Returns the new limit, or `None` when it was 0 already.
+    pub fn shrink_metadata_limit(&self) -> Option<usize> {
+        let limit = self.metadata_limit();
+        if limit == 0 {
+            return None;
+        }
+        let smaller = ahead::smaller_limit(limit);
+        self.metadata_limit.store(smaller, Ordering::Relaxed);
+        Some(smaller)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Owned<T>> {
         // Each operation leaves the map consistent before anything can panic.
         self.owned.lock().unwrap_or_else(PoisonError::into_inner)
@@ -364,6 +390,7 @@ impl<T> OffsetTracker<T> {
     pub fn take_ready(&self, max: usize) -> Vec<Ready<T>> {
         // Work moves from pending to in the transaction: the sum changes only by the recorded
         // messages the commit position passes.
+        let limit = self.metadata_limit();
         let mut owned = self.lock();
         let mut ready = Vec::new();
         let mut budget = max;
@@ -403,6 +430,7 @@ impl<T> OffsetTracker<T> {
                     state,
                     commit_offset,
                     budget,
+                    limit,
                     &mut outputs,
                     &mut recorded_ahead,
                 );
@@ -542,12 +570,13 @@ impl<T> OffsetTracker<T> {
 }
 
 /// Takes the finished messages behind the open one at `commit_offset`, as many as `budget`
-/// allows and the commit's metadata can name beside `recorded_ahead` (which they join), into
-/// `outputs`. Returns how many it took.
+/// allows and the commit's metadata of at most `limit` bytes can name beside `recorded_ahead`
+/// (which they join), into `outputs`. Returns how many it took.
 fn take_ahead<T>(
     state: &mut PartitionState<T>,
     commit_offset: i64,
     budget: usize,
+    limit: usize,
     outputs: &mut Vec<(i64, T)>,
     recorded_ahead: &mut BTreeSet<i64>,
 ) -> usize {
@@ -563,7 +592,7 @@ fn take_ahead<T>(
         .iter()
         .map(|&index| state.pending[index].0)
         .collect();
-    let fitting = ahead::most_that_fit(commit_offset, recorded_ahead, &candidates);
+    let fitting = ahead::most_that_fit(commit_offset, recorded_ahead, &candidates, limit);
     state.ahead_full = fitting < finished.len();
     for &index in &finished[..fitting] {
         let (offset, slot) = &mut state.pending[index];

@@ -429,7 +429,11 @@ fn what_the_metadata_cannot_name_waits_for_the_commit_position_and_does_not_hold
     let ready = tracker.take_ready(count as usize);
     let taken = ready[0].outputs.len();
     assert!(taken > 2_500 && taken < 5_000, "{taken}");
-    assert!(ahead::fits(0, &ready[0].recorded_ahead));
+    assert!(ahead::fits(
+        0,
+        &ready[0].recorded_ahead,
+        ahead::DEFAULT_LIMIT
+    ));
     tracker.committed(&ready);
     assert!(
         tracker.handed_over(&[p(0)]),
@@ -444,7 +448,11 @@ fn what_the_metadata_cannot_name_waits_for_the_commit_position_and_does_not_hold
     assert_eq!(ready[0].commit_offset, 10_000);
     let farthest = ready[0].outputs.last().unwrap().0;
     assert!(farthest > 12_000, "{farthest}");
-    assert!(ahead::fits(10_000, &ready[0].recorded_ahead));
+    assert!(ahead::fits(
+        10_000,
+        &ready[0].recorded_ahead,
+        ahead::DEFAULT_LIMIT
+    ));
     assert!(!tracker.handed_over(&[p(0)]), "in a transaction");
     tracker.committed(&ready);
 }
@@ -477,4 +485,40 @@ fn a_log_that_started_again_below_the_committed_offset_is_not_what_the_metadata_
         !tracker.recorded_earlier(p(1), read_first, 102),
         "read below the committed offset before the metadata came"
     );
+}
+
+#[test]
+fn a_smaller_metadata_limit_names_less_and_none_names_nothing_ahead() {
+    let tracker = OffsetTracker::default();
+    let generation = tracker.assign(p(0));
+    for offset in 0..4_000 {
+        tracker.dispatched(p(0), generation, offset);
+    }
+    for offset in (1..4_000).step_by(2) {
+        finish(&tracker, 0, generation, offset, "x");
+    }
+    assert_eq!(tracker.metadata_limit(), ahead::DEFAULT_LIMIT);
+    assert_eq!(tracker.shrink_metadata_limit(), Some(512));
+    let ready = tracker.take_ready(10_000);
+    let taken = ready[0].outputs.len();
+    assert!(taken > 1_000 && taken < 1_600, "{taken}");
+    assert!(ahead::encode(0, &ready[0].recorded_ahead).len() <= 512);
+    tracker.restore(ready);
+
+    let nothing_ahead = OffsetTracker::with_metadata_limit(0);
+    let generation = nothing_ahead.assign(p(0));
+    for offset in 0..3 {
+        nothing_ahead.dispatched(p(0), generation, offset);
+    }
+    finish(&nothing_ahead, 0, generation, 1, "b");
+    assert!(nothing_ahead.take_ready(10).is_empty(), "1 waits for 0");
+    assert!(
+        nothing_ahead.handed_over(&[p(0)]),
+        "nothing it could commit"
+    );
+    finish(&nothing_ahead, 0, generation, 0, "a");
+    let ready = nothing_ahead.take_ready(10);
+    assert_eq!(ready[0].outputs, [(0, "a"), (1, "b")]);
+    assert_eq!(ready[0].commit_offset, 2);
+    assert_eq!(nothing_ahead.shrink_metadata_limit(), None);
 }
