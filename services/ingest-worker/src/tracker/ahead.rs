@@ -246,8 +246,9 @@ fn farthest(committed: i64, ahead: &BTreeSet<i64>) -> Option<i64> {
 
 /// The length of the bitmap form naming distances up to `farthest`.
 fn bitmap_length(farthest: i64) -> usize {
-    let bytes = (farthest.max(0) as u64).div_ceil(8);
-    BITMAP.len() + (bytes.saturating_mul(4).div_ceil(3)).min(usize::MAX as u64) as usize
+    let bytes = u64::try_from(farthest).unwrap_or(0).div_ceil(8);
+    let text = usize::try_from(bytes.saturating_mul(4).div_ceil(3)).unwrap_or(usize::MAX);
+    BITMAP.len().saturating_add(text)
 }
 
 fn push_run(text: &mut String, first: i64, last: i64) {
