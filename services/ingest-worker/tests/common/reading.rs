@@ -18,6 +18,20 @@ pub struct Read {
     pub headers: BTreeMap<String, String>,
 }
 
+/// A consumer of its own group reading `topic` from the start, committed records only.
+fn committed_reader(kafka: &KafkaTestEnv, group_prefix: &str, topic: &str) -> StreamConsumer {
+    let consumer: StreamConsumer = kafka
+        .client_config()
+        .set("group.id", unique_name(group_prefix))
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    consumer
+}
+
 /// Reads `count` records (read_committed) from `topic`, then checks that no more arrive for
 /// `settle`.
 pub async fn read_exactly(
@@ -39,15 +53,7 @@ pub async fn read_exactly_where(
     settle: Duration,
     keep: impl Fn(&Read) -> bool,
 ) -> Vec<Read> {
-    let consumer: StreamConsumer = kafka
-        .client_config()
-        .set("group.id", unique_name("it-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let consumer = committed_reader(kafka, "it-reader", topic);
     let deadline = Instant::now() + within;
     let mut records = Vec::with_capacity(count);
     while records.len() < count {
@@ -88,15 +94,7 @@ pub async fn retry_events_until(
     within: Duration,
     enough: impl Fn(&[PipelineEvent]) -> bool,
 ) -> Vec<PipelineEvent> {
-    let consumer: StreamConsumer = kafka
-        .client_config()
-        .set("group.id", unique_name("it-events"))
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let consumer = committed_reader(kafka, "it-events", topic);
     let deadline = Instant::now() + within;
     let mut events = Vec::new();
     while !enough(&events) {
