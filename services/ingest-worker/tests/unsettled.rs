@@ -119,15 +119,14 @@ async fn assigned_while_a_transaction_holds_the_offsets(
         "the group answers while the transaction holds the offsets: the test proves nothing"
     );
 
-    let config = worker_config(
+    let worker = Worker::start(
+        &kafka,
         &topics,
         &group,
         sim.api,
         UpstreamPolicy::default(),
         PipelineConfig::default(),
-        None,
     );
-    let worker = Worker::start_config(&kafka, config);
     worker
         .wait_for_metric("relais_worker_assigned_partitions", 1.0)
         .await;
