@@ -242,7 +242,9 @@ cmd_start() {
             -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
             -Dkafka.logs.dir="$LOGDIR" -Dlog4j2.configurationFile="$HERE/kafka/log4j2.properties" \
             -cp "$LIBS/*" kafka.Kafka "$CONF"
-        wait_for_spawned 90 "the broker port" "$PIDFILE" "$LOGDIR/kafka.out" "$LOGDIR/server.log" port_open "$RELAIS_BIND_HOST" "$RELAIS_KAFKA_PORT" \
+        # A broker left with thousands of partitions (a day of tests and benchmarks) loads
+        # them all before it opens its port.
+        wait_for_spawned 240 "the broker port" "$PIDFILE" "$LOGDIR/kafka.out" "$LOGDIR/server.log" port_open "$RELAIS_BIND_HOST" "$RELAIS_KAFKA_PORT" \
             || die "the broker did not open $BOOTSTRAP (logs: $LOGDIR)"
     fi
     wait_until 60 "broker metadata" "$LOGDIR/server.log" metadata_ready \
