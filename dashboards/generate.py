@@ -186,7 +186,8 @@ WORKER = [
         (f'sum by (upstream) (relais_worker_upstream_queued_messages{{{sel(W)}}})', "queued {{upstream}}"),
         (f'sum by (upstream) (relais_worker_upstream_in_flight_deliveries{{{sel(W)}}})', "in flight {{upstream}}"),
         (f'sum by (upstream) (relais_worker_upstream_concurrency_limit{{{sel(W)}}})', "limit {{upstream}}"),
-    ], "short", description="Each upstream has its own queue and in-flight limit (adaptive: it follows what the upstream takes): a sick upstream's messages wait in its own."),
+        (f'sum by (upstream) (relais_worker_upstream_concurrency_knee{{{sel(W)}}})', "knee {{upstream}}"),
+    ], "short", description="Each upstream has its own queue and in-flight limit (adaptive: it follows what the upstream takes, and stays below twice the knee, where more in flight stopped delivering more): a sick upstream's messages wait in its own."),
     panel("Ingress to outcome per upstream (p50, p99)", [
         (quantile(0.5, "relais_worker_ingress_to_outcome_seconds", W, by="upstream"), "p50 {{upstream}}"),
         (quantile(0.99, "relais_worker_ingress_to_outcome_seconds", W, by="upstream"), "p99 {{upstream}}"),

@@ -355,6 +355,7 @@ pub async fn run(
                 max_in_flight: upstream.max_in_flight(),
                 adaptive: upstream.adaptive_concurrency,
                 limit_gauge: metrics.upstream_concurrency_limit(name),
+                knee_gauge: metrics.upstream_concurrency_knee(name),
                 max_queued: config.max_queued(upstream),
                 queued_gauge: metrics.upstream_queued(name),
                 in_flight_gauge: metrics.upstream_in_flight(name),

@@ -70,6 +70,7 @@ pub struct WorkerMetrics {
     upstream_queued: Family<UpstreamLabels, Gauge>,
     upstream_in_flight: Family<UpstreamLabels, Gauge>,
     upstream_concurrency_limit: Family<UpstreamLabels, Gauge>,
+    upstream_concurrency_knee: Family<UpstreamLabels, Gauge>,
     ingress_to_outcome: Family<UpstreamLabels, LatencyHistogram>,
     retries_scheduled: Family<RetryLabels, Counter>,
     /// Records waiting in each retry topic, over this replica's partitions.
@@ -159,6 +160,7 @@ impl WorkerMetrics {
             upstream_queued: Family::default(),
             upstream_in_flight: Family::default(),
             upstream_concurrency_limit: Family::default(),
+            upstream_concurrency_knee: Family::default(),
             // 1 ms to about 4.5 hours: waits for an upstream (open circuit, hold, pace, queue)
             // belong in this figure, however long.
             ingress_to_outcome: Family::new_with_constructor(|| {
@@ -332,6 +334,11 @@ impl WorkerMetrics {
             "The in-flight limit in force for an upstream: adaptive within 1..=max_in_flight, or max_in_flight",
             metrics.upstream_concurrency_limit.clone(),
         );
+        worker.register(
+            "upstream_concurrency_knee",
+            "The adaptive in-flight limit's knee for an upstream: the smallest recent limit that delivered at least 90 % as much per second as the larger ones; the limit does not grow past twice it (0 while unknown)",
+            metrics.upstream_concurrency_knee.clone(),
+        );
         for outcome in ["delivered", "rejected", "failed", "dead_lettered"] {
             let _ = metrics.messages.get_or_create(&OutcomeLabels { outcome });
         }
@@ -390,6 +397,14 @@ impl WorkerMetrics {
     /// outcome; resolved once per upstream, observed for every message.
     pub fn ingress_to_outcome(&self, upstream: &str) -> LatencyHistogram {
         self.ingress_to_outcome
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+            })
+            .clone()
+    }
+
+    pub fn upstream_concurrency_knee(&self, upstream: &str) -> Gauge {
+        self.upstream_concurrency_knee
             .get_or_create(&UpstreamLabels {
                 upstream: upstream.to_owned(),
             })

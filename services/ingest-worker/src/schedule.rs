@@ -58,6 +58,8 @@ pub struct UpstreamSchedule {
     pub adaptive: bool,
     /// The in-flight limit in force.
     pub limit_gauge: Gauge,
+    /// The adaptive limit's knee (0 while it has none).
+    pub knee_gauge: Gauge,
     /// Messages queued (not yet started), at most; beyond, the dispatcher holds the message
     /// and, if the wait goes on, pauses its partition.
     pub max_queued: usize,
@@ -160,6 +162,8 @@ impl UpstreamQueue {
         self.schedule.queued_gauge.set(self.waiting.len as i64);
         self.schedule.in_flight_gauge.set(self.in_flight as i64);
         self.schedule.limit_gauge.set(self.limit() as i64);
+        let knee = self.adaptive.as_ref().and_then(AdaptiveLimit::knee);
+        self.schedule.knee_gauge.set(knee.unwrap_or(0) as i64);
     }
 }
 
