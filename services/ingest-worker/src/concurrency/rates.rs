@@ -8,7 +8,7 @@
 //! in buckets about 10 % wide; the knee is the smallest recent limit whose rate came within
 //! 90 % of the rate of the recent limits above it, taken together.
 
-/// Buckets; the last holds every limit beyond the one before (above about 150,000).
+/// Buckets; the last holds every limit beyond the one before (above about 180,000).
 const BUCKETS: usize = 128;
 /// Limits within this factor of each other share a bucket.
 const BUCKET_WIDTH: f64 = 1.1;
