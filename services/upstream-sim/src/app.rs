@@ -93,6 +93,7 @@ async fn deliver(State(state): State<Arc<SimState>>, headers: HeaderMap, body: B
         )
             .into_response();
     }
+    let _turn = state.turn().await;
     let (latency, action) = state.decide();
     // A zero sleep still waits for the next timer tick (about 1 ms): skip it.
     if !latency.is_zero() {

@@ -29,6 +29,10 @@ pub struct Faults {
     /// Requests answered at once, beyond which further ones are refused with 429: an API
     /// that takes a fixed number of concurrent requests.
     pub concurrency_limit: Option<ConcurrencyLimit>,
+    /// Requests served at once, beyond which further ones wait their turn unrefused (their
+    /// latency starts when their turn comes): an API that queues what it cannot serve, whose
+    /// answers only get slower as more are sent.
+    pub serves_at_once: Option<usize>,
 }
 
 /// At most `max` requests in progress; one more is answered 429 with `Retry-After`.
@@ -177,6 +181,9 @@ impl Faults {
             return Err(FaultsError(
                 "concurrency_limit.max must be at least 1".into(),
             ));
+        }
+        if self.serves_at_once == Some(0) {
+            return Err(FaultsError("serves_at_once must be at least 1".into()));
         }
         if self.hang.ms > MAX_DELAY_MS {
             return Err(FaultsError(format!("hang.ms above {MAX_DELAY_MS}")));

@@ -2,7 +2,7 @@
 //! counts and the metrics.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,7 +12,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::faults::{Action, Faults};
 use crate::store::DeliveryStore;
@@ -29,6 +29,8 @@ pub struct SimState {
     /// Requests in progress now, and the most at once since the last reset.
     in_progress: AtomicUsize,
     pub(crate) peak_in_progress: AtomicUsize,
+    /// Turns to be served while `serves_at_once` is set, with how many there are.
+    turns: Mutex<Option<(usize, Arc<Semaphore>)>>,
 }
 
 /// One request in progress, counted while it lives.
@@ -60,6 +62,7 @@ impl SimState {
             metrics: SimMetrics::register(registry),
             in_progress: AtomicUsize::new(0),
             peak_in_progress: AtomicUsize::new(0),
+            turns: Mutex::new(None),
         }
     }
 
@@ -86,8 +89,28 @@ impl SimState {
             .clone()
     }
 
+    /// Waits for a turn to be served while `serves_at_once` is set; the turn lasts as long as
+    /// the permit.
+    pub(crate) async fn turn(&self) -> Option<OwnedSemaphorePermit> {
+        let turns = self
+            .turns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(_, turns)| Arc::clone(turns))?;
+        // Never closed: a replaced semaphore serves the requests already waiting for it.
+        turns.acquire_owned().await.ok()
+    }
+
     pub fn set_faults(&self, faults: Faults) {
         let outage = faults.outage;
+        let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
+        if faults.serves_at_once != turns.as_ref().map(|(at_once, _)| *at_once) {
+            *turns = faults
+                .serves_at_once
+                .map(|at_once| (at_once, Arc::new(Semaphore::new(at_once))));
+        }
+        drop(turns);
         *self.faults.lock().unwrap_or_else(PoisonError::into_inner) = faults;
         self.outage.send_replace(outage);
     }

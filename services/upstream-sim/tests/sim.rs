@@ -142,6 +142,30 @@ async fn injects_errors_rate_limits_and_latency() {
 }
 
 #[tokio::test]
+async fn serving_a_few_at_once_queues_the_rest_without_refusing_them() {
+    let sim = start().await;
+    sim.set_faults(json!({"latency": {"kind": "fixed", "ms": 200}, "serves_at_once": 1}))
+        .await;
+    let started = Instant::now();
+    let answers = tokio::join!(sim.deliver("q0"), sim.deliver("q1"), sim.deliver("q2"));
+    for answer in [answers.0, answers.1, answers.2] {
+        assert_eq!(answer.unwrap().status(), 200, "queued, not refused");
+    }
+    // One at a time, each 200 ms: the last answer comes after three turns.
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    assert_eq!(sim.get("/admin/deliveries").await["peak_in_progress"], 3);
+
+    let bad = sim
+        .http
+        .put(sim.admin_url("/admin/faults"))
+        .json(&json!({"serves_at_once": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422, "serving none at once is refused");
+}
+
+#[tokio::test]
 async fn hangs_outlast_the_client_and_resets_drop_the_connection() {
     let sim = start().await;
     sim.set_faults(json!({"hang": {"ratio": 1.0, "ms": 5000}}))
