@@ -10,10 +10,39 @@ use std::time::Duration;
 
 use common::*;
 use relais_ingest_worker::config::PipelineConfig;
-use relais_proto::v1::Outcome;
+use relais_proto::v1::{AuditRecord, Outcome};
 use relais_resilience::UpstreamPolicy;
-use relais_test_support::unique_name;
+use relais_test_support::{KafkaTestEnv, unique_name};
 use serde_json::json;
+
+const LIMIT: &str = "relais_worker_upstream_concurrency_limit{upstream=\"default\"}";
+const KNEE: &str = "relais_worker_upstream_concurrency_knee{upstream=\"default\"}";
+
+/// Reads `total` outcomes from the audit topic (`within` that) while taking a sample every
+/// 200 ms: a limit that saws can fall anywhere on a single reading.
+async fn outcomes_while_sampling<T>(
+    kafka: &KafkaTestEnv,
+    topics: &Topics,
+    total: usize,
+    within: Duration,
+    mut sample: impl AsyncFnMut() -> T,
+) -> (Vec<AuditRecord>, Vec<T>) {
+    let delivered = std::sync::atomic::AtomicBool::new(false);
+    let outcomes = async {
+        let audit = read_outcomes(kafka, &topics.audit, total, within).await;
+        delivered.store(true, std::sync::atomic::Ordering::Relaxed);
+        audit
+    };
+    let sampling = async {
+        let mut samples = Vec::new();
+        while !delivered.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            samples.push(sample().await);
+        }
+        samples
+    };
+    tokio::join!(outcomes, sampling)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_in_flight_limit_settles_near_what_the_upstream_takes() {
@@ -42,27 +71,20 @@ async fn the_in_flight_limit_settles_near_what_the_upstream_takes() {
     // down to 90 %): one reading can fall anywhere on the saw, so it is sampled through the
     // run, with the upstream's counts, and the second half is judged: the slow start's one
     // overshoot is refused by design, the settled limit must cost few refusals.
-    let delivered = std::sync::atomic::AtomicBool::new(false);
-    let outcomes = async {
-        let audit = read_outcomes(&kafka, &topics.audit, total, Duration::from_secs(120)).await;
-        delivered.store(true, std::sync::atomic::Ordering::Relaxed);
-        audit
-    };
-    let sampling = async {
-        let mut samples = Vec::new();
-        while !delivered.load(std::sync::atomic::Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let limit = worker
-                .metric("relais_worker_upstream_concurrency_limit{upstream=\"default\"}")
-                .await;
+    let (audit, samples) = outcomes_while_sampling(
+        &kafka,
+        &topics,
+        total,
+        Duration::from_secs(120),
+        async || {
+            let limit = worker.metric(LIMIT).await;
             let seen = sim.deliveries().await;
             let requests = seen["requests"].as_u64().unwrap();
             let refused = requests - seen["accepted"].as_u64().unwrap();
-            samples.push((limit, requests, refused));
-        }
-        samples
-    };
-    let (audit, samples) = tokio::join!(outcomes, sampling);
+            (limit, requests, refused)
+        },
+    )
+    .await;
     assert_exactly_once(&audit, total);
     assert!(audit.iter().all(|r| r.outcome == Outcome::Delivered as i32));
 
@@ -120,27 +142,14 @@ async fn against_an_upstream_that_queues_the_limit_stays_near_what_it_serves_at_
     let worker = Worker::start_config(&kafka, config);
     let total = 12_000;
     produce(&kafka, &topics.ingress, &valid_events("q", total, 1000)).await;
-    let delivered = std::sync::atomic::AtomicBool::new(false);
-    let outcomes = async {
-        let audit = read_outcomes(&kafka, &topics.audit, total, Duration::from_secs(180)).await;
-        delivered.store(true, std::sync::atomic::Ordering::Relaxed);
-        audit
-    };
-    let sampling = async {
-        let mut samples = Vec::new();
-        while !delivered.load(std::sync::atomic::Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let limit = worker
-                .metric("relais_worker_upstream_concurrency_limit{upstream=\"default\"}")
-                .await;
-            let knee = worker
-                .metric("relais_worker_upstream_concurrency_knee{upstream=\"default\"}")
-                .await;
-            samples.push((limit, knee));
-        }
-        samples
-    };
-    let (audit, samples) = tokio::join!(outcomes, sampling);
+    let (audit, samples) = outcomes_while_sampling(
+        &kafka,
+        &topics,
+        total,
+        Duration::from_secs(180),
+        async || (worker.metric(LIMIT).await, worker.metric(KNEE).await),
+    )
+    .await;
     assert_exactly_once(&audit, total);
     assert!(audit.iter().all(|r| r.outcome == Outcome::Delivered as i32));
 
