@@ -181,6 +181,11 @@ WORKER = [
     panel("Transactional calls retried", [
         (rate("relais_worker_transaction_call_retries_total", W), "retried calls"),
     ], "ops", description="Calls made again because librdkafka said their error was retriable (a commit that timed out)."),
+    panel("Transactional producers replaced", [
+        (f'sum by (instance) (increase(relais_worker_transactional_producer_replacements_total{{{sel(W)}}}[$__rate_interval]))',
+         "{{instance}}"),
+    ], "short", description="New producers made after librdkafka left one in a fatal state (a broker away longer than "
+                            "the delivery timeout). More than three within five minutes stop the worker."),
     row("Per-upstream scheduling and pace"),
     panel("Queued and in flight per upstream", [
         (f'sum by (upstream) (relais_worker_upstream_queued_messages{{{sel(W)}}})', "queued {{upstream}}"),
@@ -231,6 +236,9 @@ AUDIT = [
         (rate("relais_audit_records_quarantined_total", A), "quarantined"),
     ], "ops"),
     panel("Consumer lag", [(f'sum(relais_audit_consumer_lag{{{sel(A)}}})', "lag")], "short"),
+    panel("Assigned partitions", [
+        (f'sum by (instance) (relais_audit_assigned_partitions{{{sel(A)}}})', "{{instance}}"),
+    ], "short", description="Audit topic partitions each instance holds; a lag of zero over none says nothing."),
     row("Objects in RGW"),
     panel("Objects and bytes written", [
         (rate("relais_audit_objects_written_total", A), "objects/s"),

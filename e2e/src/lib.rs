@@ -42,7 +42,11 @@ pub struct Topics {
     pub ledger: String,
     /// The prefix of the stack's retry topics (one per delay of [`RETRY_TIERS`]).
     pub retry_prefix: String,
+    pub ingress_partitions: i32,
 }
+
+/// Partitions of a stack's audit topic.
+pub const AUDIT_PARTITIONS: i32 = 6;
 
 impl Topics {
     /// New topics for one stack (the retry tiers' topics are made by [`Self::create_retry_topics`],
@@ -50,7 +54,7 @@ impl Topics {
     pub async fn create(kafka: &KafkaTestEnv, ingress_partitions: i32) -> Self {
         Self {
             ingress: kafka.create_topic("e2e-ingress", ingress_partitions).await,
-            audit: kafka.create_topic("e2e-audit", 6).await,
+            audit: kafka.create_topic("e2e-audit", AUDIT_PARTITIONS).await,
             events: kafka.create_topic("e2e-events", 6).await,
             dlq: kafka.create_topic("e2e-dlq", 1).await,
             control: kafka
@@ -60,6 +64,7 @@ impl Topics {
                 .create_topic_with("e2e-replays", 1, &[("cleanup.policy", "compact")])
                 .await,
             retry_prefix: unique_name("e2e-retry"),
+            ingress_partitions,
         }
     }
 
@@ -350,6 +355,39 @@ impl ProcessStack {
             sum += replica.metric_sum(name).await;
         }
         sum
+    }
+
+    /// What is still to do, or None while that cannot be known: a service that does not answer,
+    /// or partitions no instance holds (a group rejoining after a broker outage has revoked
+    /// them, and with them their lag and uncommitted figures). Messages behind the end
+    /// of the ingress, waiting in retry tiers, read and not committed; audit records not read
+    /// or not stored.
+    pub async fn backlog(&self) -> Option<f64> {
+        let mut backlog = 0.0;
+        let mut audit_assigned = 0.0;
+        for audit in std::iter::once(&self.audit).chain(&self.audit_replicas) {
+            backlog += audit.read_metric_sum("relais_audit_consumer_lag").await?
+                + audit.read_metric_sum("relais_audit_buffer_records").await?;
+            audit_assigned += audit
+                .read_metric_sum("relais_audit_assigned_partitions")
+                .await?;
+        }
+        let mut assigned = 0.0;
+        for worker in &self.workers {
+            backlog += worker.read_metric_sum("relais_worker_consumer_lag").await?
+                + worker
+                    .read_metric_sum("relais_worker_retry_waiting_messages")
+                    .await?
+                + worker
+                    .read_metric_sum("relais_worker_uncommitted_messages")
+                    .await?;
+            assigned += worker
+                .read_metric_sum("relais_worker_assigned_partitions")
+                .await?;
+        }
+        let all_held = assigned == f64::from(self.topics.ingress_partitions)
+            && audit_assigned == f64::from(AUDIT_PARTITIONS);
+        all_held.then_some(backlog)
     }
 
     /// Whether every audit-service instance says it is ready.

@@ -134,17 +134,26 @@ impl Service {
 
     /// The sum of a metric's samples (all label sets), 0 when absent or unreachable.
     pub async fn metric_sum(&self, name: &str) -> f64 {
-        let Ok(response) = reqwest::get(format!("http://{}/metrics", self.admin)).await else {
-            return 0.0;
-        };
-        let text = response.text().await.unwrap_or_default();
-        text.lines()
-            .filter(|line| {
-                line.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-            })
-            .filter_map(|line| line.split_whitespace().nth(1)?.parse::<f64>().ok())
-            .sum()
+        self.read_metric_sum(name).await.unwrap_or(0.0)
+    }
+
+    /// Like [`Service::metric_sum`], but None when the service does not answer (stopped,
+    /// restarting), so that a missing figure is never taken for zero.
+    pub async fn read_metric_sum(&self, name: &str) -> Option<f64> {
+        let response = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .ok()?;
+        let text = response.text().await.ok()?;
+        Some(
+            text.lines()
+                .filter(|line| {
+                    line.strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+                })
+                .filter_map(|line| line.split_whitespace().nth(1)?.parse::<f64>().ok())
+                .sum(),
+        )
     }
 
     /// The service's metric families, from its own `/metrics`.

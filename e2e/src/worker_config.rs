@@ -95,6 +95,7 @@ mod tests {
             control: "c".into(),
             ledger: "l".into(),
             retry_prefix: "r".into(),
+            ingress_partitions: 6,
         };
         let address: SocketAddr = "127.0.0.1:1".parse().unwrap();
         for billing in [None, Some(address)] {

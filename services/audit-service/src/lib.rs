@@ -239,6 +239,8 @@ async fn serve_grpc(
 /// records not yet read. Read records waiting to be stored are `buffer_records`. (The committed
 /// offset would be the wrong base: worker transactions leave a commit marker after their last
 /// record, which is never "stored" and would show as a lag of one per partition for ever.)
+/// With it, how many partitions are assigned: a lag of zero over none (a group rejoining after
+/// a broker outage) says nothing.
 async fn report_lag(
     consumer: Arc<AuditConsumer>,
     metrics: AuditMetrics,
@@ -250,6 +252,8 @@ async fn report_lag(
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
+        let assigned = consumer.assignment().map_or(0, |list| list.count());
+        metrics.assigned_partitions.set(assigned as i64);
         let consumer = Arc::clone(&consumer);
         let lag = tokio::task::spawn_blocking(move || {
             let timeout = std::time::Duration::from_secs(2);

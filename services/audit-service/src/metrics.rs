@@ -23,6 +23,7 @@ pub struct AuditMetrics {
     pub oldest_unflushed_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub paused: Gauge,
     pub consumer_lag: Gauge,
+    pub assigned_partitions: Gauge,
     pub commits: Counter,
     pub commit_failures: Counter,
     pub trail_lookups: Family<Vec<(&'static str, &'static str)>, Counter>,
@@ -51,6 +52,7 @@ impl AuditMetrics {
             oldest_unflushed_age: Gauge::default(),
             paused: Gauge::default(),
             consumer_lag: Gauge::default(),
+            assigned_partitions: Gauge::default(),
             commits: Counter::default(),
             commit_failures: Counter::default(),
             trail_lookups: Family::default(),
@@ -138,6 +140,11 @@ impl AuditMetrics {
             "consumer_lag",
             "Records on the audit topic not yet read (assigned partitions); read ones awaiting storage are in buffer_records",
             metrics.consumer_lag.clone(),
+        );
+        audit.register(
+            "assigned_partitions",
+            "Audit topic partitions assigned to this instance",
+            metrics.assigned_partitions.clone(),
         );
         audit.register(
             "commits",

@@ -50,14 +50,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::Consumer;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::FutureProducer;
 use relais_kafka::resets::{ResetMetrics, ResetWatch};
 use relais_resilience::{ResilienceMetrics, UpstreamClient};
 use relais_telemetry::admin::{AdminServer, Readiness};
 use relais_telemetry::shutdown::{self, CancellationToken, TaskTracker};
 use relais_telemetry::tasks::{TaskDied, essential};
 
-use crate::committer::Committer;
+use crate::committer::{Committer, ReplacementBudget, TransactionalProducer};
 use crate::config::{Args, WorkerConfig};
 use crate::consumer::{WorkerConsumer, WorkerContext};
 use crate::metrics::WorkerMetrics;
@@ -179,20 +179,22 @@ pub async fn run(
         &worker_id,
         reset_watch.clone(),
     )?);
-    let producer: FutureProducer = client_config()
-        .set("transactional.id", format!("relais-ingest-{worker_id}"))
-        .set(
-            "transaction.timeout.ms",
-            config.kafka.transaction_timeout.as_millis().to_string(),
-        )
-        .set(
-            "message.timeout.ms",
-            config.kafka.delivery_timeout().as_millis().to_string(),
-        )
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .create()
-        .context("cannot create the Kafka producer")?;
+    let producer = TransactionalProducer::create(
+        client_config()
+            .set("transactional.id", format!("relais-ingest-{worker_id}"))
+            .set(
+                "transaction.timeout.ms",
+                config.kafka.transaction_timeout.as_millis().to_string(),
+            )
+            .set(
+                "message.timeout.ms",
+                config.kafka.delivery_timeout().as_millis().to_string(),
+            )
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .clone(),
+    )
+    .context("cannot create the Kafka producer")?;
     let (load_requests, load_receiver) = tokio::sync::mpsc::channel(4096);
     let waiting_reader = WaitingReader {
         client: client_config(),
@@ -255,9 +257,9 @@ pub async fn run(
 
     // Also fences an earlier instance with the same identity (a crashed predecessor) and
     // aborts whatever transaction it left open.
-    let init_producer = producer.clone();
-    tokio::task::spawn_blocking(move || init_producer.init_transactions(Duration::from_secs(30)))
-        .await?
+    producer
+        .init(Duration::from_secs(30))
+        .await
         .with_context(|| {
             format!(
                 "cannot initialise transactions with Kafka at {}",
@@ -405,6 +407,7 @@ pub async fn run(
     let deliveries_done = CancellationToken::new();
     let committer = Committer {
         producer,
+        replacements: ReplacementBudget::default(),
         consumer: Arc::clone(&consumer),
         tracker: Arc::clone(&tracker),
         topics: tier_topics.clone(),

@@ -63,6 +63,7 @@ pub struct WorkerMetrics {
     pub committed_messages: Counter,
     pub consumer_lag: Family<PartitionLabels, Gauge>,
     pub transaction_call_retries: Counter,
+    pub producer_replacements: Counter,
     refused_records: Family<TopicLabels, Counter>,
     pub dlq_truncated: Counter,
     pub uncommitted: Gauge,
@@ -153,6 +154,7 @@ impl WorkerMetrics {
             committed_messages: Counter::default(),
             consumer_lag: Family::default(),
             transaction_call_retries: Counter::default(),
+            producer_replacements: Counter::default(),
             refused_records: Family::default(),
             dlq_truncated: Counter::default(),
             uncommitted: Gauge::default(),
@@ -287,6 +289,11 @@ impl WorkerMetrics {
             "transaction_call_retries",
             "Transactional calls made again because librdkafka classified their error as retriable (a commit that timed out, a coordinator that moved)",
             metrics.transaction_call_retries.clone(),
+        );
+        worker.register(
+            "transactional_producer_replacements",
+            "Transactional producers made anew after librdkafka left the old one in a fatal state (a broker away longer than the delivery or transaction timeout); the transaction it left is settled and nothing is lost or written twice",
+            metrics.producer_replacements.clone(),
         );
         worker.register(
             "refused_records",

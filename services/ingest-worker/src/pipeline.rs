@@ -28,10 +28,10 @@ const FAILED_ROUNDS_BEFORE_NOT_READY: u32 = 3;
 
 /// Commits every `interval` until shutdown, then once more for what the deliveries finished
 /// while draining. Readiness turns false while commits keep failing, and true again with the
-/// next committed round. A fatal producer error, or a commit left unsettled at shutdown, ends the
-/// loop (and the worker).
+/// next committed round. A producer that cannot be replaced, or a commit left unsettled at
+/// shutdown, ends the loop (and the worker).
 pub async fn commit_loop(
-    committer: Committer,
+    mut committer: Committer,
     interval: Duration,
     readiness: ReadinessCheck,
     deliveries_done: CancellationToken,

@@ -152,7 +152,7 @@ impl KafkaConfig {
     /// records that cannot be delivered (a missing topic, a partition without a leader) fail
     /// the round on the worker's side, which aborts it and tries again, before the
     /// coordinator's own timeout aborts the transaction: librdkafka reports that one as
-    /// fencing, which is fatal and would stop the worker.
+    /// fencing, which is fatal and costs a new producer.
     pub fn delivery_timeout(&self) -> Duration {
         self.transaction_timeout * 3 / 4
     }

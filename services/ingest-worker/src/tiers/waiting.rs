@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use rdkafka::client::Client;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, Producer as _};
+use rdkafka::producer::Producer as _;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use relais_telemetry::admin::ReadinessCheck;
 use relais_telemetry::shutdown::CancellationToken;
@@ -24,6 +24,7 @@ use relais_telemetry::tasks::sleep_until;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::committer::TransactionalProducer;
 use crate::parked::{InMemory, LoadRequest, ParkedKeys};
 use crate::records::Tracker;
 use crate::retry::{RetryState, TierTopics, owned_headers};
@@ -231,7 +232,7 @@ pub struct Loaded {
 pub struct WaitingReader {
     pub client: ClientConfig,
     /// The producer that writes the moves: the tier topics' partitions are asked through it.
-    pub producer: FutureProducer,
+    pub producer: TransactionalProducer,
     pub group_id: String,
     pub ingress_topic: String,
     pub topics: TierTopics,
@@ -259,8 +260,9 @@ impl WaitingReader {
             .context("cannot create the retry tier reader")?;
         // Asked through the producer that writes the moves: the answer also updates what it
         // knows of the topic, so that its first move to a partition just added does not fail.
+        let producer = self.producer.current();
         for (_, topic, _) in self.topics.tiers() {
-            let partitions = tier_partitions(self.producer.client(), topic)?;
+            let partitions = tier_partitions(producer.client(), topic)?;
             if usize::try_from(partition).is_ok_and(|partition| partition >= partitions) {
                 return Err(MissingTierPartition {
                     topic: topic.to_owned(),

@@ -172,6 +172,8 @@ pub fn init_telemetry() {
 /// A worker running in this process.
 pub struct Worker {
     pub admin: SocketAddr,
+    /// Its identity: its transactional id is `relais-ingest-{worker_id}`.
+    pub worker_id: String,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -210,10 +212,11 @@ impl Worker {
             .next()
             .map(|upstream| upstream.url.clone())
             .unwrap_or_default();
+        let worker_id = unique_name("worker");
         let args = Args {
             config: None,
             kafka_bootstrap: kafka.bootstrap().to_owned(),
-            worker_id: Some(unique_name("worker")),
+            worker_id: Some(worker_id.clone()),
             admin_addr: admin,
             upstream_url,
             gateway: None,
@@ -225,6 +228,7 @@ impl Worker {
         let task = tokio::spawn(relais_ingest_worker::run(args, config, shutdown.clone()));
         Self {
             admin,
+            worker_id,
             shutdown,
             task,
         }

@@ -7,22 +7,24 @@
 //! A failed call is answered as librdkafka classifies its error ([`recovery`]): a retriable one
 //! (a commit that timed out may still complete in the background) is made again, never answered
 //! with an abort, which could write the batch twice; one that requires an abort aborts the
-//! transaction and puts the batch back for the next round; a fatal one (fenced by a newer
-//! instance with the same transactional id) ends the worker, since another process owns this
-//! identity now.
+//! transaction and puts the batch back for the next round; a fatal one leaves the producer
+//! unusable, so a new one takes its place ([`producer`]): initialising it settles the old
+//! transaction, and the group's committed offsets then say which of the batch it committed
+//! ([`settle`]); the rest is put back. Only a producer fenced again and again (another
+//! process with this worker's identity) ends the worker.
 //!
 //! A record the broker refuses for what it is (too large, invalid) is handled alone: if it is a
 //! dead-letter copy it is cut to its bare minimum ([`dlq::shrink_refused`]) and the batch is
 //! written again at once; nothing else of the batch waits for it.
 
+mod producer;
+mod round;
+mod settle;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
 use relais_telemetry::shutdown::CancellationToken;
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -32,14 +34,18 @@ use crate::dlq;
 use crate::metrics::WorkerMetrics;
 use crate::records::{OutRecord, Tracker};
 use crate::retry::TierTopics;
-use crate::tracker::{Ready, ahead};
+use crate::tracker::Ready;
+
+pub use producer::{ReplacementBudget, TransactionalProducer};
 
 /// Why a commit round failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
     #[error("transaction aborted; batch restored for the next round")]
     Aborted(#[source] KafkaError),
-    #[error("the transactional producer hit a fatal error (fenced by a newer instance?)")]
+    #[error(
+        "the transactional producer hit a fatal error, and no new one can take its place (fenced again and again by another instance with this worker_id, or refused by the brokers)"
+    )]
     Fatal(#[source] KafkaError),
     #[error(
         "a partition of the batch was revoked during the transaction; its work dropped, the rest restored"
@@ -58,7 +64,7 @@ pub enum CommitError {
 }
 
 impl CommitError {
-    /// True when the worker cannot go on committing: fenced, or a commit left unsettled.
+    /// True when the worker cannot go on committing: no producer, or a commit left unsettled.
     pub fn ends_the_worker(&self) -> bool {
         matches!(self, Self::Fatal(_) | Self::Unsettled(_))
     }
@@ -72,7 +78,7 @@ pub enum Recovery {
     RetryCall,
     /// The transaction cannot complete: abort it and put the batch back.
     Abort,
-    /// The producer is unusable: the worker must stop.
+    /// The producer is unusable: a new one must take its place.
     Fatal,
 }
 
@@ -133,7 +139,9 @@ enum RoundError {
 }
 
 pub struct Committer {
-    pub producer: FutureProducer,
+    pub producer: TransactionalProducer,
+    /// How often the producer may be replaced before the worker gives up on it.
+    pub replacements: ReplacementBudget,
     pub consumer: Arc<WorkerConsumer>,
     pub tracker: Arc<Tracker>,
     /// The topics whose offsets are committed: the ingress topic and the retry tiers.
@@ -165,7 +173,7 @@ const MAX_CALL_RETRIES: u32 = 20;
 impl Committer {
     /// Commits everything that is ready, in rounds of at most `max_batch` outcomes. Returns how
     /// many messages were committed.
-    pub async fn commit_ready(&self) -> Result<usize, CommitError> {
+    pub async fn commit_ready(&mut self) -> Result<usize, CommitError> {
         let mut committed = 0;
         loop {
             let mut batch = self.tracker.take_ready(self.max_batch);
@@ -187,16 +195,15 @@ impl Committer {
                     self.metrics
                         .record_transaction(result.is_ok(), started.elapsed());
                 });
-                match result {
+                let failure = match result {
                     Ok(()) => {
-                        let ahead = self.tracker.committed(&batch);
-                        self.metrics.outcomes_ahead.inc_by(ahead as u64);
-                        self.metrics.committed_messages.inc_by(count as u64);
-                        committed += count;
+                        committed += self.committed(&batch);
                         break;
                     }
-                    Err(RoundError::Refused(refused, error)) => {
-                        self.abort().await?;
+                    Err(failure) => self.after_abort(failure).await,
+                };
+                match failure {
+                    RoundError::Refused(refused, error) => {
                         // The largest refused record that can still be cut is the likeliest
                         // culprit; one at a time, so its neighbours stay whole.
                         let largest = refused
@@ -237,8 +244,7 @@ impl Committer {
                             "the broker refused a dead-letter copy; writing it without its payload"
                         );
                     }
-                    Err(RoundError::Abort(error)) => {
-                        self.abort().await?;
+                    RoundError::Abort(error) => {
                         self.tracker.restore(batch);
                         if error.rdkafka_error_code()
                             == Some(RDKafkaErrorCode::OffsetMetadataTooLarge)
@@ -255,233 +261,82 @@ impl Committer {
                         }
                         return Err(CommitError::Aborted(error));
                     }
-                    Err(RoundError::Revoked) => {
-                        self.abort().await?;
+                    RoundError::Revoked => {
                         // The partitions still owned keep their work (restore skips the
                         // revoked ones): dropping it would let a later batch commit offsets
                         // past messages that never got their outcome.
                         self.tracker.restore(batch);
                         return Err(CommitError::Revoked);
                     }
-                    Err(RoundError::Fatal(error)) => return Err(CommitError::Fatal(error)),
-                    Err(RoundError::Unsettled(error)) => {
-                        return Err(CommitError::Unsettled(error));
+                    RoundError::Fatal(error) => {
+                        self.replace_producer(error).await?;
+                        let split = settle::split_by_commit(
+                            &self.consumer,
+                            &self.topics,
+                            batch,
+                            &self.shutdown,
+                        )
+                        .await
+                        .map_err(CommitError::Unsettled)?;
+                        committed += self.committed(&split.committed);
+                        self.tracker.restore(split.not_committed);
+                        break;
                     }
+                    RoundError::Unsettled(error) => return Err(CommitError::Unsettled(error)),
                 }
             }
         }
     }
 
-    async fn commit_batch(&self, batch: &[Ready<Vec<OutRecord>>]) -> Result<(), RoundError> {
-        let producer = self.producer.clone();
-        self.call("begin_transaction", move || producer.begin_transaction())
-            .await?;
-
-        // Enqueue everything first (librdkafka batches it), then wait for every delivery.
-        let mut deliveries = Vec::new();
-        for (ready_index, ready) in batch.iter().enumerate() {
-            for (message_index, (_, records)) in ready.outputs.iter().enumerate() {
-                for (record_index, record) in records.iter().enumerate() {
-                    let index = RecordIndex {
-                        ready: ready_index,
-                        message: message_index,
-                        record: record_index,
-                    };
-                    let delivery = self.enqueue(record, index).await?;
-                    deliveries.push((index, delivery));
-                }
-            }
-        }
-        // Every delivery is awaited, so that all refused records are known at once.
-        let mut refused = Vec::new();
-        let mut failure = None;
-        for (index, delivery) in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((error, _))) => match error.rdkafka_error_code() {
-                    Some(code) if refuses_the_record(code) => {
-                        refused.push(index);
-                        failure.get_or_insert(error);
-                    }
-                    _ if recovery_of(&error) == Recovery::Fatal => {
-                        return Err(RoundError::Fatal(error));
-                    }
-                    _ => {
-                        failure = Some(error);
-                    }
-                },
-                Err(_cancelled) => {
-                    failure = Some(KafkaError::Canceled);
-                }
-            }
-        }
-        match (refused.is_empty(), failure) {
-            (_, None) => {}
-            (false, Some(error)) => return Err(RoundError::Refused(refused, error)),
-            (true, Some(error)) => return Err(RoundError::Abort(error)),
-        }
-
-        // Offsets only for partitions still owned under the generation the batch was read
-        // with; otherwise another replica may already be redoing them.
-        let mut offsets = TopicPartitionList::new();
-        for ready in batch {
-            if self.tracker.generation(ready.partition) != Some(ready.generation) {
-                return Err(RoundError::Revoked);
-            }
-            let Some(topic) = self.topics.name(ready.partition.topic) else {
-                return Err(RoundError::Revoked);
-            };
-            offsets
-                .add_partition_offset(
-                    topic,
-                    ready.partition.partition,
-                    Offset::Offset(ready.commit_offset),
-                )
-                .map_err(RoundError::Abort)?;
-            // Without any, no metadata: a commit that passes them clears the list.
-            if !ready.recorded_ahead.is_empty()
-                && let Some(mut element) = offsets.find_partition(topic, ready.partition.partition)
-            {
-                element.set_metadata(ahead::encode(ready.commit_offset, &ready.recorded_ahead));
-            }
-        }
-        let metadata: Arc<ConsumerGroupMetadata> = self
-            .consumer
-            .group_metadata()
-            .map(Arc::new)
-            .ok_or(RoundError::Abort(KafkaError::NoMessageReceived))?;
-        let (producer, timeout) = (self.producer.clone(), self.call_timeout);
-        self.call("send_offsets_to_transaction", move || {
-            producer.send_offsets_to_transaction(&offsets, &metadata, timeout)
-        })
-        .await?;
-        self.commit().await
+    /// Counts a committed batch and hands it back to the tracker; the messages it held.
+    fn committed(&self, batch: &[Ready<Vec<OutRecord>>]) -> usize {
+        let count: usize = batch.iter().map(|ready| ready.outputs.len()).sum();
+        let ahead = self.tracker.committed(batch);
+        self.metrics.outcomes_ahead.inc_by(ahead as u64);
+        self.metrics.committed_messages.inc_by(count as u64);
+        count
     }
 
-    /// Hands one record to the producer, waiting while its queue is full.
-    async fn enqueue(
-        &self,
-        record: &OutRecord,
-        index: RecordIndex,
-    ) -> Result<rdkafka::producer::DeliveryFuture, RoundError> {
-        let deadline = Instant::now() + self.call_timeout;
-        loop {
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (name, value) in &record.headers {
-                headers = headers.insert(Header {
-                    key: name,
-                    value: Some(value.as_ref()),
-                });
-            }
-            let mut future = FutureRecord::to(&record.topic)
-                .payload(&record.payload)
-                .headers(headers);
-            if let Some(key) = &record.key {
-                future = future.key(key);
-            }
-            if let Some(partition) = record.partition {
-                future = future.partition(partition);
-            }
-            match self.producer.send_result(future) {
-                Ok(delivery) => return Ok(delivery),
-                Err((error, _)) => match error.rdkafka_error_code() {
-                    Some(RDKafkaErrorCode::QueueFull) if Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    Some(code) if refuses_the_record(code) => {
-                        return Err(RoundError::Refused(vec![index], error));
-                    }
-                    _ => return Err(RoundError::Abort(error)),
-                },
-            }
+    /// Aborts the transaction a failed round left open. An abort the producer can no longer
+    /// make turns the failure into a fatal one.
+    async fn after_abort(&self, failure: RoundError) -> RoundError {
+        if matches!(failure, RoundError::Fatal(_) | RoundError::Unsettled(_)) {
+            return failure;
+        }
+        match self.abort().await {
+            Ok(()) => failure,
+            Err(fatal) => RoundError::Fatal(fatal),
         }
     }
 
-    /// Commits the open transaction. While the result is unknown (retriable errors, such as a
-    /// timeout while the commit goes on in the background) the commit is asked again, however
-    /// long that takes: aborting instead could write the batch twice, and moving on could
-    /// commit later offsets over an aborted batch. Only shutdown stops the asking, and the
-    /// worker then exits: the next instance with this transactional id settles the transaction.
-    async fn commit(&self) -> Result<(), RoundError> {
-        let mut backoff = CALL_RETRY_BACKOFF;
-        loop {
-            let (producer, timeout) = (self.producer.clone(), self.call_timeout);
-            let error = match blocking(move || producer.commit_transaction(timeout)).await {
-                Ok(()) => return Ok(()),
-                Err(error) => error,
-            };
-            match recovery_of(&error) {
-                Recovery::Fatal => return Err(RoundError::Fatal(error)),
-                Recovery::Abort => return Err(RoundError::Abort(error)),
-                Recovery::RetryCall => {
-                    self.metrics.transaction_call_retries.inc();
-                    tracing::warn!(%error, "commit_transaction: result unknown yet; asking again");
-                    if self.shutdown.is_cancelled() {
-                        return Err(RoundError::Unsettled(error));
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
+    /// Puts a new producer in place of one librdkafka left in a fatal state, unless that has
+    /// happened too often lately ([`ReplacementBudget`]).
+    async fn replace_producer(&mut self, error: KafkaError) -> Result<(), CommitError> {
+        if !self.replacements.spend(Instant::now()) {
+            tracing::error!(
+                %error,
+                "the transactional producer keeps failing fatally (fenced by another instance with this worker_id?); the worker stops"
+            );
+            return Err(CommitError::Fatal(error));
         }
-    }
-
-    /// Makes a transactional call, again while its error is retriable (a bounded number of
-    /// times), and classifies the error it ends with.
-    async fn call<F>(&self, name: &'static str, call: F) -> Result<(), RoundError>
-    where
-        F: Fn() -> Result<(), KafkaError> + Clone + Send + 'static,
-    {
-        let mut retries = 0;
-        loop {
-            let error = match blocking(call.clone()).await {
-                Ok(()) => return Ok(()),
-                Err(error) => error,
-            };
-            match recovery_of(&error) {
-                Recovery::Fatal => return Err(RoundError::Fatal(error)),
-                Recovery::RetryCall
-                    if retries < MAX_CALL_RETRIES && !self.shutdown.is_cancelled() =>
-                {
-                    retries += 1;
-                    self.metrics.transaction_call_retries.inc();
-                    tracing::debug!(%error, call = name, retries, "retriable; calling again");
-                    tokio::time::sleep(CALL_RETRY_BACKOFF).await;
-                }
-                Recovery::RetryCall | Recovery::Abort => return Err(RoundError::Abort(error)),
+        tracing::warn!(
+            %error,
+            "the transactional producer hit a fatal error; a new one takes its place and settles its transaction"
+        );
+        if let Err(replacing) = self
+            .producer
+            .replace(self.call_timeout, &self.shutdown)
+            .await
+        {
+            if self.shutdown.is_cancelled() {
+                return Err(CommitError::Unsettled(error));
             }
+            tracing::error!(%replacing, "cannot make a new transactional producer");
+            return Err(CommitError::Fatal(replacing));
         }
-    }
-
-    /// Aborts the open transaction (retrying while librdkafka says the abort may succeed).
-    async fn abort(&self) -> Result<(), CommitError> {
-        for _ in 0..MAX_CALL_RETRIES {
-            let (producer, timeout) = (self.producer.clone(), self.call_timeout);
-            let Err(error) = blocking(move || producer.abort_transaction(timeout)).await else {
-                return Ok(());
-            };
-            match recovery_of(&error) {
-                Recovery::Fatal => return Err(CommitError::Fatal(error)),
-                Recovery::RetryCall => tokio::time::sleep(CALL_RETRY_BACKOFF).await,
-                // Nothing was open (the failure came before begin): nothing to abort.
-                Recovery::Abort => {
-                    tracing::debug!(%error, "abort_transaction");
-                    return Ok(());
-                }
-            }
-        }
+        self.metrics.producer_replacements.inc();
         Ok(())
     }
-}
-
-/// rdkafka's transactional calls block the calling thread; keep them off the async workers.
-async fn blocking<F>(call: F) -> Result<(), KafkaError>
-where
-    F: FnOnce() -> Result<(), KafkaError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(call)
-        .await
-        .unwrap_or(Err(KafkaError::Canceled))
 }
 
 #[cfg(test)]
