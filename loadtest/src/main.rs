@@ -20,7 +20,7 @@ use clap::Parser;
 // The worker's allocator, so `http-post` measures the worker's HTTP client as it runs there
 // (its layers allocate per call, and allocators differ most on exactly that).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: relais_alloc::Allocator = relais_alloc::Allocator;
 
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, about)]

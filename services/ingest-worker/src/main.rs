@@ -9,7 +9,7 @@ use relais_telemetry::TelemetryConfig;
 /// The pipeline allocates per message (records, headers, spans); mimalloc's thread-local free
 /// lists made the worker benchmark about 10 % faster than glibc malloc (`make bench`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: relais_alloc::Allocator = relais_alloc::Allocator;
 
 const TELEMETRY: TelemetryConfig = TelemetryConfig {
     service_name: "ingest-worker",

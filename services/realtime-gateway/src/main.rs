@@ -6,7 +6,7 @@ use relais_realtime_gateway::config::{Args, GatewayConfig, load_tokens};
 use relais_telemetry::TelemetryConfig;
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: relais_alloc::Allocator = relais_alloc::Allocator;
 
 const TELEMETRY: TelemetryConfig = TelemetryConfig {
     service_name: "realtime-gateway",
