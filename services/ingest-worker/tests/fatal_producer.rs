@@ -64,6 +64,11 @@ async fn slow_worker(kafka: &KafkaTestEnv, sim: &Sim, topics: &Topics, group: &s
     Worker::start_config(kafka, config)
 }
 
+/// Fenced while idle, so that the fence is over before the worker notices it: its next
+/// transaction fails, one new producer takes the old one's place, and nothing is lost or
+/// written twice. (Fenced while a transaction is open, the fencer's initialisation is retried
+/// until that transaction's abort completes, and may fence the replacement too: see the next
+/// test, and `make e2e`'s broker outage for the open transaction a broker takes down.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fenced_producer_is_replaced_and_every_message_keeps_one_outcome() {
     init_telemetry();
@@ -71,25 +76,24 @@ async fn a_fenced_producer_is_replaced_and_every_message_keeps_one_outcome() {
     let sim = Sim::start().await;
     let topics = Topics::create(&kafka, 3).await;
     let worker = slow_worker(&kafka, &sim, &topics, &unique_name("it-group")).await;
-    let total = 2_000;
-    produce(&kafka, &topics.ingress, &valid_events("f", total, 100)).await;
+    let half = 1_000;
+    produce(&kafka, &topics.ingress, &valid_events("f", half, 100)).await;
+    worker.wait_for_metric(COMMITTED, half as f64).await;
 
-    worker.wait_for_metric(COMMITTED, 300.0).await;
     fence(&kafka, &worker).await;
+    produce(&kafka, &topics.ingress, &valid_events("h", half, 100)).await;
     worker.wait_for_metric(REPLACEMENTS, 1.0).await;
 
-    all_delivered_once(&kafka, &topics, total).await;
+    all_delivered_once(&kafka, &topics, 2 * half).await;
     assert!(
         !worker.task.is_finished(),
         "the worker stopped instead of replacing its producer"
     );
     assert_eq!(worker.readyz().await, 200);
-    // The fencer's initialisation is retried while the transaction it aborts completes, and
-    // each try fences again: a replacement made in between is fenced once more.
-    let replacements = worker.metric(REPLACEMENTS).await;
-    assert!(
-        (1.0..=2.0).contains(&replacements),
-        "{replacements} replacements for one fence"
+    assert_eq!(
+        worker.metric(REPLACEMENTS).await,
+        1.0,
+        "one fence, one replacement"
     );
     worker.stop().await;
 }
@@ -102,12 +106,13 @@ async fn a_producer_fenced_again_and_again_stops_the_worker_and_loses_nothing() 
     let topics = Topics::create(&kafka, 3).await;
     let group = unique_name("it-group");
     let worker = slow_worker(&kafka, &sim, &topics, &group).await;
-    let total = 3_000;
+    // Enough to keep transactions going through four fences on a busy machine.
+    let total = 6_000;
     produce(&kafka, &topics.ingress, &valid_events("g", total, 100)).await;
     worker.wait_for_metric(COMMITTED, 100.0).await;
 
     // Three replacements within five minutes are a flapping broker; a fourth fatal error
-    // means another process owns this identity (one fence can make two, see above).
+    // means another process owns this identity (one fence can make several, see above).
     let mut fences = 0;
     while let Some(replaced) = replacements_now(&worker).await {
         assert!(
