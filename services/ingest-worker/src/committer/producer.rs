@@ -19,6 +19,8 @@ use rdkafka::producer::{FutureProducer, Producer as _};
 use relais_telemetry::shutdown::CancellationToken;
 use tokio::time::Instant;
 
+use super::round::blocking;
+
 /// First wait between attempts to initialise a new producer while the brokers are away.
 const INIT_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest wait between those attempts.
@@ -62,9 +64,7 @@ impl TransactionalProducer {
     /// same identity (a crashed predecessor) and settles whatever transaction it left open.
     pub async fn init(&self, timeout: Duration) -> KafkaResult<()> {
         let producer = self.current();
-        tokio::task::spawn_blocking(move || producer.init_transactions(timeout))
-            .await
-            .unwrap_or(Err(KafkaError::Canceled))
+        blocking(move || producer.init_transactions(timeout)).await
     }
 
     /// Puts a new, initialised producer in place of the current one. While the brokers cannot
@@ -78,20 +78,15 @@ impl TransactionalProducer {
     ) -> KafkaResult<()> {
         let mut backoff = INIT_BACKOFF;
         let new = loop {
-            let error = match self.config.create::<FutureProducer>() {
-                Ok(new) => {
-                    let initialising = new.clone();
-                    let initialised = tokio::task::spawn_blocking(move || {
-                        initialising.init_transactions(call_timeout)
-                    })
-                    .await
-                    .unwrap_or(Err(KafkaError::Canceled));
-                    match initialised {
-                        Ok(()) => break new,
-                        Err(error) => error,
-                    }
+            let new: FutureProducer = self.config.create()?;
+            let initialising = new.clone();
+            let error = match blocking(move || initialising.init_transactions(call_timeout)).await {
+                Ok(()) => break new,
+                Err(error) => {
+                    // Destroying a client joins its threads: not on a runtime worker.
+                    let _ = tokio::task::spawn_blocking(move || drop(new)).await;
+                    error
                 }
-                Err(error) => return Err(error),
             };
             if !worth_trying_again(&error) || shutdown.is_cancelled() {
                 return Err(error);

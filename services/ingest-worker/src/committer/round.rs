@@ -229,7 +229,7 @@ impl Committer {
 }
 
 /// rdkafka's transactional calls block the calling thread; keep them off the async workers.
-async fn blocking<F>(call: F) -> Result<(), KafkaError>
+pub(super) async fn blocking<F>(call: F) -> Result<(), KafkaError>
 where
     F: FnOnce() -> Result<(), KafkaError> + Send + 'static,
 {
